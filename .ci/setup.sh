@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs everything Periscope needs to build, run and test on a fresh Debian 12 machine.
+# Idempotent: each step checks first and does nothing when its part is already there.
+set -euo pipefail
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# Build toolchain (LLVM 22 for bpf-linker) and the real peers the tests compare against.
+APT_PACKAGES=(
+  llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev   # bpf-linker against rustc's LLVM
+  libbpf-tools bpftrace bpftool                         # reference tools (biolatency, runqlat)
+  fio stress-ng util-linux iproute2 nftables curl       # workloads and plumbing for tests
+  prometheus                                            # real Prometheus + promtool
+)
+
+install_apt_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then say "apt packages: all present"; return; fi
+  say "apt packages: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The prometheus package would start a system service on :9090; tests run their own.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+}
+
+# The eBPF crate is built with -Z build-std=core by the toolchain whose LLVM matches
+# bpf-linker's (stable here: see exporter/build.rs), which needs that toolchain's rust-src.
+EBPF_TOOLCHAIN=${PERISCOPE_EBPF_TOOLCHAIN:-stable}
+install_rust_src() {
+  if rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "$EBPF_TOOLCHAIN rust-src: present"; return
+  fi
+  say "$EBPF_TOOLCHAIN rust-src: installing (needed to build core for bpfel-unknown-none)"
+  rustup component add rust-src --toolchain "$EBPF_TOOLCHAIN"
+}
+
+install_bpf_linker() {
+  if command -v bpf-linker >/dev/null && bpf-linker --version 2>/dev/null | grep -q '^bpf-linker 0\.13'; then
+    say "bpf-linker: $(bpf-linker --version)"; return
+  fi
+  say "bpf-linker: building 0.13 against LLVM 22 (about a minute)"
+  PATH=/usr/lib/llvm-22/bin:$PATH LLVM_PREFIX=/usr/lib/llvm-22 \
+    cargo install --locked bpf-linker --version '~0.13' --no-default-features --features llvm-22
+}
+
+mount_tracefs() {
+  if [ -d /sys/kernel/tracing/events ]; then say "tracefs: mounted"; return; fi
+  say "tracefs: mounting at /sys/kernel/tracing"
+  mount -t tracefs tracefs /sys/kernel/tracing
+}
+
+install_apt_packages
+install_rust_src
+install_bpf_linker
+mount_tracefs
+say "ready"

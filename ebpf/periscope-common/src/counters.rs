@@ -1,0 +1,24 @@
+//! Self-telemetry counters kept by the eBPF programs in one per-CPU array (`COUNTERS`).
+
+/// A block completion whose issue was never seen (Periscope started mid-request, or the
+/// in-flight map evicted it).
+pub const BLOCK_UNMATCHED: u32 = 0;
+/// A histogram update failed because the histogram map was full.
+pub const BLOCK_HIST_FULL: u32 = 1;
+/// The in-flight block request map was full.
+pub const BLOCK_START_FULL: u32 = 2;
+/// A run-queue histogram update failed because the map was full.
+pub const SCHED_HIST_FULL: u32 = 3;
+/// The run-queue start map was full.
+pub const SCHED_START_FULL: u32 = 4;
+/// Number of counters.
+pub const COUNT: u32 = 5;
+
+/// (probe, what) of each counter, as exported.
+pub const NAMES: [(&str, &str); COUNT as usize] = [
+    ("block", "unmatched_completion"),
+    ("block", "histogram_map_full"),
+    ("block", "inflight_map_full"),
+    ("sched", "histogram_map_full"),
+    ("sched", "start_map_full"),
+];

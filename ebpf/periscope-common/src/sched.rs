@@ -1,0 +1,10 @@
+//! Scheduler run-queue latency: series ids.
+
+/// Series id of run-queue latency when it is not split by cgroup.
+pub const ALL_TASKS: u64 = 0;
+/// Series id for tasks whose cgroup is beyond the configured cap of distinct cgroups.
+pub const OTHER_CGROUPS: u64 = u64::MAX;
+
+/// `prev_state` of `sched:sched_switch` holds the task state in its low byte (TASK_REPORT bits)
+/// and a preemption flag above it; the task stays runnable iff the low byte is zero.
+pub const TASK_REPORT_MASK: u64 = 0xff;

@@ -1,0 +1,121 @@
+//! Block IO latency and size, from `block:block_rq_issue` to `block:block_rq_complete`.
+//!
+//! Issue remembers (time, bytes, op) per in-flight request keyed by (device, sector); completion
+//! looks it up and records the latency and the size in per-CPU histograms keyed by (device, op).
+//! Tracepoint field offsets come from the tracefs format files via load-time globals.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use periscope_common::{
+    HistKey,
+    block::{BlockRequest, BlockStart, op_from_rwbs, series},
+    counters,
+    hist::ns_to_units,
+};
+
+use crate::shared::{count, global, record};
+
+// Field offsets in the tracepoint records, set by user space from the format files.
+#[unsafe(no_mangle)]
+static BLOCK_ISSUE_DEV: u32 = 8;
+#[unsafe(no_mangle)]
+static BLOCK_ISSUE_SECTOR: u32 = 16;
+#[unsafe(no_mangle)]
+static BLOCK_ISSUE_BYTES: u32 = 28;
+#[unsafe(no_mangle)]
+static BLOCK_ISSUE_RWBS: u32 = 34;
+#[unsafe(no_mangle)]
+static BLOCK_COMPLETE_DEV: u32 = 8;
+#[unsafe(no_mangle)]
+static BLOCK_COMPLETE_SECTOR: u32 = 16;
+
+/// Requests issued and not yet completed. LRU so a lost completion cannot leak an entry.
+#[map]
+static BLOCK_INFLIGHT: LruHashMap<BlockRequest, BlockStart> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Issue-to-completion latency, in 2^-30 s units, per (device, op).
+#[map]
+static BLOCK_LATENCY: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Request size in bytes per (device, op).
+#[map]
+static BLOCK_SIZE: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+#[tracepoint]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_issue(&ctx);
+    0
+}
+
+fn try_block_rq_issue(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (dev, sector, bytes, rwbs) = unsafe {
+        (
+            ctx.read_at::<u32>(global(&BLOCK_ISSUE_DEV) as usize)?,
+            ctx.read_at::<u64>(global(&BLOCK_ISSUE_SECTOR) as usize)?,
+            ctx.read_at::<u32>(global(&BLOCK_ISSUE_BYTES) as usize)?,
+            ctx.read_at::<[u8; 2]>(global(&BLOCK_ISSUE_RWBS) as usize)?,
+        )
+    };
+    let request = BlockRequest {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    let start = BlockStart {
+        issued_ns: unsafe { bpf_ktime_get_ns() },
+        bytes,
+        op: op_from_rwbs(rwbs),
+    };
+    if BLOCK_INFLIGHT
+        .insert(&request, &start, BPF_ANY as u64)
+        .is_err()
+    {
+        count(counters::BLOCK_START_FULL);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_complete(&ctx);
+    0
+}
+
+fn try_block_rq_complete(ctx: &TracePointContext) -> Result<(), i32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (dev, sector) = unsafe {
+        (
+            ctx.read_at::<u32>(global(&BLOCK_COMPLETE_DEV) as usize)?,
+            ctx.read_at::<u64>(global(&BLOCK_COMPLETE_SECTOR) as usize)?,
+        )
+    };
+    let request = BlockRequest {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { BLOCK_INFLIGHT.get(&request) }).copied() else {
+        count(counters::BLOCK_UNMATCHED);
+        return Ok(());
+    };
+    let _ = BLOCK_INFLIGHT.remove(&request);
+    let series = series(dev, start.op);
+    let latency = ns_to_units(now.saturating_sub(start.issued_ns));
+    record(&BLOCK_LATENCY, series, latency, counters::BLOCK_HIST_FULL);
+    record(
+        &BLOCK_SIZE,
+        series,
+        start.bytes as u64,
+        counters::BLOCK_HIST_FULL,
+    );
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Periscope's eBPF object: one module per probe family, each attached independently by user
+//! space. Programs aggregate in the kernel into per-CPU histogram maps; nothing is streamed.
+#![no_std]
+#![no_main]
+
+mod block;
+mod sched;
+mod shared;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

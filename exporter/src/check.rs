@@ -1,0 +1,115 @@
+//! `periscope check`: what this kernel and these privileges allow, and for every probe family
+//! the mechanism it will use or why it cannot attach. It loads and attaches the real programs
+//! (then detaches them), so "ok" means the probe really works here.
+
+use caps::{CapSet, Capability};
+
+use crate::{
+    config::Config,
+    probes::{Mechanism, Probes},
+    tracefs::Tracefs,
+};
+
+/// Capabilities Periscope uses, and what for.
+pub const CAPABILITIES: &[(Capability, &str)] = &[
+    (Capability::CAP_BPF, "load eBPF programs and create maps"),
+    (
+        Capability::CAP_PERFMON,
+        "attach tracepoints, uprobes and read kernel memory in programs",
+    ),
+    (
+        Capability::CAP_SYS_ADMIN,
+        "mount tracefs when it is missing (not needed once mounted)",
+    ),
+    (
+        Capability::CAP_DAC_READ_SEARCH,
+        "read /proc/PID and tracefs files of other users",
+    ),
+];
+
+fn line(status: &str, what: &str, detail: &str) {
+    println!("  {status:<5} {what:<28} {detail}");
+}
+
+/// Prints the report; returns whether anything useful can run.
+pub fn run(config: &Config) -> bool {
+    println!("Periscope {} preflight", env!("CARGO_PKG_VERSION"));
+    println!("\nKernel");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    line("info", "version", release.trim());
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    line(
+        if btf { "ok" } else { "warn" },
+        "BTF",
+        if btf {
+            "/sys/kernel/btf/vmlinux"
+        } else {
+            "missing: fentry and BTF tracepoints unavailable"
+        },
+    );
+    let tracefs = match Tracefs::locate_or_mount() {
+        Ok(t) => {
+            line("ok", "tracefs", &t.root().display().to_string());
+            Some(t)
+        }
+        Err(e) => {
+            line("FAIL", "tracefs", &e.to_string());
+            None
+        }
+    };
+    let stats = crate::telemetry::bpf_stats_enabled();
+    line(
+        "info",
+        "kernel.bpf_stats_enabled",
+        if stats {
+            "1: per-program run time is exported"
+        } else {
+            "0: `sysctl kernel.bpf_stats_enabled=1` to export per-program run time"
+        },
+    );
+
+    println!("\nCapabilities (effective)");
+    for (cap, why) in CAPABILITIES {
+        let has = caps::has_cap(None, CapSet::Effective, *cap).unwrap_or(false);
+        line(if has { "ok" } else { "miss" }, &cap.to_string(), why);
+    }
+
+    println!("\nProbe families");
+    let probes = match Probes::start(config, tracefs.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            line("FAIL", "eBPF object", &format!("{e:#}"));
+            return false;
+        }
+    };
+    for status in &probes.statuses {
+        let (mark, detail) = match (&status.error, status.mechanism) {
+            _ if !status.enabled => ("off", "disabled in config".to_string()),
+            (None, Some(m)) => (
+                "ok",
+                format!("attached with {m} ({})", status.programs.join(", ")),
+            ),
+            (Some(e), _) => ("FAIL", e.clone()),
+            (None, None) => ("FAIL", "not attached".to_string()),
+        };
+        line(mark, status.family, &detail);
+    }
+
+    println!("\nAttach mechanisms on this kernel (best first)");
+    for mechanism in Mechanism::PREFERENCE {
+        match probes.kernel.allows(mechanism) {
+            Ok(()) => line("ok", mechanism.name(), "available"),
+            Err(why) => line("no", mechanism.name(), &why),
+        }
+    }
+    let useful = probes.statuses.iter().any(|s| s.attached());
+    println!(
+        "\n{}",
+        if useful {
+            "Result: Periscope can run here."
+        } else {
+            "Result: no probe family can attach; Periscope would export nothing."
+        }
+    );
+    useful
+}

@@ -1,0 +1,490 @@
+//! Configuration: `periscope.yaml` (every key optional, unknown keys rejected with their line and
+//! column) overlaid with the standard OpenTelemetry environment variables and `PERISCOPE_*`
+//! overrides. Environment beats file. The default file is embedded in the binary.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+/// The default configuration, embedded so that `periscope run` works with no file at all.
+pub const DEFAULT_YAML: &str = include_str!("../../config/periscope.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid environment variable {name}={value:?}: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub prometheus: PrometheusConfig,
+    pub otlp: OtlpConfig,
+    pub probes: ProbesConfig,
+    /// Log filter in `tracing` EnvFilter syntax (`info`, `periscope=debug`, ...).
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// `service.name` of the node agent's own resource. Default: `periscope`.
+    pub name: Option<String>,
+    /// Extra resource attributes added to everything exported.
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// host:port of the `/metrics` endpoint; empty disables it.
+    pub listen: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// How histograms are sent over OTLP (the OTel SDK's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramAggregation {
+    /// Explicit buckets whose bounds are the kernel's bucket edges.
+    ExplicitBucketHistogram,
+    /// Base-2 exponential histogram at the kernel's scale (4): lossless and compact.
+    Base2ExponentialBucketHistogram,
+}
+
+impl HistogramAggregation {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "explicit_bucket_histogram" => Some(Self::ExplicitBucketHistogram),
+            "base2_exponential_bucket_histogram" => Some(Self::Base2ExponentialBucketHistogram),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Collector endpoint; OTLP export is on when this is set. gRPC: `http://host:4317`;
+    /// http/protobuf: `http://host:4318` (`/v1/metrics` is appended).
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// Extra request headers (gRPC metadata), e.g. an API key.
+    pub headers: BTreeMap<String, String>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub histogram_aggregation: HistogramAggregation,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            headers: BTreeMap::new(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+            histogram_aggregation: HistogramAggregation::ExplicitBucketHistogram,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub block: BlockConfig,
+    pub sched: SchedConfig,
+}
+
+/// How a probe family attaches; `auto` picks the best the kernel allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MechanismChoice {
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    BtfTracepoint,
+    RawTracepoint,
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockConfig {
+    pub enabled: bool,
+    pub mechanism: MechanismChoice,
+}
+
+impl Default for BlockConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mechanism: MechanismChoice::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedConfig {
+    pub enabled: bool,
+    pub mechanism: MechanismChoice,
+    /// Split run-queue latency by cgroup (container).
+    pub by_cgroup: bool,
+    /// Distinct cgroups with their own series; the rest share `cgroup.path="other"`.
+    pub max_cgroups: u32,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mechanism: MechanismChoice::Auto,
+            by_cgroup: false,
+            max_cgroups: 256,
+        }
+    }
+}
+
+/// Durations are written the human way: `10s`, `500ms`, `1m 30s`.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write it like 10s, 500ms or 1m"
+        ))
+    })
+}
+
+impl Config {
+    /// Parses YAML text. An empty document (or one with only comments) is the default config.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let parsed: Option<Config> =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+        let config = parsed.unwrap_or_default();
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Reads the file at `path`, or the embedded default when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::from_yaml(DEFAULT_YAML, "(embedded default)"),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::from_yaml(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            message,
+        };
+        if self.otlp.interval.is_zero() {
+            return Err(invalid("otlp.interval: must be greater than zero".into()));
+        }
+        if self.probes.sched.max_cgroups == 0 {
+            return Err(invalid(
+                "probes.sched.max_cgroups: must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Overlays environment variables (standard OTEL_* and PERISCOPE_*). `env` is a lookup so
+    /// that tests need not touch the process environment.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = env("PERISCOPE_PROMETHEUS_LISTEN") {
+            self.prometheus.listen = v.trim().to_string();
+        }
+        if let Some(v) = get("PERISCOPE_LOG") {
+            self.log = Some(v);
+        }
+        if let Some(v) = get("OTEL_SERVICE_NAME") {
+            self.service.name = Some(v);
+        }
+        if let Some(v) = get("OTEL_RESOURCE_ATTRIBUTES") {
+            let attrs = parse_key_values(&v).map_err(|reason| ConfigError::Env {
+                name: "OTEL_RESOURCE_ATTRIBUTES",
+                value: v.clone(),
+                reason,
+            })?;
+            self.service.resource_attributes.extend(attrs);
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ] {
+            if let Some(v) = get(name) {
+                self.otlp.endpoint = Some(v.trim().to_string());
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ] {
+            if let Some(v) = get(name) {
+                self.otlp.protocol =
+                    OtlpProtocol::parse(v.trim()).ok_or_else(|| ConfigError::Env {
+                        name,
+                        value: v.clone(),
+                        reason: "expected grpc or http/protobuf (http/json is not supported)"
+                            .into(),
+                    })?;
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        ] {
+            if let Some(v) = get(name) {
+                let headers = parse_key_values(&v).map_err(|reason| ConfigError::Env {
+                    name,
+                    value: "(redacted)".into(),
+                    reason,
+                })?;
+                self.otlp.headers.extend(headers);
+            }
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        ] {
+            if let Some(v) = get(name) {
+                self.otlp.timeout = parse_millis(name, &v)?;
+            }
+        }
+        if let Some(v) = get("OTEL_METRIC_EXPORT_INTERVAL") {
+            self.otlp.interval = parse_millis("OTEL_METRIC_EXPORT_INTERVAL", &v)?;
+        }
+        let name = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION";
+        if let Some(v) = get(name) {
+            self.otlp.histogram_aggregation =
+                HistogramAggregation::parse(v.trim()).ok_or_else(|| ConfigError::Env {
+                    name,
+                    value: v.clone(),
+                    reason:
+                        "expected explicit_bucket_histogram or base2_exponential_bucket_histogram"
+                            .into(),
+                })?;
+        }
+        let name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+        if let Some(v) = get(name)
+            && !v.trim().eq_ignore_ascii_case("cumulative")
+        {
+            return Err(ConfigError::Env {
+                name,
+                value: v,
+                reason: "only cumulative temporality is supported (an outage then loses no counts)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds, as the OTel specification writes timeouts and intervals in the environment.
+fn parse_millis(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(ConfigError::Env {
+            name,
+            value: value.to_string(),
+            reason: "expected a positive whole number of milliseconds".into(),
+        }),
+    }
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (W3C Baggage style), as
+/// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS are written.
+fn parse_key_values(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("{item:?} has an empty key"));
+        }
+        out.insert(key.to_string(), percent_decode(value.trim()));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, String> {
+        Config::from_yaml(yaml, "test.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# only a comment\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn embedded_default_parses_to_the_defaults() {
+        assert_eq!(parse(DEFAULT_YAML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = include_str!("../../config/examples/full.yaml");
+        let config = parse(text).unwrap();
+        assert_eq!(
+            config.otlp.endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(config.otlp.interval, Duration::from_secs(15));
+        assert_eq!(
+            config.otlp.histogram_aggregation,
+            HistogramAggregation::Base2ExponentialBucketHistogram
+        );
+        assert!(config.probes.sched.by_cgroup);
+        assert_eq!(config.probes.sched.max_cgroups, 64);
+        assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let err = parse("probes:\n  block:\n    enabled: true\n    sampling: 3\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.block: unknown field `sampling`, expected `enabled` or `mechanism` at line 4 column 5"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = parse("probes:\n  sched:\n    max_cgroups: many\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.sched.max_cgroups: invalid type: string \"many\", expected u32 at line 3 column 18"
+        );
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let err = parse("otlp:\n  interval: 10 parsecs\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: otlp.interval: invalid duration \"10 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like 10s, 500ms or 1m at line 2 column 13"
+        );
+    }
+
+    #[test]
+    fn environment_beats_file() {
+        let mut config = parse("otlp:\n  endpoint: http://file:4317\n").unwrap();
+        let env = BTreeMap::from([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret, x=1"),
+            ("OTEL_SERVICE_NAME", "node-a"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "2500"),
+            ("PERISCOPE_PROMETHEUS_LISTEN", ""),
+        ]);
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(config.otlp.endpoint.as_deref(), Some("http://env:4318"));
+        assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.otlp.headers["api-key"], "s=cret");
+        assert_eq!(config.otlp.headers["x"], "1");
+        assert_eq!(config.service.name.as_deref(), Some("node-a"));
+        assert_eq!(
+            config.service.resource_attributes["deployment.environment"],
+            "prod"
+        );
+        assert_eq!(config.otlp.interval, Duration::from_millis(2500));
+        assert_eq!(config.prometheus.listen, "", "empty disables the endpoint");
+    }
+
+    #[test]
+    fn bad_environment_values_are_named() {
+        let mut config = Config::default();
+        let err = config
+            .apply_env(|k| (k == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "http/json".to_string()))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid environment variable OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\": expected grpc or http/protobuf (http/json is not supported)"
+        );
+    }
+}

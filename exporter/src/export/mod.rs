@@ -1,0 +1,4 @@
+//! Exporters: the Prometheus endpoint (read at scrape time) and the OTLP push exporter.
+
+pub mod otlp;
+pub mod prometheus;

@@ -1,0 +1,408 @@
+//! OTLP metrics export over gRPC or HTTP/protobuf, built on the official protobuf types
+//! (opentelemetry-proto): the OTel SDK cannot take histograms that were aggregated in the
+//! kernel, and replaying events into it would cost O(events).
+//!
+//! Temporality is cumulative, so a failed export loses nothing: the next one carries every count.
+//! Retryable failures (gRPC UNAVAILABLE and friends, HTTP 429/502/503/504, connection errors)
+//! are retried with exponential backoff and jitter, honouring Retry-After, until the next export
+//! is due; then the newer snapshot replaces the old one, so memory stays bounded.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient,
+    },
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    metrics::v1::{
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
+        Histogram as OtlpHistogram, HistogramDataPoint, Metric as OtlpMetric, NumberDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point::Buckets, metric,
+        number_data_point,
+    },
+    resource::v1::Resource as OtlpResource,
+};
+use prost::Message;
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::{
+    config::{HistogramAggregation, OtlpConfig, OtlpProtocol},
+    metrics::{Metric, Points, Resource},
+    telemetry::Telemetry,
+};
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn string_attr(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+    }
+}
+
+fn attrs(attributes: &[(&'static str, String)]) -> Vec<KeyValue> {
+    attributes.iter().map(|(k, v)| string_attr(k, v)).collect()
+}
+
+/// Builds the export request for one snapshot.
+pub fn build_request(
+    resource: &Resource,
+    metrics: &[Metric],
+    start: SystemTime,
+    now: SystemTime,
+    aggregation: HistogramAggregation,
+) -> ExportMetricsServiceRequest {
+    let (start, now) = (unix_nanos(start), unix_nanos(now));
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let metrics = metrics
+        .iter()
+        .map(|m| {
+            let data = match &m.points {
+                Points::Histogram(unit, points) => match aggregation {
+                    HistogramAggregation::ExplicitBucketHistogram => {
+                        metric::Data::Histogram(OtlpHistogram {
+                            aggregation_temporality: cumulative,
+                            data_points: points
+                                .iter()
+                                .map(|(a, h)| {
+                                    let buckets = h.explicit_buckets(*unit);
+                                    HistogramDataPoint {
+                                        attributes: attrs(a),
+                                        start_time_unix_nano: start,
+                                        time_unix_nano: now,
+                                        count: h.count(),
+                                        sum: Some(h.sum_in(*unit)),
+                                        bucket_counts: buckets.iter().map(|b| b.1).collect(),
+                                        explicit_bounds: buckets[..buckets.len() - 1]
+                                            .iter()
+                                            .map(|b| b.0)
+                                            .collect(),
+                                        ..Default::default()
+                                    }
+                                })
+                                .collect(),
+                        })
+                    }
+                    HistogramAggregation::Base2ExponentialBucketHistogram => {
+                        metric::Data::ExponentialHistogram(ExponentialHistogram {
+                            aggregation_temporality: cumulative,
+                            data_points: points
+                                .iter()
+                                .map(|(a, h)| {
+                                    let e = h.exponential(*unit);
+                                    ExponentialHistogramDataPoint {
+                                        attributes: attrs(a),
+                                        start_time_unix_nano: start,
+                                        time_unix_nano: now,
+                                        count: h.count(),
+                                        sum: Some(h.sum_in(*unit)),
+                                        scale: e.scale,
+                                        zero_count: e.zero_count,
+                                        positive: Some(Buckets {
+                                            offset: e.offset,
+                                            bucket_counts: e.counts,
+                                        }),
+                                        ..Default::default()
+                                    }
+                                })
+                                .collect(),
+                        })
+                    }
+                },
+                Points::Counter(points) => metric::Data::Sum(Sum {
+                    aggregation_temporality: cumulative,
+                    is_monotonic: true,
+                    data_points: number_points(points, start, now),
+                }),
+                Points::Gauge(points) => metric::Data::Gauge(Gauge {
+                    data_points: number_points(points, start, now),
+                }),
+            };
+            OtlpMetric {
+                name: m.name.to_string(),
+                description: m.description.to_string(),
+                unit: m.unit.to_string(),
+                data: Some(data),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(OtlpResource {
+                attributes: resource
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| string_attr(k, v))
+                    .collect(),
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "periscope".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn number_points(
+    points: &[(Vec<(&'static str, String)>, f64)],
+    start: u64,
+    now: u64,
+) -> Vec<NumberDataPoint> {
+    points
+        .iter()
+        .map(|(a, v)| NumberDataPoint {
+            attributes: attrs(a),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            value: Some(number_data_point::Value::AsDouble(*v)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Why one send failed, and whether (and when) to try again.
+#[derive(Debug)]
+struct SendError {
+    message: String,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+enum Transport {
+    Grpc(MetricsServiceClient<tonic::transport::Channel>),
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+pub struct OtlpExporter {
+    transport: Transport,
+    config: OtlpConfig,
+    endpoint: String,
+}
+
+impl OtlpExporter {
+    pub fn new(config: &OtlpConfig) -> anyhow::Result<Self> {
+        let endpoint = config
+            .endpoint
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no OTLP endpoint configured"))?;
+        let transport = match config.protocol {
+            OtlpProtocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| anyhow::anyhow!("invalid OTLP gRPC endpoint {endpoint:?}: {e}"))?
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout)
+                    .connect_lazy();
+                Transport::Grpc(MetricsServiceClient::new(channel))
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let base = endpoint.trim_end_matches('/');
+                let url = if base.ends_with("/v1/metrics") {
+                    base.to_string()
+                } else {
+                    format!("{base}/v1/metrics")
+                };
+                let client = reqwest::Client::builder()
+                    .timeout(config.timeout)
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("building the OTLP HTTP client: {e}"))?;
+                Transport::Http { client, url }
+            }
+        };
+        Ok(Self {
+            transport,
+            config: config.clone(),
+            endpoint,
+        })
+    }
+
+    async fn send(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), SendError> {
+        match &mut self.transport {
+            Transport::Grpc(client) => {
+                let mut req = tonic::Request::new(request.clone());
+                for (k, v) in &self.config.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        k.parse::<tonic::metadata::MetadataKey<_>>(),
+                        v.parse::<tonic::metadata::MetadataValue<_>>(),
+                    ) {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                match client.export(req).await {
+                    Ok(response) => {
+                        if let Some(partial) = response.into_inner().partial_success
+                            && partial.rejected_data_points > 0
+                        {
+                            // Never retried, per the OTLP specification.
+                            tracing::warn!(
+                                rejected = partial.rejected_data_points,
+                                message = %partial.error_message,
+                                "collector rejected some data points"
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(status) => Err(grpc_error(&status)),
+                }
+            }
+            Transport::Http { client, url } => {
+                let mut builder = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(request.encode_to_vec());
+                for (k, v) in &self.config.headers {
+                    builder = builder.header(k, v);
+                }
+                match builder.send().await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs);
+                        Err(SendError {
+                            message: format!("HTTP {status}"),
+                            retryable: matches!(status, 429 | 502 | 503 | 504),
+                            retry_after,
+                        })
+                    }
+                    Err(e) => Err(SendError {
+                        message: format!("request failed: {e}"),
+                        retryable: true,
+                        retry_after: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Sends `request`, retrying retryable failures with backoff until `deadline`.
+    async fn send_with_retry(
+        &mut self,
+        request: &ExportMetricsServiceRequest,
+        deadline: Instant,
+        telemetry: &Telemetry,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.send(request).await {
+                Ok(()) => {
+                    telemetry.export.succeeded.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    let wait = e.retry_after.unwrap_or(backoff.mul_f64(jitter));
+                    if !e.retryable || Instant::now() + wait >= deadline || *shutdown.borrow() {
+                        telemetry.export.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            endpoint = %self.endpoint,
+                            error = %e.message,
+                            retryable = e.retryable,
+                            "OTLP export failed; the next export carries the same cumulative counts"
+                        );
+                        return false;
+                    }
+                    telemetry.export.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e.message, wait_ms = wait.as_millis() as u64, "retrying OTLP export");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Exports every `interval` until shutdown, then once more (the final flush).
+    pub async fn run(mut self, telemetry: Arc<Telemetry>, mut shutdown: watch::Receiver<bool>) {
+        let interval = self.config.interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let request = self.snapshot_request(&telemetry).await;
+            let deadline = if last {
+                Instant::now() + self.config.timeout
+            } else {
+                Instant::now() + interval
+            };
+            let mut no_shutdown = watch::channel(false).1;
+            let stop = if last {
+                &mut no_shutdown
+            } else {
+                &mut shutdown
+            };
+            self.send_with_retry(&request, deadline, &telemetry, stop)
+                .await;
+            if last {
+                tracing::info!(endpoint = %self.endpoint, "final OTLP export done");
+                return;
+            }
+        }
+    }
+
+    async fn snapshot_request(&self, telemetry: &Arc<Telemetry>) -> ExportMetricsServiceRequest {
+        let t = telemetry.clone();
+        let aggregation = self.config.histogram_aggregation;
+        tokio::task::spawn_blocking(move || {
+            let metrics = t.snapshot();
+            build_request(
+                &t.resource,
+                &metrics,
+                t.start_time,
+                SystemTime::now(),
+                aggregation,
+            )
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+fn grpc_error(status: &tonic::Status) -> SendError {
+    use tonic::Code;
+    let retryable = matches!(
+        status.code(),
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    );
+    SendError {
+        message: format!("gRPC {:?}: {}", status.code(), status.message()),
+        retryable,
+        retry_after: None,
+    }
+}

@@ -1,0 +1,223 @@
+//! The Prometheus endpoint: `GET /metrics` reads the kernel maps at scrape time and answers in
+//! the OpenMetrics text format (prometheus-client's encoder); `GET /healthz` answers `ok`.
+//! Nothing else is served.
+
+use std::{convert::Infallible, fmt, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    histogram::ValueUnit,
+    metrics::{Metric, Points, sanitize},
+    telemetry::Telemetry,
+};
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders one scrape.
+pub fn render(telemetry: &Arc<Telemetry>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(telemetry.clone())));
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    text
+}
+
+struct SnapshotCollector(Arc<Telemetry>);
+
+impl fmt::Debug for SnapshotCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SnapshotCollector")
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        encode_target_info(&mut encoder, &self.0)?;
+        for metric in self.0.snapshot() {
+            encode_metric(&mut encoder, &metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resource attributes as `target_info`, per the OTel Prometheus compatibility spec.
+fn encode_target_info(encoder: &mut DescriptorEncoder, telemetry: &Telemetry) -> fmt::Result {
+    let labels: Vec<(String, String)> = telemetry
+        .resource
+        .attributes
+        .iter()
+        .map(|(k, v)| (sanitize(k), v.clone()))
+        .collect();
+    let mut metric =
+        encoder.encode_descriptor("target_info", "Target metadata", None, MetricType::Gauge)?;
+    metric.encode_family(&labels)?.encode_gauge(&1i64)
+}
+
+fn prometheus_unit(unit: &str) -> Option<Unit> {
+    match unit {
+        "s" => Some(Unit::Seconds),
+        "By" => Some(Unit::Bytes),
+        _ => None,
+    }
+}
+
+fn labels_of(attributes: &[(&'static str, String)]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|(k, v)| (sanitize(k), v.clone()))
+        .collect()
+}
+
+fn encode_metric(encoder: &mut DescriptorEncoder, metric: &Metric) -> fmt::Result {
+    let name = metric.prometheus_name();
+    let unit = prometheus_unit(metric.unit);
+    match &metric.points {
+        Points::Histogram(value_unit, points) => {
+            let mut family = encoder.encode_descriptor(
+                &name,
+                metric.description,
+                unit.as_ref(),
+                MetricType::Histogram,
+            )?;
+            for (attributes, histogram) in points {
+                let buckets = prometheus_buckets(&histogram.explicit_buckets(*value_unit));
+                family
+                    .encode_family(&labels_of(attributes))?
+                    .encode_histogram::<NoLabelSet>(
+                        histogram.sum_in(*value_unit),
+                        histogram.count(),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        Points::Counter(points) => {
+            let mut family = encoder.encode_descriptor(
+                &name,
+                metric.description,
+                unit.as_ref(),
+                MetricType::Counter,
+            )?;
+            for (attributes, value) in points {
+                family
+                    .encode_family(&labels_of(attributes))?
+                    .encode_counter::<NoLabelSet, f64, f64>(value, None)?;
+            }
+        }
+        Points::Gauge(points) => {
+            let mut family = encoder.encode_descriptor(
+                &name,
+                metric.description,
+                unit.as_ref(),
+                MetricType::Gauge,
+            )?;
+            for (attributes, value) in points {
+                family
+                    .encode_family(&labels_of(attributes))?
+                    .encode_gauge(value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// prometheus-client writes `le="+Inf"` for an upper bound of `f64::MAX`.
+fn prometheus_buckets(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    buckets
+        .iter()
+        .map(|(bound, count)| {
+            let bound = if bound.is_infinite() {
+                f64::MAX
+            } else {
+                *bound
+            };
+            (bound, *count)
+        })
+        .collect()
+}
+
+/// Keeps the `ValueUnit` import honest for readers: histograms carry their own unit.
+const _: Option<ValueUnit> = None;
+
+/// Binds the endpoint (so a bad address fails at start) and returns the serving future.
+pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {listen} for the Prometheus endpoint: {e} \
+             (set prometheus.listen or PERISCOPE_PROMETHEUS_LISTEN; empty disables it)"
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a scrape connection failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let telemetry = telemetry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(request, telemetry.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "scrape connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    request: Request<hyper::body::Incoming>,
+    telemetry: Arc<Telemetry>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let respond = |status: StatusCode, content_type: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert("content-type", value);
+        }
+        Ok(response)
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let text = tokio::task::spawn_blocking(move || render(&telemetry))
+                .await
+                .unwrap_or_default();
+            respond(StatusCode::OK, CONTENT_TYPE, text)
+        }
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: Periscope serves /metrics and /healthz\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,179 @@
+//! `periscope`: the node agent. `run` is the daemon, `check` the preflight.
+
+mod check;
+mod config;
+mod export;
+mod histogram;
+mod metrics;
+mod probes;
+mod telemetry;
+mod tracefs;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::{config::Config, metrics::Resource, probes::Probes, telemetry::Telemetry};
+
+/// Kernel and HTTP telemetry for every process on this node, as OpenTelemetry metrics, with no
+/// code change: eBPF programs aggregate in the kernel; Periscope exports the histograms over OTLP
+/// and on a Prometheus endpoint.
+#[derive(Parser)]
+#[command(name = "periscope", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  \
+  periscope check                       # what can attach here, and why not\n  \
+  periscope run                         # Prometheus on 127.0.0.1:9464/metrics\n  \
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 periscope run\n  \
+  periscope run --config /etc/periscope/periscope.yaml --duration 5m")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: attach the probes and export until SIGINT/SIGTERM or --duration.
+    Run {
+        /// YAML config file (default: the embedded config/periscope.yaml).
+        #[arg(long, short, env = "PERISCOPE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Stop cleanly after this long (e.g. 30s, 5m): final export, detach, exit 0.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Preflight: kernel, BTF, tracefs, capabilities, and per probe family the attach mechanism
+    /// or why it cannot attach. Exits non-zero only when no probe family can run.
+    Check {
+        /// YAML config file (default: the embedded config/periscope.yaml).
+        #[arg(long, short, env = "PERISCOPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    config.apply_env(|name| std::env::var(name).ok())?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = config.log.clone().unwrap_or_else(|| "info".to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("invalid log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, duration } => load_config(config.as_deref()).and_then(|c| {
+            init_logging(&c);
+            run(c, duration)
+        }),
+        Command::Check { config } => load_config(config.as_deref()).map(|c| {
+            if !check::run(&c) {
+                std::process::exit(1);
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("periscope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_daemon(config, duration))
+}
+
+async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
+    let tracefs = match tracefs::Tracefs::locate_or_mount() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "tracepoint probes cannot attach");
+            None
+        }
+    };
+    let probes = Probes::start(&config, tracefs.as_ref())?;
+    if !probes.statuses.iter().any(|s| s.attached()) {
+        anyhow::bail!(
+            "no probe family could attach (see the warnings above, or run `periscope check`)"
+        );
+    }
+    let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if !config.prometheus.listen.is_empty() {
+        let (listener, addr) = export::prometheus::bind(&config.prometheus.listen).await?;
+        tracing::info!(%addr, "Prometheus endpoint serving /metrics");
+        tasks.push(tokio::spawn(export::prometheus::serve(
+            listener,
+            telemetry.clone(),
+            stopped.clone(),
+        )));
+    }
+    if config.otlp.endpoint.is_some() {
+        let exporter = export::otlp::OtlpExporter::new(&config.otlp)?;
+        tracing::info!(
+            endpoint = config.otlp.endpoint.as_deref().unwrap_or_default(),
+            protocol = ?config.otlp.protocol,
+            interval = ?config.otlp.interval,
+            "OTLP metrics export on"
+        );
+        tasks.push(tokio::spawn(
+            exporter.run(telemetry.clone(), stopped.clone()),
+        ));
+    }
+
+    wait_for_stop(duration).await;
+    tracing::info!("stopping: final export, then detaching probes");
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Dropping the probes closes every link and program: nothing stays attached.
+    match Arc::try_unwrap(telemetry) {
+        Ok(t) => drop(t.into_probes()),
+        Err(_) => tracing::warn!("telemetry still shared at exit; the kernel detaches on exit"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop(duration: Option<Duration>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = timer => tracing::info!("--duration elapsed"),
+    }
+}

@@ -1,0 +1,164 @@
+//! Block IO latency and request size per device and operation: the user-space half of
+//! `ebpf/periscope-ebpf/src/block.rs` (tracepoints `block:block_rq_issue` and
+//! `block:block_rq_complete`), exported as `kernel.block.io.duration` and `kernel.block.io.size`.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+};
+use periscope_common::{
+    HistKey,
+    block::{dev_major_minor, op_name, split_series},
+};
+
+use super::{
+    KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
+    choose_mechanism, take_histogram_map,
+};
+use crate::{
+    config::BlockConfig,
+    histogram::{Histogram, ValueUnit, read_map},
+    metrics::{Attributes, Metric},
+    tracefs::Tracefs,
+};
+
+const FAMILY: &str = "block";
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("block_rq_issue", "block", "block_rq_issue"),
+    ("block_rq_complete", "block", "block_rq_complete"),
+];
+
+/// What `start` will do, decided before the object is loaded (globals are load-time).
+pub struct Plan {
+    pub settings: LoadSettings,
+    enabled: bool,
+    mechanism: Result<Mechanism, ProbeError>,
+}
+
+pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
+    let mut settings = LoadSettings::default();
+    if !config.enabled {
+        return Plan {
+            settings,
+            enabled: false,
+            mechanism: Err(ProbeError::Mechanism("disabled".into())),
+        };
+    }
+    let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
+        .map_err(ProbeError::Mechanism)
+        .and_then(|m| {
+            let tracefs = tracefs.ok_or_else(|| ProbeError::Mechanism("tracefs missing".into()))?;
+            settings.globals = tracepoint_offsets(tracefs)?;
+            Ok(m)
+        });
+    Plan {
+        settings,
+        enabled: true,
+        mechanism,
+    }
+}
+
+/// Field offsets of this kernel's block tracepoints, for the program's globals.
+fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let issue = tracefs.format("block", "block_rq_issue")?;
+    let complete = tracefs.format("block", "block_rq_complete")?;
+    Ok(vec![
+        ("BLOCK_ISSUE_DEV", issue.offset("dev", 4)?),
+        ("BLOCK_ISSUE_SECTOR", issue.offset("sector", 8)?),
+        ("BLOCK_ISSUE_BYTES", issue.offset("bytes", 4)?),
+        ("BLOCK_ISSUE_RWBS", issue.offset("rwbs", 0)?),
+        ("BLOCK_COMPLETE_DEV", complete.offset("dev", 4)?),
+        ("BLOCK_COMPLETE_SECTOR", complete.offset("sector", 8)?),
+    ])
+}
+
+pub struct Block {
+    latency: PerCpuHashMap<MapData, HistKey, u64>,
+    size: PerCpuHashMap<MapData, HistKey, u64>,
+}
+
+pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
+    let mut status = ProbeStatus {
+        family: FAMILY,
+        enabled: plan.enabled,
+        mechanism: None,
+        error: None,
+        programs: Vec::new(),
+    };
+    if !plan.enabled {
+        return (None, status);
+    }
+    let attached = plan.mechanism.and_then(|mechanism| {
+        attach_tracepoints(ebpf, PROGRAMS)?;
+        let block = Block {
+            latency: take_histogram_map(ebpf, "BLOCK_LATENCY")?,
+            size: take_histogram_map(ebpf, "BLOCK_SIZE")?,
+        };
+        Ok((mechanism, block))
+    });
+    match attached {
+        Ok((mechanism, block)) => {
+            status.mechanism = Some(mechanism);
+            status.programs = PROGRAMS.iter().map(|p| p.0).collect();
+            (Some(block), status)
+        }
+        Err(e) => {
+            status.error = Some(e.to_string());
+            (None, status)
+        }
+    }
+}
+
+impl Block {
+    pub fn collect(&self, out: &mut Vec<Metric>) {
+        match (read_map(&self.latency), read_map(&self.size)) {
+            (Ok(latency), Ok(size)) => {
+                out.push(Metric::histogram(
+                    "kernel.block.io.duration",
+                    "Block IO latency from issue to the device until completion, per device and operation.",
+                    ValueUnit::Seconds,
+                    with_device_attributes(latency),
+                ));
+                out.push(Metric::histogram(
+                    "kernel.block.io.size",
+                    "Block IO request size, per device and operation.",
+                    ValueUnit::Bytes,
+                    with_device_attributes(size),
+                ));
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(probe = FAMILY, error = %e, "reading block histograms failed")
+            }
+        }
+    }
+}
+
+fn with_device_attributes(series: HashMap<u64, Histogram>) -> Vec<(Attributes, Histogram)> {
+    let mut points: Vec<(Attributes, Histogram)> = series
+        .into_iter()
+        .map(|(series, histogram)| {
+            let (dev, op) = split_series(series);
+            let (major, minor) = dev_major_minor(dev);
+            let attributes = vec![
+                ("system.device", device_name(major, minor)),
+                ("block.device.major_minor", format!("{major}:{minor}")),
+                ("block.io.operation", op_name(op).to_string()),
+            ];
+            (attributes, histogram)
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    points
+}
+
+/// `vda`, `loop3`, `nvme0n1p1`: the name sysfs gives the device, or `major:minor` when it is
+/// gone (a loop device detached since).
+pub fn device_name(major: u32, minor: u32) -> String {
+    std::fs::read_link(format!("/sys/dev/block/{major}:{minor}"))
+        .ok()
+        .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}

@@ -1,0 +1,340 @@
+//! Loading the eBPF object and attaching each probe family on its own: a family that cannot
+//! attach is reported (log, `periscope check`, `periscope_probe_attached`) and the others run.
+//!
+//! The attach mechanism is chosen at run time per family from what the kernel allows and what
+//! the family implements, in the order fentry > kprobe > BTF tracepoint > raw tracepoint >
+//! tracepoint.
+
+pub mod block;
+pub mod sched;
+
+use std::fmt;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{ProgramType, TracePoint},
+};
+use periscope_common::HistKey;
+
+use crate::{
+    config::{Config, MechanismChoice},
+    metrics::Metric,
+    tracefs::{Tracefs, TracefsError},
+};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mechanism {
+    Fentry,
+    Kprobe,
+    BtfTracepoint,
+    RawTracepoint,
+    Tracepoint,
+}
+
+impl Mechanism {
+    /// Best first.
+    pub const PREFERENCE: [Mechanism; 5] = [
+        Self::Fentry,
+        Self::Kprobe,
+        Self::BtfTracepoint,
+        Self::RawTracepoint,
+        Self::Tracepoint,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::BtfTracepoint => "btf_tracepoint",
+            Self::RawTracepoint => "raw_tracepoint",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+
+    fn from_choice(choice: MechanismChoice) -> Option<Self> {
+        match choice {
+            MechanismChoice::Auto => None,
+            MechanismChoice::Fentry => Some(Self::Fentry),
+            MechanismChoice::Kprobe => Some(Self::Kprobe),
+            MechanismChoice::BtfTracepoint => Some(Self::BtfTracepoint),
+            MechanismChoice::RawTracepoint => Some(Self::RawTracepoint),
+            MechanismChoice::Tracepoint => Some(Self::Tracepoint),
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What this kernel allows, probed once at start.
+#[derive(Debug, Clone)]
+pub struct KernelSupport {
+    /// Per mechanism: `Ok(())` or why the kernel does not allow it.
+    pub mechanisms: Vec<(Mechanism, Result<(), String>)>,
+}
+
+impl KernelSupport {
+    pub fn probe(tracefs: Option<&Tracefs>) -> Self {
+        let tracing = match aya::sys::is_program_supported(ProgramType::Tracing) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("BPF_PROG_TYPE_TRACING programs do not load on this kernel".into()),
+            Err(e) => Err(format!("BPF_PROG_TYPE_TRACING probe failed: {e}")),
+        };
+        let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            Ok(())
+        } else {
+            Err("kernel built without CONFIG_KPROBES (no kprobe PMU)".into())
+        };
+        let raw = match aya::sys::is_program_supported(ProgramType::RawTracePoint) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("raw tracepoint programs do not load on this kernel".into()),
+            Err(e) => Err(format!("raw tracepoint probe failed: {e}")),
+        };
+        let tracepoint = match tracefs {
+            Some(_) => Ok(()),
+            None => Err("tracefs is not mounted".into()),
+        };
+        Self {
+            mechanisms: vec![
+                (Mechanism::Fentry, tracing.clone()),
+                (Mechanism::Kprobe, kprobe),
+                (Mechanism::BtfTracepoint, tracing),
+                (Mechanism::RawTracepoint, raw),
+                (Mechanism::Tracepoint, tracepoint),
+            ],
+        }
+    }
+
+    pub fn allows(&self, mechanism: Mechanism) -> Result<(), String> {
+        self.mechanisms
+            .iter()
+            .find(|(m, _)| *m == mechanism)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| Err("unknown mechanism".into()))
+    }
+}
+
+/// Picks the mechanism for a family: the configured one, or the best one that the family
+/// implements and the kernel allows.
+pub fn choose_mechanism(
+    family: &str,
+    implemented: &[Mechanism],
+    choice: MechanismChoice,
+    kernel: &KernelSupport,
+) -> Result<Mechanism, String> {
+    if let Some(forced) = Mechanism::from_choice(choice) {
+        if !implemented.contains(&forced) {
+            return Err(format!(
+                "{family}: mechanism {forced} is configured but this family implements only {}",
+                names(implemented)
+            ));
+        }
+        return kernel
+            .allows(forced)
+            .map(|()| forced)
+            .map_err(|why| format!("{family}: mechanism {forced} is configured but {why}"));
+    }
+    Mechanism::PREFERENCE
+        .into_iter()
+        .filter(|m| implemented.contains(m))
+        .find(|m| kernel.allows(*m).is_ok())
+        .ok_or_else(|| {
+            let reasons: Vec<String> = implemented
+                .iter()
+                .map(|m| format!("{m}: {}", kernel.allows(*m).err().unwrap_or_default()))
+                .collect();
+            format!("{family}: no usable mechanism ({})", reasons.join("; "))
+        })
+}
+
+fn names(mechanisms: &[Mechanism]) -> String {
+    mechanisms
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Outcome of attaching one family.
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    pub family: &'static str,
+    pub enabled: bool,
+    pub mechanism: Option<Mechanism>,
+    pub error: Option<String>,
+    /// Names of the attached eBPF programs.
+    pub programs: Vec<&'static str>,
+}
+
+impl ProbeStatus {
+    pub fn attached(&self) -> bool {
+        self.mechanism.is_some() && self.error.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("{0}")]
+    Mechanism(String),
+    #[error("loading eBPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// Load-time settings of one family: the globals it sets and the map sizes it overrides.
+#[derive(Default)]
+pub struct LoadSettings {
+    pub globals: Vec<(&'static str, u32)>,
+    pub max_entries: Vec<(&'static str, u32)>,
+}
+
+/// Attaches tracepoint programs `(program, category, tracepoint)`, all or nothing.
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    for (program, category, name) in programs {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::Map {
+                map: program,
+                reason: "program missing from the eBPF object".into(),
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.load()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.attach(category, name)
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
+/// Takes a per-CPU histogram map out of the object.
+fn take_histogram_map(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuHashMap<MapData, HistKey, u64>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map {
+        map: name,
+        reason: "missing from the eBPF object".into(),
+    })?;
+    PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map {
+        map: name,
+        reason: e.to_string(),
+    })
+}
+
+/// Everything loaded into the kernel: the object, each family's readers, and the statuses.
+pub struct Probes {
+    /// Owns every program and link; dropping it detaches everything.
+    ebpf: Ebpf,
+    pub statuses: Vec<ProbeStatus>,
+    pub kernel: KernelSupport,
+    block: Option<block::Block>,
+    sched: Option<sched::Sched>,
+    counters: Option<PerCpuArray<MapData, u64>>,
+}
+
+impl Probes {
+    /// Loads the object and attaches every enabled family. Fails only when the object itself
+    /// cannot be loaded; per-family failures end up in `statuses`.
+    pub fn start(config: &Config, tracefs: Option<&Tracefs>) -> anyhow::Result<Self> {
+        let kernel = KernelSupport::probe(tracefs);
+        let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
+        let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
+
+        let mut loader = EbpfLoader::new();
+        for settings in [&block_plan.settings, &sched_plan.settings] {
+            for (name, value) in &settings.globals {
+                loader.override_global(name, value, true);
+            }
+            for (name, size) in &settings.max_entries {
+                loader.map_max_entries(name, *size);
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            anyhow::anyhow!(
+                "loading the eBPF object failed: {e}. Periscope needs CAP_BPF and CAP_PERFMON \
+                 (or root); run `periscope check` to see what is missing"
+            )
+        })?;
+
+        let (block, block_status) = block::start(&mut ebpf, block_plan);
+        let (sched, sched_status) = sched::start(&mut ebpf, sched_plan);
+        for status in [&block_status, &sched_status] {
+            match (&status.error, status.mechanism) {
+                (None, Some(mechanism)) => {
+                    tracing::info!(probe = status.family, %mechanism, "probe attached")
+                }
+                (Some(error), _) => {
+                    tracing::warn!(probe = status.family, %error, "probe not attached")
+                }
+                (None, None) => tracing::info!(probe = status.family, "probe disabled"),
+            }
+        }
+        let counters = ebpf
+            .take_map("COUNTERS")
+            .and_then(|m| PerCpuArray::try_from(m).ok());
+        Ok(Self {
+            ebpf,
+            statuses: vec![block_status, sched_status],
+            kernel,
+            block,
+            sched,
+            counters,
+        })
+    }
+
+    /// Reads every attached family's maps into metrics.
+    pub fn collect(&self, out: &mut Vec<Metric>) {
+        if let Some(block) = &self.block {
+            block.collect(out);
+        }
+        if let Some(sched) = &self.sched {
+            sched.collect(out);
+        }
+    }
+
+    /// The in-kernel self-telemetry counters, `(probe, kind, value)`.
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let Some(counters) = &self.counters else {
+            return Vec::new();
+        };
+        periscope_common::counters::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, (probe, kind))| {
+                let total = counters
+                    .get(&(i as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*probe, *kind, total)
+            })
+            .collect()
+    }
+
+    /// Run time and run count per attached program (meaningful when kernel.bpf_stats_enabled=1).
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,236 @@
+//! Run-queue latency: the user-space half of `ebpf/periscope-ebpf/src/sched.rs` (tracepoints
+//! `sched:sched_wakeup`, `sched:sched_wakeup_new`, `sched:sched_switch`), exported as
+//! `kernel.sched.runqueue.latency`, optionally per cgroup with a cap on distinct cgroups.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+};
+use periscope_common::{
+    HistKey,
+    sched::{ALL_TASKS, OTHER_CGROUPS},
+};
+
+use super::{
+    KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
+    choose_mechanism, take_histogram_map,
+};
+use crate::{
+    config::SchedConfig,
+    histogram::{Histogram, ValueUnit, read_map},
+    metrics::{Attributes, Metric},
+    tracefs::Tracefs,
+};
+
+const FAMILY: &str = "sched";
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("sched_wakeup", "sched", "sched_wakeup"),
+    ("sched_wakeup_new", "sched", "sched_wakeup_new"),
+    ("sched_switch", "sched", "sched_switch"),
+];
+
+pub struct Plan {
+    pub settings: LoadSettings,
+    enabled: bool,
+    by_cgroup: bool,
+    mechanism: Result<Mechanism, ProbeError>,
+}
+
+pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
+    let mut settings = LoadSettings::default();
+    if config.by_cgroup {
+        settings
+            .max_entries
+            .push(("SCHED_CGROUPS", config.max_cgroups));
+    } else {
+        // Keep the per-cgroup maps tiny when they are not used.
+        settings.max_entries.push(("SCHED_TASK_CGROUP", 1));
+        settings.max_entries.push(("SCHED_CGROUPS", 1));
+    }
+    if !config.enabled {
+        return Plan {
+            settings,
+            enabled: false,
+            by_cgroup: false,
+            mechanism: Err(ProbeError::Mechanism("disabled".into())),
+        };
+    }
+    let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
+        .map_err(ProbeError::Mechanism)
+        .and_then(|m| {
+            let tracefs = tracefs.ok_or_else(|| ProbeError::Mechanism("tracefs missing".into()))?;
+            settings.globals = tracepoint_offsets(tracefs)?;
+            settings
+                .globals
+                .push(("SCHED_BY_CGROUP", u32::from(config.by_cgroup)));
+            Ok(m)
+        });
+    Plan {
+        settings,
+        enabled: true,
+        by_cgroup: config.by_cgroup,
+        mechanism,
+    }
+}
+
+fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let wakeup = tracefs.format("sched", "sched_wakeup")?;
+    let wakeup_new = tracefs.format("sched", "sched_wakeup_new")?;
+    let switch = tracefs.format("sched", "sched_switch")?;
+    let pid = wakeup.offset("pid", 4)?;
+    if wakeup_new.offset("pid", 4)? != pid {
+        return Err(ProbeError::Mechanism(
+            "sched_wakeup and sched_wakeup_new disagree on the pid offset".into(),
+        ));
+    }
+    Ok(vec![
+        ("SCHED_WAKEUP_PID", pid),
+        ("SCHED_SWITCH_PREV_PID", switch.offset("prev_pid", 4)?),
+        ("SCHED_SWITCH_PREV_STATE", switch.offset("prev_state", 8)?),
+        ("SCHED_SWITCH_NEXT_PID", switch.offset("next_pid", 4)?),
+    ])
+}
+
+pub struct Sched {
+    latency: PerCpuHashMap<MapData, HistKey, u64>,
+    by_cgroup: bool,
+}
+
+pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Sched>, ProbeStatus) {
+    let mut status = ProbeStatus {
+        family: FAMILY,
+        enabled: plan.enabled,
+        mechanism: None,
+        error: None,
+        programs: Vec::new(),
+    };
+    if !plan.enabled {
+        return (None, status);
+    }
+    let by_cgroup = plan.by_cgroup;
+    let attached = plan.mechanism.and_then(|mechanism| {
+        attach_tracepoints(ebpf, PROGRAMS)?;
+        let latency = take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?;
+        Ok((mechanism, Sched { latency, by_cgroup }))
+    });
+    match attached {
+        Ok((mechanism, sched)) => {
+            status.mechanism = Some(mechanism);
+            status.programs = PROGRAMS.iter().map(|p| p.0).collect();
+            (Some(sched), status)
+        }
+        Err(e) => {
+            status.error = Some(e.to_string());
+            (None, status)
+        }
+    }
+}
+
+impl Sched {
+    pub fn collect(&self, out: &mut Vec<Metric>) {
+        let series = match read_map(&self.latency) {
+            Ok(series) => series,
+            Err(e) => {
+                tracing::warn!(probe = FAMILY, error = %e, "reading run-queue histogram failed");
+                return;
+            }
+        };
+        let points = if self.by_cgroup {
+            with_cgroup_attributes(series)
+        } else {
+            series
+                .into_iter()
+                .filter(|(s, _)| *s == ALL_TASKS)
+                .map(|(_, h)| (Vec::new(), h))
+                .collect()
+        };
+        out.push(Metric::histogram(
+            "kernel.sched.runqueue.latency",
+            "Time runnable tasks waited in a run queue before running (wakeup or preemption to switch-in).",
+            ValueUnit::Seconds,
+            points,
+        ));
+    }
+}
+
+fn with_cgroup_attributes(series: HashMap<u64, Histogram>) -> Vec<(Attributes, Histogram)> {
+    let paths = cgroup_paths();
+    let mut points: Vec<(Attributes, Histogram)> = series
+        .into_iter()
+        .map(|(id, histogram)| {
+            let path = match id {
+                OTHER_CGROUPS => "other".to_string(),
+                id => paths
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id:{id}")),
+            };
+            let mut attributes = vec![("cgroup.path", path.clone())];
+            if let Some(container) = container_id(&path) {
+                attributes.push(("container.id", container));
+            }
+            (attributes, histogram)
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    points
+}
+
+/// cgroup v2 id (the directory's inode number) to path, walking the unified hierarchy.
+fn cgroup_paths() -> HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists());
+    let mut out = HashMap::new();
+    let Some(root) = root else { return out };
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            let rel = dir
+                .strip_prefix(&root)
+                .unwrap_or(&dir)
+                .display()
+                .to_string();
+            out.insert(meta.ino(), format!("/{rel}"));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o layouts).
+pub fn container_id(path: &str) -> Option<String> {
+    path.split(['/', '-', '.'])
+        .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container_id;
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+        assert_eq!(
+            container_id(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope"
+            )),
+            Some(id.to_string())
+        );
+        assert_eq!(container_id(&format!("/docker/{id}")), Some(id.to_string()));
+        assert_eq!(container_id("/system.slice/ssh.service"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The aggregation point between probes and exporters: one snapshot of every metric, read from
+//! the kernel maps at the moment it is asked for (a scrape or an OTLP export), plus Periscope's
+//! own telemetry (`periscope.*`).
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use crate::{
+    metrics::{Metric, Points, Resource},
+    probes::Probes,
+};
+
+/// Export outcomes, counted by the OTLP exporter.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+pub struct Telemetry {
+    probes: Mutex<Probes>,
+    pub resource: Resource,
+    /// Start of the cumulative counts: when the maps were created.
+    pub start_time: SystemTime,
+    pub export: ExportStats,
+}
+
+impl Telemetry {
+    pub fn new(probes: Probes, resource: Resource) -> Self {
+        Self {
+            probes: Mutex::new(probes),
+            resource,
+            start_time: SystemTime::now(),
+            export: ExportStats::default(),
+        }
+    }
+
+    /// Gives back the probes (for a clean detach at shutdown).
+    pub fn into_probes(self) -> Probes {
+        self.probes.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything, cumulative since start.
+    pub fn snapshot(&self) -> Vec<Metric> {
+        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        probes.collect(&mut out);
+        self.self_telemetry(&probes, &mut out);
+        out
+    }
+
+    fn self_telemetry(&self, probes: &Probes, out: &mut Vec<Metric>) {
+        let attached = probes
+            .statuses
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| {
+                let mechanism = s.mechanism.map(|m| m.name()).unwrap_or("none");
+                let attrs = vec![
+                    ("probe", s.family.to_string()),
+                    ("mechanism", mechanism.to_string()),
+                ];
+                (attrs, if s.attached() { 1.0 } else { 0.0 })
+            })
+            .collect();
+        out.push(Metric {
+            name: "periscope.probe.attached",
+            description: "1 when the probe family is attached (with the mechanism used), 0 when it could not attach.",
+            unit: "1",
+            points: Points::Gauge(attached),
+        });
+        let errors = probes
+            .counters()
+            .into_iter()
+            .map(|(probe, kind, n)| {
+                (
+                    vec![("probe", probe.to_string()), ("kind", kind.to_string())],
+                    n as f64,
+                )
+            })
+            .collect();
+        out.push(Metric {
+            name: "periscope.probe.errors",
+            description: "Events the eBPF programs could not account for: unmatched completions, full maps.",
+            unit: "1",
+            points: Points::Counter(errors),
+        });
+        if bpf_stats_enabled() {
+            let stats = probes.program_stats();
+            let run_time = stats
+                .iter()
+                .map(|(p, t, _)| (vec![("program", p.clone())], t.as_secs_f64()))
+                .collect();
+            let run_count = stats
+                .iter()
+                .map(|(p, _, n)| (vec![("program", p.clone())], *n as f64))
+                .collect();
+            out.push(Metric {
+                name: "periscope.bpf.program.run_time",
+                description: "Time spent in each eBPF program (kernel.bpf_stats_enabled=1).",
+                unit: "s",
+                points: Points::Counter(run_time),
+            });
+            out.push(Metric {
+                name: "periscope.bpf.program.run_count",
+                description: "Runs of each eBPF program (kernel.bpf_stats_enabled=1).",
+                unit: "1",
+                points: Points::Counter(run_count),
+            });
+        }
+        let export = [
+            ("success", &self.export.succeeded),
+            ("failure", &self.export.failed),
+            ("retry", &self.export.retried),
+        ]
+        .into_iter()
+        .map(|(outcome, n)| {
+            (
+                vec![
+                    ("exporter", "otlp".to_string()),
+                    ("outcome", outcome.to_string()),
+                ],
+                n.load(Ordering::Relaxed) as f64,
+            )
+        })
+        .collect();
+        out.push(Metric {
+            name: "periscope.export.requests",
+            description: "OTLP export requests by outcome (a failure drops nothing: counts are cumulative).",
+            unit: "1",
+            points: Points::Counter(export),
+        });
+    }
+}
+
+/// `kernel.bpf_stats_enabled`: the kernel keeps per-program run time and count only when on.
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
