@@ -1,0 +1,36 @@
+# Periscope: the two commands of the quick start, and the helpers they are made of.
+#   make run    installs what is needed, builds, and runs the daemon on its embedded default
+#   make test   installs what is needed and runs every test (unit, property, end-to-end)
+# Both need root (eBPF, tracefs, loop devices) on Debian 12; see README.md.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: setup build run check test lint bench clean
+
+setup:
+	@bash .ci/setup.sh
+
+build: setup
+	$(CARGO) build --release -p periscope
+
+run: build
+	./target/release/periscope run $(ARGS)
+
+check: build
+	./target/release/periscope check $(ARGS)
+
+# End-to-end tests run the debug binary built here against the real kernel.
+test: setup
+	$(CARGO) build -p periscope
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup
+	bash bench/run.sh
+
+clean:
+	$(CARGO) clean

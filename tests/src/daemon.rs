@@ -1,0 +1,101 @@
+//! A `periscope run` child process with its own config and Prometheus port.
+
+use std::{
+    io::Read,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{free_port, periscope_bin, scrape::Scrape, wait_for};
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (YAML; the Prometheus listen address is added) and extra
+    /// environment, and waits until its endpoint answers.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("periscope.yaml");
+        let config = format!("prometheus:\n  listen: 127.0.0.1:{port}\n{config}");
+        std::fs::write(&path, config).expect("write config");
+        let mut command = Command::new(periscope_bin());
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("PERISCOPE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn periscope");
+        let mut daemon = Self {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        wait_for("periscope /healthz", Duration::from_secs(30), || {
+            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let stderr = daemon.stderr();
+                panic!("periscope exited early with {status}: {stderr}");
+            }
+            http_get(port, "/healthz").ok()
+        });
+        daemon
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let body = http_get(self.port, "/metrics").expect("scrape /metrics");
+        Scrape::parse(&body)
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
+            let _ = stderr.read_to_string(&mut out);
+        }
+        out
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut stderr = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut stderr);
+        }
+        (child.wait().expect("wait periscope"), stderr)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1:port: the body of a 200 answer.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!("unexpected answer: {head}")));
+    }
+    Ok(body.to_string())
+}

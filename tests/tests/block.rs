@@ -1,0 +1,81 @@
+//! Block IO on a loop device of the test's own: exact completion counts and sizes, and a latency
+//! distribution that agrees with libbpf-tools `biolatency -D` over the same workload.
+
+use periscope_e2e::{
+    daemon::Daemon,
+    loopdev::LoopDevice,
+    reference::{RefTool, mode, parse_log2_histograms},
+};
+
+const DURATION: &str = "kernel_block_io_duration_seconds";
+const SIZE: &str = "kernel_block_io_size_bytes";
+const ONLY_BLOCK: &str = "probes:\n  sched:\n    enabled: false\n";
+
+#[test]
+fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {
+    const WRITES: usize = 2000;
+    const BLOCK: usize = 64 * 1024;
+    let disk = LoopDevice::create(256);
+    let daemon = Daemon::start(ONLY_BLOCK, &[]);
+    let device = [("block_device_major_minor", disk.major_minor())];
+    let device: Vec<(&str, &str)> = device.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut writes = device.clone();
+    writes.push(("block_io_operation", "write"));
+
+    let biolatency = RefTool::start("biolatency", &["-D"]);
+    let before = daemon.scrape();
+    disk.direct_writes(BLOCK, WRITES);
+    let after = daemon.scrape();
+    let reference = biolatency.stop();
+
+    // Exactly the writes the workload made, all in the bucket closed by 64 KiB.
+    let latency = after.histogram(DURATION, &writes).since(&before.histogram(DURATION, &writes));
+    let size = after.histogram(SIZE, &writes).since(&before.histogram(SIZE, &writes));
+    assert_eq!(latency.count, WRITES as f64, "write completions on {}", disk.name);
+    assert_eq!(size.count, WRITES as f64);
+    assert_eq!(size.count_in_bucket(BLOCK as f64), WRITES as f64, "all in le=65536");
+    assert_eq!(size.sum, (WRITES * BLOCK) as f64);
+    let name = after
+        .samples
+        .iter()
+        .find(|s| s.labels.get("block_device_major_minor") == Some(&disk.major_minor()))
+        .and_then(|s| s.labels.get("system_device").cloned());
+    assert_eq!(name.as_deref(), Some(disk.name.as_str()), "device named as sysfs names it");
+
+    // Against biolatency -D on the same disk and window (all ops, as biolatency counts them).
+    let ours = after.histogram(DURATION, &device).since(&before.histogram(DURATION, &device));
+    let theirs = parse_log2_histograms(&reference)
+        .remove(&disk.name)
+        .unwrap_or_else(|| panic!("biolatency printed no histogram for {}:\n{reference}", disk.name));
+    let their_count: u64 = theirs.values().sum();
+    let relative = (ours.count - their_count as f64).abs() / their_count as f64;
+    println!("periscope {} completions, biolatency {their_count}", ours.count);
+    println!("periscope log2 slots {:?}", ours.log2_usec_slots());
+    println!("biolatency log2 slots {theirs:?}");
+    assert!(relative <= 0.02, "counts differ by {:.1}%", relative * 100.0);
+    assert_eq!(mode(&ours.log2_usec_slots()), mode(&theirs), "modal log2 bucket");
+}
+
+#[test]
+fn reads_and_writes_are_told_apart() {
+    let disk = LoopDevice::create(64);
+    let daemon = Daemon::start(ONLY_BLOCK, &[]);
+    let mm = disk.major_minor();
+    let op = |op| [("block_device_major_minor", mm.as_str()), ("block_io_operation", op)];
+    let before = daemon.scrape();
+    disk.direct_writes(4096, 300);
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", disk.path.display()))
+        .args(["of=/dev/null", "bs=8192", "count=150", "iflag=direct"])
+        .output()
+        .expect("dd read");
+    assert!(out.status.success());
+    let after = daemon.scrape();
+    let count = |op: [(&str, &str); 2]| after.histogram(SIZE, &op).since(&before.histogram(SIZE, &op));
+    let writes = count(op("write"));
+    let reads = count(op("read"));
+    assert_eq!(writes.count, 300.0);
+    assert_eq!(writes.count_in_bucket(4096.0), 300.0);
+    // udev may probe a new device with reads of its own; ours are the 8 KiB ones.
+    assert_eq!(reads.count_in_bucket(8192.0), 150.0);
+}

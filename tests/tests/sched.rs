@@ -1,0 +1,79 @@
+//! Run-queue latency under CPU contention from a known number of busy threads, compared with
+//! libbpf-tools `runqlat` over the same window.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::{
+    daemon::Daemon,
+    reference::{RefTool, median_slot, parse_log2_histograms},
+};
+
+const RUNQ: &str = "kernel_sched_runqueue_latency_seconds";
+const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n";
+
+/// `threads` threads spinning for `how_long`.
+fn busy(threads: usize, how_long: Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while start.elapsed() < how_long {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+#[test]
+fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let daemon = Daemon::start(ONLY_SCHED, &[]);
+
+    let window = Duration::from_secs(3);
+    let a = daemon.scrape();
+    std::thread::sleep(window);
+    let b = daemon.scrape();
+    let idle = b.histogram(RUNQ, &[]).since(&a.histogram(RUNQ, &[]));
+
+    let runqlat = RefTool::start("runqlat", &[]);
+    let c = daemon.scrape();
+    busy(cpus * 2, window);
+    let d = daemon.scrape();
+    let reference = runqlat.stop();
+    let busy = d.histogram(RUNQ, &[]).since(&c.histogram(RUNQ, &[]));
+
+    let theirs = parse_log2_histograms(&reference).remove("").expect("runqlat histogram");
+    let their_count: u64 = theirs.values().sum();
+    let ours = busy.log2_usec_slots();
+    println!("idle: {} waits, p50 {:.6}s; busy: {} waits, p50 {:.6}s", idle.count, idle.quantile(0.5), busy.count, busy.quantile(0.5));
+    println!("periscope log2 slots {ours:?}\nrunqlat log2 slots {theirs:?}");
+
+    // Contention shows: more waits, and longer ones.
+    assert!(busy.count > idle.count, "busy {} vs idle {}", busy.count, idle.count);
+    assert!(busy.quantile(0.5) > 4.0 * idle.quantile(0.5), "median wait must grow under contention");
+
+    // Agreement with runqlat: count within 10%, median within one log2 slot.
+    let relative = (busy.count - their_count as f64).abs() / their_count as f64;
+    assert!(relative <= 0.10, "counts differ by {:.1}% ({} vs {their_count})", relative * 100.0, busy.count);
+    let theirs_f: std::collections::BTreeMap<u32, f64> =
+        theirs.iter().map(|(k, v)| (*k, *v as f64)).collect();
+    let (our_median, their_median) = (median_slot(&ours).unwrap(), median_slot(&theirs_f).unwrap());
+    assert!(our_median.abs_diff(their_median) <= 1, "median slots {our_median} vs {their_median}");
+}
