@@ -186,14 +186,24 @@ impl Default for SchedConfig {
     }
 }
 
-/// Durations are written the human way: `10s`, `500ms`, `1m 30s`.
+/// Durations are written the human way: `10s`, `500ms`, `1m 30s`. The error is raised while the
+/// scalar itself is read, so serde_yaml reports the key path and the value's line and column.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write it like 10s, 500ms or 1m"
-        ))
-    })
+    struct HumanDuration;
+    impl serde::de::Visitor<'_> for HumanDuration {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 10s, 500ms or 1m")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text).map_err(|e| {
+                E::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like 10s, 500ms or 1m"
+                ))
+            })
+        }
+    }
+    deserializer.deserialize_str(HumanDuration)
 }
 
 impl Config {

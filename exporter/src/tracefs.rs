@@ -121,7 +121,7 @@ pub struct TracepointFormat {
 }
 
 impl TracepointFormat {
-    /// Parses lines like `field:unsigned int bytes;	offset:28;	size:4;	signed:0;`.
+    /// Parses lines like `field:unsigned int bytes; offset:28; size:4; signed:0;`.
     pub fn parse(tracepoint: &str, text: &str) -> Self {
         let fields = text
             .lines()

@@ -40,7 +40,11 @@ impl Daemon {
             _dir: dir,
         };
         wait_for("periscope /healthz", Duration::from_secs(30), || {
-            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 let stderr = daemon.stderr();
                 panic!("periscope exited early with {status}: {stderr}");
             }

@@ -21,7 +21,11 @@ impl LoopDevice {
             .arg(&backing)
             .output()
             .expect("run losetup");
-        assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let rdev = std::fs::metadata(&path).expect("stat loop device").rdev();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -48,7 +52,11 @@ impl LoopDevice {
             .arg("oflag=direct")
             .output()
             .expect("run dd");
-        assert!(out.status.success(), "dd failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

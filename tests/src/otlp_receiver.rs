@@ -67,7 +67,10 @@ impl OtlpReceiver {
         let (grpc_port, http_port) = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let ports = (grpc.local_addr().unwrap().port(), http.local_addr().unwrap().port());
+            let ports = (
+                grpc.local_addr().unwrap().port(),
+                http.local_addr().unwrap().port(),
+            );
             let service = MetricsServiceServer::new(shared.clone());
             tokio::spawn(
                 tonic::transport::Server::builder()
@@ -77,7 +80,12 @@ impl OtlpReceiver {
             tokio::spawn(serve_http(http, shared.clone()));
             ports
         });
-        Self { grpc_port, http_port, shared, _runtime: runtime }
+        Self {
+            grpc_port,
+            http_port,
+            shared,
+            _runtime: runtime,
+        }
     }
 
     pub fn requests(&self) -> Vec<ExportMetricsServiceRequest> {
@@ -92,7 +100,9 @@ impl OtlpReceiver {
 
 async fn serve_http(listener: tokio::net::TcpListener, shared: Shared) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -101,14 +111,19 @@ async fn serve_http(listener: tokio::net::TcpListener, shared: Shared) {
                     let refuse = request.uri().path() != "/v1/metrics" || shared.take_refusal();
                     let body = request.into_body().collect().await.map(|b| b.to_bytes());
                     let mut response = Response::new(Full::new(Bytes::new()));
-                    match body.ok().and_then(|b| ExportMetricsServiceRequest::decode(b).ok()) {
+                    match body
+                        .ok()
+                        .and_then(|b| ExportMetricsServiceRequest::decode(b).ok())
+                    {
                         Some(decoded) if !refuse => shared.requests.lock().unwrap().push(decoded),
                         _ => *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE,
                     }
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

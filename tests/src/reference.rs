@@ -26,7 +26,9 @@ impl RefTool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{tool} could not start ({e}); make test installs libbpf-tools"));
+            .unwrap_or_else(|e| {
+                panic!("{tool} could not start ({e}); make test installs libbpf-tools")
+            });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -80,16 +82,29 @@ pub fn parse_log2_histograms(text: &str) -> BTreeMap<String, Log2Hist> {
             section = name.trim().to_string();
             continue;
         }
-        let Some((range, rest)) = trimmed.split_once(':') else { continue };
-        let Some((low, _high)) = range.split_once("->") else { continue };
+        let Some((range, rest)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let Some((low, _high)) = range.split_once("->") else {
+            continue;
+        };
         let (Ok(low), Some(count)) = (
             low.trim().parse::<u64>(),
-            rest.split_whitespace().next().and_then(|c| c.parse::<u64>().ok()),
+            rest.split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u64>().ok()),
         ) else {
             continue;
         };
-        let slot = if low == 0 { 0 } else { 63 - low.leading_zeros() };
-        *out.entry(section.clone()).or_default().entry(slot).or_default() += count;
+        let slot = if low == 0 {
+            0
+        } else {
+            63 - low.leading_zeros()
+        };
+        *out.entry(section.clone())
+            .or_default()
+            .entry(slot)
+            .or_default() += count;
     }
     out
 }

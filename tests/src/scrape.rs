@@ -55,9 +55,17 @@ impl Scrape {
     pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> PromHistogram {
         let mut series: BTreeMap<Vec<(String, String)>, PromHistogram> = BTreeMap::new();
         for s in self.matching(&format!("{name}_bucket"), labels) {
-            let key: Vec<(String, String)> =
-                s.labels.iter().filter(|(k, _)| *k != "le").map(|(k, v)| (k.clone(), v.clone())).collect();
-            let le = s.labels.get("le").map(|v| parse_value(v)).unwrap_or(f64::INFINITY);
+            let key: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| *k != "le")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let le = s
+                .labels
+                .get("le")
+                .map(|v| parse_value(v))
+                .unwrap_or(f64::INFINITY);
             series.entry(key).or_default().buckets.push((le, s.value));
         }
         let mut total = PromHistogram::default();
@@ -75,11 +83,21 @@ impl PromHistogram {
     /// Cumulative count at `x`: the value at the largest listed `le <= x` (bounds that are not
     /// listed hold no counts of their own).
     pub fn cumulative_at(&self, x: f64) -> f64 {
-        self.buckets.iter().take_while(|(le, _)| *le <= x).last().map(|b| b.1).unwrap_or(0.0)
+        self.buckets
+            .iter()
+            .take_while(|(le, _)| *le <= x)
+            .last()
+            .map(|b| b.1)
+            .unwrap_or(0.0)
     }
 
     fn bounds_with(&self, other: &Self) -> Vec<f64> {
-        let mut les: Vec<f64> = self.buckets.iter().chain(&other.buckets).map(|b| b.0).collect();
+        let mut les: Vec<f64> = self
+            .buckets
+            .iter()
+            .chain(&other.buckets)
+            .map(|b| b.0)
+            .collect();
         les.sort_by(f64::total_cmp);
         les.dedup();
         les
@@ -91,7 +109,11 @@ impl PromHistogram {
             .into_iter()
             .map(|le| (le, self.cumulative_at(le) + other.cumulative_at(le)))
             .collect();
-        Self { buckets, count: self.count + other.count, sum: self.sum + other.sum }
+        Self {
+            buckets,
+            count: self.count + other.count,
+            sum: self.sum + other.sum,
+        }
     }
 
     /// What happened between `earlier` and `self`.
@@ -101,7 +123,11 @@ impl PromHistogram {
             .into_iter()
             .map(|le| (le, self.cumulative_at(le) - earlier.cumulative_at(le)))
             .collect();
-        Self { buckets, count: self.count - earlier.count, sum: self.sum - earlier.sum }
+        Self {
+            buckets,
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+        }
     }
 
     /// `(lower, upper, count)` of every bucket with a count.
@@ -120,7 +146,11 @@ impl PromHistogram {
 
     /// The count in the bucket whose upper bound is `le`.
     pub fn count_in_bucket(&self, le: f64) -> f64 {
-        self.bucket_counts().iter().filter(|b| b.1 == le).map(|b| b.2).sum()
+        self.bucket_counts()
+            .iter()
+            .filter(|b| b.1 == le)
+            .map(|b| b.2)
+            .sum()
     }
 
     /// Quantile as PromQL's histogram_quantile computes it (linear inside the bucket).
@@ -146,9 +176,17 @@ impl PromHistogram {
     pub fn log2_usec_slots(&self) -> BTreeMap<u32, f64> {
         let mut out = BTreeMap::new();
         for (lower, upper, n) in self.bucket_counts() {
-            let middle_us = if lower > 0.0 { (lower * upper).sqrt() } else { upper } * 1e6;
+            let middle_us = if lower > 0.0 {
+                (lower * upper).sqrt()
+            } else {
+                upper
+            } * 1e6;
             let whole_us = middle_us.floor() as u64;
-            let slot = if whole_us == 0 { 0 } else { 63 - whole_us.leading_zeros() };
+            let slot = if whole_us == 0 {
+                0
+            } else {
+                63 - whole_us.leading_zeros()
+            };
             *out.entry(slot).or_default() += n;
         }
         out
@@ -169,7 +207,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)),
         None => (head, BTreeMap::new()),
     };
-    Some(Sample { name: name.to_string(), labels, value: parse_value(value) })
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value: parse_value(value),
+    })
 }
 
 fn parse_labels(text: &str) -> BTreeMap<String, String> {
@@ -183,7 +225,10 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
             match c {
                 '\\' => {
                     if let Some((_, e)) = chars.next() {
-                        value.push(match e { 'n' => '\n', other => other });
+                        value.push(match e {
+                            'n' => '\n',
+                            other => other,
+                        });
                     }
                 }
                 '"' => {
@@ -205,9 +250,15 @@ mod tests {
 
     #[test]
     fn parses_histograms_and_differences() {
-        let a = Scrape::parse("x_bucket{d=\"a\",le=\"1.0\"} 2\nx_bucket{d=\"a\",le=\"+Inf\"} 2\nx_count{d=\"a\"} 2\nx_sum{d=\"a\"} 1.5\n");
-        let b = Scrape::parse("x_bucket{d=\"a\",le=\"0.5\"} 1\nx_bucket{d=\"a\",le=\"1.0\"} 5\nx_bucket{d=\"a\",le=\"+Inf\"} 5\nx_count{d=\"a\"} 5\nx_sum{d=\"a\"} 3.0\n");
-        let d = b.histogram("x", &[("d", "a")]).since(&a.histogram("x", &[("d", "a")]));
+        let a = Scrape::parse(
+            "x_bucket{d=\"a\",le=\"1.0\"} 2\nx_bucket{d=\"a\",le=\"+Inf\"} 2\nx_count{d=\"a\"} 2\nx_sum{d=\"a\"} 1.5\n",
+        );
+        let b = Scrape::parse(
+            "x_bucket{d=\"a\",le=\"0.5\"} 1\nx_bucket{d=\"a\",le=\"1.0\"} 5\nx_bucket{d=\"a\",le=\"+Inf\"} 5\nx_count{d=\"a\"} 5\nx_sum{d=\"a\"} 3.0\n",
+        );
+        let d = b
+            .histogram("x", &[("d", "a")])
+            .since(&a.histogram("x", &[("d", "a")]));
         assert_eq!(d.count, 3.0);
         assert_eq!(d.bucket_counts(), vec![(0.0, 0.5, 1.0), (0.5, 1.0, 2.0)]);
     }

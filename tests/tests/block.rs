@@ -29,31 +29,65 @@ fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {
     let reference = biolatency.stop();
 
     // Exactly the writes the workload made, all in the bucket closed by 64 KiB.
-    let latency = after.histogram(DURATION, &writes).since(&before.histogram(DURATION, &writes));
-    let size = after.histogram(SIZE, &writes).since(&before.histogram(SIZE, &writes));
-    assert_eq!(latency.count, WRITES as f64, "write completions on {}", disk.name);
+    let latency = after
+        .histogram(DURATION, &writes)
+        .since(&before.histogram(DURATION, &writes));
+    let size = after
+        .histogram(SIZE, &writes)
+        .since(&before.histogram(SIZE, &writes));
+    assert_eq!(
+        latency.count, WRITES as f64,
+        "write completions on {}",
+        disk.name
+    );
     assert_eq!(size.count, WRITES as f64);
-    assert_eq!(size.count_in_bucket(BLOCK as f64), WRITES as f64, "all in le=65536");
+    assert_eq!(
+        size.count_in_bucket(BLOCK as f64),
+        WRITES as f64,
+        "all in le=65536"
+    );
     assert_eq!(size.sum, (WRITES * BLOCK) as f64);
     let name = after
         .samples
         .iter()
         .find(|s| s.labels.get("block_device_major_minor") == Some(&disk.major_minor()))
         .and_then(|s| s.labels.get("system_device").cloned());
-    assert_eq!(name.as_deref(), Some(disk.name.as_str()), "device named as sysfs names it");
+    assert_eq!(
+        name.as_deref(),
+        Some(disk.name.as_str()),
+        "device named as sysfs names it"
+    );
 
     // Against biolatency -D on the same disk and window (all ops, as biolatency counts them).
-    let ours = after.histogram(DURATION, &device).since(&before.histogram(DURATION, &device));
+    let ours = after
+        .histogram(DURATION, &device)
+        .since(&before.histogram(DURATION, &device));
     let theirs = parse_log2_histograms(&reference)
         .remove(&disk.name)
-        .unwrap_or_else(|| panic!("biolatency printed no histogram for {}:\n{reference}", disk.name));
+        .unwrap_or_else(|| {
+            panic!(
+                "biolatency printed no histogram for {}:\n{reference}",
+                disk.name
+            )
+        });
     let their_count: u64 = theirs.values().sum();
     let relative = (ours.count - their_count as f64).abs() / their_count as f64;
-    println!("periscope {} completions, biolatency {their_count}", ours.count);
+    println!(
+        "periscope {} completions, biolatency {their_count}",
+        ours.count
+    );
     println!("periscope log2 slots {:?}", ours.log2_usec_slots());
     println!("biolatency log2 slots {theirs:?}");
-    assert!(relative <= 0.02, "counts differ by {:.1}%", relative * 100.0);
-    assert_eq!(mode(&ours.log2_usec_slots()), mode(&theirs), "modal log2 bucket");
+    assert!(
+        relative <= 0.02,
+        "counts differ by {:.1}%",
+        relative * 100.0
+    );
+    assert_eq!(
+        mode(&ours.log2_usec_slots()),
+        mode(&theirs),
+        "modal log2 bucket"
+    );
 }
 
 #[test]
@@ -61,7 +95,12 @@ fn reads_and_writes_are_told_apart() {
     let disk = LoopDevice::create(64);
     let daemon = Daemon::start(ONLY_BLOCK, &[]);
     let mm = disk.major_minor();
-    let op = |op| [("block_device_major_minor", mm.as_str()), ("block_io_operation", op)];
+    let op = |op| {
+        [
+            ("block_device_major_minor", mm.as_str()),
+            ("block_io_operation", op),
+        ]
+    };
     let before = daemon.scrape();
     disk.direct_writes(4096, 300);
     let out = std::process::Command::new("dd")
@@ -71,7 +110,11 @@ fn reads_and_writes_are_told_apart() {
         .expect("dd read");
     assert!(out.status.success());
     let after = daemon.scrape();
-    let count = |op: [(&str, &str); 2]| after.histogram(SIZE, &op).since(&before.histogram(SIZE, &op));
+    let count = |op: [(&str, &str); 2]| {
+        after
+            .histogram(SIZE, &op)
+            .since(&before.histogram(SIZE, &op))
+    };
     let writes = count(op("write"));
     let reads = count(op("read"));
     assert_eq!(writes.count, 300.0);

@@ -43,7 +43,9 @@ fn busy(threads: usize, how_long: Duration) {
 
 #[test]
 fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let daemon = Daemon::start(ONLY_SCHED, &[]);
 
     let window = Duration::from_secs(3);
@@ -59,21 +61,45 @@ fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
     let reference = runqlat.stop();
     let busy = d.histogram(RUNQ, &[]).since(&c.histogram(RUNQ, &[]));
 
-    let theirs = parse_log2_histograms(&reference).remove("").expect("runqlat histogram");
+    let theirs = parse_log2_histograms(&reference)
+        .remove("")
+        .expect("runqlat histogram");
     let their_count: u64 = theirs.values().sum();
     let ours = busy.log2_usec_slots();
-    println!("idle: {} waits, p50 {:.6}s; busy: {} waits, p50 {:.6}s", idle.count, idle.quantile(0.5), busy.count, busy.quantile(0.5));
+    println!(
+        "idle: {} waits, p50 {:.6}s; busy: {} waits, p50 {:.6}s",
+        idle.count,
+        idle.quantile(0.5),
+        busy.count,
+        busy.quantile(0.5)
+    );
     println!("periscope log2 slots {ours:?}\nrunqlat log2 slots {theirs:?}");
 
     // Contention shows: more waits, and longer ones.
-    assert!(busy.count > idle.count, "busy {} vs idle {}", busy.count, idle.count);
-    assert!(busy.quantile(0.5) > 4.0 * idle.quantile(0.5), "median wait must grow under contention");
+    assert!(
+        busy.count > idle.count,
+        "busy {} vs idle {}",
+        busy.count,
+        idle.count
+    );
+    assert!(
+        busy.quantile(0.5) > 4.0 * idle.quantile(0.5),
+        "median wait must grow under contention"
+    );
 
     // Agreement with runqlat: count within 10%, median within one log2 slot.
     let relative = (busy.count - their_count as f64).abs() / their_count as f64;
-    assert!(relative <= 0.10, "counts differ by {:.1}% ({} vs {their_count})", relative * 100.0, busy.count);
+    assert!(
+        relative <= 0.10,
+        "counts differ by {:.1}% ({} vs {their_count})",
+        relative * 100.0,
+        busy.count
+    );
     let theirs_f: std::collections::BTreeMap<u32, f64> =
         theirs.iter().map(|(k, v)| (*k, *v as f64)).collect();
     let (our_median, their_median) = (median_slot(&ours).unwrap(), median_slot(&theirs_f).unwrap());
-    assert!(our_median.abs_diff(their_median) <= 1, "median slots {our_median} vs {their_median}");
+    assert!(
+        our_median.abs_diff(their_median) <= 1,
+        "median slots {our_median} vs {their_median}"
+    );
 }

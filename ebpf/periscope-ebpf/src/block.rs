@@ -74,7 +74,7 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Result<(), i32> {
         op: op_from_rwbs(rwbs),
     };
     if BLOCK_INFLIGHT
-        .insert(&request, &start, BPF_ANY as u64)
+        .insert(request, start, BPF_ANY as u64)
         .is_err()
     {
         count(counters::BLOCK_START_FULL);
@@ -103,11 +103,11 @@ fn try_block_rq_complete(ctx: &TracePointContext) -> Result<(), i32> {
         sector,
     };
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { BLOCK_INFLIGHT.get(&request) }).copied() else {
+    let Some(start) = (unsafe { BLOCK_INFLIGHT.get(request) }).copied() else {
         count(counters::BLOCK_UNMATCHED);
         return Ok(());
     };
-    let _ = BLOCK_INFLIGHT.remove(&request);
+    let _ = BLOCK_INFLIGHT.remove(request);
     let series = series(dev, start.op);
     let latency = ns_to_units(now.saturating_sub(start.issued_ns));
     record(&BLOCK_LATENCY, series, latency, counters::BLOCK_HIST_FULL);

@@ -57,7 +57,7 @@ fn mark_runnable(pid: u32) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if SCHED_RUNNABLE_SINCE
-        .insert(&pid, &now, BPF_ANY as u64)
+        .insert(pid, now, BPF_ANY as u64)
         .is_err()
     {
         count(counters::SCHED_START_FULL);
@@ -78,7 +78,7 @@ pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
         if global(&SCHED_BY_CGROUP) != 0 {
             // A new task starts in its parent's cgroup, and the parent is running now.
             let cgroup = unsafe { bpf_get_current_cgroup_id() };
-            let _ = SCHED_TASK_CGROUP.insert(&pid, &cgroup, BPF_ANY as u64);
+            let _ = SCHED_TASK_CGROUP.insert(pid, cgroup, BPF_ANY as u64);
         }
         mark_runnable(pid);
     }
@@ -103,7 +103,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     let by_cgroup = global(&SCHED_BY_CGROUP) != 0;
     if by_cgroup && prev_pid != 0 {
         let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        let _ = SCHED_TASK_CGROUP.insert(&prev_pid, &cgroup, BPF_ANY as u64);
+        let _ = SCHED_TASK_CGROUP.insert(prev_pid, cgroup, BPF_ANY as u64);
     }
     // Preempted but still runnable: it waits in the run queue from now on.
     if prev_state & TASK_REPORT_MASK == 0 {
@@ -113,10 +113,10 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(since) = (unsafe { SCHED_RUNNABLE_SINCE.get(&next_pid) }).copied() else {
+    let Some(since) = (unsafe { SCHED_RUNNABLE_SINCE.get(next_pid) }).copied() else {
         return Ok(());
     };
-    let _ = SCHED_RUNNABLE_SINCE.remove(&next_pid);
+    let _ = SCHED_RUNNABLE_SINCE.remove(next_pid);
     let now = unsafe { bpf_ktime_get_ns() };
     let series = if by_cgroup {
         cgroup_series(next_pid)
@@ -136,18 +136,16 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
 /// The series of a task's cgroup, or the "other" series once the cap of cgroups is reached.
 #[inline(always)]
 fn cgroup_series(pid: u32) -> u64 {
-    let Some(cgroup) = (unsafe { SCHED_TASK_CGROUP.get(&pid) }).copied() else {
+    let Some(cgroup) = (unsafe { SCHED_TASK_CGROUP.get(pid) }).copied() else {
         return OTHER_CGROUPS;
     };
-    if unsafe { SCHED_CGROUPS.get(&cgroup) }.is_some()
-        || SCHED_CGROUPS
-            .insert(&cgroup, &1, BPF_NOEXIST as u64)
-            .is_ok()
+    if unsafe { SCHED_CGROUPS.get(cgroup) }.is_some()
+        || SCHED_CGROUPS.insert(cgroup, 1, BPF_NOEXIST as u64).is_ok()
     {
         return cgroup;
     }
     // Lost a race creating it, or the map is full.
-    if unsafe { SCHED_CGROUPS.get(&cgroup) }.is_some() {
+    if unsafe { SCHED_CGROUPS.get(cgroup) }.is_some() {
         cgroup
     } else {
         OTHER_CGROUPS

@@ -32,7 +32,7 @@ fn bump(map: &PerCpuHashMap<HistKey, u64>, key: &HistKey, by: u64) -> Result<(),
         unsafe { *cell += by };
         return Ok(());
     }
-    if map.insert(key, &by, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(key, by, BPF_NOEXIST as u64).is_ok() {
         return Ok(());
     }
     // Lost a race with an interrupting program that created the cell: add to it.

@@ -18,7 +18,6 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    histogram::ValueUnit,
     metrics::{Metric, Points, sanitize},
     telemetry::Telemetry,
 };
@@ -149,9 +148,6 @@ fn prometheus_buckets(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
         })
         .collect()
 }
-
-/// Keeps the `ValueUnit` import honest for readers: histograms carry their own unit.
-const _: Option<ValueUnit> = None;
 
 /// Binds the endpoint (so a bad address fails at start) and returns the serving future.
 pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
