@@ -11,11 +11,8 @@ pub const DEFAULT_YAML: &str = include_str!("../../config/periscope.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid environment variable {name}={value:?}: {reason}")]
@@ -224,9 +221,9 @@ impl Config {
         match path {
             None => Self::from_yaml(DEFAULT_YAML, "(embedded default)"),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 })?;
                 Self::from_yaml(&text, &path.display().to_string())
             }

@@ -10,17 +10,17 @@ const LEGACY_MOUNT_POINT: &str = "/sys/kernel/debug/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {source}; \
+        "tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {error}; \
          mount it yourself with `mount -t tracefs tracefs {MOUNT_POINT}` (needs CAP_SYS_ADMIN), \
          or run Periscope with CAP_SYS_ADMIN once"
     )]
-    Mount { source: std::io::Error },
-    #[error("tracepoint {category}:{name} does not exist on this kernel ({path}: {source})")]
+    Mount { error: std::io::Error },
+    #[error("tracepoint {category}:{name} does not exist on this kernel ({path}: {error})")]
     MissingTracepoint {
         category: String,
         name: String,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("tracepoint {tracepoint} has no field {field:?} on this kernel")]
     MissingField { tracepoint: String, field: String },
@@ -44,7 +44,7 @@ impl Tracefs {
         if let Some(found) = Self::locate() {
             return Ok(found);
         }
-        mount_tracefs().map_err(|source| TracefsError::Mount { source })?;
+        mount_tracefs().map_err(|error| TracefsError::Mount { error })?;
         tracing::info!(path = MOUNT_POINT, "mounted tracefs");
         Ok(Self {
             root: MOUNT_POINT.into(),
@@ -73,11 +73,11 @@ impl Tracefs {
             .join(name)
             .join("format");
         let text =
-            std::fs::read_to_string(&path).map_err(|source| TracefsError::MissingTracepoint {
+            std::fs::read_to_string(&path).map_err(|error| TracefsError::MissingTracepoint {
                 category: category.into(),
                 name: name.into(),
                 path: path.display().to_string(),
-                source,
+                error,
             })?;
         Ok(TracepointFormat::parse(
             &format!("{category}:{name}"),

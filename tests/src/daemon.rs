@@ -53,6 +53,10 @@ impl Daemon {
         daemon
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
     pub fn scrape(&self) -> Scrape {
         let body = http_get(self.port, "/metrics").expect("scrape /metrics");
         Scrape::parse(&body)

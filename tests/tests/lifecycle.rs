@@ -1,0 +1,205 @@
+//! The daemon's life: configuration errors exactly as a user sees them, clean stops (SIGTERM,
+//! --duration) that leave no program loaded, a probe family that cannot attach while the others
+//! run, and tracefs missing.
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::{daemon::Daemon, free_port, periscope_bin};
+
+fn periscope(args: &[&str], config: Option<&str>) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("periscope.yaml");
+    let mut command = Command::new(periscope_bin());
+    command.args(args);
+    if let Some(text) = config {
+        std::fs::write(&path, text).unwrap();
+        command.arg("--config").arg(&path);
+    }
+    let out = command.output().expect("run periscope");
+    (out, path.display().to_string())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn config_errors_name_key_line_and_column() {
+    let cases = [
+        (
+            "prometheus:\n  listen: 127.0.0.1:0\n  lisen: x\n",
+            "prometheus: unknown field `lisen`, expected `listen` at line 3 column 3",
+        ),
+        (
+            "probes:\n  block:\n    enabled: maybe\n",
+            "probes.block.enabled: invalid type: string \"maybe\", expected a boolean at line 3 column 14",
+        ),
+        (
+            "otlp:\n  timeout: 5 furlongs\n",
+            "otlp.timeout: invalid duration \"5 furlongs\" (unknown time unit \"furlongs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like 10s, 500ms or 1m at line 2 column 12",
+        ),
+    ];
+    for (config, message) in cases {
+        let (out, path) = periscope(&["run"], Some(config));
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        assert_eq!(
+            stderr(&out),
+            format!("periscope: invalid config {path}: {message}\n")
+        );
+    }
+    let (out, _) = periscope(&["run", "--config", "/nonexistent/periscope.yaml"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "periscope: cannot read config file /nonexistent/periscope.yaml: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn empty_config_runs_and_duration_stops_cleanly() {
+    let port = free_port();
+    let start = Instant::now();
+    let out = Command::new(periscope_bin())
+        .args(["run", "--duration", "2s", "--config", "/dev/null"])
+        .env("PERISCOPE_PROMETHEUS_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run periscope");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(stderr(&out).contains("--duration elapsed"));
+}
+
+/// Program ids the process holds open, from /proc/PID/fdinfo.
+fn program_ids(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn sigterm_flushes_and_detaches_every_program() {
+    let daemon = Daemon::start("", &[]);
+    let ids = program_ids(daemon.pid());
+    assert_eq!(
+        ids.len(),
+        5,
+        "block (2) and sched (3) programs loaded: {ids:?}"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit 0 on SIGTERM: {log}");
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+    for id in ids {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool");
+        assert!(
+            !out.status.success(),
+            "program {id} still loaded after exit"
+        );
+    }
+}
+
+#[test]
+fn a_probe_that_cannot_attach_degrades_alone() {
+    // fentry is not implemented for block (and not allowed by this kernel): block must fail,
+    // sched must run, and both must say so.
+    let config = "probes:\n  block:\n    mechanism: fentry\n";
+    let daemon = Daemon::start(config, &[]);
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.value(
+            "periscope_probe_attached",
+            &[("probe", "block"), ("mechanism", "none")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "periscope_probe_attached",
+            &[("probe", "sched"), ("mechanism", "tracepoint")]
+        ),
+        Some(1.0)
+    );
+    let (_, log) = daemon.stop();
+    assert!(
+        log.contains("mechanism fentry is configured but this family implements only tracepoint"),
+        "{log}"
+    );
+
+    let (out, _) = periscope(&["check"], Some(config));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check exits 0 while something can run"
+    );
+    assert!(report.contains("FAIL  block"), "{report}");
+    assert!(report.contains("ok    sched"), "{report}");
+}
+
+#[test]
+fn check_fails_when_nothing_can_attach() {
+    let config = "probes:\n  block:\n    mechanism: kprobe\n  sched:\n    mechanism: fentry\n";
+    let (out, _) = periscope(&["check"], Some(config));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no probe family can attach"));
+}
+
+/// In a private mount namespace without tracefs: Periscope mounts it itself; without
+/// CAP_SYS_ADMIN it cannot, and says how to fix it.
+#[test]
+fn tracefs_missing_is_mounted_or_explained() {
+    let bin = periscope_bin();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+         test ! -e /sys/kernel/tracing/events || exit 99; {} check",
+        bin.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    assert!(
+        report.contains("ok    tracefs                      /sys/kernel/tracing"),
+        "{report}"
+    );
+    assert!(report.contains("ok    block"), "{report}");
+
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+         exec capsh --drop=cap_sys_admin -- -c '{} check'",
+        bin.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("mount it yourself with `mount -t tracefs tracefs /sys/kernel/tracing`"),
+        "{report}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nothing can attach without tracefs here"
+    );
+}
