@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Overhead of Periscope vs no tracing vs libbpf-tools (runqlat + biolatency), same workloads.
+
+Workloads (fixed work, scored by throughput; higher is better):
+  sched: `perf bench sched pipe` -- two tasks ping-pong through a pipe: two context switches
+         and two wakeups per operation, the worst case for run-queue tracing.
+  io:    fio 4 KiB random reads, O_DIRECT, iodepth 16, on a loop device of its own -- the
+         highest block request rate this machine can make.
+Each configuration runs ROUNDS times, interleaved so drift hits all alike; medians are compared.
+"""
+import argparse, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERISCOPE = os.path.join(ROOT, "target/release/periscope")
+PORT = 19464
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def sched_workload(ops):
+    out = subprocess.run(["perf", "bench", "sched", "pipe", "-l", str(ops)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"(\d+)\s+ops/sec", out).group(1))
+
+
+def io_workload(dev, seconds):
+    out = sh("fio", "--name=bench", f"--filename={dev}", "--rw=randread", "--bs=4k",
+             "--direct=1", "--ioengine=libaio", "--iodepth=16", f"--runtime={seconds}",
+             "--time_based", "--output-format=terse", "--terse-version=3")
+    return float(out.split(";")[7])  # read IOPS
+
+
+class Tracer:
+    def __init__(self, kind):
+        self.kind, self.procs, self.peak_rss_kb = kind, [], None
+
+    def __enter__(self):
+        if self.kind == "periscope":
+            env = dict(os.environ, PERISCOPE_PROMETHEUS_LISTEN=f"127.0.0.1:{PORT}", PERISCOPE_LOG="warn")
+            p = subprocess.Popen([PERISCOPE, "run", "--config", "/dev/null"], env=env)
+            self.procs.append(p)
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        elif self.kind == "libbpf-tools":
+            for tool in (["runqlat"], ["biolatency", "-D"]):
+                p = subprocess.Popen(["stdbuf", "-oL", f"/usr/sbin/{tool[0]}"] + tool[1:],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                p.stdout.readline()  # "Tracing ..." once attached
+                self.procs.append(p)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if self.kind == "periscope":
+                with open(f"/proc/{p.pid}/status") as f:
+                    self.peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=30)
+
+
+def bpf_costs():
+    """ns per run of each Periscope program, from its own self-metrics (bpf_stats on)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=5).read().decode()
+    t = dict(re.findall(r'periscope_bpf_program_run_time_seconds_total\{program="(\w+)"\} (\S+)', text))
+    n = dict(re.findall(r'periscope_bpf_program_run_count_total\{program="(\w+)"\} (\S+)', text))
+    return {p: (float(t[p]) * 1e9 / float(n[p]), float(n[p])) for p in t if float(n.get(p, 0)) > 0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sched-ops", type=int, default=50000)
+    ap.add_argument("--io-seconds", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (eBPF, loop devices)")
+
+    tmp = tempfile.mkdtemp()
+    img = os.path.join(tmp, "disk.img")
+    with open(img, "wb") as f:
+        f.truncate(512 << 20)
+    dev = sh("losetup", "--find", "--show", img).strip()
+    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    kinds = ["none", "periscope", "libbpf-tools"]
+    results = {(w, k): [] for w in ("sched", "io") for k in kinds}
+    rss, costs = [], {}
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write("1")
+        for r in range(args.rounds):
+            for kind in kinds if r % 2 == 0 else reversed(kinds):
+                print(f"[bench] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
+                with Tracer(kind) as t:
+                    results[("sched", kind)].append(sched_workload(args.sched_ops))
+                    results[("io", kind)].append(io_workload(dev, args.io_seconds))
+                    if kind == "periscope":
+                        costs = bpf_costs()
+                if t.peak_rss_kb:
+                    rss.append(t.peak_rss_kb)
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats_before)
+        subprocess.run(["losetup", "-d", dev])
+
+    lines = ["# Periscope overhead benchmark", "",
+             f"{args.rounds} interleaved rounds; medians. Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
+             "| workload | metric | no tracer | Periscope | libbpf-tools | Periscope overhead | libbpf-tools overhead |",
+             "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for w, unit in (("sched", "pipe ops/s"), ("io", "4k read IOPS")):
+        base, ours, ref = (statistics.median(results[(w, k)]) for k in kinds)
+        o_ours, o_ref = 1 - ours / base, 1 - ref / base
+        lines.append(f"| {w} | {unit} | {base:,.0f} | {ours:,.0f} | {ref:,.0f} | {o_ours:+.1%} | {o_ref:+.1%} |")
+        verdicts.append(f"{w}: Periscope/libbpf-tools throughput ratio {ours / ref:.3f} "
+                        f"({'meets' if ours >= ref * 0.99 else 'misses'} target: overhead no greater than libbpf-tools, 1% noise allowance)")
+    lines += ["", "Raw scores: " + ", ".join(f"{w}/{k}={['%.0f' % x for x in v]}" for (w, k), v in results.items()), ""]
+    lines += ["| eBPF program | ns per run | runs (last round) |", "|---|---|---|"]
+    lines += [f"| {p} | {ns:.0f} | {n:,.0f} |" for p, (ns, n) in sorted(costs.items())]
+    peak = max(rss) / 1024 if rss else float("nan")
+    lines += ["", f"Periscope peak RSS (VmHWM): {peak:.1f} MiB (target < 30 MiB: {'met' if peak < 30 else 'missed'})", ""]
+    lines += [f"- {v}" for v in verdicts]
+    report = "\n".join(lines) + "\n"
+    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/out/report.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
