@@ -4,12 +4,15 @@
 //!
 //! Reading costs O(non-empty buckets), whatever the number of events recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use aya::maps::{MapData, MapError, PerCpuHashMap};
+use aya::{
+    Pod,
+    maps::{MapData, MapError, PerCpuHashMap},
+};
 use periscope_common::{
-    HistKey,
-    hist::{SCALE, SECONDS_INDEX_OFFSET, SUM_SLOT, ZERO_SLOT, index_of_slot},
+    Hist,
+    hist::{SCALE, SECONDS_INDEX_OFFSET, ZERO_SLOT, index_of_slot},
 };
 
 /// What the kernel recorded, and so how to turn slots into values.
@@ -125,22 +128,29 @@ impl Histogram {
     }
 }
 
-/// Reads a per-CPU histogram map into one histogram per series, summing the CPUs.
-pub fn read_map(
-    map: &PerCpuHashMap<MapData, HistKey, u64>,
-) -> Result<HashMap<u64, Histogram>, MapError> {
-    let mut out: HashMap<u64, Histogram> = HashMap::new();
-    for entry in map.iter() {
-        let (key, per_cpu) = entry?;
-        let total: u64 = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
-        let histogram = out.entry(key.series).or_default();
-        if key.slot == SUM_SLOT {
-            histogram.sum = histogram.sum.wrapping_add(total);
-        } else {
-            *histogram.counts.entry(key.slot).or_default() += total;
+impl Histogram {
+    /// Sums the per-CPU copies of one kernel series.
+    pub fn from_kernel<'a>(per_cpu: impl IntoIterator<Item = &'a Hist>) -> Self {
+        let mut out = Self::default();
+        for hist in per_cpu {
+            out.sum = out.sum.wrapping_add(hist.sum);
+            for (slot, n) in hist.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+                *out.counts.entry(slot as u32).or_default() += n;
+            }
         }
+        out
     }
-    Ok(out)
+}
+
+/// Reads every series of a per-CPU histogram map, handing each series' per-CPU values to
+/// `convert`. One lookup per series: O(series x buckets x CPUs), whatever the event count.
+pub fn read_series<V: Pod, T>(
+    map: &PerCpuHashMap<MapData, u64, V>,
+    mut convert: impl FnMut(&[V]) -> T,
+) -> Result<Vec<(u64, T)>, MapError> {
+    map.iter()
+        .map(|entry| entry.map(|(series, per_cpu)| (series, convert(&per_cpu))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -151,6 +161,20 @@ mod tests {
     fn record(h: &mut Histogram, v: u64) {
         *h.counts.entry(slot_of(v)).or_default() += 1;
         h.sum += v;
+    }
+
+    #[test]
+    fn per_cpu_copies_are_summed() {
+        let mut a = Hist::ZERO;
+        let mut b = Hist::ZERO;
+        a.record(100);
+        a.record(0);
+        b.record(100);
+        let h = Histogram::from_kernel([&a, &b]);
+        assert_eq!(h.count(), 3);
+        assert_eq!(h.sum, 200);
+        assert_eq!(h.counts[&slot_of(100)], 2);
+        assert_eq!(h.counts[&ZERO_SLOT], 1);
     }
 
     #[test]

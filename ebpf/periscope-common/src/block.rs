@@ -10,6 +10,23 @@ pub struct BlockRequest {
     pub sector: u64,
 }
 
+/// Both block histograms of one (device, op) series, updated with a single map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockHists {
+    /// Issue-to-completion latency in 2^-30 s units.
+    pub latency: crate::Hist,
+    /// Request size in bytes.
+    pub size: crate::Hist,
+}
+
+impl BlockHists {
+    pub const ZERO: Self = Self {
+        latency: crate::Hist::ZERO,
+        size: crate::Hist::ZERO,
+    };
+}
+
 /// What the issue tracepoint remembers until completion.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,11 +3,11 @@
 /// A block completion whose issue was never seen (Periscope started mid-request, or the
 /// in-flight map evicted it).
 pub const BLOCK_UNMATCHED: u32 = 0;
-/// A histogram update failed because the histogram map was full.
+/// A new (device, op) series could not be created: the histogram map is full.
 pub const BLOCK_HIST_FULL: u32 = 1;
 /// The in-flight block request map was full.
 pub const BLOCK_START_FULL: u32 = 2;
-/// A run-queue histogram update failed because the map was full.
+/// A new run-queue series could not be created: the histogram map is full.
 pub const SCHED_HIST_FULL: u32 = 3;
 /// The run-queue start map was full.
 pub const SCHED_START_FULL: u32 = 4;

@@ -23,8 +23,6 @@ pub const MAX_EXPONENT: u32 = 40;
 pub const ZERO_SLOT: u32 = 0;
 /// Slots are `0` (zero) and `2 + i` for exponential index `i` in `[-1, MAX_EXPONENT * 16)`.
 pub const NUM_SLOTS: u32 = 2 + MAX_EXPONENT * SUBBUCKETS;
-/// Pseudo-slot holding the sum of all recorded values of a series.
-pub const SUM_SLOT: u32 = u32::MAX;
 /// Exponential index offset between duration units (2^-30 s) and seconds.
 pub const SECONDS_INDEX_OFFSET: i32 = 30 * SUBBUCKETS as i32;
 

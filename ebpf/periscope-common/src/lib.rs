@@ -11,33 +11,37 @@ pub mod counters;
 pub mod hist;
 pub mod sched;
 
-/// Key of every in-kernel histogram map: one entry per (series, bucket slot).
-///
-/// `series` is family-specific (block: device and op; sched: cgroup id or 0). `slot` is a bucket
-/// index from [`hist::slot_of`], or [`hist::SUM_SLOT`] for the running sum of recorded values.
+/// One histogram series as the kernel keeps it: the count of each bucket slot (see
+/// [`hist::slot_of`]) and the sum of the recorded values. Maps hold it per CPU, so recording is
+/// one map lookup and two increments, and reading costs O(buckets), never O(events).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HistKey {
-    pub series: u64,
-    pub slot: u32,
-    pub _pad: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub sum: u64,
+    pub buckets: [u64; hist::NUM_SLOTS as usize],
 }
 
-impl HistKey {
+impl Hist {
+    pub const ZERO: Self = Self {
+        sum: 0,
+        buckets: [0; hist::NUM_SLOTS as usize],
+    };
+
+    /// Records one value.
     #[inline(always)]
-    pub const fn new(series: u64, slot: u32) -> Self {
-        Self {
-            series,
-            slot,
-            _pad: 0,
+    pub fn record(&mut self, value: u64) {
+        if let Some(bucket) = self.buckets.get_mut(hist::slot_of(value) as usize) {
+            *bucket += 1;
         }
+        self.sum = self.sum.wrapping_add(value);
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields.
-    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::block::BlockHists {}
     unsafe impl aya::Pod for super::block::BlockRequest {}
     unsafe impl aya::Pod for super::block::BlockStart {}
 }

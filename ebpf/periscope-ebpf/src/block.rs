@@ -5,20 +5,19 @@
 //! Tracepoint field offsets come from the tracefs format files via load-time globals.
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use periscope_common::{
-    HistKey,
-    block::{BlockRequest, BlockStart, op_from_rwbs, series},
+    block::{BlockHists, BlockRequest, BlockStart, op_from_rwbs},
     counters,
     hist::ns_to_units,
 };
 
-use crate::shared::{count, global, record};
+use crate::shared::{count, global, series};
 
 // Field offsets in the tracepoint records, set by user space from the format files.
 #[unsafe(no_mangle)]
@@ -34,18 +33,21 @@ static BLOCK_COMPLETE_DEV: u32 = 8;
 #[unsafe(no_mangle)]
 static BLOCK_COMPLETE_SECTOR: u32 = 16;
 
-/// Requests issued and not yet completed. LRU so a lost completion cannot leak an entry.
+/// Requests issued and not yet completed. LRU so a lost completion cannot leak an entry; with
+/// per-CPU LRU lists, because a global LRU lock costs more than the rest of the program.
 #[map]
 static BLOCK_INFLIGHT: LruHashMap<BlockRequest, BlockStart> =
-    LruHashMap::with_max_entries(16384, 0);
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
 
-/// Issue-to-completion latency, in 2^-30 s units, per (device, op).
+/// Latency and size histograms per (device, op) series. Values are allocated when a series
+/// first appears, not preallocated, since each is ~10 KiB per CPU.
 #[map]
-static BLOCK_LATENCY: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+static BLOCK_HISTS: PerCpuHashMap<u64, BlockHists> =
+    PerCpuHashMap::with_max_entries(256, BPF_F_NO_PREALLOC);
 
-/// Request size in bytes per (device, op).
+/// The all-zero value new series start from.
 #[map]
-static BLOCK_SIZE: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+static BLOCK_ZERO: PerCpuArray<BlockHists> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
@@ -108,14 +110,14 @@ fn try_block_rq_complete(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let _ = BLOCK_INFLIGHT.remove(request);
-    let series = series(dev, start.op);
-    let latency = ns_to_units(now.saturating_sub(start.issued_ns));
-    record(&BLOCK_LATENCY, series, latency, counters::BLOCK_HIST_FULL);
-    record(
-        &BLOCK_SIZE,
-        series,
-        start.bytes as u64,
-        counters::BLOCK_HIST_FULL,
-    );
+    let key = periscope_common::block::series(dev, start.op);
+    if let Some(hists) = series(&BLOCK_HISTS, &key, &BLOCK_ZERO, counters::BLOCK_HIST_FULL) {
+        // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
+        let hists = unsafe { &mut *hists };
+        hists
+            .latency
+            .record(ns_to_units(now.saturating_sub(start.issued_ns)));
+        hists.size.record(start.bytes as u64);
+    }
     Ok(())
 }

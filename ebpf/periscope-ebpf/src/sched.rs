@@ -8,19 +8,19 @@
 //! go to one "other" series.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use periscope_common::{
-    HistKey, counters,
+    Hist, counters,
     hist::ns_to_units,
     sched::{ALL_TASKS, OTHER_CGROUPS, TASK_REPORT_MASK},
 };
 
-use crate::shared::{count, global, record};
+use crate::shared::{count, global, series};
 
 #[unsafe(no_mangle)]
 static SCHED_WAKEUP_PID: u32 = 24;
@@ -34,21 +34,29 @@ static SCHED_SWITCH_NEXT_PID: u32 = 56;
 #[unsafe(no_mangle)]
 static SCHED_BY_CGROUP: u32 = 0;
 
-/// When each runnable task started waiting, by thread id.
+/// When each runnable task started waiting, by thread id. Per-CPU LRU lists: cheaper inserts.
 #[map]
-static SCHED_RUNNABLE_SINCE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32768, 0);
+static SCHED_RUNNABLE_SINCE: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(32768, BPF_F_NO_COMMON_LRU);
 
 /// Last known cgroup of each thread (only with SCHED_BY_CGROUP).
 #[map]
-static SCHED_TASK_CGROUP: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32768, 0);
+static SCHED_TASK_CGROUP: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(32768, BPF_F_NO_COMMON_LRU);
 
 /// Cgroups that have their own series; its size (set at load) is the cap.
 #[map]
 static SCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 
-/// Run-queue latency, in 2^-30 s units, per series (all tasks, or per cgroup).
+/// Run-queue latency, in 2^-30 s units, per series (all tasks, or per cgroup). User space sets
+/// its size to the cgroup cap + 1 ("other"), or 1 (all tasks); values are allocated per series.
 #[map]
-static SCHED_RUNQ_LATENCY: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(65536, 0);
+static SCHED_RUNQ_LATENCY: PerCpuHashMap<u64, Hist> =
+    PerCpuHashMap::with_max_entries(258, BPF_F_NO_PREALLOC);
+
+/// The all-zero value new series start from.
+#[map]
+static SCHED_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn mark_runnable(pid: u32) {
@@ -118,18 +126,20 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = SCHED_RUNNABLE_SINCE.remove(next_pid);
     let now = unsafe { bpf_ktime_get_ns() };
-    let series = if by_cgroup {
+    let key = if by_cgroup {
         cgroup_series(next_pid)
     } else {
         ALL_TASKS
     };
-    let latency = ns_to_units(now.saturating_sub(since));
-    record(
+    if let Some(hist) = series(
         &SCHED_RUNQ_LATENCY,
-        series,
-        latency,
+        &key,
+        &SCHED_ZERO,
         counters::SCHED_HIST_FULL,
-    );
+    ) {
+        // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
+        unsafe { (*hist).record(ns_to_units(now.saturating_sub(since))) };
+    }
     Ok(())
 }
 

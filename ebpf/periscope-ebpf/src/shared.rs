@@ -1,13 +1,9 @@
-//! Helpers every probe family uses: histogram recording and self-telemetry counters.
+//! Helpers every probe family uses: per-series histogram values and self-telemetry counters.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
-};
-use periscope_common::{
-    HistKey,
-    hist::{SUM_SLOT, slot_of},
 };
 
 /// Self-telemetry counters, indexed by `periscope_common::counters`.
@@ -24,39 +20,30 @@ pub fn count(counter: u32) {
     }
 }
 
-/// Adds `by` to the per-CPU cell `key`, creating it when absent. Fails only when the map is full.
+/// This CPU's value of `key` in a per-CPU histogram map, created from the all-zero `template`
+/// (a map value too: histogram values are far larger than the 512-byte BPF stack) when absent.
+/// `None` only when the map is full; `full_counter` then counts it.
 #[inline(always)]
-fn bump(map: &PerCpuHashMap<HistKey, u64>, key: &HistKey, by: u64) -> Result<(), ()> {
-    if let Some(cell) = map.get_ptr_mut(key) {
-        // SAFETY: per-CPU cell of this CPU.
-        unsafe { *cell += by };
-        return Ok(());
+pub fn series<K, V>(
+    map: &PerCpuHashMap<K, V>,
+    key: &K,
+    template: &PerCpuArray<V>,
+    full_counter: u32,
+) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
     }
-    if map.insert(key, by, BPF_NOEXIST as u64).is_ok() {
-        return Ok(());
-    }
-    // Lost a race with an interrupting program that created the cell: add to it.
-    match map.get_ptr_mut(key) {
-        Some(cell) => {
-            unsafe { *cell += by };
-            Ok(())
-        }
-        None => Err(()),
-    }
-}
-
-/// Records one `value` in `series` of a histogram map: its bucket count and the series' sum.
-/// On a full map, increments the `full_counter` self-telemetry counter instead.
-#[inline(always)]
-pub fn record(map: &PerCpuHashMap<HistKey, u64>, series: u64, value: u64, full_counter: u32) {
-    let bucket = HistKey::new(series, slot_of(value));
-    if bump(map, &bucket, 1).is_err() || bump(map, &HistKey::new(series, SUM_SLOT), value).is_err()
-    {
+    let zero = template.get(0)?;
+    // EEXIST (an interrupting program created it first) is fine: look it up again.
+    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
+    let value = map.get_ptr_mut(key);
+    if value.is_none() {
         count(full_counter);
     }
+    value
 }
 
-/// Reads a load-time constant set by user space with `EbpfLoader::set_global`. The volatile
+/// Reads a load-time constant set by user space with `EbpfLoader::override_global`. The volatile
 /// read stops the compiler from folding the placeholder value into the code.
 #[inline(always)]
 pub fn global<T: Copy>(value: &T) -> T {

@@ -2,16 +2,11 @@
 //! `ebpf/periscope-ebpf/src/block.rs` (tracepoints `block:block_rq_issue` and
 //! `block:block_rq_complete`), exported as `kernel.block.io.duration` and `kernel.block.io.size`.
 
-use std::collections::HashMap;
-
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
 };
-use periscope_common::{
-    HistKey,
-    block::{dev_major_minor, op_name, split_series},
-};
+use periscope_common::block::{BlockHists, dev_major_minor, op_name, split_series};
 
 use super::{
     KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
@@ -19,7 +14,7 @@ use super::{
 };
 use crate::{
     config::BlockConfig,
-    histogram::{Histogram, ValueUnit, read_map},
+    histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
@@ -76,8 +71,7 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 }
 
 pub struct Block {
-    latency: PerCpuHashMap<MapData, HistKey, u64>,
-    size: PerCpuHashMap<MapData, HistKey, u64>,
+    hists: PerCpuHashMap<MapData, u64, BlockHists>,
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
@@ -94,8 +88,7 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
     let attached = plan.mechanism.and_then(|mechanism| {
         attach_tracepoints(ebpf, PROGRAMS)?;
         let block = Block {
-            latency: take_histogram_map(ebpf, "BLOCK_LATENCY")?,
-            size: take_histogram_map(ebpf, "BLOCK_SIZE")?,
+            hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
         };
         Ok((mechanism, block))
     });
@@ -114,44 +107,50 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
 
 impl Block {
     pub fn collect(&self, out: &mut Vec<Metric>) {
-        match (read_map(&self.latency), read_map(&self.size)) {
-            (Ok(latency), Ok(size)) => {
-                out.push(Metric::histogram(
-                    "kernel.block.io.duration",
-                    "Block IO latency from issue to the device until completion, per device and operation.",
-                    ValueUnit::Seconds,
-                    with_device_attributes(latency),
-                ));
-                out.push(Metric::histogram(
-                    "kernel.block.io.size",
-                    "Block IO request size, per device and operation.",
-                    ValueUnit::Bytes,
-                    with_device_attributes(size),
-                ));
+        let series = match read_series(&self.hists, |per_cpu: &[BlockHists]| {
+            (
+                Histogram::from_kernel(per_cpu.iter().map(|h| &h.latency)),
+                Histogram::from_kernel(per_cpu.iter().map(|h| &h.size)),
+            )
+        }) {
+            Ok(series) => series,
+            Err(e) => {
+                tracing::warn!(probe = FAMILY, error = %e, "reading block histograms failed");
+                return;
             }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(probe = FAMILY, error = %e, "reading block histograms failed")
-            }
+        };
+        let mut latency = Vec::with_capacity(series.len());
+        let mut size = Vec::with_capacity(series.len());
+        for (id, (l, s)) in series {
+            let attributes = device_attributes(id);
+            latency.push((attributes.clone(), l));
+            size.push((attributes, s));
         }
+        latency.sort_by(|a, b| a.0.cmp(&b.0));
+        size.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(Metric::histogram(
+            "kernel.block.io.duration",
+            "Block IO latency from issue to the device until completion, per device and operation.",
+            ValueUnit::Seconds,
+            latency,
+        ));
+        out.push(Metric::histogram(
+            "kernel.block.io.size",
+            "Block IO request size, per device and operation.",
+            ValueUnit::Bytes,
+            size,
+        ));
     }
 }
 
-fn with_device_attributes(series: HashMap<u64, Histogram>) -> Vec<(Attributes, Histogram)> {
-    let mut points: Vec<(Attributes, Histogram)> = series
-        .into_iter()
-        .map(|(series, histogram)| {
-            let (dev, op) = split_series(series);
-            let (major, minor) = dev_major_minor(dev);
-            let attributes = vec![
-                ("system.device", device_name(major, minor)),
-                ("block.device.major_minor", format!("{major}:{minor}")),
-                ("block.io.operation", op_name(op).to_string()),
-            ];
-            (attributes, histogram)
-        })
-        .collect();
-    points.sort_by(|a, b| a.0.cmp(&b.0));
-    points
+fn device_attributes(series: u64) -> Attributes {
+    let (dev, op) = split_series(series);
+    let (major, minor) = dev_major_minor(dev);
+    vec![
+        ("system.device", device_name(major, minor)),
+        ("block.device.major_minor", format!("{major}:{minor}")),
+        ("block.io.operation", op_name(op).to_string()),
+    ]
 }
 
 /// `vda`, `loop3`, `nvme0n1p1`: the name sysfs gives the device, or `major:minor` when it is

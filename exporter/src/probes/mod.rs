@@ -15,7 +15,6 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{ProgramType, TracePoint},
 };
-use periscope_common::HistKey;
 
 use crate::{
     config::{Config, MechanismChoice},
@@ -223,11 +222,11 @@ fn attach_tracepoints(
     Ok(())
 }
 
-/// Takes a per-CPU histogram map out of the object.
-fn take_histogram_map(
+/// Takes a per-CPU histogram map (series id to histogram values) out of the object.
+fn take_histogram_map<V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-) -> Result<PerCpuHashMap<MapData, HistKey, u64>, ProbeError> {
+) -> Result<PerCpuHashMap<MapData, u64, V>, ProbeError> {
     let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map {
         map: name,
         reason: "missing from the eBPF object".into(),

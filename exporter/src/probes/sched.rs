@@ -9,7 +9,7 @@ use aya::{
     maps::{MapData, PerCpuHashMap},
 };
 use periscope_common::{
-    HistKey,
+    Hist,
     sched::{ALL_TASKS, OTHER_CGROUPS},
 };
 
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::SchedConfig,
-    histogram::{Histogram, ValueUnit, read_map},
+    histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
@@ -95,7 +95,7 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 }
 
 pub struct Sched {
-    latency: PerCpuHashMap<MapData, HistKey, u64>,
+    latency: PerCpuHashMap<MapData, u64, Hist>,
     by_cgroup: bool,
 }
 
@@ -131,7 +131,9 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Sched>, ProbeStatus) {
 
 impl Sched {
     pub fn collect(&self, out: &mut Vec<Metric>) {
-        let series = match read_map(&self.latency) {
+        let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
+            Histogram::from_kernel(per_cpu)
+        }) {
             Ok(series) => series,
             Err(e) => {
                 tracing::warn!(probe = FAMILY, error = %e, "reading run-queue histogram failed");
@@ -156,7 +158,7 @@ impl Sched {
     }
 }
 
-fn with_cgroup_attributes(series: HashMap<u64, Histogram>) -> Vec<(Attributes, Histogram)> {
+fn with_cgroup_attributes(series: Vec<(u64, Histogram)>) -> Vec<(Attributes, Histogram)> {
     let paths = cgroup_paths();
     let mut points: Vec<(Attributes, Histogram)> = series
         .into_iter()
