@@ -141,6 +141,11 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
         ));
     }
 
+    tasks.push(tokio::spawn(sweep_stale_entries(
+        telemetry.clone(),
+        stopped.clone(),
+    )));
+
     wait_for_stop(duration).await;
     tracing::info!("stopping: final export, then detaching probes");
     let _ = stop.send(true);
@@ -154,6 +159,20 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Periodically removes start-time map entries whose end event was lost.
+async fn sweep_stale_entries(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(probes::SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let t = telemetry.clone();
+                let _ = tokio::task::spawn_blocking(move || t.sweep()).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_stop(duration: Option<Duration>) {

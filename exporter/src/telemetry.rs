@@ -46,6 +46,14 @@ impl Telemetry {
         self.probes.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Removes stale start-time entries from the kernel maps (see `probes::STALE_AFTER`).
+    pub fn sweep(&self) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep();
+    }
+
     /// Everything, cumulative since start.
     pub fn snapshot(&self) -> Vec<Metric> {
         let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,10 +5,10 @@
 //! Tracepoint field offsets come from the tracefs format files via load-time globals.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use periscope_common::{
@@ -33,11 +33,10 @@ static BLOCK_COMPLETE_DEV: u32 = 8;
 #[unsafe(no_mangle)]
 static BLOCK_COMPLETE_SECTOR: u32 = 16;
 
-/// Requests issued and not yet completed. LRU so a lost completion cannot leak an entry; with
-/// per-CPU LRU lists, because a global LRU lock costs more than the rest of the program.
+/// Requests issued and not yet completed. A plain hash (an LRU insert costs about twice as
+/// much); entries whose completion was lost are swept by user space (`probes::sweep`).
 #[map]
-static BLOCK_INFLIGHT: LruHashMap<BlockRequest, BlockStart> =
-    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+static BLOCK_INFLIGHT: HashMap<BlockRequest, BlockStart> = HashMap::with_max_entries(16384, 0);
 
 /// Latency and size histograms per (device, op) series. Values are allocated when a series
 /// first appears, not preallocated, since each is ~10 KiB per CPU.

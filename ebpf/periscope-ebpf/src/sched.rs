@@ -34,10 +34,10 @@ static SCHED_SWITCH_NEXT_PID: u32 = 56;
 #[unsafe(no_mangle)]
 static SCHED_BY_CGROUP: u32 = 0;
 
-/// When each runnable task started waiting, by thread id. Per-CPU LRU lists: cheaper inserts.
+/// When each runnable task started waiting, by thread id. A plain hash (an LRU insert costs
+/// about twice as much); stale entries are swept by user space (`probes::sweep`).
 #[map]
-static SCHED_RUNNABLE_SINCE: LruHashMap<u32, u64> =
-    LruHashMap::with_max_entries(32768, BPF_F_NO_COMMON_LRU);
+static SCHED_RUNNABLE_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 
 /// Last known cgroup of each thread (only with SCHED_BY_CGROUP).
 #[map]

@@ -6,11 +6,13 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
 };
-use periscope_common::block::{BlockHists, dev_major_minor, op_name, split_series};
+use periscope_common::block::{
+    BlockHists, BlockRequest, BlockStart, dev_major_minor, op_name, split_series,
+};
 
 use super::{
     KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
-    choose_mechanism, take_histogram_map,
+    choose_mechanism, sweep_stale, take_hash_map, take_histogram_map,
 };
 use crate::{
     config::BlockConfig,
@@ -72,6 +74,7 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 
 pub struct Block {
     hists: PerCpuHashMap<MapData, u64, BlockHists>,
+    inflight: aya::maps::HashMap<MapData, BlockRequest, BlockStart>,
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
@@ -89,6 +92,7 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
         attach_tracepoints(ebpf, PROGRAMS)?;
         let block = Block {
             hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
+            inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
         };
         Ok((mechanism, block))
     });
@@ -106,6 +110,11 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
 }
 
 impl Block {
+    /// Drops in-flight records whose completion never came.
+    pub fn sweep(&mut self) -> u64 {
+        sweep_stale(&mut self.inflight, |start| start.issued_ns)
+    }
+
     pub fn collect(&self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.hists, |per_cpu: &[BlockHists]| {
             (

@@ -237,6 +237,54 @@ fn take_histogram_map<V: aya::Pod>(
     })
 }
 
+/// Start-time maps (in-flight requests, runnable tasks) are plain hashes: an end event that is
+/// lost (Periscope attached mid-request, a requeued request) would leave its entry forever. The
+/// daemon sweeps entries older than this every [`SWEEP_INTERVAL`].
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `bpf_ktime_get_ns()` as user space sees it: CLOCK_MONOTONIC.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Deletes entries of a start-time map that started more than [`STALE_AFTER`] ago; returns how
+/// many. O(entries), and entries are only the requests or tasks in flight right now.
+fn sweep_stale<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<MapData, K, V>,
+    started_ns: impl Fn(&V) -> u64,
+) -> u64 {
+    let cutoff = monotonic_ns().saturating_sub(STALE_AFTER.as_nanos() as u64);
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| started_ns(v) < cutoff)
+        .map(|(k, _)| k)
+        .collect();
+    stale.iter().filter(|k| map.remove(k).is_ok()).count() as u64
+}
+
+/// Takes a plain hash map out of the object.
+fn take_hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::HashMap<MapData, K, V>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map {
+        map: name,
+        reason: "missing from the eBPF object".into(),
+    })?;
+    aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map {
+        map: name,
+        reason: e.to_string(),
+    })
+}
+
 /// Everything loaded into the kernel: the object, each family's readers, and the statuses.
 pub struct Probes {
     /// Owns every program and link; dropping it detaches everything.
@@ -246,6 +294,8 @@ pub struct Probes {
     block: Option<block::Block>,
     sched: Option<sched::Sched>,
     counters: Option<PerCpuArray<MapData, u64>>,
+    /// Stale start-time entries removed by `sweep`, per family.
+    swept: [(&'static str, u64); 2],
 }
 
 impl Probes {
@@ -295,6 +345,7 @@ impl Probes {
             block,
             sched,
             counters,
+            swept: [("block", 0), ("sched", 0)],
         })
     }
 
@@ -308,10 +359,24 @@ impl Probes {
         }
     }
 
-    /// The in-kernel self-telemetry counters, `(probe, kind, value)`.
+    /// Removes start-time entries whose end event was lost (see [`STALE_AFTER`]).
+    pub fn sweep(&mut self) {
+        if let Some(block) = &mut self.block {
+            self.swept[0].1 += block.sweep();
+        }
+        if let Some(sched) = &mut self.sched {
+            self.swept[1].1 += sched.sweep();
+        }
+    }
+
+    /// The self-telemetry counters, `(probe, kind, value)`: the in-kernel ones and the sweeps.
     pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let swept = self
+            .swept
+            .iter()
+            .map(|(probe, n)| (*probe, "stale_start_swept", *n));
         let Some(counters) = &self.counters else {
-            return Vec::new();
+            return swept.collect();
         };
         periscope_common::counters::NAMES
             .iter()
@@ -323,6 +388,7 @@ impl Probes {
                     .unwrap_or(0);
                 (*probe, *kind, total)
             })
+            .chain(swept)
             .collect()
     }
 

@@ -15,7 +15,7 @@ use periscope_common::{
 
 use super::{
     KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
-    choose_mechanism, take_histogram_map,
+    choose_mechanism, sweep_stale, take_hash_map, take_histogram_map,
 };
 use crate::{
     config::SchedConfig,
@@ -96,6 +96,7 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 
 pub struct Sched {
     latency: PerCpuHashMap<MapData, u64, Hist>,
+    runnable: aya::maps::HashMap<MapData, u32, u64>,
     by_cgroup: bool,
 }
 
@@ -114,7 +115,15 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Sched>, ProbeStatus) {
     let attached = plan.mechanism.and_then(|mechanism| {
         attach_tracepoints(ebpf, PROGRAMS)?;
         let latency = take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?;
-        Ok((mechanism, Sched { latency, by_cgroup }))
+        let runnable = take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?;
+        Ok((
+            mechanism,
+            Sched {
+                latency,
+                runnable,
+                by_cgroup,
+            },
+        ))
     });
     match attached {
         Ok((mechanism, sched)) => {
@@ -130,6 +139,11 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Sched>, ProbeStatus) {
 }
 
 impl Sched {
+    /// Drops "runnable since" stamps of tasks never seen switching in.
+    pub fn sweep(&mut self) -> u64 {
+        sweep_stale(&mut self.runnable, |since| *since)
+    }
+
     pub fn collect(&self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
             Histogram::from_kernel(per_cpu)
