@@ -8,7 +8,7 @@ Workloads (fixed work, scored by throughput; higher is better):
          highest block request rate this machine can make.
 Each configuration runs ROUNDS times, interleaved so drift hits all alike; medians are compared.
 """
-import argparse, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -32,11 +32,24 @@ def io_workload(dev, seconds):
     return float(out.split(";")[7])  # read IOPS
 
 
+def prog_stats():
+    """{id: (name, run_time_ns, run_cnt)} of every loaded eBPF program (bpf_stats must be on)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    return {p["id"]: (p.get("name", "?"), p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in json.loads(out or "[]")}
+
+
 class Tracer:
     def __init__(self, kind):
-        self.kind, self.procs, self.peak_rss_kb = kind, [], None
+        self.kind, self.procs, self.peak_rss_kb, self.ids = kind, [], None, set()
+
+    def ebpf_ns(self):
+        """Total run time of this tracer's programs so far."""
+        stats = prog_stats()
+        return sum(stats[i][1] for i in self.ids if i in stats)
 
     def __enter__(self):
+        before = set(prog_stats())
         if self.kind == "periscope":
             env = dict(os.environ, PERISCOPE_PROMETHEUS_LISTEN=f"127.0.0.1:{PORT}", PERISCOPE_LOG="warn")
             p = subprocess.Popen([PERISCOPE, "run", "--config", "/dev/null"], env=env)
@@ -53,6 +66,7 @@ class Tracer:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 p.stdout.readline()  # "Tracing ..." once attached
                 self.procs.append(p)
+        self.ids = set(prog_stats()) - before
         return self
 
     def __exit__(self, *exc):
@@ -89,6 +103,7 @@ def main():
     stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     kinds = ["none", "periscope", "libbpf-tools"]
     results = {(w, k): [] for w in ("sched", "io") for k in kinds}
+    ebpf_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
     rss, costs = [], {}
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
@@ -97,8 +112,14 @@ def main():
             for kind in kinds if r % 2 == 0 else reversed(kinds):
                 print(f"[bench] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
                 with Tracer(kind) as t:
+                    t0 = t.ebpf_ns()
                     results[("sched", kind)].append(sched_workload(args.sched_ops))
+                    t1 = t.ebpf_ns()
                     results[("io", kind)].append(io_workload(dev, args.io_seconds))
+                    t2 = t.ebpf_ns()
+                    if kind != "none":
+                        ebpf_cost[("sched", kind)].append((t1 - t0) / args.sched_ops)
+                        ebpf_cost[("io", kind)].append((t2 - t1) / (results[("io", kind)][-1] * args.io_seconds))
                     if kind == "periscope":
                         costs = bpf_costs()
                 if t.peak_rss_kb:
@@ -119,6 +140,14 @@ def main():
         lines.append(f"| {w} | {unit} | {base:,.0f} | {ours:,.0f} | {ref:,.0f} | {o_ours:+.1%} | {o_ref:+.1%} |")
         verdicts.append(f"{w}: Periscope/libbpf-tools throughput ratio {ours / ref:.3f} "
                         f"({'meets' if ours >= ref * 0.99 else 'misses'} target: overhead no greater than libbpf-tools, 1% noise allowance)")
+    lines += ["", "In-kernel cost: total run time of each tracer's eBPF programs during the workload,",
+              "per workload operation (bpf_stats; far less noisy than throughput on a shared VM).", "",
+              "| workload | Periscope ns/op | libbpf-tools ns/op | ratio |", "|---|---|---|---|"]
+    for w, unit in (("sched", "pipe op"), ("io", "4k read")):
+        ours, ref = (statistics.median(ebpf_cost[(w, k)]) for k in kinds[1:])
+        lines.append(f"| {w} (per {unit}) | {ours:,.0f} | {ref:,.0f} | {ours / ref:.2f} |")
+        verdicts.append(f"{w}: in-kernel cost Periscope/libbpf-tools = {ours / ref:.2f} "
+                        f"({'meets' if ours <= ref * 1.05 else 'misses'} target: no greater than libbpf-tools, 5% allowance)")
     lines += ["", "Raw scores: " + ", ".join(f"{w}/{k}={['%.0f' % x for x in v]}" for (w, k), v in results.items()), ""]
     lines += ["| eBPF program | ns per run | runs (last round) |", "|---|---|---|"]
     lines += [f"| {p} | {ns:.0f} | {n:,.0f} |" for p, (ns, n) in sorted(costs.items())]
