@@ -1,5 +1,9 @@
 //! Block IO: in-flight request records and the series id of the latency and size histograms.
 
+/// Bytes of a tracepoint record the block programs read in one go; the fields they need must lie
+/// within this window (user space checks, from the format files).
+pub const RECORD_WINDOW: usize = 64;
+
 /// Identity of an in-flight request as the `block:block_rq_issue` and `block:block_rq_complete`
 /// tracepoints both report it: device and starting sector.
 #[repr(C)]

@@ -12,26 +12,32 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use periscope_common::{
-    block::{BlockHists, BlockRequest, BlockStart, op_from_rwbs},
+    block::{BlockHists, BlockRequest, BlockStart, RECORD_WINDOW, op_from_rwbs},
     counters,
     hist::ns_to_units,
 };
 
-use crate::shared::{count, global, series};
+use crate::shared::{bytes_at, count, global, series};
 
-// Field offsets in the tracepoint records, set by user space from the format files.
+// Where the fields are, set by user space from the format files: each program reads one
+// RECORD_WINDOW-byte window of its record starting at *_BASE (one helper call instead of one
+// per field), and the fields sit at the given offsets inside that window.
 #[unsafe(no_mangle)]
-static BLOCK_ISSUE_DEV: u32 = 8;
+static BLOCK_ISSUE_BASE: u32 = 8;
 #[unsafe(no_mangle)]
-static BLOCK_ISSUE_SECTOR: u32 = 16;
+static BLOCK_ISSUE_DEV: u32 = 0;
 #[unsafe(no_mangle)]
-static BLOCK_ISSUE_BYTES: u32 = 28;
+static BLOCK_ISSUE_SECTOR: u32 = 8;
 #[unsafe(no_mangle)]
-static BLOCK_ISSUE_RWBS: u32 = 34;
+static BLOCK_ISSUE_BYTES: u32 = 20;
 #[unsafe(no_mangle)]
-static BLOCK_COMPLETE_DEV: u32 = 8;
+static BLOCK_ISSUE_RWBS: u32 = 26;
 #[unsafe(no_mangle)]
-static BLOCK_COMPLETE_SECTOR: u32 = 16;
+static BLOCK_COMPLETE_BASE: u32 = 8;
+#[unsafe(no_mangle)]
+static BLOCK_COMPLETE_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static BLOCK_COMPLETE_SECTOR: u32 = 8;
 
 /// Requests issued and not yet completed. A plain hash (an LRU insert costs about twice as
 /// much); entries whose completion was lost are swept by user space (`probes::sweep`).
@@ -56,13 +62,14 @@ pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
 
 fn try_block_rq_issue(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (dev, sector, bytes, rwbs) = unsafe {
-        (
-            ctx.read_at::<u32>(global(&BLOCK_ISSUE_DEV) as usize)?,
-            ctx.read_at::<u64>(global(&BLOCK_ISSUE_SECTOR) as usize)?,
-            ctx.read_at::<u32>(global(&BLOCK_ISSUE_BYTES) as usize)?,
-            ctx.read_at::<[u8; 2]>(global(&BLOCK_ISSUE_RWBS) as usize)?,
-        )
+    let record: [u8; RECORD_WINDOW] = unsafe { ctx.read_at(global(&BLOCK_ISSUE_BASE) as usize)? };
+    let (Some(dev), Some(sector), Some(bytes), Some(rwbs)) = (
+        bytes_at(&record, global(&BLOCK_ISSUE_DEV)).map(u32::from_ne_bytes),
+        bytes_at(&record, global(&BLOCK_ISSUE_SECTOR)).map(u64::from_ne_bytes),
+        bytes_at(&record, global(&BLOCK_ISSUE_BYTES)).map(u32::from_ne_bytes),
+        bytes_at::<2>(&record, global(&BLOCK_ISSUE_RWBS)),
+    ) else {
+        return Ok(());
     };
     let request = BlockRequest {
         dev,
@@ -92,11 +99,13 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 fn try_block_rq_complete(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (dev, sector) = unsafe {
-        (
-            ctx.read_at::<u32>(global(&BLOCK_COMPLETE_DEV) as usize)?,
-            ctx.read_at::<u64>(global(&BLOCK_COMPLETE_SECTOR) as usize)?,
-        )
+    let record: [u8; RECORD_WINDOW] =
+        unsafe { ctx.read_at(global(&BLOCK_COMPLETE_BASE) as usize)? };
+    let (Some(dev), Some(sector)) = (
+        bytes_at(&record, global(&BLOCK_COMPLETE_DEV)).map(u32::from_ne_bytes),
+        bytes_at(&record, global(&BLOCK_COMPLETE_SECTOR)).map(u64::from_ne_bytes),
+    ) else {
+        return Ok(());
     };
     let request = BlockRequest {
         dev,

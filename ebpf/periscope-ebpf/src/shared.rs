@@ -50,3 +50,11 @@ pub fn global<T: Copy>(value: &T) -> T {
     // SAFETY: reading a static.
     unsafe { core::ptr::read_volatile(value) }
 }
+
+/// `N` bytes at `offset` of a record window read with one `bpf_probe_read_kernel`; `None` when
+/// they do not fit (user space checks that they do before loading).
+#[inline(always)]
+pub fn bytes_at<const N: usize>(window: &[u8], offset: u32) -> Option<[u8; N]> {
+    let start = offset as usize;
+    window.get(start..start.checked_add(N)?)?.try_into().ok()
+}

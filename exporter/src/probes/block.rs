@@ -7,7 +7,7 @@ use aya::{
     maps::{MapData, PerCpuHashMap},
 };
 use periscope_common::block::{
-    BlockHists, BlockRequest, BlockStart, dev_major_minor, op_name, split_series,
+    BlockHists, BlockRequest, BlockStart, RECORD_WINDOW, dev_major_minor, op_name, split_series,
 };
 
 use super::{
@@ -58,18 +58,54 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     }
 }
 
-/// Field offsets of this kernel's block tracepoints, for the program's globals.
+/// Where the needed fields of this kernel's block tracepoints are, for the programs' globals:
+/// the start of the window each program reads, and each field's offset inside it.
 fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
     let issue = tracefs.format("block", "block_rq_issue")?;
     let complete = tracefs.format("block", "block_rq_complete")?;
-    Ok(vec![
-        ("BLOCK_ISSUE_DEV", issue.offset("dev", 4)?),
-        ("BLOCK_ISSUE_SECTOR", issue.offset("sector", 8)?),
-        ("BLOCK_ISSUE_BYTES", issue.offset("bytes", 4)?),
-        ("BLOCK_ISSUE_RWBS", issue.offset("rwbs", 0)?),
-        ("BLOCK_COMPLETE_DEV", complete.offset("dev", 4)?),
-        ("BLOCK_COMPLETE_SECTOR", complete.offset("sector", 8)?),
-    ])
+    let mut globals = window_globals(
+        "block:block_rq_issue",
+        "BLOCK_ISSUE_BASE",
+        &[
+            ("BLOCK_ISSUE_DEV", issue.offset("dev", 4)?, 4),
+            ("BLOCK_ISSUE_SECTOR", issue.offset("sector", 8)?, 8),
+            ("BLOCK_ISSUE_BYTES", issue.offset("bytes", 4)?, 4),
+            ("BLOCK_ISSUE_RWBS", issue.offset("rwbs", 0)?, 2),
+        ],
+    )?;
+    globals.extend(window_globals(
+        "block:block_rq_complete",
+        "BLOCK_COMPLETE_BASE",
+        &[
+            ("BLOCK_COMPLETE_DEV", complete.offset("dev", 4)?, 4),
+            ("BLOCK_COMPLETE_SECTOR", complete.offset("sector", 8)?, 8),
+        ],
+    )?);
+    Ok(globals)
+}
+
+/// Globals for reading `fields` `(global, offset, size)` out of one window of
+/// [`RECORD_WINDOW`] bytes: the base global, then each field's offset relative to it.
+fn window_globals(
+    tracepoint: &str,
+    base_global: &'static str,
+    fields: &[(&'static str, u32, u32)],
+) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let base = fields.iter().map(|f| f.1).min().unwrap_or(0);
+    let end = fields.iter().map(|f| f.1 + f.2).max().unwrap_or(0);
+    if (end - base) as usize > RECORD_WINDOW {
+        return Err(ProbeError::Mechanism(format!(
+            "{tracepoint}: the fields Periscope needs span {} bytes, more than the {RECORD_WINDOW} it reads",
+            end - base
+        )));
+    }
+    let mut globals = vec![(base_global, base)];
+    globals.extend(
+        fields
+            .iter()
+            .map(|(name, offset, _)| (*name, offset - base)),
+    );
+    Ok(globals)
 }
 
 pub struct Block {
@@ -169,4 +205,25 @@ pub fn device_name(major: u32, minor: u32) -> String {
         .ok()
         .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_placed_in_one_window() {
+        let globals =
+            window_globals("t", "BASE", &[("A", 8, 4), ("B", 16, 8), ("C", 34, 2)]).unwrap();
+        assert_eq!(globals, vec![("BASE", 8), ("A", 0), ("B", 8), ("C", 26)]);
+    }
+
+    #[test]
+    fn fields_too_far_apart_are_refused() {
+        let err = window_globals("block:x", "BASE", &[("A", 8, 4), ("B", 100, 8)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "block:x: the fields Periscope needs span 100 bytes, more than the 64 it reads"
+        );
+    }
 }
