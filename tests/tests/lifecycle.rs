@@ -203,3 +203,25 @@ fn tracefs_missing_is_mounted_or_explained() {
         "nothing can attach without tracefs here"
     );
 }
+
+/// With `kernel.bpf_stats_enabled=1`, per-program run time and count are exported.
+#[test]
+fn bpf_program_stats_are_exported_when_enabled() {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL).unwrap();
+    std::fs::write(SYSCTL, "1").unwrap();
+    let daemon = Daemon::start("", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let scrape = daemon.scrape();
+    std::fs::write(SYSCTL, before.trim()).unwrap();
+    let runs = scrape.value(
+        "periscope_bpf_program_run_count_total",
+        &[("program", "sched_switch")],
+    );
+    let time = scrape.value(
+        "periscope_bpf_program_run_time_seconds_total",
+        &[("program", "sched_switch")],
+    );
+    assert!(runs.is_some_and(|n| n > 0.0), "sched_switch ran: {runs:?}");
+    assert!(time.is_some_and(|t| t > 0.0), "and took time: {time:?}");
+}

@@ -15,6 +15,14 @@ use periscope_e2e::{
 };
 
 const RUNQ: &str = "kernel_sched_runqueue_latency_seconds";
+
+/// Run-queue latency is machine-wide: tests that make CPU contention must not overlap, or one's
+/// idle baseline would see the other's load.
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
 const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n";
 
 /// `threads` threads spinning for `how_long`.
@@ -43,6 +51,7 @@ fn busy(threads: usize, how_long: Duration) {
 
 #[test]
 fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
+    let _machine = exclusive();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -102,4 +111,54 @@ fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
         our_median.abs_diff(their_median) <= 1,
         "median slots {our_median} vs {their_median}"
     );
+}
+
+/// With `by_cgroup`, waits of tasks in a cgroup of the test's own land in that cgroup's series.
+#[test]
+fn runqueue_latency_split_by_cgroup() {
+    let _machine = exclusive();
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.procs").exists())
+        .expect("a cgroup v2 hierarchy");
+    let name = format!("periscope-test-{}", std::process::id());
+    let dir = std::path::Path::new(root).join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let daemon = Daemon::start(
+        "probes:\n  block:\n    enabled: false\n  sched:\n    by_cgroup: true\n    max_cgroups: 64\n",
+        &[],
+    );
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    // The shell moves itself into the cgroup, then becomes the busy workload.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec stress-ng --cpu {} --timeout 3s --quiet",
+        dir.display(),
+        cpus * 2
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("stress-ng");
+    assert!(status.success());
+    let scrape = daemon.scrape();
+    let path = format!("/{name}");
+    let ours = scrape.histogram(RUNQ, &[("cgroup_path", &path)]);
+    println!(
+        "{path}: {} waits, p50 {:.6}s",
+        ours.count,
+        ours.quantile(0.5)
+    );
+    assert!(
+        ours.count > 100.0,
+        "busy cgroup has its own series with waits: {}",
+        ours.count
+    );
+    assert!(
+        ours.quantile(0.5) > 0.0005,
+        "its median wait reflects the contention"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir(&dir);
 }
