@@ -11,8 +11,8 @@ use periscope_common::block::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
-    choose_mechanism, sweep_stale, take_hash_map, take_histogram_map,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
+    start_family, sweep_stale, take_hash_map, take_histogram_map,
 };
 use crate::{
     config::BlockConfig,
@@ -28,21 +28,10 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("block_rq_complete", "block", "block_rq_complete"),
 ];
 
-/// What `start` will do, decided before the object is loaded (globals are load-time).
-pub struct Plan {
-    pub settings: LoadSettings,
-    enabled: bool,
-    mechanism: Result<Mechanism, ProbeError>,
-}
-
 pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let mut settings = LoadSettings::default();
     if !config.enabled {
-        return Plan {
-            settings,
-            enabled: false,
-            mechanism: Err(ProbeError::Mechanism("disabled".into())),
-        };
+        return Plan::disabled(settings);
     }
     let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
         .map_err(ProbeError::Mechanism)
@@ -114,35 +103,12 @@ pub struct Block {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
-    let mut status = ProbeStatus {
-        family: FAMILY,
-        enabled: plan.enabled,
-        mechanism: None,
-        error: None,
-        programs: Vec::new(),
-    };
-    if !plan.enabled {
-        return (None, status);
-    }
-    let attached = plan.mechanism.and_then(|mechanism| {
-        attach_tracepoints(ebpf, PROGRAMS)?;
-        let block = Block {
+    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+        Ok(Block {
             hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
             inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
-        };
-        Ok((mechanism, block))
-    });
-    match attached {
-        Ok((mechanism, block)) => {
-            status.mechanism = Some(mechanism);
-            status.programs = PROGRAMS.iter().map(|p| p.0).collect();
-            (Some(block), status)
-        }
-        Err(e) => {
-            status.error = Some(e.to_string());
-            (None, status)
-        }
-    }
+        })
+    })
 }
 
 impl Block {

@@ -200,6 +200,59 @@ pub struct LoadSettings {
     pub max_entries: Vec<(&'static str, u32)>,
 }
 
+/// What a family will do, decided before the object is loaded (globals are load-time).
+pub struct Plan {
+    pub settings: LoadSettings,
+    pub enabled: bool,
+    pub mechanism: Result<Mechanism, ProbeError>,
+}
+
+impl Plan {
+    fn disabled(settings: LoadSettings) -> Self {
+        Self {
+            settings,
+            enabled: false,
+            mechanism: Err(ProbeError::Mechanism("disabled".into())),
+        }
+    }
+}
+
+/// Attaches a family's tracepoint `programs` as its plan says, then takes its maps with
+/// `take_maps`; either way, the outcome becomes the family's status.
+fn start_family<T>(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    plan: Plan,
+    programs: &[(&'static str, &'static str, &'static str)],
+    take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
+) -> (Option<T>, ProbeStatus) {
+    let mut status = ProbeStatus {
+        family,
+        enabled: plan.enabled,
+        mechanism: None,
+        error: None,
+        programs: Vec::new(),
+    };
+    if !plan.enabled {
+        return (None, status);
+    }
+    let started = plan.mechanism.and_then(|mechanism| {
+        attach_tracepoints(ebpf, programs)?;
+        Ok((mechanism, take_maps(ebpf)?))
+    });
+    match started {
+        Ok((mechanism, family)) => {
+            status.mechanism = Some(mechanism);
+            status.programs = programs.iter().map(|p| p.0).collect();
+            (Some(family), status)
+        }
+        Err(e) => {
+            status.error = Some(e.to_string());
+            (None, status)
+        }
+    }
+}
+
 /// Attaches tracepoint programs `(program, category, tracepoint)`, all or nothing.
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
@@ -323,7 +376,8 @@ impl Probes {
         })?;
 
         let (block, block_status) = block::start(&mut ebpf, block_plan);
-        let (sched, sched_status) = sched::start(&mut ebpf, sched_plan);
+        let (sched, sched_status) =
+            sched::start(&mut ebpf, sched_plan, config.probes.sched.by_cgroup);
         for status in [&block_status, &sched_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {

@@ -14,8 +14,8 @@ use periscope_common::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, ProbeError, ProbeStatus, attach_tracepoints,
-    choose_mechanism, sweep_stale, take_hash_map, take_histogram_map,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
+    start_family, sweep_stale, take_hash_map, take_histogram_map,
 };
 use crate::{
     config::SchedConfig,
@@ -32,13 +32,6 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("sched_switch", "sched", "sched_switch"),
 ];
 
-pub struct Plan {
-    pub settings: LoadSettings,
-    enabled: bool,
-    by_cgroup: bool,
-    mechanism: Result<Mechanism, ProbeError>,
-}
-
 pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let mut settings = LoadSettings::default();
     if config.by_cgroup {
@@ -51,12 +44,7 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         settings.max_entries.push(("SCHED_CGROUPS", 1));
     }
     if !config.enabled {
-        return Plan {
-            settings,
-            enabled: false,
-            by_cgroup: false,
-            mechanism: Err(ProbeError::Mechanism("disabled".into())),
-        };
+        return Plan::disabled(settings);
     }
     let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
         .map_err(ProbeError::Mechanism)
@@ -71,7 +59,6 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     Plan {
         settings,
         enabled: true,
-        by_cgroup: config.by_cgroup,
         mechanism,
     }
 }
@@ -100,42 +87,14 @@ pub struct Sched {
     by_cgroup: bool,
 }
 
-pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Sched>, ProbeStatus) {
-    let mut status = ProbeStatus {
-        family: FAMILY,
-        enabled: plan.enabled,
-        mechanism: None,
-        error: None,
-        programs: Vec::new(),
-    };
-    if !plan.enabled {
-        return (None, status);
-    }
-    let by_cgroup = plan.by_cgroup;
-    let attached = plan.mechanism.and_then(|mechanism| {
-        attach_tracepoints(ebpf, PROGRAMS)?;
-        let latency = take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?;
-        let runnable = take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?;
-        Ok((
-            mechanism,
-            Sched {
-                latency,
-                runnable,
-                by_cgroup,
-            },
-        ))
-    });
-    match attached {
-        Ok((mechanism, sched)) => {
-            status.mechanism = Some(mechanism);
-            status.programs = PROGRAMS.iter().map(|p| p.0).collect();
-            (Some(sched), status)
-        }
-        Err(e) => {
-            status.error = Some(e.to_string());
-            (None, status)
-        }
-    }
+pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, ProbeStatus) {
+    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+        Ok(Sched {
+            latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
+            runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
+            by_cgroup,
+        })
+    })
 }
 
 impl Sched {
