@@ -53,3 +53,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Serialises the tests of one test binary that count kernel events. Counts are exact only when
+/// a test's events are not lost to another test's programs: the kernel skips a tracepoint
+/// program that fires while another one runs on the same CPU (e.g. a completion in softirq
+/// nested in another test's issue program), and run-queue latency is machine-wide.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -3,6 +3,7 @@
 
 use periscope_e2e::{
     daemon::Daemon,
+    exclusive,
     loopdev::LoopDevice,
     reference::{RefTool, mode, parse_log2_histograms},
 };
@@ -15,6 +16,7 @@ const ONLY_BLOCK: &str = "probes:\n  sched:\n    enabled: false\n";
 fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {
     const WRITES: usize = 2000;
     const BLOCK: usize = 64 * 1024;
+    let _machine = exclusive();
     let disk = LoopDevice::create(256);
     let daemon = Daemon::start(ONLY_BLOCK, &[]);
     let device = [("block_device_major_minor", disk.major_minor())];
@@ -92,6 +94,7 @@ fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {
 
 #[test]
 fn reads_and_writes_are_told_apart() {
+    let _machine = exclusive();
     let disk = LoopDevice::create(64);
     let daemon = Daemon::start(ONLY_BLOCK, &[]);
     let mm = disk.major_minor();

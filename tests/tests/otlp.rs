@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::{
     metrics::v1::metric::Data,
 };
 use periscope_e2e::{
-    daemon::Daemon, loopdev::LoopDevice, otlp_receiver::OtlpReceiver, scrape::PromHistogram,
-    wait_for,
+    daemon::Daemon, exclusive, loopdev::LoopDevice, otlp_receiver::OtlpReceiver,
+    scrape::PromHistogram, wait_for,
 };
 
 const DURATION: &str = "kernel_block_io_duration_seconds";
@@ -87,6 +87,7 @@ fn exported(request: &ExportMetricsServiceRequest, name: &str, mm: &str) -> Opti
 }
 
 fn round_trip(protocol: &str, aggregation: &str) {
+    let _machine = exclusive();
     let receiver = OtlpReceiver::start();
     let port = if protocol == "grpc" {
         receiver.grpc_port
@@ -176,6 +177,7 @@ fn http_protobuf_exponential_histograms_equal_prometheus() {
 
 #[test]
 fn refused_exports_are_retried_and_lose_no_counts() {
+    let _machine = exclusive();
     let receiver = OtlpReceiver::start();
     receiver.refuse_next(3);
     let disk = LoopDevice::create(64);

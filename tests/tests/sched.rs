@@ -11,18 +11,12 @@ use std::{
 
 use periscope_e2e::{
     daemon::Daemon,
+    exclusive,
     reference::{RefTool, median_slot, parse_log2_histograms},
 };
 
 const RUNQ: &str = "kernel_sched_runqueue_latency_seconds";
 
-/// Run-queue latency is machine-wide: tests that make CPU contention must not overlap, or one's
-/// idle baseline would see the other's load.
-static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
-}
 const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n";
 
 /// `threads` threads spinning for `how_long`.
