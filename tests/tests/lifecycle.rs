@@ -161,21 +161,27 @@ fn check_fails_when_nothing_can_attach() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no probe family can attach"));
 }
 
-/// In a private mount namespace without tracefs: Periscope mounts it itself; without
-/// CAP_SYS_ADMIN it cannot, and says how to fix it.
-#[test]
-fn tracefs_missing_is_mounted_or_explained() {
-    let bin = periscope_bin();
+/// Runs `command` (a shell command line) in a private mount namespace where tracefs is not
+/// mounted; the rest of the machine keeps its tracefs.
+fn without_tracefs(command: &str) -> (Output, String) {
     let script = format!(
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
-         test ! -e /sys/kernel/tracing/events || exit 99; {} check",
-        bin.display()
+         test ! -e /sys/kernel/tracing/events || exit 99; {command}"
     );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .output()
         .expect("unshare");
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, report)
+}
+
+/// Without tracefs, Periscope mounts it itself; without CAP_SYS_ADMIN it cannot, and says how
+/// to fix it.
+#[test]
+fn tracefs_missing_is_mounted_or_explained() {
+    let check = format!("{} check", periscope_bin().display());
+    let (out, report) = without_tracefs(&check);
     assert!(out.status.success(), "{report}{}", stderr(&out));
     assert!(
         report.contains("ok    tracefs                      /sys/kernel/tracing"),
@@ -183,16 +189,8 @@ fn tracefs_missing_is_mounted_or_explained() {
     );
     assert!(report.contains("ok    block"), "{report}");
 
-    let script = format!(
-        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
-         exec capsh --drop=cap_sys_admin -- -c '{} check'",
-        bin.display()
-    );
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
-    let report = String::from_utf8_lossy(&out.stdout);
+    let (out, report) =
+        without_tracefs(&format!("exec capsh --drop=cap_sys_admin -- -c '{check}'"));
     assert!(
         report.contains("mount it yourself with `mount -t tracefs tracefs /sys/kernel/tracing`"),
         "{report}"
