@@ -355,7 +355,9 @@ impl OtlpExporter {
             } else {
                 Instant::now() + interval
             };
-            let mut no_shutdown = watch::channel(false).1;
+            // The final flush retries until its deadline regardless of the (already sent)
+            // shutdown signal; the sender is kept alive so the backoff sleeps really wait.
+            let (_keep_open, mut no_shutdown) = watch::channel(false);
             let stop = if last {
                 &mut no_shutdown
             } else {
