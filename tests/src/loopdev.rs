@@ -16,16 +16,9 @@ impl LoopDevice {
         let backing = dir.path().join("disk.img");
         let file = std::fs::File::create(&backing).expect("create backing file");
         file.set_len(size_mib << 20).expect("size backing file");
-        let out = Command::new("losetup")
+        let out = run(Command::new("losetup")
             .args(["--find", "--show"])
-            .arg(&backing)
-            .output()
-            .expect("run losetup");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(&backing));
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let rdev = std::fs::metadata(&path).expect("stat loop device").rdev();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -44,20 +37,26 @@ impl LoopDevice {
 
     /// `count` direct (O_DIRECT) writes of `block_size` bytes, one at a time.
     pub fn direct_writes(&self, block_size: usize, count: usize) {
-        let out = Command::new("dd")
+        run(Command::new("dd")
             .arg("if=/dev/zero")
             .arg(format!("of={}", self.path.display()))
             .arg(format!("bs={block_size}"))
             .arg(format!("count={count}"))
-            .arg("oflag=direct")
-            .output()
-            .expect("run dd");
-        assert!(
-            out.status.success(),
-            "dd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg("oflag=direct"));
     }
+}
+
+/// Runs `command`, panicking with its stderr unless it succeeds.
+fn run(command: &mut Command) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} did not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 impl Drop for LoopDevice {

@@ -149,7 +149,7 @@ fn prometheus_buckets(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
         .collect()
 }
 
-/// Binds the endpoint (so a bad address fails at start) and returns the serving future.
+/// Binds the endpoint, so that a bad or busy address fails at start, not at the first scrape.
 pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!(

@@ -11,8 +11,8 @@ use periscope_common::block::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
-    start_family, sweep_stale, take_hash_map, take_histogram_map,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
+    sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
     config::BlockConfig,
@@ -29,22 +29,20 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
 ];
 
 pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
-    let mut settings = LoadSettings::default();
+    let settings = LoadSettings::default();
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
-        .map_err(ProbeError::Mechanism)
-        .and_then(|m| {
-            let tracefs = tracefs.ok_or_else(|| ProbeError::Mechanism("tracefs missing".into()))?;
-            settings.globals = tracepoint_offsets(tracefs)?;
-            Ok(m)
-        });
-    Plan {
+    let (choice, implemented) = (config.mechanism, IMPLEMENTED);
+    tracepoint_plan(
+        FAMILY,
+        implemented,
+        choice,
+        kernel,
+        tracefs,
         settings,
-        enabled: true,
-        mechanism,
-    }
+        tracepoint_offsets,
+    )
 }
 
 /// Where the needed fields of this kernel's block tracepoints are, for the programs' globals:

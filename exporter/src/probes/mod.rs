@@ -153,6 +153,33 @@ pub fn choose_mechanism(
         })
 }
 
+/// The plan of an enabled tracepoint-based family: its mechanism, and the globals `offsets`
+/// derives from this kernel's tracepoint format files, added to `settings`.
+fn tracepoint_plan(
+    family: &str,
+    implemented: &[Mechanism],
+    choice: MechanismChoice,
+    kernel: &KernelSupport,
+    tracefs: Option<&Tracefs>,
+    mut settings: LoadSettings,
+    offsets: impl FnOnce(&Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError>,
+) -> Plan {
+    let mechanism = choose_mechanism(family, implemented, choice, kernel)
+        .map_err(ProbeError::Mechanism)
+        .and_then(|mechanism| {
+            let tracefs = tracefs.ok_or_else(|| {
+                ProbeError::Mechanism(format!("{family}: tracefs is not mounted"))
+            })?;
+            settings.globals.extend(offsets(tracefs)?);
+            Ok(mechanism)
+        });
+    Plan {
+        settings,
+        enabled: true,
+        mechanism,
+    }
+}
+
 fn names(mechanisms: &[Mechanism]) -> String {
     mechanisms
         .iter()

@@ -14,8 +14,8 @@ use periscope_common::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
-    start_family, sweep_stale, take_hash_map, take_histogram_map,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
+    sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
     config::SchedConfig,
@@ -46,21 +46,21 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    let mechanism = choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel)
-        .map_err(ProbeError::Mechanism)
-        .and_then(|m| {
-            let tracefs = tracefs.ok_or_else(|| ProbeError::Mechanism("tracefs missing".into()))?;
-            settings.globals = tracepoint_offsets(tracefs)?;
-            settings
-                .globals
-                .push(("SCHED_BY_CGROUP", u32::from(config.by_cgroup)));
-            Ok(m)
-        });
-    Plan {
+    let by_cgroup = ("SCHED_BY_CGROUP", u32::from(config.by_cgroup));
+    let (choice, implemented) = (config.mechanism, IMPLEMENTED);
+    tracepoint_plan(
+        FAMILY,
+        implemented,
+        choice,
+        kernel,
+        tracefs,
         settings,
-        enabled: true,
-        mechanism,
-    }
+        |tracefs| {
+            let mut globals = tracepoint_offsets(tracefs)?;
+            globals.push(by_cgroup);
+            Ok(globals)
+        },
+    )
 }
 
 fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
