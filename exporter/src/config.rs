@@ -130,6 +130,7 @@ impl Default for OtlpConfig {
 pub struct ProbesConfig {
     pub block: BlockConfig,
     pub sched: SchedConfig,
+    pub http: HttpConfig,
 }
 
 /// How a probe family attaches; `auto` picks the best the kernel allows.
@@ -181,6 +182,71 @@ impl Default for SchedConfig {
             max_cgroups: 256,
         }
     }
+}
+
+/// HTTP RED metrics and spans from syscall capture.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub mechanism: MechanismChoice,
+    /// Which processes to instrument; empty: every process that speaks HTTP.
+    pub select: Vec<Selector>,
+    /// Route patterns such as `/users/{id}` or `/static/*`, tried before the heuristic.
+    pub routes: Vec<String>,
+    /// Distinct routes per service before paths collapse to `/first/*`.
+    pub max_routes_per_service: usize,
+    /// Distinct metric series (all services); beyond it, `otel.metric.overflow=true`.
+    pub max_series: usize,
+    /// Connections tracked in the kernel at once (LRU beyond it).
+    pub max_connections: u32,
+    /// Kernel-to-user ring buffer size in bytes (a power of two, at least 4096).
+    pub ring_buffer_size: u32,
+    /// Export one span per request (when OTLP is on).
+    pub spans: bool,
+    /// Spans buffered for export; beyond it they are dropped and counted.
+    pub span_queue: usize,
+    /// Sampler (OTEL_TRACES_SAMPLER): parentbased_always_on, always_on, always_off,
+    /// traceidratio, parentbased_traceidratio, parentbased_always_off.
+    pub sampler: String,
+    /// Sampler argument (OTEL_TRACES_SAMPLER_ARG), the ratio for *traceidratio.
+    pub sampler_arg: Option<f64>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mechanism: MechanismChoice::Auto,
+            select: Vec::new(),
+            routes: Vec::new(),
+            max_routes_per_service: 100,
+            max_series: 10_000,
+            max_connections: 65_536,
+            ring_buffer_size: 4 << 20,
+            spans: true,
+            span_queue: 8192,
+            sampler: "parentbased_always_on".to_string(),
+            sampler_arg: None,
+        }
+    }
+}
+
+/// One process selector: a process (and connection) matches when every given field matches.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selector {
+    /// `service.name` for what matches (default: OTEL_SERVICE_NAME of the process, else the
+    /// executable name).
+    pub service_name: Option<String>,
+    /// Glob on the executable path, e.g. `/usr/sbin/nginx` or `*/python3*`.
+    pub executable: Option<String>,
+    /// The process name (comm) or executable file name.
+    pub process_name: Option<String>,
+    /// Server connections on this listening port, client connections to this port.
+    pub port: Option<u16>,
+    /// Container id (from the process cgroup), or a prefix of it.
+    pub container_id: Option<String>,
 }
 
 /// Durations are written the human way: `10s`, `500ms`, `1m 30s`. The error is raised while the
@@ -238,6 +304,33 @@ impl Config {
         if self.otlp.interval.is_zero() {
             return Err(invalid("otlp.interval: must be greater than zero".into()));
         }
+        let http = &self.probes.http;
+        if !http.ring_buffer_size.is_power_of_two() || http.ring_buffer_size < 4096 {
+            return Err(invalid(format!(
+                "probes.http.ring_buffer_size: {} is not a power of two of at least 4096",
+                http.ring_buffer_size
+            )));
+        }
+        if http.max_connections == 0 || http.max_series == 0 || http.span_queue == 0 {
+            return Err(invalid(
+                "probes.http: max_connections, max_series and span_queue must be at least 1".into(),
+            ));
+        }
+        if let Err(e) = crate::http::route::Routes::new(&http.routes, 1) {
+            return Err(invalid(format!("probes.http.routes: {e}")));
+        }
+        if let Err(e) = crate::http::span::Sampling::parse(&http.sampler, http.sampler_arg) {
+            return Err(invalid(format!("probes.http.sampler: {e}")));
+        }
+        for (i, s) in http.select.iter().enumerate() {
+            if let Some(glob) = &s.executable
+                && let Err(e) = glob::Pattern::new(glob)
+            {
+                return Err(invalid(format!(
+                    "probes.http.select[{i}].executable: invalid glob {glob:?}: {e}"
+                )));
+            }
+        }
         if self.probes.sched.max_cgroups == 0 {
             return Err(invalid(
                 "probes.sched.max_cgroups: must be at least 1".into(),
@@ -255,6 +348,27 @@ impl Config {
         }
         if let Some(v) = get("PERISCOPE_LOG") {
             self.log = Some(v);
+        }
+        if let Some(v) = get("OTEL_TRACES_SAMPLER") {
+            self.probes.http.sampler = v.trim().to_string();
+        }
+        if let Some(v) = get("OTEL_TRACES_SAMPLER_ARG") {
+            let ratio = v.trim().parse::<f64>().map_err(|e| ConfigError::Env {
+                name: "OTEL_TRACES_SAMPLER_ARG",
+                value: v.clone(),
+                reason: e.to_string(),
+            })?;
+            self.probes.http.sampler_arg = Some(ratio);
+        }
+        if let Err(reason) = crate::http::span::Sampling::parse(
+            &self.probes.http.sampler,
+            self.probes.http.sampler_arg,
+        ) {
+            return Err(ConfigError::Env {
+                name: "OTEL_TRACES_SAMPLER",
+                value: self.probes.http.sampler.clone(),
+                reason,
+            });
         }
         if let Some(v) = get("OTEL_SERVICE_NAME") {
             self.service.name = Some(v);

@@ -4,6 +4,7 @@ mod check;
 mod config;
 mod export;
 mod histogram;
+mod http;
 mod metrics;
 mod probes;
 mod telemetry;
@@ -109,7 +110,9 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
             None
         }
     };
-    let probes = Probes::start(&config, tracefs.as_ref())?;
+    let mut probes = Probes::start(&config, tracefs.as_ref())?;
+    let http_capture = probes.http.take();
+    let http_state = probes.http_state.clone();
     if !probes.statuses.iter().any(|s| s.attached()) {
         anyhow::bail!(
             "no probe family could attach (see the warnings above, or run `periscope check`)"
@@ -139,6 +142,33 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
         tasks.push(tokio::spawn(
             exporter.run(telemetry.clone(), stopped.clone()),
         ));
+    }
+
+    if let (Some(capture), Some(state)) = (http_capture, http_state) {
+        let spans = match &config.otlp.endpoint {
+            Some(_) if config.probes.http.spans => {
+                let (queue, rx) = http::span::SpanQueue::new(
+                    config.probes.http.span_queue,
+                    telemetry.spans.clone(),
+                );
+                tasks.push(tokio::spawn(http::span::export(
+                    export::otlp::OtlpClient::new(&config.otlp)?,
+                    rx,
+                    telemetry.spans.clone(),
+                    config.otlp.timeout,
+                )));
+                tracing::info!("OTLP span export on");
+                Some(queue)
+            }
+            _ => None,
+        };
+        let tracker = http::Tracker::new(config.probes.http.clone(), state, spans)?;
+        // Spawned first among the tasks awaited at shutdown is fine: the span exporter ends
+        // only when the tracker (its last sender) is gone.
+        tasks.insert(
+            0,
+            tokio::spawn(probes::http::run(capture, tracker, stopped.clone())),
+        );
     }
 
     tasks.push(tokio::spawn(sweep_stale_entries(

@@ -23,6 +23,9 @@ pub struct Metric {
     /// UCUM unit: `s`, `By` or `1`.
     pub unit: &'static str,
     pub points: Points,
+    /// The observed process these points describe (HTTP metrics), or `None` for the node
+    /// agent's own resource (kernel and self metrics).
+    pub resource: Option<std::sync::Arc<crate::http::process::ProcessResource>>,
 }
 
 impl Metric {
@@ -40,6 +43,7 @@ impl Metric {
                 ValueUnit::Bytes => "By",
             },
             points: Points::Histogram(unit, points),
+            resource: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Telemetry {
     /// Start of the cumulative counts: when the maps were created.
     pub start_time: SystemTime,
     pub export: ExportStats,
+    /// Span export outcomes (HTTP spans).
+    pub spans: std::sync::Arc<crate::http::span::SpanStats>,
 }
 
 impl Telemetry {
@@ -38,6 +40,7 @@ impl Telemetry {
             resource,
             start_time: SystemTime::now(),
             export: ExportStats::default(),
+            spans: Default::default(),
         }
     }
 
@@ -82,6 +85,7 @@ impl Telemetry {
             description: "1 when the probe family is attached (with the mechanism used), 0 when it could not attach.",
             unit: "1",
             points: Points::Gauge(attached),
+            resource: None,
         });
         let errors = probes
             .counters()
@@ -98,6 +102,7 @@ impl Telemetry {
             description: "Events the eBPF programs could not account for: unmatched completions, full maps.",
             unit: "1",
             points: Points::Counter(errors),
+            resource: None,
         });
         if bpf_stats_enabled() {
             let stats = probes.program_stats();
@@ -114,12 +119,14 @@ impl Telemetry {
                 description: "Time spent in each eBPF program (kernel.bpf_stats_enabled=1).",
                 unit: "s",
                 points: Points::Counter(run_time),
+                resource: None,
             });
             out.push(Metric {
                 name: "periscope.bpf.program.run_count",
                 description: "Runs of each eBPF program (kernel.bpf_stats_enabled=1).",
                 unit: "1",
                 points: Points::Counter(run_count),
+                resource: None,
             });
         }
         let export = [
@@ -138,11 +145,32 @@ impl Telemetry {
             )
         })
         .collect();
+        let spans = [
+            ("exported", &self.spans.exported),
+            ("dropped_queue_full", &self.spans.dropped_queue_full),
+            ("dropped_export_failed", &self.spans.dropped_export_failed),
+        ]
+        .into_iter()
+        .map(|(outcome, n)| {
+            (
+                vec![("outcome", outcome.to_string())],
+                n.load(Ordering::Relaxed) as f64,
+            )
+        })
+        .collect();
+        out.push(Metric {
+            name: "periscope.export.spans",
+            description: "HTTP spans by outcome: exported, or dropped because the queue was full or the collector failed past the retry window.",
+            unit: "1",
+            points: Points::Counter(spans),
+            resource: None,
+        });
         out.push(Metric {
             name: "periscope.export.requests",
             description: "OTLP export requests by outcome (a failure drops nothing: counts are cumulative).",
             unit: "1",
             points: Points::Counter(export),
+            resource: None,
         });
     }
 }

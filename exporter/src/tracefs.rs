@@ -117,7 +117,7 @@ pub struct Field {
 #[derive(Debug, Clone)]
 pub struct TracepointFormat {
     tracepoint: String,
-    fields: Vec<Field>,
+    pub fields: Vec<Field>,
 }
 
 impl TracepointFormat {

@@ -11,8 +11,12 @@ pub const BLOCK_START_FULL: u32 = 2;
 pub const SCHED_HIST_FULL: u32 = 3;
 /// The run-queue start map was full.
 pub const SCHED_START_FULL: u32 = 4;
+/// An HTTP capture event was dropped: the ring buffer was full (user space fell behind).
+pub const HTTP_EVENTS_LOST: u32 = 5;
+/// The map of syscalls in flight on tracked connections was full.
+pub const HTTP_PENDING_FULL: u32 = 6;
 /// Number of counters.
-pub const COUNT: u32 = 5;
+pub const COUNT: u32 = 7;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -21,4 +25,6 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("block", "inflight_map_full"),
     ("sched", "histogram_map_full"),
     ("sched", "start_map_full"),
+    ("http", "events_lost"),
+    ("http", "pending_map_full"),
 ];

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod counters;
 pub mod hist;
+pub mod http;
 pub mod sched;
 
 /// One histogram series as the kernel keeps it: the count of each bucket slot (see
@@ -44,4 +45,5 @@ mod pod {
     unsafe impl aya::Pod for super::block::BlockHists {}
     unsafe impl aya::Pod for super::block::BlockRequest {}
     unsafe impl aya::Pod for super::block::BlockStart {}
+    unsafe impl aya::Pod for super::http::HttpPending {}
 }

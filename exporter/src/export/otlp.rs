@@ -13,8 +13,9 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::{
-        ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient,
+    collector::{
+        metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+        trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     },
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     metrics::v1::{
@@ -35,13 +36,13 @@ use crate::{
     telemetry::Telemetry,
 };
 
-fn unix_nanos(t: SystemTime) -> u64 {
+pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-fn string_attr(key: &str, value: &str) -> KeyValue {
+pub(crate) fn string_attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
@@ -64,7 +65,7 @@ pub fn build_request(
 ) -> ExportMetricsServiceRequest {
     let (start, now) = (unix_nanos(start), unix_nanos(now));
     let cumulative = AggregationTemporality::Cumulative as i32;
-    let metrics = metrics
+    let converted: Vec<OtlpMetric> = metrics
         .iter()
         .map(|m| {
             let data = match &m.points {
@@ -137,27 +138,52 @@ pub fn build_request(
             }
         })
         .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(OtlpResource {
-                attributes: resource
+    // One ResourceMetrics per resource: the agent's own, then each observed process's.
+    let mut groups: Vec<(Vec<KeyValue>, Vec<OtlpMetric>)> = Vec::new();
+    let mut index: std::collections::HashMap<*const crate::http::process::ProcessResource, usize> =
+        std::collections::HashMap::new();
+    let own: Vec<KeyValue> = resource
+        .attributes
+        .iter()
+        .map(|(k, v)| string_attr(k, v))
+        .collect();
+    groups.push((own, Vec::new()));
+    for (m, otlp) in metrics.iter().zip(converted) {
+        let slot = match &m.resource {
+            None => 0,
+            Some(r) => *index.entry(Arc::as_ptr(r)).or_insert_with(|| {
+                let attrs = r
                     .attributes
                     .iter()
                     .map(|(k, v)| string_attr(k, v))
-                    .collect(),
-                ..Default::default()
+                    .collect();
+                groups.push((attrs, Vec::new()));
+                groups.len() - 1
             }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "periscope".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
+        };
+        groups[slot].1.push(otlp);
+    }
+    ExportMetricsServiceRequest {
+        resource_metrics: groups
+            .into_iter()
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|(attributes, metrics)| ResourceMetrics {
+                resource: Some(OtlpResource {
+                    attributes,
                     ..Default::default()
                 }),
-                metrics,
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "periscope".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
+            })
+            .collect(),
     }
 }
 
@@ -180,27 +206,36 @@ fn number_points(
 
 /// Why one send failed, and whether (and when) to try again.
 #[derive(Debug)]
-struct SendError {
-    message: String,
-    retryable: bool,
-    retry_after: Option<Duration>,
+pub struct SendError {
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
 }
 
 enum Transport {
-    Grpc(MetricsServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::transport::Channel),
     Http {
         client: reqwest::Client,
-        url: String,
+        /// Endpoint without the `/v1/<signal>` path.
+        base: String,
     },
 }
 
+/// One OTLP destination, shared by the metrics and the traces exporters.
+#[derive(Clone)]
+pub struct OtlpClient {
+    transport: std::sync::Arc<Transport>,
+    headers: std::collections::BTreeMap<String, String>,
+    pub endpoint: String,
+}
+
 pub struct OtlpExporter {
-    transport: Transport,
+    client: OtlpClient,
     config: OtlpConfig,
     endpoint: String,
 }
 
-impl OtlpExporter {
+impl OtlpClient {
     pub fn new(config: &OtlpConfig) -> anyhow::Result<Self> {
         let endpoint = config
             .endpoint
@@ -213,42 +248,50 @@ impl OtlpExporter {
                     .timeout(config.timeout)
                     .connect_timeout(config.timeout)
                     .connect_lazy();
-                Transport::Grpc(MetricsServiceClient::new(channel))
+                Transport::Grpc(channel)
             }
             OtlpProtocol::HttpProtobuf => {
                 let base = endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/metrics") {
-                    base.to_string()
-                } else {
-                    format!("{base}/v1/metrics")
-                };
+                let base = base
+                    .strip_suffix("/v1/metrics")
+                    .or_else(|| base.strip_suffix("/v1/traces"))
+                    .unwrap_or(base)
+                    .to_string();
                 let client = reqwest::Client::builder()
                     .timeout(config.timeout)
                     .build()
                     .map_err(|e| anyhow::anyhow!("building the OTLP HTTP client: {e}"))?;
-                Transport::Http { client, url }
+                Transport::Http { client, base }
             }
         };
         Ok(Self {
-            transport,
-            config: config.clone(),
+            transport: std::sync::Arc::new(transport),
+            headers: config.headers.clone(),
             endpoint,
         })
     }
 
-    async fn send(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), SendError> {
-        match &mut self.transport {
-            Transport::Grpc(client) => {
-                let mut req = tonic::Request::new(request.clone());
-                for (k, v) in &self.config.headers {
-                    if let (Ok(k), Ok(v)) = (
-                        k.parse::<tonic::metadata::MetadataKey<_>>(),
-                        v.parse::<tonic::metadata::MetadataValue<_>>(),
-                    ) {
-                        req.metadata_mut().insert(k, v);
-                    }
-                }
-                match client.export(req).await {
+    fn grpc_request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut req = tonic::Request::new(message);
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                k.parse::<tonic::metadata::MetadataKey<_>>(),
+                v.parse::<tonic::metadata::MetadataValue<_>>(),
+            ) {
+                req.metadata_mut().insert(k, v);
+            }
+        }
+        req
+    }
+
+    pub async fn send_metrics(
+        &self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<(), SendError> {
+        match &*self.transport {
+            Transport::Grpc(channel) => {
+                let mut client = MetricsServiceClient::new(channel.clone());
+                match client.export(self.grpc_request(request.clone())).await {
                     Ok(response) => {
                         if let Some(partial) = response.into_inner().partial_success
                             && partial.rejected_data_points > 0
@@ -265,38 +308,94 @@ impl OtlpExporter {
                     Err(status) => Err(grpc_error(&status)),
                 }
             }
-            Transport::Http { client, url } => {
-                let mut builder = client
-                    .post(url.as_str())
-                    .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec());
-                for (k, v) in &self.config.headers {
-                    builder = builder.header(k, v);
-                }
-                match builder.send().await {
-                    Ok(response) if response.status().is_success() => Ok(()),
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let retry_after = response
-                            .headers()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(Duration::from_secs);
-                        Err(SendError {
-                            message: format!("HTTP {status}"),
-                            retryable: matches!(status, 429 | 502 | 503 | 504),
-                            retry_after,
-                        })
-                    }
-                    Err(e) => Err(SendError {
-                        message: format!("request failed: {e}"),
-                        retryable: true,
-                        retry_after: None,
-                    }),
-                }
+            Transport::Http { client, base } => {
+                self.post(
+                    client,
+                    &format!("{base}/v1/metrics"),
+                    request.encode_to_vec(),
+                )
+                .await
             }
         }
+    }
+
+    pub async fn send_traces(&self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
+        match &*self.transport {
+            Transport::Grpc(channel) => {
+                let mut client = TraceServiceClient::new(channel.clone());
+                match client.export(self.grpc_request(request.clone())).await {
+                    Ok(response) => {
+                        if let Some(partial) = response.into_inner().partial_success
+                            && partial.rejected_spans > 0
+                        {
+                            tracing::warn!(
+                                rejected = partial.rejected_spans,
+                                message = %partial.error_message,
+                                "collector rejected some spans"
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(status) => Err(grpc_error(&status)),
+                }
+            }
+            Transport::Http { client, base } => {
+                self.post(
+                    client,
+                    &format!("{base}/v1/traces"),
+                    request.encode_to_vec(),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(), SendError> {
+        let mut builder = client
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(body);
+        for (k, v) in &self.headers {
+            builder = builder.header(k, v);
+        }
+        match builder.send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err(SendError {
+                    message: format!("HTTP {status}"),
+                    retryable: matches!(status, 429 | 502 | 503 | 504),
+                    retry_after,
+                })
+            }
+            Err(e) => Err(SendError {
+                message: format!("request failed: {e}"),
+                retryable: true,
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+impl OtlpExporter {
+    pub fn new(config: &OtlpConfig) -> anyhow::Result<Self> {
+        let client = OtlpClient::new(config)?;
+        Ok(Self {
+            endpoint: client.endpoint.clone(),
+            client,
+            config: config.clone(),
+        })
     }
 
     /// Sends `request`, retrying retryable failures with backoff until `deadline`.
@@ -309,7 +408,7 @@ impl OtlpExporter {
     ) -> bool {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match self.send(request).await {
+            match self.client.send_metrics(request).await {
                 Ok(()) => {
                     telemetry.export.succeeded.fetch_add(1, Ordering::Relaxed);
                     return true;

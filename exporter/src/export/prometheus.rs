@@ -46,8 +46,17 @@ impl fmt::Debug for SnapshotCollector {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         encode_target_info(&mut encoder, &self.0)?;
-        for metric in self.0.snapshot() {
-            encode_metric(&mut encoder, &metric)?;
+        let snapshot = self.0.snapshot();
+        // Metrics of several processes share a name: one family each, in first-seen order.
+        let mut families: Vec<(&str, Vec<&Metric>)> = Vec::new();
+        for metric in &snapshot {
+            match families.iter_mut().find(|(name, _)| *name == metric.name) {
+                Some((_, group)) => group.push(metric),
+                None => families.push((metric.name, vec![metric])),
+            }
+        }
+        for (_, group) in families {
+            encode_family(&mut encoder, &group)?;
         }
         Ok(())
     }
@@ -74,60 +83,61 @@ fn prometheus_unit(unit: &str) -> Option<Unit> {
     }
 }
 
-fn labels_of(attributes: &[(&'static str, String)]) -> Vec<(String, String)> {
-    attributes
-        .iter()
-        .map(|(k, v)| (sanitize(k), v.clone()))
+/// Resource attributes of an observed process that become labels (the rest stay in OTLP):
+/// enough to tell services and their instances apart.
+const RESOURCE_LABELS: [&str; 2] = ["service.name", "service.instance.id"];
+
+fn labels_of(metric: &Metric, attributes: &[(&'static str, String)]) -> Vec<(String, String)> {
+    let resource = metric.resource.iter().flat_map(|r| {
+        r.attributes
+            .iter()
+            .filter(|(k, _)| RESOURCE_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (sanitize(k), v.clone()))
+    });
+    resource
+        .chain(attributes.iter().map(|(k, v)| (sanitize(k), v.clone())))
         .collect()
 }
 
-fn encode_metric(encoder: &mut DescriptorEncoder, metric: &Metric) -> fmt::Result {
-    let name = metric.prometheus_name();
-    let unit = prometheus_unit(metric.unit);
-    match &metric.points {
-        Points::Histogram(value_unit, points) => {
-            let mut family = encoder.encode_descriptor(
-                &name,
-                metric.description,
-                unit.as_ref(),
-                MetricType::Histogram,
-            )?;
-            for (attributes, histogram) in points {
-                let buckets = prometheus_buckets(&histogram.explicit_buckets(*value_unit));
-                family
-                    .encode_family(&labels_of(attributes))?
-                    .encode_histogram::<NoLabelSet>(
-                        histogram.sum_in(*value_unit),
-                        histogram.count(),
-                        &buckets,
-                        None,
-                    )?;
+/// One family: the points of every metric in `group` (same name, several resources).
+fn encode_family(encoder: &mut DescriptorEncoder, group: &[&Metric]) -> fmt::Result {
+    let first = group[0];
+    let name = first.prometheus_name();
+    let unit = prometheus_unit(first.unit);
+    let kind = match first.points {
+        Points::Histogram(..) => MetricType::Histogram,
+        Points::Counter(_) => MetricType::Counter,
+        Points::Gauge(_) => MetricType::Gauge,
+    };
+    let mut family = encoder.encode_descriptor(&name, first.description, unit.as_ref(), kind)?;
+    for metric in group {
+        match &metric.points {
+            Points::Histogram(value_unit, points) => {
+                for (attributes, histogram) in points {
+                    let buckets = prometheus_buckets(&histogram.explicit_buckets(*value_unit));
+                    family
+                        .encode_family(&labels_of(metric, attributes))?
+                        .encode_histogram::<NoLabelSet>(
+                            histogram.sum_in(*value_unit),
+                            histogram.count(),
+                            &buckets,
+                            None,
+                        )?;
+                }
             }
-        }
-        Points::Counter(points) => {
-            let mut family = encoder.encode_descriptor(
-                &name,
-                metric.description,
-                unit.as_ref(),
-                MetricType::Counter,
-            )?;
-            for (attributes, value) in points {
-                family
-                    .encode_family(&labels_of(attributes))?
-                    .encode_counter::<NoLabelSet, f64, f64>(value, None)?;
+            Points::Counter(points) => {
+                for (attributes, value) in points {
+                    family
+                        .encode_family(&labels_of(metric, attributes))?
+                        .encode_counter::<NoLabelSet, f64, f64>(value, None)?;
+                }
             }
-        }
-        Points::Gauge(points) => {
-            let mut family = encoder.encode_descriptor(
-                &name,
-                metric.description,
-                unit.as_ref(),
-                MetricType::Gauge,
-            )?;
-            for (attributes, value) in points {
-                family
-                    .encode_family(&labels_of(attributes))?
-                    .encode_gauge(value)?;
+            Points::Gauge(points) => {
+                for (attributes, value) in points {
+                    family
+                        .encode_family(&labels_of(metric, attributes))?
+                        .encode_gauge(value)?;
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! tracepoint.
 
 pub mod block;
+pub mod http;
 pub mod sched;
 
 use std::fmt;
@@ -271,6 +272,7 @@ fn start_family<T>(
         Ok((mechanism, family)) => {
             status.mechanism = Some(mechanism);
             status.programs = programs.iter().map(|p| p.0).collect();
+            status.programs.dedup();
             (Some(family), status)
         }
         Err(e) => {
@@ -294,8 +296,11 @@ fn attach_tracepoints(
             })?
             .try_into()
             .map_err(|source| ProbeError::Program { program, source })?;
-        tp.load()
-            .map_err(|source| ProbeError::Program { program, source })?;
+        // One program may serve several tracepoints: load it once.
+        if tp.fd().is_err() {
+            tp.load()
+                .map_err(|source| ProbeError::Program { program, source })?;
+        }
         tp.attach(category, name)
             .map_err(|source| ProbeError::Program { program, source })?;
     }
@@ -324,7 +329,7 @@ pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `bpf_ktime_get_ns()` as user space sees it: CLOCK_MONOTONIC.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -373,6 +378,10 @@ pub struct Probes {
     pub kernel: KernelSupport,
     block: Option<block::Block>,
     sched: Option<sched::Sched>,
+    /// The HTTP capture's maps, until the daemon takes them for its capture loop.
+    pub http: Option<http::Http>,
+    /// What the HTTP capture aggregated (shared with the capture loop).
+    pub http_state: Option<std::sync::Arc<std::sync::Mutex<crate::http::HttpState>>>,
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Stale start-time entries removed by `sweep`, per family.
     swept: [(&'static str, u64); 2],
@@ -385,9 +394,14 @@ impl Probes {
         let kernel = KernelSupport::probe(tracefs);
         let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
+        let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
 
         let mut loader = EbpfLoader::new();
-        for settings in [&block_plan.settings, &sched_plan.settings] {
+        for settings in [
+            &block_plan.settings,
+            &sched_plan.settings,
+            &http_plan.settings,
+        ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
             }
@@ -405,7 +419,9 @@ impl Probes {
         let (block, block_status) = block::start(&mut ebpf, block_plan);
         let (sched, sched_status) =
             sched::start(&mut ebpf, sched_plan, config.probes.sched.by_cgroup);
-        for status in [&block_status, &sched_status] {
+        let (http, http_status) = http::start(&mut ebpf, http_plan);
+        let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
+        for status in [&block_status, &sched_status, &http_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
                     tracing::info!(probe = status.family, %mechanism, "probe attached")
@@ -421,10 +437,12 @@ impl Probes {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             ebpf,
-            statuses: vec![block_status, sched_status],
+            statuses: vec![block_status, sched_status, http_status],
             kernel,
             block,
             sched,
+            http,
+            http_state,
             counters,
             swept: [("block", 0), ("sched", 0)],
         })
@@ -437,6 +455,9 @@ impl Probes {
         }
         if let Some(sched) = &self.sched {
             sched.collect(out);
+        }
+        if let Some(state) = &self.http_state {
+            state.lock().unwrap_or_else(|e| e.into_inner()).collect(out);
         }
     }
 

@@ -1,0 +1,462 @@
+//! HTTP capture from syscall tracepoints: any language, no code change, no kprobes needed.
+//!
+//! `accept`/`accept4` and `connect` mark (process, fd) pairs as TCP connections in an LRU map;
+//! reads and writes on those pairs (`read`, `recvfrom`, `readv`, `recvmsg`, `write`, `sendto`,
+//! `writev`, `sendmsg`, `sendfile`) are timed from entry to exit, and the exit sends one
+//! ring-buffer record with the leading bytes (at most `CAPTURE`, copied into a per-CPU scratch
+//! buffer) and the last `TAIL` bytes. `close` forgets the pair; a process exit is reported so
+//! user space drops what that process had in flight. Parsing and matching happen in user space.
+//!
+//! Syscall tracepoints share one record layout (`struct syscall_trace_enter`/`_exit`); the
+//! argument and return-value offsets are read from the format files by user space anyway.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use periscope_common::{
+    counters,
+    http::{
+        CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
+        KIND_CONNECT, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, TAIL, conn_key,
+    },
+};
+
+use crate::shared::{count, global};
+
+/// Offset of the first syscall argument in a `sys_enter_*` record.
+#[unsafe(no_mangle)]
+static HTTP_ARGS_OFFSET: u32 = 16;
+/// Offset of the return value in a `sys_exit_*` record.
+#[unsafe(no_mangle)]
+static HTTP_RET_OFFSET: u32 = 16;
+/// Periscope's own process: never captured.
+#[unsafe(no_mangle)]
+static HTTP_SELF_TGID: u32 = 0;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+/// Length of a task's comm.
+const COMM: usize = 16;
+
+/// TCP connections being watched: (tgid, fd) -> role. LRU: a connection whose close was never
+/// seen (Periscope started later, fd passed to another process) ages out instead of leaking.
+#[map]
+static HTTP_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// The syscall each thread is in, from entry to exit (only on watched connections, plus every
+/// accept/connect). LRU: a thread killed inside a syscall never reaches the exit.
+#[map]
+static HTTP_PENDING: LruHashMap<u32, HttpPending> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where records are built before they go to the ring buffer (too big for the BPF stack).
+#[map]
+static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records to user space; its size is set at load time.
+#[map]
+static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, index: u32) -> u64 {
+    let offset = global(&HTTP_ARGS_OFFSET) + 8 * index;
+    // SAFETY: syscall arguments are 8-byte fields at this offset of every sys_enter record.
+    unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: the return value is an 8-byte field at this offset of every sys_exit record.
+    unsafe { ctx.read_at::<i64>(global(&HTTP_RET_OFFSET) as usize) }.unwrap_or(-1)
+}
+
+/// (tgid, tid) of the current task, or None for Periscope itself.
+#[inline(always)]
+fn current() -> Option<(u32, u32)> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == global(&HTTP_SELF_TGID) {
+        return None;
+    }
+    Some((tgid, id as u32))
+}
+
+/// How a syscall names its buffer.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// (fd, buf, len): read, write, recvfrom, sendto.
+    Plain,
+    /// (fd, iov, iovcnt): readv, writev.
+    Vector,
+    /// (fd, msghdr, flags): recvmsg, sendmsg.
+    Message,
+    /// sendfile: no user buffer, only a count.
+    None,
+}
+
+/// Records the entry of a read/write on a watched connection.
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
+    let Some((tgid, tid)) = current() else { return };
+    let fd = arg(ctx, 0) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(role) = (unsafe { HTTP_CONNS.get(&conn_key(tgid, fd)) }).copied() else {
+        return;
+    };
+    let mut pending = HttpPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        kind,
+        role,
+        ..Default::default()
+    };
+    match buffer {
+        Buffer::Plain => {
+            pending.buf = arg(ctx, 1);
+            pending.buf_len = arg(ctx, 2);
+        }
+        Buffer::Vector => vector(&mut pending, arg(ctx, 1), arg(ctx, 2), kind == KIND_WRITE),
+        Buffer::Message => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let msg = arg(ctx, 1);
+            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            vector(&mut pending, iov, iovlen, kind == KIND_WRITE);
+        }
+        Buffer::None => {}
+    }
+    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+        count(counters::HTTP_PENDING_FULL);
+    }
+}
+
+/// First iovec (the captured bytes) and, for writes, the last one (the tail).
+#[inline(always)]
+fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bool) {
+    if iov == 0 || iovcnt == 0 {
+        return;
+    }
+    // struct iovec: base at 0, len at 8.
+    if let Ok(first) = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+        pending.buf = first[0];
+        pending.buf_len = first[1];
+    }
+    if write {
+        let last = iov + 16 * ((iovcnt - 1) & 1023);
+        if let Ok(last) = unsafe { bpf_probe_read_user(last as *const [u64; 2]) } {
+            pending.last_buf = last[0];
+            pending.last_len = last[1];
+        }
+    }
+}
+
+/// Sends the record of a finished read/write.
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext) {
+    let Some((tgid, tid)) = current() else { return };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = HTTP_PENDING.remove(&tid);
+    let transferred = ret(ctx);
+    if transferred <= 0 {
+        return;
+    }
+    let transferred = transferred as u64;
+    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch record; programs do not migrate while running.
+    let event = unsafe { &mut *event };
+    fill_header(event, &pending, tgid, tid, transferred);
+    let mut want = transferred;
+    if pending.buf_len < want {
+        want = pending.buf_len;
+    }
+    let captured = copy_leading(event, pending.buf, want);
+    copy_tail(event, &pending, transferred, captured);
+    submit(event, captured);
+}
+
+#[inline(always)]
+fn fill_header(event: &mut HttpEvent, pending: &HttpPending, tgid: u32, tid: u32, len: u64) {
+    let h = &mut event.header;
+    h.start_ns = pending.start_ns;
+    h.end_ns = unsafe { bpf_ktime_get_ns() };
+    h.len = len;
+    h.tgid = tgid;
+    h.tid = tid;
+    h.fd = pending.fd;
+    h.kind = pending.kind;
+    h.role = pending.role;
+    h.captured = 0;
+    h.tail_len = 0;
+}
+
+/// Copies up to CAPTURE bytes from `src`; returns how many.
+#[inline(always)]
+fn copy_leading(event: &mut HttpEvent, src: u64, want: u64) -> u32 {
+    if src == 0 || want == 0 {
+        return 0;
+    }
+    let n = if want > CAPTURE as u64 {
+        CAPTURE as u32
+    } else {
+        want as u32
+    };
+    // SAFETY: n <= CAPTURE, the size of the destination.
+    let rc = unsafe {
+        probe_read_user_raw(
+            event.data.as_mut_ptr().cast(),
+            n,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    event.header.captured = n as u16;
+    n
+}
+
+/// The last TAIL bytes, when they were not among the captured ones.
+#[inline(always)]
+fn copy_tail(event: &mut HttpEvent, pending: &HttpPending, transferred: u64, captured: u32) {
+    if transferred <= captured as u64 {
+        return;
+    }
+    let (buf, end) = if pending.last_buf != 0 {
+        (pending.last_buf, pending.last_len)
+    } else if transferred <= pending.buf_len {
+        (pending.buf, transferred)
+    } else {
+        return;
+    };
+    if buf == 0 || end < TAIL as u64 {
+        return;
+    }
+    if let Ok(tail) = unsafe { bpf_probe_read_user((buf + end - TAIL as u64) as *const [u8; TAIL]) }
+    {
+        event.header.tail = tail;
+        event.header.tail_len = TAIL as u8;
+    }
+}
+
+#[inline(always)]
+fn submit(event: &HttpEvent, captured: u32) {
+    let mut n = captured as usize;
+    if n > CAPTURE {
+        n = CAPTURE;
+    }
+    // SAFETY: HEADER_SIZE + n <= size_of::<HttpEvent>().
+    let bytes = unsafe {
+        core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
+    };
+    if HTTP_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(counters::HTTP_EVENTS_LOST);
+    }
+}
+
+/// A record without payload (accept, close, exit).
+#[inline(always)]
+fn send_bare(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, len: u64, start_ns: u64) {
+    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch record.
+    let event = unsafe { &mut *event };
+    let pending = HttpPending {
+        start_ns,
+        fd,
+        kind,
+        role,
+        ..Default::default()
+    };
+    fill_header(event, &pending, tgid, tid, len);
+    submit(event, 0);
+}
+
+macro_rules! io_programs {
+    ($($name:ident => $kind:expr, $buffer:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            enter_io(&ctx, $kind, $buffer);
+            0
+        }
+    )*};
+}
+
+io_programs! {
+    http_enter_read => KIND_READ, Buffer::Plain;
+    http_enter_readv => KIND_READ, Buffer::Vector;
+    http_enter_recvmsg => KIND_READ, Buffer::Message;
+    http_enter_write => KIND_WRITE, Buffer::Plain;
+    http_enter_writev => KIND_WRITE, Buffer::Vector;
+    http_enter_sendmsg => KIND_WRITE, Buffer::Message;
+    http_enter_sendfile => KIND_WRITE, Buffer::None;
+}
+
+/// Every read/write syscall's exit.
+#[tracepoint]
+pub fn http_exit_io(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn http_enter_accept(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current() else { return 0 };
+    let pending = HttpPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        listen_fd: arg(&ctx, 0),
+        kind: KIND_ACCEPT,
+        role: ROLE_SERVER,
+        ..Default::default()
+    };
+    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+        count(counters::HTTP_PENDING_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_PENDING.remove(&tid);
+    let fd = ret(&ctx);
+    if pending.kind != KIND_ACCEPT || fd < 0 {
+        return 0;
+    }
+    let fd = fd as u32;
+    let _ = HTTP_CONNS.insert(&conn_key(tgid, fd), &ROLE_SERVER, BPF_ANY as u64);
+    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch record.
+    let event = unsafe { &mut *event };
+    let accepted = HttpPending { fd, ..pending };
+    fill_header(event, &accepted, tgid, tid, pending.listen_fd);
+    // The process name, for processes gone before user space reads /proc.
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    event.data[..COMM].copy_from_slice(&comm);
+    event.header.captured = COMM as u16;
+    submit(event, COMM as u32);
+    0
+}
+
+#[tracepoint]
+pub fn http_enter_connect(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current() else { return 0 };
+    let sockaddr = arg(&ctx, 1);
+    // sockaddr_in / sockaddr_in6: family at 0, port (network order) at 2, IPv4 at 4, IPv6 at 8.
+    let Ok(head) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else {
+        return 0;
+    };
+    let family = u16::from_le_bytes([head[0], head[1]]);
+    let mut addr = ConnectAddr {
+        family,
+        port: u16::from_be_bytes([head[2], head[3]]),
+        ..Default::default()
+    };
+    match family {
+        AF_INET => addr.addr[..4].copy_from_slice(&head[4..8]),
+        AF_INET6 => match unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) } {
+            Ok(v6) => addr.addr = v6,
+            Err(_) => return 0,
+        },
+        _ => return 0,
+    }
+    let pending = HttpPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd: arg(&ctx, 0) as u32,
+        kind: KIND_CONNECT,
+        role: ROLE_CLIENT,
+        addr,
+        ..Default::default()
+    };
+    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+        count(counters::HTTP_PENDING_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_PENDING.remove(&tid);
+    let rc = ret(&ctx);
+    if pending.kind != KIND_CONNECT || (rc != 0 && rc != -EINPROGRESS) {
+        return 0;
+    }
+    let _ = HTTP_CONNS.insert(&conn_key(tgid, pending.fd), &ROLE_CLIENT, BPF_ANY as u64);
+    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch record.
+    let event = unsafe { &mut *event };
+    fill_header(event, &pending, tgid, tid, 0);
+    let size = core::mem::size_of::<ConnectAddr>();
+    event.header.captured = (size + COMM) as u16;
+    // SAFETY: ConnectAddr is plain bytes and smaller than CAPTURE.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (&pending.addr as *const ConnectAddr).cast::<u8>(),
+            event.data.as_mut_ptr(),
+            size,
+        )
+    };
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    event.data[size..size + COMM].copy_from_slice(&comm);
+    submit(event, (size + COMM) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn http_enter_close(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let fd = arg(&ctx, 0) as u32;
+    let key = conn_key(tgid, fd);
+    let Some(role) = (unsafe { HTTP_CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_CONNS.remove(&key);
+    let now = unsafe { bpf_ktime_get_ns() };
+    send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
+    0
+}
+
+/// `sched:sched_process_exit`: the thread-group leader leaving means the process is gone.
+#[tracepoint]
+pub fn http_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = ctx.as_ptr();
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    if tgid != tid {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    send_bare(KIND_EXIT, 0, tgid, tid, 0, 0, now);
+    0
+}

@@ -1,0 +1,197 @@
+//! HTTP RED metrics: one duration histogram per (process, side, method, route, status, ...),
+//! with the same 4.4%-wide exponential buckets the kernel histograms use. The number of series
+//! is capped; beyond the cap new series are counted in one overflow series marked
+//! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use periscope_common::hist::{ns_to_units, slot_of};
+
+use crate::{
+    histogram::{Histogram, ValueUnit},
+    metrics::{Attributes, Metric, Points},
+};
+
+use super::{connection::Role, process::ProcessResource};
+
+/// Series of an exited process are kept this long (so the last counts get exported), then
+/// removed: short-lived clients would otherwise grow the series set forever.
+pub const EXITED_SERIES_TTL: Duration = Duration::from_secs(300);
+
+/// A process resource compared by identity (one `Arc` per process lifetime).
+#[derive(Clone, Debug)]
+struct ResourceKey(Arc<ProcessResource>);
+
+impl PartialEq for ResourceKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for ResourceKey {}
+impl Hash for ResourceKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    /// `None`: the overflow series.
+    resource: Option<ResourceKey>,
+    role: Role,
+    attributes: Attributes,
+}
+
+#[derive(Debug)]
+pub struct HttpMetrics {
+    series: HashMap<SeriesKey, Histogram>,
+    max_series: usize,
+    exited: HashMap<ResourceKey, Instant>,
+}
+
+impl HttpMetrics {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            series: HashMap::new(),
+            max_series,
+            exited: HashMap::new(),
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        role: Role,
+        attributes: Attributes,
+        duration_ns: u64,
+    ) {
+        let mut key = SeriesKey {
+            resource: Some(ResourceKey(resource.clone())),
+            role,
+            attributes,
+        };
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            key = SeriesKey {
+                resource: None,
+                role,
+                attributes: vec![("otel.metric.overflow", "true".to_string())],
+            };
+        }
+        let units = ns_to_units(duration_ns);
+        let h = self.series.entry(key).or_default();
+        *h.counts.entry(slot_of(units)).or_default() += 1;
+        h.sum = h.sum.wrapping_add(units);
+    }
+
+    /// Marks a process as gone; its series go after [`EXITED_SERIES_TTL`].
+    pub fn process_exited(&mut self, resource: &Arc<ProcessResource>) {
+        self.exited
+            .insert(ResourceKey(resource.clone()), Instant::now());
+    }
+
+    /// Removes series of processes that exited more than the TTL ago.
+    pub fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ResourceKey> = self
+            .exited
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) > EXITED_SERIES_TTL)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.exited.remove(&key);
+            self.series.retain(|s, _| s.resource.as_ref() != Some(&key));
+        }
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// One metric per (process, side), cumulative.
+    pub fn collect(&self, out: &mut Vec<Metric>) {
+        let mut grouped: HashMap<(Option<ResourceKey>, Role), Vec<(Attributes, Histogram)>> =
+            HashMap::new();
+        for (key, h) in &self.series {
+            grouped
+                .entry((key.resource.clone(), key.role))
+                .or_default()
+                .push((key.attributes.clone(), h.clone()));
+        }
+        for ((resource, role), mut points) in grouped {
+            points.sort_by(|a, b| a.0.cmp(&b.0));
+            let (name, description) = match role {
+                Role::Server => (
+                    "http.server.request.duration",
+                    "Duration of HTTP server requests, measured from the kernel.",
+                ),
+                Role::Client => (
+                    "http.client.request.duration",
+                    "Duration of HTTP client requests, measured from the kernel.",
+                ),
+            };
+            out.push(Metric {
+                name,
+                description,
+                unit: "s",
+                points: Points::Histogram(ValueUnit::Seconds, points),
+                resource: resource.map(|r| r.0),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str) -> Arc<ProcessResource> {
+        Arc::new(ProcessResource {
+            service_name: name.into(),
+            attributes: vec![("service.name".into(), name.into())],
+        })
+    }
+
+    #[test]
+    fn overflow_beyond_the_cap() {
+        let mut m = HttpMetrics::new(2);
+        let r = resource("a");
+        for route in ["/1", "/2", "/3", "/4"] {
+            m.record(
+                &r,
+                Role::Server,
+                vec![("http.route", route.into())],
+                1_000_000,
+            );
+        }
+        m.record(
+            &r,
+            Role::Server,
+            vec![("http.route", "/1".into())],
+            1_000_000,
+        );
+        let mut out = Vec::new();
+        m.collect(&mut out);
+        let total: u64 = out
+            .iter()
+            .flat_map(|m| match &m.points {
+                Points::Histogram(_, p) => p.iter().map(|(_, h)| h.count()).collect::<Vec<_>>(),
+                _ => vec![],
+            })
+            .sum();
+        assert_eq!(total, 5);
+        let overflow = out.iter().find(|m| m.resource.is_none()).unwrap();
+        match &overflow.points {
+            Points::Histogram(_, p) => {
+                assert_eq!(p[0].0, vec![("otel.metric.overflow", "true".to_string())]);
+                assert_eq!(p[0].1.count(), 2);
+            }
+            _ => panic!(),
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! One TCP connection's HTTP/1.x conversation, rebuilt from the bytes of each read and write:
+//! requests and responses matched in order (keep-alive and pipelining), bodies delimited by
+//! Content-Length, chunking or close, 1xx responses (100-continue) skipped, and a response split
+//! over many writes ending at the write that completes it.
+//!
+//! Timing: a server request starts when the read that returned its first bytes exits and ends
+//! when the write that completes its response is entered; a client request starts when the
+//! write of its first bytes is entered and ends when the read that completes the response
+//! exits. So the server's duration never exceeds what its client can measure.
+
+use std::collections::VecDeque;
+
+use super::parse::{self, Body, ParseError};
+
+/// Requests in flight on one connection (pipelining depth); older ones are dropped beyond it.
+const MAX_IN_FLIGHT: usize = 64;
+/// A request or response head split over reads is reassembled up to this size.
+const MAX_PARTIAL_HEAD: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// The bytes of one read or write as the kernel reported them.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Bytes transferred.
+    pub len: u64,
+    /// The leading bytes (all of them when `captured.len() == len`).
+    pub captured: &'a [u8],
+    /// The last bytes, when beyond the captured ones.
+    pub tail: &'a [u8],
+    pub tid: u32,
+}
+
+impl Io<'_> {
+    fn fully_captured(&self) -> bool {
+        self.captured.len() as u64 == self.len
+    }
+
+    /// The last bytes of this IO, when known.
+    fn last_bytes(&self) -> Option<&[u8]> {
+        if self.fully_captured() {
+            Some(self.captured)
+        } else if !self.tail.is_empty() {
+            Some(self.tail)
+        } else {
+            None
+        }
+    }
+}
+
+/// A request whose response is not complete yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub minor_version: u8,
+    pub traceparent: Option<String>,
+    pub host: Option<String>,
+    pub start_ns: u64,
+    /// The thread that read (server) or wrote (client) the request.
+    pub tid: u32,
+    /// Span ids and parent span id, once given (only when spans are exported).
+    pub span: Option<(super::span::TraceRef, Option<[u8; 8]>)>,
+}
+
+impl Request {
+    /// `url.path`: the target without query string or fragment.
+    pub fn path(&self) -> &str {
+        let end = self.target.find(['?', '#']).unwrap_or(self.target.len());
+        &self.target[..end]
+    }
+}
+
+/// A finished request/response pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub request: Request,
+    pub status: u16,
+    pub end_ns: u64,
+}
+
+/// What feeding bytes produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exchange(Exchange),
+    /// Bytes that are not HTTP/1.x where a message head was expected.
+    Invalid,
+    /// A request that will never get its response (connection closed, process gone, pipeline
+    /// overflow).
+    Dropped(&'static str),
+    /// A response without a request (Periscope attached mid-conversation).
+    Unmatched,
+}
+
+/// Where a byte stream (requests or responses) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// At the start of a message head.
+    Head,
+    /// In a body with this many bytes left.
+    Length(u64),
+    Chunked,
+    UntilClose,
+    /// Lost track (garbage, or a body of unknown length): wait for bytes starting a head.
+    Lost,
+}
+
+impl Stream {
+    fn from_body(body: Body) -> Self {
+        match body {
+            Body::None => Self::Head,
+            Body::Length(n) => Self::Length(n),
+            Body::Chunked => Self::Chunked,
+            Body::UntilClose => Self::UntilClose,
+        }
+    }
+}
+
+/// The response being sent/received for the oldest request.
+#[derive(Debug, Clone, Copy)]
+struct OpenResponse {
+    status: u16,
+    /// Time of the last response bytes seen (the end if the body ends with the connection).
+    last_ns: u64,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    requests: Stream,
+    responses: Stream,
+    request_partial: Vec<u8>,
+    /// When the first bytes of a partial request head arrived.
+    request_partial_start: u64,
+    response_partial: Vec<u8>,
+    in_flight: VecDeque<Request>,
+    open_response: Option<OpenResponse>,
+    /// Whether a valid HTTP message was ever seen here.
+    pub seen_http: bool,
+}
+
+impl Connection {
+    pub fn new(role: Role) -> Self {
+        Self {
+            role,
+            requests: Stream::Head,
+            responses: Stream::Head,
+            request_partial: Vec::new(),
+            request_partial_start: 0,
+            response_partial: Vec::new(),
+            in_flight: VecDeque::new(),
+            open_response: None,
+            seen_http: false,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Bytes read from the socket.
+    pub fn on_read(&mut self, io: &Io<'_>, out: &mut Vec<Outcome>) {
+        match self.role {
+            Role::Server => self.on_request_bytes(io, io.end_ns, out),
+            Role::Client => self.on_response_bytes(io, io.end_ns, out),
+        }
+    }
+
+    /// Bytes written to the socket.
+    pub fn on_write(&mut self, io: &Io<'_>, out: &mut Vec<Outcome>) {
+        match self.role {
+            Role::Server => self.on_response_bytes(io, io.start_ns, out),
+            Role::Client => self.on_request_bytes(io, io.start_ns, out),
+        }
+    }
+
+    /// The connection closed: a response delimited by the close is complete; requests still
+    /// waiting are dropped.
+    pub fn on_close(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(open) = self.open_response.take() {
+            self.complete(open.status, open.last_ns, out);
+        }
+        for _ in self.in_flight.drain(..) {
+            out.push(Outcome::Dropped("connection_closed"));
+        }
+    }
+
+    /// The process exited: nothing in flight will complete.
+    pub fn on_exit(&mut self, out: &mut Vec<Outcome>) {
+        self.open_response = None;
+        for _ in self.in_flight.drain(..) {
+            out.push(Outcome::Dropped("process_exit"));
+        }
+    }
+
+    /// Requests in flight that have no span ids yet.
+    pub fn requests_without_span(&mut self) -> impl Iterator<Item = &mut Request> {
+        self.in_flight.iter_mut().filter(|r| r.span.is_none())
+    }
+
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn on_request_bytes(&mut self, io: &Io<'_>, start_ns: u64, out: &mut Vec<Outcome>) {
+        let mut offset = 0u64;
+        while offset < io.len {
+            match self.requests {
+                Stream::Length(left) => {
+                    let take = left.min(io.len - offset);
+                    offset += take;
+                    self.requests = if take == left {
+                        Stream::Head
+                    } else {
+                        Stream::Length(left - take)
+                    };
+                }
+                Stream::Chunked => {
+                    if io.last_bytes().is_some_and(parse::ends_chunked_body) {
+                        self.requests = Stream::Head;
+                    }
+                    return;
+                }
+                Stream::UntilClose => return,
+                Stream::Lost => {
+                    if offset == 0 && parse::looks_like_request(io.captured) {
+                        self.requests = Stream::Head;
+                    } else {
+                        return;
+                    }
+                }
+                Stream::Head => {
+                    let Some(bytes) = io.captured.get(offset as usize..).filter(|b| !b.is_empty())
+                    else {
+                        // The rest of this IO was not captured: its framing is unknown.
+                        self.requests = Stream::Lost;
+                        return;
+                    };
+                    match self.request_head(bytes, io, offset, start_ns, out) {
+                        Some(used) => offset += used,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a request head at the start of `bytes` (after any partial head kept from earlier
+    /// IO); returns the bytes of this IO it used, or None when the rest of the IO is consumed.
+    fn request_head(
+        &mut self,
+        bytes: &[u8],
+        io: &Io<'_>,
+        offset: u64,
+        start_ns: u64,
+        out: &mut Vec<Outcome>,
+    ) -> Option<u64> {
+        let earlier = self.request_partial.len();
+        let joined;
+        let input = if earlier > 0 {
+            joined = [self.request_partial.as_slice(), bytes].concat();
+            joined.as_slice()
+        } else {
+            bytes
+        };
+        let rest_captured = offset + bytes.len() as u64 == io.len;
+        let start_ns = if earlier > 0 {
+            self.request_partial_start
+        } else {
+            start_ns
+        };
+        if earlier == 0 {
+            self.request_partial_start = start_ns;
+        }
+        match parse::request(input) {
+            Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
+                self.request_partial = input.to_vec();
+                None
+            }
+            Err(_) => {
+                self.request_partial.clear();
+                out.push(Outcome::Invalid);
+                self.requests = Stream::Lost;
+                None
+            }
+            Ok(head) if head.head.len.is_none() => {
+                if rest_captured && input.len() < MAX_PARTIAL_HEAD {
+                    // The head continues in the next read.
+                    self.request_partial = input.to_vec();
+                } else {
+                    // Cut off by the capture limit: keep what we know, framing is lost.
+                    self.request_partial.clear();
+                    self.start_request(head, io, start_ns, out);
+                    self.requests = Stream::Lost;
+                }
+                None
+            }
+            Ok(head) => {
+                self.request_partial.clear();
+                let head_len = head.head.len.unwrap_or(0);
+                let body = head.body();
+                self.start_request(head, io, start_ns, out);
+                self.requests = Stream::from_body(body);
+                // Bytes of this IO used by the head (the part before it came from earlier IO).
+                Some(head_len.saturating_sub(earlier).max(1) as u64)
+            }
+        }
+    }
+
+    fn start_request(
+        &mut self,
+        head: parse::RequestHead,
+        io: &Io<'_>,
+        start_ns: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        self.seen_http = true;
+        // A response delimited only by what follows it ends when the next request starts.
+        if let Some(open) = self.open_response.take() {
+            self.complete(open.status, open.last_ns, out);
+            self.responses = Stream::Head;
+        }
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.in_flight.pop_front();
+            out.push(Outcome::Dropped("pipeline_overflow"));
+        }
+        let path_and_query = head.target.clone();
+        self.in_flight.push_back(Request {
+            method: head.method,
+            target: path_and_query,
+            minor_version: head.head.minor_version.unwrap_or(1),
+            traceparent: head.head.traceparent,
+            host: head.head.host,
+            start_ns,
+            tid: io.tid,
+            span: None,
+        });
+    }
+
+    fn on_response_bytes(&mut self, io: &Io<'_>, at_ns: u64, out: &mut Vec<Outcome>) {
+        if let Some(open) = &mut self.open_response {
+            open.last_ns = at_ns;
+        }
+        let mut offset = 0u64;
+        while offset < io.len {
+            match self.responses {
+                Stream::Length(left) => {
+                    let take = left.min(io.len - offset);
+                    offset += take;
+                    if take == left {
+                        self.responses = Stream::Head;
+                        self.finish_response(at_ns, out);
+                    } else {
+                        self.responses = Stream::Length(left - take);
+                    }
+                }
+                Stream::Chunked => {
+                    if io.last_bytes().is_some_and(parse::ends_chunked_body) {
+                        self.responses = Stream::Head;
+                        self.finish_response(at_ns, out);
+                    }
+                    return;
+                }
+                Stream::UntilClose => return,
+                Stream::Lost => {
+                    if offset == 0 && parse::looks_like_response(io.captured) {
+                        self.responses = Stream::Head;
+                    } else {
+                        return;
+                    }
+                }
+                Stream::Head => {
+                    let Some(bytes) = io.captured.get(offset as usize..).filter(|b| !b.is_empty())
+                    else {
+                        self.responses = Stream::Lost;
+                        return;
+                    };
+                    match self.response_head(bytes, io, offset, at_ns, out) {
+                        Some(used) => offset += used,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn response_head(
+        &mut self,
+        bytes: &[u8],
+        io: &Io<'_>,
+        offset: u64,
+        at_ns: u64,
+        out: &mut Vec<Outcome>,
+    ) -> Option<u64> {
+        let earlier = self.response_partial.len();
+        let joined;
+        let input = if earlier > 0 {
+            joined = [self.response_partial.as_slice(), bytes].concat();
+            joined.as_slice()
+        } else {
+            bytes
+        };
+        let rest_captured = offset + bytes.len() as u64 == io.len;
+        let head = match parse::response(input) {
+            Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
+                self.response_partial = input.to_vec();
+                return None;
+            }
+            Err(_) => {
+                self.response_partial.clear();
+                out.push(Outcome::Invalid);
+                self.responses = Stream::Lost;
+                return None;
+            }
+            Ok(head) => head,
+        };
+        if head.head.len.is_none() && rest_captured && input.len() < MAX_PARTIAL_HEAD {
+            self.response_partial = input.to_vec();
+            return None;
+        }
+        self.response_partial.clear();
+        self.seen_http = true;
+        if head.status < 200 {
+            // 100 Continue and friends: the final response is still to come.
+            self.responses = if head.head.len.is_some() {
+                Stream::Head
+            } else {
+                Stream::Lost
+            };
+            return head
+                .head
+                .len
+                .map(|n| n.saturating_sub(earlier).max(1) as u64);
+        }
+        let Some(request) = self.in_flight.front() else {
+            out.push(Outcome::Unmatched);
+            self.responses = Stream::Lost;
+            return None;
+        };
+        let body = head.body(&request.method);
+        self.open_response = Some(OpenResponse {
+            status: head.status,
+            last_ns: at_ns,
+        });
+        let Some(head_len) = head.head.len else {
+            // Cut off by the capture limit: the framing is unknown, so the response ends when
+            // the next request starts or the connection closes.
+            self.responses = Stream::UntilClose;
+            return None;
+        };
+        self.responses = Stream::from_body(body);
+        if body == Body::None {
+            self.finish_response(at_ns, out);
+        }
+        Some(head_len.saturating_sub(earlier).max(1) as u64)
+    }
+
+    fn finish_response(&mut self, at_ns: u64, out: &mut Vec<Outcome>) {
+        if let Some(open) = self.open_response.take() {
+            self.complete(open.status, at_ns, out);
+        }
+    }
+
+    fn complete(&mut self, status: u16, end_ns: u64, out: &mut Vec<Outcome>) {
+        if let Some(request) = self.in_flight.pop_front() {
+            let end_ns = end_ns.max(request.start_ns);
+            out.push(Outcome::Exchange(Exchange {
+                request,
+                status,
+                end_ns,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(t: u64, bytes: &[u8]) -> Io<'_> {
+        Io {
+            start_ns: t,
+            end_ns: t + 1,
+            len: bytes.len() as u64,
+            captured: &bytes[..bytes.len().min(512)],
+            tail: if bytes.len() > 512 {
+                &bytes[bytes.len() - 8..]
+            } else {
+                &[]
+            },
+            tid: 7,
+        }
+    }
+
+    fn exchanges(out: &[Outcome]) -> Vec<(String, u16, u64, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outcome::Exchange(e) => Some((
+                    e.request.target.clone(),
+                    e.status,
+                    e.request.start_ns,
+                    e.end_ns,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keep_alive_server_with_split_response() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+            &mut out,
+        );
+        c.on_write(&io(30, b"01234"), &mut out);
+        assert!(exchanges(&out).is_empty());
+        c.on_write(&io(40, b"56789"), &mut out);
+        c.on_read(&io(50, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(60, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(
+            exchanges(&out),
+            vec![("/a".into(), 200, 11, 40), ("/b".into(), 404, 51, 60)]
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_read() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(
+            &io(10, b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(c.in_flight(), 3);
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 500 Oops\r\nContent-Length: 1\r\n\r\nx"),
+            &mut out,
+        );
+        let got: Vec<_> = exchanges(&out).into_iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(
+            got,
+            vec![("/1".into(), 200), ("/2".into(), 201), ("/3".into(), 500)]
+        );
+    }
+
+    #[test]
+    fn chunked_response_ends_at_terminator_even_beyond_capture() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            &mut out,
+        );
+        let mut big = b"3e8\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 1000));
+        big.extend(b"\r\n");
+        c.on_write(&io(30, &big), &mut out);
+        assert!(exchanges(&out).is_empty());
+        let mut last = big.clone();
+        last.extend(b"0\r\n\r\n");
+        c.on_write(&io(40, &last), &mut out);
+        assert_eq!(exchanges(&out), vec![("/".into(), 200, 11, 40)]);
+    }
+
+    #[test]
+    fn continue_then_final_response() {
+        let mut c = Connection::new(Role::Client);
+        let mut out = Vec::new();
+        c.on_write(
+            &io(
+                10,
+                b"PUT /u HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+            ),
+            &mut out,
+        );
+        c.on_read(&io(20, b"HTTP/1.1 100 Continue\r\n\r\n"), &mut out);
+        c.on_write(&io(30, b"data"), &mut out);
+        c.on_read(
+            &io(40, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(exchanges(&out), vec![("/u".into(), 201, 10, 41)]);
+    }
+
+    #[test]
+    fn close_delimited_response_and_dropped_requests() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"GET /old HTTP/1.0\r\n\r\n"), &mut out);
+        c.on_write(&io(20, b"HTTP/1.0 200 OK\r\n\r\n"), &mut out);
+        c.on_write(&io(30, b"body"), &mut out);
+        c.on_close(&mut out);
+        assert_eq!(exchanges(&out), vec![("/old".into(), 200, 11, 30)]);
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"GET /x HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_exit(&mut out);
+        assert_eq!(out, vec![Outcome::Dropped("process_exit")]);
+    }
+
+    #[test]
+    fn head_split_across_reads() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"GET /split HT"), &mut out);
+        c.on_read(&io(12, b"TP/1.1\r\nHost: a\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(exchanges(&out), vec![("/split".into(), 200, 11, 20)]);
+    }
+
+    #[test]
+    fn garbage_is_counted_and_recovery_follows() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(&io(10, b"\x00\x01\x02garbage\r\n\r\n"), &mut out);
+        assert_eq!(out, vec![Outcome::Invalid]);
+        c.on_read(&io(20, b"GET /ok HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(30, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(exchanges(&out).len(), 1);
+    }
+}

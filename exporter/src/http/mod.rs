@@ -1,0 +1,560 @@
+//! HTTP RED metrics and spans from the kernel's syscall capture (see
+//! `ebpf/periscope-ebpf/src/http.rs`): ring-buffer record -> [`connection`] (parse and match)
+//! -> [`aggregate`] (metrics) and [`span`] (traces).
+
+pub mod aggregate;
+pub mod connection;
+pub mod parse;
+pub mod process;
+pub mod route;
+pub mod span;
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
+
+use opentelemetry::trace::SpanKind;
+use periscope_common::http::{
+    ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_EXIT,
+    KIND_READ, KIND_WRITE, ROLE_CLIENT, conn_key,
+};
+
+use crate::{
+    config::HttpConfig,
+    metrics::{Metric, Points},
+};
+
+use self::{
+    aggregate::HttpMetrics,
+    connection::{Connection, Exchange, Io, Outcome, Role},
+    process::{ProcessInfo, select},
+    route::Routes,
+    span::{Sampling, SpanQueue, SpanRecord, TraceRef},
+};
+
+/// Connections followed in user space at once; beyond it the least recently active are
+/// forgotten (their state restarts from the next message head).
+const MAX_CONNECTIONS: usize = 65_536;
+/// Threads with a server request in progress remembered for client-span parenting.
+const MAX_ACTIVE_THREADS: usize = 65_536;
+
+/// What the tracker counted about the traffic itself (`periscope.http.messages`).
+#[derive(Debug, Default, Clone)]
+pub struct HttpStats {
+    pub exchanges: u64,
+    pub invalid: u64,
+    pub unmatched_responses: u64,
+    pub dropped: HashMap<&'static str, u64>,
+    pub not_selected: u64,
+    pub records: u64,
+    pub malformed_records: u64,
+}
+
+/// Shared between the tracker task and the exporters.
+#[derive(Debug)]
+pub struct HttpState {
+    pub metrics: HttpMetrics,
+    pub stats: HttpStats,
+    pub connections: usize,
+}
+
+impl HttpState {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            metrics: HttpMetrics::new(max_series),
+            stats: HttpStats::default(),
+            connections: 0,
+        }
+    }
+
+    pub fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.metrics.expire();
+        self.metrics.collect(out);
+        let s = &self.stats;
+        let mut points = vec![
+            (
+                vec![("outcome", "exchange".to_string())],
+                s.exchanges as f64,
+            ),
+            (vec![("outcome", "invalid".to_string())], s.invalid as f64),
+            (
+                vec![("outcome", "unmatched_response".to_string())],
+                s.unmatched_responses as f64,
+            ),
+            (
+                vec![("outcome", "not_selected".to_string())],
+                s.not_selected as f64,
+            ),
+        ];
+        for reason in ["connection_closed", "process_exit", "pipeline_overflow"] {
+            points.push((
+                vec![("outcome", format!("dropped_{reason}"))],
+                s.dropped.get(reason).copied().unwrap_or(0) as f64,
+            ));
+        }
+        out.push(Metric {
+            name: "periscope.http.messages",
+            description: "What the HTTP capture made of the traffic: matched exchanges, bytes that were not HTTP, responses without a request, requests dropped (and why).",
+            unit: "1",
+            points: Points::Counter(points),
+            resource: None,
+        });
+        out.push(Metric {
+            name: "periscope.http.connections",
+            description: "TCP connections the HTTP capture follows right now.",
+            unit: "1",
+            points: Points::Gauge(vec![(vec![], self.connections as f64)]),
+            resource: None,
+        });
+        out.push(Metric {
+            name: "periscope.http.series",
+            description: "Distinct HTTP metric series held (capped by probes.http.max_series).",
+            unit: "1",
+            points: Points::Gauge(vec![(vec![], self.metrics.series_count() as f64)]),
+            resource: None,
+        });
+    }
+}
+
+struct TrackedConnection {
+    conn: Connection,
+    /// Server: the listening port; client: the port connected to.
+    port: Option<u16>,
+    /// Client: the peer address.
+    peer: Option<String>,
+    last_active: u64,
+}
+
+/// Monotonic (the kernel's clock) to wall-clock time.
+fn realtime_offset_ns() -> i128 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    now - crate::probes::monotonic_ns() as i128
+}
+
+/// Consumes ring-buffer records and turns them into metrics and spans.
+pub struct Tracker {
+    config: HttpConfig,
+    host: String,
+    conns: HashMap<(u32, u32), TrackedConnection>,
+    processes: HashMap<u32, Arc<ProcessInfo>>,
+    listen_ports: HashMap<(u32, u32), Option<u16>>,
+    /// Server span each thread is serving (parent of its client calls).
+    active: HashMap<u32, TraceRef>,
+    routes: Routes,
+    sampling: Sampling,
+    spans: Option<SpanQueue>,
+    state: Arc<Mutex<HttpState>>,
+    clock_offset: i128,
+    /// Kernel connection entries to delete (connections that are not HTTP or not selected).
+    pub forget: Vec<u64>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Tracker {
+    pub fn new(
+        config: HttpConfig,
+        state: Arc<Mutex<HttpState>>,
+        spans: Option<SpanQueue>,
+    ) -> anyhow::Result<Self> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Ok(Self {
+            routes: Routes::new(&config.routes, config.max_routes_per_service)
+                .map_err(anyhow::Error::msg)?,
+            sampling: Sampling::parse(&config.sampler, config.sampler_arg)
+                .map_err(anyhow::Error::msg)?,
+            config,
+            host,
+            conns: HashMap::new(),
+            processes: HashMap::new(),
+            listen_ports: HashMap::new(),
+            active: HashMap::new(),
+            spans,
+            state,
+            clock_offset: realtime_offset_ns(),
+            forget: Vec::new(),
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// Re-reads the wall clock (NTP steps it; the monotonic clock does not move with it).
+    pub fn refresh_clock(&mut self) {
+        self.clock_offset = realtime_offset_ns();
+    }
+
+    fn unix_ns(&self, monotonic: u64) -> u64 {
+        (monotonic as i128 + self.clock_offset).max(0) as u64
+    }
+
+    /// Handles one ring-buffer record.
+    pub fn handle(&mut self, record: &[u8]) {
+        let Some(header) = record.get(..HEADER_SIZE) else {
+            self.state_mut().stats.malformed_records += 1;
+            return;
+        };
+        // SAFETY: HttpEventHeader is plain integers and `header` has its size.
+        let h: HttpEventHeader = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+        let data = &record[HEADER_SIZE..];
+        let captured = &data[..(h.captured as usize).min(data.len())];
+        self.state_mut().stats.records += 1;
+        match h.kind {
+            KIND_ACCEPT => self.on_open(&h, Role::Server, captured),
+            KIND_CONNECT => self.on_open(&h, Role::Client, captured),
+            KIND_READ | KIND_WRITE => self.on_io(&h, captured),
+            KIND_CLOSE => self.on_close(&h),
+            KIND_EXIT => self.on_exit(h.tgid),
+            _ => self.state_mut().stats.malformed_records += 1,
+        }
+    }
+
+    fn state_mut(&self) -> std::sync::MutexGuard<'_, HttpState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn process(&mut self, tgid: u32, comm: &str) -> Arc<ProcessInfo> {
+        if let Some(p) = self.processes.get(&tgid) {
+            return p.clone();
+        }
+        let mut info = ProcessInfo::read(tgid, comm, &self.host, None);
+        // A selector may name the service.
+        if let Some(Some(s)) = select(&self.config.select, &info, None)
+            && let Some(name) = &s.service_name
+        {
+            info = ProcessInfo::read(tgid, comm, &self.host, Some(name));
+        }
+        let info = Arc::new(info);
+        self.processes.insert(tgid, info.clone());
+        info
+    }
+
+    fn on_open(&mut self, h: &HttpEventHeader, role: Role, data: &[u8]) {
+        let (port, peer, comm) = match role {
+            Role::Server => {
+                let listen_fd = h.len as u32;
+                let key = (h.tgid, listen_fd);
+                let port = match self.listen_ports.get(&key) {
+                    Some(p) => *p,
+                    None => {
+                        let p = process::listening_port(h.tgid, listen_fd);
+                        if self.listen_ports.len() > MAX_CONNECTIONS {
+                            self.listen_ports.clear();
+                        }
+                        self.listen_ports.insert(key, p);
+                        p
+                    }
+                };
+                (port, None, comm_of(data))
+            }
+            Role::Client => {
+                let size = std::mem::size_of::<ConnectAddr>();
+                let Some(addr) = data.get(..size) else {
+                    self.state_mut().stats.malformed_records += 1;
+                    return;
+                };
+                // SAFETY: ConnectAddr is plain integers and `addr` has its size.
+                let addr: ConnectAddr = unsafe { std::ptr::read_unaligned(addr.as_ptr().cast()) };
+                let ip = if addr.family == 2 {
+                    let b = addr.addr;
+                    Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+                } else {
+                    Ipv6Addr::from(addr.addr).to_string()
+                };
+                (Some(addr.port), Some(ip), comm_of(&data[size..]))
+            }
+        };
+        let info = self.process(h.tgid, &comm);
+        if select(&self.config.select, &info, port).is_none() {
+            self.state_mut().stats.not_selected += 1;
+            self.forget.push(conn_key(h.tgid, h.fd));
+            self.conns.remove(&(h.tgid, h.fd));
+            return;
+        }
+        self.make_room();
+        self.conns.insert(
+            (h.tgid, h.fd),
+            TrackedConnection {
+                conn: Connection::new(role),
+                port,
+                peer,
+                last_active: h.end_ns,
+            },
+        );
+    }
+
+    fn make_room(&mut self) {
+        if self.conns.len() < MAX_CONNECTIONS {
+            return;
+        }
+        let mut by_age: Vec<((u32, u32), u64)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (*k, c.last_active))
+            .collect();
+        by_age.sort_by_key(|(_, t)| *t);
+        for (k, _) in by_age.iter().take(MAX_CONNECTIONS / 8) {
+            self.conns.remove(k);
+        }
+    }
+
+    fn on_io(&mut self, h: &HttpEventHeader, captured: &[u8]) {
+        let key = (h.tgid, h.fd);
+        if !self.conns.contains_key(&key) {
+            // Opened before Periscope started (or forgotten): follow it from here, with what
+            // /proc can still tell.
+            let role = if h.role == ROLE_CLIENT {
+                Role::Client
+            } else {
+                Role::Server
+            };
+            let info = self.process(h.tgid, "");
+            let port = process::listening_port(h.tgid, h.fd);
+            if select(&self.config.select, &info, port).is_none() {
+                self.forget.push(conn_key(h.tgid, h.fd));
+                return;
+            }
+            self.make_room();
+            self.conns.insert(
+                key,
+                TrackedConnection {
+                    conn: Connection::new(role),
+                    port,
+                    peer: None,
+                    last_active: h.end_ns,
+                },
+            );
+        }
+        let tail_len = (h.tail_len as usize).min(h.tail.len());
+        let io = Io {
+            start_ns: h.start_ns,
+            end_ns: h.end_ns,
+            len: h.len,
+            captured,
+            tail: &h.tail[..tail_len],
+            tid: h.tid,
+        };
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        let tracked = self.conns.get_mut(&key).expect("inserted above");
+        tracked.last_active = h.end_ns;
+        if h.kind == KIND_READ {
+            tracked.conn.on_read(&io, &mut outcomes);
+        } else {
+            tracked.conn.on_write(&io, &mut outcomes);
+        }
+        self.assign_spans(key);
+        // Bytes that never looked like HTTP: stop capturing this connection in the kernel.
+        let tracked = &self.conns[&key];
+        if !tracked.conn.seen_http && outcomes.contains(&Outcome::Invalid) {
+            self.forget.push(conn_key(h.tgid, h.fd));
+            self.conns.remove(&key);
+        }
+        self.finish(key, h.tgid, &mut outcomes);
+        self.outcomes = outcomes;
+    }
+
+    /// Gives new requests their span ids: a server request is a child of its `traceparent` and
+    /// becomes its thread's active span; a client request is a child of its thread's active
+    /// server span.
+    fn assign_spans(&mut self, key: (u32, u32)) {
+        if self.spans.is_none() {
+            return;
+        }
+        let Some(tracked) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let role = tracked.conn.role();
+        for request in tracked.conn.requests_without_span() {
+            let (parent, kind) = match role {
+                Role::Server => (
+                    request
+                        .traceparent
+                        .as_deref()
+                        .and_then(span::parse_traceparent),
+                    SpanKind::Server,
+                ),
+                Role::Client => (self.active.get(&request.tid).copied(), SpanKind::Client),
+            };
+            let ids = span::new_span(&self.sampling, parent, kind);
+            request.span = Some((ids, parent.map(|p| p.span_id)));
+            if role == Role::Server {
+                if self.active.len() >= MAX_ACTIVE_THREADS {
+                    self.active.clear();
+                }
+                self.active.insert(request.tid, ids);
+            }
+        }
+    }
+
+    fn finish(&mut self, key: (u32, u32), tgid: u32, outcomes: &mut Vec<Outcome>) {
+        for outcome in outcomes.drain(..) {
+            match outcome {
+                Outcome::Exchange(e) => self.record(key, tgid, e),
+                Outcome::Invalid => self.state_mut().stats.invalid += 1,
+                Outcome::Unmatched => self.state_mut().stats.unmatched_responses += 1,
+                Outcome::Dropped(reason) => {
+                    *self.state_mut().stats.dropped.entry(reason).or_default() += 1
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, key: (u32, u32), tgid: u32, e: Exchange) {
+        let Some(tracked) = self.conns.get(&key) else {
+            return;
+        };
+        let role = tracked.conn.role();
+        let (port, peer) = (tracked.port, tracked.peer.clone());
+        let info = self.process(tgid, "");
+        let method = normalize_method(&e.request.method);
+        let path = e.request.path().to_string();
+        let route = self.routes.route(&info.resource.service_name, &path);
+        let error = match role {
+            Role::Server => e.status >= 500,
+            Role::Client => e.status >= 400,
+        };
+        let version = if e.request.minor_version == 0 {
+            "1.0"
+        } else {
+            "1.1"
+        };
+        let mut attributes = vec![
+            ("http.request.method", method.to_string()),
+            ("http.response.status_code", e.status.to_string()),
+            ("http.route", route.clone()),
+            ("network.protocol.version", version.to_string()),
+        ];
+        if error {
+            attributes.push(("error.type", e.status.to_string()));
+        }
+        if let Some(port) = port {
+            attributes.push(("server.port", port.to_string()));
+        }
+        if role == Role::Client {
+            let address = e
+                .request
+                .host
+                .as_deref()
+                .map(host_without_port)
+                .map(str::to_string)
+                .or(peer);
+            if let Some(address) = address {
+                attributes.push(("server.address", address));
+            }
+        }
+        attributes.sort_by(|a, b| a.0.cmp(b.0));
+        let duration = e.end_ns.saturating_sub(e.request.start_ns);
+        {
+            let mut state = self.state_mut();
+            state.stats.exchanges += 1;
+            state
+                .metrics
+                .record(&info.resource, role, attributes.clone(), duration);
+        }
+        if role == Role::Server
+            && let Some((ids, _)) = e.request.span
+            && self.active.get(&e.request.tid) == Some(&ids)
+        {
+            self.active.remove(&e.request.tid);
+        }
+        let Some(queue) = &self.spans else { return };
+        let Some((ids, parent)) = e.request.span else {
+            return;
+        };
+        if !ids.sampled {
+            return;
+        }
+        attributes.push(("url.path", path));
+        let name = match role {
+            Role::Server => format!("{method} {route}"),
+            Role::Client => method.to_string(),
+        };
+        queue.push(SpanRecord {
+            resource: info.resource.clone(),
+            ids,
+            parent_span_id: parent,
+            kind: match role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            },
+            name,
+            start_unix_ns: self.unix_ns(e.request.start_ns),
+            end_unix_ns: self.unix_ns(e.end_ns),
+            attributes: attributes
+                .into_iter()
+                .filter(|(k, _)| *k != "http.response.status_code" && *k != "server.port")
+                .collect(),
+            int_attributes: [
+                Some(("http.response.status_code", i64::from(e.status))),
+                port.map(|p| ("server.port", i64::from(p))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            error,
+        });
+    }
+
+    fn on_close(&mut self, h: &HttpEventHeader) {
+        let key = (h.tgid, h.fd);
+        let Some(mut tracked) = self.conns.remove(&key) else {
+            return;
+        };
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        tracked.conn.on_close(&mut outcomes);
+        // `record` needs the connection's port and role: put it back for the moment.
+        self.conns.insert(key, tracked);
+        self.finish(key, h.tgid, &mut outcomes);
+        self.conns.remove(&key);
+        self.outcomes = outcomes;
+    }
+
+    fn on_exit(&mut self, tgid: u32) {
+        let keys: Vec<(u32, u32)> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        for key in keys {
+            if let Some(mut tracked) = self.conns.remove(&key) {
+                tracked.conn.on_exit(&mut outcomes);
+                self.forget.push(conn_key(key.0, key.1));
+            }
+            self.finish(key, tgid, &mut outcomes);
+        }
+        self.outcomes = outcomes;
+        self.listen_ports.retain(|k, _| k.0 != tgid);
+        if let Some(info) = self.processes.remove(&tgid) {
+            self.state_mut().metrics.process_exited(&info.resource);
+        }
+    }
+
+    /// Publishes gauges (connections followed).
+    pub fn publish(&self) {
+        self.state_mut().connections = self.conns.len();
+    }
+}
+
+fn comm_of(data: &[u8]) -> String {
+    let comm = &data[..data.len().min(16)];
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    }
+    host.split(':').next().unwrap_or(host)
+}
+
+/// `http.request.method`: the known methods, or `_OTHER` (semantic conventions).
+fn normalize_method(method: &str) -> &str {
+    match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "PATCH" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            method
+        }
+        _ => "_OTHER",
+    }
+}

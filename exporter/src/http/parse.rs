@@ -1,0 +1,267 @@
+//! Parsing the bytes the kernel captured: the start of an HTTP/1.x request or response head.
+//!
+//! Input is untrusted and often truncated (the kernel copies at most `CAPTURE` bytes of a read
+//! or write), so a head that is cut short still yields what it got (method, path, status) and
+//! says that it is incomplete. Nothing here allocates more than the input, and nothing panics
+//! (see fuzz/fuzz_targets/http_parse.rs).
+
+/// Headers looked at; any more in one head are skipped by httparse's bounded array.
+const MAX_HEADERS: usize = 64;
+
+/// How the body of a message is delimited (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    Length(u64),
+    Chunked,
+    /// Read until the connection closes (responses without length or chunking).
+    UntilClose,
+}
+
+/// What a message head told us.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Bytes of the head including the blank line; `None` when the head is incomplete.
+    pub len: Option<usize>,
+    /// HTTP minor version (0 or 1).
+    pub minor_version: Option<u8>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub connection_close: bool,
+    pub expect_continue: bool,
+    pub traceparent: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub head: Head,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub head: Head,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not HTTP/1.x at all.
+    Invalid,
+    /// Too short to tell yet.
+    TooShort,
+}
+
+/// Longest value kept of a header we copy (traceparent is 55 bytes; a Host name is bounded).
+const MAX_VALUE: usize = 256;
+
+fn header_facts(headers: &[httparse::Header<'_>], head: &mut Head) {
+    for h in headers {
+        if h.name.is_empty() {
+            break;
+        }
+        let value = || {
+            let v = &h.value[..h.value.len().min(MAX_VALUE)];
+            String::from_utf8_lossy(v).trim().to_string()
+        };
+        if h.name.eq_ignore_ascii_case("content-length") {
+            head.content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value().to_ascii_lowercase().ends_with("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            head.connection_close = value().eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value().eq_ignore_ascii_case("100-continue");
+        } else if h.name.eq_ignore_ascii_case("traceparent") {
+            head.traceparent = Some(value());
+        } else if h.name.eq_ignore_ascii_case("host") {
+            head.host = Some(value());
+        }
+    }
+}
+
+/// Whether `bytes` can be the start of a request: a known method token then a space. Used
+/// before httparse so that binary garbage is rejected cheaply and unambiguously.
+pub fn looks_like_request(bytes: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"PATCH ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    METHODS.iter().any(|m| bytes.starts_with(m))
+}
+
+pub fn looks_like_response(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HTTP/1.")
+}
+
+/// Parses the start of a request head.
+pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
+    if bytes.len() < 4 {
+        return Err(ParseError::TooShort);
+    }
+    if !looks_like_request(bytes) {
+        return Err(ParseError::Invalid);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = req.parse(bytes);
+    let len = match status {
+        Ok(httparse::Status::Complete(n)) => Some(n),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => None,
+        // A head cut off by the capture limit in the middle of a header still has its
+        // request line: keep it when httparse got that far.
+        Err(_) if req.version.is_some() => None,
+        Err(_) => return Err(ParseError::Invalid),
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(ParseError::TooShort);
+    };
+    let mut head = Head {
+        len,
+        minor_version: req.version,
+        ..Default::default()
+    };
+    header_facts(req.headers, &mut head);
+    Ok(RequestHead {
+        method: method.to_string(),
+        target: target.chars().take(2048).collect(),
+        head,
+    })
+}
+
+/// Parses the start of a response head.
+pub fn response(bytes: &[u8]) -> Result<ResponseHead, ParseError> {
+    if bytes.len() < 12 {
+        return if b"HTTP/1.".starts_with(&bytes[..bytes.len().min(7)]) {
+            Err(ParseError::TooShort)
+        } else {
+            Err(ParseError::Invalid)
+        };
+    }
+    if !looks_like_response(bytes) {
+        return Err(ParseError::Invalid);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => Some(n),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => None,
+        Err(_) if resp.code.is_some() => None,
+        Err(_) => return Err(ParseError::Invalid),
+    };
+    let Some(status) = resp.code else {
+        return Err(ParseError::TooShort);
+    };
+    let mut head = Head {
+        len,
+        minor_version: resp.version,
+        ..Default::default()
+    };
+    header_facts(resp.headers, &mut head);
+    Ok(ResponseHead { status, head })
+}
+
+impl RequestHead {
+    /// RFC 9112 §6.3 for requests: no length and no chunking means no body.
+    pub fn body(&self) -> Body {
+        if self.head.chunked {
+            Body::Chunked
+        } else {
+            match self.head.content_length {
+                Some(0) | None => Body::None,
+                Some(n) => Body::Length(n),
+            }
+        }
+    }
+}
+
+impl ResponseHead {
+    /// RFC 9112 §6.3 for responses to `method`.
+    pub fn body(&self, method: &str) -> Body {
+        if method == "HEAD" || self.status < 200 || self.status == 204 || self.status == 304 {
+            Body::None
+        } else if self.head.chunked {
+            Body::Chunked
+        } else if let Some(n) = self.head.content_length {
+            if n == 0 { Body::None } else { Body::Length(n) }
+        } else {
+            Body::UntilClose
+        }
+    }
+}
+
+/// Whether the bytes end a chunked body: the last chunk `0\r\n` and the final CRLF.
+pub fn ends_chunked_body(last_bytes: &[u8]) -> bool {
+    last_bytes.ends_with(b"0\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_request_with_headers() {
+        let r = request(
+            b"POST /users/42?x=1 HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\
+              traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nhello",
+        )
+        .unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.target, "/users/42?x=1");
+        assert_eq!(r.head.len, Some(131));
+        assert_eq!(r.body(), Body::Length(5));
+        assert_eq!(r.head.host.as_deref(), Some("api"));
+        assert_eq!(
+            r.head.traceparent.as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+    }
+
+    #[test]
+    fn truncated_request_keeps_its_request_line() {
+        let r = request(b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: very-lo").unwrap();
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/a"));
+        assert_eq!(r.head.len, None);
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        assert_eq!(
+            request(b"\x16\x03\x01\x02\x00\x01"),
+            Err(ParseError::Invalid)
+        );
+        assert_eq!(request(b"GET\x00/ HTTP/1.1\r\n"), Err(ParseError::Invalid));
+        assert_eq!(response(b"SSH-2.0-OpenSSH_9.2"), Err(ParseError::Invalid));
+        assert_eq!(response(b"HTTP/1"), Err(ParseError::TooShort));
+    }
+
+    #[test]
+    fn response_bodies() {
+        let chunked = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(chunked.body("GET"), Body::Chunked);
+        let sized = response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n").unwrap();
+        assert_eq!((sized.status, sized.body("GET")), (404, Body::Length(9)));
+        assert_eq!(sized.body("HEAD"), Body::None);
+        let old = response(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n").unwrap();
+        assert_eq!(old.body("GET"), Body::UntilClose);
+        let cont = response(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        assert_eq!(cont.body("POST"), Body::None);
+    }
+
+    #[test]
+    fn chunked_terminator() {
+        assert!(ends_chunked_body(b"5\r\nhello\r\n0\r\n\r\n"));
+        assert!(!ends_chunked_body(b"5\r\nhello\r\n"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Who a connection belongs to: the process's resource attributes (OTel semantic conventions)
+//! and whether the configured selectors pick it.
+//!
+//! Read once per process from /proc. A process can be gone by the time its events are read
+//! (curl exits right after its request), so the kernel's `comm` is the fallback name.
+
+use std::sync::Arc;
+
+use crate::config::Selector;
+
+/// Resource attributes of one observed process.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ProcessResource {
+    pub service_name: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe_path: Option<String>,
+    /// `process.executable.name`.
+    pub exe_name: String,
+    pub comm: String,
+    pub container_id: Option<String>,
+    /// OTEL_SERVICE_NAME from the process environment.
+    pub env_service_name: Option<String>,
+    pub resource: Arc<ProcessResource>,
+}
+
+impl ProcessInfo {
+    /// Reads /proc/PID; `comm` is what the kernel reported.
+    pub fn read(pid: u32, comm: &str, host: &str, service_override: Option<&str>) -> Self {
+        let proc = format!("/proc/{pid}");
+        let exe_path = std::fs::read_link(format!("{proc}/exe")).ok().map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        });
+        let comm = std::fs::read_to_string(format!("{proc}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| comm.to_string());
+        let exe_name = exe_path
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| comm.clone());
+        let container_id = std::fs::read_to_string(format!("{proc}/cgroup"))
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| crate::probes::sched::container_id(l.rsplit(':').next()?))
+            });
+        let env_service_name = std::fs::read(format!("{proc}/environ")).ok().and_then(|e| {
+            e.split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"OTEL_SERVICE_NAME="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .filter(|v| !v.is_empty())
+        });
+        let mut info = Self {
+            pid,
+            exe_path,
+            exe_name,
+            comm,
+            container_id,
+            env_service_name,
+            resource: Arc::new(ProcessResource {
+                service_name: String::new(),
+                attributes: Vec::new(),
+            }),
+        };
+        info.resource = Arc::new(info.build_resource(host, service_override));
+        info
+    }
+
+    /// service.name: configured, else the process's OTEL_SERVICE_NAME, else the executable.
+    fn build_resource(&self, host: &str, service_override: Option<&str>) -> ProcessResource {
+        let service_name = service_override
+            .map(str::to_string)
+            .or_else(|| self.env_service_name.clone())
+            .unwrap_or_else(|| self.exe_name.clone());
+        let mut attributes = vec![
+            ("service.name".to_string(), service_name.clone()),
+            (
+                "service.instance.id".to_string(),
+                format!("{host}:{}", self.pid),
+            ),
+            ("host.name".to_string(), host.to_string()),
+            ("process.pid".to_string(), self.pid.to_string()),
+            ("process.executable.name".to_string(), self.exe_name.clone()),
+            ("telemetry.sdk.name".to_string(), "periscope".to_string()),
+        ];
+        if let Some(path) = &self.exe_path {
+            attributes.push(("process.executable.path".to_string(), path.clone()));
+        }
+        if let Some(id) = &self.container_id {
+            attributes.push(("container.id".to_string(), id.clone()));
+        }
+        ProcessResource {
+            service_name,
+            attributes,
+        }
+    }
+
+    /// Whether `selector` picks this process for a connection on `port` (server: listening
+    /// port; client: the port it connected to).
+    pub fn matches(&self, selector: &Selector, port: Option<u16>) -> bool {
+        let exe_ok = selector.executable.as_ref().is_none_or(|glob| {
+            let path = self.exe_path.as_deref().unwrap_or(&self.exe_name);
+            glob::Pattern::new(glob).is_ok_and(|p| p.matches(path))
+        });
+        let name_ok = selector
+            .process_name
+            .as_ref()
+            .is_none_or(|n| *n == self.comm || *n == self.exe_name);
+        let port_ok = selector.port.is_none_or(|p| Some(p) == port);
+        let container_ok = selector.container_id.as_ref().is_none_or(|id| {
+            self.container_id
+                .as_deref()
+                .is_some_and(|c| !id.is_empty() && c.starts_with(id.as_str()))
+        });
+        exe_ok && name_ok && port_ok && container_ok
+    }
+}
+
+/// The first selector that picks the process, or `Some(None)` when there are no selectors
+/// (everything is picked); `None` when the process is not selected.
+pub fn select<'a>(
+    selectors: &'a [Selector],
+    info: &ProcessInfo,
+    port: Option<u16>,
+) -> Option<Option<&'a Selector>> {
+    if selectors.is_empty() {
+        return Some(None);
+    }
+    selectors.iter().find(|s| info.matches(s, port)).map(Some)
+}
+
+/// The local port of listening socket `fd` of process `pid`, from /proc (the socket's inode in
+/// /proc/PID/fd, looked up in /proc/PID/net/tcp and tcp6).
+pub fn listening_port(pid: u32, fd: u32) -> Option<u16> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy();
+    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(9) != Some(&inode) {
+                return None;
+            }
+            let port = cols.get(1)?.rsplit(':').next()?;
+            u16::from_str_radix(port, 16).ok()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(exe: &str, comm: &str, container: Option<&str>) -> ProcessInfo {
+        ProcessInfo {
+            pid: 1,
+            exe_path: Some(exe.into()),
+            exe_name: exe.rsplit('/').next().unwrap().into(),
+            comm: comm.into(),
+            container_id: container.map(str::to_string),
+            env_service_name: None,
+            resource: Arc::new(ProcessResource {
+                service_name: String::new(),
+                attributes: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn selectors_need_every_given_field() {
+        let nginx = info("/usr/sbin/nginx", "nginx", Some("abcdef"));
+        let by_exe = Selector {
+            executable: Some("*/nginx".into()),
+            ..Default::default()
+        };
+        let by_port = Selector {
+            process_name: Some("nginx".into()),
+            port: Some(8080),
+            ..Default::default()
+        };
+        let by_container = Selector {
+            container_id: Some("abc".into()),
+            ..Default::default()
+        };
+        assert!(nginx.matches(&by_exe, None));
+        assert!(nginx.matches(&by_port, Some(8080)));
+        assert!(!nginx.matches(&by_port, Some(80)));
+        assert!(nginx.matches(&by_container, None));
+        assert!(!info("/usr/bin/python3", "python3", None).matches(&by_container, None));
+        assert_eq!(select(&[], &nginx, None), Some(None));
+        assert!(select(std::slice::from_ref(&by_port), &nginx, Some(1)).is_none());
+    }
+}

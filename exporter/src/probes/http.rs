@@ -1,0 +1,210 @@
+//! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http.rs`. Attaches the syscall
+//! tracepoint programs, and runs the loop that drains the ring buffer into the
+//! [`Tracker`](crate::http::Tracker).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use tokio::{io::unix::AsyncFd, sync::watch};
+
+use super::{
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
+    tracepoint_plan,
+};
+use crate::{
+    config::HttpConfig,
+    http::{HttpState, Tracker},
+    tracefs::Tracefs,
+};
+
+const FAMILY: &str = "http";
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+
+/// `(program, category, tracepoint)`: every read/write syscall's entry has a program per buffer
+/// shape, and all their exits share one.
+pub const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("http_enter_read", "syscalls", "sys_enter_read"),
+    ("http_enter_read", "syscalls", "sys_enter_recvfrom"),
+    ("http_enter_readv", "syscalls", "sys_enter_readv"),
+    ("http_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("http_enter_write", "syscalls", "sys_enter_write"),
+    ("http_enter_write", "syscalls", "sys_enter_sendto"),
+    ("http_enter_writev", "syscalls", "sys_enter_writev"),
+    ("http_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("http_enter_sendfile", "syscalls", "sys_enter_sendfile64"),
+    ("http_exit_io", "syscalls", "sys_exit_read"),
+    ("http_exit_io", "syscalls", "sys_exit_recvfrom"),
+    ("http_exit_io", "syscalls", "sys_exit_readv"),
+    ("http_exit_io", "syscalls", "sys_exit_recvmsg"),
+    ("http_exit_io", "syscalls", "sys_exit_write"),
+    ("http_exit_io", "syscalls", "sys_exit_sendto"),
+    ("http_exit_io", "syscalls", "sys_exit_writev"),
+    ("http_exit_io", "syscalls", "sys_exit_sendmsg"),
+    ("http_exit_io", "syscalls", "sys_exit_sendfile64"),
+    ("http_enter_accept", "syscalls", "sys_enter_accept"),
+    ("http_enter_accept", "syscalls", "sys_enter_accept4"),
+    ("http_exit_accept", "syscalls", "sys_exit_accept"),
+    ("http_exit_accept", "syscalls", "sys_exit_accept4"),
+    ("http_enter_connect", "syscalls", "sys_enter_connect"),
+    ("http_exit_connect", "syscalls", "sys_exit_connect"),
+    ("http_enter_close", "syscalls", "sys_enter_close"),
+    ("http_process_exit", "sched", "sched_process_exit"),
+];
+
+pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
+    let settings = LoadSettings {
+        globals: vec![("HTTP_SELF_TGID", std::process::id())],
+        max_entries: vec![
+            ("HTTP_CONNS", config.max_connections),
+            ("HTTP_EVENTS", config.ring_buffer_size),
+        ],
+    };
+    if !config.enabled {
+        return Plan::disabled(settings);
+    }
+    tracepoint_plan(
+        FAMILY,
+        IMPLEMENTED,
+        config.mechanism,
+        kernel,
+        tracefs,
+        settings,
+        syscall_offsets,
+    )
+}
+
+/// Syscall tracepoints share one record layout; check that on this kernel every one used has
+/// its first argument and its return value where `sys_enter_read`/`sys_exit_read` have them.
+fn syscall_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let args = tracefs
+        .format("syscalls", "sys_enter_read")?
+        .offset("fd", 0)?;
+    let ret = tracefs
+        .format("syscalls", "sys_exit_read")?
+        .offset("ret", 8)?;
+    for (_, category, name) in PROGRAMS.iter().filter(|p| p.1 == "syscalls") {
+        let format = tracefs.format(category, name)?;
+        let first = format
+            .fields
+            .iter()
+            .filter(|f| !f.name.starts_with("common_") && f.name != "__syscall_nr")
+            .map(|f| f.offset)
+            .min();
+        let expected = if name.starts_with("sys_exit") {
+            ret
+        } else {
+            args
+        };
+        if first != Some(expected) {
+            return Err(ProbeError::Mechanism(format!(
+                "syscalls:{name}: first field at {first:?}, expected {expected} like sys_enter_read/sys_exit_read"
+            )));
+        }
+    }
+    Ok(vec![("HTTP_ARGS_OFFSET", args), ("HTTP_RET_OFFSET", ret)])
+}
+
+/// The maps the capture loop needs.
+pub struct Http {
+    events: RingBuf<MapData>,
+    conns: aya::maps::HashMap<MapData, u64, u8>,
+}
+
+pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
+    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+        let events = ebpf
+            .take_map("HTTP_EVENTS")
+            .ok_or_else(|| ProbeError::Map {
+                map: "HTTP_EVENTS",
+                reason: "missing from the eBPF object".into(),
+            })?;
+        let conns = ebpf.take_map("HTTP_CONNS").ok_or_else(|| ProbeError::Map {
+            map: "HTTP_CONNS",
+            reason: "missing from the eBPF object".into(),
+        })?;
+        Ok(Http {
+            events: RingBuf::try_from(events).map_err(|e| ProbeError::Map {
+                map: "HTTP_EVENTS",
+                reason: e.to_string(),
+            })?,
+            conns: aya::maps::HashMap::try_from(conns).map_err(|e| ProbeError::Map {
+                map: "HTTP_CONNS",
+                reason: e.to_string(),
+            })?,
+        })
+    })
+}
+
+/// How often the loop re-reads the wall clock and publishes its gauges when idle.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Drains the ring buffer into `tracker` until shutdown, then drains what is left.
+pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver<bool>) {
+    let Http { events, mut conns } = http;
+    // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the map.
+    let mut events = match unsafe { AsyncFd::register(events) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the HTTP ring buffer; HTTP capture stops");
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    let mut ticks = 0u64;
+    loop {
+        let stopping = tokio::select! {
+            guard = events.readable_mut() => {
+                match guard {
+                    Ok(mut guard) => {
+                        drain(guard.get_inner_mut(), &mut tracker);
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "HTTP ring buffer poll failed");
+                        return;
+                    }
+                }
+                false
+            }
+            _ = ticker.tick() => {
+                ticks += 1;
+                if ticks % 60 == 0 {
+                    tracker.refresh_clock();
+                }
+                false
+            }
+            _ = shutdown.changed() => true,
+        };
+        forget(&mut conns, &mut tracker);
+        tracker.publish();
+        if stopping {
+            drain(events.get_mut(), &mut tracker);
+            tracker.publish();
+            return;
+        }
+    }
+}
+
+fn drain(events: &mut RingBuf<MapData>, tracker: &mut Tracker) {
+    while let Some(record) = events.next() {
+        tracker.handle(&record);
+    }
+}
+
+/// Stops kernel capture on connections the tracker gave up on (not HTTP, not selected).
+fn forget(conns: &mut aya::maps::HashMap<MapData, u64, u8>, tracker: &mut Tracker) {
+    for key in tracker.forget.drain(..) {
+        let _ = conns.remove(&key);
+    }
+}
+
+/// Shared state for the exporters.
+pub fn state(config: &HttpConfig) -> Arc<Mutex<HttpState>> {
+    Arc::new(Mutex::new(HttpState::new(config.max_series)))
+}
