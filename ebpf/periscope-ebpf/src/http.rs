@@ -108,7 +108,7 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     let Some((tgid, tid)) = current() else { return };
     let fd = arg(ctx, 0) as u32;
     // SAFETY: the value is copied out at once.
-    let Some(role) = (unsafe { HTTP_CONNS.get(&conn_key(tgid, fd)) }).copied() else {
+    let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied() else {
         return;
     };
     let mut pending = HttpPending {
@@ -133,7 +133,7 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
         }
         Buffer::None => {}
     }
-    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
         count(counters::HTTP_PENDING_FULL);
     }
 }
@@ -163,10 +163,10 @@ fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bool) {
 fn exit_io(ctx: &TracePointContext) {
     let Some((tgid, tid)) = current() else { return };
     // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
         return;
     };
-    let _ = HTTP_PENDING.remove(&tid);
+    let _ = HTTP_PENDING.remove(tid);
     let transferred = ret(ctx);
     if transferred <= 0 {
         return;
@@ -322,7 +322,7 @@ pub fn http_enter_accept(ctx: TracePointContext) -> u32 {
         role: ROLE_SERVER,
         ..Default::default()
     };
-    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
         count(counters::HTTP_PENDING_FULL);
     }
     0
@@ -333,16 +333,16 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
-    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
         return 0;
     };
-    let _ = HTTP_PENDING.remove(&tid);
+    let _ = HTTP_PENDING.remove(tid);
     let fd = ret(&ctx);
     if pending.kind != KIND_ACCEPT || fd < 0 {
         return 0;
     }
     let fd = fd as u32;
-    let _ = HTTP_CONNS.insert(&conn_key(tgid, fd), &ROLE_SERVER, BPF_ANY as u64);
+    let _ = HTTP_CONNS.insert(conn_key(tgid, fd), ROLE_SERVER, BPF_ANY as u64);
     let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -388,7 +388,7 @@ pub fn http_enter_connect(ctx: TracePointContext) -> u32 {
         addr,
         ..Default::default()
     };
-    if HTTP_PENDING.insert(&tid, &pending, BPF_ANY as u64).is_err() {
+    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
         count(counters::HTTP_PENDING_FULL);
     }
     0
@@ -399,15 +399,15 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
-    let Some(pending) = (unsafe { HTTP_PENDING.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
         return 0;
     };
-    let _ = HTTP_PENDING.remove(&tid);
+    let _ = HTTP_PENDING.remove(tid);
     let rc = ret(&ctx);
     if pending.kind != KIND_CONNECT || (rc != 0 && rc != -EINPROGRESS) {
         return 0;
     }
-    let _ = HTTP_CONNS.insert(&conn_key(tgid, pending.fd), &ROLE_CLIENT, BPF_ANY as u64);
+    let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), ROLE_CLIENT, BPF_ANY as u64);
     let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -437,10 +437,10 @@ pub fn http_enter_close(ctx: TracePointContext) -> u32 {
     };
     let fd = arg(&ctx, 0) as u32;
     let key = conn_key(tgid, fd);
-    let Some(role) = (unsafe { HTTP_CONNS.get(&key) }).copied() else {
+    let Some(role) = (unsafe { HTTP_CONNS.get(key) }).copied() else {
         return 0;
     };
-    let _ = HTTP_CONNS.remove(&key);
+    let _ = HTTP_CONNS.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
     send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
     0

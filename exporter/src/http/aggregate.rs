@@ -14,7 +14,7 @@ use periscope_common::hist::{ns_to_units, slot_of};
 
 use crate::{
     histogram::{Histogram, ValueUnit},
-    metrics::{Attributes, Metric, Points},
+    metrics::{self, Attributes, Metric},
 };
 
 use super::{connection::Role, process::ProcessResource};
@@ -38,6 +38,9 @@ impl Hash for ResourceKey {
         Arc::as_ptr(&self.0).hash(state);
     }
 }
+
+/// The points of one metric.
+type Points = Vec<(Attributes, Histogram)>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
@@ -115,8 +118,7 @@ impl HttpMetrics {
 
     /// One metric per (process, side), cumulative.
     pub fn collect(&self, out: &mut Vec<Metric>) {
-        let mut grouped: HashMap<(Option<ResourceKey>, Role), Vec<(Attributes, Histogram)>> =
-            HashMap::new();
+        let mut grouped: HashMap<(Option<ResourceKey>, Role), Points> = HashMap::new();
         for (key, h) in &self.series {
             grouped
                 .entry((key.resource.clone(), key.role))
@@ -139,7 +141,7 @@ impl HttpMetrics {
                 name,
                 description,
                 unit: "s",
-                points: Points::Histogram(ValueUnit::Seconds, points),
+                points: metrics::Points::Histogram(ValueUnit::Seconds, points),
                 resource: resource.map(|r| r.0),
             });
         }
@@ -180,14 +182,14 @@ mod tests {
         let total: u64 = out
             .iter()
             .flat_map(|m| match &m.points {
-                Points::Histogram(_, p) => p.iter().map(|(_, h)| h.count()).collect::<Vec<_>>(),
+                metrics::Points::Histogram(_, p) => p.iter().map(|(_, h)| h.count()).collect::<Vec<_>>(),
                 _ => vec![],
             })
             .sum();
         assert_eq!(total, 5);
         let overflow = out.iter().find(|m| m.resource.is_none()).unwrap();
         match &overflow.points {
-            Points::Histogram(_, p) => {
+            metrics::Points::Histogram(_, p) => {
                 assert_eq!(p[0].0, vec![("otel.metric.overflow", "true".to_string())]);
                 assert_eq!(p[0].1.count(), 2);
             }

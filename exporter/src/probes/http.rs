@@ -174,7 +174,7 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
             }
             _ = ticker.tick() => {
                 ticks += 1;
-                if ticks % 60 == 0 {
+                if ticks.is_multiple_of(60) {
                     tracker.refresh_clock();
                 }
                 false
