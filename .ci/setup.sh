@@ -12,6 +12,7 @@ APT_PACKAGES=(
   fio stress-ng util-linux iproute2 nftables curl       # workloads and plumbing for tests
   libcap2-bin                                           # capsh: least-privilege tests
   prometheus                                            # real Prometheus + promtool
+  nginx wrk                                             # HTTP tests: a real server, a load generator
 )
 
 install_apt_packages() {
@@ -26,6 +27,7 @@ install_apt_packages() {
   # The prometheus package would start a system service on :9090; tests run their own.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   systemctl disable --now prometheus >/dev/null 2>&1 || true
+  systemctl disable --now nginx >/dev/null 2>&1 || true
 }
 
 # The eBPF crate is built with -Z build-std=core by the toolchain whose LLVM matches

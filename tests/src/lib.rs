@@ -4,6 +4,7 @@
 //! (libbpf-tools) measured. Tests need root, tracefs and the tools `make test` installs.
 
 pub mod daemon;
+pub mod http;
 pub mod loopdev;
 pub mod otlp_receiver;
 pub mod reference;

@@ -23,6 +23,9 @@ pub const KIND_WRITE: u8 = 4;
 pub const KIND_CLOSE: u8 = 5;
 /// A process (thread-group leader) exited.
 pub const KIND_EXIT: u8 = 6;
+/// A tracked connection's fd was duplicated (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): `fd` is
+/// the new descriptor, `len` the original.
+pub const KIND_DUP: u8 = 7;
 
 /// The tracked side of a connection (value of the connection map).
 pub const ROLE_SERVER: u8 = 1;

@@ -25,7 +25,7 @@ use periscope_common::{
     counters,
     http::{
         CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, TAIL, conn_key,
+        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, TAIL, conn_key,
     },
 };
 
@@ -427,6 +427,74 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let comm = bpf_get_current_comm().unwrap_or_default();
     event.data[size..size + COMM].copy_from_slice(&comm);
     submit(event, (size + COMM) as u32);
+    0
+}
+
+/// Records a descriptor duplication of a watched connection (Rust's `try_clone`, shells...).
+#[inline(always)]
+fn enter_dup(oldfd: u32) {
+    let Some((tgid, tid)) = current() else { return };
+    let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, oldfd)) }).copied() else {
+        return;
+    };
+    let pending = HttpPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd: oldfd,
+        kind: KIND_DUP,
+        role,
+        ..Default::default()
+    };
+    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
+        count(counters::HTTP_PENDING_FULL);
+    }
+}
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+#[tracepoint]
+pub fn http_enter_dup(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn http_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
+        enter_dup(arg(&ctx, 0) as u32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn http_exit_dup(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else { return 0 };
+    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_PENDING.remove(tid);
+    let newfd = ret(&ctx);
+    if pending.kind != KIND_DUP || newfd < 0 || newfd as u32 == pending.fd {
+        return 0;
+    }
+    let newfd = newfd as u32;
+    let key = conn_key(tgid, newfd);
+    let now = unsafe { bpf_ktime_get_ns() };
+    // dup2/dup3 onto a watched connection closes that one first.
+    if let Some(replaced) = (unsafe { HTTP_CONNS.get(key) }).copied() {
+        send_bare(KIND_CLOSE, replaced, tgid, tid, newfd, 0, now);
+    }
+    let _ = HTTP_CONNS.insert(key, pending.role, BPF_ANY as u64);
+    send_bare(
+        KIND_DUP,
+        pending.role,
+        tgid,
+        tid,
+        newfd,
+        pending.fd as u64,
+        now,
+    );
     0
 }
 

@@ -17,7 +17,8 @@ use std::{
 
 use opentelemetry::trace::SpanKind;
 use periscope_common::http::{
-    ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_EXIT,
+    ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,
+    KIND_EXIT,
     KIND_READ, KIND_WRITE, ROLE_CLIENT, conn_key,
 };
 
@@ -124,6 +125,8 @@ struct TrackedConnection {
     port: Option<u16>,
     /// Client: the peer address.
     peer: Option<String>,
+    /// Open descriptors for it (dup'ed fds are aliases of the first one).
+    fds: u32,
     last_active: u64,
 }
 
@@ -141,6 +144,8 @@ pub struct Tracker {
     config: HttpConfig,
     host: String,
     conns: HashMap<(u32, u32), TrackedConnection>,
+    /// Duplicated descriptors -> the descriptor their connection is tracked under.
+    aliases: HashMap<(u32, u32), (u32, u32)>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
     /// Server span each thread is serving (parent of its client calls).
@@ -172,6 +177,7 @@ impl Tracker {
             config,
             host,
             conns: HashMap::new(),
+            aliases: HashMap::new(),
             processes: HashMap::new(),
             listen_ports: HashMap::new(),
             active: HashMap::new(),
@@ -208,6 +214,7 @@ impl Tracker {
             KIND_CONNECT => self.on_open(&h, Role::Client, captured),
             KIND_READ | KIND_WRITE => self.on_io(&h, captured),
             KIND_CLOSE => self.on_close(&h),
+            KIND_DUP => self.on_dup(h.tgid, h.len as u32, h.fd),
             KIND_EXIT => self.on_exit(h.tgid),
             _ => self.state_mut().stats.malformed_records += 1,
         }
@@ -282,6 +289,7 @@ impl Tracker {
                 conn: Connection::new(role),
                 port,
                 peer,
+                fds: 1,
                 last_active: h.end_ns,
             },
         );
@@ -302,8 +310,24 @@ impl Tracker {
         }
     }
 
+    /// The key a descriptor's connection is tracked under.
+    fn resolve(&self, key: (u32, u32)) -> (u32, u32) {
+        self.aliases.get(&key).copied().unwrap_or(key)
+    }
+
+    fn on_dup(&mut self, tgid: u32, old: u32, new: u32) {
+        let canonical = self.resolve((tgid, old));
+        if let Some(tracked) = self.conns.get_mut(&canonical) {
+            tracked.fds += 1;
+            if self.aliases.len() >= MAX_CONNECTIONS {
+                self.aliases.clear();
+            }
+            self.aliases.insert((tgid, new), canonical);
+        }
+    }
+
     fn on_io(&mut self, h: &HttpEventHeader, captured: &[u8]) {
-        let key = (h.tgid, h.fd);
+        let key = self.resolve((h.tgid, h.fd));
         if !self.conns.contains_key(&key) {
             // Opened before Periscope started (or forgotten): follow it from here, with what
             // /proc can still tell.
@@ -325,6 +349,7 @@ impl Tracker {
                     conn: Connection::new(role),
                     port,
                     peer: None,
+                    fds: 1,
                     last_active: h.end_ns,
                 },
             );
@@ -500,7 +525,16 @@ impl Tracker {
     }
 
     fn on_close(&mut self, h: &HttpEventHeader) {
-        let key = (h.tgid, h.fd);
+        let raw = (h.tgid, h.fd);
+        let key = self.resolve(raw);
+        self.aliases.remove(&raw);
+        if let Some(tracked) = self.conns.get_mut(&key)
+            && tracked.fds > 1
+        {
+            // Another descriptor still refers to the connection.
+            tracked.fds -= 1;
+            return;
+        }
         let Some(mut tracked) = self.conns.remove(&key) else {
             return;
         };
@@ -525,6 +559,7 @@ impl Tracker {
         }
         self.outcomes = outcomes;
         self.listen_ports.retain(|k, _| k.0 != tgid);
+        self.aliases.retain(|k, _| k.0 != tgid);
         if let Some(info) = self.processes.remove(&tgid) {
             self.state_mut().metrics.process_exited(&info.resource);
         }

@@ -54,6 +54,14 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
     ("http_enter_connect", "syscalls", "sys_enter_connect"),
     ("http_exit_connect", "syscalls", "sys_exit_connect"),
     ("http_enter_close", "syscalls", "sys_enter_close"),
+    ("http_enter_dup", "syscalls", "sys_enter_dup"),
+    ("http_enter_dup", "syscalls", "sys_enter_dup2"),
+    ("http_enter_dup", "syscalls", "sys_enter_dup3"),
+    ("http_enter_fcntl", "syscalls", "sys_enter_fcntl"),
+    ("http_exit_dup", "syscalls", "sys_exit_dup"),
+    ("http_exit_dup", "syscalls", "sys_exit_dup2"),
+    ("http_exit_dup", "syscalls", "sys_exit_dup3"),
+    ("http_exit_dup", "syscalls", "sys_exit_fcntl"),
     ("http_process_exit", "sched", "sched_process_exit"),
 ];
 

@@ -1,0 +1,280 @@
+//! HTTP RED metrics and spans from real servers and clients: Python http.server, Node.js http,
+//! nginx and a Rust server; Python, Node.js, curl and wrk clients. Every count is compared
+//! exactly with what the clients themselves sent, per (method, route, status), server side and
+//! client side; every server span is no longer than the client-measured request.
+
+use std::time::Duration;
+
+use periscope_e2e::{
+    daemon::Daemon,
+    exclusive, free_port,
+    http::{
+        CLIENT, Counts, HTTP_ONLY, SERVER, Sent, Server, client_counts, curl, node_client,
+        periscope_counts, plan, python_client,
+    },
+    otlp_receiver::OtlpReceiver,
+};
+
+/// Waits until Periscope's counts for `port` equal `expected` (events are processed
+/// asynchronously), then asserts equality.
+fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = periscope_counts(&daemon.scrape(), metric, port);
+        if &got == expected {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{metric} on port {port}:\n periscope: {got:?}\n client:    {expected:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check(daemon: &Daemon, port: u16, sent: &[Sent], client_side: bool) {
+    let expected = client_counts(sent);
+    assert_eq!(sent.len(), expected.values().sum::<u64>() as usize);
+    assert_counts(daemon, SERVER, port, &expected);
+    if client_side {
+        assert_counts(daemon, CLIENT, port, &expected);
+    }
+}
+
+#[test]
+fn python_server_with_python_and_curl_clients_keepalive_on_and_off() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    for keepalive in [true, false] {
+        let server = Server::python(free_port(), keepalive, None, "py-api");
+        let mut sent = python_client(server.port, keepalive, &plan(5));
+        sent.extend(curl(server.port, keepalive, &plan(3)));
+        check(&daemon, server.port, &sent, true);
+    }
+}
+
+#[test]
+fn node_server_with_node_client_keepalive_on_and_off() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    for keepalive in [true, false] {
+        let server = Server::node(free_port(), keepalive);
+        let sent = node_client(server.port, keepalive, &plan(8));
+        check(&daemon, server.port, &sent, true);
+    }
+}
+
+#[test]
+fn nginx_with_curl_node_and_python_clients() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::nginx(free_port());
+    let mut sent = curl(server.port, false, &plan(3));
+    sent.extend(curl(server.port, true, &plan(4)));
+    sent.extend(node_client(server.port, true, &plan(5)));
+    sent.extend(python_client(server.port, false, &plan(5)));
+    check(&daemon, server.port, &sent, true);
+}
+
+#[test]
+fn rust_server_with_python_and_node_clients() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    let mut sent = python_client(server.port, true, &plan(6));
+    sent.extend(node_client(server.port, false, &plan(4)));
+    check(&daemon, server.port, &sent, true);
+}
+
+/// Whether `counts` hold exactly `n` requests in total.
+fn total(counts: &Counts) -> u64 {
+    counts.values().sum()
+}
+
+#[test]
+fn wrk_against_nginx_and_rust_counts_what_wrk_completed() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let nginx = Server::nginx(free_port());
+    let rust = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    for port in [nginx.port, rust.port] {
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c4", "-d2s", &format!("http://127.0.0.1:{port}/users/7")])
+            .output()
+            .expect("wrk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "12345 requests in 2.00s, ..."
+        let completed: u64 = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().parse().ok()))
+            .flatten()
+            .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
+        assert!(completed > 100, "wrk completed only {completed}:\n{text}");
+        // wrk counts responses it read before its deadline; requests it had in flight when it
+        // stopped (at most one per connection) were served but not counted by wrk.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let (server, client) = loop {
+            let scrape = daemon.scrape();
+            let server = total(&periscope_counts(&scrape, SERVER, port));
+            let client = total(&periscope_counts(&scrape, CLIENT, port));
+            if (server >= completed && client >= completed) || std::time::Instant::now() > deadline
+            {
+                break (server, client);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            (completed..=completed + 4).contains(&server),
+            "server side on {port}: periscope {server}, wrk {completed}"
+        );
+        assert!(
+            (completed..=completed + 4).contains(&client),
+            "client side (wrk) on {port}: periscope {client}, wrk {completed}"
+        );
+    }
+}
+
+#[test]
+fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
+    let _guard = exclusive();
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let _daemon = Daemon::start(
+        HTTP_ONLY,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let server = Server::python(free_port(), true, None, "span-api");
+    let sent = python_client(server.port, true, &plan(5));
+    // An incoming traceparent makes the server span a child of that trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H"])
+        .arg(format!("traceparent: 00-{trace_id}-{parent}-01"))
+        .arg(format!("http://127.0.0.1:{}/users/traced", server.port))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+
+    let expected = sent.len() + 1;
+    let spans = periscope_e2e::wait_for("server spans", Duration::from_secs(20), || {
+        let spans: Vec<_> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.service_name == "span-api" && s.span.kind == 2)
+            .collect();
+        (spans.len() >= expected).then_some(spans)
+    });
+    assert_eq!(spans.len(), expected, "one SERVER span per request");
+    let path_of = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == "url.path")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => {
+                    Some(v.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    // Unique paths (/users/<n>) identify requests; the server's duration never exceeds the
+    // client's.
+    for s in &sent {
+        if !s.path.starts_with("/users/") {
+            continue;
+        }
+        let span = spans
+            .iter()
+            .find(|sp| path_of(&sp.span) == s.path && sp.span.name.starts_with(&s.method))
+            .unwrap_or_else(|| panic!("no server span for {} {}", s.method, s.path));
+        let server_s =
+            (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
+        assert!(
+            server_s <= s.seconds,
+            "{} {}: server span {server_s}s longer than the client's {}s",
+            s.method,
+            s.path,
+            s.seconds
+        );
+        assert!(span.span.parent_span_id.is_empty(), "no traceparent: a root span");
+    }
+    let traced = spans
+        .iter()
+        .find(|s| path_of(&s.span) == "/users/traced")
+        .expect("span of the traced request");
+    assert_eq!(hex(&traced.span.trace_id), trace_id);
+    assert_eq!(hex(&traced.span.parent_span_id), parent);
+    let failed = spans
+        .iter()
+        .find(|s| path_of(&s.span) == "/fail")
+        .expect("span of a 500");
+    assert_eq!(failed.span.status.as_ref().map(|s| s.code), Some(2), "5xx is ERROR");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn client_call_made_while_serving_is_a_child_of_the_server_span() {
+    let _guard = exclusive();
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let daemon = Daemon::start(
+        HTTP_ONLY,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let downstream = Server::node(free_port(), true);
+    let front = Server::python(free_port(), true, Some(downstream.port), "front");
+    let sent = python_client(front.port, true, &[("GET".into(), "/chain".into())]);
+    assert_eq!(sent[0].status, 200);
+    let (server, client) = periscope_e2e::wait_for("chain spans", Duration::from_secs(20), || {
+        let spans = receiver.spans();
+        let server = spans
+            .iter()
+            .find(|s| s.service_name == "front" && s.span.kind == 2)?
+            .clone();
+        let client = spans
+            .iter()
+            .find(|s| s.service_name == "front" && s.span.kind == 3)?
+            .clone();
+        Some((server, client))
+    });
+    assert_eq!(client.span.trace_id, server.span.trace_id);
+    assert_eq!(client.span.parent_span_id, server.span.span_id);
+    assert!(client.span.start_time_unix_nano >= server.span.start_time_unix_nano);
+    assert!(client.span.end_time_unix_nano <= server.span.end_time_unix_nano);
+    drop(daemon);
+}
+
+#[test]
+fn garbage_and_truncated_traffic_is_counted_and_real_requests_stay_exact() {
+    use std::io::{Read, Write};
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    let hostile: Vec<Vec<u8>> = vec![
+        (0..=255u8).cycle().take(4096).collect(),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+        b"GET /trunc".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec(),
+        b"NOTAMETHOD / HTTP/1.1\r\n\r\n".to_vec(),
+        format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100_000)).into_bytes(),
+    ];
+    for bytes in &hostile {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.read(&mut [0; 1024]);
+    }
+    let sent = python_client(server.port, true, &plan(4));
+    check(&daemon, server.port, &sent, true);
+    let scrape = daemon.scrape();
+    let invalid = scrape
+        .value("periscope_http_messages_total", &[("outcome", "invalid")])
+        .unwrap_or(0.0);
+    assert!(invalid >= 2.0, "garbage counted as invalid: {invalid}");
+    let (status, _) = daemon.stop();
+    assert!(status.success(), "daemon survived hostile bytes");
+}
