@@ -162,7 +162,11 @@ pub fn client_counts(sent: &[Sent]) -> Counts {
     let mut counts = Counts::new();
     for s in sent {
         *counts
-            .entry((s.method.clone(), expected_route(&s.path), s.status.to_string()))
+            .entry((
+                s.method.clone(),
+                expected_route(&s.path),
+                s.status.to_string(),
+            ))
             .or_default() += 1;
     }
     counts
@@ -170,7 +174,10 @@ pub fn client_counts(sent: &[Sent]) -> Counts {
 
 fn parse_results(json: &[u8]) -> Vec<Sent> {
     let value: serde_json::Value = serde_json::from_slice(json).unwrap_or_else(|e| {
-        panic!("client output is not JSON ({e}): {}", String::from_utf8_lossy(json))
+        panic!(
+            "client output is not JSON ({e}): {}",
+            String::from_utf8_lossy(json)
+        )
     });
     value
         .as_array()
@@ -231,7 +238,8 @@ pub fn curl(port: u16, keepalive: bool, plan: &[(String, String)]) -> Vec<Sent> 
         }
         c.args(["-w", "%{http_code} %{time_total}\\n"]);
         for p in paths {
-            c.args(["-o", "/dev/null"]).arg(format!("http://127.0.0.1:{port}{p}"));
+            c.args(["-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{port}{p}"));
         }
         let out = c.output().expect("curl");
         String::from_utf8_lossy(&out.stdout)

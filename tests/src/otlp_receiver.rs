@@ -170,7 +170,10 @@ async fn serve_http(listener: tokio::net::TcpListener, shared: Shared) {
                     if request.uri().path() == "/v1/traces" {
                         let body = request.into_body().collect().await.map(|b| b.to_bytes());
                         let mut response = Response::new(Full::new(Bytes::new()));
-                        match body.ok().and_then(|b| ExportTraceServiceRequest::decode(b).ok()) {
+                        match body
+                            .ok()
+                            .and_then(|b| ExportTraceServiceRequest::decode(b).ok())
+                        {
                             Some(decoded) => shared.traces.lock().unwrap().push(decoded),
                             None => *response.status_mut() = hyper::StatusCode::BAD_REQUEST,
                         }

@@ -98,16 +98,16 @@ fn wrk_against_nginx_and_rust_counts_what_wrk_completed() {
     let rust = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
     for port in [nginx.port, rust.port] {
         let out = std::process::Command::new("wrk")
-            .args(["-t1", "-c4", "-d2s", &format!("http://127.0.0.1:{port}/users/7")])
+            .args([
+                "-t1",
+                "-c4",
+                "-d2s",
+                &format!("http://127.0.0.1:{port}/users/7"),
+            ])
             .output()
             .expect("wrk");
         let text = String::from_utf8_lossy(&out.stdout);
-        // "12345 requests in 2.00s, ..."
-        let completed: u64 = text
-            .lines()
-            .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().parse().ok()))
-            .flatten()
-            .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
+        let completed = wrk_completed(&text);
         assert!(completed > 100, "wrk completed only {completed}:\n{text}");
         // wrk counts responses it read before its deadline; requests it had in flight when it
         // stopped (at most one per connection) were served but not counted by wrk.
@@ -187,8 +187,7 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
             .iter()
             .find(|sp| path_of(&sp.span) == s.path && sp.span.name.starts_with(&s.method))
             .unwrap_or_else(|| panic!("no server span for {} {}", s.method, s.path));
-        let server_s =
-            (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
+        let server_s = (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
         assert!(
             server_s <= s.seconds,
             "{} {}: server span {server_s}s longer than the client's {}s",
@@ -196,7 +195,10 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
             s.path,
             s.seconds
         );
-        assert!(span.span.parent_span_id.is_empty(), "no traceparent: a root span");
+        assert!(
+            span.span.parent_span_id.is_empty(),
+            "no traceparent: a root span"
+        );
     }
     let traced = spans
         .iter()
@@ -208,7 +210,11 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
         .iter()
         .find(|s| path_of(&s.span) == "/fail")
         .expect("span of a 500");
-    assert_eq!(failed.span.status.as_ref().map(|s| s.code), Some(2), "5xx is ERROR");
+    assert_eq!(
+        failed.span.status.as_ref().map(|s| s.code),
+        Some(2),
+        "5xx is ERROR"
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -263,7 +269,8 @@ fn garbage_and_truncated_traffic_is_counted_and_real_requests_stay_exact() {
     ];
     for bytes in &hostile {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let _ = s.write_all(bytes);
         let _ = s.shutdown(std::net::Shutdown::Write);
         let _ = s.read(&mut [0; 1024]);
@@ -277,4 +284,77 @@ fn garbage_and_truncated_traffic_is_counted_and_real_requests_stay_exact() {
     assert!(invalid >= 2.0, "garbage counted as invalid: {invalid}");
     let (status, _) = daemon.stop();
     assert!(status.success(), "daemon survived hostile bytes");
+}
+
+/// wrk's request count from its summary ("12345 requests in 2.00s, ...").
+fn wrk_completed(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"))
+}
+
+#[test]
+fn a_full_ring_buffer_loses_requests_counted_never_mismatched() {
+    let _guard = exclusive();
+    // A ring buffer of one page overflows at once under wrk.
+    let config = format!("{HTTP_ONLY}  http:\n    ring_buffer_size: 4096\n");
+    let daemon = Daemon::start(&config, &[]);
+    let server = Server::nginx(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mix.lua");
+    std::fs::write(
+        &script,
+        "local paths = {\"/users/1\", \"/fail\", \"/missing\"}\nlocal i = 0\n\
+         request = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % 3) + 1])\nend\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d2s", "-s"])
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{}/", server.port))
+        .output()
+        .expect("wrk");
+    let completed = wrk_completed(&String::from_utf8_lossy(&out.stdout));
+    std::thread::sleep(Duration::from_secs(2));
+    let scrape = daemon.scrape();
+    let lost = scrape
+        .value(
+            "periscope_probe_errors_total",
+            &[("probe", "http"), ("kind", "events_lost")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        lost > 0.0,
+        "the one-page ring buffer should have overflowed"
+    );
+    let counts = periscope_counts(&scrape, SERVER, server.port);
+    let allowed = [
+        ("/users/{id}", "200"),
+        ("/fail", "500"),
+        ("/missing", "404"),
+    ];
+    for ((method, route, status), n) in &counts {
+        assert_eq!(method, "GET");
+        assert!(
+            allowed.contains(&(route.as_str(), status.as_str())),
+            "{n} requests paired with the wrong response: {route} -> {status} ({counts:?})"
+        );
+    }
+    let exported = total(&counts);
+    assert!(
+        exported > 0 && exported <= completed + 8,
+        "{exported} vs {completed}"
+    );
+    let dropped = scrape
+        .value(
+            "periscope_http_messages_total",
+            &[("outcome", "dropped_events_lost")],
+        )
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "requests lost to the overflow are counted");
 }

@@ -30,6 +30,9 @@ pub const KIND_DUP: u8 = 7;
 /// The tracked side of a connection (value of the connection map).
 pub const ROLE_SERVER: u8 = 1;
 pub const ROLE_CLIENT: u8 = 2;
+/// Set on a connection's role when one of its records was lost (ring buffer full), and carried
+/// by its next record: user space then restarts that conversation instead of mismatching it.
+pub const ROLE_LOST: u8 = 0x80;
 
 /// Fixed part of every ring-buffer record; `captured` bytes of data follow it.
 #[repr(C)]

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_EXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -25,7 +25,8 @@ use periscope_common::{
     counters,
     http::{
         CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, TAIL, conn_key,
+        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST,
+        ROLE_SERVER, TAIL, conn_key,
     },
 };
 
@@ -184,7 +185,14 @@ fn exit_io(ctx: &TracePointContext) {
     }
     let captured = copy_leading(event, pending.buf, want);
     copy_tail(event, &pending, transferred, captured);
-    submit(event, captured);
+    let sent = submit(event, captured);
+    // Remember a loss on the connection until one of its records gets through.
+    let key = conn_key(tgid, pending.fd);
+    if !sent {
+        let _ = HTTP_CONNS.insert(key, pending.role | ROLE_LOST, BPF_EXIST as u64);
+    } else if pending.role & ROLE_LOST != 0 {
+        let _ = HTTP_CONNS.insert(key, pending.role & !ROLE_LOST, BPF_EXIST as u64);
+    }
 }
 
 #[inline(always)]
@@ -251,8 +259,9 @@ fn copy_tail(event: &mut HttpEvent, pending: &HttpPending, transferred: u64, cap
     }
 }
 
+/// Sends the record; false when the ring buffer was full (counted).
 #[inline(always)]
-fn submit(event: &HttpEvent, captured: u32) {
+fn submit(event: &HttpEvent, captured: u32) -> bool {
     let mut n = captured as usize;
     if n > CAPTURE {
         n = CAPTURE;
@@ -263,7 +272,9 @@ fn submit(event: &HttpEvent, captured: u32) {
     };
     if HTTP_EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(counters::HTTP_EVENTS_LOST);
+        return false;
     }
+    true
 }
 
 /// A record without payload (accept, close, exit).
@@ -469,7 +480,9 @@ pub fn http_enter_fcntl(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn http_exit_dup(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current() else { return 0 };
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
     let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
         return 0;
     };

@@ -182,7 +182,9 @@ mod tests {
         let total: u64 = out
             .iter()
             .flat_map(|m| match &m.points {
-                metrics::Points::Histogram(_, p) => p.iter().map(|(_, h)| h.count()).collect::<Vec<_>>(),
+                metrics::Points::Histogram(_, p) => {
+                    p.iter().map(|(_, h)| h.count()).collect::<Vec<_>>()
+                }
                 _ => vec![],
             })
             .sum();

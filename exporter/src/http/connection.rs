@@ -199,6 +199,19 @@ impl Connection {
         }
     }
 
+    /// Records of this connection were lost: what is in flight cannot be matched any more, and
+    /// both streams wait for the next message head.
+    pub fn on_lost(&mut self, out: &mut Vec<Outcome>) {
+        self.open_response = None;
+        self.request_partial.clear();
+        self.response_partial.clear();
+        self.requests = Stream::Lost;
+        self.responses = Stream::Lost;
+        for _ in self.in_flight.drain(..) {
+            out.push(Outcome::Dropped("events_lost"));
+        }
+    }
+
     /// Requests in flight that have no span ids yet.
     pub fn requests_without_span(&mut self) -> impl Iterator<Item = &mut Request> {
         self.in_flight.iter_mut().filter(|r| r.span.is_none())

@@ -18,8 +18,7 @@ use std::{
 use opentelemetry::trace::SpanKind;
 use periscope_common::http::{
     ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,
-    KIND_EXIT,
-    KIND_READ, KIND_WRITE, ROLE_CLIENT, conn_key,
+    KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, conn_key,
 };
 
 use crate::{
@@ -89,7 +88,12 @@ impl HttpState {
                 s.not_selected as f64,
             ),
         ];
-        for reason in ["connection_closed", "process_exit", "pipeline_overflow"] {
+        for reason in [
+            "connection_closed",
+            "process_exit",
+            "pipeline_overflow",
+            "events_lost",
+        ] {
             points.push((
                 vec![("outcome", format!("dropped_{reason}"))],
                 s.dropped.get(reason).copied().unwrap_or(0) as f64,
@@ -331,7 +335,7 @@ impl Tracker {
         if !self.conns.contains_key(&key) {
             // Opened before Periscope started (or forgotten): follow it from here, with what
             // /proc can still tell.
-            let role = if h.role == ROLE_CLIENT {
+            let role = if h.role & !ROLE_LOST == ROLE_CLIENT {
                 Role::Client
             } else {
                 Role::Server
@@ -366,6 +370,9 @@ impl Tracker {
         let mut outcomes = std::mem::take(&mut self.outcomes);
         let tracked = self.conns.get_mut(&key).expect("inserted above");
         tracked.last_active = h.end_ns;
+        if h.role & ROLE_LOST != 0 {
+            tracked.conn.on_lost(&mut outcomes);
+        }
         if h.kind == KIND_READ {
             tracked.conn.on_read(&io, &mut outcomes);
         } else {

@@ -27,7 +27,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         }
         let mut parts = line.split_whitespace();
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-        let (method, path) = (method.to_string(), target.split('?').next().unwrap_or("/").to_string());
+        let (method, path) = (
+            method.to_string(),
+            target.split('?').next().unwrap_or("/").to_string(),
+        );
         let mut content_length = 0usize;
         let mut close = false;
         loop {
@@ -62,7 +65,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
 }
 
 fn main() {
-    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).expect("usage: rust-http-server PORT");
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("usage: rust-http-server PORT");
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || serve(stream));
