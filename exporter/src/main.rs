@@ -1,22 +1,15 @@
 //! `periscope`: the node agent. `run` is the daemon, `check` the preflight.
 
-mod check;
-mod config;
-mod export;
-mod histogram;
-mod http;
-mod metrics;
-mod probes;
-mod telemetry;
-mod tracefs;
-
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::{config::Config, metrics::Resource, probes::Probes, telemetry::Telemetry};
+use periscope::{
+    check, config::Config, export, http, metrics::Resource, probes, probes::Probes,
+    telemetry::Telemetry, tracefs,
+};
 
 /// Kernel and HTTP telemetry for every process on this node, as OpenTelemetry metrics, with no
 /// code change: eBPF programs aggregate in the kernel; Periscope exports the histograms over OTLP

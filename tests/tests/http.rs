@@ -58,7 +58,10 @@ fn node_server_with_node_client_keepalive_on_and_off() {
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     for keepalive in [true, false] {
         let server = Server::node(free_port(), keepalive);
-        let sent = node_client(server.port, keepalive, &plan(8));
+        let mut sent = node_client(server.port, keepalive, &plan(8));
+        // Chunked responses written in pieces, 5 ms apart.
+        let stream = vec![("GET".to_string(), "/stream".to_string()); 4];
+        sent.extend(python_client(server.port, keepalive, &stream));
         check(&daemon, server.port, &sent, true);
     }
 }
@@ -357,4 +360,80 @@ fn a_full_ring_buffer_loses_requests_counted_never_mismatched() {
         )
         .unwrap_or(0.0);
     assert!(dropped > 0.0, "requests lost to the overflow are counted");
+}
+
+#[test]
+fn a_server_that_exits_mid_request_drops_it_counted_and_leaks_nothing() {
+    use std::io::{Read, Write};
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let port = free_port();
+    let script = format!(
+        "import os, socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen()\n\
+         c, _ = s.accept(); c.recv(4096); os._exit(0)\n"
+    );
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .expect("python3");
+    let mut client = periscope_e2e::wait_for("listener", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    client
+        .write_all(b"GET /users/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let _ = client.read(&mut [0; 64]);
+    drop(client);
+    server.wait().unwrap();
+    let dropped = |scrape: &periscope_e2e::scrape::Scrape, outcome: &str| {
+        scrape
+            .value("periscope_http_messages_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    periscope_e2e::wait_for("dropped requests", Duration::from_secs(10), || {
+        let s = daemon.scrape();
+        (dropped(&s, "dropped_process_exit") >= 1.0
+            && dropped(&s, "dropped_connection_closed") >= 1.0)
+            .then_some(())
+    });
+    let scrape = daemon.scrape();
+    assert!(periscope_counts(&scrape, SERVER, port).is_empty());
+    assert!(periscope_counts(&scrape, CLIENT, port).is_empty());
+    // Both ends are forgotten: the only connection left is this scrape's own.
+    let open = scrape
+        .value("periscope_http_connections", &[])
+        .unwrap_or(-1.0);
+    assert!(open <= 1.0, "connections still followed: {open}");
+}
+
+#[test]
+fn selectors_pick_processes_by_port_and_name_their_service() {
+    let _guard = exclusive();
+    let chosen = free_port();
+    let config = format!(
+        "{HTTP_ONLY}  http:\n    select:\n      - port: {chosen}\n        service_name: chosen-api\n"
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let picked = Server::python(chosen, true, None, "ignored-name");
+    let other = Server::python(free_port(), true, None, "other");
+    let sent = python_client(picked.port, true, &plan(3));
+    let _ = python_client(other.port, true, &plan(3));
+    check(&daemon, picked.port, &sent, true);
+    let scrape = daemon.scrape();
+    assert!(periscope_counts(&scrape, SERVER, other.port).is_empty());
+    assert!(periscope_counts(&scrape, CLIENT, other.port).is_empty());
+    let services: std::collections::BTreeSet<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == format!("{SERVER}_count"))
+        .filter_map(|s| s.labels.get("service_name").cloned())
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        vec!["chosen-api".to_string()]
+    );
+    // Periscope's own /metrics endpoint is never observed.
+    assert!(periscope_counts(&scrape, SERVER, daemon.port).is_empty());
 }

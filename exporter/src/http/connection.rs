@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use super::parse::{self, Body, ParseError};
 
 /// Requests in flight on one connection (pipelining depth); older ones are dropped beyond it.
-const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 64;
 /// A request or response head split over reads is reassembled up to this size.
-const MAX_PARTIAL_HEAD: usize = 8192;
+pub const MAX_PARTIAL_HEAD: usize = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -217,7 +217,7 @@ impl Connection {
         self.in_flight.iter_mut().filter(|r| r.span.is_none())
     }
 
-    #[cfg(test)]
+    /// Requests waiting for their response (bounded by the pipelining depth).
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -509,6 +509,39 @@ mod tests {
                 &[]
             },
             tid: 7,
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary reads and writes (hostile, binary, truncated) never panic, and what a
+        /// connection holds stays bounded.
+        #[test]
+        fn arbitrary_traffic_is_bounded(
+            ios in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..700), 0u64..100_000),
+                0..40,
+            ),
+            server in proptest::bool::ANY,
+        ) {
+            let mut c = Connection::new(if server { Role::Server } else { Role::Client });
+            let mut out = Vec::new();
+            for (i, (read, bytes, extra)) in ios.iter().enumerate() {
+                let captured = &bytes[..bytes.len().min(512)];
+                let io = Io {
+                    start_ns: i as u64 * 10,
+                    end_ns: i as u64 * 10 + 5,
+                    len: bytes.len() as u64 + if bytes.len() > 512 { *extra } else { 0 },
+                    captured,
+                    tail: &[],
+                    tid: 1,
+                };
+                if *read { c.on_read(&io, &mut out) } else { c.on_write(&io, &mut out) }
+                proptest::prop_assert!(c.in_flight() <= MAX_IN_FLIGHT);
+                proptest::prop_assert!(c.request_partial.len() <= MAX_PARTIAL_HEAD + 700);
+                proptest::prop_assert!(c.response_partial.len() <= MAX_PARTIAL_HEAD + 700);
+            }
+            c.on_close(&mut out);
+            proptest::prop_assert_eq!(c.in_flight(), 0);
         }
     }
 

@@ -232,16 +232,27 @@ impl Tracker {
         if let Some(p) = self.processes.get(&tgid) {
             return p.clone();
         }
-        let mut info = ProcessInfo::read(tgid, comm, &self.host, None);
-        // A selector may name the service.
-        if let Some(Some(s)) = select(&self.config.select, &info, None)
-            && let Some(name) = &s.service_name
-        {
-            info = ProcessInfo::read(tgid, comm, &self.host, Some(name));
-        }
-        let info = Arc::new(info);
+        let info = Arc::new(ProcessInfo::read(tgid, comm, &self.host, None));
         self.processes.insert(tgid, info.clone());
         info
+    }
+
+    /// Whether a connection on `port` of process `tgid` is selected; a selector that names the
+    /// service renames the process's resource.
+    fn selected(&mut self, tgid: u32, comm: &str, port: Option<u16>) -> bool {
+        let info = self.process(tgid, comm);
+        let name = match select(&self.config.select, &info, port) {
+            None => return false,
+            Some(None) => return true,
+            Some(Some(s)) => s.service_name.clone(),
+        };
+        if let Some(name) = name
+            && info.resource.service_name != name
+        {
+            let renamed = ProcessInfo::read(tgid, &info.comm, &self.host, Some(&name));
+            self.processes.insert(tgid, Arc::new(renamed));
+        }
+        true
     }
 
     fn on_open(&mut self, h: &HttpEventHeader, role: Role, data: &[u8]) {
@@ -279,8 +290,7 @@ impl Tracker {
                 (Some(addr.port), Some(ip), comm_of(&data[size..]))
             }
         };
-        let info = self.process(h.tgid, &comm);
-        if select(&self.config.select, &info, port).is_none() {
+        if !self.selected(h.tgid, &comm, port) {
             self.state_mut().stats.not_selected += 1;
             self.forget.push(conn_key(h.tgid, h.fd));
             self.conns.remove(&(h.tgid, h.fd));
@@ -340,9 +350,8 @@ impl Tracker {
             } else {
                 Role::Server
             };
-            let info = self.process(h.tgid, "");
             let port = process::listening_port(h.tgid, h.fd);
-            if select(&self.config.select, &info, port).is_none() {
+            if !self.selected(h.tgid, "", port) {
                 self.forget.push(conn_key(h.tgid, h.fd));
                 return;
             }
