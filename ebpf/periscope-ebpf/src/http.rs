@@ -12,13 +12,13 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_EXIST},
+    bindings::{BPF_ANY, BPF_EXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use periscope_common::{
@@ -41,6 +41,11 @@ static HTTP_RET_OFFSET: u32 = 16;
 /// Periscope's own process: never captured.
 #[unsafe(no_mangle)]
 static HTTP_SELF_TGID: u32 = 0;
+/// Unread bytes in the ring buffer beyond which a record wakes user space up. Below it records
+/// are sent without a wakeup (user space also drains on a short timer): a wakeup per record
+/// would cost more than the record.
+#[unsafe(no_mangle)]
+static HTTP_WAKEUP_BYTES: u32 = 65536;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -54,9 +59,10 @@ const COMM: usize = 16;
 static HTTP_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// The syscall each thread is in, from entry to exit (only on watched connections, plus every
-/// accept/connect). LRU: a thread killed inside a syscall never reaches the exit.
+/// accept/connect). A plain hash (LRU updates cost more on this hot path); an entry of a thread
+/// killed inside a syscall is swept by user space.
 #[map]
-static HTTP_PENDING: LruHashMap<u32, HttpPending> = LruHashMap::with_max_entries(16384, 0);
+static HTTP_PENDING: HashMap<u32, HttpPending> = HashMap::with_max_entries(16384, 0);
 
 /// Where records are built before they go to the ring buffer (too big for the BPF stack).
 #[map]
@@ -270,7 +276,13 @@ fn submit(event: &HttpEvent, captured: u32) -> bool {
     let bytes = unsafe {
         core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
     };
-    if HTTP_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    let flags = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global(&HTTP_WAKEUP_BYTES) as u64
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if HTTP_EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         count(counters::HTTP_EVENTS_LOST);
         return false;
     }

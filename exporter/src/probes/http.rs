@@ -13,6 +13,8 @@ use aya::{
 };
 use tokio::{io::unix::AsyncFd, sync::watch};
 
+use periscope_common::http::HttpPending;
+
 use super::{
     KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
     tracepoint_plan,
@@ -67,7 +69,10 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
 
 pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let settings = LoadSettings {
-        globals: vec![("HTTP_SELF_TGID", std::process::id())],
+        globals: vec![
+            ("HTTP_SELF_TGID", std::process::id()),
+            ("HTTP_WAKEUP_BYTES", config.ring_buffer_size / 8),
+        ],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),
             ("HTTP_EVENTS", config.ring_buffer_size),
@@ -122,6 +127,8 @@ fn syscall_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeE
 pub struct Http {
     events: RingBuf<MapData>,
     conns: aya::maps::HashMap<MapData, u64, u8>,
+    /// Syscalls in flight; the daemon's sweeper removes entries of threads that never returned.
+    pub pending: std::sync::Arc<std::sync::Mutex<aya::maps::HashMap<MapData, u32, HttpPending>>>,
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
@@ -136,7 +143,9 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
             map: "HTTP_CONNS",
             reason: "missing from the eBPF object".into(),
         })?;
+        let pending = super::take_hash_map(ebpf, "HTTP_PENDING")?;
         Ok(Http {
+            pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             events: RingBuf::try_from(events).map_err(|e| ProbeError::Map {
                 map: "HTTP_EVENTS",
                 reason: e.to_string(),
@@ -149,12 +158,15 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
     })
 }
 
-/// How often the loop re-reads the wall clock and publishes its gauges when idle.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the loop drains the ring buffer without being woken (records below the wakeup
+/// threshold do not wake it) and publishes its gauges; every minute it re-reads the wall clock.
+const TICK: Duration = Duration::from_millis(25);
 
 /// Drains the ring buffer into `tracker` until shutdown, then drains what is left.
 pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver<bool>) {
-    let Http { events, mut conns } = http;
+    let Http {
+        events, mut conns, ..
+    } = http;
     // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the map.
     let mut events = match unsafe { AsyncFd::register(events) } {
         Ok(fd) => fd,
@@ -181,8 +193,9 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
                 false
             }
             _ = ticker.tick() => {
+                drain(events.get_mut(), &mut tracker);
                 ticks += 1;
-                if ticks.is_multiple_of(60) {
+                if ticks.is_multiple_of(2400) {
                     tracker.refresh_clock();
                 }
                 false

@@ -370,6 +370,10 @@ fn take_hash_map<K: aya::Pod, V: aya::Pod>(
     })
 }
 
+type HttpPendingMap = std::sync::Arc<
+    std::sync::Mutex<aya::maps::HashMap<MapData, u32, periscope_common::http::HttpPending>>,
+>;
+
 /// Everything loaded into the kernel: the object, each family's readers, and the statuses.
 pub struct Probes {
     /// Owns every program and link; dropping it detaches everything.
@@ -383,8 +387,10 @@ pub struct Probes {
     /// What the HTTP capture aggregated (shared with the capture loop).
     pub http_state: Option<std::sync::Arc<std::sync::Mutex<crate::http::HttpState>>>,
     counters: Option<PerCpuArray<MapData, u64>>,
+    /// Syscalls in flight of the HTTP capture (swept like the other start-time maps).
+    http_pending: Option<HttpPendingMap>,
     /// Stale start-time entries removed by `sweep`, per family.
-    swept: [(&'static str, u64); 2],
+    swept: [(&'static str, u64); 3],
 }
 
 impl Probes {
@@ -421,6 +427,7 @@ impl Probes {
             sched::start(&mut ebpf, sched_plan, config.probes.sched.by_cgroup);
         let (http, http_status) = http::start(&mut ebpf, http_plan);
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
+        let http_pending = http.as_ref().map(|h| h.pending.clone());
         for status in [&block_status, &sched_status, &http_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
@@ -444,7 +451,8 @@ impl Probes {
             http,
             http_state,
             counters,
-            swept: [("block", 0), ("sched", 0)],
+            http_pending,
+            swept: [("block", 0), ("sched", 0), ("http", 0)],
         })
     }
 
@@ -468,6 +476,10 @@ impl Probes {
         }
         if let Some(sched) = &mut self.sched {
             self.swept[1].1 += sched.sweep();
+        }
+        if let Some(pending) = &self.http_pending {
+            let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
+            self.swept[2].1 += sweep_stale(&mut map, |p| p.start_ns);
         }
     }
 

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""HTTP capture overhead: nginx serving a small file under wrk (fixed connections), with no
+tracer, with Periscope capturing HTTP, and with Periscope running only its other probes.
+
+Prints throughput and p99 ratios against the uninstrumented run, the eBPF cost per request
+(bpf_stats: run time of the HTTP programs divided by requests served) and Periscope's peak RSS.
+Configurations are interleaved over rounds so drift hits all alike; medians are compared.
+Targets (issue: HTTP): throughput >= 98% of uninstrumented, p99 within 5%, eBPF cost < 300 ns
+per request, RSS < 30 MB. Beyla's published figures: ~500 ns per request, ~75 MB.
+"""
+import argparse, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERISCOPE = os.path.join(ROOT, "target/release/periscope")
+PROM = 19465
+HTTP_PORT = 18780
+
+
+def nginx(tmp):
+    root = os.path.join(tmp, "www")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "index.html"), "w") as f:
+        f.write("<html><body>" + "x" * 500 + "</body></html>\n")
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1; pid {tmp}/nginx.pid;
+error_log {tmp}/error.log; events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {tmp};
+  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{ listen 127.0.0.1:{HTTP_PORT}; root {root}; }} }}
+""")
+    p = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/index.html", timeout=1)
+            return p
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("bench: nginx did not start")
+
+
+def wrk(seconds, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          f"http://127.0.0.1:{HTTP_PORT}/index.html"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+    return rps, p99, total
+
+
+class Periscope:
+    def __init__(self, http):
+        self.http, self.proc, self.peak_rss_kb = http, None, None
+
+    def __enter__(self):
+        cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        cfg.write(f"probes:\n  http:\n    enabled: {'true' if self.http else 'false'}\n")
+        cfg.close()
+        env = dict(os.environ, PERISCOPE_PROMETHEUS_LISTEN=f"127.0.0.1:{PROM}", PERISCOPE_LOG="warn")
+        self.proc = subprocess.Popen([PERISCOPE, "run", "--config", cfg.name], env=env)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{PROM}/healthz", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        sys.exit("bench: periscope did not start")
+
+    def metrics(self):
+        return urllib.request.urlopen(f"http://127.0.0.1:{PROM}/metrics", timeout=10).read().decode()
+
+    def http_ebpf_ns(self):
+        text = self.metrics()
+        return sum(float(v) * 1e9 for p, v in re.findall(
+            r'periscope_bpf_program_run_time_seconds_total\{program="(http_\w+)"\} (\S+)', text))
+
+    def served(self):
+        text = self.metrics()
+        return sum(float(v) for v in re.findall(
+            rf'http_server_request_duration_seconds_count\{{[^}}]*server_port="{HTTP_PORT}"[^}}]*\}} (\S+)', text))
+
+    def __exit__(self, *exc):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            self.peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--connections", type=int, default=16)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (eBPF)")
+    tmp = tempfile.mkdtemp()
+    server = nginx(tmp)
+    kinds = ["none", "periscope", "periscope-no-http"]
+    rps = {k: [] for k in kinds}
+    p99 = {k: [] for k in kinds}
+    ns_per_req, rss, exact = [], [], []
+    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write("1")
+        for r in range(args.rounds):
+            for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
+                print(f"[bench http] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
+                if kind == "none":
+                    a, b, _ = wrk(args.seconds, args.connections)
+                else:
+                    with Periscope(http=(kind == "periscope")) as p:
+                        before = p.http_ebpf_ns()
+                        a, b, total = wrk(args.seconds, args.connections)
+                        time.sleep(1)
+                        if kind == "periscope":
+                            ns_per_req.append((p.http_ebpf_ns() - before) / total)
+                            exact.append((p.served(), total))
+                    rss.append((kind, p.peak_rss_kb))
+                rps[kind].append(a)
+                p99[kind].append(b)
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats_before)
+        server.send_signal(signal.SIGQUIT)
+        server.wait(timeout=10)
+
+    med = {k: (statistics.median(rps[k]), statistics.median(p99[k])) for k in kinds}
+    base_rps, base_p99 = med["none"]
+    lines = ["# HTTP capture overhead (nginx + wrk)", "",
+             f"{args.rounds} interleaved rounds of {args.seconds}s, wrk -t1 -c{args.connections}, 550-byte file; medians. "
+             f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
+             "| configuration | requests/s | ratio | p99 | ratio |", "|---|---|---|---|---|"]
+    for k in kinds:
+        r, p = med[k]
+        lines.append(f"| {k} | {r:,.0f} | {r / base_rps:.3f} | {p * 1e3:.3f} ms | {p / base_p99:.3f} |")
+    ns = statistics.median(ns_per_req)
+    peak = max(kb for k, kb in rss if k == "periscope") / 1024
+    ours_rps, ours_p99 = med["periscope"]
+    lines += ["",
+              f"- throughput with HTTP capture: {ours_rps / base_rps:.1%} of uninstrumented "
+              f"({'meets' if ours_rps >= 0.98 * base_rps else 'misses'} target >= 98%)",
+              f"- p99 with HTTP capture: {ours_p99 / base_p99:.3f}x uninstrumented "
+              f"({'meets' if ours_p99 <= 1.05 * base_p99 else 'misses'} target <= 1.05x)",
+              f"- eBPF cost per request (all HTTP programs, both sides of the connection): {ns:.0f} ns "
+              f"({'meets' if ns < 300 else 'misses'} target < 300 ns; Beyla publishes ~500 ns)",
+              f"- Periscope peak RSS at {ours_rps:,.0f} requests/s: {peak:.1f} MiB "
+              f"({'meets' if peak < 30 else 'misses'} target < 30 MB; Beyla publishes ~75 MB)",
+              "- requests counted by Periscope vs completed by wrk, per round: "
+              + ", ".join(f"{int(a)}/{b}" for a, b in exact), ""]
+    report = "\n".join(lines) + "\n"
+    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/out/http.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
