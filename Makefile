@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup build run check test lint bench clean
+.PHONY: setup build run check test lint bench fuzz clean
 
 setup:
 	@bash .ci/setup.sh
@@ -31,6 +31,12 @@ lint: setup
 
 bench: setup
 	bash bench/run.sh
+
+# Each HTTP fuzz target for a minute (cargo-fuzz on the nightly toolchain).
+fuzz: setup
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && cargo +nightly fuzz run http_parse -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run http_connection -- -max_total_time=60
 
 clean:
 	$(CARGO) clean

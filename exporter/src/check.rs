@@ -25,6 +25,10 @@ pub const CAPABILITIES: &[(Capability, &str)] = &[
         Capability::CAP_DAC_READ_SEARCH,
         "read /proc/PID and tracefs files of other users",
     ),
+    (
+        Capability::CAP_SYS_PTRACE,
+        "HTTP: read /proc/PID/exe and OTEL_SERVICE_NAME from /proc/PID/environ of other users",
+    ),
 ];
 
 fn line(status: &str, what: &str, detail: &str) {
