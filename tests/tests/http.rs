@@ -15,6 +15,30 @@ use periscope_e2e::{
     otlp_receiver::OtlpReceiver,
 };
 
+/// POSTs with `Expect: 100-continue` (one curl process each).
+fn expect_continue(port: u16, n: usize) -> Vec<Sent> {
+    (0..n)
+        .map(|_| {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["-H", "Expect: 100-continue", "--data", "payload"])
+                .arg(format!("http://127.0.0.1:{port}/items"))
+                .output()
+                .expect("curl");
+            let status: u16 = String::from_utf8_lossy(&out.stdout)
+                .parse()
+                .expect("status");
+            assert_eq!(status, 201);
+            Sent {
+                method: "POST".into(),
+                path: "/items".into(),
+                status,
+                seconds: f64::NAN,
+            }
+        })
+        .collect()
+}
+
 /// Waits until Periscope's counts for `port` equal `expected` (events are processed
 /// asynchronously), then asserts equality.
 fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
@@ -48,6 +72,10 @@ fn python_server_with_python_and_curl_clients_keepalive_on_and_off() {
         let server = Server::python(free_port(), keepalive, None, "py-api");
         let mut sent = python_client(server.port, keepalive, &plan(5));
         sent.extend(curl(server.port, keepalive, &plan(3)));
+        if keepalive {
+            // Expect: 100-continue: the server's interim "100 Continue" is not a response.
+            sent.extend(expect_continue(server.port, 3));
+        }
         check(&daemon, server.port, &sent, true);
     }
 }
@@ -228,10 +256,14 @@ fn hex(bytes: &[u8]) -> String {
 fn client_call_made_while_serving_is_a_child_of_the_server_span() {
     let _guard = exclusive();
     let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    // Spans over OTLP/HTTP here (the other span test uses gRPC).
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http_port);
     let daemon = Daemon::start(
         HTTP_ONLY,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
     );
     let downstream = Server::node(free_port(), true);
     let front = Server::python(free_port(), true, Some(downstream.port), "front");

@@ -4,12 +4,12 @@
 //! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
 
 use std::{
-    collections::HashMap,
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use periscope_common::hist::{ns_to_units, slot_of};
 
 use crate::{

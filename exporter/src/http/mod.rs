@@ -10,11 +10,11 @@ pub mod route;
 pub mod span;
 
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use opentelemetry::trace::SpanKind;
 use periscope_common::http::{
     ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,

@@ -2,7 +2,7 @@
 //! identifier-like segments (numbers, UUIDs, long hex, opaque tokens) into `{id}`, then a cap of
 //! distinct routes per service beyond which everything after the first segment becomes `*`.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
