@@ -173,47 +173,60 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
         HTTP_ONLY,
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
     );
-    let server = Server::python(free_port(), true, None, "span-api");
-    let sent = python_client(server.port, true, &plan(5));
+    // Python server and client, then Node.js server and client.
+    let python = Server::python(free_port(), true, None, "span-api");
+    let sent = python_client(python.port, true, &plan(5));
+    server_spans_within_client_times(&receiver, "span-api", &sent);
+    let node = Server::node(free_port(), true);
+    let sent = node_client(node.port, true, &plan(5));
+    server_spans_within_client_times(&receiver, "node", &sent);
+
     // An incoming traceparent makes the server span a child of that trace.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let out = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-H"])
         .arg(format!("traceparent: 00-{trace_id}-{parent}-01"))
-        .arg(format!("http://127.0.0.1:{}/users/traced", server.port))
+        .arg(format!("http://127.0.0.1:{}/users/traced", python.port))
         .output()
         .expect("curl");
     assert!(out.status.success());
+    let traced = periscope_e2e::wait_for("the traced span", Duration::from_secs(20), || {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.span.kind == 2 && path_of(&s.span) == "/users/traced")
+    });
+    assert_eq!(hex(&traced.span.trace_id), trace_id);
+    assert_eq!(hex(&traced.span.parent_span_id), parent);
+}
 
-    let expected = sent.len() + 1;
+fn path_of(s: &opentelemetry_proto::tonic::trace::v1::Span) -> String {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == "url.path")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => {
+                Some(v.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// One SERVER span per request of `service`; each request (identified by its unique
+/// /users/<n> path) took the server no longer than its client measured; 5xx is ERROR.
+fn server_spans_within_client_times(receiver: &OtlpReceiver, service: &str, sent: &[Sent]) {
     let spans = periscope_e2e::wait_for("server spans", Duration::from_secs(20), || {
         let spans: Vec<_> = receiver
             .spans()
             .into_iter()
-            .filter(|s| s.service_name == "span-api" && s.span.kind == 2)
+            .filter(|s| s.service_name == service && s.span.kind == 2)
             .collect();
-        (spans.len() >= expected).then_some(spans)
+        (spans.len() >= sent.len()).then_some(spans)
     });
-    assert_eq!(spans.len(), expected, "one SERVER span per request");
-    let path_of = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
-        s.attributes
-            .iter()
-            .find(|kv| kv.key == "url.path")
-            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => {
-                    Some(v.clone())
-                }
-                _ => None,
-            })
-            .unwrap_or_default()
-    };
-    // Unique paths (/users/<n>) identify requests; the server's duration never exceeds the
-    // client's.
-    for s in &sent {
-        if !s.path.starts_with("/users/") {
-            continue;
-        }
+    assert_eq!(spans.len(), sent.len(), "one SERVER span per request");
+    for s in sent.iter().filter(|s| s.path.starts_with("/users/")) {
         let span = spans
             .iter()
             .find(|sp| path_of(&sp.span) == s.path && sp.span.name.starts_with(&s.method))
@@ -221,7 +234,7 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
         let server_s = (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
         assert!(
             server_s <= s.seconds,
-            "{} {}: server span {server_s}s longer than the client's {}s",
+            "{service} {} {}: server span {server_s}s longer than the client's {}s",
             s.method,
             s.path,
             s.seconds
@@ -231,12 +244,6 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
             "no traceparent: a root span"
         );
     }
-    let traced = spans
-        .iter()
-        .find(|s| path_of(&s.span) == "/users/traced")
-        .expect("span of the traced request");
-    assert_eq!(hex(&traced.span.trace_id), trace_id);
-    assert_eq!(hex(&traced.span.parent_span_id), parent);
     let failed = spans
         .iter()
         .find(|s| path_of(&s.span) == "/fail")

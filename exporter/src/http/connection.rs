@@ -344,10 +344,9 @@ impl Connection {
             self.in_flight.pop_front();
             out.push(Outcome::Dropped("pipeline_overflow"));
         }
-        let path_and_query = head.target.clone();
         self.in_flight.push_back(Request {
             method: head.method,
-            target: path_and_query,
+            target: head.target,
             minor_version: head.head.minor_version.unwrap_or(1),
             traceparent: head.head.traceparent,
             host: head.head.host,

@@ -489,12 +489,18 @@ impl Tracker {
         }
         attributes.sort_by(|a, b| a.0.cmp(b.0));
         let duration = e.end_ns.saturating_sub(e.request.start_ns);
+        let span = e
+            .request
+            .span
+            .filter(|(ids, _)| ids.sampled && self.spans.is_some());
+        // The attributes are moved into a new series; a span needs its own copy.
+        let span_attributes = span.map(|_| attributes.clone());
         {
             let mut state = self.state_mut();
             state.stats.exchanges += 1;
             state
                 .metrics
-                .record(&info.resource, role, attributes.clone(), duration);
+                .record(&info.resource, role, attributes, duration);
         }
         if role == Role::Server
             && let Some((ids, _)) = e.request.span
@@ -502,13 +508,11 @@ impl Tracker {
         {
             self.active.remove(&e.request.tid);
         }
-        let Some(queue) = &self.spans else { return };
-        let Some((ids, parent)) = e.request.span else {
+        let (Some(queue), Some((ids, parent)), Some(mut attributes)) =
+            (&self.spans, span, span_attributes)
+        else {
             return;
         };
-        if !ids.sampled {
-            return;
-        }
         attributes.push(("url.path", path));
         let name = match role {
             Role::Server => format!("{method} {route}"),

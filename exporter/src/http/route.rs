@@ -141,6 +141,9 @@ impl Routes {
             return p.text.clone();
         }
         let route = heuristic(path);
+        if self.seen.get(service).is_some_and(|s| s.contains(&route)) {
+            return route;
+        }
         let seen = self.seen.entry(service.to_string()).or_default();
         if seen.contains(&route) {
             return route;
