@@ -476,3 +476,31 @@ fn selectors_pick_processes_by_port_and_name_their_service() {
     // Periscope's own /metrics endpoint is never observed.
     assert!(periscope_counts(&scrape, SERVER, daemon.port).is_empty());
 }
+
+#[test]
+fn selecting_only_the_server_under_wrk_load_counts_it_exactly() {
+    let _guard = exclusive();
+    let config = format!("{HTTP_ONLY}  http:\n    select:\n      - process_name: nginx\n");
+    let daemon = Daemon::start(&config, &[]);
+    let server = Server::nginx(free_port());
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c4", "-d2s"])
+        .arg(format!("http://127.0.0.1:{}/users/7", server.port))
+        .output()
+        .expect("wrk");
+    let completed = wrk_completed(&String::from_utf8_lossy(&out.stdout));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let served = loop {
+        let served = total(&periscope_counts(&daemon.scrape(), SERVER, server.port));
+        if served >= completed || std::time::Instant::now() > deadline {
+            break served;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        (completed..=completed + 4).contains(&served),
+        "nginx served {served} per Periscope, wrk completed {completed}"
+    );
+    // wrk itself was not selected: its connections were dropped from the kernel map at once.
+    assert!(periscope_counts(&daemon.scrape(), CLIENT, server.port).is_empty());
+}

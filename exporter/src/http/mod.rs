@@ -150,6 +150,9 @@ pub struct Tracker {
     conns: HashMap<(u32, u32), TrackedConnection>,
     /// Duplicated descriptors -> the descriptor their connection is tracked under.
     aliases: HashMap<(u32, u32), (u32, u32)>,
+    /// Descriptors given up on (not selected, not HTTP): records of theirs still in the ring
+    /// buffer are skipped at once, until the descriptor is closed or reused.
+    ignored: foldhash::HashSet<(u32, u32)>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
     /// Server span each thread is serving (parent of its client calls).
@@ -182,6 +185,7 @@ impl Tracker {
             host,
             conns: HashMap::new(),
             aliases: HashMap::new(),
+            ignored: foldhash::HashSet::default(),
             processes: HashMap::new(),
             listen_ports: HashMap::new(),
             active: HashMap::new(),
@@ -290,10 +294,10 @@ impl Tracker {
                 (Some(addr.port), Some(ip), comm_of(&data[size..]))
             }
         };
+        self.ignored.remove(&(h.tgid, h.fd));
         if !self.selected(h.tgid, &comm, port) {
             self.state_mut().stats.not_selected += 1;
-            self.forget.push(conn_key(h.tgid, h.fd));
-            self.conns.remove(&(h.tgid, h.fd));
+            self.give_up((h.tgid, h.fd));
             return;
         }
         self.make_room();
@@ -324,6 +328,16 @@ impl Tracker {
         }
     }
 
+    /// Stops following a descriptor: in the kernel (its entry is deleted) and here.
+    fn give_up(&mut self, key: (u32, u32)) {
+        self.forget.push(conn_key(key.0, key.1));
+        self.conns.remove(&key);
+        if self.ignored.len() >= MAX_CONNECTIONS {
+            self.ignored.clear();
+        }
+        self.ignored.insert(key);
+    }
+
     /// The key a descriptor's connection is tracked under.
     fn resolve(&self, key: (u32, u32)) -> (u32, u32) {
         self.aliases.get(&key).copied().unwrap_or(key)
@@ -342,6 +356,9 @@ impl Tracker {
 
     fn on_io(&mut self, h: &HttpEventHeader, captured: &[u8]) {
         let key = self.resolve((h.tgid, h.fd));
+        if self.ignored.contains(&key) {
+            return;
+        }
         if !self.conns.contains_key(&key) {
             // Opened before Periscope started (or forgotten): follow it from here, with what
             // /proc can still tell.
@@ -352,7 +369,7 @@ impl Tracker {
             };
             let port = process::listening_port(h.tgid, h.fd);
             if !self.selected(h.tgid, "", port) {
-                self.forget.push(conn_key(h.tgid, h.fd));
+                self.give_up(key);
                 return;
             }
             self.make_room();
@@ -391,8 +408,7 @@ impl Tracker {
         // Bytes that never looked like HTTP: stop capturing this connection in the kernel.
         let tracked = &self.conns[&key];
         if !tracked.conn.seen_http && outcomes.contains(&Outcome::Invalid) {
-            self.forget.push(conn_key(h.tgid, h.fd));
-            self.conns.remove(&key);
+            self.give_up(key);
         }
         self.finish(key, h.tgid, &mut outcomes);
         self.outcomes = outcomes;
@@ -546,6 +562,7 @@ impl Tracker {
 
     fn on_close(&mut self, h: &HttpEventHeader) {
         let raw = (h.tgid, h.fd);
+        self.ignored.remove(&raw);
         let key = self.resolve(raw);
         self.aliases.remove(&raw);
         if let Some(tracked) = self.conns.get_mut(&key)
@@ -580,6 +597,7 @@ impl Tracker {
         self.outcomes = outcomes;
         self.listen_ports.retain(|k, _| k.0 != tgid);
         self.aliases.retain(|k, _| k.0 != tgid);
+        self.ignored.retain(|k| k.0 != tgid);
         if let Some(info) = self.processes.remove(&tgid) {
             self.state_mut().metrics.process_exited(&info.resource);
         }

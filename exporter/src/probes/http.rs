@@ -182,7 +182,7 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
             guard = events.readable_mut() => {
                 match guard {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut tracker);
+                        drain(guard.get_inner_mut(), &mut tracker, &mut conns);
                         guard.clear_ready();
                     }
                     Err(e) => {
@@ -193,7 +193,7 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
                 false
             }
             _ = ticker.tick() => {
-                drain(events.get_mut(), &mut tracker);
+                drain(events.get_mut(), &mut tracker, &mut conns);
                 ticks += 1;
                 if ticks.is_multiple_of(2400) {
                     tracker.refresh_clock();
@@ -205,16 +205,25 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
         forget(&mut conns, &mut tracker);
         tracker.publish();
         if stopping {
-            drain(events.get_mut(), &mut tracker);
+            drain(events.get_mut(), &mut tracker, &mut conns);
             tracker.publish();
             return;
         }
     }
 }
 
-fn drain(events: &mut RingBuf<MapData>, tracker: &mut Tracker) {
+/// Handles every record in the ring buffer. Connections given up on are deleted from the
+/// kernel map as soon as possible (every few records), so that they stop producing records.
+fn drain(
+    events: &mut RingBuf<MapData>,
+    tracker: &mut Tracker,
+    conns: &mut aya::maps::HashMap<MapData, u64, u8>,
+) {
     while let Some(record) = events.next() {
         tracker.handle(&record);
+        if !tracker.forget.is_empty() {
+            forget(conns, tracker);
+        }
     }
 }
 
