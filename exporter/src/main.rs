@@ -111,6 +111,10 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
             "no probe family could attach (see the warnings above, or run `periscope check`)"
         );
     }
+    // Loading the object (ELF parsing, BTF, relocations) allocates megabytes that are freed by
+    // now; give them back to the system instead of keeping them in the allocator's arenas.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
