@@ -504,3 +504,40 @@ fn selecting_only_the_server_under_wrk_load_counts_it_exactly() {
     // wrk itself was not selected: its connections were dropped from the kernel map at once.
     assert!(periscope_counts(&daemon.scrape(), CLIENT, server.port).is_empty());
 }
+
+#[test]
+fn route_patterns_and_the_per_service_cap_bound_http_route() {
+    let _guard = exclusive();
+    let config = format!(
+        "{HTTP_ONLY}  http:\n    routes: [\"/shop/{{sku}}/reviews\"]\n    max_routes_per_service: 3\n"
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    let mut requests: Vec<(String, String)> = vec![
+        ("GET".into(), "/shop/blue-shoe/reviews".into()),
+        ("GET".into(), "/shop/red-hat/reviews".into()),
+        ("GET".into(), "/users/42".into()),
+    ];
+    // Distinct literal paths: two fit under the cap of 3 with /users/{id}, the rest collapse.
+    for name in ["alpha", "beta", "gamma", "delta"] {
+        requests.push(("GET".into(), format!("/docs/{name}")));
+    }
+    let sent = python_client(server.port, true, &requests);
+    assert_eq!(sent.len(), requests.len());
+    let expected: Counts = [
+        ("/shop/{sku}/reviews", "404", 2),
+        ("/users/{id}", "200", 1),
+        ("/docs/alpha", "404", 1),
+        ("/docs/beta", "404", 1),
+        ("/docs/*", "404", 2),
+    ]
+    .into_iter()
+    .map(|(route, status, n)| {
+        (
+            ("GET".to_string(), route.to_string(), status.to_string()),
+            n,
+        )
+    })
+    .collect();
+    assert_counts(&daemon, SERVER, server.port, &expected);
+}
