@@ -165,25 +165,39 @@ fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bool) {
     }
 }
 
+/// The syscall `tid` entered, removed from the map (it is over).
+#[inline(always)]
+fn take_pending(tid: u32) -> Option<HttpPending> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let pending = (unsafe { HTTP_PENDING.get(tid) }).copied()?;
+    let _ = HTTP_PENDING.remove(tid);
+    Some(pending)
+}
+
+/// This CPU's scratch record.
+#[inline(always)]
+fn scratch() -> Option<&'static mut HttpEvent> {
+    let event = HTTP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value; programs do not migrate while running, and one program uses it
+    // at a time on a CPU (the kernel skips nested tracepoint programs).
+    Some(unsafe { &mut *event })
+}
+
 /// Sends the record of a finished read/write.
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) {
     let Some((tgid, tid)) = current() else { return };
-    // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
+    let Some(pending) = take_pending(tid) else {
         return;
     };
-    let _ = HTTP_PENDING.remove(tid);
     let transferred = ret(ctx);
     if transferred <= 0 {
         return;
     }
     let transferred = transferred as u64;
-    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = scratch() else {
         return;
     };
-    // SAFETY: this CPU's scratch record; programs do not migrate while running.
-    let event = unsafe { &mut *event };
     fill_header(event, &pending, tgid, tid, transferred);
     let mut want = transferred;
     if pending.buf_len < want {
@@ -292,11 +306,9 @@ fn submit(event: &HttpEvent, captured: u32) -> bool {
 /// A record without payload (accept, close, exit).
 #[inline(always)]
 fn send_bare(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, len: u64, start_ns: u64) {
-    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = scratch() else {
         return;
     };
-    // SAFETY: this CPU's scratch record.
-    let event = unsafe { &mut *event };
     let pending = HttpPending {
         start_ns,
         fd,
@@ -356,21 +368,18 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
-    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
+    let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let _ = HTTP_PENDING.remove(tid);
     let fd = ret(&ctx);
     if pending.kind != KIND_ACCEPT || fd < 0 {
         return 0;
     }
     let fd = fd as u32;
     let _ = HTTP_CONNS.insert(conn_key(tgid, fd), ROLE_SERVER, BPF_ANY as u64);
-    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = scratch() else {
         return 0;
     };
-    // SAFETY: this CPU's scratch record.
-    let event = unsafe { &mut *event };
     let accepted = HttpPending { fd, ..pending };
     fill_header(event, &accepted, tgid, tid, pending.listen_fd);
     // The process name, for processes gone before user space reads /proc.
@@ -422,20 +431,17 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
-    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
+    let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let _ = HTTP_PENDING.remove(tid);
     let rc = ret(&ctx);
     if pending.kind != KIND_CONNECT || (rc != 0 && rc != -EINPROGRESS) {
         return 0;
     }
     let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), ROLE_CLIENT, BPF_ANY as u64);
-    let Some(event) = HTTP_SCRATCH.get_ptr_mut(0) else {
+    let Some(event) = scratch() else {
         return 0;
     };
-    // SAFETY: this CPU's scratch record.
-    let event = unsafe { &mut *event };
     fill_header(event, &pending, tgid, tid, 0);
     let size = core::mem::size_of::<ConnectAddr>();
     event.header.captured = (size + COMM) as u16;
@@ -495,10 +501,9 @@ pub fn http_exit_dup(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = current() else {
         return 0;
     };
-    let Some(pending) = (unsafe { HTTP_PENDING.get(tid) }).copied() else {
+    let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let _ = HTTP_PENDING.remove(tid);
     let newfd = ret(&ctx);
     if pending.kind != KIND_DUP || newfd < 0 || newfd as u32 == pending.fd {
         return 0;

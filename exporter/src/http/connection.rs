@@ -130,6 +130,15 @@ struct OpenResponse {
     last_ns: u64,
 }
 
+/// A head's bytes: what earlier IO left of it, then `bytes` (borrowed when nothing was left).
+fn with_partial<'a>(partial: &[u8], bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    if partial.is_empty() {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        std::borrow::Cow::Owned([partial, bytes].concat())
+    }
+}
+
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
@@ -276,13 +285,7 @@ impl Connection {
         out: &mut Vec<Outcome>,
     ) -> Option<u64> {
         let earlier = self.request_partial.len();
-        let joined;
-        let input = if earlier > 0 {
-            joined = [self.request_partial.as_slice(), bytes].concat();
-            joined.as_slice()
-        } else {
-            bytes
-        };
+        let input = with_partial(&self.request_partial, bytes);
         let rest_captured = offset + bytes.len() as u64 == io.len;
         let start_ns = if earlier > 0 {
             self.request_partial_start
@@ -292,7 +295,7 @@ impl Connection {
         if earlier == 0 {
             self.request_partial_start = start_ns;
         }
-        match parse::request(input) {
+        match parse::request(&input) {
             Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
                 self.request_partial = input.to_vec();
                 None
@@ -412,15 +415,9 @@ impl Connection {
         out: &mut Vec<Outcome>,
     ) -> Option<u64> {
         let earlier = self.response_partial.len();
-        let joined;
-        let input = if earlier > 0 {
-            joined = [self.response_partial.as_slice(), bytes].concat();
-            joined.as_slice()
-        } else {
-            bytes
-        };
+        let input = with_partial(&self.response_partial, bytes);
         let rest_captured = offset + bytes.len() as u64 == io.len;
-        let head = match parse::response(input) {
+        let head = match parse::response(&input) {
             Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
                 self.response_partial = input.to_vec();
                 return None;
