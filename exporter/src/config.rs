@@ -131,6 +131,7 @@ pub struct ProbesConfig {
     pub block: BlockConfig,
     pub sched: SchedConfig,
     pub http: HttpConfig,
+    pub tcp: TcpConfig,
 }
 
 /// How a probe family attaches; `auto` picks the best the kernel allows.
@@ -228,6 +229,37 @@ impl Default for HttpConfig {
             span_queue: 8192,
             sampler: "parentbased_always_on".to_string(),
             sampler_arg: None,
+        }
+    }
+}
+
+/// TCP connections (opens, lifetimes, bytes), retransmits and resets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    pub enabled: bool,
+    pub mechanism: MechanismChoice,
+    /// Connections followed in the kernel at once (LRU beyond it).
+    pub max_connections: u32,
+    /// Distinct (process, local port, peer) retransmit/reset counters in the kernel; beyond it
+    /// they count in one series marked `otel.metric.overflow=true`.
+    pub max_peers: u32,
+    /// Distinct connection metric series (all processes); beyond it, `otel.metric.overflow=true`.
+    pub max_series: usize,
+    /// Kernel-to-user ring buffer size in bytes for connection events (a power of two, at
+    /// least 4096).
+    pub ring_buffer_size: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mechanism: MechanismChoice::Auto,
+            max_connections: 65_536,
+            max_peers: 4096,
+            max_series: 10_000,
+            ring_buffer_size: 1 << 20,
         }
     }
 }
@@ -330,6 +362,18 @@ impl Config {
                     "probes.http.select[{i}].executable: invalid glob {glob:?}: {e}"
                 )));
             }
+        }
+        let tcp = &self.probes.tcp;
+        if !tcp.ring_buffer_size.is_power_of_two() || tcp.ring_buffer_size < 4096 {
+            return Err(invalid(format!(
+                "probes.tcp.ring_buffer_size: {} is not a power of two of at least 4096",
+                tcp.ring_buffer_size
+            )));
+        }
+        if tcp.max_connections == 0 || tcp.max_peers == 0 || tcp.max_series == 0 {
+            return Err(invalid(
+                "probes.tcp: max_connections, max_peers and max_series must be at least 1".into(),
+            ));
         }
         if self.probes.sched.max_cgroups == 0 {
             return Err(invalid(

@@ -10,5 +10,6 @@ pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod probes;
+pub mod tcp;
 pub mod telemetry;
 pub mod tracefs;

@@ -168,6 +168,10 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
         );
     }
 
+    if let Some(tcp) = telemetry.tcp() {
+        tasks.push(tokio::spawn(probes::tcp::run(tcp, stopped.clone())));
+    }
+
     tasks.push(tokio::spawn(sweep_stale_entries(
         telemetry.clone(),
         stopped.clone(),

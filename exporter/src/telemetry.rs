@@ -49,6 +49,15 @@ impl Telemetry {
         self.probes.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The TCP family, for its drain loop.
+    pub fn tcp(&self) -> Option<std::sync::Arc<crate::probes::tcp::Tcp>> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tcp
+            .clone()
+    }
+
     /// Removes stale start-time entries from the kernel maps (see `probes::STALE_AFTER`).
     pub fn sweep(&self) {
         self.probes

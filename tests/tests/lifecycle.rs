@@ -98,8 +98,8 @@ fn sigterm_flushes_and_detaches_every_program() {
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        22,
-        "block (2), sched (3) and http (17) programs loaded: {ids:?}"
+        26,
+        "block (2), sched (3), http (17) and tcp (4) programs loaded: {ids:?}"
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");

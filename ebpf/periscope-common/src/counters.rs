@@ -15,8 +15,13 @@ pub const SCHED_START_FULL: u32 = 4;
 pub const HTTP_EVENTS_LOST: u32 = 5;
 /// The map of syscalls in flight on tracked connections was full.
 pub const HTTP_PENDING_FULL: u32 = 6;
+/// A TCP connection event was dropped: the ring buffer was full.
+pub const TCP_EVENTS_LOST: u32 = 7;
+/// A new (process, port, peer) retransmit/reset series could not be created: the map is full
+/// (the event is counted in the overflow series instead).
+pub const TCP_PEERS_FULL: u32 = 8;
 /// Number of counters.
-pub const COUNT: u32 = 7;
+pub const COUNT: u32 = 9;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -27,4 +32,6 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("sched", "start_map_full"),
     ("http", "events_lost"),
     ("http", "pending_map_full"),
+    ("tcp", "events_lost"),
+    ("tcp", "peer_map_full"),
 ];

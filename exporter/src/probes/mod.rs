@@ -8,6 +8,7 @@
 pub mod block;
 pub mod http;
 pub mod sched;
+pub mod tcp;
 
 use std::fmt;
 
@@ -389,6 +390,8 @@ pub struct Probes {
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Syscalls in flight of the HTTP capture (swept like the other start-time maps).
     http_pending: Option<HttpPendingMap>,
+    /// TCP connection events and counters (drained by the daemon's TCP loop too).
+    pub tcp: Option<std::sync::Arc<tcp::Tcp>>,
     /// Stale start-time entries removed by `sweep`, per family.
     swept: [(&'static str, u64); 3],
 }
@@ -401,12 +404,14 @@ impl Probes {
         let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
+        let tcp_plan = tcp::plan(&config.probes.tcp, &kernel, tracefs);
 
         let mut loader = EbpfLoader::new();
         for settings in [
             &block_plan.settings,
             &sched_plan.settings,
             &http_plan.settings,
+            &tcp_plan.settings,
         ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
@@ -428,7 +433,8 @@ impl Probes {
         let (http, http_status) = http::start(&mut ebpf, http_plan);
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
         let http_pending = http.as_ref().map(|h| h.pending.clone());
-        for status in [&block_status, &sched_status, &http_status] {
+        let (tcp, tcp_status) = tcp::start(&mut ebpf, tcp_plan, &config.probes.tcp);
+        for status in [&block_status, &sched_status, &http_status, &tcp_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
                     tracing::info!(probe = status.family, %mechanism, "probe attached")
@@ -444,7 +450,7 @@ impl Probes {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             ebpf,
-            statuses: vec![block_status, sched_status, http_status],
+            statuses: vec![block_status, sched_status, http_status, tcp_status],
             kernel,
             block,
             sched,
@@ -452,6 +458,7 @@ impl Probes {
             http_state,
             counters,
             http_pending,
+            tcp: tcp.map(std::sync::Arc::new),
             swept: [("block", 0), ("sched", 0), ("http", 0)],
         })
     }
@@ -467,6 +474,9 @@ impl Probes {
         if let Some(state) = &self.http_state {
             state.lock().unwrap_or_else(|e| e.into_inner()).collect(out);
         }
+        if let Some(tcp) = &self.tcp {
+            tcp.collect(out);
+        }
     }
 
     /// Removes start-time entries whose end event was lost (see [`STALE_AFTER`]).
@@ -480,6 +490,9 @@ impl Probes {
         if let Some(pending) = &self.http_pending {
             let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
             self.swept[2].1 += sweep_stale(&mut map, |p| p.start_ns);
+        }
+        if let Some(tcp) = &self.tcp {
+            tcp.expire();
         }
     }
 

@@ -1,0 +1,351 @@
+//! TCP connections from `sock:inet_sock_set_state` (what tcplife, tcpconnect and tcpaccept
+//! see), retransmits from `tcp:tcp_retransmit_skb` (tcpretrans) and resets from
+//! `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
+//!
+//! A socket is followed from `connect` (SYN_SENT, in the caller's context, so the process is
+//! known) or from the end of an inbound handshake (SYN_RECV to ESTABLISHED, in softirq: the
+//! process is not known there, user space attributes it to the listener) until CLOSE. Opens,
+//! closes and failed connects go to user space as one record each; retransmits and resets are
+//! counted here per (process, local port, peer).
+//!
+//! Byte counts come from `tcp_sock.bytes_acked`/`bytes_received` at close, at offsets user space
+//! reads from the kernel's BTF (no hot-path hook on sends and receives).
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePointContext,
+};
+use periscope_common::{
+    counters,
+    tcp::{
+        AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, EVENT_CLOSE,
+        EVENT_CONNECT_FAILED, EVENT_OPEN, IPPROTO_TCP, PEER_KINDS, PEER_RESET_RECEIVED,
+        PEER_RESET_SENT, PEER_RETRANSMIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
+        TcpEvent, TcpPeerKey, TcpSock, fins_of, payload_bytes,
+    },
+};
+
+use crate::shared::{count, global};
+
+// Field offsets, set at load time from the format files (these defaults are 6.x's).
+#[unsafe(no_mangle)]
+static TCP_STATE_SKADDR: u32 = 8;
+#[unsafe(no_mangle)]
+static TCP_STATE_OLDSTATE: u32 = 16;
+#[unsafe(no_mangle)]
+static TCP_STATE_NEWSTATE: u32 = 20;
+#[unsafe(no_mangle)]
+static TCP_STATE_SPORT: u32 = 24;
+#[unsafe(no_mangle)]
+static TCP_STATE_DPORT: u32 = 26;
+#[unsafe(no_mangle)]
+static TCP_STATE_FAMILY: u32 = 28;
+#[unsafe(no_mangle)]
+static TCP_STATE_PROTOCOL: u32 = 30;
+#[unsafe(no_mangle)]
+static TCP_STATE_DADDR: u32 = 36;
+#[unsafe(no_mangle)]
+static TCP_STATE_DADDR_V6: u32 = 56;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_SKADDR: u32 = 16;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_SPORT: u32 = 28;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_FAMILY: u32 = 32;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_DADDR: u32 = 38;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_DADDR_V6: u32 = 58;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_SKADDR: u32 = 8;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_SPORT: u32 = 16;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_FAMILY: u32 = 20;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_DADDR: u32 = 26;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_DADDR_V6: u32 = 46;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_SKADDR: u32 = 16;
+/// `saddr`/`daddr` of `tcp_send_reset` are whole `struct sockaddr_in6`-sized buffers.
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_SADDR: u32 = 32;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_DADDR: u32 = 60;
+/// Offsets of `bytes_acked` and `bytes_received` in `struct tcp_sock`, from BTF; 0: unknown.
+#[unsafe(no_mangle)]
+static TCP_BYTES_ACKED_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_BYTES_RECEIVED_OFFSET: u32 = 0;
+
+/// Sockets followed from their first state change to CLOSE. LRU: a socket whose CLOSE was
+/// never seen cannot pin an entry.
+#[map]
+static TCP_SOCKS: LruHashMap<u64, TcpSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// Connection events to user space; its size is set at load time. Records never wake user
+/// space up: it drains on a short timer, and a wakeup per connection would cost more.
+#[map]
+static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Retransmits and resets per (process, local port, peer, kind); its size (set at load) caps
+/// the distinct keys.
+#[map]
+static TCP_PEERS: PerCpuHashMap<TcpPeerKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Retransmits and resets that found [`TCP_PEERS`] full, per kind.
+#[map]
+static TCP_PEERS_OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(PEER_KINDS, 0);
+
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: &u32) -> Option<T> {
+    // SAFETY: offsets come from this kernel's format file for the tracepoint.
+    unsafe { ctx.read_at::<T>(global(offset) as usize) }.ok()
+}
+
+/// The remote address: 4 bytes at `v4` or 16 at `v6`, by family.
+#[inline(always)]
+fn remote_addr(ctx: &TracePointContext, family: u16, v4: &u32, v6: &u32) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        if let Some(a) = field::<[u8; 4]>(ctx, v4) {
+            addr[..4].copy_from_slice(&a);
+        }
+    } else if family == AF_INET6
+        && let Some(a) = field::<[u8; 16]>(ctx, v6)
+    {
+        addr = a;
+    }
+    addr
+}
+
+#[tracepoint]
+pub fn tcp_state(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_state(&ctx);
+    0
+}
+
+fn try_tcp_state(ctx: &TracePointContext) -> Option<()> {
+    if field::<u16>(ctx, &TCP_STATE_PROTOCOL)? != IPPROTO_TCP {
+        return None;
+    }
+    let sk = field::<u64>(ctx, &TCP_STATE_SKADDR)?;
+    let old = field::<i32>(ctx, &TCP_STATE_OLDSTATE)?;
+    let new = field::<i32>(ctx, &TCP_STATE_NEWSTATE)?;
+    let fins = fins_of(old, new);
+    if fins != 0
+        && let Some(sock) = TCP_SOCKS.get_ptr_mut(sk)
+    {
+        // SAFETY: a live map value; state changes of one socket happen under its lock.
+        unsafe { (*sock).fins |= fins };
+    }
+    match new {
+        TCP_SYN_SENT => {
+            // `connect` runs in the caller's context: the process is known here.
+            let sock = TcpSock {
+                start_ns: unsafe { bpf_ktime_get_ns() },
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                direction: DIRECTION_OUTBOUND,
+                established: 0,
+                fins: 0,
+                _pad: 0,
+                comm: bpf_get_current_comm().unwrap_or_default(),
+            };
+            let _ = TCP_SOCKS.insert(sk, sock, 0);
+        }
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => {
+            let sock = TcpSock {
+                start_ns: unsafe { bpf_ktime_get_ns() },
+                direction: DIRECTION_INBOUND,
+                established: 1,
+                ..TcpSock::default()
+            };
+            let _ = TCP_SOCKS.insert(sk, sock, 0);
+            emit(ctx, EVENT_OPEN, sk, &sock, (0, 0));
+        }
+        TCP_ESTABLISHED if old == TCP_SYN_SENT => {
+            let sock = TCP_SOCKS.get_ptr_mut(sk)?;
+            // SAFETY: a live map value; only this socket's state changes touch it, under its lock.
+            unsafe { (*sock).established = 1 };
+            emit(ctx, EVENT_OPEN, sk, unsafe { &*sock }, (0, 0));
+        }
+        TCP_CLOSE => {
+            // SAFETY: copied out before the entry is removed.
+            let sock = unsafe { *TCP_SOCKS.get(sk)? };
+            let _ = TCP_SOCKS.remove(sk);
+            if sock.established != 0 {
+                let (acked, received) = byte_counts(sk);
+                let outbound = sock.direction == DIRECTION_OUTBOUND;
+                let bytes = payload_bytes(acked, received, outbound, sock.fins | fins);
+                emit(ctx, EVENT_CLOSE, sk, &sock, bytes);
+            } else if sock.direction == DIRECTION_OUTBOUND {
+                emit(ctx, EVENT_CONNECT_FAILED, sk, &sock, (0, 0));
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+/// (`bytes_acked`, `bytes_received`) of a closing socket, when BTF gave the offsets.
+#[inline(always)]
+fn byte_counts(sk: u64) -> (u64, u64) {
+    let read = |offset: u32| -> u64 {
+        if offset == 0 {
+            return 0;
+        }
+        // SAFETY: bpf_probe_read_kernel checks the address; `sk` is a live tcp_sock here.
+        unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u64) }.unwrap_or(0)
+    };
+    (
+        read(global(&TCP_BYTES_ACKED_OFFSET)),
+        read(global(&TCP_BYTES_RECEIVED_OFFSET)),
+    )
+}
+
+#[inline(always)]
+fn emit(ctx: &TracePointContext, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64, u64)) {
+    let family = field::<u16>(ctx, &TCP_STATE_FAMILY).unwrap_or(0);
+    let event = TcpEvent {
+        sk,
+        start_ns: sock.start_ns,
+        end_ns: unsafe { bpf_ktime_get_ns() },
+        bytes_sent: bytes.0,
+        bytes_received: bytes.1,
+        tgid: sock.tgid,
+        kind,
+        direction: sock.direction,
+        family,
+        local_port: field::<u16>(ctx, &TCP_STATE_SPORT).unwrap_or(0),
+        remote_port: field::<u16>(ctx, &TCP_STATE_DPORT).unwrap_or(0),
+        _pad: [0; 4],
+        remote_addr: remote_addr(ctx, family, &TCP_STATE_DADDR, &TCP_STATE_DADDR_V6),
+        comm: sock.comm,
+    };
+    if TCP_EVENTS
+        .output::<TcpEvent>(&event, BPF_RB_NO_WAKEUP as u64)
+        .is_err()
+    {
+        count(counters::TCP_EVENTS_LOST);
+    }
+}
+
+#[tracepoint]
+pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
+    let family = field::<u16>(&ctx, &TCP_RETRANSMIT_FAMILY).unwrap_or(0);
+    let sk = field::<u64>(&ctx, &TCP_RETRANSMIT_SKADDR).unwrap_or(0);
+    let key = TcpPeerKey {
+        tgid: owner(sk),
+        local_port: field::<u16>(&ctx, &TCP_RETRANSMIT_SPORT).unwrap_or(0),
+        family,
+        kind: PEER_RETRANSMIT,
+        _pad: [0; 7],
+        remote_addr: remote_addr(
+            &ctx,
+            family,
+            &TCP_RETRANSMIT_DADDR,
+            &TCP_RETRANSMIT_DADDR_V6,
+        ),
+    };
+    count_peer(&key);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let family = field::<u16>(&ctx, &TCP_RECV_RESET_FAMILY).unwrap_or(0);
+    let sk = field::<u64>(&ctx, &TCP_RECV_RESET_SKADDR).unwrap_or(0);
+    let key = TcpPeerKey {
+        tgid: owner(sk),
+        local_port: field::<u16>(&ctx, &TCP_RECV_RESET_SPORT).unwrap_or(0),
+        family,
+        kind: PEER_RESET_RECEIVED,
+        _pad: [0; 7],
+        remote_addr: remote_addr(
+            &ctx,
+            family,
+            &TCP_RECV_RESET_DADDR,
+            &TCP_RECV_RESET_DADDR_V6,
+        ),
+    };
+    count_peer(&key);
+    0
+}
+
+/// A `struct sockaddr_in`/`sockaddr_in6` as `tcp_send_reset` stores it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockAddr {
+    family: u16,
+    /// Network byte order.
+    port: u16,
+    /// sockaddr_in: the address; sockaddr_in6: the flow info.
+    v4_or_flow: [u8; 4],
+    v6: [u8; 16],
+    _rest: [u8; 4],
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    // A reset can be sent for no socket at all (a SYN to a closed port): sk is then 0.
+    let sk = field::<u64>(&ctx, &TCP_SEND_RESET_SKADDR).unwrap_or(0);
+    let (Some(local), Some(remote)) = (
+        field::<SockAddr>(&ctx, &TCP_SEND_RESET_SADDR),
+        field::<SockAddr>(&ctx, &TCP_SEND_RESET_DADDR),
+    ) else {
+        return 0;
+    };
+    let mut remote_addr = [0u8; 16];
+    if remote.family == AF_INET {
+        remote_addr[..4].copy_from_slice(&remote.v4_or_flow);
+    } else if remote.family == AF_INET6 {
+        remote_addr = remote.v6;
+    }
+    let key = TcpPeerKey {
+        tgid: owner(sk),
+        local_port: u16::from_be(local.port),
+        family: remote.family,
+        kind: PEER_RESET_SENT,
+        _pad: [0; 7],
+        remote_addr,
+    };
+    count_peer(&key);
+    0
+}
+
+/// The process that opened a followed outbound socket; 0 when unknown (inbound, not followed).
+#[inline(always)]
+fn owner(sk: u64) -> u32 {
+    if sk == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    unsafe { TCP_SOCKS.get(sk) }.map_or(0, |s| s.tgid)
+}
+
+#[inline(always)]
+fn count_peer(key: &TcpPeerKey) {
+    if let Some(n) = TCP_PEERS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value; programs do not migrate while running.
+        unsafe { *n += 1 };
+        return;
+    }
+    if TCP_PEERS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // EEXIST: an interrupting program created it first.
+    if let Some(n) = TCP_PEERS.get_ptr_mut(key) {
+        unsafe { *n += 1 };
+        return;
+    }
+    count(counters::TCP_PEERS_FULL);
+    if let Some(n) = TCP_PEERS_OVERFLOW.get_ptr_mut(key.kind as u32) {
+        unsafe { *n += 1 };
+    }
+}
