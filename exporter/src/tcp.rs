@@ -34,8 +34,8 @@ use crate::{
     metrics::{Attributes, Metric, Points},
 };
 
-/// The listener table is re-read at most this often when a port has no known owner.
-const LISTENER_REFRESH: Duration = Duration::from_secs(1);
+/// A port whose listener was not found is looked up again after this long.
+const LISTENER_RETRY: Duration = Duration::from_secs(1);
 
 /// What one series measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,7 +89,8 @@ struct Processes {
     exited: HashMap<u32, Instant>,
     /// Local port to the process owning a listening socket on it.
     listeners: HashMap<u16, u32>,
-    listeners_read: Option<Instant>,
+    /// Ports that had no listener, and when that was found.
+    unresolved: HashMap<u16, Instant>,
 }
 
 impl Processes {
@@ -101,8 +102,10 @@ impl Processes {
             .clone()
     }
 
-    /// The process listening on `port`, re-reading /proc (rate-limited) when it is not known
-    /// or the known one is gone (ports are reused).
+    /// The process listening on `port`, re-reading /proc when it is not known or the known one
+    /// is gone (ports are reused). Only ports of established connections are looked up (a
+    /// listener exists for them), and a port that found no listener is not retried for
+    /// [`LISTENER_RETRY`], so the /proc scans are bounded by the node's listening ports.
     fn listener(&mut self, port: u16) -> Option<u32> {
         if let Some(pid) = self.listeners.get(&port)
             && std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -110,14 +113,21 @@ impl Processes {
             return Some(*pid);
         }
         if self
-            .listeners_read
-            .is_some_and(|at| at.elapsed() < LISTENER_REFRESH)
+            .unresolved
+            .get(&port)
+            .is_some_and(|at| at.elapsed() < LISTENER_RETRY)
         {
             return None;
         }
         self.listeners = listening_ports();
-        self.listeners_read = Some(Instant::now());
-        self.listeners.get(&port).copied()
+        let pid = self.listeners.get(&port).copied();
+        if pid.is_none() {
+            if self.unresolved.len() > 4096 {
+                self.unresolved.clear();
+            }
+            self.unresolved.insert(port, Instant::now());
+        }
+        pid
     }
 
     /// Marks processes that are gone; returns those gone for longer than the TTL (forgotten).
@@ -303,7 +313,11 @@ impl TcpMetrics {
     ) {
         let mut grouped: ByOwner<u8, f64> = HashMap::new();
         for (key, n) in peers {
-            let owner = self.owner_of(key.tgid, key.local_port, &[]);
+            // A reset sent for no socket (a SYN to a closed port) belongs to no process.
+            let owner = match key.has_socket {
+                0 => None,
+                _ => self.owner_of(key.tgid, key.local_port, &[]),
+            };
             let mut attributes = vec![
                 ("network.local.port", key.local_port.to_string()),
                 ("network.peer.address", peer_address(key)),

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod http;
 pub mod loopdev;
+pub mod netns;
 pub mod otlp_receiver;
 pub mod reference;
 pub mod scrape;

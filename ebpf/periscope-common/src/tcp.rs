@@ -127,7 +127,9 @@ pub struct TcpPeerKey {
     pub local_port: u16,
     pub family: u16,
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// 0 for a reset sent for no socket (a segment to a closed port), else 1.
+    pub has_socket: u8,
+    pub _pad: [u8; 6],
     pub remote_addr: [u8; 16],
 }
 

@@ -245,7 +245,8 @@ pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
         local_port: field::<u16>(&ctx, &TCP_RETRANSMIT_SPORT).unwrap_or(0),
         family,
         kind: PEER_RETRANSMIT,
-        _pad: [0; 7],
+        has_socket: 1,
+        _pad: [0; 6],
         remote_addr: remote_addr(
             &ctx,
             family,
@@ -266,7 +267,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         local_port: field::<u16>(&ctx, &TCP_RECV_RESET_SPORT).unwrap_or(0),
         family,
         kind: PEER_RESET_RECEIVED,
-        _pad: [0; 7],
+        has_socket: 1,
+        _pad: [0; 6],
         remote_addr: remote_addr(
             &ctx,
             family,
@@ -312,7 +314,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         local_port: u16::from_be(local.port),
         family: remote.family,
         kind: PEER_RESET_SENT,
-        _pad: [0; 7],
+        has_socket: u8::from(sk != 0),
+        _pad: [0; 6],
         remote_addr,
     };
     count_peer(&key);
