@@ -203,6 +203,8 @@ pub struct HttpConfig {
     pub max_connections: u32,
     /// Kernel-to-user ring buffer size in bytes (a power of two, at least 4096).
     pub ring_buffer_size: u32,
+    /// HTTPS: probe OpenSSL's SSL_read/SSL_write in every file that exports them.
+    pub tls: bool,
     /// Export one span per request (when OTLP is on).
     pub spans: bool,
     /// Spans buffered for export; beyond it they are dropped and counted.
@@ -225,6 +227,7 @@ impl Default for HttpConfig {
             max_series: 10_000,
             max_connections: 65_536,
             ring_buffer_size: 4 << 20,
+            tls: true,
             spans: true,
             span_queue: 8192,
             sampler: "parentbased_always_on".to_string(),

@@ -172,6 +172,8 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
         tasks.push(tokio::spawn(probes::tcp::run(tcp, stopped.clone())));
     }
 
+    tasks.push(tokio::spawn(scan_tls(telemetry.clone(), stopped.clone())));
+
     tasks.push(tokio::spawn(sweep_stale_entries(
         telemetry.clone(),
         stopped.clone(),
@@ -190,6 +192,24 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often processes started since the last scan are checked for OpenSSL.
+const TLS_SCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// Periodically attaches the OpenSSL probes to files that new processes map.
+async fn scan_tls(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(TLS_SCAN_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let t = telemetry.clone();
+                let _ = tokio::task::spawn_blocking(move || t.scan_tls()).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 /// Periodically removes start-time map entries whose end event was lost.

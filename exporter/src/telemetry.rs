@@ -58,6 +58,14 @@ impl Telemetry {
             .clone()
     }
 
+    /// Attaches the OpenSSL probes to files that new processes map.
+    pub fn scan_tls(&self) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .scan_tls();
+    }
+
     /// Removes stale start-time entries from the kernel maps (see `probes::STALE_AFTER`).
     pub fn sweep(&self) {
         self.probes

@@ -33,6 +33,31 @@ pub const ROLE_CLIENT: u8 = 2;
 /// Set on a connection's role when one of its records was lost (ring buffer full), and carried
 /// by its next record: user space then restarts that conversation instead of mismatching it.
 pub const ROLE_LOST: u8 = 0x80;
+/// On a connection's role: its bytes are TLS. The kernel stops capturing its (encrypted)
+/// syscalls and only notes the fd for the OpenSSL probes, whose records carry this flag too.
+pub const ROLE_TLS: u8 = 0x40;
+/// The role bits without the flags.
+pub const ROLE_MASK: u8 = 0x3f;
+/// Set on the `fd` of records from the OpenSSL probes: plaintext of the connection on that fd
+/// (or, when its fd is unknown, of the `SSL *` whose low bits are the rest), kept apart from
+/// the connection's encrypted bytes.
+pub const TLS_FD: u32 = 0x8000_0000;
+
+/// An OpenSSL read or write in flight, by thread id (uprobe to uretprobe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsPending {
+    pub start_ns: u64,
+    /// The `SSL *`.
+    pub ssl: u64,
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written; 0 for `SSL_read`/`SSL_write`.
+    pub count_ptr: u64,
+    /// The socket the call read or wrote, when a syscall on a TLS connection showed it.
+    pub fd: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Fixed part of every ring-buffer record; `captured` bytes of data follow it.
 #[repr(C)]

@@ -17,16 +17,16 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use periscope_common::{
     counters,
     http::{
         CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
         KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST,
-        ROLE_SERVER, TAIL, conn_key,
+        ROLE_MASK, ROLE_SERVER, ROLE_TLS, TAIL, TLS_FD, TlsPending, conn_key,
     },
 };
 
@@ -50,6 +50,8 @@ static HTTP_WAKEUP_BYTES: u32 = 65536;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
+/// The kind of a pending `SSL_do_handshake` (never sent).
+const KIND_HANDSHAKE: u8 = 0;
 /// Length of a task's comm.
 const COMM: usize = 16;
 
@@ -63,6 +65,15 @@ static HTTP_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 /// killed inside a syscall is swept by user space.
 #[map]
 static HTTP_PENDING: HashMap<u32, HttpPending> = HashMap::with_max_entries(16384, 0);
+
+/// OpenSSL reads and writes in flight, by thread id (uprobe to uretprobe).
+#[map]
+static HTTP_TLS_PENDING: HashMap<u32, TlsPending> = HashMap::with_max_entries(16384, 0);
+
+/// The socket fd of each `SSL *` seen doing a syscall, so that later calls served from
+/// OpenSSL's buffer (no syscall) still name their connection.
+#[map]
+static HTTP_TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Where records are built before they go to the ring buffer (too big for the BPF stack).
 #[map]
@@ -118,6 +129,12 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied() else {
         return;
     };
+    // Inside an OpenSSL call this is its connection's fd (before user space has even seen that
+    // the connection is TLS).
+    note_tls_fd(tid, fd);
+    if role & ROLE_TLS != 0 {
+        return;
+    }
     let mut pending = HttpPending {
         start_ns: unsafe { bpf_ktime_get_ns() },
         fd,
@@ -556,5 +573,129 @@ pub fn http_process_exit(ctx: TracePointContext) -> u32 {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     send_bare(KIND_EXIT, 0, tgid, tid, 0, 0, now);
+    0
+}
+
+/// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.
+#[inline(always)]
+fn note_tls_fd(tid: u32, fd: u32) {
+    if let Some(pending) = HTTP_TLS_PENDING.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        unsafe { (*pending).fd = fd };
+    }
+}
+
+/// Entry of `SSL_read(ssl, buf, num)`/`SSL_write(ssl, buf, num)` and their `_ex` forms (whose
+/// fourth argument receives the byte count).
+#[inline(always)]
+fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
+    let Some((_, tid)) = current() else { return 0 };
+    let pending = TlsPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        ssl: ctx.arg(0).unwrap_or(0),
+        buf: ctx.arg(1).unwrap_or(0),
+        count_ptr: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        fd: u32::MAX,
+        kind,
+        _pad: [0; 3],
+    };
+    if HTTP_TLS_PENDING
+        .insert(tid, pending, BPF_ANY as u64)
+        .is_err()
+    {
+        count(counters::HTTP_PENDING_FULL);
+    }
+    0
+}
+
+/// `SSL_do_handshake(ssl)`: no data, but its syscalls tell the connection's fd before any read
+/// or write (whose first call may be served from OpenSSL's buffer without a syscall).
+#[uprobe]
+pub fn http_ssl_handshake(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_HANDSHAKE, false)
+}
+
+#[uprobe]
+pub fn http_ssl_read(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_READ, false)
+}
+
+#[uprobe]
+pub fn http_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_READ, true)
+}
+
+#[uprobe]
+pub fn http_ssl_write(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_WRITE, false)
+}
+
+#[uprobe]
+pub fn http_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_WRITE, true)
+}
+
+/// Return of any of the four: sends the plaintext as a read or write record of the connection.
+#[uretprobe]
+pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { HTTP_TLS_PENDING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_TLS_PENDING.remove(tid);
+    if pending.kind == KIND_HANDSHAKE {
+        if pending.fd != u32::MAX {
+            let _ = HTTP_TLS_FDS.insert(pending.ssl, pending.fd, BPF_ANY as u64);
+        }
+        return 0;
+    }
+    // The functions return int: only the low 32 bits of the register are defined.
+    let rc = ctx.ret::<u64>() as u32 as i32;
+    let transferred = if pending.count_ptr != 0 {
+        if rc != 1 {
+            return 0;
+        }
+        unsafe { bpf_probe_read_user(pending.count_ptr as *const u64) }.unwrap_or(0)
+    } else if rc > 0 {
+        rc as u64
+    } else {
+        return 0;
+    };
+    if transferred == 0 {
+        return 0;
+    }
+    let fd = if pending.fd != u32::MAX {
+        let _ = HTTP_TLS_FDS.insert(pending.ssl, pending.fd, BPF_ANY as u64);
+        pending.fd
+    } else {
+        // SAFETY: copied out at once.
+        match unsafe { HTTP_TLS_FDS.get(pending.ssl) } {
+            Some(fd) => *fd,
+            None => pending.ssl as u32 & !TLS_FD,
+        }
+    };
+    let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) })
+        .copied()
+        .unwrap_or(0)
+        & ROLE_MASK;
+    let Some(event) = scratch() else {
+        return 0;
+    };
+    let io = HttpPending {
+        start_ns: pending.start_ns,
+        buf: pending.buf,
+        buf_len: transferred,
+        fd: fd | TLS_FD,
+        kind: pending.kind,
+        role: role | ROLE_TLS,
+        ..Default::default()
+    };
+    fill_header(event, &io, tgid, tid, transferred);
+    let captured = copy_leading(event, io.buf, transferred);
+    copy_tail(event, &io, transferred, captured);
+    submit(event, captured);
     0
 }

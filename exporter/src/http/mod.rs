@@ -18,7 +18,8 @@ use foldhash::{HashMap, HashMapExt};
 use opentelemetry::trace::SpanKind;
 use periscope_common::http::{
     ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,
-    KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, conn_key,
+    KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS,
+    TLS_FD, conn_key,
 };
 
 use crate::{
@@ -164,6 +165,9 @@ pub struct Tracker {
     clock_offset: i128,
     /// Kernel connection entries to delete (connections that are not HTTP or not selected).
     pub forget: Vec<u64>,
+    /// Kernel connection entries to flag [`ROLE_TLS`] (with their role): their syscalls carry
+    /// TLS records, and their plaintext comes from the OpenSSL probes.
+    pub mark_tls: Vec<(u64, u8)>,
     outcomes: Vec<Outcome>,
 }
 
@@ -193,6 +197,7 @@ impl Tracker {
             state,
             clock_offset: realtime_offset_ns(),
             forget: Vec::new(),
+            mark_tls: Vec::new(),
             outcomes: Vec::new(),
         })
     }
@@ -360,14 +365,13 @@ impl Tracker {
             return;
         }
         if !self.conns.contains_key(&key) {
-            // Opened before Periscope started (or forgotten): follow it from here, with what
-            // /proc can still tell.
-            let role = if h.role & !ROLE_LOST == ROLE_CLIENT {
-                Role::Client
-            } else {
-                Role::Server
+            // Opened before Periscope started, forgotten, or the plaintext of a TLS connection
+            // whose fd was not seen: follow it from here, with what /proc can still tell.
+            let Some(role) = role_of(h, captured) else {
+                self.give_up(key);
+                return;
             };
-            let port = process::listening_port(h.tgid, h.fd);
+            let port = process::listening_port(h.tgid, h.fd & !TLS_FD);
             if !self.selected(h.tgid, "", port) {
                 self.give_up(key);
                 return;
@@ -393,6 +397,10 @@ impl Tracker {
             tail: &h.tail[..tail_len],
             tid: h.tid,
         };
+        if h.fd & TLS_FD == 0 && is_tls_record(captured) && !self.conns[&key].conn.seen_http {
+            self.to_tls(key);
+            return;
+        }
         let mut outcomes = std::mem::take(&mut self.outcomes);
         let tracked = self.conns.get_mut(&key).expect("inserted above");
         tracked.last_active = h.end_ns;
@@ -560,9 +568,45 @@ impl Tracker {
         });
     }
 
+    /// A connection whose bytes are TLS records: its plaintext will come from the OpenSSL
+    /// probes under `fd | TLS_FD`, with the same role and port; its encrypted bytes are
+    /// skipped, and the kernel stops capturing them.
+    fn to_tls(&mut self, key: (u32, u32)) {
+        let Some(tracked) = self.conns.remove(&key) else {
+            return;
+        };
+        let role = tracked.conn.role();
+        self.mark_tls.push((
+            conn_key(key.0, key.1),
+            match role {
+                Role::Server => ROLE_SERVER,
+                Role::Client => ROLE_CLIENT,
+            },
+        ));
+        self.ignored.insert(key);
+        self.conns.insert(
+            (key.0, key.1 | TLS_FD),
+            TrackedConnection {
+                conn: Connection::new(role),
+                ..tracked
+            },
+        );
+    }
+
     fn on_close(&mut self, h: &HttpEventHeader) {
         let raw = (h.tgid, h.fd);
         self.ignored.remove(&raw);
+        // The plaintext side of a TLS connection ends with it.
+        if h.fd & TLS_FD == 0
+            && let Some(tls) = self.conns.get(&(h.tgid, h.fd | TLS_FD))
+            && tls.fds <= 1
+        {
+            let closed = HttpEventHeader {
+                fd: h.fd | TLS_FD,
+                ..*h
+            };
+            self.on_close(&closed);
+        }
         let key = self.resolve(raw);
         self.aliases.remove(&raw);
         if let Some(tracked) = self.conns.get_mut(&key)
@@ -607,6 +651,30 @@ impl Tracker {
     pub fn publish(&self) {
         self.state_mut().connections = self.conns.len();
     }
+}
+
+/// The side of a connection first seen in the middle: from the kernel's role, else (the
+/// plaintext of a TLS connection whose fd was not seen) from what the bytes are. `None` when
+/// they do not say.
+fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
+    match h.role & ROLE_MASK {
+        ROLE_CLIENT => return Some(Role::Client),
+        ROLE_SERVER => return Some(Role::Server),
+        _ if h.role & ROLE_TLS == 0 => return Some(Role::Server),
+        _ => {}
+    }
+    let response = parse::looks_like_response(captured);
+    let request = !response && parse::looks_like_request(captured);
+    match (h.kind == KIND_READ, request, response) {
+        (true, true, _) | (false, _, true) => Some(Role::Server),
+        (true, _, true) | (false, true, _) => Some(Role::Client),
+        _ => None,
+    }
+}
+
+/// A TLS record header: handshake (22) or application data (23), version 3.x.
+fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [22 | 23, 3, 0..=4, ..])
 }
 
 fn comm_of(data: &[u8]) -> String {

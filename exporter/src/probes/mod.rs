@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod http;
+pub mod https;
 pub mod sched;
 pub mod tcp;
 
@@ -390,6 +391,8 @@ pub struct Probes {
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Syscalls in flight of the HTTP capture (swept like the other start-time maps).
     http_pending: Option<HttpPendingMap>,
+    /// The OpenSSL probes of the HTTP family (HTTPS), when on.
+    pub tls: Option<https::Tls>,
     /// TCP connection events and counters (drained by the daemon's TCP loop too).
     pub tcp: Option<std::sync::Arc<tcp::Tcp>>,
     /// Stale start-time entries removed by `sweep`, per family.
@@ -430,7 +433,24 @@ impl Probes {
         let (block, block_status) = block::start(&mut ebpf, block_plan);
         let (sched, sched_status) =
             sched::start(&mut ebpf, sched_plan, config.probes.sched.by_cgroup);
-        let (http, http_status) = http::start(&mut ebpf, http_plan);
+        let (http, mut http_status) = http::start(&mut ebpf, http_plan);
+        let tls = match (&http, config.probes.http.tls) {
+            (Some(_), true) => match https::load(&mut ebpf) {
+                Ok(mut tls) => {
+                    tls.scan(&mut ebpf);
+                    http_status
+                        .programs
+                        .extend(https::SYMBOLS.iter().map(|s| s.1));
+                    http_status.programs.push(https::RETURN_PROGRAM);
+                    Some(tls)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS capture (OpenSSL probes) is off");
+                    None
+                }
+            },
+            _ => None,
+        };
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
         let http_pending = http.as_ref().map(|h| h.pending.clone());
         let (tcp, tcp_status) = tcp::start(&mut ebpf, tcp_plan, &config.probes.tcp);
@@ -458,6 +478,7 @@ impl Probes {
             http_state,
             counters,
             http_pending,
+            tls,
             tcp: tcp.map(std::sync::Arc::new),
             swept: [("block", 0), ("sched", 0), ("http", 0)],
         })
@@ -476,6 +497,13 @@ impl Probes {
         }
         if let Some(tcp) = &self.tcp {
             tcp.collect(out);
+        }
+    }
+
+    /// Attaches the OpenSSL probes to files that new processes map.
+    pub fn scan_tls(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.scan(&mut self.ebpf);
         }
     }
 

@@ -1,0 +1,280 @@
+//! HTTPS through OpenSSL: uprobes on `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` and
+//! `SSL_do_handshake` (and a uretprobe on each) in every file that exports them, so processes using OpenSSL (its
+//! shared `libssl`, or a copy linked into the executable, as in Node.js) get the same HTTP
+//! capture as plaintext (`ebpf/periscope-ebpf/src/http.rs` sends their plaintext as records).
+//!
+//! Files are found from `/proc/PID/maps` (through `/proc/PID/root`, so containers' own
+//! libraries count) plus the host's `libssl.so*`, and re-scanned periodically for processes
+//! started later. A uprobe is on a file, not a process: attaching once covers every process
+//! that maps that file, now or later. Symbol offsets are read from the ELF dynamic symbol
+//! table with reads of only the parts needed (executables can be 100 MB).
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+
+use super::ProbeError;
+
+/// (symbol, entry program); every one also gets [`RETURN_PROGRAM`].
+pub const SYMBOLS: [(&str, &str); 5] = [
+    ("SSL_do_handshake", "http_ssl_handshake"),
+    ("SSL_read", "http_ssl_read"),
+    ("SSL_read_ex", "http_ssl_read_ex"),
+    ("SSL_write", "http_ssl_write"),
+    ("SSL_write_ex", "http_ssl_write_ex"),
+];
+pub const RETURN_PROGRAM: &str = "http_ssl_return";
+
+/// Every process's maps are read again this often (new processes are read at every scan).
+const FULL_RESCAN: Duration = Duration::from_secs(60);
+
+/// A file's identity: (device major, device minor, inode).
+type FileId = (u64, u64, u64);
+
+/// The OpenSSL probes: which files were examined and which carry them.
+pub struct Tls {
+    examined: HashSet<FileId>,
+    scanned_pids: HashSet<u32>,
+    last_full_scan: Option<Instant>,
+    /// Files the probes are attached to.
+    pub attached: Vec<PathBuf>,
+    /// Attach failures (file: reason), reported by `check`.
+    pub errors: Vec<String>,
+}
+
+/// Loads the programs (the HTTP family's plan decided it can run).
+pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
+    for program in SYMBOLS.iter().map(|s| s.1).chain([RETURN_PROGRAM]) {
+        uprobe(ebpf, program)?
+            .load()
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(Tls {
+        examined: HashSet::new(),
+        scanned_pids: HashSet::new(),
+        last_full_scan: None,
+        attached: Vec::new(),
+        errors: Vec::new(),
+    })
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(program)
+        .ok_or_else(|| ProbeError::Map {
+            map: program,
+            reason: "program missing from the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(|source| ProbeError::Program { program, source })
+}
+
+impl Tls {
+    /// Attaches to files not examined yet: the host's libssl, and what new processes map (every
+    /// process's maps once a minute).
+    pub fn scan(&mut self, ebpf: &mut Ebpf) {
+        let full = self
+            .last_full_scan
+            .is_none_or(|at| at.elapsed() >= FULL_RESCAN);
+        if full {
+            self.scanned_pids.clear();
+            self.last_full_scan = Some(Instant::now());
+        }
+        let mut candidates = host_libssl();
+        candidates.extend(mapped_files(&mut self.scanned_pids));
+        for (id, path) in candidates {
+            if !self.examined.insert(id) {
+                continue;
+            }
+            let Some(offsets) = ssl_offsets(&path) else {
+                continue;
+            };
+            match attach(ebpf, &path, &offsets) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "HTTPS: OpenSSL probes attached");
+                    self.attached.push(path);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "HTTPS: cannot probe OpenSSL");
+                    self.errors.push(format!("{}: {e}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, path: &Path, offsets: &[(&str, u64)]) -> Result<(), ProbeError> {
+    for (symbol, offset) in offsets {
+        let entry = SYMBOLS
+            .iter()
+            .find(|s| s.0 == *symbol)
+            .map(|s| s.1)
+            .expect("offsets only hold SYMBOLS");
+        for program in [entry, RETURN_PROGRAM] {
+            uprobe(ebpf, program)?
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(*offset),
+                    path,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|source| ProbeError::Program { program, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// The host's `libssl.so*` in the usual library directories (so processes started later that
+/// load it are covered from their first call).
+fn host_libssl() -> Vec<(FileId, PathBuf)> {
+    let mut out = Vec::new();
+    for pattern in [
+        "/usr/lib/x86_64-linux-gnu/libssl.so*",
+        "/usr/lib/aarch64-linux-gnu/libssl.so*",
+        "/usr/lib64/libssl.so*",
+        "/usr/lib/libssl.so*",
+        "/lib/x86_64-linux-gnu/libssl.so*",
+    ] {
+        for path in glob::glob(pattern).into_iter().flatten().flatten() {
+            if let Some(id) = file_id(&path) {
+                out.push((id, path));
+            }
+        }
+    }
+    out
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    Some((
+        u64::from(libc::major(dev)),
+        u64::from(libc::minor(dev)),
+        meta.ino(),
+    ))
+}
+
+/// Executable file mappings of processes not scanned yet, as paths through their root.
+fn mapped_files(scanned: &mut HashSet<u32>) -> Vec<(FileId, PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut seen: HashSet<FileId> = HashSet::new();
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        if pid == std::process::id() || !scanned.insert(pid) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        for (id, path) in maps.lines().filter_map(executable_mapping) {
+            if seen.insert(id) {
+                out.push((id, PathBuf::from(format!("/proc/{pid}/root{path}"))));
+            }
+        }
+    }
+    out
+}
+
+/// `(file id, path)` of an executable file mapping line of /proc/PID/maps.
+fn executable_mapping(line: &str) -> Option<(FileId, &str)> {
+    let mut cols = line.split_whitespace();
+    let (_range, perms, _offset, dev, inode) = (
+        cols.next()?,
+        cols.next()?,
+        cols.next()?,
+        cols.next()?,
+        cols.next()?,
+    );
+    let path = cols.next()?;
+    if !perms.contains('x') || !path.starts_with('/') {
+        return None;
+    }
+    let (major, minor) = dev.split_once(':')?;
+    let id = (
+        u64::from_str_radix(major, 16).ok()?,
+        u64::from_str_radix(minor, 16).ok()?,
+        inode.parse().ok().filter(|i| *i != 0)?,
+    );
+    Some((id, path))
+}
+
+/// File offsets of the OpenSSL functions a file exports, when it exports `SSL_read` and
+/// `SSL_write` (the `_ex` forms exist since OpenSSL 1.1.1; the handshake only tells fds).
+pub fn ssl_offsets(path: &Path) -> Option<Vec<(&'static str, u64)>> {
+    let file = File::open(path).ok()?;
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let mut out = Vec::new();
+    for symbol in elf.dynamic_symbols() {
+        let Some(name) = SYMBOLS
+            .iter()
+            .map(|s| s.0)
+            .find(|s| symbol.name() == Ok(*s))
+        else {
+            continue;
+        };
+        if !symbol.is_definition() {
+            continue;
+        }
+        let section = symbol
+            .section_index()
+            .and_then(|i| elf.section_by_index(i).ok())?;
+        let (file_start, _) = section.file_range()?;
+        let offset = symbol.address().checked_sub(section.address())? + file_start;
+        out.push((name, offset));
+    }
+    let has = |name: &str| out.iter().any(|(n, _)| *n == name);
+    (has("SSL_read") && has("SSL_write")).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let line = "7f1c2a000000-7f1c2a0a0000 r-xp 00022000 fd:01 1234567    /usr/lib/x86_64-linux-gnu/libssl.so.3";
+        assert_eq!(
+            executable_mapping(line),
+            Some(((0xfd, 1, 1234567), "/usr/lib/x86_64-linux-gnu/libssl.so.3"))
+        );
+        let data = "7f1c2a0a0000-7f1c2a0b0000 rw-p 000c2000 fd:01 1234567    /usr/lib/x86_64-linux-gnu/libssl.so.3";
+        assert_eq!(executable_mapping(data), None);
+        assert_eq!(
+            executable_mapping("7ffd-7ffe r-xp 00000000 00:00 0  [vdso]"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_host_libssl_exports_the_functions() {
+        // Debian's libssl3 (curl and python3 depend on it).
+        let (_, path) = host_libssl()
+            .into_iter()
+            .find(|(_, p)| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so."))
+            })
+            .expect("a host libssl.so.*");
+        let offsets = ssl_offsets(&path).expect("libssl exports SSL_read and SSL_write");
+        assert_eq!(offsets.len(), 5, "{offsets:?}");
+        assert!(offsets.iter().all(|(_, off)| *off > 0));
+        assert!(ssl_offsets(Path::new("/bin/sh")).is_none());
+    }
+}
