@@ -146,6 +146,20 @@ impl Telemetry {
                 resource: None,
             });
         }
+        if let Some(tls) = &probes.tls {
+            out.push(Metric {
+                name: "periscope.http.tls.files",
+                description: "Files (libssl, or executables with OpenSSL linked in) whose SSL_read/SSL_write carry the HTTPS probes.",
+                unit: "1",
+                points: Points::Gauge(
+                    tls.attached
+                        .iter()
+                        .map(|path| (vec![("file.path", crate::probes::https::shown(path))], 1.0))
+                        .collect(),
+                ),
+                resource: None,
+            });
+        }
         let export = [
             ("success", &self.export.succeeded),
             ("failure", &self.export.failed),

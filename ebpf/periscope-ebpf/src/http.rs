@@ -75,6 +75,12 @@ static HTTP_TLS_PENDING: HashMap<u32, TlsPending> = HashMap::with_max_entries(16
 #[map]
 static HTTP_TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The last TLS-looking socket each thread read (by thread id). Runtimes that feed OpenSSL
+/// from memory (Node.js reads the socket itself, then calls `SSL_read` on what it read) make
+/// no syscall inside OpenSSL calls: their connection is the socket the thread just read.
+#[map]
+static HTTP_TLS_LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Where records are built before they go to the ring buffer (too big for the BPF stack).
 #[map]
 static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -133,6 +139,9 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     // the connection is TLS).
     note_tls_fd(tid, fd);
     if role & ROLE_TLS != 0 {
+        if kind == KIND_READ {
+            let _ = HTTP_TLS_LAST_READ.insert(tid, fd, BPF_ANY as u64);
+        }
         return;
     }
     let mut pending = HttpPending {
@@ -221,6 +230,10 @@ fn exit_io(ctx: &TracePointContext) {
         want = pending.buf_len;
     }
     let captured = copy_leading(event, pending.buf, want);
+    // A TLS record (handshake or data) read before user space knows the connection is TLS.
+    if pending.kind == KIND_READ && captured > 0 && matches!(event.data[0], 22 | 23) {
+        let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
+    }
     copy_tail(event, &pending, transferred, captured);
     let sent = submit(event, captured);
     // Remember a loss on the connection until one of its records gets through.
@@ -635,6 +648,24 @@ pub fn http_ssl_write_ex(ctx: ProbeContext) -> u32 {
     ssl_enter(&ctx, KIND_WRITE, true)
 }
 
+/// The socket of an OpenSSL call's connection: the one a syscall inside the call used, else
+/// the one known for its `SSL *`, else (a read or handshake fed from memory) the TLS socket the
+/// thread read last. What is found is remembered for the `SSL *`.
+#[inline(always)]
+fn tls_fd(pending: &TlsPending, tid: u32) -> Option<u32> {
+    let fd = if pending.fd != u32::MAX {
+        pending.fd
+    } else if let Some(fd) = unsafe { HTTP_TLS_FDS.get(pending.ssl) } {
+        return Some(*fd);
+    } else if pending.kind != KIND_WRITE {
+        *unsafe { HTTP_TLS_LAST_READ.get(tid) }?
+    } else {
+        return None;
+    };
+    let _ = HTTP_TLS_FDS.insert(pending.ssl, fd, BPF_ANY as u64);
+    Some(fd)
+}
+
 /// Return of any of the four: sends the plaintext as a read or write record of the connection.
 #[uretprobe]
 pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
@@ -647,9 +678,7 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
     };
     let _ = HTTP_TLS_PENDING.remove(tid);
     if pending.kind == KIND_HANDSHAKE {
-        if pending.fd != u32::MAX {
-            let _ = HTTP_TLS_FDS.insert(pending.ssl, pending.fd, BPF_ANY as u64);
-        }
+        let _ = tls_fd(&pending, tid);
         return 0;
     }
     // The functions return int: only the low 32 bits of the register are defined.
@@ -667,16 +696,7 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
     if transferred == 0 {
         return 0;
     }
-    let fd = if pending.fd != u32::MAX {
-        let _ = HTTP_TLS_FDS.insert(pending.ssl, pending.fd, BPF_ANY as u64);
-        pending.fd
-    } else {
-        // SAFETY: copied out at once.
-        match unsafe { HTTP_TLS_FDS.get(pending.ssl) } {
-            Some(fd) => *fd,
-            None => pending.ssl as u32 & !TLS_FD,
-        }
-    };
+    let fd = tls_fd(&pending, tid).unwrap_or(pending.ssl as u32 & !TLS_FD);
     let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) })
         .copied()
         .unwrap_or(0)

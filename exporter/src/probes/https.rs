@@ -102,7 +102,7 @@ impl Tls {
             };
             match attach(ebpf, &path, &offsets) {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "HTTPS: OpenSSL probes attached");
+                    tracing::info!(path = shown(&path), "HTTPS: OpenSSL probes attached");
                     self.attached.push(path);
                 }
                 Err(e) => {
@@ -112,6 +112,15 @@ impl Tls {
             }
         }
     }
+}
+
+/// A probed file's path as its processes see it (without the `/proc/PID/root` it was opened by).
+pub fn shown(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    text.strip_prefix("/proc/")
+        .and_then(|rest| rest.split_once("/root"))
+        .map(|(_, inside)| inside.to_string())
+        .unwrap_or_else(|| text.into_owned())
 }
 
 fn attach(ebpf: &mut Ebpf, path: &Path, offsets: &[(&str, u64)]) -> Result<(), ProbeError> {
@@ -246,6 +255,18 @@ pub fn ssl_offsets(path: &Path) -> Option<Vec<(&'static str, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_paths() {
+        assert_eq!(
+            shown(Path::new("/proc/42/root/usr/bin/node")),
+            "/usr/bin/node"
+        );
+        assert_eq!(
+            shown(Path::new("/usr/lib/libssl.so.3")),
+            "/usr/lib/libssl.so.3"
+        );
+    }
 
     #[test]
     fn maps_lines() {

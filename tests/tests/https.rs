@@ -1,0 +1,227 @@
+//! HTTPS through OpenSSL: real Python (libssl's SSL_read_ex/SSL_write_ex) and Node.js (OpenSSL
+//! linked into the node executable) servers, Python and curl (SSL_read/SSL_write) clients over
+//! TLS with a certificate the test makes; request counts compared exactly with what the clients
+//! got, as for plaintext.
+
+use std::{process::Command, time::Duration};
+
+use periscope_e2e::wait_for;
+use periscope_e2e::{
+    daemon::Daemon,
+    free_port,
+    http::{CLIENT, Counts, HTTP_ONLY, SERVER, expected_route, periscope_counts, workload},
+    scrape::Scrape,
+};
+
+/// A self-signed certificate and key in a temporary directory.
+fn certificate() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout", &key, "-out", &cert])
+        .output()
+        .expect("openssl (make test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, cert, key)
+}
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(program: &str, script: &str, port: u16, cert: &str, key: &str) -> Server {
+    let child = Command::new(program)
+        .arg(workload(script))
+        .args([&port.to_string(), cert, key])
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    wait_for("HTTPS server listening", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Server(child)
+}
+
+/// 12 GETs: 10 to /users/<n> and 2 to /missing/page.
+fn paths() -> Vec<String> {
+    (0..12)
+        .map(|i| {
+            if i % 6 == 5 {
+                "/missing/page".to_string()
+            } else {
+                format!("/users/{}", 100 + i)
+            }
+        })
+        .collect()
+}
+
+fn expected(paths: &[String]) -> Counts {
+    let mut counts = Counts::new();
+    for p in paths {
+        let status = if p.contains("missing") { "404" } else { "200" };
+        *counts
+            .entry(("GET".into(), expected_route(p), status.into()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Python client: one keep-alive connection for all the paths; the statuses it got.
+fn python_client(port: u16, paths: &[String]) -> Vec<u16> {
+    let out = Command::new("python3")
+        .arg(workload("https_client.py"))
+        .arg(port.to_string())
+        .args(paths)
+        .output()
+        .expect("python client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["status"].as_u64().expect("status") as u16
+        })
+        .collect()
+}
+
+/// curl: one process per request (a new TLS connection each); the statuses it got.
+fn curl(port: u16, paths: &[String]) -> Vec<u16> {
+    paths
+        .iter()
+        .map(|p| {
+            let out = Command::new("curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("https://127.0.0.1:{port}{p}"))
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout)
+                .parse()
+                .expect("status")
+        })
+        .collect()
+}
+
+fn counts_of(statuses: &[u16], paths: &[String]) -> Counts {
+    let mut counts = Counts::new();
+    for (status, p) in statuses.iter().zip(paths) {
+        *counts
+            .entry(("GET".into(), expected_route(p), status.to_string()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Both clients against one server: the server counts every request once, each client its own.
+fn check_server(daemon: &Daemon, port: u16) {
+    let paths = paths();
+    let by_python = python_client(port, &paths);
+    let by_curl = curl(port, &paths);
+    assert_eq!(counts_of(&by_python, &paths), expected(&paths));
+    assert_eq!(counts_of(&by_curl, &paths), expected(&paths));
+    let mut both = expected(&paths);
+    for n in both.values_mut() {
+        *n *= 2;
+    }
+    let client = |scrape: &Scrape, service: &str| -> Counts {
+        let only: Scrape = Scrape {
+            samples: scrape
+                .samples
+                .iter()
+                .filter(|s| s.labels.get("service_name").map(String::as_str) == Some(service))
+                .cloned()
+                .collect(),
+        };
+        periscope_counts(&only, CLIENT, port)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        let s = daemon.scrape();
+        let done = periscope_counts(&s, SERVER, port) == both
+            && client(&s, "python3.11") == expected(&paths)
+            && client(&s, "curl") == expected(&paths);
+        if done || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let messages: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
+        .collect();
+    assert_eq!(
+        periscope_counts(&scrape, SERVER, port),
+        both,
+        "server; {messages:?}"
+    );
+    assert_eq!(
+        client(&scrape, "python3.11"),
+        expected(&paths),
+        "python client"
+    );
+    assert_eq!(client(&scrape, "curl"), expected(&paths), "curl clients");
+}
+
+fn tls_files(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .scrape()
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_tls_files" && s.value == 1.0)
+        .filter_map(|s| s.labels.get("file_path").cloned())
+        .collect()
+}
+
+#[test]
+fn python_https_server_and_clients() {
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let files = tls_files(&daemon);
+    assert!(
+        files.iter().any(|f| f.contains("libssl.so")),
+        "the host libssl is probed from the start: {files:?}"
+    );
+    let (_dir, cert, key) = certificate();
+    let port = free_port();
+    let _server = start_server("python3", "https_server.py", port, &cert, &key);
+    check_server(&daemon, port);
+}
+
+#[test]
+fn node_https_server_with_its_own_openssl() {
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_dir, cert, key) = certificate();
+    let port = free_port();
+    let _server = start_server("node", "https_server.js", port, &cert, &key);
+    // Node links OpenSSL into its executable: it is probed once a scan sees the new process.
+    let node = std::fs::canonicalize(
+        String::from_utf8(Command::new("which").arg("node").output().unwrap().stdout)
+            .unwrap()
+            .trim(),
+    )
+    .unwrap()
+    .display()
+    .to_string();
+    wait_for(
+        "the node executable probed",
+        Duration::from_secs(15),
+        || tls_files(&daemon).contains(&node).then_some(()),
+    );
+    check_server(&daemon, port);
+}
