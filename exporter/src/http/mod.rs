@@ -398,7 +398,7 @@ impl Tracker {
             tid: h.tid,
         };
         if h.fd & TLS_FD == 0 && is_tls_record(captured) && !self.conns[&key].conn.seen_http {
-            self.to_tls(key);
+            self.switch_to_tls(key);
             return;
         }
         let mut outcomes = std::mem::take(&mut self.outcomes);
@@ -571,7 +571,7 @@ impl Tracker {
     /// A connection whose bytes are TLS records: its plaintext will come from the OpenSSL
     /// probes under `fd | TLS_FD`, with the same role and port; its encrypted bytes are
     /// skipped, and the kernel stops capturing them.
-    fn to_tls(&mut self, key: (u32, u32)) {
+    fn switch_to_tls(&mut self, key: (u32, u32)) {
         let Some(tracked) = self.conns.remove(&key) else {
             return;
         };
