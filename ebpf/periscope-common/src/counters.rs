@@ -15,8 +15,12 @@ pub const SCHED_START_FULL: u32 = 4;
 pub const HTTP_EVENTS_LOST: u32 = 5;
 /// The map of syscalls in flight on tracked connections was full.
 pub const HTTP_PENDING_FULL: u32 = 6;
+/// A new (function, process) series could not be created: the uprobe histogram map is full.
+pub const UPROBE_HIST_FULL: u32 = 7;
+/// The map of user-function calls in flight was full.
+pub const UPROBE_START_FULL: u32 = 8;
 /// Number of counters.
-pub const COUNT: u32 = 7;
+pub const COUNT: u32 = 9;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -27,4 +31,6 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("sched", "start_map_full"),
     ("http", "events_lost"),
     ("http", "pending_map_full"),
+    ("uprobe", "histogram_map_full"),
+    ("uprobe", "start_map_full"),
 ];

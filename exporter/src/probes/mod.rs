@@ -8,6 +8,7 @@
 pub mod block;
 pub mod http;
 pub mod sched;
+pub mod uprobe;
 
 use std::fmt;
 
@@ -33,6 +34,8 @@ pub enum Mechanism {
     BtfTracepoint,
     RawTracepoint,
     Tracepoint,
+    /// User-space probes (the `uprobe` family's only mechanism; not a kernel-path choice).
+    Uprobe,
 }
 
 impl Mechanism {
@@ -52,6 +55,7 @@ impl Mechanism {
             Self::BtfTracepoint => "btf_tracepoint",
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoint => "tracepoint",
+            Self::Uprobe => "uprobe",
         }
     }
 
@@ -101,6 +105,14 @@ impl KernelSupport {
             Some(_) => Ok(()),
             None => Err("tracefs is not mounted".into()),
         };
+        // aya attaches uprobes through the uprobe PMU (perf_event_open), else through tracefs.
+        let uprobe = if std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists()
+            || tracefs.is_some()
+        {
+            Ok(())
+        } else {
+            Err("kernel without CONFIG_UPROBE_EVENTS (no uprobe PMU) and no tracefs".into())
+        };
         Self {
             mechanisms: vec![
                 (Mechanism::Fentry, tracing.clone()),
@@ -108,6 +120,7 @@ impl KernelSupport {
                 (Mechanism::BtfTracepoint, tracing),
                 (Mechanism::RawTracepoint, raw),
                 (Mechanism::Tracepoint, tracepoint),
+                (Mechanism::Uprobe, uprobe),
             ],
         }
     }
@@ -389,8 +402,11 @@ pub struct Probes {
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Syscalls in flight of the HTTP capture (swept like the other start-time maps).
     http_pending: Option<HttpPendingMap>,
+    uprobe: Option<uprobe::Uprobe>,
+    /// Per configured function: resolved and attached, or why not (empty when the family is off).
+    pub uprobe_entries: Vec<uprobe::EntryStatus>,
     /// Stale start-time entries removed by `sweep`, per family.
-    swept: [(&'static str, u64); 3],
+    swept: [(&'static str, u64); 4],
 }
 
 impl Probes {
@@ -401,12 +417,14 @@ impl Probes {
         let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
+        let uprobe_plan = uprobe::plan(&config.probes.uprobe, &kernel);
 
         let mut loader = EbpfLoader::new();
         for settings in [
             &block_plan.settings,
             &sched_plan.settings,
             &http_plan.settings,
+            &uprobe_plan.settings,
         ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
@@ -428,7 +446,9 @@ impl Probes {
         let (http, http_status) = http::start(&mut ebpf, http_plan);
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
         let http_pending = http.as_ref().map(|h| h.pending.clone());
-        for status in [&block_status, &sched_status, &http_status] {
+        let (uprobe, uprobe_status, uprobe_entries) =
+            uprobe::start(&mut ebpf, uprobe_plan, &config.probes.uprobe);
+        for status in [&block_status, &sched_status, &http_status, &uprobe_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
                     tracing::info!(probe = status.family, %mechanism, "probe attached")
@@ -444,7 +464,7 @@ impl Probes {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             ebpf,
-            statuses: vec![block_status, sched_status, http_status],
+            statuses: vec![block_status, sched_status, http_status, uprobe_status],
             kernel,
             block,
             sched,
@@ -452,7 +472,9 @@ impl Probes {
             http_state,
             counters,
             http_pending,
-            swept: [("block", 0), ("sched", 0), ("http", 0)],
+            uprobe,
+            uprobe_entries,
+            swept: [("block", 0), ("sched", 0), ("http", 0), ("uprobe", 0)],
         })
     }
 
@@ -467,6 +489,9 @@ impl Probes {
         if let Some(state) = &self.http_state {
             state.lock().unwrap_or_else(|e| e.into_inner()).collect(out);
         }
+        if let Some(uprobe) = &self.uprobe {
+            uprobe.collect(out);
+        }
     }
 
     /// Removes start-time entries whose end event was lost (see [`STALE_AFTER`]).
@@ -480,6 +505,9 @@ impl Probes {
         if let Some(pending) = &self.http_pending {
             let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
             self.swept[2].1 += sweep_stale(&mut map, |p| p.start_ns);
+        }
+        if let Some(uprobe) = &mut self.uprobe {
+            self.swept[3].1 += uprobe.sweep();
         }
     }
 
