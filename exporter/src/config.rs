@@ -615,6 +615,41 @@ mod tests {
         assert!(config.probes.sched.by_cgroup);
         assert_eq!(config.probes.sched.max_cgroups, 64);
         assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
+        let uprobe = &config.probes.uprobe;
+        assert_eq!((uprobe.max_in_flight, uprobe.max_series), (8192, 2048));
+        assert_eq!(
+            uprobe.functions[0],
+            FunctionConfig {
+                path: "/usr/local/bin/myapp".into(),
+                symbol: "process_order".into(),
+                pid: None,
+                process: Some("myapp".into()),
+            }
+        );
+        assert_eq!(uprobe.functions[1].pid, Some(4242));
+    }
+
+    #[test]
+    fn uprobe_entries_are_checked() {
+        let err = parse(
+            "probes:\n  uprobe:\n    functions:\n      - path: /bin/app\n        symbol: f\n        tid: 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.uprobe.functions[0]: unknown field `tid`, expected one of `path`, `symbol`, `pid`, `process` at line 6 column 9"
+        );
+        let err =
+            parse("probes:\n  uprobe:\n    functions:\n      - path: /bin/app\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.uprobe.functions[0]: path and symbol are required"
+        );
+        let err = parse(
+            "probes:\n  uprobe:\n    functions:\n      - {path: /bin/a, symbol: f, process: a-very-long-name-x}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("must be 1 to 15 bytes"), "{err}");
     }
 
     #[test]

@@ -94,12 +94,17 @@ fn program_ids(pid: u32) -> Vec<u32> {
 
 #[test]
 fn sigterm_flushes_and_detaches_every_program() {
-    let daemon = Daemon::start("", &[]);
+    // Every family on, the uprobe family with one function (uprobe_entry + uprobe_return).
+    let config = format!(
+        "probes:\n  uprobe:\n    functions:\n      - path: {}\n        symbol: process_order\n",
+        env!("CARGO_BIN_EXE_function-target")
+    );
+    let daemon = Daemon::start(&config, &[]);
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        22,
-        "block (2), sched (3) and http (17) programs loaded: {ids:?}"
+        24,
+        "block (2), sched (3), http (17) and uprobe (2) programs loaded: {ids:?}"
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");
