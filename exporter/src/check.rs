@@ -19,7 +19,7 @@ pub const CAPABILITIES: &[(Capability, &str)] = &[
     ),
     (
         Capability::CAP_SYS_ADMIN,
-        "mount tracefs when it is missing (not needed once mounted)",
+        "uprobe: attach (the kernel's uprobe PMU requires it); mount tracefs when missing",
     ),
     (
         Capability::CAP_DAC_READ_SEARCH,

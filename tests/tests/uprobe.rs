@@ -300,3 +300,29 @@ fn no_function_attached_fails_the_family_alone() {
         "{log}"
     );
 }
+
+/// Without CAP_SYS_ADMIN the kernel refuses to create uprobes (CAP_BPF and CAP_PERFMON are not
+/// enough): the entry says so, and the tracepoint families still attach.
+#[test]
+fn without_cap_sys_admin_uprobes_say_why() {
+    let config = function_config(&[entry(TARGET, "process_order", "")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("periscope.yaml");
+    std::fs::write(&path, config).unwrap();
+    let check = format!(
+        "{} check --config {}",
+        periscope_bin().display(),
+        path.display()
+    );
+    let out = Command::new("capsh")
+        .args(["--drop=cap_sys_admin", "--", "-c", &check])
+        .output()
+        .expect("capsh");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("ok    sched"), "{report}");
+    assert!(report.contains("FAIL  uprobe"), "{report}");
+    assert!(
+        report.contains("(attaching uprobes needs CAP_SYS_ADMIN)"),
+        "{report}"
+    );
+}

@@ -362,8 +362,7 @@ fn attach_entry(
         location: UProbeAttachLocation::AbsoluteOffset(resolved.offset),
         cookie: Some(index as u64),
     };
-    let describe =
-        |e: aya::programs::ProgramError| format!("attach failed: {:#}", anyhow::Error::from(e));
+    let describe = |e: aya::programs::ProgramError| attach_error(&anyhow::Error::from(e));
     let entry = uprobe_program(ebpf, ENTRY_PROGRAM).map_err(|e| e.to_string())?;
     let entry_link = entry
         .attach(point(), &resolved.file, scope)
@@ -376,6 +375,21 @@ fn attach_entry(
         return Err(describe(e));
     }
     Ok(resolved)
+}
+
+/// The attach error, with the fix when it is the usual one: the kernel's uprobe PMU (what
+/// `perf_event_open` uses) requires CAP_SYS_ADMIN; CAP_BPF and CAP_PERFMON are not enough.
+fn attach_error(e: &anyhow::Error) -> String {
+    let text = format!("attach failed: {e:#}");
+    let denied = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+    if denied || text.contains("Permission denied") {
+        format!("{text} (attaching uprobes needs CAP_SYS_ADMIN)")
+    } else {
+        text
+    }
 }
 
 /// Start time of a process (clock ticks since boot, field 22 of /proc/PID/stat): a pid reused by
