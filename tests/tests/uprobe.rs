@@ -18,7 +18,7 @@ const SLEEP_MS: u64 = 20;
 /// A running `function-target`, stopped at its start line until `go`.
 struct Target {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<std::process::ChildStdout>,
     pid: u32,
 }
@@ -44,15 +44,16 @@ impl Target {
             .unwrap_or_else(|| panic!("expected `pid N`, got {line:?}"));
         Self {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
             pid,
         }
     }
 
     fn go(&mut self) {
-        writeln!(self.stdin, "go").unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// Waits for every call and returns the durations it measured itself, in seconds.
@@ -67,6 +68,12 @@ impl Target {
             out.push(ns / 1e9);
         }
         panic!("function-target ended before `done`");
+    }
+
+    /// Closes stdin: the process exits.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        self.stdin.take();
+        self.child.wait().unwrap()
     }
 
     fn instance(&self) -> String {
@@ -269,9 +276,23 @@ fn pid_filter_times_only_that_process() {
     other.go();
     assert_eq!(chosen.durations().len(), CALLS);
     assert_eq!(other.durations().len(), CALLS);
+    // Exited before the first scrape: the name comes from what the kernel recorded.
+    assert!(chosen.finish().success());
     let scrape = daemon.scrape();
+    let instance = chosen.instance();
     assert_eq!(count_of(&scrape, &chosen), Some(CALLS as f64));
     assert_eq!(count_of(&scrape, &other), None);
+    assert_eq!(
+        scrape.value(
+            &format!("{DURATION}_count"),
+            &[
+                ("service_instance_id", &instance),
+                ("service_name", "function-target")
+            ]
+        ),
+        Some(CALLS as f64),
+        "an exited process keeps its name"
+    );
 }
 
 /// Every entry failing leaves the family failed (with each reason) while the others run.

@@ -15,7 +15,7 @@ use aya_ebpf::{
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use periscope_common::{
@@ -41,6 +41,11 @@ static UPROBE_LATENCY: PerCpuHashMap<u64, Hist> =
 /// Per entry: the thread name its calls must come from (all zero: any). Sized to the entries.
 #[map]
 static UPROBE_FILTER: Array<UprobeFilter> = Array::with_max_entries(1, 0);
+
+/// Name (comm) of each process with a series, written when its first series is created: user
+/// space names a process that exited before it could read /proc with it. Sized like the series.
+#[map]
+static UPROBE_COMM: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries(4096, 0);
 
 /// The all-zero value new series start from.
 #[map]
@@ -107,7 +112,14 @@ pub fn uprobe_return(ctx: RetProbeContext) -> u32 {
     };
     let _ = UPROBE_START.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
-    let series_id = series_key(entry, (pid_tgid >> 32) as u32);
+    let tgid = (pid_tgid >> 32) as u32;
+    let series_id = series_key(entry, tgid);
+    // Only the first call of a (function, process) pays for this.
+    if UPROBE_LATENCY.get_ptr_mut(&series_id).is_none()
+        && let Ok(comm) = bpf_get_current_comm()
+    {
+        let _ = UPROBE_COMM.insert(&tgid, &comm, BPF_ANY as u64);
+    }
     if let Some(hist) = series(
         &UPROBE_LATENCY,
         &series_id,

@@ -25,7 +25,7 @@ use aya::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use periscope_common::{
     Hist,
-    uprobe::{UprobeFilter, split_series_key},
+    uprobe::{COMM_LEN, UprobeFilter, split_series_key},
 };
 
 use super::{
@@ -62,6 +62,7 @@ pub fn plan(config: &UprobeConfig, kernel: &KernelSupport) -> Plan {
         max_entries: vec![
             ("UPROBE_START", config.max_in_flight),
             ("UPROBE_LATENCY", config.max_series),
+            ("UPROBE_COMM", config.max_series),
             ("UPROBE_FILTER", config.functions.len().max(1) as u32),
         ],
     };
@@ -188,6 +189,8 @@ struct Tracked {
 pub struct Uprobe {
     latency: PerCpuHashMap<MapData, u64, Hist>,
     start: aya::maps::HashMap<MapData, u64, u64>,
+    /// Process names the kernel recorded (LRU), for processes gone before /proc was read.
+    comms: aya::maps::HashMap<MapData, u32, [u8; COMM_LEN]>,
     pub entries: Vec<EntryStatus>,
     processes: Mutex<HashMap<u32, Tracked>>,
     host: String,
@@ -236,9 +239,14 @@ pub fn start(
         ));
         return (None, status, entries);
     }
-    let maps = take_histogram_map(ebpf, "UPROBE_LATENCY")
-        .and_then(|latency| Ok((latency, take_hash_map(ebpf, "UPROBE_START")?)));
-    let (latency, start) = match maps {
+    let maps = take_histogram_map(ebpf, "UPROBE_LATENCY").and_then(|latency| {
+        Ok((
+            latency,
+            take_hash_map(ebpf, "UPROBE_START")?,
+            take_hash_map(ebpf, "UPROBE_COMM")?,
+        ))
+    });
+    let (latency, start, comms) = match maps {
         Ok(maps) => maps,
         Err(e) => {
             status.error = Some(e.to_string());
@@ -253,6 +261,7 @@ pub fn start(
     let uprobe = Uprobe {
         latency,
         start,
+        comms,
         entries: entries.clone(),
         processes: Mutex::new(HashMap::new()),
         host,
@@ -417,6 +426,9 @@ impl Uprobe {
         for key in keys {
             let _ = self.latency.remove(&key);
         }
+        for tgid in expired {
+            let _ = self.comms.remove(&tgid);
+        }
         swept
     }
 
@@ -458,8 +470,15 @@ impl Uprobe {
     /// The resource of `tgid`, read from /proc the first time it is seen.
     fn track(&self, processes: &mut HashMap<u32, Tracked>, tgid: u32) -> Arc<ProcessResource> {
         let tracked = processes.entry(tgid).or_insert_with(|| {
-            // Gone before it was first seen: the executable name is unknown, not the target's.
-            let info = ProcessInfo::read(tgid, "unknown", &self.host, None);
+            // Gone before it was first seen: the name the kernel recorded stands in for it.
+            let comm = self
+                .comms
+                .get(&tgid, 0)
+                .map(|c| {
+                    String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
+                })
+                .unwrap_or_else(|_| "unknown".into());
+            let info = ProcessInfo::read(tgid, &comm, &self.host, None);
             let start_time = process_start_time(tgid);
             Tracked {
                 resource: info.resource,
