@@ -115,10 +115,10 @@ pub fn uprobe_return(ctx: RetProbeContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let series_id = series_key(entry, tgid);
     // Only the first call of a (function, process) pays for this.
-    if UPROBE_LATENCY.get_ptr_mut(&series_id).is_none()
+    if UPROBE_LATENCY.get_ptr_mut(series_id).is_none()
         && let Ok(comm) = bpf_get_current_comm()
     {
-        let _ = UPROBE_COMM.insert(&tgid, &comm, BPF_ANY as u64);
+        let _ = UPROBE_COMM.insert(tgid, comm, BPF_ANY as u64);
     }
     if let Some(hist) = series(
         &UPROBE_LATENCY,
