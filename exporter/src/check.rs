@@ -6,7 +6,7 @@ use caps::{CapSet, Capability};
 
 use crate::{
     config::Config,
-    probes::{Mechanism, Probes},
+    probes::{Probes, uprobe::EntryStatus as UprobeEntry},
     tracefs::Tracefs,
 };
 
@@ -15,11 +15,11 @@ pub const CAPABILITIES: &[(Capability, &str)] = &[
     (Capability::CAP_BPF, "load eBPF programs and create maps"),
     (
         Capability::CAP_PERFMON,
-        "attach tracepoints, uprobes and read kernel memory in programs",
+        "attach tracepoints and uprobes; read kernel memory in programs",
     ),
     (
         Capability::CAP_SYS_ADMIN,
-        "mount tracefs when it is missing (not needed once mounted)",
+        "uprobe: attach (the kernel's uprobe PMU requires it); mount tracefs when missing",
     ),
     (
         Capability::CAP_DAC_READ_SEARCH,
@@ -33,6 +33,30 @@ pub const CAPABILITIES: &[(Capability, &str)] = &[
 
 fn line(status: &str, what: &str, detail: &str) {
     println!("  {status:<5} {what:<28} {detail}");
+}
+
+/// One line per `probes.uprobe.functions` entry: where it attached, or why it could not.
+fn print_functions(entries: &[UprobeEntry]) {
+    if entries.is_empty() {
+        return;
+    }
+    println!("\nFunctions (probes.uprobe.functions)");
+    for entry in entries {
+        let what = format!("[{}] {}", entry.index, entry.symbol);
+        match &entry.outcome {
+            Ok(r) => line(
+                "ok",
+                &what,
+                &format!(
+                    "{}: address {:#x}, file offset {:#x}",
+                    r.file.display(),
+                    r.address,
+                    r.offset
+                ),
+            ),
+            Err(why) => line("FAIL", &what, &format!("{}: {why}", entry.path)),
+        }
+    }
 }
 
 /// Prints the report; returns whether anything useful can run.
@@ -88,6 +112,15 @@ pub fn run(config: &Config) -> bool {
     };
     for status in &probes.statuses {
         let (mark, detail) = match (&status.error, status.mechanism) {
+            _ if status.family == "uprobe"
+                && config.probes.uprobe.enabled
+                && config.probes.uprobe.functions.is_empty() =>
+            {
+                (
+                    "off",
+                    "no functions configured (probes.uprobe.functions)".to_string(),
+                )
+            }
             _ if !status.enabled => ("off", "disabled in config".to_string()),
             (None, Some(m)) => (
                 "ok",
@@ -98,12 +131,13 @@ pub fn run(config: &Config) -> bool {
         };
         line(mark, status.family, &detail);
     }
+    print_functions(&probes.uprobe_entries);
 
-    println!("\nAttach mechanisms on this kernel (best first)");
-    for mechanism in Mechanism::PREFERENCE {
-        match probes.kernel.allows(mechanism) {
+    println!("\nAttach mechanisms on this kernel (kernel paths best first, then uprobe)");
+    for (mechanism, allowed) in &probes.kernel.mechanisms {
+        match allowed {
             Ok(()) => line("ok", mechanism.name(), "available"),
-            Err(why) => line("no", mechanism.name(), &why),
+            Err(why) => line("no", mechanism.name(), why),
         }
     }
     let useful = probes.statuses.iter().any(|s| s.attached());

@@ -132,6 +132,7 @@ pub struct ProbesConfig {
     pub sched: SchedConfig,
     pub http: HttpConfig,
     pub tcp: TcpConfig,
+    pub uprobe: UprobeConfig,
 }
 
 /// How a probe family attaches; `auto` picks the best the kernel allows.
@@ -284,6 +285,50 @@ pub struct Selector {
     pub container_id: Option<String>,
 }
 
+/// User-function latency from uprobes: `process.function.duration` per configured function.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UprobeConfig {
+    pub enabled: bool,
+    /// The functions to time; none: the family attaches nothing.
+    pub functions: Vec<FunctionConfig>,
+    /// (thread, function) calls in flight at once, machine-wide.
+    pub max_in_flight: u32,
+    /// (function, process) series in the kernel; beyond it new series are not recorded (counted).
+    pub max_series: u32,
+}
+
+impl Default for UprobeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            functions: Vec::new(),
+            max_in_flight: 16_384,
+            max_series: 4096,
+        }
+    }
+}
+
+/// One function to time.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionConfig {
+    /// The executable or shared library (absolute path, or a library file name such as
+    /// `libc.so.6` looked up in the standard library directories).
+    pub path: String,
+    /// The symbol name as in the binary's symbol table (mangled for C++/Rust unless
+    /// `#[no_mangle]`/`extern "C"`).
+    pub symbol: String,
+    /// Only calls in this process.
+    pub pid: Option<u32>,
+    /// Only calls from threads with this name (comm, at most 15 bytes), like bpftrace's `comm`.
+    pub process: Option<String>,
+}
+
+/// Most functions one config may time: the entry index travels in the uprobe's cookie and in the
+/// high half of kernel keys, and each one costs two perf events.
+pub const MAX_FUNCTIONS: usize = 256;
+
 /// Durations are written the human way: `10s`, `500ms`, `1m 30s`. The error is raised while the
 /// scalar itself is read, so serde_yaml reports the key path and the value's line and column.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -378,6 +423,7 @@ impl Config {
                 "probes.tcp: max_connections, max_peers and max_series must be at least 1".into(),
             ));
         }
+        validate_uprobe(&self.probes.uprobe).map_err(invalid)?;
         if self.probes.sched.max_cgroups == 0 {
             return Err(invalid(
                 "probes.sched.max_cgroups: must be at least 1".into(),
@@ -500,6 +546,35 @@ impl Config {
     }
 }
 
+fn validate_uprobe(uprobe: &UprobeConfig) -> Result<(), String> {
+    if uprobe.functions.len() > MAX_FUNCTIONS {
+        return Err(format!(
+            "probes.uprobe.functions: {} entries, at most {MAX_FUNCTIONS}",
+            uprobe.functions.len()
+        ));
+    }
+    if uprobe.max_in_flight == 0 || uprobe.max_series == 0 {
+        return Err("probes.uprobe: max_in_flight and max_series must be at least 1".into());
+    }
+    for (i, f) in uprobe.functions.iter().enumerate() {
+        let at = format!("probes.uprobe.functions[{i}]");
+        if f.path.is_empty() || f.symbol.is_empty() {
+            return Err(format!("{at}: path and symbol are required"));
+        }
+        if f.pid == Some(0) {
+            return Err(format!("{at}.pid: must be a process id (not 0)"));
+        }
+        if let Some(name) = &f.process
+            && (name.is_empty() || name.len() > 15)
+        {
+            return Err(format!(
+                "{at}.process: {name:?} must be 1 to 15 bytes (the kernel's comm length)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds, as the OTel specification writes timeouts and intervals in the environment.
 fn parse_millis(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
     match value.trim().parse::<u64>() {
@@ -587,6 +662,41 @@ mod tests {
         assert!(config.probes.sched.by_cgroup);
         assert_eq!(config.probes.sched.max_cgroups, 64);
         assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
+        let uprobe = &config.probes.uprobe;
+        assert_eq!((uprobe.max_in_flight, uprobe.max_series), (8192, 2048));
+        assert_eq!(
+            uprobe.functions[0],
+            FunctionConfig {
+                path: "/usr/local/bin/myapp".into(),
+                symbol: "process_order".into(),
+                pid: None,
+                process: Some("myapp".into()),
+            }
+        );
+        assert_eq!(uprobe.functions[1].pid, Some(4242));
+    }
+
+    #[test]
+    fn uprobe_entries_are_checked() {
+        let err = parse(
+            "probes:\n  uprobe:\n    functions:\n      - path: /bin/app\n        symbol: f\n        tid: 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.uprobe.functions[0]: unknown field `tid`, expected one of `path`, `symbol`, `pid`, `process` at line 6 column 9"
+        );
+        let err =
+            parse("probes:\n  uprobe:\n    functions:\n      - path: /bin/app\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.uprobe.functions[0]: path and symbol are required"
+        );
+        let err = parse(
+            "probes:\n  uprobe:\n    functions:\n      - {path: /bin/a, symbol: f, process: a-very-long-name-x}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("must be 1 to 15 bytes"), "{err}");
     }
 
     #[test]

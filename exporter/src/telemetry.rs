@@ -104,6 +104,11 @@ impl Telemetry {
             points: Points::Gauge(attached),
             resource: None,
         });
+        if !probes.uprobe_entries.is_empty() {
+            out.push(crate::probes::uprobe::Uprobe::entry_gauge(
+                &probes.uprobe_entries,
+            ));
+        }
         let errors = probes
             .counters()
             .into_iter()

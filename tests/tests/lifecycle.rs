@@ -94,12 +94,17 @@ fn program_ids(pid: u32) -> Vec<u32> {
 
 #[test]
 fn sigterm_flushes_and_detaches_every_program() {
-    let daemon = Daemon::start("", &[]);
+    // Every family on, the uprobe family with one function (uprobe_entry + uprobe_return).
+    let config = format!(
+        "probes:\n  uprobe:\n    functions:\n      - path: {}\n        symbol: process_order\n",
+        env!("CARGO_BIN_EXE_function-target")
+    );
+    let daemon = Daemon::start(&config, &[]);
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        26,
-        "block (2), sched (3), http (17) and tcp (4) programs loaded: {ids:?}"
+        34,
+        "block (2), sched (3), http (17 + 6 for HTTPS), tcp (4) and uprobe (2) programs loaded: {ids:?}"
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");
@@ -156,9 +161,14 @@ fn a_probe_that_cannot_attach_degrades_alone() {
 #[test]
 fn check_fails_when_nothing_can_attach() {
     let config = "probes:\n  block:\n    mechanism: kprobe\n  sched:\n    mechanism: fentry\n  \
-                  http:\n    mechanism: kprobe\n";
+                  http:\n    mechanism: kprobe\n  tcp:\n    mechanism: fentry\n";
     let (out, _) = periscope(&["check"], Some(config));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("no probe family can attach"));
 }
 

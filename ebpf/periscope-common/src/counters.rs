@@ -20,8 +20,12 @@ pub const TCP_EVENTS_LOST: u32 = 7;
 /// A new (process, port, peer) retransmit/reset series could not be created: the map is full
 /// (the event is counted in the overflow series instead).
 pub const TCP_PEERS_FULL: u32 = 8;
+/// A new (function, process) series could not be created: the uprobe histogram map is full.
+pub const UPROBE_HIST_FULL: u32 = 9;
+/// The map of user-function calls in flight was full.
+pub const UPROBE_START_FULL: u32 = 10;
 /// Number of counters.
-pub const COUNT: u32 = 9;
+pub const COUNT: u32 = 11;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -34,4 +38,6 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("http", "pending_map_full"),
     ("tcp", "events_lost"),
     ("tcp", "peer_map_full"),
+    ("uprobe", "histogram_map_full"),
+    ("uprobe", "start_map_full"),
 ];

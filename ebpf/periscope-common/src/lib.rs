@@ -12,6 +12,7 @@ pub mod hist;
 pub mod http;
 pub mod sched;
 pub mod tcp;
+pub mod uprobe;
 
 /// One histogram series as the kernel keeps it: the count of each bucket slot (see
 /// [`hist::slot_of`]) and the sum of the recorded values. Maps hold it per CPU, so recording is
@@ -51,4 +52,5 @@ mod pod {
     unsafe impl aya::Pod for super::tcp::TcpSock {}
     unsafe impl aya::Pod for super::tcp::TcpEvent {}
     unsafe impl aya::Pod for super::tcp::TcpPeerKey {}
+    unsafe impl aya::Pod for super::uprobe::UprobeFilter {}
 }

@@ -8,6 +8,7 @@ mod http;
 mod sched;
 mod shared;
 mod tcp;
+mod uprobe;
 
 // Only for the BPF target: host builds (clippy over the workspace) get std's handler.
 #[cfg(target_arch = "bpf")]

@@ -10,6 +10,7 @@ pub mod http;
 pub mod https;
 pub mod sched;
 pub mod tcp;
+pub mod uprobe;
 
 use std::fmt;
 
@@ -35,6 +36,8 @@ pub enum Mechanism {
     BtfTracepoint,
     RawTracepoint,
     Tracepoint,
+    /// User-space probes (the `uprobe` family's only mechanism; not a kernel-path choice).
+    Uprobe,
 }
 
 impl Mechanism {
@@ -54,6 +57,7 @@ impl Mechanism {
             Self::BtfTracepoint => "btf_tracepoint",
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoint => "tracepoint",
+            Self::Uprobe => "uprobe",
         }
     }
 
@@ -103,6 +107,14 @@ impl KernelSupport {
             Some(_) => Ok(()),
             None => Err("tracefs is not mounted".into()),
         };
+        // aya attaches uprobes through the uprobe PMU (perf_event_open), else through tracefs.
+        let uprobe = if std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists()
+            || tracefs.is_some()
+        {
+            Ok(())
+        } else {
+            Err("kernel without CONFIG_UPROBE_EVENTS (no uprobe PMU) and no tracefs".into())
+        };
         Self {
             mechanisms: vec![
                 (Mechanism::Fentry, tracing.clone()),
@@ -110,6 +122,7 @@ impl KernelSupport {
                 (Mechanism::BtfTracepoint, tracing),
                 (Mechanism::RawTracepoint, raw),
                 (Mechanism::Tracepoint, tracepoint),
+                (Mechanism::Uprobe, uprobe),
             ],
         }
     }
@@ -395,8 +408,11 @@ pub struct Probes {
     pub tls: Option<https::Tls>,
     /// TCP connection events and counters (drained by the daemon's TCP loop too).
     pub tcp: Option<std::sync::Arc<tcp::Tcp>>,
+    uprobe: Option<uprobe::Uprobe>,
+    /// Per configured function: resolved and attached, or why not (empty when the family is off).
+    pub uprobe_entries: Vec<uprobe::EntryStatus>,
     /// Stale start-time entries removed by `sweep`, per family.
-    swept: [(&'static str, u64); 3],
+    swept: [(&'static str, u64); 4],
 }
 
 impl Probes {
@@ -408,6 +424,7 @@ impl Probes {
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
         let tcp_plan = tcp::plan(&config.probes.tcp, &kernel, tracefs);
+        let uprobe_plan = uprobe::plan(&config.probes.uprobe, &kernel);
 
         let mut loader = EbpfLoader::new();
         for settings in [
@@ -415,6 +432,7 @@ impl Probes {
             &sched_plan.settings,
             &http_plan.settings,
             &tcp_plan.settings,
+            &uprobe_plan.settings,
         ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
@@ -454,7 +472,15 @@ impl Probes {
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
         let http_pending = http.as_ref().map(|h| h.pending.clone());
         let (tcp, tcp_status) = tcp::start(&mut ebpf, tcp_plan, &config.probes.tcp);
-        for status in [&block_status, &sched_status, &http_status, &tcp_status] {
+        let (uprobe, uprobe_status, uprobe_entries) =
+            uprobe::start(&mut ebpf, uprobe_plan, &config.probes.uprobe);
+        for status in [
+            &block_status,
+            &sched_status,
+            &http_status,
+            &tcp_status,
+            &uprobe_status,
+        ] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
                     tracing::info!(probe = status.family, %mechanism, "probe attached")
@@ -470,7 +496,13 @@ impl Probes {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             ebpf,
-            statuses: vec![block_status, sched_status, http_status, tcp_status],
+            statuses: vec![
+                block_status,
+                sched_status,
+                http_status,
+                tcp_status,
+                uprobe_status,
+            ],
             kernel,
             block,
             sched,
@@ -480,7 +512,9 @@ impl Probes {
             http_pending,
             tls,
             tcp: tcp.map(std::sync::Arc::new),
-            swept: [("block", 0), ("sched", 0), ("http", 0)],
+            uprobe,
+            uprobe_entries,
+            swept: [("block", 0), ("sched", 0), ("http", 0), ("uprobe", 0)],
         })
     }
 
@@ -497,6 +531,9 @@ impl Probes {
         }
         if let Some(tcp) = &self.tcp {
             tcp.collect(out);
+        }
+        if let Some(uprobe) = &self.uprobe {
+            uprobe.collect(out);
         }
     }
 
@@ -521,6 +558,9 @@ impl Probes {
         }
         if let Some(tcp) = &self.tcp {
             tcp.expire();
+        }
+        if let Some(uprobe) = &mut self.uprobe {
+            self.swept[3].1 += uprobe.sweep();
         }
     }
 
