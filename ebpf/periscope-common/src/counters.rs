@@ -15,8 +15,14 @@ pub const SCHED_START_FULL: u32 = 4;
 pub const HTTP_EVENTS_LOST: u32 = 5;
 /// The map of syscalls in flight on tracked connections was full.
 pub const HTTP_PENDING_FULL: u32 = 6;
+/// A (process, syscall, bucket) or sum entry could not be created: the latency map is full.
+pub const SYSCALL_LATENCY_FULL: u32 = 7;
+/// A (process, syscall, errno) entry could not be created: the error map is full.
+pub const SYSCALL_ERRORS_FULL: u32 = 8;
+/// The map of threads inside a syscall was full.
+pub const SYSCALL_START_FULL: u32 = 9;
 /// Number of counters.
-pub const COUNT: u32 = 7;
+pub const COUNT: u32 = 10;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -27,4 +33,7 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("sched", "start_map_full"),
     ("http", "events_lost"),
     ("http", "pending_map_full"),
+    ("syscall", "latency_map_full"),
+    ("syscall", "error_map_full"),
+    ("syscall", "start_map_full"),
 ];

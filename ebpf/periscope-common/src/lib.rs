@@ -11,6 +11,7 @@ pub mod counters;
 pub mod hist;
 pub mod http;
 pub mod sched;
+pub mod syscall;
 
 /// One histogram series as the kernel keeps it: the count of each bucket slot (see
 /// [`hist::slot_of`]) and the sum of the recorded values. Maps hold it per CPU, so recording is
@@ -46,4 +47,5 @@ mod pod {
     unsafe impl aya::Pod for super::block::BlockRequest {}
     unsafe impl aya::Pod for super::block::BlockStart {}
     unsafe impl aya::Pod for super::http::HttpPending {}
+    unsafe impl aya::Pod for super::syscall::SyscallKey {}
 }

@@ -7,6 +7,7 @@ mod block;
 mod http;
 mod sched;
 mod shared;
+mod syscall;
 
 // Only for the BPF target: host builds (clippy over the workspace) get std's handler.
 #[cfg(target_arch = "bpf")]

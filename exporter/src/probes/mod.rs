@@ -8,6 +8,7 @@
 pub mod block;
 pub mod http;
 pub mod sched;
+pub mod syscall;
 
 use std::fmt;
 
@@ -382,6 +383,7 @@ pub struct Probes {
     pub kernel: KernelSupport,
     block: Option<block::Block>,
     sched: Option<sched::Sched>,
+    syscall: Option<syscall::Syscall>,
     /// The HTTP capture's maps, until the daemon takes them for its capture loop.
     pub http: Option<http::Http>,
     /// What the HTTP capture aggregated (shared with the capture loop).
@@ -390,7 +392,7 @@ pub struct Probes {
     /// Syscalls in flight of the HTTP capture (swept like the other start-time maps).
     http_pending: Option<HttpPendingMap>,
     /// Stale start-time entries removed by `sweep`, per family.
-    swept: [(&'static str, u64); 3],
+    swept: [(&'static str, u64); 4],
 }
 
 impl Probes {
@@ -401,12 +403,14 @@ impl Probes {
         let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
+        let syscall_plan = syscall::plan(&config.probes.syscall, &kernel, tracefs);
 
         let mut loader = EbpfLoader::new();
         for settings in [
             &block_plan.settings,
             &sched_plan.settings,
             &http_plan.settings,
+            &syscall_plan.settings,
         ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
@@ -426,9 +430,11 @@ impl Probes {
         let (sched, sched_status) =
             sched::start(&mut ebpf, sched_plan, config.probes.sched.by_cgroup);
         let (http, http_status) = http::start(&mut ebpf, http_plan);
+        let (syscall, syscall_status) =
+            syscall::start(&mut ebpf, syscall_plan, &config.probes.syscall);
         let http_state = http.as_ref().map(|_| http::state(&config.probes.http));
         let http_pending = http.as_ref().map(|h| h.pending.clone());
-        for status in [&block_status, &sched_status, &http_status] {
+        for status in [&block_status, &sched_status, &http_status, &syscall_status] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
                     tracing::info!(probe = status.family, %mechanism, "probe attached")
@@ -444,20 +450,22 @@ impl Probes {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             ebpf,
-            statuses: vec![block_status, sched_status, http_status],
+            statuses: vec![block_status, sched_status, http_status, syscall_status],
             kernel,
             block,
             sched,
+            syscall,
             http,
             http_state,
             counters,
             http_pending,
-            swept: [("block", 0), ("sched", 0), ("http", 0)],
+            swept: [("block", 0), ("sched", 0), ("http", 0), ("syscall", 0)],
         })
     }
 
-    /// Reads every attached family's maps into metrics.
-    pub fn collect(&self, out: &mut Vec<Metric>) {
+    /// Reads every attached family's maps into metrics (the syscall family also folds the
+    /// counts of exited processes into user space, hence `&mut`).
+    pub fn collect(&mut self, out: &mut Vec<Metric>) {
         if let Some(block) = &self.block {
             block.collect(out);
         }
@@ -466,6 +474,16 @@ impl Probes {
         }
         if let Some(state) = &self.http_state {
             state.lock().unwrap_or_else(|e| e.into_inner()).collect(out);
+        }
+        if let Some(syscall) = &mut self.syscall {
+            syscall.collect(out);
+        }
+    }
+
+    /// Picks up processes started since the last call (syscall selection and resources).
+    pub fn rescan(&mut self) {
+        if let Some(syscall) = &mut self.syscall {
+            syscall.rescan();
         }
     }
 
@@ -480,6 +498,9 @@ impl Probes {
         if let Some(pending) = &self.http_pending {
             let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
             self.swept[2].1 += sweep_stale(&mut map, |p| p.start_ns);
+        }
+        if let Some(syscall) = &mut self.syscall {
+            self.swept[3].1 += syscall.sweep();
         }
     }
 
