@@ -98,8 +98,8 @@ fn sigterm_flushes_and_detaches_every_program() {
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        22,
-        "block (2), sched (3) and http (17) programs loaded: {ids:?}"
+        24,
+        "block (2), sched (3), http (17) and syscall (2) programs loaded: {ids:?}"
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");
@@ -156,7 +156,7 @@ fn a_probe_that_cannot_attach_degrades_alone() {
 #[test]
 fn check_fails_when_nothing_can_attach() {
     let config = "probes:\n  block:\n    mechanism: kprobe\n  sched:\n    mechanism: fentry\n  \
-                  http:\n    mechanism: kprobe\n";
+                  http:\n    mechanism: kprobe\n  syscall:\n    mechanism: fentry\n";
     let (out, _) = periscope(&["check"], Some(config));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no probe family can attach"));
