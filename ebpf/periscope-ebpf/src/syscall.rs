@@ -62,7 +62,7 @@ fn measured(tgid: u32) -> bool {
     if tgid == global(&SYSCALL_SELF_TGID) {
         return false;
     }
-    global(&SYSCALL_SELECTIVE) == 0 || unsafe { SYSCALL_SELECTED.get(&tgid) }.is_some()
+    global(&SYSCALL_SELECTIVE) == 0 || unsafe { SYSCALL_SELECTED.get(tgid) }.is_some()
 }
 
 #[tracepoint]
@@ -73,7 +73,7 @@ pub fn syscall_enter(_ctx: TracePointContext) -> u32 {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if SYSCALL_START
-        .insert(&(id as u32), &now, BPF_ANY as u64)
+        .insert(id as u32, now, BPF_ANY as u64)
         .is_err()
     {
         count(counters::SYSCALL_START_FULL);
@@ -91,10 +91,10 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { SYSCALL_START.get(&tid) }).copied() else {
+    let Some(start) = (unsafe { SYSCALL_START.get(tid) }).copied() else {
         return Ok(());
     };
-    let _ = SYSCALL_START.remove(&tid);
+    let _ = SYSCALL_START.remove(tid);
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: offsets come from this kernel's format file for raw_syscalls:sys_exit.
     let (nr, ret) = unsafe {
@@ -135,7 +135,7 @@ fn add(map: &PerCpuHashMap<SyscallKey, u64>, key: &SyscallKey, value: u64, full_
         return;
     }
     // A new entry holds `value` on this CPU and zero on the others.
-    if map.insert(key, &value, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(key, value, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     // EEXIST: an interrupting program created it first.
