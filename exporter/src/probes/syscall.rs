@@ -119,6 +119,9 @@ pub struct Syscall {
     select: Vec<Selector>,
     host: String,
     known: HashMap<u32, Known>,
+    /// Resources of processes gone from /proc whose counts may still be in the kernel maps (until
+    /// the next collect folds them); bounded by dropping them after [`EXITED_SERIES_TTL`].
+    departed: HashMap<u32, (Arc<ProcessResource>, Instant)>,
     exited: Vec<Exited>,
     /// Selected processes that did not fit in the allow-map (logged once each).
     not_fitting: HashSet<u32>,
@@ -144,6 +147,7 @@ pub fn start(
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
             known: HashMap::new(),
+            departed: HashMap::new(),
             exited: Vec::new(),
             not_fitting: HashSet::new(),
         })
@@ -197,13 +201,19 @@ impl Syscall {
             .filter(|pid| !live.contains(pid))
             .copied()
             .collect();
+        let now = Instant::now();
         for pid in gone {
-            // Keep the resource until collect folds the process's counts.
             if let Some(map) = &mut self.selected {
                 let _ = map.remove(&pid);
             }
             self.not_fitting.remove(&pid);
+            // Keep the resource until collect folds the process's counts.
+            if let Some(known) = self.known.remove(&pid) {
+                self.departed.insert(pid, (known.resource, now));
+            }
         }
+        self.departed
+            .retain(|_, (_, at)| now.duration_since(*at) <= EXITED_SERIES_TTL);
         for pid in live {
             if pid == std::process::id() || self.known.contains_key(&pid) {
                 continue;
@@ -291,7 +301,10 @@ impl Syscall {
                 live.push((resource, series));
                 continue;
             }
-            let resource = self.resource_of(tgid);
+            let resource = match self.departed.remove(&tgid) {
+                Some((resource, _)) => resource,
+                None => self.resource_of(tgid),
+            };
             self.delete_kernel_entries(tgid, &series);
             self.known.remove(&tgid);
             self.exited.push(Exited {
@@ -301,7 +314,7 @@ impl Syscall {
             });
         }
         // Processes that exited with nothing left in the kernel are forgotten too.
-        self.known.retain(|pid, _| process_alive(*pid));
+        self.departed.clear();
         live
     }
 
