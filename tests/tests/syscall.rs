@@ -191,6 +191,21 @@ fn selected_process_counts_are_exact_and_agree_with_syscount() {
         relative * 100.0
     );
 
+    assert_eq!(
+        scrape.value(
+            "periscope_probe_attached",
+            &[("probe", "syscall"), ("mechanism", "tracepoint")]
+        ),
+        Some(1.0)
+    );
+    for kind in ["latency_map_full", "error_map_full", "start_map_full"] {
+        let n = scrape.value(
+            "periscope_probe_errors_total",
+            &[("probe", "syscall"), ("kind", kind)],
+        );
+        assert_eq!(n, Some(0.0), "{kind}");
+    }
+
     // Only the selected process is measured.
     let others: Vec<&String> = scrape
         .samples
@@ -247,4 +262,24 @@ fn without_selection_every_process_but_periscope_is_measured() {
             .is_none(),
         "Periscope measured itself"
     );
+}
+
+/// A latency map too small for the workload's series: what does not fit is counted.
+#[test]
+fn a_full_latency_map_is_counted() {
+    let _machine = exclusive();
+    let daemon = Daemon::start(
+        &config(
+            "    max_latency_entries: 16\n    select:\n      - process_name: syscall-workload\n",
+        ),
+        &[],
+    );
+    let workload = Workload::spawn();
+    let _ = workload.wait_until_measured(&daemon);
+    workload.run_to_exit();
+    let full = daemon.scrape().value(
+        "periscope_probe_errors_total",
+        &[("probe", "syscall"), ("kind", "latency_map_full")],
+    );
+    assert!(full.is_some_and(|n| n > 0.0), "latency_map_full: {full:?}");
 }
