@@ -27,7 +27,7 @@ pub const CAPABILITIES: &[(Capability, &str)] = &[
     ),
     (
         Capability::CAP_SYS_PTRACE,
-        "HTTP: read /proc/PID/exe and OTEL_SERVICE_NAME from /proc/PID/environ of other users",
+        "HTTP, syscall: read /proc/PID/exe and OTEL_SERVICE_NAME from /proc/PID/environ of other users",
     ),
 ];
 

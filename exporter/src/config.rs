@@ -133,6 +133,7 @@ pub struct ProbesConfig {
     pub http: HttpConfig,
     pub tcp: TcpConfig,
     pub uprobe: UprobeConfig,
+    pub syscall: SyscallConfig,
 }
 
 /// How a probe family attaches; `auto` picks the best the kernel allows.
@@ -264,6 +265,45 @@ impl Default for TcpConfig {
             max_peers: 4096,
             max_series: 10_000,
             ring_buffer_size: 1 << 20,
+        }
+    }
+}
+
+/// Syscall latency and errors per process and syscall (`syscount -L` as metrics). Off by
+/// default: on, it runs two programs on every syscall of the processes it measures.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyscallConfig {
+    pub enabled: bool,
+    pub mechanism: MechanismChoice,
+    /// Which processes to measure (the HTTP selectors, without `port`); empty: every process.
+    pub select: Vec<Selector>,
+    /// How often /proc is rescanned for processes started since (they are measured from the
+    /// first rescan that sees them).
+    #[serde(deserialize_with = "duration")]
+    pub rescan_interval: Duration,
+    /// Selected processes measured at once (the kernel's allow-map size).
+    pub max_processes: u32,
+    /// Kernel entries for (process, syscall, latency bucket) counts and per-series sums; a
+    /// series takes one entry per non-empty bucket plus one.
+    pub max_latency_entries: u32,
+    /// Kernel entries for (process, syscall, errno) error counts.
+    pub max_error_entries: u32,
+    /// Threads inside a syscall at once (blocked ones included).
+    pub max_threads: u32,
+}
+
+impl Default for SyscallConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mechanism: MechanismChoice::Auto,
+            select: Vec::new(),
+            rescan_interval: Duration::from_secs(1),
+            max_processes: 4096,
+            max_latency_entries: 65_536,
+            max_error_entries: 8192,
+            max_threads: 32_768,
         }
     }
 }
@@ -402,14 +442,32 @@ impl Config {
         if let Err(e) = crate::http::span::Sampling::parse(&http.sampler, http.sampler_arg) {
             return Err(invalid(format!("probes.http.sampler: {e}")));
         }
-        for (i, s) in http.select.iter().enumerate() {
-            if let Some(glob) = &s.executable
-                && let Err(e) = glob::Pattern::new(glob)
-            {
-                return Err(invalid(format!(
-                    "probes.http.select[{i}].executable: invalid glob {glob:?}: {e}"
-                )));
-            }
+        validate_selectors("probes.http", &http.select).map_err(invalid)?;
+        let syscall = &self.probes.syscall;
+        validate_selectors("probes.syscall", &syscall.select).map_err(invalid)?;
+        if let Some(i) = syscall.select.iter().position(|s| s.port.is_some()) {
+            return Err(invalid(format!(
+                "probes.syscall.select[{i}].port: syscalls are selected by process, not port"
+            )));
+        }
+        if syscall.rescan_interval.is_zero() {
+            return Err(invalid(
+                "probes.syscall.rescan_interval: must be greater than zero".into(),
+            ));
+        }
+        if [
+            syscall.max_processes,
+            syscall.max_latency_entries,
+            syscall.max_error_entries,
+            syscall.max_threads,
+        ]
+        .contains(&0)
+        {
+            return Err(invalid(
+                "probes.syscall: max_processes, max_latency_entries, max_error_entries and \
+                 max_threads must be at least 1"
+                    .into(),
+            ));
         }
         let tcp = &self.probes.tcp;
         if !tcp.ring_buffer_size.is_power_of_two() || tcp.ring_buffer_size < 4096 {
@@ -575,6 +633,20 @@ fn validate_uprobe(uprobe: &UprobeConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Executable globs must compile.
+fn validate_selectors(section: &str, selectors: &[Selector]) -> Result<(), String> {
+    for (i, s) in selectors.iter().enumerate() {
+        if let Some(glob) = &s.executable
+            && let Err(e) = glob::Pattern::new(glob)
+        {
+            return Err(format!(
+                "{section}.select[{i}].executable: invalid glob {glob:?}: {e}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds, as the OTel specification writes timeouts and intervals in the environment.
 fn parse_millis(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
     match value.trim().parse::<u64>() {
@@ -662,6 +734,10 @@ mod tests {
         assert!(config.probes.sched.by_cgroup);
         assert_eq!(config.probes.sched.max_cgroups, 64);
         assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
+        let syscall = &config.probes.syscall;
+        assert_eq!(syscall.select[0].process_name.as_deref(), Some("postgres"));
+        assert_eq!(syscall.rescan_interval, Duration::from_secs(5));
+        assert_eq!(syscall.max_latency_entries, 32_768);
         let uprobe = &config.probes.uprobe;
         assert_eq!((uprobe.max_in_flight, uprobe.max_series), (8192, 2048));
         assert_eq!(
@@ -674,6 +750,17 @@ mod tests {
             }
         );
         assert_eq!(uprobe.functions[1].pid, Some(4242));
+    }
+
+    #[test]
+    fn syscall_selectors_take_no_port() {
+        let err = parse("probes:\n  syscall:\n    select:\n      - port: 80\n").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.syscall.select[0].port: syscalls are selected by process, not port"
+        );
+        let err = parse("probes:\n  syscall:\n    max_threads: 0\n").unwrap_err();
+        assert!(err.contains("max_threads must be at least 1"), "{err}");
     }
 
     #[test]

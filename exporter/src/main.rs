@@ -178,6 +178,13 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
         telemetry.clone(),
         stopped.clone(),
     )));
+    if config.probes.syscall.enabled {
+        tasks.push(tokio::spawn(rescan_processes(
+            telemetry.clone(),
+            config.probes.syscall.rescan_interval,
+            stopped.clone(),
+        )));
+    }
 
     wait_for_stop(duration).await;
     tracing::info!("stopping: final export, then detaching probes");
@@ -220,6 +227,24 @@ async fn sweep_stale_entries(telemetry: Arc<Telemetry>, mut stopped: watch::Rece
             _ = ticker.tick() => {
                 let t = telemetry.clone();
                 let _ = tokio::task::spawn_blocking(move || t.sweep()).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Rescans /proc so that processes started after Periscope are selected and named.
+async fn rescan_processes(
+    telemetry: Arc<Telemetry>,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let t = telemetry.clone();
+                let _ = tokio::task::spawn_blocking(move || t.rescan()).await;
             }
             _ = stopped.changed() => return,
         }

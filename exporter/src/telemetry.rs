@@ -74,9 +74,17 @@ impl Telemetry {
             .sweep();
     }
 
+    /// Picks up processes started since the last rescan (see `probes::syscall`).
+    pub fn rescan(&self) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rescan();
+    }
+
     /// Everything, cumulative since start.
     pub fn snapshot(&self) -> Vec<Metric> {
-        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         probes.collect(&mut out);
         self.self_telemetry(&probes, &mut out);

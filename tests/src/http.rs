@@ -296,4 +296,4 @@ pub const SERVER: &str = "http_server_request_duration_seconds";
 pub const CLIENT: &str = "http_client_request_duration_seconds";
 
 /// HTTP-only daemon config (the kernel families off, so that nothing else competes).
-pub const HTTP_ONLY: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n";
+pub const HTTP_ONLY: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";

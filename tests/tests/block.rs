@@ -10,7 +10,7 @@ use periscope_e2e::{
 
 const DURATION: &str = "kernel_block_io_duration_seconds";
 const SIZE: &str = "kernel_block_io_size_bytes";
-const ONLY_BLOCK: &str = "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n";
+const ONLY_BLOCK: &str = "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
 
 #[test]
 fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {

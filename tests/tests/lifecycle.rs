@@ -104,7 +104,7 @@ fn sigterm_flushes_and_detaches_every_program() {
     assert_eq!(
         ids.len(),
         34,
-        "block (2), sched (3), http (17 + 6 for HTTPS), tcp (4) and uprobe (2) programs loaded: {ids:?}"
+        "block (2), sched (3), http (17 + 6 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
     );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");
@@ -161,7 +161,7 @@ fn a_probe_that_cannot_attach_degrades_alone() {
 #[test]
 fn check_fails_when_nothing_can_attach() {
     let config = "probes:\n  block:\n    mechanism: kprobe\n  sched:\n    mechanism: fentry\n  \
-                  http:\n    mechanism: kprobe\n  tcp:\n    mechanism: fentry\n";
+                  http:\n    mechanism: kprobe\n  tcp:\n    mechanism: fentry\n  syscall:\n    mechanism: fentry\n";
     let (out, _) = periscope(&["check"], Some(config));
     assert_eq!(
         out.status.code(),

@@ -98,7 +98,7 @@ fn round_trip(protocol: &str, aggregation: &str) {
     let disk = LoopDevice::create(64);
     let mm = disk.major_minor();
     let config = format!(
-        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\notlp:\n  interval: 1s\n  histogram_aggregation: {aggregation}\n"
+        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\notlp:\n  interval: 1s\n  histogram_aggregation: {aggregation}\n"
     );
     let daemon = Daemon::start(
         &config,
@@ -184,7 +184,7 @@ fn refused_exports_are_retried_and_lose_no_counts() {
     let mm = disk.major_minor();
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
     let daemon = Daemon::start(
-        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\notlp:\n  interval: 2s\n",
+        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\notlp:\n  interval: 2s\n",
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
     disk.direct_writes(4096, 120);
@@ -214,7 +214,7 @@ fn collector_down_keeps_prometheus_serving() {
     let closed = periscope_e2e::free_port();
     let endpoint = format!("http://127.0.0.1:{closed}");
     let daemon = Daemon::start(
-        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\notlp:\n  interval: 1s\n  timeout: 500ms\n",
+        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\notlp:\n  interval: 1s\n  timeout: 500ms\n",
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
     wait_for("a failed export", Duration::from_secs(20), || {

@@ -17,7 +17,7 @@ use periscope_e2e::{
 
 const RUNQ: &str = "kernel_sched_runqueue_latency_seconds";
 
-const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n  http:\n    enabled: false\n";
+const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
 
 /// `threads` threads spinning for `how_long`.
 fn busy(threads: usize, how_long: Duration) {
@@ -119,7 +119,7 @@ fn runqueue_latency_split_by_cgroup() {
     let dir = std::path::Path::new(root).join(&name);
     std::fs::create_dir(&dir).expect("create test cgroup");
     let daemon = Daemon::start(
-        "probes:\n  block:\n    enabled: false\n  http:\n    enabled: false\n  sched:\n    by_cgroup: true\n    max_cgroups: 64\n",
+        "probes:\n  block:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  sched:\n    by_cgroup: true\n    max_cgroups: 64\n",
         &[],
     );
     let cpus = std::thread::available_parallelism()

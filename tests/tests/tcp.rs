@@ -14,7 +14,7 @@ use periscope_e2e::{
 };
 use serde_json::Value;
 
-const ONLY_TCP: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  http:\n    enabled: false\n";
+const ONLY_TCP: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n";
 
 const OPENED: &str = "kernel_tcp_connections_total";
 const DURATION: &str = "kernel_tcp_connection_duration_seconds";

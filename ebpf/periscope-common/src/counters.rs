@@ -24,8 +24,14 @@ pub const TCP_PEERS_FULL: u32 = 8;
 pub const UPROBE_HIST_FULL: u32 = 9;
 /// The map of user-function calls in flight was full.
 pub const UPROBE_START_FULL: u32 = 10;
+/// A (process, syscall, bucket) or sum entry could not be created: the latency map is full.
+pub const SYSCALL_LATENCY_FULL: u32 = 11;
+/// A (process, syscall, errno) entry could not be created: the error map is full.
+pub const SYSCALL_ERRORS_FULL: u32 = 12;
+/// The map of threads inside a syscall was full.
+pub const SYSCALL_START_FULL: u32 = 13;
 /// Number of counters.
-pub const COUNT: u32 = 11;
+pub const COUNT: u32 = 14;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -40,4 +46,7 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("tcp", "peer_map_full"),
     ("uprobe", "histogram_map_full"),
     ("uprobe", "start_map_full"),
+    ("syscall", "latency_map_full"),
+    ("syscall", "error_map_full"),
+    ("syscall", "start_map_full"),
 ];

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod hist;
 pub mod http;
 pub mod sched;
+pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
 
@@ -53,4 +54,5 @@ mod pod {
     unsafe impl aya::Pod for super::tcp::TcpEvent {}
     unsafe impl aya::Pod for super::tcp::TcpPeerKey {}
     unsafe impl aya::Pod for super::uprobe::UprobeFilter {}
+    unsafe impl aya::Pod for super::syscall::SyscallKey {}
 }

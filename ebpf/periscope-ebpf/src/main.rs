@@ -7,6 +7,7 @@ mod block;
 mod http;
 mod sched;
 mod shared;
+mod syscall;
 mod tcp;
 mod uprobe;
 

@@ -9,6 +9,7 @@ pub mod block;
 pub mod http;
 pub mod https;
 pub mod sched;
+pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
 
@@ -397,6 +398,7 @@ pub struct Probes {
     pub kernel: KernelSupport,
     block: Option<block::Block>,
     sched: Option<sched::Sched>,
+    syscall: Option<syscall::Syscall>,
     /// The HTTP capture's maps, until the daemon takes them for its capture loop.
     pub http: Option<http::Http>,
     /// What the HTTP capture aggregated (shared with the capture loop).
@@ -412,7 +414,7 @@ pub struct Probes {
     /// Per configured function: resolved and attached, or why not (empty when the family is off).
     pub uprobe_entries: Vec<uprobe::EntryStatus>,
     /// Stale start-time entries removed by `sweep`, per family.
-    swept: [(&'static str, u64); 4],
+    swept: [(&'static str, u64); 5],
 }
 
 impl Probes {
@@ -425,6 +427,7 @@ impl Probes {
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
         let tcp_plan = tcp::plan(&config.probes.tcp, &kernel, tracefs);
         let uprobe_plan = uprobe::plan(&config.probes.uprobe, &kernel);
+        let syscall_plan = syscall::plan(&config.probes.syscall, &kernel, tracefs);
 
         let mut loader = EbpfLoader::new();
         for settings in [
@@ -433,6 +436,7 @@ impl Probes {
             &http_plan.settings,
             &tcp_plan.settings,
             &uprobe_plan.settings,
+            &syscall_plan.settings,
         ] {
             for (name, value) in &settings.globals {
                 loader.override_global(name, value, true);
@@ -474,12 +478,15 @@ impl Probes {
         let (tcp, tcp_status) = tcp::start(&mut ebpf, tcp_plan, &config.probes.tcp);
         let (uprobe, uprobe_status, uprobe_entries) =
             uprobe::start(&mut ebpf, uprobe_plan, &config.probes.uprobe);
+        let (syscall, syscall_status) =
+            syscall::start(&mut ebpf, syscall_plan, &config.probes.syscall);
         for status in [
             &block_status,
             &sched_status,
             &http_status,
             &tcp_status,
             &uprobe_status,
+            &syscall_status,
         ] {
             match (&status.error, status.mechanism) {
                 (None, Some(mechanism)) => {
@@ -502,10 +509,12 @@ impl Probes {
                 http_status,
                 tcp_status,
                 uprobe_status,
+                syscall_status,
             ],
             kernel,
             block,
             sched,
+            syscall,
             http,
             http_state,
             counters,
@@ -514,12 +523,19 @@ impl Probes {
             tcp: tcp.map(std::sync::Arc::new),
             uprobe,
             uprobe_entries,
-            swept: [("block", 0), ("sched", 0), ("http", 0), ("uprobe", 0)],
+            swept: [
+                ("block", 0),
+                ("sched", 0),
+                ("http", 0),
+                ("uprobe", 0),
+                ("syscall", 0),
+            ],
         })
     }
 
-    /// Reads every attached family's maps into metrics.
-    pub fn collect(&self, out: &mut Vec<Metric>) {
+    /// Reads every attached family's maps into metrics (the syscall family also folds the
+    /// counts of exited processes into user space, hence `&mut`).
+    pub fn collect(&mut self, out: &mut Vec<Metric>) {
         if let Some(block) = &self.block {
             block.collect(out);
         }
@@ -534,6 +550,16 @@ impl Probes {
         }
         if let Some(uprobe) = &self.uprobe {
             uprobe.collect(out);
+        }
+        if let Some(syscall) = &mut self.syscall {
+            syscall.collect(out);
+        }
+    }
+
+    /// Picks up processes started since the last call (syscall selection and resources).
+    pub fn rescan(&mut self) {
+        if let Some(syscall) = &mut self.syscall {
+            syscall.rescan();
         }
     }
 
@@ -561,6 +587,9 @@ impl Probes {
         }
         if let Some(uprobe) = &mut self.uprobe {
             self.swept[3].1 += uprobe.sweep();
+        }
+        if let Some(syscall) = &mut self.syscall {
+            self.swept[4].1 += syscall.sweep();
         }
     }
 
