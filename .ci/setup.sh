@@ -9,7 +9,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev   # bpf-linker against rustc's LLVM
   libbpf-tools bpftrace bpftool                         # reference tools (biolatency, runqlat)
-  fio stress-ng util-linux iproute2 nftables curl       # workloads and plumbing for tests
+  fio stress-ng util-linux iproute2 nftables curl openssl  # workloads and plumbing for tests
   libcap2-bin                                           # capsh: least-privilege tests
   prometheus                                            # real Prometheus + promtool
   nginx wrk                                             # HTTP tests: a real server, a load generator
