@@ -87,6 +87,8 @@ class Tracer:
             # Keep reading its output so a per-event tool never blocks on a full pipe.
             import threading
             threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+            # bpftrace says "Attaching" before its programs are loaded: let them appear.
+            time.sleep(1.0)
         self.ids = set(prog_stats()) - before
         return self
 
