@@ -134,6 +134,18 @@ impl Telemetry {
             points: Points::Counter(errors),
             resource: None,
         });
+        let misses = probes
+            .recursion_misses()
+            .into_iter()
+            .map(|(p, n)| (vec![("program", p)], n as f64))
+            .collect();
+        out.push(Metric {
+            name: "periscope.bpf.program.recursion_misses",
+            description: "Runs of each eBPF program the kernel skipped because another BPF program was running on that CPU (those events are lost).",
+            unit: "1",
+            points: Points::Counter(misses),
+            resource: None,
+        });
         if bpf_stats_enabled() {
             let stats = probes.program_stats();
             let run_time = stats

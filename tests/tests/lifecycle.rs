@@ -106,6 +106,14 @@ fn sigterm_flushes_and_detaches_every_program() {
         34,
         "block (2), sched (3), http (17 + 6 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
     );
+    // The kernel's count of skipped runs is exported for every loaded program.
+    let misses = daemon
+        .scrape()
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_bpf_program_recursion_misses_total")
+        .count();
+    assert_eq!(misses, ids.len(), "one recursion_misses series per program");
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit 0 on SIGTERM: {log}");
     assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");

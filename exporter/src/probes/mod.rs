@@ -13,7 +13,7 @@ pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
 
-use std::fmt;
+use std::{fmt, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -626,4 +626,47 @@ impl Probes {
             })
             .collect()
     }
+
+    /// Per loaded program, the runs the kernel skipped because another BPF program was already
+    /// running on that CPU (`recursion_misses`; always counted, unlike run time). Such events
+    /// are lost to every tracer, not only to Periscope.
+    pub fn recursion_misses(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?;
+                Some((name.to_string(), recursion_misses(fd.as_fd())?))
+            })
+            .collect()
+    }
+}
+
+/// `recursion_misses` of a program, from `BPF_OBJ_GET_INFO_BY_FD` (aya does not expose it).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain integers; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points at a valid info buffer of info_len bytes, alive during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
 }
