@@ -103,8 +103,8 @@ fn sigterm_flushes_and_detaches_every_program() {
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        34,
-        "block (2), sched (3), http (17 + 6 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
+        35,
+        "block (2), sched (3), http (17 + 7 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
     );
     // The kernel's count of skipped runs is exported for every loaded program.
     let misses = daemon

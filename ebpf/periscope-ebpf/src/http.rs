@@ -230,18 +230,27 @@ fn exit_io(ctx: &TracePointContext) {
         want = pending.buf_len;
     }
     let captured = copy_leading(event, pending.buf, want);
-    // A TLS record (handshake or data) read before user space knows the connection is TLS.
+    let mut role = pending.role;
+    // A TLS handshake record (22, version 3.x): from now on this connection's bytes are
+    // encrypted; stop capturing them (the OpenSSL probes send the plaintext). Flagged here, on
+    // this very connection, rather than by user space later, when the fd may name another.
+    if captured >= 2 && event.data[0] == 22 && event.data[1] == 3 {
+        role |= ROLE_TLS;
+    }
+    // The socket a runtime feeding OpenSSL from memory is about to decrypt (see HTTP_TLS_LAST_READ).
     if pending.kind == KIND_READ && captured > 0 && matches!(event.data[0], 22 | 23) {
         let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
     }
     copy_tail(event, &pending, transferred, captured);
     let sent = submit(event, captured);
     // Remember a loss on the connection until one of its records gets through.
-    let key = conn_key(tgid, pending.fd);
-    if !sent {
-        let _ = HTTP_CONNS.insert(key, pending.role | ROLE_LOST, BPF_EXIST as u64);
-    } else if pending.role & ROLE_LOST != 0 {
-        let _ = HTTP_CONNS.insert(key, pending.role & !ROLE_LOST, BPF_EXIST as u64);
+    let role = if sent {
+        role & !ROLE_LOST
+    } else {
+        role | ROLE_LOST
+    };
+    if role != pending.role {
+        let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
     }
 }
 
@@ -626,6 +635,16 @@ fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
 #[uprobe]
 pub fn http_ssl_handshake(ctx: ProbeContext) -> u32 {
     ssl_enter(&ctx, KIND_HANDSHAKE, false)
+}
+
+/// `SSL_free(ssl)`: the `SSL *` is gone, and its address may be reused by the next connection's
+/// (a remembered fd would then name the wrong socket).
+#[uprobe]
+pub fn http_ssl_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let _ = HTTP_TLS_FDS.remove(ssl);
+    }
+    0
 }
 
 #[uprobe]

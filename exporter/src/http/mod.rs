@@ -165,9 +165,6 @@ pub struct Tracker {
     clock_offset: i128,
     /// Kernel connection entries to delete (connections that are not HTTP or not selected).
     pub forget: Vec<u64>,
-    /// Kernel connection entries to flag [`ROLE_TLS`] (with their role): their syscalls carry
-    /// TLS records, and their plaintext comes from the OpenSSL probes.
-    pub mark_tls: Vec<(u64, u8)>,
     outcomes: Vec<Outcome>,
 }
 
@@ -197,7 +194,6 @@ impl Tracker {
             state,
             clock_offset: realtime_offset_ns(),
             forget: Vec::new(),
-            mark_tls: Vec::new(),
             outcomes: Vec::new(),
         })
     }
@@ -363,6 +359,13 @@ impl Tracker {
         let key = self.resolve((h.tgid, h.fd));
         if self.ignored.contains(&key) {
             return;
+        }
+        let socket = (h.tgid, h.fd & !TLS_FD);
+        if h.fd & TLS_FD != 0 && !self.conns.contains_key(&key) && self.conns.contains_key(&socket)
+        {
+            // Plaintext of a connection whose handshake record was not seen (lost, or the
+            // connection was opened before Periscope started).
+            self.switch_to_tls(socket);
         }
         if !self.conns.contains_key(&key) {
             // Opened before Periscope started, forgotten, or the plaintext of a TLS connection
@@ -570,19 +573,12 @@ impl Tracker {
 
     /// A connection whose bytes are TLS records: its plaintext will come from the OpenSSL
     /// probes under `fd | TLS_FD`, with the same role and port; its encrypted bytes are
-    /// skipped, and the kernel stops capturing them.
+    /// skipped (the kernel stopped capturing them when it saw the handshake record).
     fn switch_to_tls(&mut self, key: (u32, u32)) {
         let Some(tracked) = self.conns.remove(&key) else {
             return;
         };
         let role = tracked.conn.role();
-        self.mark_tls.push((
-            conn_key(key.0, key.1),
-            match role {
-                Role::Server => ROLE_SERVER,
-                Role::Client => ROLE_CLIENT,
-            },
-        ));
         self.ignored.insert(key);
         self.conns.insert(
             (key.0, key.1 | TLS_FD),

@@ -221,21 +221,16 @@ fn drain(
 ) {
     while let Some(record) = events.next() {
         tracker.handle(&record);
-        if !tracker.forget.is_empty() || !tracker.mark_tls.is_empty() {
+        if !tracker.forget.is_empty() {
             forget(conns, tracker);
         }
     }
 }
 
-/// Stops kernel capture on connections the tracker gave up on (not HTTP, not selected), and
-/// of the encrypted bytes of TLS connections (whose plaintext the OpenSSL probes send).
+/// Stops kernel capture on connections the tracker gave up on (not HTTP, not selected).
 fn forget(conns: &mut aya::maps::HashMap<MapData, u64, u8>, tracker: &mut Tracker) {
     for key in tracker.forget.drain(..) {
         let _ = conns.remove(&key);
-    }
-    for (key, role) in tracker.mark_tls.drain(..) {
-        // Only if the connection is still there (BPF_EXIST): it may be closed already.
-        let _ = conns.insert(key, role | periscope_common::http::ROLE_TLS, 2);
     }
 }
 

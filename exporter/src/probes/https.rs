@@ -1,5 +1,5 @@
 //! HTTPS through OpenSSL: uprobes on `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` and
-//! `SSL_do_handshake` (and a uretprobe on each) in every file that exports them, so processes using OpenSSL (its
+//! `SSL_do_handshake` (and a uretprobe on each), and `SSL_free` in every file that exports them, so processes using OpenSSL (its
 //! shared `libssl`, or a copy linked into the executable, as in Node.js) get the same HTTP
 //! capture as plaintext (`ebpf/periscope-ebpf/src/http.rs` sends their plaintext as records).
 //!
@@ -27,8 +27,9 @@ use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 
 use super::ProbeError;
 
-/// (symbol, entry program); every one also gets [`RETURN_PROGRAM`].
-pub const SYMBOLS: [(&str, &str); 5] = [
+/// (symbol, entry program); all but `SSL_free` also get [`RETURN_PROGRAM`].
+pub const SYMBOLS: [(&str, &str); 6] = [
+    ("SSL_free", "http_ssl_free"),
     ("SSL_do_handshake", "http_ssl_handshake"),
     ("SSL_read", "http_ssl_read"),
     ("SSL_read_ex", "http_ssl_read_ex"),
@@ -130,7 +131,12 @@ fn attach(ebpf: &mut Ebpf, path: &Path, offsets: &[(&str, u64)]) -> Result<(), P
             .find(|s| s.0 == *symbol)
             .map(|s| s.1)
             .expect("offsets only hold SYMBOLS");
-        for program in [entry, RETURN_PROGRAM] {
+        let programs: &[&'static str] = if *symbol == "SSL_free" {
+            &[entry]
+        } else {
+            &[entry, RETURN_PROGRAM]
+        };
+        for &program in programs {
             uprobe(ebpf, program)?
                 .attach(
                     UProbeAttachLocation::AbsoluteOffset(*offset),
@@ -294,7 +300,7 @@ mod tests {
             })
             .expect("a host libssl.so.*");
         let offsets = ssl_offsets(&path).expect("libssl exports SSL_read and SSL_write");
-        assert_eq!(offsets.len(), 5, "{offsets:?}");
+        assert_eq!(offsets.len(), 6, "{offsets:?}");
         assert!(offsets.iter().all(|(_, off)| *off > 0));
         assert!(ssl_offsets(Path::new("/bin/sh")).is_none());
     }
