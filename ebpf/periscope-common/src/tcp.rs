@@ -41,15 +41,17 @@ pub const FIN_RECEIVED: u8 = 1;
 pub const FIN_ACKED: u8 = 2;
 
 /// Which FIN a state change `old -> new` proves (see `tcp_rcv_state_process`): entering
-/// CLOSE_WAIT or CLOSING, or FIN_WAIT2 ending, means the peer's FIN arrived; FIN_WAIT1 to
-/// FIN_WAIT2, and CLOSING or LAST_ACK ending, mean ours was acknowledged.
+/// CLOSE_WAIT or CLOSING means the peer's FIN arrived; FIN_WAIT1 to FIN_WAIT2 means ours was
+/// acknowledged. The state a socket leaves for CLOSE tells the same on its own (LAST_ACK,
+/// FIN_WAIT2 and CLOSING: both FINs, ours acknowledged; CLOSE_WAIT: theirs), so the counts stay
+/// right even when an earlier state change was missed (the kernel skips a tracepoint program
+/// that fires while another BPF program runs on the CPU).
 #[inline(always)]
 pub const fn fins_of(old: i32, new: i32) -> u8 {
     match (old, new) {
-        (_, TCP_CLOSE_WAIT) | (_, TCP_CLOSING) | (TCP_FIN_WAIT2, TCP_CLOSE) => FIN_RECEIVED,
-        (TCP_FIN_WAIT1, TCP_FIN_WAIT2) | (TCP_CLOSING, TCP_CLOSE) | (TCP_LAST_ACK, TCP_CLOSE) => {
-            FIN_ACKED
-        }
+        (TCP_LAST_ACK | TCP_FIN_WAIT2 | TCP_CLOSING, TCP_CLOSE) => FIN_RECEIVED | FIN_ACKED,
+        (TCP_CLOSE_WAIT, TCP_CLOSE) | (_, TCP_CLOSE_WAIT) | (_, TCP_CLOSING) => FIN_RECEIVED,
+        (TCP_FIN_WAIT1, TCP_FIN_WAIT2) => FIN_ACKED,
         _ => 0,
     }
 }
@@ -152,6 +154,9 @@ mod tests {
         assert_eq!(passive, FIN_RECEIVED | FIN_ACKED);
         // A reset: straight to CLOSE, no FIN either way.
         assert_eq!(fins_of(1, TCP_CLOSE), 0);
+        // The last state change alone tells both, when the earlier ones were missed.
+        assert_eq!(fins_of(TCP_LAST_ACK, TCP_CLOSE), FIN_RECEIVED | FIN_ACKED);
+        assert_eq!(fins_of(TCP_FIN_WAIT2, TCP_CLOSE), FIN_RECEIVED | FIN_ACKED);
         // 5 bytes sent by a client (SYN + 5 + FIN acked), 5000 received (+ FIN).
         assert_eq!(payload_bytes(7, 5001, true, passive), (5, 5000));
         assert_eq!(payload_bytes(5001, 6, false, active), (5000, 5));
