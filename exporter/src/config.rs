@@ -2,7 +2,11 @@
 //! column) overlaid with the standard OpenTelemetry environment variables and `PERISCOPE_*`
 //! overrides. Environment beats file. The default file is embedded in the binary.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer};
 
@@ -110,6 +114,12 @@ pub struct OtlpConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub histogram_aggregation: HistogramAggregation,
+    /// PEM file of the CA(s) that sign the collector's certificate, for `https://` endpoints
+    /// (added to the system's roots).
+    pub certificate: Option<PathBuf>,
+    /// PEM client certificate and key, for collectors that require mutual TLS.
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for OtlpConfig {
@@ -121,6 +131,9 @@ impl Default for OtlpConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             histogram_aggregation: HistogramAggregation::ExplicitBucketHistogram,
+            certificate: None,
+            client_certificate: None,
+            client_key: None,
         }
     }
 }
@@ -573,6 +586,36 @@ impl Config {
         ] {
             if let Some(v) = get(name) {
                 self.otlp.timeout = parse_millis(name, &v)?;
+            }
+        }
+        let files: [(&[&'static str; 2], &mut Option<PathBuf>); 3] = [
+            (
+                &[
+                    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+                ],
+                &mut self.otlp.certificate,
+            ),
+            (
+                &[
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                ],
+                &mut self.otlp.client_certificate,
+            ),
+            (
+                &[
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+                ],
+                &mut self.otlp.client_key,
+            ),
+        ];
+        for (names, slot) in files {
+            for name in names {
+                if let Some(v) = get(name) {
+                    *slot = Some(PathBuf::from(v.trim()));
+                }
             }
         }
         if let Some(v) = get("OTEL_METRIC_EXPORT_INTERVAL") {

@@ -229,6 +229,64 @@ pub struct OtlpClient {
     pub endpoint: String,
 }
 
+/// A PEM file of the TLS settings, read at start so a wrong path fails loudly.
+fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("OTLP TLS {what} {}: {e}", path.display()))
+}
+
+/// The client's certificate and key (mutual TLS), when both are configured.
+fn client_identity(config: &OtlpConfig) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    match (&config.client_certificate, &config.client_key) {
+        (Some(cert), Some(key)) => Ok(Some((
+            read_pem("client certificate", cert)?,
+            read_pem("client key", key)?,
+        ))),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!(
+            "OTLP mutual TLS needs both a client certificate and a client key \
+             (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
+        ),
+    }
+}
+
+/// gRPC over TLS: the system's roots, plus the configured CA, plus a client identity.
+fn grpc_tls(config: &OtlpConfig) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &config.certificate {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read_pem(
+            "CA certificate",
+            ca,
+        )?));
+    }
+    if let Some((cert, key)) = client_identity(config)? {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(tls)
+}
+
+/// HTTP over TLS (for `https://` endpoints): the same roots and identity.
+fn http_tls(
+    mut builder: reqwest::ClientBuilder,
+    config: &OtlpConfig,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    if let Some(ca) = &config.certificate {
+        let pem = read_pem("CA certificate", ca)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("OTLP TLS CA certificate {}: {e}", ca.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((mut cert, key)) = client_identity(config)? {
+        cert.extend_from_slice(&key);
+        builder = builder.identity(
+            reqwest::Identity::from_pem(&cert)
+                .map_err(|e| anyhow::anyhow!("OTLP TLS client identity: {e}"))?,
+        );
+    }
+    Ok(builder)
+}
+
 pub struct OtlpExporter {
     client: OtlpClient,
     config: OtlpConfig,
@@ -243,11 +301,16 @@ impl OtlpClient {
             .ok_or_else(|| anyhow::anyhow!("no OTLP endpoint configured"))?;
         let transport = match config.protocol {
             OtlpProtocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                let mut channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
                     .map_err(|e| anyhow::anyhow!("invalid OTLP gRPC endpoint {endpoint:?}: {e}"))?
                     .timeout(config.timeout)
-                    .connect_timeout(config.timeout)
-                    .connect_lazy();
+                    .connect_timeout(config.timeout);
+                if endpoint.starts_with("https://") {
+                    channel = channel
+                        .tls_config(grpc_tls(config)?)
+                        .map_err(|e| anyhow::anyhow!("OTLP gRPC TLS for {endpoint}: {e}"))?;
+                }
+                let channel = channel.connect_lazy();
                 Transport::Grpc(channel)
             }
             OtlpProtocol::HttpProtobuf => {
@@ -257,8 +320,7 @@ impl OtlpClient {
                     .or_else(|| base.strip_suffix("/v1/traces"))
                     .unwrap_or(base)
                     .to_string();
-                let client = reqwest::Client::builder()
-                    .timeout(config.timeout)
+                let client = http_tls(reqwest::Client::builder().timeout(config.timeout), config)?
                     .build()
                     .map_err(|e| anyhow::anyhow!("building the OTLP HTTP client: {e}"))?;
                 Transport::Http { client, base }
