@@ -56,8 +56,27 @@ mount_tracefs() {
   mount -t tracefs tracefs /sys/kernel/tracing
 }
 
+# Dashboard validation (tests/tests/dashboards.rs runs dashboards/validate.py): the Grafana
+# Foundation SDK's dashboard models, pinned, in a directory of their own (PYTHONPATH), so no
+# system or user site-packages are touched (and Debian's externally-managed Python is fine).
+GRAFANA_SDK_VERSION='1769699379!11.6.0'   # the Grafana 11.6 schema
+DASHBOARDS_PYTHON="$(cd "$(dirname "$0")/.." && pwd)/target/dashboards-python"
+install_grafana_sdk() {
+  if [ "$(PYTHONPATH="$DASHBOARDS_PYTHON" python3 -c 'import importlib.metadata as m; print(m.version("grafana-foundation-sdk"))' 2>/dev/null)" = "$GRAFANA_SDK_VERSION" ]; then
+    say "grafana-foundation-sdk: $GRAFANA_SDK_VERSION"; return
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    say "python3-pip: installing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  say "grafana-foundation-sdk: installing $GRAFANA_SDK_VERSION into $DASHBOARDS_PYTHON"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade --target "$DASHBOARDS_PYTHON" \
+    "grafana-foundation-sdk==$GRAFANA_SDK_VERSION"
+}
+
 install_apt_packages
 install_rust_src
 install_bpf_linker
 mount_tracefs
+install_grafana_sdk
 say "ready"
