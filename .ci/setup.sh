@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libcap2-bin                                           # capsh: least-privilege tests
   prometheus                                            # real Prometheus + promtool
   nginx wrk                                             # HTTP tests: a real server, a load generator
+  strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
 )
 
 install_apt_packages() {
@@ -74,9 +75,23 @@ install_grafana_sdk() {
     "grafana-foundation-sdk==$GRAFANA_SDK_VERSION"
 }
 
+# deploy/validate/validate.py: Kubernetes schemas and Helm's Go SDK (PyPI), pinned, in a venv.
+DEPLOY_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/deploy-venv"
+DEPLOY_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/deploy/validate/requirements.txt"
+install_deploy_python() {
+  if [ -x "$DEPLOY_VENV/bin/python" ] && cmp -s "$DEPLOY_REQUIREMENTS" "$DEPLOY_VENV/requirements.txt"; then
+    say "deploy validator packages: present"; return
+  fi
+  say "deploy validator packages: installing into $DEPLOY_VENV"
+  python3 -m venv "$DEPLOY_VENV"
+  "$DEPLOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$DEPLOY_REQUIREMENTS"
+  cp "$DEPLOY_REQUIREMENTS" "$DEPLOY_VENV/requirements.txt"
+}
+
 install_apt_packages
 install_rust_src
 install_bpf_linker
 mount_tracefs
 install_grafana_sdk
+install_deploy_python
 say "ready"
