@@ -762,7 +762,17 @@ def dockerfile_checks(path: Path) -> None:
 def capabilities() -> None:
     caps = readme_capabilities()
     unit = unit_settings(DEPLOY / "systemd" / "periscope.service")
-    check(sorted(unit["CapabilityBoundingSet"][0].split()) == sorted(caps), "systemd unit caps")
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"]:
+        check(sorted(unit[key][0].split()) == sorted(caps), f"systemd unit {key}: {unit[key]}")
+    plain = [d for f in sorted((DEPLOY / "kubernetes").glob("*.yaml")) for d in load_docs(f)]
+    for origin, docs in [("deploy/kubernetes", plain), ("helm chart", helm_render({}))]:
+        ds = by_kind(docs)["DaemonSet"]
+        for c in ds["spec"]["template"]["spec"]["containers"]:
+            added = c["securityContext"]["capabilities"]["add"]
+            check(sorted(added) == sorted(k8s_caps(caps)), f"{origin}: {added}")
+    stack = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yaml").read_text())
+    added = stack["services"]["periscope"]["cap_add"]
+    check(sorted(added) == sorted(k8s_caps(caps)), f"compose: {added}")
     say(f"README's Privileges table ({', '.join(caps)}) has one row each; the unit, the "
         f"manifests, the chart and compose grant exactly these")
 
