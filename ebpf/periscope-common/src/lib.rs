@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod counters;
+pub mod exec;
 pub mod hist;
 pub mod http;
 pub mod sched;

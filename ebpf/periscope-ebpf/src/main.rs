@@ -4,6 +4,7 @@
 #![no_main]
 
 mod block;
+mod exec;
 mod http;
 mod sched;
 mod shared;

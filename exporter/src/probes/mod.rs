@@ -6,6 +6,7 @@
 //! tracepoint.
 
 pub mod block;
+pub mod exec;
 pub mod http;
 pub mod https;
 pub mod sched;
