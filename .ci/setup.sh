@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libcap2-bin                                           # capsh: least-privilege tests
   prometheus                                            # real Prometheus + promtool
   nginx wrk                                             # HTTP tests: a real server, a load generator
+  tmux                                                  # triage tests: a real terminal (send-keys, capture-pane)
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
 )
 
@@ -75,6 +76,22 @@ install_grafana_sdk() {
     "grafana-foundation-sdk==$GRAFANA_SDK_VERSION"
 }
 
+# tests/tests/triage.rs validates `periscope triage --json` against exporter/triage.schema.json
+# with PyPI jsonschema, pinned with its dependencies, in a directory of its own (PYTHONPATH).
+TRIAGE_PYTHON="$(cd "$(dirname "$0")/.." && pwd)/target/triage-python"
+TRIAGE_PACKAGES=(jsonschema==4.23.0 attrs==24.2.0 jsonschema-specifications==2023.12.1 referencing==0.35.1 rpds-py==0.20.0)
+install_triage_python() {
+  if [ "$(PYTHONPATH="$TRIAGE_PYTHON" python3 -c 'import importlib.metadata as m; print(m.version("jsonschema"))' 2>/dev/null)" = "4.23.0" ]; then
+    say "jsonschema (triage tests): 4.23.0"; return
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    say "python3-pip: installing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  say "jsonschema (triage tests): installing into $TRIAGE_PYTHON"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade --target "$TRIAGE_PYTHON" "${TRIAGE_PACKAGES[@]}"
+}
+
 # deploy/validate/validate.py: Kubernetes schemas and Helm's Go SDK (PyPI), pinned, in a venv.
 DEPLOY_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/deploy-venv"
 DEPLOY_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/deploy/validate/requirements.txt"
@@ -94,4 +111,5 @@ install_bpf_linker
 mount_tracefs
 install_grafana_sdk
 install_deploy_python
+install_triage_python
 say "ready"
