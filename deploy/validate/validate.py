@@ -131,12 +131,13 @@ def check_objects(docs: list[dict], origin: str) -> dict[str, dict]:
         sorted(sc["capabilities"]["add"]) == sorted(want),
         f"{origin}: capabilities {sc['capabilities']['add']} are not README's {want}",
     )
-    # API server rule (not in the schema): allowPrivilegeEscalation false with SYS_ADMIN is
-    # rejected ("cannot set allowPrivilegeEscalation to false and capabilities.Add CAP_SYS_ADMIN").
+    # API server rule (not in the schema): "cannot set `allowPrivilegeEscalation` to false and
+    # `capabilities.Add` CAP_SYS_ADMIN" (it compares the string CAP_SYS_ADMIN).
     check(
-        not (sc.get("allowPrivilegeEscalation") is False and "SYS_ADMIN" in want),
-        f"{origin}: allowPrivilegeEscalation: false with SYS_ADMIN is rejected by the API server",
+        not (sc.get("allowPrivilegeEscalation") is False and "CAP_SYS_ADMIN" in sc["capabilities"]["add"]),
+        f"{origin}: allowPrivilegeEscalation: false with CAP_SYS_ADMIN is rejected by the API server",
     )
+    check(sc.get("allowPrivilegeEscalation") is False, f"{origin}: allowPrivilegeEscalation: false expected")
     check(sc.get("readOnlyRootFilesystem") is True, f"{origin}: root filesystem should be read-only")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
@@ -402,10 +403,12 @@ def kubernetes_live(binary: str) -> None:
             cfg.write_text(config_text)
             log = Path(tmp) / "log"
             args = [a if a != "/etc/periscope/periscope.yaml" else str(cfg) for a in c["args"]]
-            # uid 0 as in the pod (runAsUser: 0), bounding set = the added capabilities, and a
-            # 64 KiB RLIMIT_MEMLOCK: the eBPF maps are memcg-charged, not memlock-charged.
+            # uid 0 as in the pod (runAsUser: 0), bounding set = the added capabilities,
+            # no_new_privs (allowPrivilegeEscalation: false), and a 64 KiB RLIMIT_MEMLOCK: the
+            # eBPF maps are memcg-charged, not memlock-charged.
+            check(c["securityContext"].get("allowPrivilegeEscalation") is False, "no_new_privs")
             cmd = ["prlimit", "--memlock=65536:65536", "setpriv", f"--bounding-set=-all,{caps}",
-                   f"--inh-caps=-all,{caps}", binary, *args]
+                   f"--inh-caps=-all,{caps}", "--no-new-privs", binary, *args]
             with log.open("w") as out:
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
             try:
@@ -432,10 +435,11 @@ def kubernetes_live(binary: str) -> None:
                 cap_eff = int(re.search(r"CapEff:\s+(\w+)", status_text).group(1), 16)
                 check(cap_eff == caps_mask(c["securityContext"]["capabilities"]["add"]),
                       f"{origin}: CapEff {cap_eff:x} is not the container's capabilities")
+                check(re.search(r"NoNewPrivs:\s+1", status_text) is not None, "no_new_privs not set")
             finally:
                 code = stop(proc, pod["terminationGracePeriodSeconds"])
             check(code == 0, f"{origin}: exit {code} after SIGTERM: {log.read_text()[-2000:]}")
-            say(f"{origin}: daemon with the ConfigMap's config and only {caps} was healthy in "
+            say(f"{origin}: daemon with the ConfigMap's config, only {caps} and no_new_privs was healthy in "
                 f"{took:.1f} s with {', '.join(expected_families(config))} attached; exit 0 on SIGTERM")
 
 
