@@ -13,3 +13,4 @@ pub mod probes;
 pub mod tcp;
 pub mod telemetry;
 pub mod tracefs;
+pub mod triage;

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use periscope::{
     check, config::Config, export, http, metrics::Resource, probes, probes::Probes,
-    telemetry::Telemetry, tracefs,
+    telemetry::Telemetry, tracefs, triage,
 };
 
 /// Kernel and HTTP telemetry for every process on this node, as OpenTelemetry metrics, with no
@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, short, env = "PERISCOPE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The 60-second incident triage in the terminal: execs, run-queue, disk, TCP, syscalls
+    /// and HTTP over a window, with a verdict naming the layer that stands out.
+    Triage(triage::Args),
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             init_logging(&c);
             run(c, duration)
         }),
+        Command::Triage(args) => triage::run(args),
         Command::Check { config } => load_config(config.as_deref()).map(|c| {
             if !check::run(&c) {
                 std::process::exit(1);

@@ -1,0 +1,553 @@
+//! Collection for `periscope triage`: the daemon's probe families, started the same way
+//! (`Probes::start` on the embedded default config, syscall family on), plus the exec counter;
+//! periodic cumulative snapshots; and the window, each snapshot minus the first one.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, Selector},
+    histogram::Histogram,
+    http::process::ProcessResource,
+    metrics::{Attributes, Metric, Points, Resource},
+    probes::{
+        ProbeStatus, Probes,
+        exec::{Exec, ExecCounts},
+    },
+    telemetry::Telemetry,
+    tracefs::Tracefs,
+};
+
+/// Which processes the per-process sections (syscalls, TCP, HTTP) look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Scope {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub container: Option<String>,
+}
+
+impl Scope {
+    pub fn is_all(&self) -> bool {
+        self.pid.is_none() && self.comm.is_none() && self.container.is_none()
+    }
+
+    /// In words, for the report header.
+    pub fn describe(&self) -> String {
+        if let Some(pid) = self.pid {
+            return format!("process {pid}");
+        }
+        if let Some(comm) = &self.comm {
+            return format!("processes named {comm}");
+        }
+        if let Some(id) = &self.container {
+            return format!("container {id}");
+        }
+        "all processes but periscope".into()
+    }
+
+    /// Whether a process resource is in scope (always, without a selection).
+    pub fn matches(&self, resource: Option<&ProcessResource>) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let Some(resource) = resource else {
+            return false;
+        };
+        let attr = |name: &str| {
+            resource
+                .attributes
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(pid) = self.pid {
+            return attr("process.pid") == Some(pid.to_string().as_str());
+        }
+        if let Some(comm) = &self.comm {
+            let exe = attr("process.executable.name").unwrap_or_default();
+            // The kernel's comm is at most 15 bytes: a longer executable name starts with it.
+            return exe == comm
+                || resource.service_name == *comm
+                || (comm.len() == 15 && exe.starts_with(comm.as_str()));
+        }
+        if let Some(id) = &self.container {
+            return attr("container.id").is_some_and(|c| c.starts_with(id.as_str()));
+        }
+        true
+    }
+
+    /// The kernel-side selection of the syscall family: a pid is selected through its comm
+    /// (selectors have no pid), and the other processes of that name are filtered out here.
+    fn syscall_selectors(&self) -> Vec<Selector> {
+        let comm = match (self.pid, &self.comm) {
+            (Some(pid), _) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|c| c.trim().to_string()),
+            (None, comm) => comm.clone(),
+        };
+        if let Some(comm) = comm {
+            return vec![Selector {
+                process_name: Some(comm),
+                ..Selector::default()
+            }];
+        }
+        if let Some(id) = &self.container {
+            return vec![Selector {
+                container_id: Some(id.clone()),
+                ..Selector::default()
+            }];
+        }
+        Vec::new()
+    }
+}
+
+/// Something triage cannot show, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unavailable {
+    pub what: String,
+    pub why: String,
+}
+
+/// One series of a snapshot, by (metric, process, attributes).
+type Key = (&'static str, String, Attributes);
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    Histogram(Histogram),
+    Count(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: &'static str,
+    pub resource: Option<Arc<ProcessResource>>,
+    pub attributes: Attributes,
+    pub value: Value,
+}
+
+impl Series {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A cumulative snapshot.
+pub struct Snapshot {
+    pub at: Instant,
+    series: HashMap<Key, Series>,
+    exec: ExecCounts,
+    /// Node-wide TCP segments sent, per network namespace (inode).
+    segments: HashMap<u64, u64>,
+}
+
+/// What happened between the first snapshot and a later one.
+pub struct Window {
+    pub elapsed: Duration,
+    pub series: Vec<Series>,
+    pub exec: Option<ExecCounts>,
+    /// TCP segments sent in the window, over every network namespace that has a process.
+    pub segments_sent: Option<u64>,
+}
+
+pub struct Session {
+    pub telemetry: Arc<Telemetry>,
+    exec: Option<Exec>,
+    pub statuses: Vec<ProbeStatus>,
+    pub unavailable: Vec<Unavailable>,
+    pub scope: Scope,
+    baseline: Snapshot,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn has_cap(cap: caps::Capability) -> bool {
+    caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false)
+}
+
+/// The configuration triage runs the families with: the embedded default, no endpoint, no
+/// export, no uprobes, the syscall family on for the scope.
+pub fn config(scope: &Scope) -> anyhow::Result<Config> {
+    let mut config = Config::load(None)?;
+    config.prometheus.listen = String::new();
+    config.otlp.endpoint = None;
+    config.probes.http.spans = false;
+    config.probes.uprobe.functions.clear();
+    config.probes.syscall.enabled = true;
+    config.probes.syscall.select = scope.syscall_selectors();
+    Ok(config)
+}
+
+impl Session {
+    /// Attaches everything that can attach here and takes the first snapshot.
+    pub fn start(scope: Scope) -> anyhow::Result<Self> {
+        let config = config(&scope)?;
+        let mut unavailable = Vec::new();
+        let tracefs = match Tracefs::locate_or_mount() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                unavailable.push(Unavailable {
+                    what: "every tracepoint family".into(),
+                    why: e.to_string(),
+                });
+                None
+            }
+        };
+        let mut probes = Probes::start(&config, tracefs.as_ref())?;
+        let (exec, _) = probes.start_exec(tracefs.as_ref());
+        let statuses = probes.statuses.clone();
+        for status in statuses.iter().filter(|s| s.enabled && !s.attached()) {
+            unavailable.push(Unavailable {
+                what: section_of(status.family).into(),
+                why: status.error.clone().unwrap_or_default(),
+            });
+        }
+        let http_attached = statuses.iter().any(|s| s.family == "http" && s.attached());
+        if http_attached && probes.tls.as_ref().is_none_or(|t| t.attached.is_empty()) {
+            let why = if has_cap(caps::Capability::CAP_SYS_ADMIN) {
+                "no OpenSSL library (libssl) found to attach to, or its uprobes failed".into()
+            } else {
+                "the OpenSSL uprobes need CAP_SYS_ADMIN (the kernel's uprobe PMU refuses \
+                 without it): HTTPS requests are not counted, plaintext HTTP is"
+                    .to_string()
+            };
+            unavailable.push(Unavailable {
+                what: "HTTPS (HTTP over OpenSSL)".into(),
+                why,
+            });
+        }
+        if !statuses.iter().any(|s| s.attached()) {
+            anyhow::bail!(
+                "no probe family could attach: {}",
+                unavailable
+                    .iter()
+                    .map(|u| format!("{}: {}", u.what, u.why))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        let http_capture = probes.http.take();
+        let http_state = probes.http_state.clone();
+        let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let (Some(capture), Some(state)) = (http_capture, http_state) {
+            let tracker = crate::http::Tracker::new(config.probes.http.clone(), state, None)?;
+            tasks.push(tokio::spawn(crate::probes::http::run(
+                capture,
+                tracker,
+                stopped.clone(),
+            )));
+        }
+        if let Some(tcp) = telemetry.tcp() {
+            tasks.push(tokio::spawn(crate::probes::tcp::run(tcp, stopped.clone())));
+        }
+        {
+            let telemetry = telemetry.clone();
+            let mut stopped = stopped.clone();
+            let every = config.probes.syscall.rescan_interval;
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            let t = telemetry.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                t.rescan();
+                                t.scan_tls();
+                            })
+                            .await;
+                        }
+                        _ = stopped.changed() => return,
+                    }
+                }
+            }));
+        }
+        let baseline = take(&telemetry, exec.as_ref());
+        Ok(Self {
+            telemetry,
+            exec,
+            statuses,
+            unavailable,
+            scope,
+            baseline,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn attached(&self, family: &str) -> bool {
+        self.statuses
+            .iter()
+            .any(|s| s.family == family && s.attached())
+    }
+
+    pub fn started(&self) -> Instant {
+        self.baseline.at
+    }
+
+    /// A snapshot now, minus the first one.
+    pub fn window(&self) -> Window {
+        let now = take(&self.telemetry, self.exec.as_ref());
+        let base = &self.baseline;
+        let series = now
+            .series
+            .into_iter()
+            .filter_map(|(key, mut s)| {
+                let before = base.series.get(&key);
+                s.value = match (s.value, before.map(|b| &b.value)) {
+                    (Value::Histogram(h), Some(Value::Histogram(b))) => {
+                        Value::Histogram(minus(&h, b))
+                    }
+                    (Value::Count(n), Some(Value::Count(b))) => Value::Count((n - b).max(0.0)),
+                    (v, _) => v,
+                };
+                let empty = match &s.value {
+                    Value::Histogram(h) => h.count() == 0,
+                    Value::Count(n) => *n == 0.0,
+                };
+                (!empty).then_some(s)
+            })
+            .collect();
+        let exec = self.exec.as_ref().map(|_| {
+            let mut by_comm = BTreeMap::new();
+            for (comm, n) in &now.exec.by_comm {
+                let d = n.saturating_sub(base.exec.by_comm.get(comm).copied().unwrap_or(0));
+                if d > 0 {
+                    by_comm.insert(comm.clone(), d);
+                }
+            }
+            ExecCounts {
+                total: now.exec.total.saturating_sub(base.exec.total),
+                by_comm,
+            }
+        });
+        let segments_sent = (!now.segments.is_empty()).then(|| {
+            now.segments
+                .iter()
+                .map(|(ns, n)| n.saturating_sub(base.segments.get(ns).copied().unwrap_or(0)))
+                .sum()
+        });
+        Window {
+            elapsed: now.at.duration_since(base.at),
+            series,
+            exec,
+            segments_sent,
+        }
+    }
+
+    /// Stops the background loops and detaches every program.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        drop(self.exec);
+        if let Ok(t) = Arc::try_unwrap(self.telemetry) {
+            drop(t.into_probes());
+        }
+    }
+}
+
+/// The report section a probe family feeds.
+pub fn section_of(family: &str) -> &'static str {
+    match family {
+        "block" => "disk: block IO latency (block family)",
+        "sched" => "CPU: run-queue latency (sched family)",
+        "tcp" => "network: TCP retransmits and resets (tcp family)",
+        "syscall" => "syscalls: top syscalls by latency (syscall family)",
+        "http" => "HTTP RED per service (http family)",
+        "exec" => "new processes (exec counter, sched:sched_process_exec)",
+        "uprobe" => "user functions (uprobe family)",
+        _ => "a probe family",
+    }
+}
+
+fn take(telemetry: &Telemetry, exec: Option<&Exec>) -> Snapshot {
+    // Reading every map takes a moment: the snapshot is dated by its start.
+    let at = Instant::now();
+    let metrics = telemetry.snapshot();
+    let exec = exec.map(Exec::read).unwrap_or_default();
+    let segments = tcp_segments_per_netns();
+    Snapshot {
+        at,
+        series: flatten(metrics),
+        exec,
+        segments,
+    }
+}
+
+/// The metrics triage reads, one entry per series.
+const WANTED: &[&str] = &[
+    "kernel.block.io.duration",
+    "kernel.sched.runqueue.latency",
+    "kernel.tcp.retransmits",
+    "kernel.tcp.resets",
+    "kernel.syscall.duration",
+    "kernel.syscall.errors",
+    "http.server.request.duration",
+    "http.client.request.duration",
+];
+
+fn flatten(metrics: Vec<Metric>) -> HashMap<Key, Series> {
+    let mut out = HashMap::new();
+    for metric in metrics.into_iter().filter(|m| WANTED.contains(&m.name)) {
+        let instance = metric
+            .resource
+            .as_ref()
+            .and_then(|r| {
+                r.attributes
+                    .iter()
+                    .find(|(k, _)| k == "service.instance.id")
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_default();
+        let points: Vec<(Attributes, Value)> = match metric.points {
+            Points::Histogram(_, points) => points
+                .into_iter()
+                .map(|(a, h)| (a, Value::Histogram(h)))
+                .collect(),
+            Points::Counter(points) | Points::Gauge(points) => points
+                .into_iter()
+                .map(|(a, n)| (a, Value::Count(n)))
+                .collect(),
+        };
+        for (attributes, value) in points {
+            out.insert(
+                (metric.name, instance.clone(), attributes.clone()),
+                Series {
+                    name: metric.name,
+                    resource: metric.resource.clone(),
+                    attributes,
+                    value,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// `now - before`, slot by slot.
+pub fn minus(now: &Histogram, before: &Histogram) -> Histogram {
+    let counts = now
+        .counts
+        .iter()
+        .filter_map(|(slot, n)| {
+            let d = n.saturating_sub(before.counts.get(slot).copied().unwrap_or(0));
+            (d > 0).then_some((*slot, d))
+        })
+        .collect();
+    Histogram {
+        counts,
+        sum: now.sum.wrapping_sub(before.sum),
+    }
+}
+
+/// `Tcp: OutSegs` of every network namespace that holds a process (one `/proc/PID/net/snmp`
+/// per namespace), so that the retransmit share covers containers and test namespaces too.
+fn tcp_segments_per_netns() -> HashMap<u64, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if out.contains_key(&ns.ino()) {
+            continue;
+        }
+        if let Some(n) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))
+            .ok()
+            .and_then(|t| snmp_value(&t, "Tcp:", "OutSegs"))
+        {
+            out.insert(ns.ino(), n);
+        }
+    }
+    out
+}
+
+/// A value of `/proc/net/snmp`: a header line and a value line share the `prefix`.
+fn snmp_value(text: &str, prefix: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let i = header.split_whitespace().position(|f| f == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_fields_by_name() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin OutSegs RetransSegs\nTcp: 1 200 12345 7\n";
+        assert_eq!(snmp_value(text, "Tcp:", "OutSegs"), Some(12345));
+        assert_eq!(snmp_value(text, "Tcp:", "RetransSegs"), Some(7));
+        assert_eq!(snmp_value(text, "Udp:", "OutSegs"), None);
+    }
+
+    #[test]
+    fn window_histograms_subtract_slot_by_slot() {
+        let mut a = Histogram::default();
+        a.counts.insert(5, 10);
+        a.counts.insert(9, 3);
+        a.sum = 100;
+        let mut b = Histogram::default();
+        b.counts.insert(5, 4);
+        b.sum = 40;
+        let d = minus(&a, &b);
+        assert_eq!(d.counts, BTreeMap::from([(5, 6), (9, 3)]));
+        assert_eq!(d.sum, 60);
+    }
+
+    #[test]
+    fn scope_matches_resources() {
+        let r = ProcessResource {
+            service_name: "fio".into(),
+            attributes: vec![
+                ("process.pid".into(), "42".into()),
+                ("process.executable.name".into(), "fio".into()),
+                ("container.id".into(), "abcdef".into()),
+            ],
+        };
+        assert!(Scope::default().matches(None));
+        let pid = Scope {
+            pid: Some(42),
+            ..Scope::default()
+        };
+        assert!(pid.matches(Some(&r)));
+        assert!(!pid.matches(None));
+        let other = Scope {
+            pid: Some(43),
+            ..Scope::default()
+        };
+        assert!(!other.matches(Some(&r)));
+        let container = Scope {
+            container: Some("abc".into()),
+            ..Scope::default()
+        };
+        assert!(container.matches(Some(&r)));
+        let comm = Scope {
+            comm: Some("fio".into()),
+            ..Scope::default()
+        };
+        assert!(comm.matches(Some(&r)));
+    }
+}
