@@ -589,7 +589,8 @@ def systemd(binary: str) -> None:
     check(not bad, f"socket families outside RestrictAddressFamilies: {bad}")
     say(f"as uid {uid} with {caps}, no_new_privs, memlock 64 KiB: healthy in {took:.1f} s, "
         f"{requests}/{requests} requests of a root process named from its environ; "
-        f"{len(used)} distinct syscalls, all in SystemCallFilter; sockets {sorted(socket_families)}")
+        f"{len(used)} distinct syscalls, all in SystemCallFilter, no file written; sockets "
+        f"{sorted(socket_families)}")
 
 
 def proc_child(pid: int, binary: str) -> int:
@@ -607,10 +608,19 @@ def proc_child(pid: int, binary: str) -> int:
     raise Failure(f"{binary} not found under pid {pid}")
 
 
+FILE_CHANGES = {"mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat",
+                "renameat2", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod",
+                "fchmodat", "chown", "fchown", "fchownat", "lchown", "truncate", "ftruncate",
+                "creat", "mknod", "mknodat"}
+
+
 def traced_syscalls(trace: Path, binary: str) -> tuple[set[str], set[str]]:
+    """System calls and socket families of `binary` (all its threads), and a check that it
+    changes no file: no file-changing call, no open for writing (ProtectSystem=strict with no
+    ReadWritePaths; readOnlyRootFilesystem)."""
     lines = trace.read_text().splitlines()
     start = next(i for i, l in enumerate(lines) if re.search(rf'execve\("{re.escape(binary)}"', l))
-    calls, families = set(), set()
+    calls, families, writes = set(), set(), set()
     for line in lines[start + 1:]:
         m = re.match(r"^\d+\s+(?:<\.\.\. )?([a-z_0-9]+)[( ]", line)
         if m:
@@ -618,7 +628,14 @@ def traced_syscalls(trace: Path, binary: str) -> tuple[set[str], set[str]]:
         f = re.search(r"\b(?:socket|socketpair)\((AF_[A-Z0-9]+)", line)
         if f:
             families.add(f.group(1))
+        o = re.search(r'\bopen(?:at)?\((?:[^,]+, )?"([^"]*)", ([A-Z_|]+)', line)
+        if o and re.search(r"O_WRONLY|O_RDWR|O_CREAT", o.group(2)) and not re.search(r"= -1 ", line):
+            if o.group(1) != "/dev/null":
+                writes.add(o.group(1))
     check(calls, "strace saw no system calls")
+    changed = sorted(calls & FILE_CHANGES)
+    check(not changed, f"the daemon changed files ({changed}): ProtectSystem=strict needs ReadWritePaths")
+    check(not writes, f"the daemon opened files for writing: {sorted(writes)}")
     return calls, families
 
 
