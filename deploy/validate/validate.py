@@ -583,6 +583,10 @@ def systemd(binary: str) -> None:
     # strace names the uretprobe syscall (335) syscall_0x14f: the kernel's return trampoline
     # makes it in any process with uretprobes; seccomp lets it through (Linux >= 6.12).
     used.discard("syscall_0x14f")
+    # Not vacuous: the trace holds the eBPF calls that @system-service alone would deny.
+    base = syscall_group("@system-service")
+    check({"bpf", "perf_event_open"} <= used and not {"bpf", "perf_event_open"} & base,
+          "the trace lacks bpf/perf_event_open, or @system-service already allows them")
     denied = sorted(used - allowed)
     check(not denied, f"system calls the daemon made that SystemCallFilter denies: {denied}")
     bad = sorted(socket_families - families)
