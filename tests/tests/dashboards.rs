@@ -1,0 +1,726 @@
+//! The dashboards and rules of `dashboards/` against real data: a real Prometheus (the Debian
+//! `prometheus` binary, its own port and data directory, 1 s scrapes, the rule files loaded)
+//! scrapes a running Periscope while HTTP, disk, scheduler, TCP (with forced loss) and syscall
+//! workloads run; then every PromQL expression of every dashboard panel, every template
+//! variable query and every rule is evaluated through Prometheus' HTTP API and must return data.
+//! Also: `promtool check rules` / `promtool test rules`, and the Grafana SDK validator.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::{
+    daemon::Daemon,
+    exclusive, free_port,
+    http::{Server, plan, python_client, workload},
+    loopdev::LoopDevice,
+    netns::NetNs,
+    wait_for,
+};
+use serde_json::Value;
+
+const SYSCALL_WORKLOAD: &str = env!("CARGO_BIN_EXE_syscall-workload");
+const FUNCTION_TARGET: &str = env!("CARGO_BIN_EXE_function-target");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn dashboards_dir() -> PathBuf {
+    root().join("dashboards")
+}
+
+/// The dashboard JSON files, sorted.
+fn dashboard_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())
+        .expect("dashboards/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "dashboards/*.json: {files:?}");
+    files
+}
+
+fn rule_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir().join("rules"))
+        .expect("dashboards/rules/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no rule files in dashboards/rules/");
+    files
+}
+
+/// Runs `command` and returns its combined output, panicking (with that output) unless it
+/// succeeds.
+fn run_ok(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} did not run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{command:?} failed:\n{text}");
+    text
+}
+
+// --- static checks -------------------------------------------------------------------------
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    let rules = rule_files();
+    let out = run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .args(&rules),
+    );
+    println!("{out}");
+    let mut tests: Vec<PathBuf> = std::fs::read_dir(dashboards_dir().join("rules/tests"))
+        .expect("dashboards/rules/tests/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    tests.sort();
+    assert!(
+        !tests.is_empty(),
+        "no promtool tests in dashboards/rules/tests/"
+    );
+    let out = run_ok(
+        Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .args(&tests),
+    );
+    println!("{out}");
+    // Every alert of the rule files has a unit test.
+    let tested: String = tests
+        .iter()
+        .map(|t| std::fs::read_to_string(t).expect("read test"))
+        .collect();
+    for alert in rule_names(&rules, "alert") {
+        assert!(
+            tested.contains(&format!("alertname: {alert}")),
+            "alert {alert} has no promtool test"
+        );
+    }
+}
+
+/// `python3` with the pinned grafana-foundation-sdk that .ci/setup.sh installs into
+/// target/dashboards-python.
+fn python() -> Command {
+    let mut c = Command::new("python3");
+    c.env("PYTHONPATH", root().join("target/dashboards-python"));
+    c
+}
+
+#[test]
+fn dashboards_validate_against_the_grafana_sdk_model() {
+    let dir = dashboards_dir();
+    // The committed JSON is what generate.py writes.
+    run_ok(python().arg(dir.join("generate.py")).arg("--check"));
+    let out = run_ok(
+        python()
+            .arg(dir.join("validate.py"))
+            .args(dashboard_files()),
+    );
+    println!("{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": ok (")).count(),
+        dashboard_files().len(),
+        "{out}"
+    );
+    // The validator rejects broken dashboards (unknown keys, no unit, hard-coded UIDs...).
+    let out = run_ok(python().arg(dir.join("validate.py")).arg("--self-test"));
+    println!("{out}");
+}
+
+/// `record:` or `alert:` names in rule files.
+fn rule_names(files: &[PathBuf], kind: &str) -> Vec<String> {
+    let prefix = format!("- {kind}: ");
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read rules")
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(&prefix).map(|n| n.trim().to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+// --- queries out of the dashboards ---------------------------------------------------------
+
+/// One PromQL expression to evaluate, and where it came from.
+struct Query {
+    origin: String,
+    expr: String,
+}
+
+/// Grafana's built-in variables and the dashboard's own template variables, replaced by what
+/// Grafana would send with "All" selected (every variable has allValue ".*").
+fn substitute(expr: &str, variables: &BTreeSet<String>) -> String {
+    let expr = expr
+        .replace("$__rate_interval", "1m")
+        .replace("${__rate_interval}", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "5m");
+    let mut out = String::new();
+    let mut rest = expr.as_str();
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').expect("closing brace");
+            (&braced[..end], end + 2)
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        assert!(
+            variables.contains(name),
+            "${name} is not a template variable of the dashboard: {expr}"
+        );
+        out.push_str(".*");
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn panels(list: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in list.as_array().into_iter().flatten() {
+        out.push(p);
+        out.extend(panels(&p["panels"]));
+    }
+    out
+}
+
+/// Every target expression of every panel, and every `label_values` variable query as
+/// (origin, selector, label).
+fn dashboard_queries() -> (Vec<Query>, Vec<(String, String, String)>) {
+    let mut queries = Vec::new();
+    let mut label_queries = Vec::new();
+    for file in dashboard_files() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read dashboard"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let variables: BTreeSet<String> = dashboard["templating"]["list"]
+            .as_array()
+            .expect("templating.list")
+            .iter()
+            .map(|v| v["name"].as_str().expect("variable name").to_string())
+            .collect();
+        for v in dashboard["templating"]["list"].as_array().unwrap() {
+            if v["type"] != "query" {
+                continue;
+            }
+            let q = v["query"]["query"]
+                .as_str()
+                .or(v["query"].as_str())
+                .expect("variable query");
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|s| s.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("{name}: variable query {q} is not label_values(...)"));
+            let (selector, label) = inner
+                .rsplit_once(',')
+                .expect("label_values(selector, label)");
+            label_queries.push((
+                format!("{name} variable ${}", v["name"].as_str().unwrap()),
+                substitute(selector.trim(), &variables),
+                label.trim().to_string(),
+            ));
+        }
+        for panel in panels(&dashboard["panels"]) {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("target expr");
+                queries.push(Query {
+                    origin: format!(
+                        "{name} panel {:?} target {}",
+                        panel["title"].as_str().unwrap_or(""),
+                        target["refId"].as_str().unwrap_or("")
+                    ),
+                    expr: substitute(expr, &variables),
+                });
+            }
+        }
+    }
+    (queries, label_queries)
+}
+
+/// An alert's expression with each comparison made a `bool` comparison, so that it returns a
+/// sample (0 or 1) for every series it compares: whether the alert would fire is not the
+/// question here, whether its series exist is. The rules are written with spaces around
+/// comparison operators and none inside label matchers.
+fn as_bool(expr: &str) -> String {
+    let mut out = expr.to_string();
+    for op in [" > ", " < ", " >= ", " <= ", " == ", " != "] {
+        out = out.replace(op, &format!("{}bool ", op));
+    }
+    out.replace("bool bool ", "bool ")
+}
+
+// --- Prometheus ----------------------------------------------------------------------------
+
+/// `prometheus` on its own port and data directory, scraping Periscope every second and
+/// evaluating the rule files every second.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target_port: u16, rules: &[PathBuf]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let rule_list: String = rules
+            .iter()
+            .map(|r| format!("  - {}\n", r.canonicalize().expect("rule file").display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rule_list}\
+             scrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn prometheus (make test installs the Debian package)");
+        let prometheus = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for("prometheus ready", Duration::from_secs(30), || {
+            prometheus.get("/-/ready").ok().filter(|(s, _)| *s == 200)
+        });
+        prometheus
+    }
+
+    /// GET `path` over HTTP/1.0: (status, body).
+    fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no header end"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+        Ok((status, body.to_string()))
+    }
+
+    /// The `data` of an API answer, or the error Prometheus gave.
+    fn api(&self, path: &str) -> Result<Value, String> {
+        let (status, body) = self.get(path).map_err(|e| e.to_string())?;
+        let value: Value =
+            serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
+        if value["status"] != "success" {
+            return Err(format!(
+                "HTTP {status}: {} {}",
+                value["errorType"], value["error"]
+            ));
+        }
+        Ok(value["data"].clone())
+    }
+
+    /// An instant query: Ok(number of samples with a finite value, of all samples).
+    fn query(&self, expr: &str) -> Result<(usize, usize), String> {
+        let data = self.api(&format!("/api/v1/query?query={}", encode(expr)))?;
+        let result = data["result"].as_array().cloned().unwrap_or_default();
+        let finite = result
+            .iter()
+            .filter(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            })
+            .count();
+        Ok((finite, result.len()))
+    }
+
+    /// Values of `label` on the series `selector` matches.
+    fn label_values(&self, selector: &str, label: &str) -> Result<Vec<Value>, String> {
+        let data = self.api(&format!(
+            "/api/v1/label/{label}/values?match[]={}",
+            encode(selector)
+        ))?;
+        Ok(data.as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encoding of a query parameter.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// --- workloads -----------------------------------------------------------------------------
+
+/// `kernel.bpf_stats_enabled=1` while it lives (the BPF run-time panels need it), then the
+/// previous value back.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn enable() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("read bpf_stats_enabled");
+        std::fs::write(Self::PATH, "1").expect("enable bpf_stats_enabled");
+        Self(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// Background loops that run until `stop` is set.
+struct Workloads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Workloads {
+    fn new() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Runs `round` again and again (with `pause` between) until stopped.
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        pause: Duration,
+        mut round: impl FnMut() + Send + 'static,
+    ) {
+        let stop = self.stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                round();
+                std::thread::sleep(pause);
+            }
+        });
+        self.threads.push((name, handle));
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (name, t) in self.threads {
+            if t.join().is_err() {
+                panic!("workload {name} panicked");
+            }
+        }
+    }
+}
+
+/// A `tcp.py` process in `ns`; returns once it printed its first line.
+fn tcp_py(ns: &NetNs, args: &[&str]) -> (Child, String) {
+    let mut child = ns
+        .command("python3")
+        .arg(workload("tcp.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tcp.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("tcp.py output");
+    (child, line)
+}
+
+/// One run of the syscall workload (reads, 50 ms futex waits, EBADF reads), started once the
+/// daemon's rescan has selected it.
+fn syscall_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let mut child = Command::new(SYSCALL_WORKLOAD)
+        .arg(&go)
+        .args(["2000", "6", "50", "50"])
+        .spawn()
+        .expect("spawn syscall-workload");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").expect("go");
+    let status = child.wait().expect("syscall-workload");
+    assert!(status.success(), "syscall-workload: {status}");
+}
+
+/// Busy threads, more than CPUs, for a moment: run-queue waits.
+fn contention_round() {
+    let until = Instant::now() + Duration::from_millis(400);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn direct_reads(disk: &Path, block_size: usize, count: usize) {
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", disk.display()))
+            .arg("of=/dev/null")
+            .arg(format!("bs={block_size}"))
+            .arg(format!("count={count}"))
+            .arg("iflag=direct"),
+    );
+}
+
+// --- the end-to-end test -------------------------------------------------------------------
+
+#[test]
+fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
+    let _machine = exclusive();
+    let started = Instant::now();
+    let (queries, label_queries) = dashboard_queries();
+    let rules = rule_files();
+    let _stats = BpfStats::enable();
+
+    // Every family: syscalls of the syscall workload only, one user function (attached, never
+    // called: periscope_uprobe_attached).
+    let config = format!(
+        "probes:\n  syscall:\n    enabled: true\n    rescan_interval: 200ms\n    select:\n      - process_name: syscall-workload\n  \
+         uprobe:\n    functions:\n      - path: {FUNCTION_TARGET}\n        symbol: process_order\n"
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let prometheus = Prometheus::start(daemon.port, &rules);
+
+    let mut workloads = Workloads::new();
+    // HTTP: a Python server and keep-alive client; the plan includes 404s and 500s.
+    let server = Server::python(free_port(), true, None, "dashboards-shop");
+    let http_port = server.port;
+    workloads.spawn("http", Duration::from_millis(200), move || {
+        let sent = python_client(http_port, true, &plan(3));
+        assert!(sent.iter().any(|s| s.status == 500));
+    });
+    // Disk: O_DIRECT writes and reads on a loop device of the test's own.
+    let disk = Arc::new(LoopDevice::create(64));
+    let d = disk.clone();
+    workloads.spawn("disk", Duration::from_millis(300), move || {
+        d.direct_writes(4096, 200);
+        direct_reads(&d.path, 65536, 100);
+    });
+    // Scheduler: more busy threads than CPUs, in bursts.
+    workloads.spawn("sched", Duration::from_millis(1500), contention_round);
+    // Syscalls: the selected workload, again and again.
+    workloads.spawn("syscall", Duration::from_millis(500), syscall_round);
+    // TCP in a namespace of the test's own: 2 MiB transfers with 10% of the server's packets
+    // dropped (retransmits only exist under loss), and refused connects (failures, resets).
+    let ns = Arc::new(NetNs::new("dashboards", 1500));
+    let tcp_port = free_port();
+    ns.drop_from_port(tcp_port, 10);
+    let (mut tcp_server, listening) = tcp_py(
+        &ns,
+        &["server", &tcp_port.to_string(), &(2 << 20).to_string()],
+    );
+    assert!(
+        listening.contains("listening"),
+        "tcp.py server: {listening}"
+    );
+    let n = ns.clone();
+    workloads.spawn("tcp", Duration::from_millis(200), move || {
+        let (mut client, line) = tcp_py(&n, &["client", &tcp_port.to_string(), "2", "0", "100"]);
+        assert!(line.contains("connections"), "tcp.py client: {line}");
+        let _ = client.wait();
+    });
+    let n = ns.clone();
+    let closed = free_port();
+    workloads.spawn("refused", Duration::from_millis(1000), move || {
+        let (mut client, line) = tcp_py(&n, &["refused", &closed.to_string(), "3"]);
+        assert!(line.contains("refused"), "tcp.py refused: {line}");
+        let _ = client.wait();
+    });
+
+    // Let every workload run a few rounds under 1 s scrapes, then query until everything
+    // answers (rates need two scrapes of a change; recorded series one rule evaluation).
+    std::thread::sleep(Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let loaded = loop {
+        let loaded = prometheus.api("/api/v1/rules").expect("rules API");
+        let failing = check(&prometheus, &queries, &label_queries, &loaded);
+        if failing.is_empty() {
+            break loaded;
+        }
+        if Instant::now() > deadline {
+            workloads.stop();
+            let _ = tcp_server.kill();
+            panic!(
+                "{} of {} queries returned no data after {:?}:\n  {}",
+                failing.len(),
+                queries.len() + label_queries.len() + rule_queries(&loaded).len(),
+                started.elapsed(),
+                failing.join("\n  ")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    workloads.stop();
+    let _ = tcp_server.kill();
+    let _ = tcp_server.wait();
+
+    // Prometheus loaded every rule of the files, and each evaluates without error.
+    let loaded_rules = rule_queries(&loaded);
+    let expected = rule_names(&rules, "record").len() + rule_names(&rules, "alert").len();
+    assert_eq!(loaded_rules.len(), expected, "rules loaded by Prometheus");
+    println!(
+        "{} panel queries, {} variable queries, {} rules: all returned data ({:?})",
+        queries.len(),
+        label_queries.len(),
+        loaded_rules.len(),
+        started.elapsed()
+    );
+}
+
+/// (name, kind, query, health, lastError) of every rule Prometheus loaded.
+fn rule_queries(rules: &Value) -> Vec<(String, String, String, String, String)> {
+    rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (
+                s("name"),
+                s("type"),
+                s("query"),
+                s("health"),
+                s("lastError"),
+            )
+        })
+        .collect()
+}
+
+/// Why `expr` returned no data, if it did not.
+fn no_data(prometheus: &Prometheus, origin: &str, expr: &str) -> Option<String> {
+    match prometheus.query(expr) {
+        Ok((finite, _)) if finite > 0 => None,
+        Ok((_, 0)) => Some(format!("{origin}: empty: {expr}")),
+        Ok((_, n)) => Some(format!("{origin}: {n} samples, none finite (NaN): {expr}")),
+        Err(e) => Some(format!("{origin}: error {e}: {expr}")),
+    }
+}
+
+/// What did not return data, one line each.
+fn check(
+    prometheus: &Prometheus,
+    queries: &[Query],
+    label_queries: &[(String, String, String)],
+    rules: &Value,
+) -> Vec<String> {
+    let mut failing: Vec<String> = queries
+        .iter()
+        .filter_map(|q| no_data(prometheus, &q.origin, &q.expr))
+        .collect();
+    let rule_list = rule_queries(rules);
+    if rule_list.is_empty() {
+        failing.push("no rules loaded by Prometheus".into());
+    }
+    for (name, kind, query, health, last_error) in &rule_list {
+        if health != "ok" {
+            failing.push(format!("rule {name}: health {health:?} {last_error}"));
+        }
+        let missing = match kind.as_str() {
+            "recording" => no_data(prometheus, &format!("recording rule {name}"), query),
+            _ => no_data(
+                prometheus,
+                &format!("alert {name} (comparisons as bool)"),
+                &as_bool(query),
+            ),
+        };
+        failing.extend(missing);
+    }
+    for (origin, selector, label) in label_queries {
+        match prometheus.label_values(selector, label) {
+            Ok(values) if !values.is_empty() => {}
+            Ok(_) => failing.push(format!("{origin}: no values of {label} on {selector}")),
+            Err(e) => failing.push(format!("{origin}: error {e}")),
+        }
+    }
+    failing
+}
+
+#[test]
+fn substitution_and_bool_rewrites() {
+    let vars: BTreeSet<String> = ["host", "service"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        substitute(
+            r#"rate(x{instance=~"$host",service_name=~"${service}"}[$__rate_interval])"#,
+            &vars
+        ),
+        r#"rate(x{instance=~".*",service_name=~".*"}[1m])"#
+    );
+    assert_eq!(
+        as_bool("a > 0.5\n  and on (x) b > 0.1"),
+        "a > bool 0.5\n  and on (x) b > bool 0.1"
+    );
+    assert_eq!(
+        as_bool(r#"c{e!=""} == 0"#),
+        r#"c{e!=""} == bool 0"#,
+        "matchers untouched"
+    );
+}
