@@ -715,20 +715,29 @@ def compose() -> None:
     check((ROOT / p["build"]["dockerfile"]).exists(), "periscope Dockerfile missing")
     dockerfile_checks(ROOT / p["build"]["dockerfile"])
 
-    col_cfg_target = next(t for t, s in mounts["otel-collector"].items()
-                          if s == DEPLOY / "otel-collector" / "config.yaml")
-    check(f"--config={col_cfg_target}" in services["otel-collector"]["command"],
-          "collector does not run the mounted config")
-    col = yaml.safe_load((DEPLOY / "otel-collector" / "config.yaml").read_text())
+    # The collector runs deploy/otel-collector/config.yaml with the compose override merged
+    # over it (later --config files win; maps merge, lists are replaced).
+    command = services["otel-collector"]["command"]
+    configs = [c.removeprefix("--config=") for c in command if c.startswith("--config=")]
+    check(configs and mounts["otel-collector"].get(configs[0]) == DEPLOY / "otel-collector" / "config.yaml",
+          f"the collector's first --config is not deploy/otel-collector/config.yaml: {command}")
+    col = {}
+    for target in configs:
+        check(target in mounts["otel-collector"], f"collector --config={target} is not mounted")
+        col = deep_merge(col, yaml.safe_load(Path(mounts["otel-collector"][target]).read_text()))
+    for name, pipe in col["service"]["pipelines"].items():
+        for section in ["receivers", "processors", "exporters"]:
+            for component in pipe.get(section, []):
+                check(component in col.get(section, {}), f"compose collector: {name} uses undefined {component}")
     endpoint = p["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
     m = re.match(r"http://([\w-]+):(\d+)$", endpoint)
     check(m and m.group(1) == "otel-collector", f"periscope OTLP endpoint {endpoint}")
     grpc_port = col["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
     check(m.group(2) == grpc_port, f"periscope sends to {m.group(2)}, the collector listens on {grpc_port}")
-    rw = services["otel-collector"]["environment"]["PROMETHEUS_REMOTE_WRITE_URL"]
-    check(rw.startswith("http://prometheus:9090/"), f"remote write URL {rw}")
-    check("--web.enable-remote-write-receiver" in services["prometheus"]["command"],
-          "Prometheus does not accept remote write")
+    # Metrics: Prometheus scrapes Periscope itself, and the collector writes none into it (no
+    # series twice).
+    check(not set(col["service"]["pipelines"]["metrics"]["exporters"]) & {"prometheusremotewrite", "prometheus"},
+          "compose: the collector would write the metrics Prometheus already scrapes")
 
     prom_cfg = next(s for t, s in mounts["prometheus"].items() if t == "/etc/prometheus/prometheus.yml")
     r = subprocess.run(["promtool", "check", "config", "--syntax-only", str(prom_cfg)],
@@ -736,6 +745,9 @@ def compose() -> None:
     check(r.returncode == 0, f"promtool check config: {r.stdout}{r.stderr}")
     prom = yaml.safe_load(Path(prom_cfg).read_text())
     rule_count = 0
+    listen_port = p["environment"]["PERISCOPE_PROMETHEUS_LISTEN"].rsplit(":", 1)[1]
+    targets = [t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
+    check(f"periscope:{listen_port}" in targets, f"Prometheus does not scrape periscope:{listen_port}: {targets}")
     for pattern in prom.get("rule_files", []):
         root = next((s for t, s in mounts["prometheus"].items() if pattern.startswith(t + "/")), None)
         check(root is not None, f"rule_files {pattern} is in no mounted directory")
@@ -765,7 +777,8 @@ def compose() -> None:
     dashboards = sorted((ROOT / "dashboards").rglob("*.json"))
     for d in dashboards:
         json.loads(d.read_text())
-    say(f"compose: {len(services)} services, every mounted file exists, promtool accepts "
+    say(f"compose: {len(services)} services, every mounted file exists, Prometheus scrapes "
+        f"periscope:{listen_port}, promtool accepts "
         f"prometheus.yml ({rule_count} rule file(s) found), ports and endpoints line up; Grafana provisions {len(dashboards)} "
         f"dashboard JSON file(s) from dashboards/")
 
