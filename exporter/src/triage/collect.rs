@@ -144,8 +144,8 @@ pub struct Snapshot {
     pub at: Instant,
     series: HashMap<Key, Series>,
     exec: ExecCounts,
-    /// Node-wide TCP segments sent, per network namespace (inode).
-    segments: HashMap<u64, u64>,
+    /// TCP segments (sent, retransmitted), per network namespace (inode).
+    segments: HashMap<u64, (u64, u64)>,
 }
 
 /// What happened between the first snapshot and a later one.
@@ -153,8 +153,9 @@ pub struct Window {
     pub elapsed: Duration,
     pub series: Vec<Series>,
     pub exec: Option<ExecCounts>,
-    /// TCP segments sent in the window, over every network namespace that has a process.
-    pub segments_sent: Option<u64>,
+    /// TCP segments (sent, retransmitted) in the window, over every network namespace that has
+    /// a process (`/proc/PID/net/snmp`: `OutSegs`, `RetransSegs`).
+    pub segments: Option<(u64, u64)>,
 }
 
 pub struct Session {
@@ -329,17 +330,19 @@ impl Session {
                 by_comm,
             }
         });
-        let segments_sent = (!now.segments.is_empty()).then(|| {
+        let segments = (!now.segments.is_empty()).then(|| {
             now.segments
                 .iter()
-                .map(|(ns, n)| n.saturating_sub(base.segments.get(ns).copied().unwrap_or(0)))
-                .sum()
+                .fold((0, 0), |(sent, again), (ns, (s, r))| {
+                    let (s0, r0) = base.segments.get(ns).copied().unwrap_or((0, 0));
+                    (sent + s.saturating_sub(s0), again + r.saturating_sub(r0))
+                })
         });
         Window {
             elapsed: now.at.duration_since(base.at),
             series,
             exec,
-            segments_sent,
+            segments,
         }
     }
 
@@ -450,9 +453,9 @@ pub fn minus(now: &Histogram, before: &Histogram) -> Histogram {
     }
 }
 
-/// `Tcp: OutSegs` of every network namespace that holds a process (one `/proc/PID/net/snmp`
-/// per namespace), so that the retransmit share covers containers and test namespaces too.
-fn tcp_segments_per_netns() -> HashMap<u64, u64> {
+/// `Tcp: OutSegs` and `RetransSegs` of every network namespace that holds a process (one
+/// `/proc/PID/net/snmp` per namespace), so that the retransmit share covers containers too.
+fn tcp_segments_per_netns() -> HashMap<u64, (u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -472,11 +475,14 @@ fn tcp_segments_per_netns() -> HashMap<u64, u64> {
         if out.contains_key(&ns.ino()) {
             continue;
         }
-        if let Some(n) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))
-            .ok()
-            .and_then(|t| snmp_value(&t, "Tcp:", "OutSegs"))
-        {
-            out.insert(ns.ino(), n);
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
+            continue;
+        };
+        if let (Some(sent), Some(again)) = (
+            snmp_value(&text, "Tcp:", "OutSegs"),
+            snmp_value(&text, "Tcp:", "RetransSegs"),
+        ) {
+            out.insert(ns.ino(), (sent, again));
         }
     }
     out

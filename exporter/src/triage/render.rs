@@ -178,7 +178,7 @@ pub fn summary(r: &Report) -> String {
     match &r.tcp {
         Some(t) => {
             let share = match (t.retransmit_share, t.segments_sent) {
-                (Some(s), Some(n)) => format!("{:.2}% of {n} segments sent", s * 100.0),
+                (Some(s), Some(n)) => format!("{:.2}% of {n} segments sent again", s * 100.0),
                 _ => "share of segments unknown".into(),
             };
             let _ = writeln!(

@@ -115,9 +115,12 @@ pub struct DiskReport {
 pub struct TcpReport {
     pub retransmits: u64,
     pub retransmits_per_second: f64,
-    /// Segments sent in every network namespace with a process (`/proc/PID/net/snmp`), when
-    /// known; `retransmit_share` is retransmits over those.
+    /// Segments sent and retransmitted in every network namespace with a process
+    /// (`/proc/PID/net/snmp` `OutSegs`, `RetransSegs`: node-wide, so only without a scope);
+    /// `retransmit_share` is the second over the first. Segments, not packets: with GSO one
+    /// retransmitted packet (one `retransmits` event) can carry several segments.
     pub segments_sent: Option<u64>,
+    pub segments_retransmitted: Option<u64>,
     pub retransmit_share: Option<f64>,
     pub resets_sent: u64,
     pub resets_received: u64,
@@ -508,14 +511,15 @@ pub fn build(input: Inputs<'_>) -> Report {
         });
         top.truncate(10);
         // The share is node-wide: only meaningful without a process selection.
-        let segments_sent = w.segments_sent.filter(|_| input.scope.is_all());
+        let segments = w.segments.filter(|_| input.scope.is_all());
         TcpReport {
             retransmits,
             retransmits_per_second: retransmits as f64 / secs,
-            retransmit_share: segments_sent
-                .filter(|n| *n > 0 && *n >= retransmits)
-                .map(|n| retransmits as f64 / n as f64),
-            segments_sent,
+            retransmit_share: segments
+                .filter(|(sent, _)| *sent > 0)
+                .map(|(sent, again)| (again as f64 / sent as f64).min(1.0)),
+            segments_sent: segments.map(|s| s.0),
+            segments_retransmitted: segments.map(|s| s.1),
             resets_sent: sent,
             resets_received: received,
             resets_per_second: (sent + received) as f64 / secs,

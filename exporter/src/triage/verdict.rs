@@ -12,7 +12,8 @@
 //!   [`DISK_P99_ROTATIONAL`] (rotational) or [`DISK_P99_SOLID`] (other devices), or on average
 //!   [`DISK_IN_FLIGHT`] IO or more in flight (iostat's aqu-sz: the device was never idle).
 //! - network, from at least [`MIN_RETRANSMITS`] retransmits: retransmits over
-//!   [`RETRANSMIT_SHARE`] of the TCP segments sent, or over [`RETRANSMITS_PER_S`] per second;
+//!   [`RETRANSMIT_SHARE`] of the TCP segments sent (`RetransSegs` / `OutSegs` of every network
+//!   namespace), or over [`RETRANSMITS_PER_S`] per second;
 //!   or resets over [`RESETS_PER_S`] per second.
 //! - syscalls: the top non-waiting syscall (see `report::WAITING_SYSCALLS`) by total time per
 //!   second of wall time, over [`SYSCALL_SECONDS_PER_S`] (on average that many threads inside
@@ -125,7 +126,7 @@ fn network(report: &Report) -> Option<Score> {
     };
     let reset_score = t.resets_per_second / RESETS_PER_S;
     let share = match (t.retransmit_share, t.segments_sent) {
-        (Some(share), Some(n)) => format!("{:.2}% of {n} segments sent", share * 100.0),
+        (Some(share), Some(n)) => format!("{:.2}% of {n} segments sent again", share * 100.0),
         _ => "share of segments unknown".into(),
     };
     Some(Score {
