@@ -684,6 +684,22 @@ HOST_PATHS = {"/sys/kernel/tracing", "/sys/fs/cgroup"}
 def compose() -> None:
     base = DEPLOY / "compose"
     stack = yaml.safe_load((base / "docker-compose.yaml").read_text())
+    # The Compose Specification's JSON schema as docker-compose 1.29.2 ships it (installed for
+    # that file only; its code is never run).
+    import importlib.util
+
+    import jsonschema
+
+    spec = importlib.util.find_spec("compose")
+    schema_path = Path(list(spec.submodule_search_locations)[0]) / "config" / "compose_spec.json"
+    schema = json.loads(schema_path.read_text())
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
+              for e in jsonschema.Draft201909Validator(schema).iter_errors(stack)]
+    check(not errors, "docker-compose.yaml fails the Compose Specification schema: " + "; ".join(errors))
+    bad = copy.deepcopy(stack)
+    bad["services"]["periscope"]["cap-add"] = bad["services"]["periscope"].pop("cap_add")
+    check(any(True for _ in jsonschema.Draft201909Validator(schema).iter_errors(bad)),
+          "the Compose schema accepted a misspelt key")
     services = stack["services"]
     check({"periscope", "otel-collector", "prometheus", "tempo", "grafana"} <= set(services),
           f"services {sorted(services)}")
@@ -777,7 +793,8 @@ def compose() -> None:
     dashboards = sorted((ROOT / "dashboards").rglob("*.json"))
     for d in dashboards:
         json.loads(d.read_text())
-    say(f"compose: {len(services)} services, every mounted file exists, Prometheus scrapes "
+    say(f"compose: valid against the Compose Specification schema; {len(services)} services, "
+        f"every mounted file exists, Prometheus scrapes "
         f"periscope:{listen_port}, promtool accepts "
         f"prometheus.yml ({rule_count} rule file(s) found), ports and endpoints line up; Grafana provisions {len(dashboards)} "
         f"dashboard JSON file(s) from dashboards/")
