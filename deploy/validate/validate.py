@@ -770,7 +770,18 @@ def compose() -> None:
         target = next(t for t in mounts["prometheus"] if pattern.startswith(t + "/"))
         found = glob.glob(str(root) + pattern[len(target):])
         check(found, f"rule_files {pattern} matches no file of {root}")
-        rule_count = len(found)
+        rule_count += len(found)
+    # The full check (rule files loaded and checked too) on a copy whose rule_files point at the
+    # repository's files instead of the container's mount.
+    with tempfile.TemporaryDirectory() as tmp:
+        full = copy.deepcopy(prom)
+        full["rule_files"] = [str(root) + pattern[len(target):] for pattern in prom.get("rule_files", [])
+                              for target, root in mounts["prometheus"].items()
+                              if pattern.startswith(target + "/")]
+        (Path(tmp) / "prometheus.yml").write_text(yaml.safe_dump(full))
+        r = subprocess.run(["promtool", "check", "config", str(Path(tmp) / "prometheus.yml")],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"promtool check config (with the rule files): {r.stdout}{r.stderr}")
 
     tempo = yaml.safe_load((base / "tempo.yaml").read_text())
     tempo_grpc = tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
