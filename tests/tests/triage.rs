@@ -468,3 +468,80 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     }
     verdict(&stdout);
 }
+
+/// Every capability Linux defines but CAP_BPF and CAP_PERFMON, as capsh names them.
+const ALL_BUT_BPF_PERFMON: &[&str] = &[
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_checkpoint_restore",
+];
+
+#[test]
+fn with_only_cap_bpf_and_cap_perfmon_it_runs_and_says_what_it_cannot_show() {
+    let _machine = exclusive();
+    // tracefs is mounted by make test's setup: mounting it would need CAP_SYS_ADMIN.
+    let out = Command::new("capsh")
+        .arg(format!("--drop={}", ALL_BUT_BPF_PERFMON.join(",")))
+        .args(["--", "-c"])
+        .arg(format!(
+            "exec {} triage --duration 3s --json",
+            periscope_bin().display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("capsh (make test installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("triage.json");
+    std::fs::write(&json, &out.stdout).expect("write json");
+    let doc = validate(&json);
+    for section in ["runqueue", "disks", "tcp", "syscalls", "http", "exec"] {
+        assert!(!doc[section].is_null(), "{section} is shown: {doc}");
+    }
+    let unavailable = doc["unavailable"].as_array().expect("unavailable");
+    println!("not shown: {unavailable:?}");
+    assert!(
+        unavailable
+            .iter()
+            .any(|u| u["what"].as_str().unwrap().starts_with("HTTPS")
+                && u["why"].as_str().unwrap().contains("CAP_SYS_ADMIN")),
+        "HTTPS is reported missing for want of CAP_SYS_ADMIN: {unavailable:?}"
+    );
+}
