@@ -885,6 +885,36 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_file_and_environment_signal_specific_last() {
+        let mut config =
+            parse("otlp:\n  certificate: /file/ca.pem\n  client_key: /file/client.key\n").unwrap();
+        let env = BTreeMap::from([
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/env/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+                "/env/metrics-ca.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", " /env/client.pem "),
+        ]);
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        assert_eq!(
+            path(&config.otlp.certificate).as_deref(),
+            Some("/env/metrics-ca.pem")
+        );
+        assert_eq!(
+            path(&config.otlp.client_certificate).as_deref(),
+            Some("/env/client.pem")
+        );
+        assert_eq!(
+            path(&config.otlp.client_key).as_deref(),
+            Some("/file/client.key")
+        );
+    }
+
+    #[test]
     fn bad_environment_values_are_named() {
         let mut config = Config::default();
         let err = config

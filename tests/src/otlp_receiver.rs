@@ -1,13 +1,17 @@
 //! A real OTLP receiver built from the official protobuf definitions (opentelemetry-proto): tonic
 //! gRPC `MetricsService` and `TraceService`, and HTTP/protobuf `/v1/metrics` and `/v1/traces`
-//! endpoints. It records every request it accepts, and can be told to refuse metrics requests.
+//! endpoints. It records every request it accepts, can be told to refuse metrics requests
+//! (UNAVAILABLE / 503, HTTP 429 with Retry-After, RESOURCE_EXHAUSTED with RetryInfo), can listen
+//! on ports chosen beforehand (a collector that comes up late or restarts), and can serve gRPC
+//! over TLS.
 
 use std::{
     convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use http_body_util::{BodyExt, Full};
@@ -33,15 +37,33 @@ use tokio_stream::wrappers::TcpListenerStream;
 struct Shared {
     requests: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-    /// Requests still to refuse (UNAVAILABLE / HTTP 503).
+    /// Requests still to refuse, and how.
     refuse: Arc<AtomicU32>,
+    refusal: Arc<Mutex<Refusal>>,
+    /// Metrics requests refused so far.
+    refused: Arc<AtomicU64>,
+}
+
+/// How the receiver refuses a metrics request.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Refusal {
+    /// gRPC UNAVAILABLE, HTTP 503.
+    #[default]
+    Unavailable,
+    /// HTTP 429 with `Retry-After: N`; gRPC RESOURCE_EXHAUSTED with RetryInfo of N seconds.
+    Throttled { retry_after_secs: u64 },
 }
 
 impl Shared {
-    fn take_refusal(&self) -> bool {
-        self.refuse
+    fn take_refusal(&self) -> Option<Refusal> {
+        let take = self
+            .refuse
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+            .is_ok();
+        take.then(|| {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            *self.refusal.lock().unwrap()
+        })
     }
 }
 
@@ -51,8 +73,19 @@ impl MetricsService for Shared {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        if self.take_refusal() {
-            return Err(tonic::Status::unavailable("test receiver refusing"));
+        match self.take_refusal() {
+            None => {}
+            Some(Refusal::Unavailable) => {
+                return Err(tonic::Status::unavailable("test receiver refusing"));
+            }
+            Some(Refusal::Throttled { retry_after_secs }) => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                return Err(tonic::Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    "test receiver throttling",
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(retry_after_secs))),
+                ));
+            }
         }
         self.requests.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -81,28 +114,62 @@ pub struct OtlpReceiver {
     pub grpc_port: u16,
     pub http_port: u16,
     shared: Shared,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// TLS material for a receiver: the server's certificate chain and key (PEM).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 impl OtlpReceiver {
+    /// A receiver on two fresh ports.
     pub fn start() -> Self {
+        Self::start_on(0, 0, None)
+    }
+
+    /// A receiver on the given ports (0: any free port); with `tls`, gRPC is served over TLS.
+    pub fn start_on(grpc_port: u16, http_port: u16, tls: Option<ServerTls>) -> Self {
+        Self::start_with(grpc_port, http_port, tls, Shared::default())
+    }
+
+    /// The same receiver (same ports, same recorded requests) brought back after `stop`.
+    pub fn restart(self) -> Self {
+        let (grpc, http, shared) = (self.grpc_port, self.http_port, self.shared.clone());
+        self.stop();
+        Self::start_with(grpc, http, None, shared)
+    }
+
+    /// Closes the listeners and every connection, like a collector going down.
+    pub fn stop(self) {
+        self.runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+
+    fn start_with(grpc_port: u16, http_port: u16, tls: Option<ServerTls>, shared: Shared) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let shared = Shared::default();
         let (grpc_port, http_port) = runtime.block_on(async {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let grpc = bind(grpc_port).await;
+            let http = bind(http_port).await;
             let ports = (
                 grpc.local_addr().unwrap().port(),
                 http.local_addr().unwrap().port(),
             );
-            let service = MetricsServiceServer::new(shared.clone());
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+                server = server
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                    .expect("receiver TLS config");
+            }
             tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service)
+                server
+                    .add_service(MetricsServiceServer::new(shared.clone()))
                     .add_service(TraceServiceServer::new(shared.clone()))
                     .serve_with_incoming(TcpListenerStream::new(grpc)),
             );
@@ -113,7 +180,7 @@ impl OtlpReceiver {
             grpc_port,
             http_port,
             shared,
-            _runtime: runtime,
+            runtime,
         }
     }
 
@@ -153,7 +220,33 @@ impl OtlpReceiver {
 
     /// Refuse the next `n` requests as temporarily unavailable.
     pub fn refuse_next(&self, n: u32) {
+        self.refuse_next_with(n, Refusal::Unavailable);
+    }
+
+    /// Refuse the next `n` metrics requests the way `refusal` says.
+    pub fn refuse_next_with(&self, n: u32, refusal: Refusal) {
+        *self.shared.refusal.lock().unwrap() = refusal;
         self.shared.refuse.store(n, Ordering::SeqCst);
+    }
+
+    /// Metrics requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds 127.0.0.1:`port`, retrying briefly: a port just closed by `stop` may linger.
+async fn bind(port: u16) -> tokio::net::TcpListener {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+        }
     }
 }
 
@@ -179,15 +272,29 @@ async fn serve_http(listener: tokio::net::TcpListener, shared: Shared) {
                         }
                         return Ok::<_, Infallible>(response);
                     }
-                    let refuse = request.uri().path() != "/v1/metrics" || shared.take_refusal();
-                    let body = request.into_body().collect().await.map(|b| b.to_bytes());
                     let mut response = Response::new(Full::new(Bytes::new()));
-                    match body
+                    if request.uri().path() != "/v1/metrics" {
+                        *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        return Ok(response);
+                    }
+                    let refusal = shared.take_refusal();
+                    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                    let decoded = body
                         .ok()
-                        .and_then(|b| ExportMetricsServiceRequest::decode(b).ok())
-                    {
-                        Some(decoded) if !refuse => shared.requests.lock().unwrap().push(decoded),
-                        _ => *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        .and_then(|b| ExportMetricsServiceRequest::decode(b).ok());
+                    match (decoded, refusal) {
+                        (None, _) => *response.status_mut() = hyper::StatusCode::BAD_REQUEST,
+                        (Some(decoded), None) => shared.requests.lock().unwrap().push(decoded),
+                        (Some(_), Some(Refusal::Unavailable)) => {
+                            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        (Some(_), Some(Refusal::Throttled { retry_after_secs })) => {
+                            *response.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+                            response.headers_mut().insert(
+                                "retry-after",
+                                hyper::header::HeaderValue::from(retry_after_secs),
+                            );
+                        }
                     }
                     Ok::<_, Infallible>(response)
                 }

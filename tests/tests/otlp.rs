@@ -2,7 +2,7 @@
 //! HTTP/protobuf: the decoded histograms equal what the Prometheus endpoint shows, exactly.
 //! Also: a collector that refuses or is down costs nothing but retries.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
@@ -234,4 +234,342 @@ fn collector_down_keeps_prometheus_serving() {
         status.success(),
         "clean exit with the collector down: {log}"
     );
+}
+
+/// Config for the fault tests: only the block family, exporting every `interval`.
+fn block_only(interval: &str, timeout: &str) -> String {
+    format!(
+        "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  uprobe:\n    enabled: false\notlp:\n  interval: {interval}\n  timeout: {timeout}\n"
+    )
+}
+
+/// The write count of `mm` in the last accepted export, once it reaches `n`.
+fn wait_for_exported_writes(receiver: &OtlpReceiver, mm: &str, n: f64, timeout: Duration) {
+    wait_for(
+        &format!("an accepted export with {n} writes"),
+        timeout,
+        || {
+            receiver
+                .requests()
+                .last()
+                .and_then(|r| exported(r, "kernel.block.io.size", mm))
+                .filter(|h| h.count == n)
+        },
+    );
+}
+
+fn counter(daemon: &Daemon, outcome: &str) -> f64 {
+    daemon
+        .scrape()
+        .value("periscope_export_requests_total", &[("outcome", outcome)])
+        .unwrap_or(0.0)
+}
+
+/// Resident memory of a process, KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn collector_down_at_start_gets_every_count_once_it_comes_up() {
+    let _machine = exclusive();
+    let (grpc_port, http_port) = (periscope_e2e::free_port(), periscope_e2e::free_port());
+    let disk = LoopDevice::create(64);
+    let mm = disk.major_minor();
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    let daemon = Daemon::start(
+        &block_only("1s", "500ms"),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    disk.direct_writes(4096, 150);
+    wait_for("exports failing", Duration::from_secs(20), || {
+        (counter(&daemon, "failure") >= 2.0).then_some(())
+    });
+    let receiver = OtlpReceiver::start_on(grpc_port, http_port, None);
+    wait_for_exported_writes(&receiver, &mm, 150.0, Duration::from_secs(30));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn collector_down_for_30s_mid_run_loses_no_counts_and_memory_stays_flat() {
+    let _machine = exclusive();
+    let receiver = OtlpReceiver::start();
+    let disk = LoopDevice::create(64);
+    let mm = disk.major_minor();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.http_port);
+    let daemon = Daemon::start(
+        &block_only("1s", "500ms"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    disk.direct_writes(4096, 100);
+    wait_for_exported_writes(&receiver, &mm, 100.0, Duration::from_secs(20));
+    let accepted_before = receiver.requests().len();
+    let rss_before = rss_kib(daemon.pid());
+    let failures_before = counter(&daemon, "failure");
+
+    // 30 s outage with IO going on through it.
+    let outage = std::time::Instant::now();
+    let http_port = receiver.http_port;
+    receiver.stop();
+    for _ in 0..6 {
+        disk.direct_writes(4096, 50);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let failures = counter(&daemon, "failure") - failures_before;
+    // An export every second, each failing after its retries: most of the 30 s are failures.
+    assert!(
+        failures >= 10.0,
+        "exports failed during the outage: {failures}"
+    );
+    let rss_during = rss_kib(daemon.pid());
+    assert!(
+        rss_during < rss_before + 8 * 1024,
+        "memory stays bounded through the outage: {rss_before} KiB before, {rss_during} KiB after {:?}",
+        outage.elapsed()
+    );
+    let receiver = OtlpReceiver::start_on(0, http_port, None);
+    // Cumulative temporality: the first export after recovery carries all 400 writes.
+    wait_for_exported_writes(&receiver, &mm, 400.0, Duration::from_secs(30));
+    let first = receiver.requests();
+    let first = first.first().expect("an export after recovery");
+    assert_eq!(
+        exported(first, "kernel.block.io.size", &mm).map(|h| h.count),
+        Some(400.0),
+        "the first export after the outage already has every count ({accepted_before} accepted before)"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A throttling collector (HTTP 429 + Retry-After, or gRPC RESOURCE_EXHAUSTED + RetryInfo) is
+/// retried after the delay it asked for, not sooner, and nothing is lost.
+fn throttled(protocol: &str) {
+    let _machine = exclusive();
+    let receiver = OtlpReceiver::start();
+    let port = if protocol == "grpc" {
+        receiver.grpc_port
+    } else {
+        receiver.http_port
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let disk = LoopDevice::create(64);
+    let mm = disk.major_minor();
+    // Refuse the first two exports, each asking for 3 s. The first export is due at 10 s; its
+    // retries at 13 s and 16 s stay inside its 10 s window, so the third try is accepted.
+    receiver.refuse_next_with(
+        2,
+        periscope_e2e::otlp_receiver::Refusal::Throttled {
+            retry_after_secs: 3,
+        },
+    );
+    let start = std::time::Instant::now();
+    let daemon = Daemon::start(
+        &block_only("10s", "2s"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ],
+    );
+    disk.direct_writes(4096, 100);
+    wait_for_exported_writes(&receiver, &mm, 100.0, Duration::from_secs(40));
+    let elapsed = start.elapsed();
+    assert_eq!(receiver.refused(), 2, "two throttled answers");
+    assert!(
+        elapsed >= Duration::from_secs(10 + 6),
+        "retried after the 3 s the collector asked for, twice: accepted after {elapsed:?}"
+    );
+    assert_eq!(counter(&daemon, "retry"), 2.0);
+    assert_eq!(counter(&daemon, "failure"), 0.0);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn http_429_with_retry_after_is_honoured() {
+    throttled("http/protobuf");
+}
+
+#[test]
+fn grpc_resource_exhausted_with_retry_info_is_honoured() {
+    throttled("grpc");
+}
+
+/// A private CA and a `localhost` certificate it signed: (CA certificate, server certificate,
+/// server key), PEM files in `dir`.
+fn localhost_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Periscope test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        path("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[test]
+fn grpc_over_tls_with_a_private_ca_and_refused_without_it() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = localhost_certificate(dir.path());
+    let tls = periscope_e2e::otlp_receiver::ServerTls {
+        cert_pem: std::fs::read(&cert).unwrap(),
+        key_pem: std::fs::read(&key).unwrap(),
+    };
+    let receiver = OtlpReceiver::start_on(0, 0, Some(tls));
+    let endpoint = format!("https://localhost:{}", receiver.grpc_port);
+    let disk = LoopDevice::create(64);
+    let mm = disk.major_minor();
+
+    // Without the CA the server's certificate is not trusted: every export fails.
+    let untrusted = Daemon::start(
+        &block_only("1s", "500ms"),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    wait_for(
+        "exports failing on an untrusted certificate",
+        Duration::from_secs(20),
+        || (counter(&untrusted, "failure") >= 2.0).then_some(()),
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing accepted over untrusted TLS"
+    );
+    drop(untrusted.stop());
+
+    let trusted = Daemon::start(
+        &block_only("1s", "2s"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+        ],
+    );
+    disk.direct_writes(4096, 60);
+    wait_for_exported_writes(&receiver, &mm, 60.0, Duration::from_secs(30));
+    let (status, log) = trusted.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_missing_tls_file_is_a_clear_startup_error() {
+    let out = std::process::Command::new(periscope_e2e::periscope_bin())
+        .args(["run", "--duration", "1s"])
+        .env("PERISCOPE_PROMETHEUS_LISTEN", "")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .expect("run periscope");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTLP TLS CA certificate /nonexistent/ca.pem: No such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn spans_beyond_the_queue_bound_are_counted_as_dropped() {
+    use periscope_e2e::http::{Server, plan, python_client};
+    let _machine = exclusive();
+    let closed = periscope_e2e::free_port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let daemon = Daemon::start(
+        "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  http:\n    span_queue: 4\notlp:\n  timeout: 1s\n",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let server = Server::python(periscope_e2e::free_port(), true, None, "queue-api");
+    let sent = python_client(server.port, true, &plan(20));
+    // Client and server side: two spans per request. Every one is accounted for: exported
+    // (none: the collector is down), dropped at the full queue, or dropped after failing.
+    let spans = |outcome: &str| {
+        daemon
+            .scrape()
+            .value("periscope_export_spans_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    let expected = 2.0 * sent.len() as f64;
+    let (full, failed) = wait_for("every span accounted for", Duration::from_secs(60), || {
+        let (full, failed, exported) = (
+            spans("dropped_queue_full"),
+            spans("dropped_export_failed"),
+            spans("exported"),
+        );
+        assert_eq!(exported, 0.0);
+        (full + failed == expected).then_some((full, failed))
+    });
+    // At most the queue (4) plus one batch in the exporter's hands can fail; the rest overflowed.
+    assert!(
+        full >= expected - 4.0 - 512.0_f64.min(expected),
+        "{full} dropped at the queue"
+    );
+    assert!(
+        full > 0.0 && failed > 0.0,
+        "queue full {full}, export failed {failed}"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
 }

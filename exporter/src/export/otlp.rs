@@ -3,9 +3,9 @@
 //! kernel, and replaying events into it would cost O(events).
 //!
 //! Temporality is cumulative, so a failed export loses nothing: the next one carries every count.
-//! Retryable failures (gRPC UNAVAILABLE and friends, HTTP 429/502/503/504, connection errors)
-//! are retried with exponential backoff and jitter, honouring Retry-After, until the next export
-//! is due; then the newer snapshot replaces the old one, so memory stays bounded.
+//! Retryable failures (gRPC UNAVAILABLE and friends, RESOURCE_EXHAUSTED with RetryInfo, HTTP
+//! 429/502/503/504, connection errors) are retried with exponential backoff and jitter,
+//! honouring Retry-After and RetryInfo, until the next export is due; then the newer snapshot replaces the old one, so memory stays bounded.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -433,8 +433,7 @@ impl OtlpClient {
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 Err(SendError {
                     message: format!("HTTP {status}"),
                     retryable: matches!(status, 429 | 502 | 503 | 504),
@@ -551,21 +550,78 @@ impl OtlpExporter {
     }
 }
 
-fn grpc_error(status: &tonic::Status) -> SendError {
+/// A failed gRPC export, classified per the OTLP specification: the listed codes are
+/// retryable, `RESOURCE_EXHAUSTED` only when the server sent `RetryInfo` (it says when it
+/// will have capacity again), and a `RetryInfo` delay replaces the backoff.
+pub(crate) fn grpc_error(status: &tonic::Status) -> SendError {
     use tonic::Code;
-    let retryable = matches!(
-        status.code(),
+    use tonic_types::StatusExt;
+    let retry_after = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    let retryable = match status.code() {
         Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::Unavailable
-            | Code::DataLoss
-    );
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => retry_after.is_some(),
+        _ => false,
+    };
     SendError {
         message: format!("gRPC {:?}: {}", status.code(), status.message()),
         retryable,
-        retry_after: None,
+        retry_after,
+    }
+}
+
+/// An HTTP `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110, 10.2.3).
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn grpc_codes_are_classified_per_the_otlp_spec() {
+        use tonic::{Code, Status};
+        use tonic_types::{ErrorDetails, StatusExt};
+        assert!(grpc_error(&Status::unavailable("down")).retryable);
+        assert!(!grpc_error(&Status::invalid_argument("bad")).retryable);
+        assert!(!grpc_error(&Status::permission_denied("no")).retryable);
+        // RESOURCE_EXHAUSTED without RetryInfo: the server will not recover, do not retry.
+        assert!(!grpc_error(&Status::resource_exhausted("full")).retryable);
+        let with_info = Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
+        );
+        let e = grpc_error(&with_info);
+        assert!(e.retryable);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
     }
 }
