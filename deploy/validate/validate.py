@@ -318,6 +318,14 @@ def helm() -> None:
         "a changed config must change the pod template (checksum/config)",
     )
     say("values land where they should: image, OTLP env, tolerations, nodeSelector, resources, config")
+    # values.schema.json: Helm refuses a misspelt or mistyped value before rendering anything.
+    for bad in [{"nodeselector": {"a": "b"}}, {"otlp": {"protocol": "http"}}, {"hostNetwork": "yes"}]:
+        try:
+            helm_render(bad)
+        except helm_sdk.HelmValuesError:
+            continue
+        raise Failure(f"the chart rendered with invalid values {bad}")
+    say("values.schema.json: Helm rejects a misspelt key, a bad enum and a wrong type")
 
 
 # -------------------------------------------------------------------- running the real daemon

@@ -64,6 +64,7 @@ fn helm_chart_renders_the_manifests_and_validates() {
         "{out}"
     );
     assert!(out.contains("values land where they should"), "{out}");
+    assert!(out.contains("Helm rejects a misspelt key"), "{out}");
 }
 
 /// The ConfigMap's periscope.yaml, the container's environment (downward API values filled
