@@ -9,6 +9,7 @@ pub mod export;
 pub mod histogram;
 pub mod http;
 pub mod metrics;
+pub mod privileges;
 pub mod probes;
 pub mod tcp;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use periscope::{
-    check, config::Config, export, http, metrics::Resource, probes, probes::Probes,
+    check, config::Config, export, http, metrics::Resource, privileges, probes, probes::Probes,
     telemetry::Telemetry, tracefs, triage,
 };
 
@@ -91,15 +91,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The privileged part runs first, on the main thread alone: attach every probe and bind the
+/// endpoint, then drop the capabilities the daemon no longer needs, and only then start the
+/// runtime, whose threads inherit the reduced sets.
 fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run_daemon(config, duration))
-}
-
-async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
+    privileges::require()?;
     let tracefs = match tracefs::Tracefs::locate_or_mount() {
         Ok(t) => Some(t),
         Err(e) => {
@@ -107,24 +103,44 @@ async fn run_daemon(config: Config, duration: Option<Duration>) -> anyhow::Resul
             None
         }
     };
-    let mut probes = Probes::start(&config, tracefs.as_ref())?;
-    let http_capture = probes.http.take();
-    let http_state = probes.http_state.clone();
+    let probes = Probes::start(&config, tracefs.as_ref())?;
     if !probes.statuses.iter().any(|s| s.attached()) {
         anyhow::bail!(
             "no probe family could attach (see the warnings above, or run `periscope check`)"
         );
     }
+    let prometheus = if config.prometheus.listen.is_empty() {
+        None
+    } else {
+        Some(export::prometheus::bind_std(&config.prometheus.listen)?)
+    };
     // Loading the object (ELF parsing, BTF, relocations) allocates megabytes that are freed by
     // now; give them back to the system instead of keeping them in the allocator's arenas.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
+    privileges::drop_after_attach(probes.tls.is_some());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_daemon(config, duration, probes, prometheus))
+}
+
+async fn run_daemon(
+    config: Config,
+    duration: Option<Duration>,
+    mut probes: Probes,
+    prometheus: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let http_capture = probes.http.take();
+    let http_state = probes.http_state.clone();
     let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    if !config.prometheus.listen.is_empty() {
-        let (listener, addr) = export::prometheus::bind(&config.prometheus.listen).await?;
+    if let Some(listener) = prometheus {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, "Prometheus endpoint serving /metrics");
         tasks.push(tokio::spawn(export::prometheus::serve(
             listener,

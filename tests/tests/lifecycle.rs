@@ -242,3 +242,194 @@ fn bpf_program_stats_are_exported_when_enabled() {
     assert!(runs.is_some_and(|n| n > 0.0), "sched_switch ran: {runs:?}");
     assert!(time.is_some_and(|t| t > 0.0), "and took time: {time:?}");
 }
+
+/// Every capability Linux defines, as capsh names them.
+const ALL_CAPS: &[&str] = &[
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_perfmon",
+    "cap_bpf",
+    "cap_checkpoint_restore",
+];
+
+/// The capabilities README.md's Privileges table documents.
+const DOCUMENTED: &[&str] = &[
+    "cap_bpf",
+    "cap_perfmon",
+    "cap_sys_admin",
+    "cap_dac_read_search",
+    "cap_sys_ptrace",
+];
+
+/// `periscope ARGS` under capsh with only `keep` left in the bounding set (so root's exec gets
+/// no other capability).
+fn under_capsh(keep: &[&str], args: &str) -> Command {
+    let drop: Vec<&str> = ALL_CAPS
+        .iter()
+        .copied()
+        .filter(|c| !keep.contains(c))
+        .collect();
+    let mut command = Command::new("capsh");
+    command
+        .arg(format!("--drop={}", drop.join(",")))
+        .args(["--", "-c"])
+        .arg(format!("exec {} {args}", periscope_bin().display()));
+    command
+}
+
+/// The capability sets (CapEff, CapPrm, CapBnd) of every thread of `pid`, as bit masks.
+fn thread_capabilities(pid: u32) -> Vec<[u64; 3]> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(u64::MAX)
+        };
+        out.push([field("CapEff:"), field("CapPrm:"), field("CapBnd:")]);
+    }
+    out
+}
+
+const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
+const CAP_SYS_PTRACE: u64 = 1 << 19;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+const CAP_PERFMON: u64 = 1 << 38;
+const CAP_BPF: u64 = 1 << 39;
+
+#[test]
+fn after_attaching_every_thread_keeps_only_what_the_daemon_still_uses() {
+    // Without HTTPS nothing attaches later: only the /proc readers remain.
+    let daemon = Daemon::start("probes:\n  http:\n    tls: false\n", &[]);
+    let proc_only = CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE;
+    for sets in thread_capabilities(daemon.pid()) {
+        assert_eq!(sets, [proc_only; 3], "CapEff, CapPrm, CapBnd of a thread");
+    }
+    // Still working without CAP_BPF: every scrape reads the kernel maps through the fds the
+    // daemon holds, and run-queue waits keep being counted.
+    let waits = |d: &Daemon| {
+        d.scrape()
+            .histogram("kernel_sched_runqueue_latency_seconds", &[])
+            .count
+    };
+    let before = waits(&daemon);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = waits(&daemon);
+    assert!(
+        after > before,
+        "run-queue waits counted after the drop: {before} -> {after}"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("capabilities reduced"), "{log}");
+
+    // With HTTPS (the default) new processes get uprobes: eBPF and uprobe rights stay.
+    let daemon = Daemon::start("", &[]);
+    let with_attach = proc_only | CAP_BPF | CAP_PERFMON | CAP_SYS_ADMIN;
+    for sets in thread_capabilities(daemon.pid()) {
+        assert_eq!(sets, [with_attach; 3], "CapEff, CapPrm, CapBnd of a thread");
+    }
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn runs_with_only_the_documented_capabilities() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("periscope.yaml");
+    std::fs::write(&path, format!("prometheus:\n  listen: 127.0.0.1:{port}\n")).unwrap();
+    let mut child = under_capsh(DOCUMENTED, &format!("run --config {}", path.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capsh");
+    let started = Instant::now();
+    let metrics = loop {
+        if let Ok(body) = periscope_e2e::daemon::http_get(port, "/metrics") {
+            break body;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("exited with {status}: {}", stderr(&out));
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let scrape = periscope_e2e::scrape::Scrape::parse(&metrics);
+    // Every family of the default config attaches (syscall is off by default, uprobe has no
+    // functions; HTTPS needs CAP_SYS_ADMIN, which is documented and kept).
+    for probe in ["block", "sched", "http", "tcp"] {
+        assert_eq!(
+            scrape.value("periscope_probe_attached", &[("probe", probe)]),
+            Some(1.0),
+            "{probe} attached with the documented capabilities"
+        );
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn without_cap_bpf_it_refuses_to_start_naming_what_is_missing() {
+    let keep: Vec<&str> = DOCUMENTED
+        .iter()
+        .copied()
+        .filter(|c| *c != "cap_bpf")
+        .collect();
+    let out = under_capsh(&keep, "run --duration 5s")
+        .output()
+        .expect("capsh");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "periscope: missing capabilities: CAP_BPF. Periscope needs CAP_BPF and CAP_PERFMON \
+             to load and attach its eBPF programs"
+        ),
+        "{err}"
+    );
+}

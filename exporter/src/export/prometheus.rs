@@ -2,7 +2,7 @@
 //! the OpenMetrics text format (prometheus-client's encoder); `GET /healthz` answers `ok`.
 //! Nothing else is served.
 
-use std::{convert::Infallible, fmt, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, fmt, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -160,15 +160,17 @@ fn prometheus_buckets(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
 }
 
 /// Binds the endpoint, so that a bad or busy address fails at start, not at the first scrape.
-pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
+/// Binds the endpoint before the runtime starts (the daemon drops its capabilities before
+/// that); the listener is non-blocking, ready for `TcpListener::from_std`.
+pub fn bind_std(listen: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {listen} for the Prometheus endpoint: {e} \
              (set prometheus.listen or PERISCOPE_PROMETHEUS_LISTEN; empty disables it)"
         )
     })?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 pub async fn serve(
