@@ -231,7 +231,7 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
     std::thread::sleep(Duration::from_millis(500));
     let daemon = Daemon::start(DAEMON, &[]);
 
-    // Disk: 4 s of 4 KiB O_DIRECT random writes, 16 in flight, on the test's own device.
+    // Disk: 5 s of 4 KiB O_DIRECT random writes, 32 in flight, on the test's own device.
     let term = Terminal::new("disk");
     term.start_triage("--duration 8s");
     let before = daemon.scrape();
@@ -239,9 +239,9 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
         .args(["--name=triage", "--direct=1", "--rw=randwrite", "--bs=4k"])
         .args([
             "--ioengine=libaio",
-            "--iodepth=16",
+            "--iodepth=32",
             "--time_based",
-            "--runtime=4",
+            "--runtime=5",
         ])
         .args(["--size=64M", "--output=/dev/null"])
         .arg(format!("--filename={}", disk.path.display()))

@@ -33,7 +33,7 @@ pub const DISK_IN_FLIGHT: f64 = 1.0;
 pub const MIN_RETRANSMITS: u64 = 5;
 pub const RETRANSMIT_SHARE: f64 = 0.01;
 pub const RETRANSMITS_PER_S: f64 = 10.0;
-pub const RESETS_PER_S: f64 = 10.0;
+pub const RESETS_PER_S: f64 = 50.0;
 pub const SYSCALL_SECONDS_PER_S: f64 = 1.0;
 
 #[derive(Debug, Clone, Default, Serialize)]
