@@ -404,6 +404,12 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     let term = Terminal::new("json");
     term.start_triage(&format!("--duration 5s --json > {}", json.display()));
     let started = Instant::now();
+    // An exec storm of a command name of the test's own: 30 runs of a copy of true(1).
+    let storm = dir.path().join("pscope-exec");
+    std::fs::copy("/bin/true", &storm).expect("copy true");
+    for _ in 0..30 {
+        assert!(Command::new(&storm).status().expect("exec").success());
+    }
     wait_for("triage --json to end", Duration::from_secs(30), || {
         exit_code(&term.history())
     });
@@ -418,7 +424,13 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     let elapsed = doc["elapsed_seconds"].as_f64().unwrap();
     assert!((4.5..7.0).contains(&elapsed), "elapsed {elapsed}");
     assert!(doc["runqueue"]["latency"]["count"].as_u64().unwrap() > 0);
-    assert!(doc["exec"]["total"].as_u64().is_some());
+    let execs = doc["exec"]["top"].as_array().expect("exec.top");
+    let ours = execs
+        .iter()
+        .find(|e| e["comm"] == "pscope-exec")
+        .unwrap_or_else(|| panic!("the exec storm is in the top commands: {execs:?}"));
+    assert_eq!(ours["count"], 30, "every exec counted once");
+    assert!(doc["exec"]["total"].as_u64().unwrap() >= 30);
     drop(term);
 
     // Ctrl-C after 2 s of a 60 s run: the summary so far, exit 0.
