@@ -10,8 +10,9 @@ no tracing and against the equivalent reference tool, measured in the same run.
   uprobe:  tests' function-target calling an empty-bodied function (sleep 0) in a loop; score:
            calls/s. Reference: bpftrace uprobe + uretprobe building a latency histogram.
 Each configuration runs ROUNDS times, interleaved; medians. Also the in-kernel cost per
-operation: run time of the tracer's own eBPF programs (kernel.bpf_stats_enabled) / operations.
-Writes bench/out/families.md.
+operation: run time of the tracer's own eBPF programs (kernel.bpf_stats_enabled) / operations,
+and its user-space CPU (utime + stime) per operation.
+Writes bench/out/families.md and bench/out/families.json (bench/report.py).
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -92,6 +93,12 @@ class Tracer:
         self.ids = set(prog_stats()) - before
         return self
 
+    def cpu_s(self):
+        if not self.proc:
+            return 0.0
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def ebpf_ns(self):
         stats = prog_stats()
         return sum(stats.get(i, 0) for i in self.ids)
@@ -138,7 +145,10 @@ def main():
     ap.add_argument("--tcp-connections", type=int, default=3000)
     ap.add_argument("--syscall-blocks", type=int, default=500000)
     ap.add_argument("--uprobe-calls", type=int, default=50000)
+    ap.add_argument("--quick", action="store_true", help="1 round, small workloads (development only)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.tcp_connections, args.syscall_blocks, args.uprobe_calls = 1, 500, 100000, 10000
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     workloads = {
@@ -149,6 +159,7 @@ def main():
     kinds = ["none", "periscope", "reference"]
     rates = {(w, k): [] for w in workloads for k in kinds}
     cost = {(w, k): [] for w in workloads for k in kinds[1:]}
+    cpu = {(w, k): [] for w in workloads for k in kinds[1:]}
     stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
@@ -158,11 +169,12 @@ def main():
                 for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
                     print(f"[bench] round {r + 1}/{args.rounds}: {family} with {kind}", file=sys.stderr, flush=True)
                     with Tracer(kind, family) as t:
-                        before = t.ebpf_ns()
+                        before, cpu0 = t.ebpf_ns(), t.cpu_s()
                         rate, ops = run()
                         rates[(family, kind)].append(rate)
                         if kind != "none":
                             cost[(family, kind)].append((t.ebpf_ns() - before) / ops)
+                            cpu[(family, kind)].append((t.cpu_s() - cpu0) * 1e9 / ops)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
@@ -177,10 +189,25 @@ def main():
         cp, cr = med(cost[(family, "periscope")]), med(cost[(family, "reference")])
         lines.append(f"| {family} ({unit}; reference: {ref}) | {n:,.0f} | {p:,.0f} | {rf:,.0f} | "
                      f"{p / n:.3f} | {rf / n:.3f} | {p / rf:.3f} | {cp:,.0f} | {cr:,.0f} |")
+    lines += ["", "User-space CPU of the tracer per operation (utime + stime; clock-tick resolution):", "",
+              "| workload | Periscope CPU ns/op | reference CPU ns/op |", "|---|---|---|"]
+    for family in workloads:
+        lines.append(f"| {family} | {med(cpu[(family, 'periscope')]):,.1f} | {med(cpu[(family, 'reference')]):,.1f} |")
     report = "\n".join(lines) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/out/families.md"), "w") as f:
+    data = {
+        "rounds": args.rounds, "quick": args.quick, "cpus": os.cpu_count(), "kernel": os.uname().release,
+        "workloads": {f: {"unit": unit, "reference": ref,
+                          "rates": {k: rates[(f, k)] for k in kinds},
+                          "ebpf_ns_per_op": {k: cost[(f, k)] for k in kinds[1:]},
+                          "cpu_ns_per_op": {k: cpu[(f, k)] for k in kinds[1:]}}
+                      for f, (_, unit, ref) in workloads.items()},
+    }
+    out = os.path.join(ROOT, "bench/out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "families.md"), "w") as f:
         f.write(report)
+    with open(os.path.join(out, "families.json"), "w") as f:
+        json.dump(data, f, indent=1)
     print(report)
 
 

@@ -9,8 +9,9 @@ Prints throughput and p99 ratios against the uninstrumented run, the eBPF cost p
 Configurations are interleaved over rounds so drift hits all alike; medians are compared.
 Targets (issue: HTTP): throughput >= 98% of uninstrumented, p99 within 5%, eBPF cost < 300 ns
 per request, RSS < 30 MB. Beyla's published figures: ~500 ns per request, ~75 MB.
+Writes bench/out/http.md and bench/out/http.json (bench/report.py).
 """
-import argparse, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -115,7 +116,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s (development only)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 3
     if os.geteuid() != 0:
         sys.exit("bench: run as root (eBPF)")
     tmp = tempfile.mkdtemp()
@@ -184,9 +188,20 @@ def main():
                   f"RSS under load {peak:.1f} MiB ({'meets' if peak < 30 else 'misses'} target < 30 MB; Beyla publishes ~75 MB)"]
     lines.append("")
     report = "\n".join(lines) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/out/http.md"), "w") as f:
+    data = {
+        "rounds": args.rounds, "quick": args.quick, "seconds": args.seconds, "connections": args.connections,
+        "cpus": os.cpu_count(), "kernel": os.uname().release,
+        "rps": rps, "p99_s": p99, "ebpf_ns_per_request": ns_per_req, "cpu_ns_per_request": cpu_per_req,
+        "peak_rss_kib": {k: [kb for kk, kb in rss if kk == k] for k in kinds[1:]},
+        "rss_under_load_kib": {k: [kb for kk, kb in steady_rss if kk == k] for k in kinds[1:]},
+        "counted_vs_completed": {k: exact[k] for k in kinds[1:3]},
+    }
+    out = os.path.join(ROOT, "bench/out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "http.md"), "w") as f:
         f.write(report)
+    with open(os.path.join(out, "http.json"), "w") as f:
+        json.dump(data, f, indent=1)
     print(report)
 
 

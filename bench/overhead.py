@@ -7,6 +7,8 @@ Workloads (fixed work, scored by throughput; higher is better):
   io:    fio 4 KiB random reads, O_DIRECT, iodepth 16, on a loop device of its own -- the
          highest block request rate this machine can make.
 Each configuration runs ROUNDS times, interleaved so drift hits all alike; medians are compared.
+Also the tracers' user-space CPU per workload operation (utime + stime of the daemon or of the
+reference tools). Writes bench/out/overhead.md and bench/out/overhead.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -42,6 +44,14 @@ def prog_stats():
 class Tracer:
     def __init__(self, kind):
         self.kind, self.procs, self.peak_rss_kb, self.ids = kind, [], None, set()
+
+    def cpu_s(self):
+        """utime + stime of this tracer's processes so far, in seconds."""
+        total = 0
+        for p in self.procs:
+            fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def ebpf_ns(self):
         """Total run time of this tracer's programs so far."""
@@ -96,7 +106,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sched-ops", type=int, default=50000)
     ap.add_argument("--io-seconds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="1 round, short workloads (development only)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.sched_ops, args.io_seconds = 1, 10000, 2
     if os.geteuid() != 0:
         sys.exit("bench: run as root (eBPF, loop devices)")
 
@@ -109,6 +122,7 @@ def main():
     kinds = ["none", "periscope", "libbpf-tools"]
     results = {(w, k): [] for w in ("sched", "io") for k in kinds}
     ebpf_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
+    cpu_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
     rss, costs = [], {}
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
@@ -117,14 +131,17 @@ def main():
             for kind in kinds if r % 2 == 0 else reversed(kinds):
                 print(f"[bench] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
                 with Tracer(kind) as t:
-                    t0 = t.ebpf_ns()
+                    t0, c0 = t.ebpf_ns(), t.cpu_s()
                     results[("sched", kind)].append(sched_workload(args.sched_ops))
-                    t1 = t.ebpf_ns()
+                    t1, c1 = t.ebpf_ns(), t.cpu_s()
                     results[("io", kind)].append(io_workload(dev, args.io_seconds))
-                    t2 = t.ebpf_ns()
+                    t2, c2 = t.ebpf_ns(), t.cpu_s()
                     if kind != "none":
+                        io_ops = results[("io", kind)][-1] * args.io_seconds
                         ebpf_cost[("sched", kind)].append((t1 - t0) / args.sched_ops)
-                        ebpf_cost[("io", kind)].append((t2 - t1) / (results[("io", kind)][-1] * args.io_seconds))
+                        ebpf_cost[("io", kind)].append((t2 - t1) / io_ops)
+                        cpu_cost[("sched", kind)].append((c1 - c0) * 1e9 / args.sched_ops)
+                        cpu_cost[("io", kind)].append((c2 - c1) * 1e9 / io_ops)
                     if kind == "periscope":
                         costs = bpf_costs()
                 if t.peak_rss_kb:
@@ -153,6 +170,12 @@ def main():
         lines.append(f"| {w} (per {unit}) | {ours:,.0f} | {ref:,.0f} | {ours / ref:.2f} |")
         verdicts.append(f"{w}: in-kernel cost Periscope/libbpf-tools = {ours / ref:.2f} "
                         f"({'meets' if ours <= ref * 1.05 else 'misses'} target: no greater than libbpf-tools, 5% allowance)")
+    lines += ["", "User-space CPU of the tracer (utime + stime of the daemon, or of runqlat + biolatency) per",
+              "workload operation (clock-tick resolution: short runs round to 0).", "",
+              "| workload | Periscope CPU ns/op | libbpf-tools CPU ns/op |", "|---|---|---|"]
+    for w in ("sched", "io"):
+        ours, ref = (statistics.median(cpu_cost[(w, k)]) for k in kinds[1:])
+        lines.append(f"| {w} | {ours:,.1f} | {ref:,.1f} |")
     lines += ["", "Raw scores: " + ", ".join(f"{w}/{k}={['%.0f' % x for x in v]}" for (w, k), v in results.items()), ""]
     lines += ["| eBPF program | ns per run | runs (last round) |", "|---|---|---|"]
     lines += [f"| {p} | {ns:.0f} | {n:,.0f} |" for p, (ns, n) in sorted(costs.items())]
@@ -160,9 +183,23 @@ def main():
     lines += ["", f"Periscope peak RSS (VmHWM): {peak:.1f} MiB (target < 30 MiB: {'met' if peak < 30 else 'missed'})", ""]
     lines += [f"- {v}" for v in verdicts]
     report = "\n".join(lines) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/out/report.md"), "w") as f:
+    data = {
+        "rounds": args.rounds, "quick": args.quick, "cpus": os.cpu_count(), "kernel": os.uname().release,
+        "sched_ops": args.sched_ops, "io_seconds": args.io_seconds,
+        "units": {"sched": "pipe ops/s", "io": "4k read IOPS"},
+        "reference": "libbpf-tools runqlat + biolatency -D",
+        "scores": {w: {k: results[(w, k)] for k in kinds} for w in ("sched", "io")},
+        "ebpf_ns_per_op": {w: {k: ebpf_cost[(w, k)] for k in kinds[1:]} for w in ("sched", "io")},
+        "cpu_ns_per_op": {w: {k: cpu_cost[(w, k)] for k in kinds[1:]} for w in ("sched", "io")},
+        "programs": {p: {"ns_per_run": ns, "runs": n} for p, (ns, n) in costs.items()},
+        "peak_rss_kib": rss,
+    }
+    out = os.path.join(ROOT, "bench/out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "overhead.md"), "w") as f:
         f.write(report)
+    with open(os.path.join(out, "overhead.json"), "w") as f:
+        json.dump(data, f, indent=1)
     print(report)
 
 

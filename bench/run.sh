@@ -1,16 +1,46 @@
 #!/usr/bin/env bash
-# Overhead benchmarks: a scheduler-heavy and an IO-heavy workload, each run with no tracer, with
-# Periscope, and with libbpf-tools runqlat+biolatency (bench/out/report.md); then nginx under wrk
-# with no tracer, Periscope capturing HTTP, and Periscope without HTTP (bench/out/http.md); then
-# the TCP, syscall and uprobe families against tcplife, syscount -L and bpftrace
-# (bench/out/families.md).
-# Prints overhead ratios, per-event eBPF cost and Periscope's peak RSS.
-# Run as root after `make build` (make bench does both).
+# Every benchmark, then one report: bench/out/report.md with SVG plots in bench/out/plots/.
+#   overhead.py       scheduler- and IO-heavy workloads: no tracer, Periscope, runqlat+biolatency
+#   http_overhead.py  nginx under wrk: no tracer, Periscope (HTTP of all / nginx only / no HTTP)
+#   families.py       TCP, syscall, uprobe families vs tcplife, syscount -L, bpftrace
+#   export.py         OTLP export throughput into a real OTLP/gRPC receiver (tests' otlp-sink)
+#   accuracy.py       counts and log2 histograms vs biolatency, runqlat, bpftrace, syscount
+#   report.py         reads their JSON (bench/out/*.json), writes report.md and the plots
+# Each script also writes its own bench/out/NAME.md and NAME.json.
+# usage: bench/run.sh [--quick]   (--quick: 1 round, short workloads; for development only)
+# Run as root (make bench runs `make setup` first). Plotting needs matplotlib: installed here, pinned
+# (bench/requirements.txt), into target/bench-venv; CI does not run the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p periscope >/dev/null 2>&1 || cargo build --release -p periscope
-cargo build --release -p periscope-e2e --bin function-target >/dev/null 2>&1 \
-  || cargo build --release -p periscope-e2e --bin function-target
-python3 bench/overhead.py "$@"
-python3 bench/http_overhead.py
-python3 bench/families.py
+QUICK=()
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=(--quick) ;;
+    *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+VENV=target/bench-venv
+if ! python3 -c 'import ensurepip' 2>/dev/null; then
+  apt-get install -y python3-venv >/dev/null
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! cmp -s bench/requirements.txt "$VENV/requirements.txt"; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+  cp bench/requirements.txt "$VENV/requirements.txt"
+fi
+
+build() { cargo build --release "$@" >/dev/null 2>&1 || cargo build --release "$@"; }
+build -p periscope
+build -p periscope-e2e --bin function-target --bin syscall-workload --bin otlp-sink
+
+rm -rf bench/out
+mkdir -p bench/out
+python3 bench/overhead.py "${QUICK[@]}"
+python3 bench/http_overhead.py "${QUICK[@]}"
+python3 bench/families.py "${QUICK[@]}"
+python3 bench/export.py "${QUICK[@]}"
+python3 bench/accuracy.py "${QUICK[@]}"
+"$VENV/bin/python" bench/report.py

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""The benchmark report: reads the JSON every benchmark wrote into bench/out/ (overhead.json,
+http.json, families.json, export.json, accuracy.json), writes bench/out/report.md with summary
+tables, SVG plots in bench/out/plots/ (matplotlib), and each benchmark's own Markdown as an
+appendix. A benchmark whose JSON is missing is reported as not run. Needs matplotlib (bench/run.sh
+installs the pinned bench/requirements.txt into target/bench-venv and runs this with it)."""
+import datetime, json, os, statistics, sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench/out")
+PLOTS = os.path.join(OUT, "plots")
+plt.rcParams["svg.hashsalt"] = "periscope"  # stable ids in the SVG files
+
+
+def load(name):
+    path = os.path.join(OUT, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def med(xs):
+    xs = [x for x in (xs or []) if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fnum(x, digits=0):
+    return "" if x != x else f"{x:,.{digits}f}"
+
+
+def save(fig, name):
+    os.makedirs(PLOTS, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(os.path.join(PLOTS, name), format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return f"plots/{name}"
+
+
+def bars(ax, groups, series, values, ylabel, log=False):
+    """Grouped bars: values[s][g] for each series s over groups g (nan: no bar)."""
+    width = 0.8 / max(1, len(series))
+    for i, s in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [values[s][g] for g in range(len(groups))], width, label=s)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=15)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+
+
+def overhead_rows(overhead, families, http):
+    """(workload, unit, none, periscope, reference name, reference score, ebpf ns Periscope, ebpf ns reference,
+    cpu ns Periscope, cpu ns reference)."""
+    rows = []
+    if overhead:
+        for w in ("sched", "io"):
+            s, e, c = overhead["scores"][w], overhead["ebpf_ns_per_op"][w], overhead["cpu_ns_per_op"][w]
+            rows.append((w, overhead["units"][w], med(s["none"]), med(s["periscope"]), "runqlat + biolatency",
+                         med(s["libbpf-tools"]), med(e["periscope"]), med(e["libbpf-tools"]),
+                         med(c["periscope"]), med(c["libbpf-tools"])))
+    if families:
+        for f, d in families["workloads"].items():
+            r, e, c = d["rates"], d["ebpf_ns_per_op"], d["cpu_ns_per_op"]
+            rows.append((f, d["unit"], med(r["none"]), med(r["periscope"]), d["reference"], med(r["reference"]),
+                         med(e["periscope"]), med(e["reference"]), med(c["periscope"]), med(c["reference"])))
+    if http:
+        for k in ("periscope-all", "periscope-nginx"):
+            rows.append((f"http ({k})", "requests/s", med(http["rps"]["none"]), med(http["rps"][k]), "", float("nan"),
+                         med(http["ebpf_ns_per_request"][k]), float("nan"), med(http["cpu_ns_per_request"][k]),
+                         float("nan")))
+    return rows
+
+
+def main():
+    overhead, http, families = load("overhead"), load("http"), load("families")
+    export, accuracy = load("export"), load("accuracy")
+    present = {n: d for n, d in (("overhead", overhead), ("http", http), ("families", families),
+                                 ("export", export), ("accuracy", accuracy)) if d}
+    quick = sorted(n for n, d in present.items() if d.get("quick"))
+    any_data = next(iter(present.values()), {})
+    lines = ["# Periscope benchmark report", "",
+             f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench` "
+             f"(bench/run.sh). Machine: {any_data.get('cpus', os.cpu_count())} CPUs, kernel "
+             f"{any_data.get('kernel', os.uname().release)}.", ""]
+    if quick:
+        lines += [f"**Quick run** ({', '.join(quick)} ran with `--quick`: 1 round, short workloads). These numbers "
+                  "check that the benchmarks work; they are not results.", ""]
+    missing = [n for n in ("overhead", "http", "families", "export", "accuracy") if n not in present]
+    if missing:
+        lines += [f"Not run (no JSON in bench/out/): {', '.join(missing)}.", ""]
+
+    # Overhead.
+    rows = overhead_rows(overhead, families, http)
+    if rows:
+        lines += ["## Overhead vs no tracing and vs the reference tools", "",
+                  "Throughput with each tracer as a ratio of the untraced run (1.000 = no cost), medians over "
+                  "interleaved rounds; eBPF ns/op is the run time of the tracer's own programs "
+                  "(kernel.bpf_stats_enabled) per workload operation; CPU ns/op is the tracer's user-space CPU "
+                  "(utime + stime) per operation.", "",
+                  "| workload | unit | no tracer | Periscope / none | reference | reference / none | Periscope / reference "
+                  "| eBPF ns/op Periscope | eBPF ns/op reference | CPU ns/op Periscope | CPU ns/op reference |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (w, unit, none, ours, refname, ref, eo, er, co, cr) in rows:
+            lines.append(f"| {w} | {unit} | {fnum(none)} | {ours / none:.3f} | {refname} | "
+                         f"{'' if ref != ref else f'{ref / none:.3f}'} | {'' if ref != ref else f'{ours / ref:.3f}'} | "
+                         f"{fnum(eo)} | {fnum(er)} | {fnum(co, 1)} | {fnum(cr, 1)} |")
+        groups = [r[0] for r in rows]
+        fig, ax = plt.subplots(figsize=(9, 4))
+        bars(ax, groups, ["Periscope", "reference"],
+             {"Periscope": [r[3] / r[2] for r in rows], "reference": [r[5] / r[2] for r in rows]},
+             "throughput / untraced")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_title("Throughput under tracing (1.0 = no overhead)")
+        lines += ["", f"![throughput ratios]({save(fig, 'overhead.svg')})", ""]
+        fig, ax = plt.subplots(figsize=(9, 4))
+        bars(ax, groups, ["Periscope", "reference"],
+             {"Periscope": [r[6] for r in rows], "reference": [r[7] for r in rows]}, "eBPF ns per operation", log=True)
+        ax.set_title("In-kernel cost per workload operation (bpf_stats)")
+        lines += [f"![eBPF cost per operation]({save(fig, 'ebpf_cost.svg')})", ""]
+
+    # HTTP per request.
+    if http:
+        base_rps, base_p99 = med(http["rps"]["none"]), med(http["p99_s"]["none"])
+        lines += ["## HTTP: per-request eBPF cost, p99, daemon CPU and RSS (nginx + wrk)", "",
+                  f"wrk -t1 -c{http['connections']}, {http['rounds']} round(s) of {http['seconds']} s. Targets (issue 3): "
+                  "throughput >= 98% of uninstrumented, p99 within 5%, eBPF < 300 ns per request, RSS < 30 MB.", "",
+                  "| configuration | requests/s | vs none | p99 | vs none | eBPF ns/request | daemon CPU ns/request | "
+                  "RSS under load | startup peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+        for k in ("none", "periscope-all", "periscope-nginx", "periscope-no-http"):
+            r, p = med(http["rps"][k]), med(http["p99_s"][k])
+            rss = http.get("rss_under_load_kib", {}).get(k)
+            peak = http.get("peak_rss_kib", {}).get(k)
+            lines.append(f"| {k} | {fnum(r)} | {r / base_rps:.3f} | {p * 1e3:.3f} ms | {p / base_p99:.2f} | "
+                         f"{fnum(med(http['ebpf_ns_per_request'].get(k)))} | {fnum(med(http['cpu_ns_per_request'].get(k)))} | "
+                         f"{'' if not rss else f'{max(rss) / 1024:.1f} MiB'} | {'' if not peak else f'{max(peak) / 1024:.1f} MiB'} |")
+        lines.append("")
+
+    # Daemon resources.
+    res = []
+    if overhead and overhead.get("peak_rss_kib"):
+        res.append(("kernel families (sched+io bench)", max(overhead["peak_rss_kib"]) / 1024, "peak (VmHWM)"))
+    if http:
+        for k in ("periscope-all", "periscope-nginx", "periscope-no-http"):
+            v = http.get("rss_under_load_kib", {}).get(k)
+            if v:
+                res.append((f"http bench, {k}", max(v) / 1024, "under load (VmRSS)"))
+    if export:
+        for name, ps in export["phases"].items():
+            if ps:
+                res.append((f"export bench, {name}", max(p["rss_kib"] for p in ps) / 1024, "end of phase (VmRSS)"))
+    if res:
+        lines += ["## Daemon RSS", "", "Target (issues 2, 3): < 30 MB.", "", "| run | RSS | measured as |", "|---|---|---|"]
+        lines += [f"| {n} | {v:.1f} MiB | {how} |" for n, v, how in res]
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        ax.barh([r[0] for r in res], [r[1] for r in res])
+        ax.axvline(30 / 1.048576, color="red", linewidth=0.8, label="30 MB target")
+        ax.set_xlabel("MiB")
+        ax.legend(fontsize="small")
+        ax.set_title("Periscope RSS")
+        lines += ["", f"![daemon RSS]({save(fig, 'rss.svg')})", ""]
+
+    # Export.
+    if export:
+        lines += ["## OTLP export throughput (into a real OTLP/gRPC receiver)", "",
+                  "Receiver: tests/src/bin/otlp-sink.rs (opentelemetry-proto tonic services; decodes and counts). "
+                  "Metrics exported every 1 s, cumulative. Spans: one SERVER span per nginx request.", "",
+                  "| phase | spans/s | data points/s | spans exported / dropped | bytes/s | daemon CPU | RSS |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in ("idle", "loaded"):
+            ps = export["phases"].get(name) or []
+            if not ps:
+                continue
+            lines.append(f"| {name} | {fnum(med([p['spans_per_s'] for p in ps]))} | "
+                         f"{fnum(med([p['data_points_per_s'] for p in ps]))} | "
+                         f"{sum(p['spans_exported'] for p in ps):,.0f} / {sum(p['spans_dropped'] for p in ps):,.0f} | "
+                         f"{fnum(med([p['metric_bytes_per_s'] + p['trace_bytes_per_s'] for p in ps]))} | "
+                         f"{med([p['daemon_cpu_share'] for p in ps]):.1%} | {max(p['rss_kib'] for p in ps) / 1024:.1f} MiB |")
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        names = [n for n in ("idle", "loaded") if export["phases"].get(n)]
+        for ax, key, title in ((axes[0], "spans_per_s", "spans/s received"),
+                               (axes[1], "data_points_per_s", "data points/s received")):
+            ax.bar(names, [med([p[key] for p in export["phases"][n]]) for n in names])
+            ax.set_title(title)
+        lines += ["", f"![export throughput]({save(fig, 'export.svg')})", ""]
+
+    # Accuracy.
+    if accuracy:
+        r = accuracy["results"]
+        lines += ["## Accuracy vs the reference tools", "",
+                  "Each family alone beside its reference over one workload (bench/accuracy.py).", "",
+                  "| family | counted | workload's own count | Periscope | reference | tool | Periscope / reference | "
+                  "Periscope runs skipped by the kernel (recursion misses) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        what = {"block": "completions", "sched": "run-queue waits", "tcp": "retransmits"}
+        ratio = lambda a, b: f"{a / b:.3f}" if b else ""
+        for fam in ("block", "sched", "tcp"):
+            if fam in r:
+                x = r[fam]
+                expected = "" if x["expected"] is None else f"{x['expected']:,}"
+                lines.append(f"| {fam} | {what[fam]} | {expected} | "
+                             f"{x['periscope']:,.0f} | {x['reference_count']:,.0f} | {x['reference']} | "
+                             f"{ratio(x['periscope'], x['reference_count'])} | {x.get('recursion_misses', 0):,.0f} |")
+        if "syscall" in r:
+            for row in r["syscall"]["rows"]:
+                ref = row["reference_count"]
+                fmt = (lambda v: f"{v:.4f}") if "seconds" in row["what"] else (lambda v: f"{v:,.0f}")
+                lines.append(f"| syscall | {row['what']} | {fmt(row['expected'])} | {fmt(row['periscope'])} | "
+                             f"{'' if ref is None else fmt(ref)} | {r['syscall']['reference'] if ref is not None else ''} | "
+                             f"{'' if ref is None else ratio(row['periscope'], ref)} | |")
+        hists = [f for f in ("block", "sched") if f in r]
+        if hists:
+            fig, axes = plt.subplots(1, len(hists), figsize=(4.5 * len(hists), 3.5), squeeze=False)
+            for ax, fam in zip(axes[0], hists):
+                ours = {int(k): v for k, v in r[fam]["periscope_slots"].items()}
+                theirs = {int(k): v for k, v in r[fam]["reference_slots"].items()}
+                slots = sorted(set(ours) | set(theirs))
+                labels = [str(0 if s == 0 else 1 << s) for s in slots]
+                bars(ax, labels, ["Periscope", r[fam]["reference"]],
+                     {"Periscope": [ours.get(s, 0) for s in slots],
+                      r[fam]["reference"]: [theirs.get(s, 0) for s in slots]}, "count")
+                ax.set_xlabel(f"log2 slot lower bound ({r[fam]['unit']})")
+                ax.set_title(fam)
+            lines += ["", f"![log2 histograms side by side]({save(fig, 'accuracy.svg')})", ""]
+
+    # Appendix: each benchmark's own Markdown.
+    lines += ["## Details (each benchmark's own output)", ""]
+    for name in ("overhead", "http", "families", "export", "accuracy"):
+        path = os.path.join(OUT, f"{name}.md")
+        if os.path.exists(path):
+            text = open(path).read().strip().splitlines()
+            lines += [("##" + l) if l.startswith("#") else l for l in text] + [""]
+    with open(os.path.join(OUT, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"bench: wrote {os.path.relpath(os.path.join(OUT, 'report.md'), ROOT)}"
+          + (f" and {len(os.listdir(PLOTS))} plots in bench/out/plots/" if os.path.isdir(PLOTS) else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
