@@ -100,6 +100,30 @@ impl HistogramAggregation {
     }
 }
 
+/// OTLP aggregation temporality of counters and histograms (the Prometheus endpoint is always
+/// cumulative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Temporality {
+    /// Counts since the daemon started: a failed export loses nothing.
+    #[default]
+    Cumulative,
+    /// Counts since the last accepted export (a failed export's counts go into the next one).
+    Delta,
+}
+
+impl Temporality {
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `lowmemory` means delta for
+    /// counters and histograms, which is all Periscope sends with a temporality.
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cumulative" => Some(Self::Cumulative),
+            "delta" | "lowmemory" => Some(Self::Delta),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
@@ -114,6 +138,7 @@ pub struct OtlpConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub histogram_aggregation: HistogramAggregation,
+    pub temporality: Temporality,
     /// PEM file of the CA(s) that sign the collector's certificate, for `https://` endpoints
     /// (added to the system's roots).
     pub certificate: Option<PathBuf>,
@@ -131,6 +156,7 @@ impl Default for OtlpConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             histogram_aggregation: HistogramAggregation::ExplicitBucketHistogram,
+            temporality: Temporality::Cumulative,
             certificate: None,
             client_certificate: None,
             client_key: None,
@@ -633,15 +659,13 @@ impl Config {
                 })?;
         }
         let name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
-        if let Some(v) = get(name)
-            && !v.trim().eq_ignore_ascii_case("cumulative")
-        {
-            return Err(ConfigError::Env {
-                name,
-                value: v,
-                reason: "only cumulative temporality is supported (an outage then loses no counts)"
-                    .into(),
-            });
+        if let Some(v) = get(name) {
+            self.otlp.temporality =
+                Temporality::parse(v.trim()).ok_or_else(|| ConfigError::Env {
+                    name,
+                    value: v.clone(),
+                    reason: "expected cumulative, delta or lowmemory".into(),
+                })?;
         }
         Ok(())
     }
@@ -774,6 +798,7 @@ mod tests {
             config.otlp.histogram_aggregation,
             HistogramAggregation::Base2ExponentialBucketHistogram
         );
+        assert_eq!(config.otlp.temporality, Temporality::Delta);
         assert!(config.probes.sched.by_cgroup);
         assert_eq!(config.probes.sched.max_cgroups, 64);
         assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
@@ -911,6 +936,34 @@ mod tests {
         assert_eq!(
             path(&config.otlp.client_key).as_deref(),
             Some("/file/client.key")
+        );
+    }
+
+    #[test]
+    fn temporality_preference_from_the_environment() {
+        for (value, expected) in [
+            ("delta", Temporality::Delta),
+            ("LowMemory", Temporality::Delta),
+            ("cumulative", Temporality::Cumulative),
+        ] {
+            let mut config = Config::default();
+            config
+                .apply_env(|k| {
+                    (k == "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+                        .then(|| value.to_string())
+                })
+                .unwrap();
+            assert_eq!(config.otlp.temporality, expected, "{value}");
+        }
+        let err = Config::default()
+            .apply_env(|k| {
+                (k == "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+                    .then(|| "sometimes".to_string())
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid environment variable OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=\"sometimes\": expected cumulative, delta or lowmemory"
         );
     }
 

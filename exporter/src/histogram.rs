@@ -129,6 +129,27 @@ impl Histogram {
 }
 
 impl Histogram {
+    /// What was recorded since `earlier` (an older copy of the same cumulative series), or
+    /// `None` if any bucket went down: the series was reset in between.
+    pub fn minus(&self, earlier: &Self) -> Option<Self> {
+        let mut counts = BTreeMap::new();
+        for (slot, before) in &earlier.counts {
+            if self.counts.get(slot).copied().unwrap_or(0) < *before {
+                return None;
+            }
+        }
+        for (slot, now) in &self.counts {
+            let delta = now - earlier.counts.get(slot).copied().unwrap_or(0);
+            if delta > 0 {
+                counts.insert(*slot, delta);
+            }
+        }
+        Some(Self {
+            counts,
+            sum: self.sum.checked_sub(earlier.sum)?,
+        })
+    }
+
     /// Sums the per-CPU copies of one kernel series.
     pub fn from_kernel<'a>(per_cpu: impl IntoIterator<Item = &'a Hist>) -> Self {
         let mut out = Self::default();

@@ -573,3 +573,69 @@ fn spans_beyond_the_queue_bound_are_counted_as_dropped() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn delta_temporality_sums_to_the_workload_across_refused_exports() {
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+    let _machine = exclusive();
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let disk = LoopDevice::create(64);
+    let mm = disk.major_minor();
+    let daemon = Daemon::start(
+        &block_only("1s", "500ms"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+        ],
+    );
+    let delta_total = || -> f64 {
+        receiver
+            .requests()
+            .iter()
+            .filter_map(|r| exported(r, "kernel.block.io.size", &mm))
+            .map(|h| h.count)
+            .sum()
+    };
+    disk.direct_writes(4096, 60);
+    wait_for("60 writes in deltas", Duration::from_secs(20), || {
+        (delta_total() == 60.0).then_some(())
+    });
+    // Refused exports (each retried, then failed) do not move the baseline: their counts
+    // arrive in the next accepted export.
+    receiver.refuse_next(6);
+    disk.direct_writes(4096, 40);
+    wait_for("every refusal used", Duration::from_secs(30), || {
+        (receiver.refused() == 6).then_some(())
+    });
+    wait_for("100 writes in deltas", Duration::from_secs(20), || {
+        (delta_total() == 100.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(delta_total(), 100.0, "no count sent twice");
+    // Every histogram point is delta, and each starts where the previous accepted one ended.
+    let mut previous_end = None;
+    for request in receiver.requests() {
+        let metric = request
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .find(|m| m.name == "kernel.block.io.size");
+        let Some(Data::Histogram(h)) = metric.and_then(|m| m.data.as_ref()) else {
+            continue;
+        };
+        assert_eq!(
+            h.aggregation_temporality,
+            AggregationTemporality::Delta as i32
+        );
+        let point = &h.data_points[0];
+        if let Some(end) = previous_end {
+            assert_eq!(point.start_time_unix_nano, end, "deltas are contiguous");
+        }
+        previous_end = Some(point.time_unix_nano);
+    }
+    assert!(counter(&daemon, "failure") >= 1.0);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}

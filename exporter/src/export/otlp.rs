@@ -31,7 +31,8 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::{
-    config::{HistogramAggregation, OtlpConfig, OtlpProtocol},
+    config::{HistogramAggregation, OtlpConfig, OtlpProtocol, Temporality},
+    export::delta::{Baseline, Deltas},
     metrics::{Metric, Points, Resource},
     telemetry::Telemetry,
 };
@@ -56,15 +57,21 @@ fn attrs(attributes: &[(&'static str, String)]) -> Vec<KeyValue> {
 }
 
 /// Builds the export request for one snapshot.
+/// Points of counters and histograms run from `start` (the daemon's start when cumulative, the
+/// last accepted export when delta) to `now`.
 pub fn build_request(
     resource: &Resource,
     metrics: &[Metric],
     start: SystemTime,
     now: SystemTime,
     aggregation: HistogramAggregation,
+    temporality: Temporality,
 ) -> ExportMetricsServiceRequest {
     let (start, now) = (unix_nanos(start), unix_nanos(now));
-    let cumulative = AggregationTemporality::Cumulative as i32;
+    let cumulative = match temporality {
+        Temporality::Cumulative => AggregationTemporality::Cumulative,
+        Temporality::Delta => AggregationTemporality::Delta,
+    } as i32;
     let converted: Vec<OtlpMetric> = metrics
         .iter()
         .map(|m| {
@@ -291,6 +298,8 @@ pub struct OtlpExporter {
     client: OtlpClient,
     config: OtlpConfig,
     endpoint: String,
+    /// What the collector has accepted (delta temporality only).
+    baseline: Baseline,
 }
 
 impl OtlpClient {
@@ -456,6 +465,7 @@ impl OtlpExporter {
             endpoint: client.endpoint.clone(),
             client,
             config: config.clone(),
+            baseline: Baseline::default(),
         })
     }
 
@@ -523,8 +533,12 @@ impl OtlpExporter {
             } else {
                 &mut shutdown
             };
-            self.send_with_retry(&request, deadline, &telemetry, stop)
+            let accepted = self
+                .send_with_retry(&request.0, deadline, &telemetry, stop)
                 .await;
+            if let (true, Some(deltas)) = (accepted, request.1) {
+                self.baseline.accept(deltas);
+            }
             if last {
                 tracing::info!(endpoint = %self.endpoint, "final OTLP export done");
                 return;
@@ -532,21 +546,44 @@ impl OtlpExporter {
         }
     }
 
-    async fn snapshot_request(&self, telemetry: &Arc<Telemetry>) -> ExportMetricsServiceRequest {
+    /// The export request for a snapshot taken now; in delta mode also the deltas, whose
+    /// values become the baseline if the collector accepts them.
+    async fn snapshot_request(
+        &self,
+        telemetry: &Arc<Telemetry>,
+    ) -> (ExportMetricsServiceRequest, Option<Deltas>) {
         let t = telemetry.clone();
+        let metrics = tokio::task::spawn_blocking(move || t.snapshot())
+            .await
+            .unwrap_or_default();
+        let now = SystemTime::now();
         let aggregation = self.config.histogram_aggregation;
-        tokio::task::spawn_blocking(move || {
-            let metrics = t.snapshot();
-            build_request(
-                &t.resource,
-                &metrics,
-                t.start_time,
-                SystemTime::now(),
-                aggregation,
-            )
-        })
-        .await
-        .unwrap_or_default()
+        let resource = &telemetry.resource;
+        match self.config.temporality {
+            Temporality::Cumulative => (
+                build_request(
+                    resource,
+                    &metrics,
+                    telemetry.start_time,
+                    now,
+                    aggregation,
+                    Temporality::Cumulative,
+                ),
+                None,
+            ),
+            Temporality::Delta => {
+                let deltas = self.baseline.deltas(&metrics, telemetry.start_time, now);
+                let request = build_request(
+                    resource,
+                    &deltas.metrics,
+                    deltas.start,
+                    now,
+                    aggregation,
+                    Temporality::Delta,
+                );
+                (request, Some(deltas))
+            }
+        }
     }
 }
 
