@@ -320,24 +320,134 @@ pub fn progress_line(r: &Report) -> String {
     )
 }
 
-/// The live screen: a progress bar, then the summary so far, cut to the terminal's height.
+/// The live screen: a progress bar, then the summary so far, every line cut to the terminal's
+/// width and the whole cut to its height (so a redraw never scrolls).
 pub fn live_screen(r: &Report, rows: usize, cols: usize) -> String {
     let done = (r.elapsed_seconds / r.requested_seconds.max(1e-3)).clamp(0.0, 1.0);
-    let width = 30;
+    let width = 20;
     let filled = (done * width as f64).round() as usize;
     let left = (r.requested_seconds - r.elapsed_seconds).max(0.0);
-    let mut out = format!(
-        "periscope triage: collecting [{}{}] {:.0}/{:.0} s, {:.0} s left; Ctrl-C stops and prints the summary so far\n",
+    let header = format!(
+        "periscope triage: collecting [{}{}] {:.0}/{:.0} s, {:.0} s left\n\
+         Ctrl-C stops and prints the summary so far.\n\n",
         "#".repeat(filled),
         ".".repeat(width - filled),
         r.elapsed_seconds,
         r.requested_seconds,
         left
     );
-    for line in summary(r).lines().take(rows.saturating_sub(2)) {
-        let cut: String = line.chars().take(cols.max(20)).collect();
-        out.push_str(&cut);
+    let mut out = String::new();
+    for line in (header + &at_a_glance(r) + "\n" + &summary(r))
+        .lines()
+        .take(rows.saturating_sub(1).max(1))
+    {
+        out.extend(line.chars().take(cols.max(20)));
         out.push('\n');
+    }
+    out
+}
+
+/// One line per layer, for the top of the live screen.
+pub fn at_a_glance(r: &Report) -> String {
+    let mut out = format!("so far: {}\n", r.verdict.summary);
+    if let Some(e) = &r.exec {
+        let top: Vec<String> = e
+            .top
+            .iter()
+            .take(3)
+            .map(|c| format!("{} {}", c.comm, c.count))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  execs     {} ({:.1}/s){}{}",
+            e.total,
+            e.per_second,
+            if top.is_empty() { "" } else { ", most: " },
+            top.join(", ")
+        );
+    }
+    if let Some(q) = &r.runqueue {
+        let _ = writeln!(
+            out,
+            "  CPU       {} run-queue waits, p99 {}, max {}, waited {:.0}% of the CPU time",
+            q.latency.count,
+            fmt_seconds(q.latency.p99_seconds),
+            fmt_seconds(q.latency.max_seconds),
+            q.waiting_share * 100.0
+        );
+    }
+    if let Some(disks) = &r.disks {
+        let each: Vec<String> = disks
+            .iter()
+            .take(3)
+            .map(|d| {
+                format!(
+                    "{} {} IOs p99 {} {:.1} in flight",
+                    d.device,
+                    d.ios,
+                    fmt_seconds(d.latency.p99_seconds),
+                    d.in_flight
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  disk      {}",
+            if each.is_empty() {
+                "no IO".to_string()
+            } else {
+                each.join("; ")
+            }
+        );
+    }
+    if let Some(t) = &r.tcp {
+        let _ = writeln!(
+            out,
+            "  network   {} retransmits ({:.1}/s), {} resets",
+            t.retransmits,
+            t.retransmits_per_second,
+            t.resets_sent + t.resets_received
+        );
+    }
+    if let Some(top) = r
+        .syscalls
+        .as_ref()
+        .and_then(|s| s.top.iter().find(|row| !row.waiting))
+    {
+        let _ = writeln!(
+            out,
+            "  syscalls  {} {:.2} s/s, {} calls, p99 {}, most in {}",
+            top.name,
+            top.seconds_per_second,
+            top.calls,
+            fmt_seconds(top.p99_seconds),
+            top.top_process
+        );
+    }
+    if let Some(h) = &r.http {
+        let each: Vec<String> = h
+            .iter()
+            .take(3)
+            .map(|s| {
+                format!(
+                    "{} {} {:.1}/s {:.1}% errors p99 {}",
+                    s.service,
+                    s.side,
+                    s.requests_per_second,
+                    s.error_ratio * 100.0,
+                    fmt_seconds(s.p99_seconds)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  HTTP      {}",
+            if each.is_empty() {
+                "no traffic".to_string()
+            } else {
+                each.join("; ")
+            }
+        );
     }
     out
 }
