@@ -30,7 +30,7 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: setup
-	bash bench/run.sh
+	bash bench/run.sh $(ARGS)
 
 # Each HTTP fuzz target for a minute (cargo-fuzz on the nightly toolchain).
 fuzz: setup

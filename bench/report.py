@@ -49,7 +49,8 @@ def bars(ax, groups, series, values, ylabel, log=False):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ax.bar(xs, [values[s][g] for g in range(len(groups))], width, label=s)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=15)
+    many = len(groups) > 8
+    ax.set_xticklabels(groups, rotation=90 if many else 15, fontsize="small" if many else None)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")

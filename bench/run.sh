@@ -12,6 +12,7 @@
 # (bench/requirements.txt), into target/bench-venv; CI does not run the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
 QUICK=()
 for arg in "$@"; do
   case "$arg" in
