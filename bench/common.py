@@ -1,7 +1,7 @@
 """Helpers shared by bench/accuracy.py and bench/export.py: the release daemon on a private
 Prometheus port, a scrape parser with histogram deltas (as tests/src/scrape.rs), reference tools
 read line by line, and writing a benchmark's Markdown + JSON into bench/out/."""
-import json, math, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request
+import atexit, json, math, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -30,6 +30,7 @@ class Daemon:
         full_env = dict(os.environ, PERISCOPE_PROMETHEUS_LISTEN=f"127.0.0.1:{port}", PERISCOPE_LOG="warn")
         full_env.update(env or {})
         self.proc = subprocess.Popen([PERISCOPE, "run", "--config", cfg.name], env=full_env)
+        atexit.register(self.kill)  # never leave a daemon attached if the benchmark dies
         for _ in range(400):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -55,6 +56,11 @@ class Daemon:
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')

@@ -96,7 +96,7 @@ def main():
                   "check that the benchmarks work; they are not results.", ""]
     missing = [n for n in ("overhead", "http", "families", "export", "accuracy") if n not in present]
     if missing:
-        lines += [f"Not run (no JSON in bench/out/): {', '.join(missing)}.", ""]
+        lines += [f"No output (no JSON in bench/out/: not run, or failed; see the run's log): {', '.join(missing)}.", ""]
 
     # Overhead.
     rows = overhead_rows(overhead, families, http)

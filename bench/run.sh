@@ -39,9 +39,14 @@ build -p periscope-e2e --bin function-target --bin syscall-workload --bin otlp-s
 
 rm -rf bench/out
 mkdir -p bench/out
-python3 bench/overhead.py "${QUICK[@]}"
-python3 bench/http_overhead.py "${QUICK[@]}"
-python3 bench/families.py "${QUICK[@]}"
-python3 bench/export.py "${QUICK[@]}"
-python3 bench/accuracy.py "${QUICK[@]}"
+# A benchmark that fails leaves no JSON: the report says so, the others still run, and the exit
+# status is non-zero.
+FAILED=()
+for script in overhead http_overhead families export accuracy; do
+  python3 "bench/$script.py" "${QUICK[@]}" || FAILED+=("$script")
+done
 "$VENV/bin/python" bench/report.py
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  echo "bench: failed: ${FAILED[*]}" >&2
+  exit 1
+fi
