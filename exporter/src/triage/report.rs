@@ -243,14 +243,15 @@ pub fn quantile(h: &Histogram, q: f64) -> f64 {
     h.counts.keys().last().map(|s| upper(*s)).unwrap_or(0.0)
 }
 
-/// bcc's log2 row of a value in microseconds: the number of bits of the integer value.
+/// bcc's log2 row of a value in microseconds: the number of bits of the integer value, with 0
+/// and 1 sharing bcc's first row (`0 -> 1`).
 fn log2_row(usecs: u64) -> u32 {
-    64 - usecs.leading_zeros()
+    (64 - usecs.leading_zeros()).max(1)
 }
 
 fn row_bounds(row: u32) -> (u64, u64) {
-    if row == 0 {
-        return (0, 0);
+    if row <= 1 {
+        return (0, 1);
     }
     (1u64 << (row - 1), (1u64 << row) - 1)
 }
@@ -680,6 +681,26 @@ mod tests {
         );
         assert_eq!(rows.len(), 8, "every row between is drawn, empty ones too");
         assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 12);
+    }
+
+    #[test]
+    fn zero_and_one_microsecond_share_the_first_row_as_in_bcc() {
+        let h = hist_of(&[(0, 2), (300, 3), (1_500, 4), (2_500, 1)]);
+        assert_eq!(
+            log2_rows(&h),
+            vec![
+                Log2Row {
+                    low: 0,
+                    high: 1,
+                    count: 9
+                },
+                Log2Row {
+                    low: 2,
+                    high: 3,
+                    count: 1
+                }
+            ]
+        );
     }
 
     #[test]
