@@ -12,13 +12,38 @@ const DURATION: &str = "kernel_block_io_duration_seconds";
 const SIZE: &str = "kernel_block_io_size_bytes";
 const ONLY_BLOCK: &str = "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
 
+/// The block family on its own, with `mechanism` forced (or `auto`).
+fn only_block(mechanism: &str) -> String {
+    format!("{ONLY_BLOCK}  block:\n    mechanism: {mechanism}\n")
+}
+
+/// The default: raw tracepoints (request pointer as the key, fields from BTF).
 #[test]
 fn direct_writes_are_counted_exactly_and_agree_with_biolatency() {
+    direct_writes_counted_exactly("auto", "raw_tracepoint");
+}
+
+/// The fallback for kernels without raw tracepoints or BTF: tracepoints keyed by (device,
+/// sector), fields from the format files.
+#[test]
+fn tracepoint_mechanism_counts_the_same_writes_exactly() {
+    direct_writes_counted_exactly("tracepoint", "tracepoint");
+}
+
+fn direct_writes_counted_exactly(mechanism: &str, expected_mechanism: &str) {
     const WRITES: usize = 2000;
     const BLOCK: usize = 64 * 1024;
     let _machine = exclusive();
     let disk = LoopDevice::create(256);
-    let daemon = Daemon::start(ONLY_BLOCK, &[]);
+    let daemon = Daemon::start(&only_block(mechanism), &[]);
+    assert_eq!(
+        daemon.scrape().value(
+            "periscope_probe_attached",
+            &[("probe", "block"), ("mechanism", expected_mechanism)]
+        ),
+        Some(1.0),
+        "block attached with {expected_mechanism}"
+    );
     let device = [("block_device_major_minor", disk.major_minor())];
     let device: Vec<(&str, &str)> = device.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut writes = device.clone();

@@ -152,7 +152,9 @@ fn a_probe_that_cannot_attach_degrades_alone() {
     );
     let (_, log) = daemon.stop();
     assert!(
-        log.contains("mechanism fentry is configured but this family implements only tracepoint"),
+        log.contains(
+            "mechanism fentry is configured but this family implements only raw_tracepoint, tracepoint"
+        ),
         "{log}"
     );
 
@@ -208,17 +210,20 @@ fn tracefs_missing_is_mounted_or_explained() {
     );
     assert!(report.contains("ok    block"), "{report}");
 
+    // Without CAP_SYS_ADMIN it cannot mount it: the tracepoint families say how to fix that,
+    // and block still runs, on raw tracepoints (which need no tracefs).
     let (out, report) =
         without_tracefs(&format!("exec capsh --drop=cap_sys_admin -- -c '{check}'"));
     assert!(
         report.contains("mount it yourself with `mount -t tracefs tracefs /sys/kernel/tracing`"),
         "{report}"
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "nothing can attach without tracefs here"
+    assert!(report.contains("FAIL  sched"), "{report}");
+    assert!(
+        report.contains("ok    block                        attached with raw_tracepoint"),
+        "{report}"
     );
+    assert!(out.status.success(), "something can run: {report}");
 }
 
 /// With `kernel.bpf_stats_enabled=1`, per-program run time and count are exported.

@@ -40,6 +40,18 @@ pub struct BlockStart {
     pub op: u32,
 }
 
+/// What the raw-tracepoint issue program remembers, keyed by the `struct request` pointer (the
+/// device comes with it: completion reads nothing from the request).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRqStart {
+    pub issued_ns: u64,
+    pub bytes: u32,
+    pub op: u32,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
 pub const OP_READ: u32 = 0;
 pub const OP_WRITE: u32 = 1;
 pub const OP_FLUSH: u32 = 2;
@@ -75,6 +87,25 @@ pub fn op_from_rwbs(rwbs: [u8; 2]) -> u32 {
     }
 }
 
+/// The operation of a request from its `cmd_flags` (`enum req_op` in the low 8 bits), named as
+/// the tracepoints' `rwbs` names it (`blk_fill_rwbs`: secure erase is a discard).
+#[inline(always)]
+pub const fn op_from_cmd_flags(cmd_flags: u32) -> u32 {
+    match cmd_flags & 0xff {
+        0 => OP_READ,
+        1 => OP_WRITE,
+        2 => OP_FLUSH,
+        3 | 5 => OP_DISCARD,
+        _ => OP_OTHER,
+    }
+}
+
+/// A kernel `dev_t` from a gendisk's major and first minor (`MKDEV`).
+#[inline(always)]
+pub const fn mkdev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
 /// Histogram series id of a (device, op) pair.
 #[inline(always)]
 pub const fn series(dev: u32, op: u32) -> u64 {
@@ -105,6 +136,17 @@ mod tests {
         assert_eq!(op_from_rwbs(*b"F\0"), OP_FLUSH);
         assert_eq!(op_from_rwbs(*b"DS"), OP_DISCARD);
         assert_eq!(op_from_rwbs(*b"N\0"), OP_OTHER);
+    }
+
+    #[test]
+    fn cmd_flags_ops() {
+        assert_eq!(op_from_cmd_flags(0), OP_READ);
+        assert_eq!(op_from_cmd_flags(1 | (1 << 11)), OP_WRITE); // write + sync flag
+        assert_eq!(op_from_cmd_flags(2), OP_FLUSH);
+        assert_eq!(op_from_cmd_flags(3), OP_DISCARD);
+        assert_eq!(op_from_cmd_flags(5), OP_DISCARD);
+        assert_eq!(op_from_cmd_flags(9), OP_OTHER); // write zeroes: rwbs 'N'
+        assert_eq!(dev_major_minor(mkdev(7, 3)), (7, 3));
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod pod {
     unsafe impl aya::Pod for super::block::BlockHists {}
     unsafe impl aya::Pod for super::block::BlockRequest {}
     unsafe impl aya::Pod for super::block::BlockStart {}
+    unsafe impl aya::Pod for super::block::BlockRqStart {}
     unsafe impl aya::Pod for super::http::HttpPending {}
     unsafe impl aya::Pod for super::http::TlsPending {}
     unsafe impl aya::Pod for super::tcp::TcpSock {}

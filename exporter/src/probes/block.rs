@@ -1,31 +1,38 @@
 //! Block IO latency and request size per device and operation: the user-space half of
-//! `ebpf/periscope-ebpf/src/block.rs` (tracepoints `block:block_rq_issue` and
-//! `block:block_rq_complete`), exported as `kernel.block.io.duration` and `kernel.block.io.size`.
+//! `ebpf/periscope-ebpf/src/block.rs` (`block_rq_issue` and `block_rq_complete`, as raw
+//! tracepoints where the kernel has them and BTF says where the fields of `struct request` are,
+//! else as tracepoints), exported as `kernel.block.io.duration` and `kernel.block.io.size`.
 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
 };
 use periscope_common::block::{
-    BlockHists, BlockRequest, BlockStart, RECORD_WINDOW, dev_major_minor, op_name, split_series,
+    BlockHists, BlockRequest, BlockRqStart, BlockStart, RECORD_WINDOW, dev_major_minor, op_name,
+    split_series,
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
-    sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
+    attach_tracepoints, btf::KernelBtf, choose_mechanism, start_family_with, sweep_stale,
+    take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::BlockConfig,
+    config::{BlockConfig, MechanismChoice},
     histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
 
 const FAMILY: &str = "block";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
 const PROGRAMS: &[(&str, &str, &str)] = &[
     ("block_rq_issue", "block", "block_rq_issue"),
     ("block_rq_complete", "block", "block_rq_complete"),
+];
+const RAW_PROGRAMS: &[(&str, &str)] = &[
+    ("block_rq_issue_raw", "block_rq_issue"),
+    ("block_rq_complete_raw", "block_rq_complete"),
 ];
 
 pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
@@ -33,16 +40,71 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    let (choice, implemented) = (config.mechanism, IMPLEMENTED);
-    tracepoint_plan(
-        FAMILY,
-        implemented,
-        choice,
-        kernel,
-        tracefs,
-        settings,
-        tracepoint_offsets,
+    match choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel) {
+        Ok(Mechanism::RawTracepoint) => match raw_tracepoint_offsets() {
+            Ok(globals) => Plan {
+                settings: LoadSettings {
+                    globals,
+                    ..settings
+                },
+                enabled: true,
+                mechanism: Ok(Mechanism::RawTracepoint),
+            },
+            // Chosen, not forced: the tracepoints need no BTF.
+            Err(why) if config.mechanism == MechanismChoice::Auto => {
+                tracing::info!(probe = FAMILY, reason = %why, "raw tracepoints unusable; using tracepoints");
+                tracepoint_plan(
+                    FAMILY,
+                    &[Mechanism::Tracepoint],
+                    MechanismChoice::Auto,
+                    kernel,
+                    tracefs,
+                    settings,
+                    tracepoint_offsets,
+                )
+            }
+            Err(why) => Plan {
+                settings,
+                enabled: true,
+                mechanism: Err(ProbeError::Mechanism(format!(
+                    "{FAMILY}: mechanism raw_tracepoint is configured but {why}"
+                ))),
+            },
+        },
+        _ => tracepoint_plan(
+            FAMILY,
+            IMPLEMENTED,
+            config.mechanism,
+            kernel,
+            tracefs,
+            settings,
+            tracepoint_offsets,
+        ),
+    }
+}
+
+/// Where the raw tracepoint programs find what they read, from this kernel's BTF:
+/// `struct request`'s `q`, `cmd_flags` and `__data_len` (one window), `request_queue.disk`, and
+/// `gendisk.major` (followed by `first_minor`, read together).
+fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    let btf = KernelBtf::load()?;
+    let major = btf.offset("gendisk", "major")?;
+    if btf.offset("gendisk", "first_minor")? != major + 4 {
+        return Err("gendisk.first_minor does not follow gendisk.major".into());
+    }
+    let mut globals = window_globals(
+        "struct request",
+        "BLOCK_RQ_BASE",
+        &[
+            ("BLOCK_RQ_Q", btf.offset("request", "q")?, 8),
+            ("BLOCK_RQ_CMD_FLAGS", btf.offset("request", "cmd_flags")?, 4),
+            ("BLOCK_RQ_DATA_LEN", btf.offset("request", "__data_len")?, 4),
+        ],
     )
+    .map_err(|e| e.to_string())?;
+    globals.push(("BLOCK_QUEUE_DISK", btf.offset("request_queue", "disk")?));
+    globals.push(("BLOCK_DISK_MAJOR", major));
+    Ok(globals)
 }
 
 /// Where the needed fields of this kernel's block tracepoints are, for the programs' globals:
@@ -98,21 +160,34 @@ fn window_globals(
 pub struct Block {
     hists: PerCpuHashMap<MapData, u64, BlockHists>,
     inflight: aya::maps::HashMap<MapData, BlockRequest, BlockStart>,
+    inflight_rq: aya::maps::HashMap<MapData, u64, BlockRqStart>,
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
-    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        if mechanism == Mechanism::RawTracepoint {
+            attach_raw_tracepoints(ebpf, RAW_PROGRAMS)?;
+            Ok(RAW_PROGRAMS.iter().map(|p| p.0).collect())
+        } else {
+            attach_tracepoints(ebpf, PROGRAMS)?;
+            Ok(PROGRAMS.iter().map(|p| p.0).collect())
+        }
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
         Ok(Block {
             hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
             inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
+            inflight_rq: take_hash_map(ebpf, "BLOCK_INFLIGHT_RQ")?,
         })
     })
 }
 
 impl Block {
-    /// Drops in-flight records whose completion never came.
+    /// Drops in-flight records whose completion never came (the unused mechanism's map is
+    /// empty).
     pub fn sweep(&mut self) -> u64 {
         sweep_stale(&mut self.inflight, |start| start.issued_ns)
+            + sweep_stale(&mut self.inflight_rq, |start| start.issued_ns)
     }
 
     pub fn collect(&self, out: &mut Vec<Metric>) {

@@ -6,6 +6,7 @@
 //! tracepoint.
 
 pub mod block;
+pub mod btf;
 pub mod exec;
 pub mod http;
 pub mod https;
@@ -173,7 +174,7 @@ pub fn choose_mechanism(
 
 /// The plan of an enabled tracepoint-based family: its mechanism, and the globals `offsets`
 /// derives from this kernel's tracepoint format files, added to `settings`.
-fn tracepoint_plan(
+pub(super) fn tracepoint_plan(
     family: &str,
     implemented: &[Mechanism],
     choice: MechanismChoice,
@@ -271,6 +272,22 @@ fn start_family<T>(
     programs: &[(&'static str, &'static str, &'static str)],
     take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
 ) -> (Option<T>, ProbeStatus) {
+    let attach = |ebpf: &mut Ebpf, _: Mechanism| {
+        attach_tracepoints(ebpf, programs)?;
+        Ok(programs.iter().map(|p| p.0).collect())
+    };
+    start_family_with(ebpf, family, plan, attach, take_maps)
+}
+
+/// As [`start_family`], with `attach` attaching the programs of the planned mechanism and
+/// returning their names.
+fn start_family_with<T>(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    plan: Plan,
+    attach: impl FnOnce(&mut Ebpf, Mechanism) -> Result<Vec<&'static str>, ProbeError>,
+    take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
+) -> (Option<T>, ProbeStatus) {
     let mut status = ProbeStatus {
         family,
         enabled: plan.enabled,
@@ -282,13 +299,13 @@ fn start_family<T>(
         return (None, status);
     }
     let started = plan.mechanism.and_then(|mechanism| {
-        attach_tracepoints(ebpf, programs)?;
-        Ok((mechanism, take_maps(ebpf)?))
+        let programs = attach(ebpf, mechanism)?;
+        Ok((mechanism, programs, take_maps(ebpf)?))
     });
     match started {
-        Ok((mechanism, family)) => {
+        Ok((mechanism, programs, family)) => {
             status.mechanism = Some(mechanism);
-            status.programs = programs.iter().map(|p| p.0).collect();
+            status.programs = programs;
             status.programs.dedup();
             (Some(family), status)
         }
@@ -319,6 +336,28 @@ fn attach_tracepoints(
                 .map_err(|source| ProbeError::Program { program, source })?;
         }
         tp.attach(category, name)
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
+/// Attaches raw tracepoint programs `(program, tracepoint)`, all or nothing.
+fn attach_raw_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    for (program, name) in programs {
+        let tp: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::Map {
+                map: program,
+                reason: "program missing from the eBPF object".into(),
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.load()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.attach(name)
             .map_err(|source| ProbeError::Program { program, source })?;
     }
     Ok(())

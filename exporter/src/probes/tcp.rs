@@ -100,38 +100,15 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 /// Offsets of `bytes_acked` and `bytes_received` in `struct tcp_sock`, from the kernel's BTF
 /// (the programs read them at close, like tcplife, instead of hooking every send and receive).
 fn byte_count_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux")
-        .map_err(|e| format!("/sys/kernel/btf/vmlinux: {e} (kernel without BTF)"))?;
-    let btf = btfparse::TypeInformation::new(&Bytes(data)).map_err(|e| format!("BTF: {e:?}"))?;
-    let tcp_sock = btf.id_of("tcp_sock").ok_or("BTF has no struct tcp_sock")?;
-    let offset = |member: &str| match btf.offset_of(tcp_sock, member) {
-        Ok((_, btfparse::Offset::ByteOffset(offset))) if offset > 0 => Ok(offset),
-        other => Err(format!("tcp_sock.{member}: {other:?}")),
+    let btf = super::btf::KernelBtf::load()?;
+    let offset = |member: &str| match btf.offset("tcp_sock", member)? {
+        0 => Err(format!("tcp_sock.{member}: offset 0")),
+        offset => Ok(offset),
     };
     Ok(vec![
         ("TCP_BYTES_ACKED_OFFSET", offset("bytes_acked")?),
         ("TCP_BYTES_RECEIVED_OFFSET", offset("bytes_received")?),
     ])
-}
-
-/// A BTF blob in memory, for btfparse.
-struct Bytes(Vec<u8>);
-
-impl btfparse::Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(buffer.len());
-        match self.0.get(start..end) {
-            Some(bytes) => {
-                buffer.copy_from_slice(bytes);
-                Ok(())
-            }
-            None => Err(btfparse::Error::new(
-                btfparse::ErrorKind::EOF,
-                "read past the end of the BTF data",
-            )),
-        }
-    }
 }
 
 /// The family's maps and what was aggregated from them.
