@@ -307,7 +307,10 @@ impl Session {
                     (Value::Histogram(h), Some(Value::Histogram(b))) => {
                         Value::Histogram(minus(&h, b))
                     }
-                    (Value::Count(n), Some(Value::Count(b))) => Value::Count((n - b).max(0.0)),
+                    // A counter that went backwards restarted: all of it is new.
+                    (Value::Count(n), Some(Value::Count(b))) => {
+                        Value::Count(if n < *b { n } else { n - b })
+                    }
                     (v, _) => v,
                 };
                 let empty = match &s.value {
@@ -437,8 +440,18 @@ fn flatten(metrics: Vec<Metric>) -> HashMap<Key, Series> {
     out
 }
 
-/// `now - before`, slot by slot.
+/// `now - before`, slot by slot. A series that went backwards (its process exited and the pid
+/// came back with a new one, whose series has the same identity) restarted during the window:
+/// all of `now` is new, as a counter reset in Prometheus.
 pub fn minus(now: &Histogram, before: &Histogram) -> Histogram {
+    let reset = now.sum < before.sum
+        || before
+            .counts
+            .iter()
+            .any(|(slot, n)| now.counts.get(slot).copied().unwrap_or(0) < *n);
+    if reset {
+        return now.clone();
+    }
     let counts = now
         .counts
         .iter()
@@ -521,6 +534,12 @@ mod tests {
         let d = minus(&a, &b);
         assert_eq!(d.counts, BTreeMap::from([(5, 6), (9, 3)]));
         assert_eq!(d.sum, 60);
+        // A series that restarted (fewer counts, smaller sum) is new in the window, never a
+        // wrapped-around difference.
+        let mut restarted = Histogram::default();
+        restarted.counts.insert(7, 1);
+        restarted.sum = 5;
+        assert_eq!(minus(&restarted, &a), restarted);
     }
 
     #[test]

@@ -189,13 +189,13 @@ pub fn summary(r: &Report) -> String {
             if !t.top.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:<20} {:>8} {:>10} {:<40} {:>11} {:>7}",
+                    "  {:<26} {:>8} {:>10} {:<40} {:>11} {:>7}",
                     "SERVICE", "PID", "LOCAL PORT", "PEER", "RETRANSMITS", "RESETS"
                 );
                 for p in &t.top {
                     let _ = writeln!(
                         out,
-                        "  {:<20} {:>8} {:>10} {:<40} {:>11} {:>7}",
+                        "  {:<26.26} {:>8} {:>10} {:<40} {:>11} {:>7}",
                         p.service,
                         p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         p.local_port,
@@ -255,13 +255,13 @@ pub fn summary(r: &Report) -> String {
         Some(h) => {
             let _ = writeln!(
                 out,
-                "  {:<24} {:<6} {:>9} {:>8} {:>7} {:>10} {:>10} {:>10}",
+                "  {:<26} {:<6} {:>9} {:>8} {:>7} {:>10} {:>10} {:>10}",
                 "SERVICE", "SIDE", "REQUESTS", "RATE/S", "ERRORS", "P50", "P99", "MAX"
             );
             for s in h {
                 let _ = writeln!(
                     out,
-                    "  {:<24} {:<6} {:>9} {:>8.1} {:>6.1}% {:>10} {:>10} {:>10}",
+                    "  {:<26.26} {:<6} {:>9} {:>8.1} {:>6.1}% {:>10} {:>10} {:>10}",
                     s.service,
                     s.side,
                     s.requests,
