@@ -21,7 +21,6 @@ import argparse, json, os, subprocess, sys, tempfile, time
 from common import (ROOT, Daemon, Tool, count, log2_usec_slots, median_slot, only, parse_log2, since,
                     write)
 
-PORT = 19484
 HOST = open("/proc/sys/kernel/hostname").read().strip()
 SYSCALL_WORKLOAD = os.path.join(ROOT, "target/release/syscall-workload")
 TCP_PY = os.path.join(ROOT, "tests/workloads/tcp.py")
@@ -49,7 +48,7 @@ def block(args):
         f.truncate(256 << 20)
     dev = sh("losetup", "--find", "--show", img).strip()
     name = os.path.basename(dev)
-    daemon = Daemon(only("block"), PORT)
+    daemon = Daemon(only("block"))
     try:
         ref = Tool(["stdbuf", "-oL", "/usr/sbin/biolatency", "-D"], "Tracing")
         before = daemon.scrape()
@@ -75,7 +74,7 @@ def block(args):
 
 def sched(args):
     cpus = os.cpu_count() or 2
-    daemon = Daemon(only("sched"), PORT)
+    daemon = Daemon(only("sched"))
     try:
         ref = Tool(["stdbuf", "-oL", "/usr/sbin/runqlat"], "Tracing")
         before = daemon.scrape()
@@ -100,7 +99,7 @@ def tcp(args):
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     sh("ip", "netns", "add", ns)
     server = None
-    daemon = Daemon(only("tcp"), PORT)
+    daemon = Daemon(only("tcp"))
     try:
         sh("ip", "-n", ns, "link", "set", "lo", "mtu", "1500", "up")
         rules = ("table inet loss {\n  chain in {\n    type filter hook input priority 0; policy accept;\n"
@@ -138,7 +137,7 @@ def tcp(args):
 
 def syscall(args):
     extra = "    rescan_interval: 200ms\n    select:\n      - process_name: syscall-workload\n"
-    daemon = Daemon(only("syscall", extra), PORT)
+    daemon = Daemon(only("syscall", extra))
     go = os.path.join(tempfile.mkdtemp(), "go")
     try:
         w = subprocess.Popen([SYSCALL_WORKLOAD, go, str(args.syscall_reads), str(args.syscall_waits), "20",

@@ -9,6 +9,15 @@ OUT = os.path.join(ROOT, "bench/out")
 FAMILIES = ("block", "sched", "http", "tcp", "syscall")
 
 
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (fixed ports may be taken by other daemons on a
+    shared machine: then /healthz would answer for someone else's)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def only(family, extra=""):
     """A config enabling `family` alone (plus `extra` YAML under probes.<family>)."""
     body = "probes:\n"
@@ -22,8 +31,8 @@ def only(family, extra=""):
 class Daemon:
     """`periscope run` (release build) with `config`, its Prometheus endpoint on `port`."""
 
-    def __init__(self, config, port, env=None):
-        self.port = port
+    def __init__(self, config, port=None, env=None):
+        self.port = port = port or free_port()
         cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         cfg.write(config)
         cfg.close()
@@ -34,11 +43,13 @@ class Daemon:
         for _ in range(400):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                return
+                if self.proc.poll() is None:
+                    return
             except OSError:
-                if self.proc.poll() is not None:
-                    sys.exit(f"bench: periscope exited with {self.proc.returncode}")
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None:
+                sys.exit(f"bench: periscope exited with {self.proc.returncode}")
+            time.sleep(0.05)
         sys.exit("bench: periscope did not start")
 
     def scrape(self):

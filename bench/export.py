@@ -17,7 +17,6 @@ import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 from common import ROOT, Daemon, write
 import http_overhead
 
-PORT = 19494
 SINK = os.path.join(ROOT, "target/release/otlp-sink")
 CONFIG = ("probes:\n  syscall:\n    enabled: false\n  http:\n    enabled: true\n    select:\n"
           "      - process_name: nginx\n")
@@ -85,7 +84,7 @@ def main():
     sink = Sink()
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
            "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
-    daemon = Daemon(CONFIG, PORT, env)
+    daemon = Daemon(CONFIG, env=env)
     phases = {"idle": [], "loaded": []}
     try:
         print("[bench export] idle", file=sys.stderr, flush=True)

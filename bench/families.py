@@ -16,10 +16,12 @@ Writes bench/out/families.md and bench/out/families.json (bench/report.py).
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
+from common import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
 TARGET = os.path.join(ROOT, "target/release/function-target")
-PORT = 19474
+PORT = free_port()  # fixed ports may be taken by other daemons on a shared machine
 
 TCP_CLIENT = r"""
 import socket, sys, threading, time
@@ -80,6 +82,8 @@ class Tracer:
                     break
                 except OSError:
                     time.sleep(0.05)
+            if self.proc.poll() is not None:
+                sys.exit(f"bench: periscope exited with {self.proc.returncode}")
         elif self.kind == "reference":
             command, ready = REFERENCE[self.family]
             self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -13,10 +13,13 @@ Writes bench/out/http.md and bench/out/http.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
+from common import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
-PROM = 19465
-HTTP_PORT = 18780
+# Fixed ports may be taken by other daemons on a shared machine.
+PROM = free_port()
+HTTP_PORT = free_port()
 
 
 def nginx(tmp):
@@ -81,7 +84,8 @@ class Periscope:
         for _ in range(200):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{PROM}/healthz", timeout=1)
-                return self
+                if self.proc.poll() is None:
+                    return self
             except OSError:
                 time.sleep(0.05)
         sys.exit("bench: periscope did not start")

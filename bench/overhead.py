@@ -12,9 +12,11 @@ reference tools). Writes bench/out/overhead.md and bench/out/overhead.json (benc
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
+from common import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
-PORT = 19464
+PORT = free_port()  # fixed ports may be taken by other daemons on a shared machine
 
 
 def sh(*args, **kw):
@@ -75,6 +77,8 @@ class Tracer:
                     break
                 except OSError:
                     time.sleep(0.05)
+            if p.poll() is not None:
+                sys.exit(f"bench: periscope exited with {p.returncode}")
         elif self.kind == "libbpf-tools":
             for tool in (["runqlat"], ["biolatency", "-D"]):
                 p = subprocess.Popen(["stdbuf", "-oL", f"/usr/sbin/{tool[0]}"] + tool[1:],

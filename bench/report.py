@@ -98,6 +98,36 @@ def main():
     if missing:
         lines += [f"No output (no JSON in bench/out/: not run, or failed; see the run's log): {', '.join(missing)}.", ""]
 
+    # Targets of the issues, each with the measured value.
+    targets = []
+    verdict = lambda ok: "met" if ok else "**missed**"
+    if overhead:
+        for w in ("sched", "io"):
+            s, e = overhead["scores"][w], overhead["ebpf_ns_per_op"][w]
+            ours, ref = med(s["periscope"]), med(s["libbpf-tools"])
+            targets.append((f"{w}: Periscope's throughput overhead no greater than libbpf-tools' (1% noise allowance)",
+                            f"Periscope/libbpf-tools throughput {ours / ref:.3f}", verdict(ours >= 0.99 * ref)))
+            eo, er = med(e["periscope"]), med(e["libbpf-tools"])
+            targets.append((f"{w}: in-kernel cost no greater than libbpf-tools' (5% allowance)",
+                            f"{eo:,.0f} vs {er:,.0f} ns/op", verdict(eo <= 1.05 * er)))
+        if overhead.get("peak_rss_kib"):
+            peak = max(overhead["peak_rss_kib"]) / 1024
+            targets.append(("daemon peak RSS < 30 MB (issue 2)", f"{peak:.1f} MiB (VmHWM)", verdict(peak * 1.048576 < 30)))
+    if http:
+        base_rps, base_p99 = med(http["rps"]["none"]), med(http["p99_s"]["none"])
+        for k in ("periscope-all", "periscope-nginx"):
+            r, p, ns = med(http["rps"][k]), med(http["p99_s"][k]), med(http["ebpf_ns_per_request"][k])
+            rss = max(http.get("rss_under_load_kib", {}).get(k) or [float("nan")]) / 1024
+            targets += [(f"HTTP {k}: throughput >= 98% of uninstrumented", f"{r / base_rps:.1%}", verdict(r >= 0.98 * base_rps)),
+                        (f"HTTP {k}: p99 within 5%", f"{p / base_p99:.2f}x", verdict(p <= 1.05 * base_p99)),
+                        (f"HTTP {k}: eBPF cost < 300 ns per request", f"{ns:,.0f} ns", verdict(ns < 300)),
+                        (f"HTTP {k}: RSS under load < 30 MB (at {r:,.0f} requests/s)", f"{rss:.1f} MiB",
+                         verdict(rss * 1.048576 < 30))]
+    if targets:
+        lines += ["## Targets of the issues", "", "| target | measured | verdict |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {v} |" for t, m, v in targets]
+        lines.append("")
+
     # Overhead.
     rows = overhead_rows(overhead, families, http)
     if rows:
