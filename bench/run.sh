@@ -43,6 +43,7 @@ mkdir -p bench/out
 # status is non-zero.
 FAILED=()
 for script in overhead http_overhead families export accuracy; do
+  echo "[bench] $(date -u +%H:%M:%S) $script.py" >&2
   python3 "bench/$script.py" "${QUICK[@]}" || FAILED+=("$script")
 done
 "$VENV/bin/python" bench/report.py
