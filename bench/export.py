@@ -4,7 +4,7 @@ TraceService from the official opentelemetry-proto definitions, decoding every r
 counting spans, data points and bytes) receives Periscope's OTLP/gRPC export.
 
 Periscope runs its default families (without syscall) with OTEL_METRIC_EXPORT_INTERVAL=1000 and
-HTTP capture selecting nginx only, so that one SERVER span is made per request served:
+HTTP capture selecting the benchmark's nginx only (by name and port), so that one SERVER span is made per request served:
   idle:   no HTTP load: the metrics export alone.
   loaded: nginx serving a small file under wrk (as bench/http_overhead.py): spans and metrics.
 Per phase: spans/s and data points/s the receiver decoded, bytes/s, the spans Periscope reports
@@ -18,8 +18,9 @@ from common import ROOT, Daemon, write
 import http_overhead
 
 SINK = os.path.join(ROOT, "target/release/otlp-sink")
+# nginx on the benchmark's own port only: other nginx servers on the machine make no spans here.
 CONFIG = ("probes:\n  syscall:\n    enabled: false\n  http:\n    enabled: true\n    select:\n"
-          "      - process_name: nginx\n")
+          f"      - process_name: nginx\n        port: {http_overhead.HTTP_PORT}\n")
 
 
 class Sink:
