@@ -23,7 +23,7 @@ done
 
 VENV=target/bench-venv
 if ! python3 -c 'import ensurepip' 2>/dev/null; then
-  apt-get install -y python3-venv >/dev/null
+  apt-get install -y python3-venv >/dev/null || { apt-get update >/dev/null && apt-get install -y python3-venv >/dev/null; }
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
