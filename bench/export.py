@@ -7,6 +7,7 @@ Periscope runs its default families (without syscall) with OTEL_METRIC_EXPORT_IN
 HTTP capture selecting the benchmark's nginx only (by name and port), so that one SERVER span is made per request served:
   idle:   no HTTP load: the metrics export alone.
   loaded: nginx serving a small file under wrk (as bench/http_overhead.py): spans and metrics.
+  idle-100ms: a new daemon exporting every 100 ms, no HTTP load: the export path's own rate.
 Per phase: spans/s and data points/s the receiver decoded, bytes/s, the spans Periscope reports
 exported and dropped (periscope_export_spans_total), the daemon's CPU (utime + stime) and RSS.
 Loaded phases run ROUNDS times; medians.
@@ -16,6 +17,10 @@ import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 
 from common import ROOT, Daemon, write
 import http_overhead
+
+
+def fnum(x):
+    return "" if x != x else f"{x:,.1f}"
 
 SINK = os.path.join(ROOT, "target/release/otlp-sink")
 # nginx on the benchmark's own port only: other nginx servers on the machine make no spans here.
@@ -65,6 +70,7 @@ def phase(daemon, sink, seconds, load, connections):
         "spans_dropped": sum(m1.total(span, outcome=o) - m0.total(span, outcome=o)
                              for o in ("dropped_queue_full", "dropped_export_failed")),
         "daemon_cpu_share": (c1 - c0) / window,
+        "cpu_us_per_data_point": (c1 - c0) * 1e6 / d("data_points") if d("data_points") and not load else None,
         "rss_kib": daemon.status_kib("VmRSS"), "peak_rss_kib": daemon.status_kib("VmHWM"),
     }
 
@@ -86,13 +92,18 @@ def main():
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
            "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
     daemon = Daemon(CONFIG, env=env)
-    phases = {"idle": [], "loaded": []}
+    phases = {"idle": [], "loaded": [], "idle-100ms": []}
     try:
         print("[bench export] idle", file=sys.stderr, flush=True)
         phases["idle"].append(phase(daemon, sink, args.seconds, False, args.connections))
         for r in range(args.rounds):
             print(f"[bench export] round {r + 1}/{args.rounds}: loaded", file=sys.stderr, flush=True)
             phases["loaded"].append(phase(daemon, sink, args.seconds, True, args.connections))
+        # The export path alone at ten exports a second: data points/s and CPU per data point.
+        daemon.stop()
+        print("[bench export] idle, metrics every 100 ms", file=sys.stderr, flush=True)
+        daemon = Daemon(CONFIG, env=dict(env, OTEL_METRIC_EXPORT_INTERVAL="100"))
+        phases["idle-100ms"].append(phase(daemon, sink, args.seconds, False, args.connections))
     finally:
         daemon.stop()
         sink.stop()
@@ -104,13 +115,13 @@ def main():
         return statistics.median(xs) if xs else float("nan")
 
     lines = ["# OTLP export throughput (Periscope -> otlp-sink over gRPC)", "",
-             f"Metrics every 1 s (OTEL_METRIC_EXPORT_INTERVAL=1000), cumulative temporality (every export re-sends "
+             f"Metrics every 1 s (OTEL_METRIC_EXPORT_INTERVAL=1000; idle-100ms: 100), cumulative temporality (every export re-sends "
              f"every series); spans from nginx under wrk -t1 -c{args.connections}; {args.rounds} loaded round(s) of "
              f"{args.seconds} s, medians. Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
              "| phase | requests/s served | spans/s received | spans exported / dropped (self-metrics) | data points/s | "
-             "export bytes/s (metrics + traces) | bytes/span | bytes/data point | daemon CPU | RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in ("idle", "loaded"):
+             "export bytes/s (metrics + traces) | bytes/span | bytes/data point | daemon CPU | daemon CPU µs/data point (idle) | RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("idle", "loaded", "idle-100ms"):
         served = [p["requests_served"] / p["seconds"] for p in phases[name] if p["requests_served"]]
         exported = sum(p["spans_exported"] for p in phases[name])
         dropped = sum(p["spans_dropped"] for p in phases[name])
@@ -119,7 +130,7 @@ def main():
         lines.append(f"| {name} | {statistics.median(served) if served else 0:,.0f} | {med(name, 'spans_per_s'):,.0f} | "
                      f"{exported:,.0f} / {dropped:,.0f} | {med(name, 'data_points_per_s'):,.0f} | {bps:,.0f} | "
                      f"{'' if bspan != bspan else f'{bspan:,.0f}'} | {med(name, 'bytes_per_data_point'):,.0f} | "
-                     f"{med(name, 'daemon_cpu_share'):.1%} | {max(p['rss_kib'] for p in phases[name]) / 1024:.1f} MiB |")
+                     f"{med(name, 'daemon_cpu_share'):.1%} | {fnum(med(name, 'cpu_us_per_data_point'))} | {max(p['rss_kib'] for p in phases[name]) / 1024:.1f} MiB |")
     lines.append("")
     data = {"quick": args.quick, "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
             "cpus": os.cpu_count(), "kernel": os.uname().release, "phases": phases}

@@ -202,10 +202,12 @@ def main():
     if export:
         lines += ["## OTLP export throughput (into a real OTLP/gRPC receiver)", "",
                   "Receiver: tests/src/bin/otlp-sink.rs (opentelemetry-proto tonic services; decodes and counts). "
-                  "Metrics exported every 1 s, cumulative. Spans: one SERVER span per nginx request.", "",
-                  "| phase | spans/s | data points/s | spans exported / dropped | bytes/s | daemon CPU | RSS |",
-                  "|---|---|---|---|---|---|---|"]
-        for name in ("idle", "loaded"):
+                  "Metrics exported every 1 s (idle-100ms: every 100 ms), cumulative. Spans: one SERVER span per "
+                  "request of the benchmark's nginx.", "",
+                  "| phase | spans/s | data points/s | spans exported / dropped | bytes/s | daemon CPU | "
+                  "daemon CPU µs/data point (idle) | RSS |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in ("idle", "loaded", "idle-100ms"):
             ps = export["phases"].get(name) or []
             if not ps:
                 continue
@@ -213,9 +215,10 @@ def main():
                          f"{fnum(med([p['data_points_per_s'] for p in ps]))} | "
                          f"{sum(p['spans_exported'] for p in ps):,.0f} / {sum(p['spans_dropped'] for p in ps):,.0f} | "
                          f"{fnum(med([p['metric_bytes_per_s'] + p['trace_bytes_per_s'] for p in ps]))} | "
-                         f"{med([p['daemon_cpu_share'] for p in ps]):.1%} | {max(p['rss_kib'] for p in ps) / 1024:.1f} MiB |")
+                         f"{med([p['daemon_cpu_share'] for p in ps]):.1%} | "
+                         f"{fnum(med([p.get('cpu_us_per_data_point') for p in ps]), 1)} | {max(p['rss_kib'] for p in ps) / 1024:.1f} MiB |")
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        names = [n for n in ("idle", "loaded") if export["phases"].get(n)]
+        names = [n for n in ("idle", "loaded", "idle-100ms") if export["phases"].get(n)]
         for ax, key, title in ((axes[0], "spans_per_s", "spans/s received"),
                                (axes[1], "data_points_per_s", "data points/s received")):
             ax.bar(names, [med([p[key] for p in export["phases"][n]]) for n in names])
