@@ -135,7 +135,7 @@ def main():
                   "Throughput with each tracer as a ratio of the untraced run (1.000 = no cost), medians over "
                   "interleaved rounds; eBPF ns/op is the run time of the tracer's own programs "
                   "(kernel.bpf_stats_enabled) per workload operation; CPU ns/op is the tracer's user-space CPU "
-                  "(utime + stime) per operation.", "",
+                  "(utime + stime, in clock ticks of 10 ms: short runs read 0) per operation.", "",
                   "| workload | unit | no tracer | Periscope / none | reference | reference / none | Periscope / reference "
                   "| eBPF ns/op Periscope | eBPF ns/op reference | CPU ns/op Periscope | CPU ns/op reference |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
