@@ -249,6 +249,11 @@ def main():
                 lines.append(f"| syscall | {row['what']} | {fmt(row['expected'])} | {fmt(row['periscope'])} | "
                              f"{'' if ref is None else fmt(ref)} | {r['syscall']['reference'] if ref is not None else ''} | "
                              f"{'' if ref is None else ratio(row['periscope'], ref)} | |")
+        if http:
+            for k, pairs in http.get("counted_vs_completed", {}).items():
+                for counted, completed in pairs:
+                    lines.append(f"| http ({k}, bench/http_overhead.py) | nginx requests | {completed:,} (wrk: completed) | "
+                                 f"{counted:,.0f} |  |  |  | |")
         hists = [f for f in ("block", "sched") if f in r]
         if hists:
             fig, axes = plt.subplots(1, len(hists), figsize=(4.5 * len(hists), 3.5), squeeze=False)
