@@ -241,7 +241,9 @@ async fn scan_tls(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>)
 
 /// Periodically removes start-time map entries whose end event was lost.
 async fn sweep_stale_entries(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(probes::SWEEP_INTERVAL);
+    // A short series TTL (PERISCOPE_EXITED_SERIES_TTL) is honoured within one TTL, not 30 s.
+    let every = probes::SWEEP_INTERVAL.min(*http::aggregate::EXITED_SERIES_TTL);
+    let mut ticker = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = ticker.tick() => {

@@ -141,7 +141,7 @@ impl Processes {
         let expired: Vec<u32> = self
             .exited
             .iter()
-            .filter(|(_, at)| now.duration_since(**at) > EXITED_SERIES_TTL)
+            .filter(|(_, at)| now.duration_since(**at) > *EXITED_SERIES_TTL)
             .map(|(pid, _)| *pid)
             .collect();
         let mut out = Vec::new();
@@ -302,6 +302,13 @@ impl TcpMetrics {
             points.sort_by(|a, b| a.0.cmp(&b.0));
             out.push(series_metric(owner.map(|o| o.0), kind, points));
         }
+        out.push(Metric {
+            name: "periscope.tcp.series",
+            description: "Distinct TCP connection metric series held (capped by probes.tcp.max_series).",
+            unit: "1",
+            points: Points::Gauge(vec![(vec![], self.series.len() as f64)]),
+            resource: None,
+        });
         self.collect_peers(peers, overflow, out);
     }
 

@@ -20,8 +20,14 @@ use crate::{
 use super::{connection::Role, process::ProcessResource};
 
 /// Series of an exited process are kept this long (so the last counts get exported), then
-/// removed: short-lived clients would otherwise grow the series set forever.
-pub const EXITED_SERIES_TTL: Duration = Duration::from_secs(300);
+/// removed: short-lived clients would otherwise grow the series set forever. 5 minutes, or
+/// `PERISCOPE_EXITED_SERIES_TTL` (a duration such as `30s`; the soak tests use a short one).
+pub static EXITED_SERIES_TTL: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    std::env::var("PERISCOPE_EXITED_SERIES_TTL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(Duration::from_secs(300))
+});
 
 /// A process resource compared by identity (one `Arc` per process lifetime).
 #[derive(Clone, Debug)]
@@ -103,7 +109,7 @@ impl HttpMetrics {
         let expired: Vec<ResourceKey> = self
             .exited
             .iter()
-            .filter(|(_, at)| now.duration_since(**at) > EXITED_SERIES_TTL)
+            .filter(|(_, at)| now.duration_since(**at) > *EXITED_SERIES_TTL)
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {

@@ -59,6 +59,8 @@ pub struct HttpState {
     pub metrics: HttpMetrics,
     pub stats: HttpStats,
     pub connections: usize,
+    /// Processes the tracker holds (resource attributes, selection) right now.
+    pub processes: usize,
 }
 
 impl HttpState {
@@ -67,6 +69,7 @@ impl HttpState {
             metrics: HttpMetrics::new(max_series),
             stats: HttpStats::default(),
             connections: 0,
+            processes: 0,
         }
     }
 
@@ -115,6 +118,13 @@ impl HttpState {
             resource: None,
         });
         out.push(Metric {
+            name: "periscope.http.processes",
+            description: "Processes the HTTP capture holds resource attributes for right now.",
+            unit: "1",
+            points: Points::Gauge(vec![(vec![], self.processes as f64)]),
+            resource: None,
+        });
+        out.push(Metric {
             name: "periscope.http.series",
             description: "Distinct HTTP metric series held (capped by probes.http.max_series).",
             unit: "1",
@@ -154,6 +164,10 @@ pub struct Tracker {
     /// Descriptors given up on (not selected, not HTTP): records of theirs still in the ring
     /// buffer are skipped at once, until the descriptor is closed or reused.
     ignored: foldhash::HashSet<(u32, u32)>,
+    /// Processes the last [`Tracker::reap_exited`] found gone.
+    missing: foldhash::HashSet<u32>,
+    /// Connections the last [`Tracker::reap_evicted`] found gone from the kernel map.
+    evicted: foldhash::HashSet<(u32, u32)>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
     /// Server span each thread is serving (parent of its client calls).
@@ -187,6 +201,8 @@ impl Tracker {
             conns: HashMap::new(),
             aliases: HashMap::new(),
             ignored: foldhash::HashSet::default(),
+            missing: foldhash::HashSet::default(),
+            evicted: foldhash::HashSet::default(),
             processes: HashMap::new(),
             listen_ports: HashMap::new(),
             active: HashMap::new(),
@@ -643,9 +659,75 @@ impl Tracker {
         }
     }
 
-    /// Publishes gauges (connections followed).
+    /// Publishes gauges (connections followed, processes held).
     pub fn publish(&self) {
-        self.state_mut().connections = self.conns.len();
+        let mut state = self.state_mut();
+        state.connections = self.conns.len();
+        state.processes = self.processes.len();
+    }
+
+    /// Forgets processes that are gone although their exit record never arrived (lost to a full
+    /// ring buffer), with their connections: without this, every exit lost under a flood would
+    /// keep a process (and its connections and descriptors) until its pid is reused.
+    /// Forgets connections the kernel no longer follows although their close record never
+    /// arrived: evicted from the kernel's LRU map (more connections open than
+    /// `probes.http.max_connections`) or closed while the ring buffer was full. The kernel sends
+    /// nothing more for them, so without this a long-lived process would keep them (up to the
+    /// table's cap). `in_kernel` says whether a `conn_key` is in the kernel map; a connection
+    /// is forgotten on the second call that finds none of its descriptors there.
+    pub fn reap_evicted(&mut self, in_kernel: impl Fn(u64) -> bool) {
+        let mut dups: HashMap<(u32, u32), Vec<(u32, u32)>> = HashMap::new();
+        for (raw, canonical) in &self.aliases {
+            dups.entry(*canonical).or_default().push(*raw);
+        }
+        let gone: Vec<(u32, u32)> = self
+            .conns
+            .keys()
+            .filter(|key| key.1 & TLS_FD == 0)
+            .filter(|key| {
+                !std::iter::once(**key)
+                    .chain(dups.get(key).into_iter().flatten().copied())
+                    .any(|(tgid, fd)| in_kernel(conn_key(tgid, fd)))
+            })
+            .copied()
+            .collect();
+        for key in &gone {
+            if !self.evicted.contains(key) {
+                continue;
+            }
+            for raw in dups.get(key).into_iter().flatten() {
+                self.aliases.remove(raw);
+            }
+            if let Some(mut tracked) = self.conns.remove(key) {
+                let mut outcomes = std::mem::take(&mut self.outcomes);
+                tracked.conn.on_close(&mut outcomes);
+                self.conns.insert(*key, tracked);
+                self.finish(*key, key.0, &mut outcomes);
+                self.conns.remove(key);
+                self.outcomes = outcomes;
+            }
+        }
+        self.evicted = gone.into_iter().collect();
+    }
+
+    /// A process is forgotten on the second call that finds it gone, so that every record it
+    /// wrote before exiting has been drained by then.
+    pub fn reap_exited(&mut self) {
+        let mut tgids: Vec<u32> = self.processes.keys().copied().collect();
+        tgids.extend(self.conns.keys().map(|k| k.0));
+        tgids.extend(self.ignored.iter().map(|k| k.0));
+        tgids.sort_unstable();
+        tgids.dedup();
+        let gone: Vec<u32> = tgids
+            .into_iter()
+            .filter(|tgid| !std::path::Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
+        for tgid in &gone {
+            if self.missing.contains(tgid) {
+                self.on_exit(*tgid);
+            }
+        }
+        self.missing = gone.into_iter().collect();
     }
 }
 

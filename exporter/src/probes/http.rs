@@ -198,6 +198,10 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
                 if ticks.is_multiple_of(2400) {
                     tracker.refresh_clock();
                 }
+                if ticks.is_multiple_of(40) {
+                    tracker.reap_exited();
+                    tracker.reap_evicted(|key| conns.get(&key, 0).is_ok());
+                }
                 false
             }
             _ = shutdown.changed() => true,

@@ -213,7 +213,7 @@ impl Syscall {
             }
         }
         self.departed
-            .retain(|_, (_, at)| now.duration_since(*at) <= EXITED_SERIES_TTL);
+            .retain(|_, (_, at)| now.duration_since(*at) <= *EXITED_SERIES_TTL);
         for pid in live {
             if pid == std::process::id() || self.known.contains_key(&pid) {
                 continue;
@@ -354,7 +354,7 @@ impl Syscall {
         let live = self.fold_exited();
         let now = Instant::now();
         self.exited
-            .retain(|e| now.duration_since(e.at) <= EXITED_SERIES_TTL);
+            .retain(|e| now.duration_since(e.at) <= *EXITED_SERIES_TTL);
         let exited = self.exited.iter().map(|e| (e.resource.clone(), &e.series));
         for (resource, series) in live.iter().map(|(r, s)| (r.clone(), s)).chain(exited) {
             push_process_metrics(out, resource, series);

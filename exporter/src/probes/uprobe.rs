@@ -458,7 +458,7 @@ impl Uprobe {
             }
             if tracked
                 .exited_at
-                .is_some_and(|at| now.duration_since(at) > EXITED_SERIES_TTL)
+                .is_some_and(|at| now.duration_since(at) > *EXITED_SERIES_TTL)
             {
                 expired.push(*tgid);
             }
