@@ -49,11 +49,7 @@ pub fn require() -> anyhow::Result<()> {
 /// Before 6.5 `bpf()` refused every command to such a process when
 /// `kernel.unprivileged_bpf_disabled` was set (the default on most distributions).
 fn fds_work_without_cap_bpf(release: &str) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 5)
+    crate::probes::release_at_least(release, (6, 5))
 }
 
 /// The capabilities the running daemon still uses after every probe is attached.

@@ -146,7 +146,7 @@ fn a_probe_that_cannot_attach_degrades_alone() {
     assert_eq!(
         scrape.value(
             "periscope_probe_attached",
-            &[("probe", "sched"), ("mechanism", "tracepoint")]
+            &[("probe", "sched"), ("mechanism", "raw_tracepoint")]
         ),
         Some(1.0)
     );
@@ -211,18 +211,21 @@ fn tracefs_missing_is_mounted_or_explained() {
     assert!(report.contains("ok    block"), "{report}");
 
     // Without CAP_SYS_ADMIN it cannot mount it: the tracepoint families say how to fix that,
-    // and block still runs, on raw tracepoints (which need no tracefs).
+    // and block and sched still run, on raw tracepoints (which need no tracefs).
     let (out, report) =
         without_tracefs(&format!("exec capsh --drop=cap_sys_admin -- -c '{check}'"));
     assert!(
         report.contains("mount it yourself with `mount -t tracefs tracefs /sys/kernel/tracing`"),
         "{report}"
     );
-    assert!(report.contains("FAIL  sched"), "{report}");
-    assert!(
-        report.contains("ok    block                        attached with raw_tracepoint"),
-        "{report}"
-    );
+    assert!(report.contains("FAIL  http"), "{report}");
+    assert!(report.contains("FAIL  tcp"), "{report}");
+    for family in ["block", "sched"] {
+        assert!(
+            report.contains(&format!("ok    {family:<28} attached with raw_tracepoint")),
+            "{report}"
+        );
+    }
     assert!(out.status.success(), "something can run: {report}");
 }
 
@@ -238,11 +241,11 @@ fn bpf_program_stats_are_exported_when_enabled() {
     std::fs::write(SYSCTL, before.trim()).unwrap();
     let runs = scrape.value(
         "periscope_bpf_program_run_count_total",
-        &[("program", "sched_switch")],
+        &[("program", "sched_switch_raw")],
     );
     let time = scrape.value(
         "periscope_bpf_program_run_time_seconds_total",
-        &[("program", "sched_switch")],
+        &[("program", "sched_switch_raw")],
     );
     assert!(runs.is_some_and(|n| n > 0.0), "sched_switch ran: {runs:?}");
     assert!(time.is_some_and(|t| t > 0.0), "and took time: {time:?}");

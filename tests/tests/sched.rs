@@ -43,13 +43,35 @@ fn busy(threads: usize, how_long: Duration) {
     }
 }
 
+/// The default: raw tracepoints (`task_struct` pids at their BTF offset).
 #[test]
 fn contention_raises_runqueue_latency_and_agrees_with_runqlat() {
+    contention_agrees_with_runqlat("auto", "raw_tracepoint");
+}
+
+/// The fallback: tracepoints, fields from the format files.
+#[test]
+fn tracepoint_mechanism_agrees_with_runqlat_too() {
+    contention_agrees_with_runqlat("tracepoint", "tracepoint");
+}
+
+fn contention_agrees_with_runqlat(mechanism: &str, expected_mechanism: &str) {
     let _machine = exclusive();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let daemon = Daemon::start(ONLY_SCHED, &[]);
+    let daemon = Daemon::start(
+        &format!("{ONLY_SCHED}  sched:\n    mechanism: {mechanism}\n"),
+        &[],
+    );
+    assert_eq!(
+        daemon.scrape().value(
+            "periscope_probe_attached",
+            &[("probe", "sched"), ("mechanism", expected_mechanism)]
+        ),
+        Some(1.0),
+        "sched attached with {expected_mechanism}"
+    );
 
     let window = Duration::from_secs(3);
     let a = daemon.scrape();

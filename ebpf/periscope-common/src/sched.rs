@@ -8,3 +8,8 @@ pub const OTHER_CGROUPS: u64 = u64::MAX;
 /// `prev_state` of `sched:sched_switch` holds the task state in its low byte (TASK_REPORT bits)
 /// and a preemption flag above it; the task stays runnable iff the low byte is zero.
 pub const TASK_REPORT_MASK: u64 = 0xff;
+
+/// The reportable sleep states of a raw task state (`TASK_REPORT`: interruptible,
+/// uninterruptible, stopped, traced, dead, zombie, parked): a task switched out in none of them
+/// is still runnable.
+pub const TASK_REPORT: u64 = 0x7f;

@@ -139,6 +139,14 @@ impl KernelSupport {
     }
 }
 
+/// Whether a kernel release string (`6.18.0-1-amd64`) is at least `(major, minor)`.
+pub fn release_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= wanted
+}
+
 /// Picks the mechanism for a family: the configured one, or the best one that the family
 /// implements and the kernel allows.
 pub fn choose_mechanism(

@@ -1,6 +1,7 @@
-//! Run-queue latency: the user-space half of `ebpf/periscope-ebpf/src/sched.rs` (tracepoints
-//! `sched:sched_wakeup`, `sched:sched_wakeup_new`, `sched:sched_switch`), exported as
-//! `kernel.sched.runqueue.latency`, optionally per cgroup with a cap on distinct cgroups.
+//! Run-queue latency: the user-space half of `ebpf/periscope-ebpf/src/sched.rs`
+//! (`sched_wakeup`, `sched_wakeup_new`, `sched_switch`, as raw tracepoints where the kernel has
+//! them, else as tracepoints), exported as `kernel.sched.runqueue.latency`, optionally per cgroup
+//! with a cap on distinct cgroups.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -14,22 +15,28 @@ use periscope_common::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
-    sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
+    attach_tracepoints, btf::KernelBtf, choose_mechanism, start_family_with, sweep_stale,
+    take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::SchedConfig,
+    config::{MechanismChoice, SchedConfig},
     histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
 
 const FAMILY: &str = "sched";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
 const PROGRAMS: &[(&str, &str, &str)] = &[
     ("sched_wakeup", "sched", "sched_wakeup"),
     ("sched_wakeup_new", "sched", "sched_wakeup_new"),
     ("sched_switch", "sched", "sched_switch"),
+];
+const RAW_PROGRAMS: &[(&str, &str)] = &[
+    ("sched_wakeup_raw", "sched_wakeup"),
+    ("sched_wakeup_new_raw", "sched_wakeup_new"),
+    ("sched_switch_raw", "sched_switch"),
 ];
 
 pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
@@ -47,20 +54,59 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         return Plan::disabled(settings);
     }
     let by_cgroup = ("SCHED_BY_CGROUP", u32::from(config.by_cgroup));
-    let (choice, implemented) = (config.mechanism, IMPLEMENTED);
-    tracepoint_plan(
-        FAMILY,
-        implemented,
-        choice,
-        kernel,
-        tracefs,
-        settings,
-        |tracefs| {
-            let mut globals = tracepoint_offsets(tracefs)?;
-            globals.push(by_cgroup);
-            Ok(globals)
+    let tracepoints = |implemented: &[Mechanism], choice, settings| {
+        tracepoint_plan(
+            FAMILY,
+            implemented,
+            choice,
+            kernel,
+            tracefs,
+            settings,
+            |tracefs| {
+                let mut globals = tracepoint_offsets(tracefs)?;
+                globals.push(by_cgroup);
+                Ok(globals)
+            },
+        )
+    };
+    match choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel) {
+        Ok(Mechanism::RawTracepoint) => match raw_tracepoint_offsets() {
+            Ok(mut globals) => {
+                globals.push(by_cgroup);
+                settings.globals = globals;
+                Plan {
+                    settings,
+                    enabled: true,
+                    mechanism: Ok(Mechanism::RawTracepoint),
+                }
+            }
+            Err(why) if config.mechanism == MechanismChoice::Auto => {
+                tracing::info!(probe = FAMILY, reason = %why, "raw tracepoints unusable; using tracepoints");
+                tracepoints(&[Mechanism::Tracepoint], MechanismChoice::Auto, settings)
+            }
+            Err(why) => Plan {
+                settings,
+                enabled: true,
+                mechanism: Err(ProbeError::Mechanism(format!(
+                    "{FAMILY}: mechanism raw_tracepoint is configured but {why}"
+                ))),
+            },
         },
-    )
+        _ => tracepoints(IMPLEMENTED, config.mechanism, settings),
+    }
+}
+
+/// `task_struct.pid` from BTF; and the kernel must pass `prev_state` to `sched_switch` (5.18+).
+fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !super::release_at_least(release.trim(), (5, 18)) {
+        return Err(format!(
+            "kernel {} passes no prev_state to raw sched_switch (needs 5.18)",
+            release.trim()
+        ));
+    }
+    let btf = KernelBtf::load()?;
+    Ok(vec![("SCHED_TASK_PID", btf.offset("task_struct", "pid")?)])
 }
 
 fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
@@ -88,7 +134,16 @@ pub struct Sched {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, ProbeStatus) {
-    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        if mechanism == Mechanism::RawTracepoint {
+            attach_raw_tracepoints(ebpf, RAW_PROGRAMS)?;
+            Ok(RAW_PROGRAMS.iter().map(|p| p.0).collect())
+        } else {
+            attach_tracepoints(ebpf, PROGRAMS)?;
+            Ok(PROGRAMS.iter().map(|p| p.0).collect())
+        }
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
         Ok(Sched {
             latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
             runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
