@@ -311,7 +311,7 @@ fn no_function_attached_fails_the_family_alone() {
     assert_eq!(
         scrape.value(
             "periscope_probe_attached",
-            &[("probe", "sched"), ("mechanism", "tracepoint")]
+            &[("probe", "sched"), ("mechanism", "raw_tracepoint")]
         ),
         Some(1.0)
     );
