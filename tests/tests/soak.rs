@@ -187,17 +187,9 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The daemon's resident-memory ceiling (debug build, which is what the tests run; the release
-/// build measured about half of it). README "Resource bounds" documents it.
-const RSS_CEILING_KIB: u64 = 256 * 1024;
-
-/// A scrape, timed: (what it answered, how long it took). The endpoint must answer within 10 s
-/// even under the churn.
-fn timed_scrape(daemon: &Daemon) -> (Scrape, Duration) {
-    let start = Instant::now();
-    let scrape = daemon.scrape();
-    (scrape, start.elapsed())
-}
+/// The daemon's resident-memory ceiling for the debug build the tests run (measured peak: about
+/// 80 MiB with every family on under these workloads). README "Resource bounds" documents it.
+const RSS_CEILING_KIB: u64 = 160 * 1024;
 
 fn gauge(scrape: &Scrape, name: &str) -> f64 {
     scrape
@@ -577,10 +569,11 @@ fn hundred_thousand_paths_and_connections_stay_within_every_cap() {
         table(&base, &during)
     );
     assert_eq!(lost, 0.0, "the default ring buffer kept up");
-    assert_eq!(
-        by_route.values().sum::<f64>() + overflow,
-        n as f64,
-        "every request counted once, in its route's series or the overflow series"
+    // (The overflow series is global: on a shared machine other processes' requests join it.)
+    let counted = by_route.values().sum::<f64>() + overflow;
+    assert!(
+        counted >= n as f64 && counted <= n as f64 + noise(),
+        "every request counted once, in its route's series or the overflow series: {counted}"
     );
     // Per service: 100 literal routes, then 100 collapsed to /first/*, then /*.
     let literal = by_route.keys().filter(|r| r.ends_with("/page")).count();
