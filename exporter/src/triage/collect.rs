@@ -156,6 +156,8 @@ pub struct Window {
     /// TCP segments (sent, retransmitted) in the window, over every network namespace that has
     /// a process (`/proc/PID/net/snmp`: `OutSegs`, `RetransSegs`).
     pub segments: Option<(u64, u64)>,
+    /// The same per network namespace, (sent, retransmitted).
+    pub segments_per_namespace: Vec<(u64, u64)>,
 }
 
 pub struct Session {
@@ -333,19 +335,25 @@ impl Session {
                 by_comm,
             }
         });
-        let segments = (!now.segments.is_empty()).then(|| {
-            now.segments
+        let segments_per_namespace: Vec<(u64, u64)> = now
+            .segments
+            .iter()
+            .map(|(ns, (s, r))| {
+                let (s0, r0) = base.segments.get(ns).copied().unwrap_or((0, 0));
+                (s.saturating_sub(s0), r.saturating_sub(r0))
+            })
+            .collect();
+        let segments = (!segments_per_namespace.is_empty()).then(|| {
+            segments_per_namespace
                 .iter()
-                .fold((0, 0), |(sent, again), (ns, (s, r))| {
-                    let (s0, r0) = base.segments.get(ns).copied().unwrap_or((0, 0));
-                    (sent + s.saturating_sub(s0), again + r.saturating_sub(r0))
-                })
+                .fold((0, 0), |(sent, again), (s, r)| (sent + s, again + r))
         });
         Window {
             elapsed: now.at.duration_since(base.at),
             series,
             exec,
             segments,
+            segments_per_namespace,
         }
     }
 

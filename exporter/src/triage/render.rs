@@ -177,10 +177,13 @@ pub fn summary(r: &Report) -> String {
     section(&mut out, "Network: TCP retransmits and resets (tcp)");
     match &r.tcp {
         Some(t) => {
-            let share = match (t.retransmit_share, t.segments_sent) {
+            let mut share = match (t.retransmit_share, t.segments_sent) {
                 (Some(s), Some(n)) => format!("{:.2}% of {n} segments sent again", s * 100.0),
                 _ => "share of segments unknown".into(),
             };
+            if let Some(worst) = t.worst_namespace_share {
+                share += &format!(", {:.2}% in the worst network namespace", worst * 100.0);
+            }
             let _ = writeln!(
                 out,
                 "{} retransmits ({:.1}/s, {share}); resets: {} sent, {} received",

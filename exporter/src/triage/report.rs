@@ -122,6 +122,10 @@ pub struct TcpReport {
     pub segments_sent: Option<u64>,
     pub segments_retransmitted: Option<u64>,
     pub retransmit_share: Option<f64>,
+    /// The highest share in one network namespace (one container, one test namespace) among
+    /// those that sent at least [`MIN_NAMESPACE_SEGMENTS`] segments in the window: loss on one
+    /// link is not diluted by the traffic of the others. Null with a scope.
+    pub worst_namespace_share: Option<f64>,
     pub resets_sent: u64,
     pub resets_received: u64,
     pub resets_per_second: f64,
@@ -207,6 +211,9 @@ pub const WAITING_SYSCALLS: &[&str] = &[
     "semtimedop",
     "mq_timedreceive",
 ];
+
+/// Segments a network namespace must send in the window for its own retransmit share to count.
+pub const MIN_NAMESPACE_SEGMENTS: u64 = 1000;
 
 /// Upper edge (seconds) of a slot of a duration histogram.
 fn upper(slot: u32) -> f64 {
@@ -519,6 +526,15 @@ pub fn build(input: Inputs<'_>) -> Report {
             retransmit_share: segments
                 .filter(|(sent, _)| *sent > 0)
                 .map(|(sent, again)| (again as f64 / sent as f64).min(1.0)),
+            worst_namespace_share: if input.scope.is_all() {
+                w.segments_per_namespace
+                    .iter()
+                    .filter(|(sent, _)| *sent >= MIN_NAMESPACE_SEGMENTS)
+                    .map(|(sent, again)| (*again as f64 / *sent as f64).min(1.0))
+                    .max_by(f64::total_cmp)
+            } else {
+                None
+            },
             segments_sent: segments.map(|s| s.0),
             segments_retransmitted: segments.map(|s| s.1),
             resets_sent: sent,

@@ -13,7 +13,8 @@
 //!   [`DISK_IN_FLIGHT`] IO or more in flight (iostat's aqu-sz: the device was never idle).
 //! - network, from at least [`MIN_RETRANSMITS`] retransmits: retransmits over
 //!   [`RETRANSMIT_SHARE`] of the TCP segments sent (`RetransSegs` / `OutSegs` of every network
-//!   namespace), or over [`RETRANSMITS_PER_S`] per second;
+//!   namespace, or of the worst namespace that sent 1000 segments or more), or over
+//!   [`RETRANSMITS_PER_S`] per second;
 //!   or resets over [`RESETS_PER_S`] per second.
 //! - syscalls: the top non-waiting syscall (see `report::WAITING_SYSCALLS`) by total time per
 //!   second of wall time, over [`SYSCALL_SECONDS_PER_S`] (on average that many threads inside
@@ -119,16 +120,22 @@ fn disk(report: &Report) -> Option<Score> {
 fn network(report: &Report) -> Option<Score> {
     let t = report.tcp.as_ref()?;
     let retransmit_score = if t.retransmits >= MIN_RETRANSMITS {
-        (t.retransmits_per_second / RETRANSMITS_PER_S)
-            .max(t.retransmit_share.unwrap_or(0.0) / RETRANSMIT_SHARE)
+        let share = t
+            .retransmit_share
+            .unwrap_or(0.0)
+            .max(t.worst_namespace_share.unwrap_or(0.0));
+        (t.retransmits_per_second / RETRANSMITS_PER_S).max(share / RETRANSMIT_SHARE)
     } else {
         0.0
     };
     let reset_score = t.resets_per_second / RESETS_PER_S;
-    let share = match (t.retransmit_share, t.segments_sent) {
+    let mut share = match (t.retransmit_share, t.segments_sent) {
         (Some(share), Some(n)) => format!("{:.2}% of {n} segments sent again", share * 100.0),
         _ => "share of segments unknown".into(),
     };
+    if let Some(worst) = t.worst_namespace_share {
+        share += &format!(", {:.2}% in the worst network namespace", worst * 100.0);
+    }
     Some(Score {
         layer: "network",
         score: retransmit_score.max(reset_score),
