@@ -13,19 +13,18 @@ use periscope_common::block::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
-    attach_tracepoints, btf::KernelBtf, choose_mechanism, start_family_with, sweep_stale,
-    take_hash_map, take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
+    take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::{BlockConfig, MechanismChoice},
+    config::BlockConfig,
     histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
 
 const FAMILY: &str = "block";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
 const PROGRAMS: &[(&str, &str, &str)] = &[
     ("block_rq_issue", "block", "block_rq_issue"),
     ("block_rq_complete", "block", "block_rq_complete"),
@@ -40,47 +39,24 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    match choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel) {
-        Ok(Mechanism::RawTracepoint) => match raw_tracepoint_offsets() {
-            Ok(globals) => Plan {
-                settings: LoadSettings {
-                    globals,
-                    ..settings
-                },
-                enabled: true,
-                mechanism: Ok(Mechanism::RawTracepoint),
-            },
-            // Chosen, not forced: the tracepoints need no BTF.
-            Err(why) if config.mechanism == MechanismChoice::Auto => {
-                tracing::info!(probe = FAMILY, reason = %why, "raw tracepoints unusable; using tracepoints");
-                tracepoint_plan(
-                    FAMILY,
-                    &[Mechanism::Tracepoint],
-                    MechanismChoice::Auto,
-                    kernel,
-                    tracefs,
-                    settings,
-                    tracepoint_offsets,
-                )
-            }
-            Err(why) => Plan {
+    raw_or_tracepoint_plan(
+        FAMILY,
+        config.mechanism,
+        kernel,
+        settings,
+        raw_tracepoint_offsets,
+        |implemented, choice, settings| {
+            tracepoint_plan(
+                FAMILY,
+                implemented,
+                choice,
+                kernel,
+                tracefs,
                 settings,
-                enabled: true,
-                mechanism: Err(ProbeError::Mechanism(format!(
-                    "{FAMILY}: mechanism raw_tracepoint is configured but {why}"
-                ))),
-            },
+                tracepoint_offsets,
+            )
         },
-        _ => tracepoint_plan(
-            FAMILY,
-            IMPLEMENTED,
-            config.mechanism,
-            kernel,
-            tracefs,
-            settings,
-            tracepoint_offsets,
-        ),
-    }
+    )
 }
 
 /// Where the raw tracepoint programs find what they read, from this kernel's BTF:
@@ -164,16 +140,7 @@ pub struct Block {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
-    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
-        if mechanism == Mechanism::RawTracepoint {
-            attach_raw_tracepoints(ebpf, RAW_PROGRAMS)?;
-            Ok(RAW_PROGRAMS.iter().map(|p| p.0).collect())
-        } else {
-            attach_tracepoints(ebpf, PROGRAMS)?;
-            Ok(PROGRAMS.iter().map(|p| p.0).collect())
-        }
-    };
-    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
+    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
         Ok(Block {
             hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
             inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,

@@ -349,6 +349,67 @@ fn attach_tracepoints(
     Ok(())
 }
 
+/// The plan of a family with raw tracepoint and tracepoint variants: raw tracepoints when
+/// chosen and `raw_globals` (offsets from BTF) can be had, else, unless raw tracepoints were
+/// forced, the tracepoint plan `tracepoints(implemented, choice, settings)` makes.
+fn raw_or_tracepoint_plan(
+    family: &str,
+    choice: MechanismChoice,
+    kernel: &KernelSupport,
+    mut settings: LoadSettings,
+    raw_globals: impl FnOnce() -> Result<Vec<(&'static str, u32)>, String>,
+    tracepoints: impl FnOnce(&[Mechanism], MechanismChoice, LoadSettings) -> Plan,
+) -> Plan {
+    const BOTH: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
+    if choose_mechanism(family, BOTH, choice, kernel) != Ok(Mechanism::RawTracepoint) {
+        return tracepoints(BOTH, choice, settings);
+    }
+    match raw_globals() {
+        Ok(globals) => {
+            settings.globals.extend(globals);
+            Plan {
+                settings,
+                enabled: true,
+                mechanism: Ok(Mechanism::RawTracepoint),
+            }
+        }
+        // Chosen, not forced: the tracepoints need no BTF.
+        Err(why) if choice == MechanismChoice::Auto => {
+            tracing::info!(probe = family, reason = %why, "raw tracepoints unusable; using tracepoints");
+            tracepoints(&[Mechanism::Tracepoint], MechanismChoice::Auto, settings)
+        }
+        Err(why) => Plan {
+            settings,
+            enabled: true,
+            mechanism: Err(ProbeError::Mechanism(format!(
+                "{family}: mechanism raw_tracepoint is configured but {why}"
+            ))),
+        },
+    }
+}
+
+/// Starts a family with raw tracepoint (`raw`) and tracepoint (`tracepoints`) variants of its
+/// programs, attaching those of the planned mechanism.
+fn start_raw_or_tracepoints<T>(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    plan: Plan,
+    raw: &[(&'static str, &'static str)],
+    tracepoints: &[(&'static str, &'static str, &'static str)],
+    take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
+) -> (Option<T>, ProbeStatus) {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        if mechanism == Mechanism::RawTracepoint {
+            attach_raw_tracepoints(ebpf, raw)?;
+            Ok(raw.iter().map(|p| p.0).collect())
+        } else {
+            attach_tracepoints(ebpf, tracepoints)?;
+            Ok(tracepoints.iter().map(|p| p.0).collect())
+        }
+    };
+    start_family_with(ebpf, family, plan, attach, take_maps)
+}
+
 /// Attaches raw tracepoint programs `(program, tracepoint)`, all or nothing.
 fn attach_raw_tracepoints(
     ebpf: &mut Ebpf,

@@ -15,19 +15,18 @@ use periscope_common::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
-    attach_tracepoints, btf::KernelBtf, choose_mechanism, start_family_with, sweep_stale,
-    take_hash_map, take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
+    take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::{MechanismChoice, SchedConfig},
+    config::SchedConfig,
     histogram::{Histogram, ValueUnit, read_series},
     metrics::{Attributes, Metric},
     tracefs::Tracefs,
 };
 
 const FAMILY: &str = "sched";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
 const PROGRAMS: &[(&str, &str, &str)] = &[
     ("sched_wakeup", "sched", "sched_wakeup"),
     ("sched_wakeup_new", "sched", "sched_wakeup_new"),
@@ -54,46 +53,32 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         return Plan::disabled(settings);
     }
     let by_cgroup = ("SCHED_BY_CGROUP", u32::from(config.by_cgroup));
-    let tracepoints = |implemented: &[Mechanism], choice, settings| {
-        tracepoint_plan(
-            FAMILY,
-            implemented,
-            choice,
-            kernel,
-            tracefs,
-            settings,
-            |tracefs| {
-                let mut globals = tracepoint_offsets(tracefs)?;
-                globals.push(by_cgroup);
-                Ok(globals)
-            },
-        )
-    };
-    match choose_mechanism(FAMILY, IMPLEMENTED, config.mechanism, kernel) {
-        Ok(Mechanism::RawTracepoint) => match raw_tracepoint_offsets() {
-            Ok(mut globals) => {
-                globals.push(by_cgroup);
-                settings.globals = globals;
-                Plan {
-                    settings,
-                    enabled: true,
-                    mechanism: Ok(Mechanism::RawTracepoint),
-                }
-            }
-            Err(why) if config.mechanism == MechanismChoice::Auto => {
-                tracing::info!(probe = FAMILY, reason = %why, "raw tracepoints unusable; using tracepoints");
-                tracepoints(&[Mechanism::Tracepoint], MechanismChoice::Auto, settings)
-            }
-            Err(why) => Plan {
-                settings,
-                enabled: true,
-                mechanism: Err(ProbeError::Mechanism(format!(
-                    "{FAMILY}: mechanism raw_tracepoint is configured but {why}"
-                ))),
-            },
+    raw_or_tracepoint_plan(
+        FAMILY,
+        config.mechanism,
+        kernel,
+        settings,
+        || {
+            let mut globals = raw_tracepoint_offsets()?;
+            globals.push(by_cgroup);
+            Ok(globals)
         },
-        _ => tracepoints(IMPLEMENTED, config.mechanism, settings),
-    }
+        |implemented, choice, settings| {
+            tracepoint_plan(
+                FAMILY,
+                implemented,
+                choice,
+                kernel,
+                tracefs,
+                settings,
+                |tracefs| {
+                    let mut globals = tracepoint_offsets(tracefs)?;
+                    globals.push(by_cgroup);
+                    Ok(globals)
+                },
+            )
+        },
+    )
 }
 
 /// `task_struct.pid` from BTF; and the kernel must pass `prev_state` to `sched_switch` (5.18+).
@@ -134,16 +119,7 @@ pub struct Sched {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, ProbeStatus) {
-    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
-        if mechanism == Mechanism::RawTracepoint {
-            attach_raw_tracepoints(ebpf, RAW_PROGRAMS)?;
-            Ok(RAW_PROGRAMS.iter().map(|p| p.0).collect())
-        } else {
-            attach_tracepoints(ebpf, PROGRAMS)?;
-            Ok(PROGRAMS.iter().map(|p| p.0).collect())
-        }
-    };
-    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
+    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
         Ok(Sched {
             latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
             runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
