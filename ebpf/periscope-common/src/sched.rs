@@ -13,3 +13,8 @@ pub const TASK_REPORT_MASK: u64 = 0xff;
 /// uninterruptible, stopped, traced, dead, zombie, parked): a task switched out in none of them
 /// is still runnable.
 pub const TASK_REPORT: u64 = 0x7f;
+
+/// `TASK_DEAD`: the raw state of a task's last switch-out, as it exits. Not in `TASK_REPORT`
+/// (the tracepoint reports the exit state instead), and not runnable: marking it so would leave
+/// a run-queue stamp behind for every process that exits.
+pub const TASK_DEAD: u64 = 0x80;

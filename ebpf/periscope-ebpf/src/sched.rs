@@ -22,7 +22,7 @@ use aya_ebpf::{
 use periscope_common::{
     Hist, counters,
     hist::ns_to_units,
-    sched::{ALL_TASKS, OTHER_CGROUPS, TASK_REPORT, TASK_REPORT_MASK},
+    sched::{ALL_TASKS, OTHER_CGROUPS, TASK_DEAD, TASK_REPORT, TASK_REPORT_MASK},
 };
 
 use crate::shared::{count, global, series};
@@ -137,8 +137,9 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    // As the tracepoint reports it: preempted, or in no reportable sleep state.
-    let runnable = preempt & 0xff != 0 || prev_state & TASK_REPORT == 0;
+    // As the tracepoint reports it: preempted, or in no reportable sleep state (and not
+    // exiting: the tracepoint reports a dying task by its exit state).
+    let runnable = preempt & 0xff != 0 || prev_state & (TASK_REPORT | TASK_DEAD) == 0;
     switched(task_pid(ctx.arg(1)), runnable, task_pid(ctx.arg(2)));
     0
 }

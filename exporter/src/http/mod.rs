@@ -166,8 +166,9 @@ pub struct Tracker {
     ignored: foldhash::HashSet<(u32, u32)>,
     /// Processes the last [`Tracker::reap_exited`] found gone.
     missing: foldhash::HashSet<u32>,
-    /// Connections the last [`Tracker::reap_evicted`] found gone from the kernel map.
-    evicted: foldhash::HashSet<(u32, u32)>,
+    /// Connections the last [`Tracker::reap_evicted`] found gone from the kernel map, with
+    /// their last activity then (a descriptor number reused since is another connection).
+    evicted: HashMap<(u32, u32), u64>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
     /// Server span each thread is serving (parent of its client calls).
@@ -202,7 +203,7 @@ impl Tracker {
             aliases: HashMap::new(),
             ignored: foldhash::HashSet::default(),
             missing: foldhash::HashSet::default(),
-            evicted: foldhash::HashSet::default(),
+            evicted: HashMap::new(),
             processes: HashMap::new(),
             listen_ports: HashMap::new(),
             active: HashMap::new(),
@@ -674,25 +675,26 @@ impl Tracker {
     /// `probes.http.max_connections`) or closed while the ring buffer was full. The kernel sends
     /// nothing more for them, so without this a long-lived process would keep them (up to the
     /// table's cap). `in_kernel` says whether a `conn_key` is in the kernel map; a connection
-    /// is forgotten on the second call that finds none of its descriptors there.
+    /// is forgotten on the second call that finds none of its descriptors there and no record
+    /// of it in between (so not a new connection on a reused descriptor).
     pub fn reap_evicted(&mut self, in_kernel: impl Fn(u64) -> bool) {
         let mut dups: HashMap<(u32, u32), Vec<(u32, u32)>> = HashMap::new();
         for (raw, canonical) in &self.aliases {
             dups.entry(*canonical).or_default().push(*raw);
         }
-        let gone: Vec<(u32, u32)> = self
+        let gone: Vec<((u32, u32), u64)> = self
             .conns
-            .keys()
-            .filter(|key| key.1 & TLS_FD == 0)
-            .filter(|key| {
+            .iter()
+            .filter(|(key, _)| key.1 & TLS_FD == 0)
+            .filter(|(key, _)| {
                 !std::iter::once(**key)
-                    .chain(dups.get(key).into_iter().flatten().copied())
+                    .chain(dups.get(*key).into_iter().flatten().copied())
                     .any(|(tgid, fd)| in_kernel(conn_key(tgid, fd)))
             })
-            .copied()
+            .map(|(key, tracked)| (*key, tracked.last_active))
             .collect();
-        for key in &gone {
-            if !self.evicted.contains(key) {
+        for (key, last_active) in &gone {
+            if self.evicted.get(key) != Some(last_active) {
                 continue;
             }
             for raw in dups.get(key).into_iter().flatten() {
