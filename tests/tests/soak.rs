@@ -147,10 +147,12 @@ fn peer_owners(pid: u32) -> Vec<u32> {
 }
 
 /// Other work on the machine (other engineers' tests on a shared developer machine) adds its
-/// own connections, processes and series while a test measures; CI runs alone, exactly.
+/// own connections, processes and series while a test measures; CI runs alone, with a margin
+/// of a few for the machine's own services (the leaks these tests catch were in the tens to
+/// thousands).
 fn noise() -> f64 {
     if std::env::var_os("CI").is_some() {
-        0.0
+        4.0
     } else {
         16.0
     }
@@ -323,6 +325,37 @@ const DRAINED: &[(&str, u64)] = &[
     ("SYSCALL_ERRORS", 0),
 ];
 
+/// One sample per series of the HTTP and TCP series tables.
+const HTTP_SERIES: [&str; 2] = [
+    "http_server_request_duration_seconds_count",
+    "http_client_request_duration_seconds_count",
+];
+const TCP_SERIES: [&str; 5] = [
+    "kernel_tcp_connections_total",
+    "kernel_tcp_connect_failures_total",
+    "kernel_tcp_connection_duration_seconds_count",
+    "kernel_tcp_connection_sent_bytes_count",
+    "kernel_tcp_connection_received_bytes_count",
+];
+
+/// Exported HTTP/TCP/syscall series whose process (`service_instance_id` = host:pid) is gone.
+fn series_of_exited_processes(scrape: &Scrape) -> Vec<String> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            HTTP_SERIES.contains(&s.name.as_str())
+                || TCP_SERIES.contains(&s.name.as_str())
+                || s.name == "kernel_syscall_duration_seconds_count"
+        })
+        .filter_map(|s| {
+            let pid = s.labels.get("service_instance_id")?.rsplit(':').next()?;
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .then(|| format!("{} {:?}", s.name, s.labels))
+        })
+        .collect()
+}
+
 /// TCP_PEERS: retransmit/reset counters of a process go when its series do; those of live
 /// processes and those owned by no process (inbound, tgid 0: per local port and peer, bounded
 /// by `probes.tcp.max_peers` with overflow counted) are held by design.
@@ -376,21 +409,53 @@ fn process_and_connection_churn_leave_maps_and_tables_at_baseline() {
     // Right after: the processes' series are still held (for the TTL), and selected curls were
     // measured by the syscall family (the test would see a leak there).
     let during = maps(daemon.pid());
-    let scrape = daemon.scrape();
     let (_, hwm) = memory_kib(daemon.pid());
     assert!(
         entries(&during, "SYSCALL_LATENCY") > 0,
         "the syscall family measured some soakcurl processes\n{}",
         table(&baseline, &during)
     );
-    let served = counter(
+    // nginx served 10,800 requests: each is counted, or counted as dropped (the HTTP family
+    // competes with the churn for two CPUs; a request whose records were lost is dropped).
+    let served_and_dropped = |scrape: &Scrape| {
+        let served = counter(
+            scrape,
+            &format!("{SERVER}_count"),
+            &[("server_port", &port.to_string())],
+        );
+        let dropped: f64 = scrape
+            .samples
+            .iter()
+            .filter(|s| s.name == "periscope_http_messages_total")
+            .filter(|s| {
+                s.labels
+                    .get("outcome")
+                    .is_some_and(|o| o.starts_with("dropped_"))
+            })
+            .map(|s| s.value)
+            .sum();
+        (served, dropped)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        let scrape = daemon.scrape();
+        let (served, _) = served_and_dropped(&scrape);
+        if served >= 10_800.0 || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (served, dropped) = served_and_dropped(&scrape);
+    let lost = counter(
         &scrape,
-        &format!("{SERVER}_count"),
-        &[("server_port", &port.to_string())],
+        "periscope_probe_errors_total",
+        &[("probe", "http"), ("kind", "events_lost")],
     );
+    eprintln!("churn: nginx requests counted {served}, dropped {dropped}, events lost {lost}");
     assert!(
-        served >= 10_000.0 + 700.0,
-        "nginx served 10,800 requests, Periscope counted {served}"
+        served <= 10_800.0 && served + dropped >= 10_800.0 && served >= 10_000.0,
+        "nginx served 10,800 requests; Periscope counted {served}, dropped {dropped} \
+         ({lost} events lost)"
     );
     assert!(gauge(&scrape, "periscope_http_series") > gauge(&base_scrape, "periscope_http_series"));
     drop(server);
@@ -407,10 +472,7 @@ fn process_and_connection_churn_leave_maps_and_tables_at_baseline() {
         let tables_ok = gauge(&scrape, "periscope_http_connections") <= 1.0 + noise()
             && gauge(&scrape, "periscope_http_processes")
                 <= gauge(&base_scrape, "periscope_http_processes") + noise()
-            && gauge(&scrape, "periscope_http_series")
-                <= gauge(&base_scrape, "periscope_http_series") + noise()
-            && gauge(&scrape, "periscope_tcp_series")
-                <= gauge(&base_scrape, "periscope_tcp_series") + noise();
+            && series_of_exited_processes(&scrape).is_empty();
         if (maps_ok && tables_ok) || Instant::now() > deadline {
             break (after, scrape);
         }
@@ -436,17 +498,27 @@ fn process_and_connection_churn_leave_maps_and_tables_at_baseline() {
             "{m} did not return to its baseline\n{report}"
         );
     }
-    for name in [
-        "periscope_http_processes",
-        "periscope_http_series",
-        "periscope_tcp_series",
+    assert!(
+        gauge(&scrape, "periscope_http_processes")
+            <= gauge(&base_scrape, "periscope_http_processes") + noise(),
+        "periscope_http_processes: {} after the churn, {} before",
+        gauge(&scrape, "periscope_http_processes"),
+        gauge(&base_scrape, "periscope_http_processes")
+    );
+    // The series tables hold exactly what is exported, and none of it belongs to a process
+    // that exited (this test's own process keeps its client series: it is alive).
+    let dead = series_of_exited_processes(&scrape);
+    assert!(dead.is_empty(), "series of exited processes: {dead:?}");
+    for (gauge_name, metrics) in [
+        ("periscope_http_series", &HTTP_SERIES[..]),
+        ("periscope_tcp_series", &TCP_SERIES[..]),
     ] {
-        assert!(
-            gauge(&scrape, name) <= gauge(&base_scrape, name) + noise(),
-            "{name}: {} after the churn, {} before",
-            gauge(&scrape, name),
-            gauge(&base_scrape, name)
-        );
+        let exported = scrape
+            .samples
+            .iter()
+            .filter(|s| metrics.contains(&s.name.as_str()))
+            .count() as f64;
+        assert_eq!(gauge(&scrape, gauge_name), exported, "{gauge_name}");
     }
     assert!(gauge(&scrape, "periscope_http_connections") <= 1.0 + noise());
     let stale = peers_of_exited_processes(daemon.pid());
@@ -793,12 +865,27 @@ fn sigterm_under_wrk_load_flushes_the_last_export_and_detaches_everything() {
         flushed as f64 >= scraped,
         "the final export ({flushed}) holds at least what the last scrape saw ({scraped})"
     );
-    for id in programs {
-        assert!(!loaded("prog", id), "program {id} still loaded after exit");
-    }
-    for id in maps_held {
-        assert!(!loaded("map", id), "map {id} still exists after exit");
-    }
+    // The kernel frees a program or map shortly after its last reference goes (deferred work):
+    // give it a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let left: Vec<String> = programs
+            .iter()
+            .filter(|id| loaded("prog", **id))
+            .map(|id| format!("prog {id}"))
+            .chain(
+                maps_held
+                    .iter()
+                    .filter(|id| loaded("map", **id))
+                    .map(|id| format!("map {id}")),
+            )
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(left.is_empty(), "still loaded after exit: {left:?}");
 }
 
 /// Object ids (`prog_id:`/`map_id:`) a process holds open, from /proc/PID/fdinfo.
