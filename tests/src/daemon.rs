@@ -3,6 +3,8 @@
 use std::{
     io::Read,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -11,6 +13,10 @@ use crate::{free_port, periscope_bin, scrape::Scrape, wait_for};
 pub struct Daemon {
     child: Option<Child>,
     pub port: u16,
+    /// Everything the daemon logged so far. A thread drains its stderr as it comes: a pipe
+    /// left unread fills up (64 KiB) and then blocks the daemon's next log line.
+    log: Arc<Mutex<String>>,
+    drain: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,10 +39,26 @@ impl Daemon {
         for (k, v) in env {
             command.env(k, v);
         }
-        let child = command.spawn().expect("spawn periscope");
+        let mut child = command.spawn().expect("spawn periscope");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr pipe");
+        let sink = log.clone();
+        let drain = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
         let mut daemon = Self {
             child: Some(child),
             port,
+            log,
+            drain: Some(drain),
             _dir: dir,
         };
         wait_for("periscope /healthz", Duration::from_secs(30), || {
@@ -62,23 +84,25 @@ impl Daemon {
         Scrape::parse(&body)
     }
 
+    /// Everything logged until the daemon closed its stderr (it exited).
     fn stderr(&mut self) -> String {
-        let mut out = String::new();
-        if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
-            let _ = stderr.read_to_string(&mut out);
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
         }
-        out
+        self.log.lock().unwrap().clone()
+    }
+
+    /// What the daemon logged so far, while it runs.
+    pub fn log_so_far(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// SIGTERM, then the exit status and everything it logged.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let mut stderr = String::new();
-        if let Some(mut s) = child.stderr.take() {
-            let _ = s.read_to_string(&mut stderr);
-        }
-        (child.wait().expect("wait periscope"), stderr)
+        let status = child.wait().expect("wait periscope");
+        (status, self.stderr())
     }
 }
 
