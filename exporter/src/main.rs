@@ -123,7 +123,10 @@ fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_daemon(config, duration, probes, prometheus))
+    let result = runtime.block_on(run_daemon(config, duration, probes, prometheus));
+    // A task that did not stop must not hold the exit either.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn run_daemon(
@@ -209,8 +212,19 @@ async fn run_daemon(
     wait_for_stop(duration).await;
     tracing::info!("stopping: final export, then detaching probes");
     let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
+    // Every task ends at the stop (the OTLP flush within its timeout); should one not, the
+    // daemon still detaches and exits rather than hang its service manager until SIGKILL.
+    let grace = config.otlp.timeout + SHUTDOWN_MARGIN;
+    let all_done = async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tracing::error!(
+            ?grace,
+            "some tasks did not stop in time; detaching the probes and exiting anyway"
+        );
     }
     // Dropping the probes closes every link and program: nothing stays attached.
     match Arc::try_unwrap(telemetry) {
@@ -220,6 +234,9 @@ async fn run_daemon(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long shutdown may take beyond the final OTLP export's own timeout.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 /// How often processes started since the last scan are checked for OpenSSL.
 const TLS_SCAN_EVERY: Duration = Duration::from_secs(2);

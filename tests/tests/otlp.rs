@@ -639,3 +639,31 @@ fn delta_temporality_sums_to_the_workload_across_refused_exports() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+/// SIGTERM while an export is backing off between retries (the collector is down) still
+/// stops the daemon: one final flush within its timeout, then exit 0. (The retry's backoff used
+/// to consume the stop signal, and the exporter then kept exporting on its interval forever.)
+#[test]
+fn sigterm_during_retry_backoff_stops_after_the_final_flush() {
+    let _machine = exclusive();
+    let closed = periscope_e2e::free_port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let daemon = Daemon::start(
+        &block_only("10s", "3s"),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    // The first export (at 10 s) fails and backs off: 0.5 s, 1 s, 2 s, 4 s...
+    wait_for("an export retrying", Duration::from_secs(30), || {
+        (counter(&daemon, "retry") >= 2.0).then_some(())
+    });
+    let stopping = std::time::Instant::now();
+    let (status, log) = daemon.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("final OTLP export done"), "{log}");
+    // The final flush retries for at most its 3 s timeout; detaching takes a few seconds more.
+    assert!(
+        took < Duration::from_secs(12),
+        "stopped after {took:?}: {log}"
+    );
+}

@@ -515,10 +515,13 @@ impl OtlpExporter {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let last = tokio::select! {
+            // `wait_for` looks at the current value: a stop already seen by a retry's backoff
+            // below (which marks it seen) still ends the loop, with the final flush.
+            let stop_now = tokio::select! {
                 _ = ticker.tick() => false,
-                _ = shutdown.changed() => true,
+                _ = shutdown.wait_for(|stop| *stop) => true,
             };
+            let last = stop_now || *shutdown.borrow();
             let request = self.snapshot_request(&telemetry).await;
             let deadline = if last {
                 Instant::now() + self.config.timeout
