@@ -236,6 +236,18 @@ fn collector_down_keeps_prometheus_serving() {
     );
 }
 
+/// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
+fn wait_for_or<T>(_what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// Config for the fault tests: only the block family, exporting every `interval`.
 fn block_only(interval: &str, timeout: &str) -> String {
     format!(
@@ -537,11 +549,16 @@ fn spans_beyond_the_queue_bound_are_counted_as_dropped() {
     let _machine = exclusive();
     let closed = periscope_e2e::free_port();
     let endpoint = format!("http://127.0.0.1:{closed}");
+    // Only this test's server and client (the port selects both sides): the test's own scrapes
+    // and other HTTP on the machine make no spans here.
+    let port = periscope_e2e::free_port();
     let daemon = Daemon::start(
-        "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  http:\n    span_queue: 4\notlp:\n  timeout: 1s\n",
+        &format!(
+            "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  http:\n    span_queue: 4\n    select:\n      - port: {port}\notlp:\n  timeout: 1s\n"
+        ),
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
-    let server = Server::python(periscope_e2e::free_port(), true, None, "queue-api");
+    let server = Server::python(port, true, None, "queue-api");
     let sent = python_client(server.port, true, &plan(20));
     // Client and server side: two spans per request. Every one is accounted for: exported
     // (none: the collector is down), dropped at the full queue, or dropped after failing.
@@ -552,14 +569,19 @@ fn spans_beyond_the_queue_bound_are_counted_as_dropped() {
             .unwrap_or(0.0)
     };
     let expected = 2.0 * sent.len() as f64;
-    let (full, failed) = wait_for("every span accounted for", Duration::from_secs(60), || {
+    let mut last = (0.0, 0.0);
+    let (full, failed) = wait_for_or("every span accounted for", Duration::from_secs(60), || {
         let (full, failed, exported) = (
             spans("dropped_queue_full"),
             spans("dropped_export_failed"),
             spans("exported"),
         );
         assert_eq!(exported, 0.0);
+        last = (full, failed);
         (full + failed == expected).then_some((full, failed))
+    })
+    .unwrap_or_else(|| {
+        panic!("{expected} spans expected; dropped at the queue and after failing: {last:?}")
     });
     // At most the queue (4) plus one batch in the exporter's hands can fail; the rest overflowed.
     assert!(
