@@ -64,3 +64,105 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     MACHINE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `threads` threads spinning for `how_long`: CPU contention of a known size.
+pub fn busy(threads: usize, how_long: Duration) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(how_long);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+/// Ids of the BPF objects a process holds open, from the `field` lines (`prog_id:`, `map_id:`)
+/// of its /proc/PID/fdinfo, sorted and unique.
+pub fn bpf_object_ids(pid: u32, field: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(field))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Every capability Linux defines, as capsh names them.
+pub const ALL_CAPS: &[&str] = &[
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_perfmon",
+    "cap_bpf",
+    "cap_checkpoint_restore",
+];
+
+/// capsh's `--drop=` argument that leaves only `keep` in the bounding set (so a root exec gets
+/// no other capability).
+pub fn capsh_drop_all_but(keep: &[&str]) -> String {
+    let drop: Vec<&str> = ALL_CAPS
+        .iter()
+        .copied()
+        .filter(|c| !keep.contains(c))
+        .collect();
+    format!("--drop={}", drop.join(","))
+}

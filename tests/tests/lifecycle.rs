@@ -74,22 +74,7 @@ fn empty_config_runs_and_duration_stops_cleanly() {
 
 /// Program ids the process holds open, from /proc/PID/fdinfo.
 fn program_ids(pid: u32) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(text) = std::fs::read_to_string(entry.path()) {
-            ids.extend(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("prog_id:"))
-                    .filter_map(|v| v.trim().parse::<u32>().ok()),
-            );
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+    periscope_e2e::bpf_object_ids(pid, "prog_id:")
 }
 
 #[test]
@@ -260,51 +245,6 @@ fn bpf_program_stats_are_exported_when_enabled() {
     assert!(time.is_some_and(|t| t > 0.0), "and took time: {time:?}");
 }
 
-/// Every capability Linux defines, as capsh names them.
-const ALL_CAPS: &[&str] = &[
-    "cap_chown",
-    "cap_dac_override",
-    "cap_dac_read_search",
-    "cap_fowner",
-    "cap_fsetid",
-    "cap_kill",
-    "cap_setgid",
-    "cap_setuid",
-    "cap_setpcap",
-    "cap_linux_immutable",
-    "cap_net_bind_service",
-    "cap_net_broadcast",
-    "cap_net_admin",
-    "cap_net_raw",
-    "cap_ipc_lock",
-    "cap_ipc_owner",
-    "cap_sys_module",
-    "cap_sys_rawio",
-    "cap_sys_chroot",
-    "cap_sys_ptrace",
-    "cap_sys_pacct",
-    "cap_sys_admin",
-    "cap_sys_boot",
-    "cap_sys_nice",
-    "cap_sys_resource",
-    "cap_sys_time",
-    "cap_sys_tty_config",
-    "cap_mknod",
-    "cap_lease",
-    "cap_audit_write",
-    "cap_audit_control",
-    "cap_setfcap",
-    "cap_mac_override",
-    "cap_mac_admin",
-    "cap_syslog",
-    "cap_wake_alarm",
-    "cap_block_suspend",
-    "cap_audit_read",
-    "cap_perfmon",
-    "cap_bpf",
-    "cap_checkpoint_restore",
-];
-
 /// The capabilities README.md's Privileges table documents.
 const DOCUMENTED: &[&str] = &[
     "cap_bpf",
@@ -317,14 +257,9 @@ const DOCUMENTED: &[&str] = &[
 /// `periscope ARGS` under capsh with only `keep` left in the bounding set (so root's exec gets
 /// no other capability).
 fn under_capsh(keep: &[&str], args: &str) -> Command {
-    let drop: Vec<&str> = ALL_CAPS
-        .iter()
-        .copied()
-        .filter(|c| !keep.contains(c))
-        .collect();
     let mut command = Command::new("capsh");
     command
-        .arg(format!("--drop={}", drop.join(",")))
+        .arg(periscope_e2e::capsh_drop_all_but(keep))
         .args(["--", "-c"])
         .arg(format!("exec {} {args}", periscope_bin().display()));
     command

@@ -1,15 +1,10 @@
 //! Run-queue latency under CPU contention from a known number of busy threads, compared with
 //! libbpf-tools `runqlat` over the same window.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use periscope_e2e::{
+    busy,
     daemon::Daemon,
     exclusive,
     reference::{RefTool, median_slot, parse_log2_histograms},
@@ -18,30 +13,6 @@ use periscope_e2e::{
 const RUNQ: &str = "kernel_sched_runqueue_latency_seconds";
 
 const ONLY_SCHED: &str = "probes:\n  block:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
-
-/// `threads` threads spinning for `how_long`.
-fn busy(threads: usize, how_long: Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    while start.elapsed() < how_long {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
-}
 
 /// The default: raw tracepoints (`task_struct` pids at their BTF offset).
 #[test]

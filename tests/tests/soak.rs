@@ -61,21 +61,7 @@ struct MapInfo {
 /// Every map the process holds open (map ids from /proc/PID/fdinfo), by (truncated) name, with
 /// its entry count from `bpftool map dump` (ring buffers: 0).
 fn maps(pid: u32) -> BTreeMap<String, MapInfo> {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("fdinfo")
-        .flatten()
-    {
-        if let Ok(text) = std::fs::read_to_string(entry.path()) {
-            ids.extend(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("map_id:"))
-                    .filter_map(|v| v.trim().parse::<u32>().ok()),
-            );
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = periscope_e2e::bpf_object_ids(pid, "map_id:");
     let mut out = BTreeMap::new();
     for id in ids {
         let show = Command::new("bpftool")

@@ -11,15 +11,11 @@ use std::{
     io::Read,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use periscope_e2e::{
-    daemon::Daemon, exclusive, free_port, http::workload, loopdev::LoopDevice, netns::NetNs,
+    busy, daemon::Daemon, exclusive, free_port, http::workload, loopdev::LoopDevice, netns::NetNs,
     periscope_bin, scrape::Scrape, wait_for,
 };
 
@@ -196,27 +192,6 @@ fn sum(scrape: &Scrape, name: &str) -> f64 {
         .filter(|s| s.name == name)
         .map(|s| s.value)
         .sum()
-}
-
-/// `threads` threads spinning for `how_long`.
-fn busy(threads: usize, how_long: Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(how_long);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
 }
 
 fn within(ours: f64, theirs: f64, relative: f64, absolute: f64) -> bool {
@@ -481,55 +456,15 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     verdict(&stdout);
 }
 
-/// Every capability Linux defines but CAP_BPF and CAP_PERFMON, as capsh names them.
-const ALL_BUT_BPF_PERFMON: &[&str] = &[
-    "cap_chown",
-    "cap_dac_override",
-    "cap_dac_read_search",
-    "cap_fowner",
-    "cap_fsetid",
-    "cap_kill",
-    "cap_setgid",
-    "cap_setuid",
-    "cap_setpcap",
-    "cap_linux_immutable",
-    "cap_net_bind_service",
-    "cap_net_broadcast",
-    "cap_net_admin",
-    "cap_net_raw",
-    "cap_ipc_lock",
-    "cap_ipc_owner",
-    "cap_sys_module",
-    "cap_sys_rawio",
-    "cap_sys_chroot",
-    "cap_sys_ptrace",
-    "cap_sys_pacct",
-    "cap_sys_admin",
-    "cap_sys_boot",
-    "cap_sys_nice",
-    "cap_sys_resource",
-    "cap_sys_time",
-    "cap_sys_tty_config",
-    "cap_mknod",
-    "cap_lease",
-    "cap_audit_write",
-    "cap_audit_control",
-    "cap_setfcap",
-    "cap_mac_override",
-    "cap_mac_admin",
-    "cap_syslog",
-    "cap_wake_alarm",
-    "cap_block_suspend",
-    "cap_audit_read",
-    "cap_checkpoint_restore",
-];
-
 #[test]
 fn with_only_cap_bpf_and_cap_perfmon_it_runs_and_says_what_it_cannot_show() {
     let _machine = exclusive();
     // tracefs is mounted by make test's setup: mounting it would need CAP_SYS_ADMIN.
     let out = Command::new("capsh")
-        .arg(format!("--drop={}", ALL_BUT_BPF_PERFMON.join(",")))
+        .arg(periscope_e2e::capsh_drop_all_but(&[
+            "cap_bpf",
+            "cap_perfmon",
+        ]))
         .args(["--", "-c"])
         .arg(format!(
             "exec {} triage --duration 3s --json",
