@@ -106,10 +106,47 @@ fn nginx_with_curl_node_and_python_clients() {
     check(&daemon, server.port, &sent, true);
 }
 
+/// Asserts which mechanism the HTTP family attached with.
+fn assert_mechanism(daemon: &Daemon, expected: &str) {
+    assert_eq!(
+        daemon.scrape().value(
+            "periscope_probe_attached",
+            &[("probe", "http"), ("mechanism", expected)]
+        ),
+        Some(1.0),
+        "http attached with {expected}"
+    );
+}
+
+/// The fallback for kernels or architectures without the raw syscall programs: one tracepoint
+/// per syscall, arguments from the format files, every entry timed. Same servers, same exact
+/// counts.
+#[test]
+fn tracepoint_mechanism_counts_the_same_requests_exactly() {
+    let _guard = exclusive();
+    let config = format!("{HTTP_ONLY}  http:\n    mechanism: tracepoint\n");
+    let daemon = Daemon::start(&config, &[]);
+    assert_mechanism(&daemon, "tracepoint");
+    for keepalive in [true, false] {
+        let server = Server::python(free_port(), keepalive, None, "py-api");
+        let mut sent = python_client(server.port, keepalive, &plan(5));
+        sent.extend(curl(server.port, keepalive, &plan(3)));
+        if keepalive {
+            sent.extend(expect_continue(server.port, 2));
+        }
+        check(&daemon, server.port, &sent, true);
+    }
+    let server = Server::nginx(free_port());
+    let sent = node_client(server.port, true, &plan(5));
+    check(&daemon, server.port, &sent, true);
+}
+
+/// The default on x86_64: two raw syscall tracepoints for every syscall Periscope watches.
 #[test]
 fn rust_server_with_python_and_node_clients() {
     let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
+    assert_mechanism(&daemon, "raw_tracepoint");
     let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
     let mut sent = python_client(server.port, true, &plan(6));
     sent.extend(node_client(server.port, false, &plan(4)));

@@ -63,7 +63,8 @@ pub struct TlsPending {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpEventHeader {
-    /// CLOCK_MONOTONIC at syscall entry.
+    /// CLOCK_MONOTONIC at syscall entry (raw tracepoints stamp only writes' entries; a read's
+    /// record carries its exit time here too: only when a read returned matters).
     pub start_ns: u64,
     /// CLOCK_MONOTONIC at syscall exit.
     pub end_ns: u64,
@@ -125,8 +126,121 @@ pub struct HttpPending {
     pub _pad: [u8; 2],
 }
 
+/// What a syscall is to the raw tracepoint programs (`raw_syscalls:sys_enter`/`sys_exit` see
+/// every syscall; user space fills the syscall-number -> op table for its architecture).
+pub mod op {
+    /// Not one of ours.
+    pub const NONE: u8 = 0;
+    /// `(fd, buf, len)` reads: read, recvfrom.
+    pub const READ: u8 = 1;
+    /// `(fd, iov, iovcnt)`: readv.
+    pub const READV: u8 = 2;
+    /// `(fd, msghdr, flags)`: recvmsg.
+    pub const RECVMSG: u8 = 3;
+    /// `(fd, buf, len)` writes: write, sendto.
+    pub const WRITE: u8 = 4;
+    pub const WRITEV: u8 = 5;
+    pub const SENDMSG: u8 = 6;
+    /// sendfile: a count, no user buffer.
+    pub const SENDFILE: u8 = 7;
+    /// accept, accept4: `(listen_fd, ...)`, returning the new fd.
+    pub const ACCEPT: u8 = 8;
+    /// connect: `(fd, sockaddr, len)`.
+    pub const CONNECT: u8 = 9;
+    /// close: `(fd)`, seen at entry (at exit the number may already name a new socket).
+    pub const CLOSE: u8 = 10;
+    /// dup, dup2, dup3: `(oldfd, ...)`, returning the new fd.
+    pub const DUP: u8 = 11;
+    /// fcntl: `(fd, cmd, ...)`, a duplication for F_DUPFD/F_DUPFD_CLOEXEC.
+    pub const FCNTL: u8 = 12;
+
+    /// Whether the entry time of `op` matters (a write's start is a client request's start and
+    /// a server response's end).
+    #[inline(always)]
+    pub const fn is_write(op: u8) -> bool {
+        matches!(op, WRITE | WRITEV | SENDMSG | SENDFILE)
+    }
+}
+
+/// Size of the syscall-number -> op table (x86_64 numbers are below 512).
+pub const SYSCALL_OPS: u32 = 512;
+/// Slots of the write-entry stamp table, indexed by the low bits of the thread id.
+pub const WRITE_STAMPS: u32 = 4096;
+/// Bits of a stamp holding the entry time (ns, modulo 2^54 = 208 days); the 10 bits above hold
+/// the thread id's bits beyond the slot index (thread ids are below 2^22).
+pub const STAMP_TIME_BITS: u32 = 54;
+/// Bytes of `struct pt_regs` the raw syscall programs read at once (the arguments, the syscall
+/// number and the code segment, wherever BTF says they are inside it).
+pub const REGS_WINDOW: usize = 64;
+
+/// A write's entry stamp for thread `tid`: one u64, so that two threads sharing a slot never
+/// leave a torn (thread, time) pair.
+#[inline(always)]
+pub const fn write_stamp(tid: u32, now_ns: u64) -> u64 {
+    ((tid as u64 >> 12) << STAMP_TIME_BITS) | (now_ns & ((1 << STAMP_TIME_BITS) - 1))
+}
+
+/// The entry time a stamp holds for `tid`, seen at its exit at `now_ns`; `None` when the slot
+/// holds another thread's stamp.
+#[inline(always)]
+pub const fn stamp_start(stamp: u64, tid: u32, now_ns: u64) -> Option<u64> {
+    if stamp >> STAMP_TIME_BITS != tid as u64 >> 12 || stamp == 0 {
+        return None;
+    }
+    let mask = (1u64 << STAMP_TIME_BITS) - 1;
+    Some(now_ns - (now_ns.wrapping_sub(stamp) & mask))
+}
+
 /// The connection map's key: (process, fd).
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trip_for_its_own_thread() {
+        let start = 5_000_000_123_u64;
+        let tid = 4_194_303; // the largest pid_max allows: all 22 bits set
+        let stamp = write_stamp(tid, start);
+        assert_eq!(stamp_start(stamp, tid, start + 42_000), Some(start));
+        assert_eq!(stamp_start(stamp, tid, start), Some(start));
+    }
+
+    #[test]
+    fn stamp_of_another_thread_in_the_slot_is_refused() {
+        let stamp = write_stamp(4096 + 7, 1_000);
+        // Same slot (low 12 bits 7), another thread: no start rather than a wrong one.
+        assert_eq!(stamp_start(stamp, 7, 2_000), None);
+        assert_eq!(stamp_start(stamp, 2 * 4096 + 7, 2_000), None);
+        assert_eq!(stamp_start(0, 7, 2_000), None, "an empty slot");
+    }
+
+    #[test]
+    fn stamp_survives_the_time_field_wrapping() {
+        let wrap = 1u64 << STAMP_TIME_BITS;
+        let start = 3 * wrap - 10; // just before the 54-bit field wraps
+        let stamp = write_stamp(9, start);
+        assert_eq!(stamp_start(stamp, 9, 3 * wrap + 25), Some(start));
+    }
+
+    #[test]
+    fn only_writes_need_their_entry_time() {
+        for write in [op::WRITE, op::WRITEV, op::SENDMSG, op::SENDFILE] {
+            assert!(op::is_write(write));
+        }
+        for other in [
+            op::NONE,
+            op::READ,
+            op::READV,
+            op::RECVMSG,
+            op::ACCEPT,
+            op::CLOSE,
+        ] {
+            assert!(!op::is_write(other));
+        }
+    }
 }

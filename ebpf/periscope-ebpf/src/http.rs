@@ -7,30 +7,39 @@
 //! buffer) and the last `TAIL` bytes. `close` forgets the pair; a process exit is reported so
 //! user space drops what that process had in flight. Parsing and matching happen in user space.
 //!
-//! Syscall tracepoints share one record layout (`struct syscall_trace_enter`/`_exit`); the
-//! argument and return-value offsets are read from the format files by user space anyway.
+//! Two ways to see those syscalls, chosen by user space at run time:
+//! - raw tracepoints (`raw_syscalls:sys_enter`/`sys_exit`, x86_64): two programs for all of
+//!   them, dispatching on a syscall-number -> op table user space fills. They read the
+//!   arguments from `struct pt_regs` at offsets BTF gives, so entry keeps no per-syscall map
+//!   entry: only a write's entry time is stamped, in an array slot per thread (a read's record
+//!   carries its exit time: only when a read returned matters). Compat (32-bit) syscalls,
+//!   whose numbers differ, are recognised by their code segment and ignored.
+//! - per-syscall tracepoints (`syscalls:sys_enter_*`/`sys_exit_*`), the fallback: they share
+//!   one record layout (`struct syscall_trace_enter`/`_exit`) whose argument and return-value
+//!   offsets user space reads from the format files.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_EXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
     },
-    macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use periscope_common::{
     counters,
     http::{
         CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST,
-        ROLE_MASK, ROLE_SERVER, ROLE_TLS, TAIL, TLS_FD, TlsPending, conn_key,
+        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW, ROLE_CLIENT,
+        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD, TlsPending,
+        WRITE_STAMPS, conn_key, op, stamp_start, write_stamp,
     },
 };
 
-use crate::shared::{count, global};
+use crate::shared::{bytes_at, count, global};
 
 /// Offset of the first syscall argument in a `sys_enter_*` record.
 #[unsafe(no_mangle)]
@@ -130,11 +139,30 @@ enum Buffer {
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     let Some((tgid, tid)) = current() else { return };
-    let fd = arg(ctx, 0) as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied() else {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let args = [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)];
+    let Some(pending) = watched_io(tgid, tid, kind, buffer, args, now) else {
         return;
     };
+    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
+        count(counters::HTTP_PENDING_FULL);
+    }
+}
+
+/// A read/write `(fd, buffer args)` of thread `tid`, when `fd` is a watched plaintext
+/// connection: what its record needs. Notes TLS connections' fds for the OpenSSL probes.
+#[inline(always)]
+fn watched_io(
+    tgid: u32,
+    tid: u32,
+    kind: u8,
+    buffer: Buffer,
+    args: [u64; 3],
+    start_ns: u64,
+) -> Option<HttpPending> {
+    let fd = args[0] as u32;
+    // SAFETY: the value is copied out at once.
+    let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied()?;
     // Inside an OpenSSL call this is its connection's fd (before user space has even seen that
     // the connection is TLS).
     note_tls_fd(tid, fd);
@@ -142,10 +170,10 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
         if kind == KIND_READ {
             let _ = HTTP_TLS_LAST_READ.insert(tid, fd, BPF_ANY as u64);
         }
-        return;
+        return None;
     }
     let mut pending = HttpPending {
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns,
         fd,
         kind,
         role,
@@ -153,22 +181,20 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     };
     match buffer {
         Buffer::Plain => {
-            pending.buf = arg(ctx, 1);
-            pending.buf_len = arg(ctx, 2);
+            pending.buf = args[1];
+            pending.buf_len = args[2];
         }
-        Buffer::Vector => vector(&mut pending, arg(ctx, 1), arg(ctx, 2), kind == KIND_WRITE),
+        Buffer::Vector => vector(&mut pending, args[1], args[2], kind == KIND_WRITE),
         Buffer::Message => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-            let msg = arg(ctx, 1);
+            let msg = args[1];
             let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
             let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
             vector(&mut pending, iov, iovlen, kind == KIND_WRITE);
         }
         Buffer::None => {}
     }
-    if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
-        count(counters::HTTP_PENDING_FULL);
-    }
+    Some(pending)
 }
 
 /// First iovec (the captured bytes) and, for writes, the last one (the tail).
@@ -209,14 +235,19 @@ fn scratch() -> Option<&'static mut HttpEvent> {
     Some(unsafe { &mut *event })
 }
 
-/// Sends the record of a finished read/write.
+/// Sends the record of a finished read/write (tracepoints: its entry was recorded).
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) {
     let Some((tgid, tid)) = current() else { return };
     let Some(pending) = take_pending(tid) else {
         return;
     };
-    let transferred = ret(ctx);
+    send_io(tgid, tid, &pending, ret(ctx));
+}
+
+/// Sends the record of a read/write on a watched connection that returned `transferred`.
+#[inline(always)]
+fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: i64) {
     if transferred <= 0 {
         return;
     }
@@ -224,7 +255,7 @@ fn exit_io(ctx: &TracePointContext) {
     let Some(event) = scratch() else {
         return;
     };
-    fill_header(event, &pending, tgid, tid, transferred);
+    fill_header(event, pending, tgid, tid, transferred);
     let mut want = transferred;
     if pending.buf_len < want {
         want = pending.buf_len;
@@ -241,7 +272,7 @@ fn exit_io(ctx: &TracePointContext) {
     if pending.kind == KIND_READ && captured > 0 && matches!(event.data[0], 22 | 23) {
         let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
     }
-    copy_tail(event, &pending, transferred, captured);
+    copy_tail(event, pending, transferred, captured);
     let sent = submit(event, captured);
     // Remember a loss on the connection until one of its records gets through.
     let role = if sent {
@@ -410,33 +441,43 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
     let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let fd = ret(&ctx);
-    if pending.kind != KIND_ACCEPT || fd < 0 {
-        return 0;
+    if pending.kind == KIND_ACCEPT {
+        accepted(tgid, tid, pending.listen_fd, ret(&ctx), pending.start_ns);
+    }
+    0
+}
+
+/// An `accept` on `listen_fd` returned `fd`: watch it, and tell user space.
+#[inline(always)]
+fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: i64, start_ns: u64) {
+    if fd < 0 {
+        return;
     }
     let fd = fd as u32;
     let _ = HTTP_CONNS.insert(conn_key(tgid, fd), ROLE_SERVER, BPF_ANY as u64);
     let Some(event) = scratch() else {
-        return 0;
+        return;
     };
-    let accepted = HttpPending { fd, ..pending };
-    fill_header(event, &accepted, tgid, tid, pending.listen_fd);
+    let accepted = HttpPending {
+        start_ns,
+        fd,
+        kind: KIND_ACCEPT,
+        role: ROLE_SERVER,
+        ..Default::default()
+    };
+    fill_header(event, &accepted, tgid, tid, listen_fd);
     // The process name, for processes gone before user space reads /proc.
     let comm = bpf_get_current_comm().unwrap_or_default();
     event.data[..COMM].copy_from_slice(&comm);
     event.header.captured = COMM as u16;
     submit(event, COMM as u32);
-    0
 }
 
-#[tracepoint]
-pub fn http_enter_connect(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = current() else { return 0 };
-    let sockaddr = arg(&ctx, 1);
-    // sockaddr_in / sockaddr_in6: family at 0, port (network order) at 2, IPv4 at 4, IPv6 at 8.
-    let Ok(head) = (unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }) else {
-        return 0;
-    };
+/// The peer a `connect` names: sockaddr_in / sockaddr_in6 (family at 0, port in network order
+/// at 2, IPv4 at 4, IPv6 at 8); `None` for other families.
+#[inline(always)]
+fn connect_addr(sockaddr: u64) -> Option<ConnectAddr> {
+    let head = unsafe { bpf_probe_read_user(sockaddr as *const [u8; 8]) }.ok()?;
     let family = u16::from_le_bytes([head[0], head[1]]);
     let mut addr = ConnectAddr {
         family,
@@ -445,12 +486,20 @@ pub fn http_enter_connect(ctx: TracePointContext) -> u32 {
     };
     match family {
         AF_INET => addr.addr[..4].copy_from_slice(&head[4..8]),
-        AF_INET6 => match unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) } {
-            Ok(v6) => addr.addr = v6,
-            Err(_) => return 0,
-        },
-        _ => return 0,
+        AF_INET6 => {
+            addr.addr = unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) }.ok()?
+        }
+        _ => return None,
     }
+    Some(addr)
+}
+
+#[tracepoint]
+pub fn http_enter_connect(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current() else { return 0 };
+    let Some(addr) = connect_addr(arg(&ctx, 1)) else {
+        return 0;
+    };
     let pending = HttpPending {
         start_ns: unsafe { bpf_ktime_get_ns() },
         fd: arg(&ctx, 0) as u32,
@@ -473,15 +522,24 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let rc = ret(&ctx);
-    if pending.kind != KIND_CONNECT || (rc != 0 && rc != -EINPROGRESS) {
-        return 0;
+    if pending.kind == KIND_CONNECT {
+        connected(tgid, tid, &pending, ret(&ctx));
+    }
+    0
+}
+
+/// A `connect` (`pending`: its fd, peer and start) returned `rc`: unless it failed, watch the
+/// socket and tell user space the peer.
+#[inline(always)]
+fn connected(tgid: u32, tid: u32, pending: &HttpPending, rc: i64) {
+    if rc != 0 && rc != -EINPROGRESS {
+        return;
     }
     let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), ROLE_CLIENT, BPF_ANY as u64);
     let Some(event) = scratch() else {
-        return 0;
+        return;
     };
-    fill_header(event, &pending, tgid, tid, 0);
+    fill_header(event, pending, tgid, tid, 0);
     let size = core::mem::size_of::<ConnectAddr>();
     event.header.captured = (size + COMM) as u16;
     // SAFETY: ConnectAddr is plain bytes and smaller than CAPTURE.
@@ -495,7 +553,6 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let comm = bpf_get_current_comm().unwrap_or_default();
     event.data[size..size + COMM].copy_from_slice(&comm);
     submit(event, (size + COMM) as u32);
-    0
 }
 
 /// Records a descriptor duplication of a watched connection (Rust's `try_clone`, shells...).
@@ -543,9 +600,17 @@ pub fn http_exit_dup(ctx: TracePointContext) -> u32 {
     let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    let newfd = ret(&ctx);
-    if pending.kind != KIND_DUP || newfd < 0 || newfd as u32 == pending.fd {
-        return 0;
+    if pending.kind == KIND_DUP {
+        duplicated(tgid, tid, pending.fd, pending.role, ret(&ctx));
+    }
+    0
+}
+
+/// A watched connection's `oldfd` (of `role`) was duplicated as `newfd`: watch that one too.
+#[inline(always)]
+fn duplicated(tgid: u32, tid: u32, oldfd: u32, role: u8, newfd: i64) {
+    if newfd < 0 || newfd as u32 == oldfd {
+        return;
     }
     let newfd = newfd as u32;
     let key = conn_key(tgid, newfd);
@@ -554,48 +619,217 @@ pub fn http_exit_dup(ctx: TracePointContext) -> u32 {
     if let Some(replaced) = (unsafe { HTTP_CONNS.get(key) }).copied() {
         send_bare(KIND_CLOSE, replaced, tgid, tid, newfd, 0, now);
     }
-    let _ = HTTP_CONNS.insert(key, pending.role, BPF_ANY as u64);
-    send_bare(
-        KIND_DUP,
-        pending.role,
-        tgid,
-        tid,
-        newfd,
-        pending.fd as u64,
-        now,
-    );
-    0
+    let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
+    send_bare(KIND_DUP, role, tgid, tid, newfd, oldfd as u64, now);
 }
 
 #[tracepoint]
 pub fn http_enter_close(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current() else {
-        return 0;
-    };
-    let fd = arg(&ctx, 0) as u32;
+    if let Some((tgid, tid)) = current() {
+        closing(tgid, tid, arg(&ctx, 0) as u32);
+    }
+    0
+}
+
+/// `close(fd)` entered: forget the connection (before the number can name another socket).
+#[inline(always)]
+fn closing(tgid: u32, tid: u32, fd: u32) {
     let key = conn_key(tgid, fd);
     let Some(role) = (unsafe { HTTP_CONNS.get(key) }).copied() else {
-        return 0;
+        return;
     };
     let _ = HTTP_CONNS.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
     send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
-    0
 }
 
 /// `sched:sched_process_exit`: the thread-group leader leaving means the process is gone.
 #[tracepoint]
 pub fn http_process_exit(ctx: TracePointContext) -> u32 {
     let _ = ctx.as_ptr();
+    process_exit();
+    0
+}
+
+/// `raw_tp/sched_process_exit(struct task_struct *p)`: as [`http_process_exit`].
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn http_process_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = ctx.as_ptr();
+    process_exit();
+    0
+}
+
+#[inline(always)]
+fn process_exit() {
     let Some((tgid, tid)) = current() else {
-        return 0;
+        return;
     };
     if tgid != tid {
-        return 0;
+        return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     send_bare(KIND_EXIT, 0, tgid, tid, 0, 0, now);
+}
+
+// Raw tracepoints: one program on every syscall entry and one on every exit, instead of a
+// tracepoint pair per syscall. The exit reads the arguments back from the saved registers (the
+// kernel does not change them), so no entry state is kept, except a write's entry time in a
+// slot of a plain array indexed by thread id (no hash update on the hot path).
+
+/// Offsets in `struct pt_regs` (from BTF): the syscall number (`orig_ax`), the window read, and
+/// inside it the first three arguments and the code segment.
+#[unsafe(no_mangle)]
+static HTTP_REGS_BASE: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_REGS_NR: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_REGS_ARG0: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_REGS_ARG1: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_REGS_ARG2: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_REGS_CS: u32 = 0;
+/// The code segment of 64-bit user code (x86_64 `__USER_CS`): a 32-bit process's syscalls
+/// have other numbers, and are left alone.
+#[unsafe(no_mangle)]
+static HTTP_USER_CS: u32 = 0x33;
+
+/// Syscall number -> `op::*`, filled by user space for its architecture.
+#[map]
+static HTTP_SYSCALL_OPS: Array<u8> = Array::with_max_entries(SYSCALL_OPS, 0);
+
+/// Entry stamps of writes (`write_stamp`), by the low bits of the thread id.
+#[map]
+static HTTP_WRITE_STAMPS: Array<u64> = Array::with_max_entries(WRITE_STAMPS, 0);
+
+#[inline(always)]
+fn op_of(nr: u64) -> u8 {
+    if nr >= SYSCALL_OPS as u64 {
+        return op::NONE;
+    }
+    HTTP_SYSCALL_OPS.get(nr as u32).copied().unwrap_or(op::NONE)
+}
+
+/// The first three arguments of the syscall whose registers are at `regs`, or `None` for a
+/// 32-bit (compat) syscall.
+#[inline(always)]
+fn regs_args(regs: u64) -> Option<[u64; 3]> {
+    // SAFETY: bpf_probe_read_kernel checks the address; the offsets come from this kernel's BTF.
+    let window: [u8; REGS_WINDOW] = unsafe {
+        bpf_probe_read_kernel((regs + global(&HTTP_REGS_BASE) as u64) as *const [u8; REGS_WINDOW])
+    }
+    .ok()?;
+    let reg = |offset| bytes_at::<8>(&window, offset).map(u64::from_ne_bytes);
+    if reg(global(&HTTP_REGS_CS))? != global(&HTTP_USER_CS) as u64 {
+        return None;
+    }
+    Some([
+        reg(global(&HTTP_REGS_ARG0))?,
+        reg(global(&HTTP_REGS_ARG1))?,
+        reg(global(&HTTP_REGS_ARG2))?,
+    ])
+}
+
+/// `raw_tp/sys_enter(struct pt_regs *regs, long id)`: stamps writes, handles `close`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn http_sys_enter_raw(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    let op = op_of(id);
+    if op != op::CLOSE && !op::is_write(op) {
+        return 0;
+    }
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    if op == op::CLOSE {
+        if let Some(args) = regs_args(ctx.arg(0)) {
+            closing(tgid, tid, args[0] as u32);
+        }
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(slot) = HTTP_WRITE_STAMPS.get_ptr_mut(tid & (WRITE_STAMPS - 1)) {
+        // SAFETY: an 8-byte array slot; one aligned store.
+        unsafe { *slot = write_stamp(tid, now) };
+    }
     0
+}
+
+/// `raw_tp/sys_exit(struct pt_regs *regs, long ret)`: everything the tracepoint exits do.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    let Ok(nr) =
+        (unsafe { bpf_probe_read_kernel((regs + global(&HTTP_REGS_NR) as u64) as *const u64) })
+    else {
+        return 0;
+    };
+    let op = op_of(nr);
+    if op == op::NONE || op == op::CLOSE {
+        return 0;
+    }
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let Some(args) = regs_args(regs) else {
+        return 0;
+    };
+    let rc: i64 = ctx.arg(1);
+    let now = unsafe { bpf_ktime_get_ns() };
+    match op {
+        op::ACCEPT => accepted(tgid, tid, args[0], rc, now),
+        op::CONNECT => {
+            if let Some(addr) = connect_addr(args[1]) {
+                let pending = HttpPending {
+                    start_ns: now,
+                    fd: args[0] as u32,
+                    kind: KIND_CONNECT,
+                    role: ROLE_CLIENT,
+                    addr,
+                    ..Default::default()
+                };
+                connected(tgid, tid, &pending, rc);
+            }
+        }
+        op::DUP | op::FCNTL => {
+            if op == op::FCNTL && args[1] != F_DUPFD && args[1] != F_DUPFD_CLOEXEC {
+                return 0;
+            }
+            let oldfd = args[0] as u32;
+            if let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, oldfd)) }).copied() {
+                duplicated(tgid, tid, oldfd, role, rc);
+            }
+        }
+        _ => io_exit_raw(tgid, tid, op, args, rc, now),
+    }
+    0
+}
+
+/// A read or write returned `rc`: its record, when it was on a watched connection.
+#[inline(always)]
+fn io_exit_raw(tgid: u32, tid: u32, op: u8, args: [u64; 3], rc: i64, now: u64) {
+    let (kind, buffer) = match op {
+        op::READ => (KIND_READ, Buffer::Plain),
+        op::READV => (KIND_READ, Buffer::Vector),
+        op::RECVMSG => (KIND_READ, Buffer::Message),
+        op::WRITE => (KIND_WRITE, Buffer::Plain),
+        op::WRITEV => (KIND_WRITE, Buffer::Vector),
+        op::SENDMSG => (KIND_WRITE, Buffer::Message),
+        op::SENDFILE => (KIND_WRITE, Buffer::None),
+        _ => return,
+    };
+    let start = if kind == KIND_WRITE {
+        HTTP_WRITE_STAMPS
+            .get(tid & (WRITE_STAMPS - 1))
+            .and_then(|stamp| stamp_start(*stamp, tid, now))
+            .unwrap_or(now)
+    } else {
+        now
+    };
+    if let Some(pending) = watched_io(tgid, tid, kind, buffer, args, start) {
+        send_io(tgid, tid, &pending, rc);
+    }
 }
 
 /// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.

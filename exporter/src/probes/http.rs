@@ -13,11 +13,11 @@ use aya::{
 };
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use periscope_common::http::HttpPending;
+use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
-    tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, tracepoint_plan,
 };
 use crate::{
     config::HttpConfig,
@@ -26,7 +26,36 @@ use crate::{
 };
 
 const FAMILY: &str = "http";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+
+/// `(program, raw tracepoint)`: one program on every syscall entry (write stamps, `close`),
+/// one on every exit (the rest), reading arguments from the saved registers.
+const RAW_PROGRAMS: &[(&str, &str)] = &[
+    ("http_sys_enter_raw", "sys_enter"),
+    ("http_sys_exit_raw", "sys_exit"),
+    ("http_process_exit_raw", "sched_process_exit"),
+];
+
+/// What each syscall the raw programs handle is to them, by this architecture's numbers.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_TABLE: &[(i64, u8)] = &[
+    (libc::SYS_read, op::READ),
+    (libc::SYS_recvfrom, op::READ),
+    (libc::SYS_readv, op::READV),
+    (libc::SYS_recvmsg, op::RECVMSG),
+    (libc::SYS_write, op::WRITE),
+    (libc::SYS_sendto, op::WRITE),
+    (libc::SYS_writev, op::WRITEV),
+    (libc::SYS_sendmsg, op::SENDMSG),
+    (libc::SYS_sendfile, op::SENDFILE),
+    (libc::SYS_accept, op::ACCEPT),
+    (libc::SYS_accept4, op::ACCEPT),
+    (libc::SYS_connect, op::CONNECT),
+    (libc::SYS_close, op::CLOSE),
+    (libc::SYS_dup, op::DUP),
+    (libc::SYS_dup2, op::DUP),
+    (libc::SYS_dup3, op::DUP),
+    (libc::SYS_fcntl, op::FCNTL),
+];
 
 /// `(program, category, tracepoint)`: every read/write syscall's entry has a program per buffer
 /// shape, and all their exits share one.
@@ -81,15 +110,81 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    tracepoint_plan(
+    raw_or_tracepoint_plan(
         FAMILY,
-        IMPLEMENTED,
         config.mechanism,
         kernel,
-        tracefs,
         settings,
-        syscall_offsets,
+        raw_tracepoint_offsets,
+        |implemented, choice, settings| {
+            tracepoint_plan(
+                FAMILY,
+                implemented,
+                choice,
+                kernel,
+                tracefs,
+                settings,
+                syscall_offsets,
+            )
+        },
     )
+}
+
+/// Where the raw syscall programs find the syscall number, the first three arguments and the
+/// code segment in `struct pt_regs`, from this kernel's BTF (x86_64 only: other architectures
+/// name their registers otherwise, and use the tracepoints).
+fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err("raw syscall tracepoints are implemented for x86_64 only".into());
+    }
+    let btf = KernelBtf::load()?;
+    let fields = [
+        ("HTTP_REGS_ARG0", btf.offset("pt_regs", "di")?),
+        ("HTTP_REGS_ARG1", btf.offset("pt_regs", "si")?),
+        ("HTTP_REGS_ARG2", btf.offset("pt_regs", "dx")?),
+        ("HTTP_REGS_CS", btf.offset("pt_regs", "cs")?),
+    ];
+    let base = fields.iter().map(|f| f.1).min().unwrap_or(0);
+    let end = fields.iter().map(|f| f.1 + 8).max().unwrap_or(0);
+    if (end - base) as usize > REGS_WINDOW {
+        return Err(format!(
+            "struct pt_regs: the registers Periscope reads span {} bytes, more than the {REGS_WINDOW} it reads",
+            end - base
+        ));
+    }
+    // The number is read on its own, at its offset in pt_regs; the rest inside the window.
+    let mut globals = vec![
+        ("HTTP_REGS_BASE", base),
+        ("HTTP_REGS_NR", btf.offset("pt_regs", "orig_ax")?),
+    ];
+    globals.extend(fields.iter().map(|(name, offset)| (*name, offset - base)));
+    Ok(globals)
+}
+
+/// Fills the raw programs' syscall-number table.
+fn fill_syscall_table(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let map = ebpf
+        .map_mut("HTTP_SYSCALL_OPS")
+        .ok_or_else(|| ProbeError::Map {
+            map: "HTTP_SYSCALL_OPS",
+            reason: "missing from the eBPF object".into(),
+        })?;
+    let mut table: aya::maps::Array<_, u8> =
+        aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map {
+            map: "HTTP_SYSCALL_OPS",
+            reason: e.to_string(),
+        })?;
+    #[cfg(target_arch = "x86_64")]
+    for (nr, op) in SYSCALL_TABLE {
+        if (*nr as u32) < SYSCALL_OPS {
+            table.set(*nr as u32, op, 0).map_err(|e| ProbeError::Map {
+                map: "HTTP_SYSCALL_OPS",
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let _ = &mut table;
+    Ok(())
 }
 
 /// Syscall tracepoints share one record layout; check that on this kernel every one used has
@@ -132,7 +227,8 @@ pub struct Http {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
-    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
+        fill_syscall_table(ebpf)?;
         let events = ebpf
             .take_map("HTTP_EVENTS")
             .ok_or_else(|| ProbeError::Map {
