@@ -119,6 +119,40 @@ pub fn mode<T: PartialOrd + Copy>(hist: &BTreeMap<u32, T>) -> Option<u32> {
         .map(|(slot, _)| slot)
 }
 
+/// Whether two log2 histograms of the same events have the same modal slot. Two tracers
+/// time one IO at slightly different instants, so when a distribution straddles a slot
+/// boundary its top two slots can swap; a differing mode is accepted only as such a near tie:
+/// each side's modal slot holds at least `tie` (e.g. 0.9) of the other side's top count there.
+pub fn modes_agree(ours: &BTreeMap<u32, f64>, theirs: &BTreeMap<u32, u64>, tie: f64) -> bool {
+    let theirs: BTreeMap<u32, f64> = theirs.iter().map(|(k, v)| (*k, *v as f64)).collect();
+    let (Some(a), Some(b)) = (mode(ours), mode(&theirs)) else {
+        return false;
+    };
+    let near_top = |h: &BTreeMap<u32, f64>, slot: u32, top: u32| {
+        h.get(&slot).copied().unwrap_or(0.0) >= tie * h[&top]
+    };
+    a == b || (near_top(ours, b, a) && near_top(&theirs, a, b))
+}
+
+/// Total variation distance between two histograms normalised to one: half the summed
+/// absolute difference of slot shares (0 = identical, 1 = disjoint).
+pub fn total_variation(ours: &BTreeMap<u32, f64>, theirs: &BTreeMap<u32, u64>) -> f64 {
+    let our_total: f64 = ours.values().sum();
+    let their_total = theirs.values().sum::<u64>() as f64;
+    let slots: std::collections::BTreeSet<u32> =
+        ours.keys().chain(theirs.keys()).copied().collect();
+    let share = |n: f64, total: f64| if total > 0.0 { n / total } else { 0.0 };
+    slots
+        .iter()
+        .map(|slot| {
+            let a = share(ours.get(slot).copied().unwrap_or(0.0), our_total);
+            let b = share(theirs.get(slot).copied().unwrap_or(0) as f64, their_total);
+            (a - b).abs()
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
 /// The slot holding the median count.
 pub fn median_slot(hist: &BTreeMap<u32, f64>) -> Option<u32> {
     let total: f64 = hist.values().sum();
@@ -143,5 +177,26 @@ mod tests {
         assert_eq!(h["loop0"][&0], 3);
         assert_eq!(h["loop0"][&4], 159);
         assert_eq!(mode(&h["loop0"]), Some(4));
+    }
+
+    #[test]
+    fn a_swapped_near_tie_is_the_same_mode_but_a_clear_difference_is_not() {
+        // The CI run that motivated the tolerance: 1005/983 against 942/1046.
+        let ours = BTreeMap::from([(4, 1005.0), (5, 983.0), (6, 11.0), (7, 1.0)]);
+        let near = BTreeMap::from([(4, 942), (5, 1046), (6, 10), (7, 2)]);
+        assert!(modes_agree(&ours, &near, 0.9));
+        assert!(total_variation(&ours, &near) < 0.05);
+        let far = BTreeMap::from([(4, 500), (5, 1490), (6, 10)]);
+        assert!(!modes_agree(&ours, &far, 0.9));
+        let shifted = BTreeMap::from([(6, 1000), (7, 1000)]);
+        assert!(!modes_agree(&ours, &shifted, 0.9));
+        assert!(total_variation(&ours, &shifted) > 0.9);
+        assert_eq!(
+            total_variation(
+                &ours,
+                &BTreeMap::from([(4, 1005), (5, 983), (6, 11), (7, 1)])
+            ),
+            0.0
+        );
     }
 }
