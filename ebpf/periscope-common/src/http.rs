@@ -160,7 +160,24 @@ pub mod op {
     pub const fn is_write(op: u8) -> bool {
         matches!(op, WRITE | WRITEV | SENDMSG | SENDFILE)
     }
+
+    /// Whether the exit of `op` returning `rc` can change anything: a read or write that moved
+    /// bytes, an accept or duplication that made a descriptor, a connect that succeeded or is
+    /// in progress. Checked first on every syscall exit, before any register is read: most
+    /// exits of busy servers are `EAGAIN` reads and syscalls that are not ours.
+    #[inline(always)]
+    pub const fn exit_matters(op: u8, rc: i64) -> bool {
+        match op {
+            READ | READV | RECVMSG | WRITE | WRITEV | SENDMSG | SENDFILE => rc > 0,
+            ACCEPT | DUP | FCNTL => rc >= 0,
+            CONNECT => rc == 0 || rc == -super::EINPROGRESS,
+            _ => false,
+        }
+    }
 }
+
+/// `EINPROGRESS`: a non-blocking connect under way.
+pub const EINPROGRESS: i64 = 115;
 
 /// Size of the syscall-number -> op table (x86_64 numbers are below 512).
 pub const SYSCALL_OPS: u32 = 512;
@@ -242,5 +259,23 @@ mod tests {
         ] {
             assert!(!op::is_write(other));
         }
+    }
+
+    #[test]
+    fn only_exits_that_made_or_moved_something_are_looked_at() {
+        const EAGAIN: i64 = -11;
+        for io in [op::READ, op::RECVMSG, op::WRITEV, op::SENDFILE] {
+            assert!(op::exit_matters(io, 1));
+            assert!(!op::exit_matters(io, 0), "EOF moves nothing");
+            assert!(!op::exit_matters(io, EAGAIN));
+        }
+        assert!(op::exit_matters(op::ACCEPT, 0), "fd 0 is a descriptor");
+        assert!(!op::exit_matters(op::ACCEPT, EAGAIN));
+        assert!(op::exit_matters(op::DUP, 7));
+        assert!(op::exit_matters(op::CONNECT, 0));
+        assert!(op::exit_matters(op::CONNECT, -EINPROGRESS));
+        assert!(!op::exit_matters(op::CONNECT, -111), "ECONNREFUSED");
+        assert!(!op::exit_matters(op::CLOSE, 0), "close is handled at entry");
+        assert!(!op::exit_matters(op::NONE, 5));
     }
 }

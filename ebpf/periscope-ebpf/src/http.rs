@@ -32,10 +32,10 @@ use aya_ebpf::{
 use periscope_common::{
     counters,
     http::{
-        CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW, ROLE_CLIENT,
-        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD, TlsPending,
-        WRITE_STAMPS, conn_key, op, stamp_start, write_stamp,
+        CAPTURE, ConnectAddr, EINPROGRESS, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT,
+        KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW,
+        ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD,
+        TlsPending, WRITE_STAMPS, conn_key, op, stamp_start, write_stamp,
     },
 };
 
@@ -58,7 +58,6 @@ static HTTP_WAKEUP_BYTES: u32 = 65536;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const EINPROGRESS: i64 = 115;
 /// The kind of a pending `SSL_do_handshake` (never sent).
 const KIND_HANDSHAKE: u8 = 0;
 /// Length of a task's comm.
@@ -766,7 +765,8 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let op = op_of(nr);
-    if op == op::NONE || op == op::CLOSE {
+    let rc: i64 = ctx.arg(1);
+    if !op::exit_matters(op, rc) {
         return 0;
     }
     let Some((tgid, tid)) = current() else {
@@ -775,7 +775,6 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     let Some(args) = regs_args(regs) else {
         return 0;
     };
-    let rc: i64 = ctx.arg(1);
     let now = unsafe { bpf_ktime_get_ns() };
     match op {
         op::ACCEPT => accepted(tgid, tid, args[0], rc, now),
