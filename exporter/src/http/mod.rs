@@ -28,7 +28,7 @@ use crate::{
 };
 
 use self::{
-    aggregate::HttpMetrics,
+    aggregate::{HttpMetrics, RequestAttributes},
     connection::{Connection, Exchange, Io, Outcome, Role},
     process::{ProcessInfo, select},
     route::Routes,
@@ -493,11 +493,21 @@ impl Tracker {
             return;
         };
         let role = tracked.conn.role();
-        let (port, peer) = (tracked.port, tracked.peer.clone());
+        let port = tracked.port;
+        // Clients name the server they called; the peer is the fallback for a missing Host.
+        let address = match role {
+            Role::Server => None,
+            Role::Client => e
+                .request
+                .host
+                .as_deref()
+                .map(|host| host_without_port(host).to_string())
+                .or_else(|| tracked.peer.clone()),
+        };
         let info = self.process(tgid, "");
         let method = normalize_method(&e.request.method);
-        let path = e.request.path().to_string();
-        let route = self.routes.route(&info.resource.service_name, &path);
+        let path = e.request.path();
+        let route = self.routes.route(&info.resource.service_name, path);
         let error = match role {
             Role::Server => e.status >= 500,
             Role::Client => e.status >= 400,
@@ -507,44 +517,32 @@ impl Tracker {
         } else {
             "1.1"
         };
-        let mut attributes = vec![
-            ("http.request.method", method.to_string()),
-            ("http.response.status_code", e.status.to_string()),
-            ("http.route", route.clone()),
-            ("network.protocol.version", version.to_string()),
-        ];
-        if error {
-            attributes.push(("error.type", e.status.to_string()));
-        }
-        if let Some(port) = port {
-            attributes.push(("server.port", port.to_string()));
-        }
-        if role == Role::Client {
-            let address = e
-                .request
-                .host
-                .as_deref()
-                .map(host_without_port)
-                .map(str::to_string)
-                .or(peer);
-            if let Some(address) = address {
-                attributes.push(("server.address", address));
-            }
-        }
-        attributes.sort_by(|a, b| a.0.cmp(b.0));
+        let request = RequestAttributes {
+            method,
+            status: e.status,
+            route,
+            version,
+            error,
+            port,
+            address,
+        };
         let duration = e.end_ns.saturating_sub(e.request.start_ns);
         let span = e
             .request
             .span
             .filter(|(ids, _)| ids.sampled && self.spans.is_some());
-        // The attributes are moved into a new series; a span needs its own copy.
-        let span_attributes = span.map(|_| attributes.clone());
+        // The attributes are moved into the series; a span needs its own.
+        let span_attributes = span.map(|_| request.to_attributes());
+        let name = match role {
+            Role::Server => format!("{method} {}", request.route),
+            Role::Client => method.to_string(),
+        };
         {
             let mut state = self.state_mut();
             state.stats.exchanges += 1;
             state
                 .metrics
-                .record(&info.resource, role, attributes, duration);
+                .record(&info.resource, role, request, duration);
         }
         if role == Role::Server
             && let Some((ids, _)) = e.request.span
@@ -557,11 +555,7 @@ impl Tracker {
         else {
             return;
         };
-        attributes.push(("url.path", path));
-        let name = match role {
-            Role::Server => format!("{method} {route}"),
-            Role::Client => method.to_string(),
-        };
+        attributes.push(("url.path", e.request.path().to_string()));
         queue.push(SpanRecord {
             resource: info.resource.clone(),
             ids,
@@ -771,11 +765,12 @@ fn host_without_port(host: &str) -> &str {
 }
 
 /// `http.request.method`: the known methods, or `_OTHER` (semantic conventions).
-fn normalize_method(method: &str) -> &str {
-    match method {
-        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "PATCH" | "OPTIONS" | "CONNECT" | "TRACE" => {
-            method
-        }
-        _ => "_OTHER",
-    }
+fn normalize_method(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("_OTHER")
 }
