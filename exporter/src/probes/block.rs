@@ -13,9 +13,8 @@ use periscope_common::block::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
-    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
-    take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
+    start_raw_or_tracepoints, sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
     config::BlockConfig,
@@ -44,7 +43,7 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         config.mechanism,
         kernel,
         settings,
-        raw_tracepoint_offsets,
+        || raw_tracepoint_offsets(kernel),
         |implemented, choice, settings| {
             tracepoint_plan(
                 FAMILY,
@@ -62,8 +61,8 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
 /// Where the raw tracepoint programs find what they read, from this kernel's BTF:
 /// `struct request`'s `q`, `cmd_flags` and `__data_len` (one window), `request_queue.disk`, and
 /// `gendisk.major` (followed by `first_minor`, read together).
-fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let btf = KernelBtf::load()?;
+fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
+    let btf = kernel.btf()?;
     let major = btf.offset("gendisk", "major")?;
     if btf.offset("gendisk", "first_minor")? != major + 4 {
         return Err("gendisk.first_minor does not follow gendisk.major".into());

@@ -28,6 +28,16 @@ pub struct KernelBtf {
     types: Vec<u32>,
 }
 
+/// Sizes only: the bytes are megabytes.
+impl std::fmt::Debug for KernelBtf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelBtf")
+            .field("bytes", &self.data.len())
+            .field("types", &self.types.len())
+            .finish()
+    }
+}
+
 impl KernelBtf {
     pub fn load() -> Result<Self, String> {
         let data = std::fs::read("/sys/kernel/btf/vmlinux")

@@ -16,8 +16,8 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
-    raw_or_tracepoint_plan, start_raw_or_tracepoints, tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
+    start_raw_or_tracepoints, tracepoint_plan,
 };
 use crate::{
     config::HttpConfig,
@@ -115,7 +115,7 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
         config.mechanism,
         kernel,
         settings,
-        raw_tracepoint_offsets,
+        || raw_tracepoint_offsets(kernel),
         |implemented, choice, settings| {
             tracepoint_plan(
                 FAMILY,
@@ -133,11 +133,11 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
 /// Where the raw syscall programs find the syscall number, the first three arguments and the
 /// code segment in `struct pt_regs`, from this kernel's BTF (x86_64 only: other architectures
 /// name their registers otherwise, and use the tracepoints).
-fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("raw syscall tracepoints are implemented for x86_64 only".into());
     }
-    let btf = KernelBtf::load()?;
+    let btf = kernel.btf()?;
     let fields = [
         ("HTTP_REGS_ARG0", btf.offset("pt_regs", "di")?),
         ("HTTP_REGS_ARG1", btf.offset("pt_regs", "si")?),

@@ -87,6 +87,9 @@ impl fmt::Display for Mechanism {
 pub struct KernelSupport {
     /// Per mechanism: `Ok(())` or why the kernel does not allow it.
     pub mechanisms: Vec<(Mechanism, Result<(), String>)>,
+    /// The kernel's BTF, read on first use and shared by every family's plan; forgotten once
+    /// the plans are made (megabytes the running daemon does not need).
+    btf: std::sync::OnceLock<Result<std::sync::Arc<btf::KernelBtf>, String>>,
 }
 
 impl KernelSupport {
@@ -119,6 +122,7 @@ impl KernelSupport {
             Err("kernel without CONFIG_UPROBE_EVENTS (no uprobe PMU) and no tracefs".into())
         };
         Self {
+            btf: std::sync::OnceLock::new(),
             mechanisms: vec![
                 (Mechanism::Fentry, tracing.clone()),
                 (Mechanism::Kprobe, kprobe),
@@ -128,6 +132,13 @@ impl KernelSupport {
                 (Mechanism::Uprobe, uprobe),
             ],
         }
+    }
+
+    /// The kernel's BTF (read once for all families), or why it cannot be read.
+    pub fn btf(&self) -> Result<std::sync::Arc<btf::KernelBtf>, String> {
+        self.btf
+            .get_or_init(|| btf::KernelBtf::load().map(std::sync::Arc::new))
+            .clone()
     }
 
     pub fn allows(&self, mechanism: Mechanism) -> Result<(), String> {
@@ -530,13 +541,14 @@ impl Probes {
     /// Loads the object and attaches every enabled family. Fails only when the object itself
     /// cannot be loaded; per-family failures end up in `statuses`.
     pub fn start(config: &Config, tracefs: Option<&Tracefs>) -> anyhow::Result<Self> {
-        let kernel = KernelSupport::probe(tracefs);
+        let mut kernel = KernelSupport::probe(tracefs);
         let block_plan = block::plan(&config.probes.block, &kernel, tracefs);
         let sched_plan = sched::plan(&config.probes.sched, &kernel, tracefs);
         let http_plan = http::plan(&config.probes.http, &kernel, tracefs);
         let tcp_plan = tcp::plan(&config.probes.tcp, &kernel, tracefs);
         let uprobe_plan = uprobe::plan(&config.probes.uprobe, &kernel);
         let syscall_plan = syscall::plan(&config.probes.syscall, &kernel, tracefs);
+        kernel.btf.take();
 
         let mut loader = EbpfLoader::new();
         for settings in [

@@ -15,9 +15,8 @@ use periscope_common::{
 };
 
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, btf::KernelBtf,
-    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
-    take_histogram_map, tracepoint_plan,
+    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
+    start_raw_or_tracepoints, sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
 };
 use crate::{
     config::SchedConfig,
@@ -59,7 +58,7 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         kernel,
         settings,
         || {
-            let mut globals = raw_tracepoint_offsets()?;
+            let mut globals = raw_tracepoint_offsets(kernel)?;
             globals.push(by_cgroup);
             Ok(globals)
         },
@@ -82,7 +81,7 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
 }
 
 /// `task_struct.pid` from BTF; and the kernel must pass `prev_state` to `sched_switch` (5.18+).
-fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     if !super::release_at_least(release.trim(), (5, 18)) {
         return Err(format!(
@@ -90,7 +89,7 @@ fn raw_tracepoint_offsets() -> Result<Vec<(&'static str, u32)>, String> {
             release.trim()
         ));
     }
-    let btf = KernelBtf::load()?;
+    let btf = kernel.btf()?;
     Ok(vec![("SCHED_TASK_PID", btf.offset("task_struct", "pid")?)])
 }
 

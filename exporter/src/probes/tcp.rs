@@ -43,7 +43,7 @@ pub fn plan(config: &TcpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    match byte_count_offsets() {
+    match byte_count_offsets(kernel) {
         Ok(offsets) => settings.globals.extend(offsets),
         Err(why) => tracing::warn!(
             %why,
@@ -99,8 +99,8 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
 
 /// Offsets of `bytes_acked` and `bytes_received` in `struct tcp_sock`, from the kernel's BTF
 /// (the programs read them at close, like tcplife, instead of hooking every send and receive).
-fn byte_count_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let btf = super::btf::KernelBtf::load()?;
+fn byte_count_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
+    let btf = kernel.btf()?;
     let offset = |member: &str| match btf.offset("tcp_sock", member)? {
         0 => Err(format!("tcp_sock.{member}: offset 0")),
         offset => Ok(offset),
