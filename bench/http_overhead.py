@@ -4,6 +4,11 @@ tracer; with Periscope capturing HTTP of every process (so wrk's client side too
 Periscope selecting nginx only (`select: [{process_name: nginx}]`, as one instruments the
 service under test); and with Periscope running only its other probes.
 
+Beside them, the floor (bench/floor.py): empty programs on the hooks HTTP capture needs, raw
+syscall tracepoints (`floor-raw`, what Periscope's default mechanism attaches to) and the
+per-syscall tracepoints (`floor-tracepoint`), measured in the same rounds: what seeing the
+syscalls at all costs on this machine, whatever a tracer then does.
+
 Prints throughput and p99 ratios against the uninstrumented run, the eBPF cost per request
 (bpf_stats: run time of the HTTP programs divided by requests served) and Periscope's peak RSS.
 Configurations are interleaved over rounds so drift hits all alike; medians are compared.
@@ -14,6 +19,7 @@ Writes bench/out/http.md and bench/out/http.json (bench/report.py).
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 from common import free_port
+from floor import Floor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -45,7 +51,18 @@ http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {tmp};
     sys.exit("bench: nginx did not start")
 
 
+def busy_ns():
+    """CPU time the whole machine spent not idle so far (every CPU, /proc/stat), in ns."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) * 1e9 / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(seconds, connections):
+    """Requests/s, p99 (s), requests completed, and the machine's busy CPU ns per request: with
+    CPUs to spare the loop is latency-bound, so throughput alone hides what tracing costs."""
+    busy0 = busy_ns()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           f"http://127.0.0.1:{HTTP_PORT}/index.html"],
                          capture_output=True, text=True, check=True).stdout
@@ -53,7 +70,7 @@ def wrk(seconds, connections):
     total = int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
-    return rps, p99, total
+    return rps, p99, total, (busy_ns() - busy0) / total
 
 
 # The syscall family (on by default, every process) runs on every syscall of the node: off here so
@@ -63,8 +80,14 @@ NO_SYSCALL = "  syscall:\n    enabled: false\n"
 CONFIGS = {
     "periscope-all": "probes:\n  http:\n    enabled: true\n" + NO_SYSCALL,
     "periscope-nginx": "probes:\n  http:\n    select:\n      - process_name: nginx\n" + NO_SYSCALL,
+    "periscope-raw": "probes:\n  http:\n    mechanism: raw_tracepoint\n" + NO_SYSCALL,
+    "periscope-tracepoint": "probes:\n  http:\n    mechanism: tracepoint\n" + NO_SYSCALL,
     "periscope-no-http": "probes:\n  http:\n    enabled: false\n" + NO_SYSCALL,
 }
+
+
+PERISCOPE_KINDS = ["periscope-all", "periscope-nginx", "periscope-raw", "periscope-tracepoint", "periscope-no-http"]
+TRACED_KINDS = PERISCOPE_KINDS[:-1]  # HTTP capture on
 
 
 class Periscope:
@@ -93,10 +116,14 @@ class Periscope:
     def metrics(self):
         return urllib.request.urlopen(f"http://127.0.0.1:{PROM}/metrics", timeout=10).read().decode()
 
-    def http_ebpf_ns(self):
+    def http_ebpf(self):
+        """Run time (ns) and runs of the HTTP programs so far."""
         text = self.metrics()
-        return sum(float(v) * 1e9 for p, v in re.findall(
-            r'periscope_bpf_program_run_time_seconds_total\{program="(http_\w+)"\} (\S+)', text))
+        ns = sum(float(v) * 1e9 for v in re.findall(
+            r'periscope_bpf_program_run_time_seconds_total\{program="http_\w+"\} (\S+)', text))
+        runs = sum(float(v) for v in re.findall(
+            r'periscope_bpf_program_run_count_total\{program="http_\w+"\} (\S+)', text))
+        return ns, runs
 
     def served(self):
         text = self.metrics()
@@ -128,11 +155,13 @@ def main():
         sys.exit("bench: run as root (eBPF)")
     tmp = tempfile.mkdtemp()
     server = nginx(tmp)
-    kinds = ["none", "periscope-all", "periscope-nginx", "periscope-no-http"]
+    kinds = ["none", "floor-raw", "floor-tracepoint", *PERISCOPE_KINDS]
     rps = {k: [] for k in kinds}
     p99 = {k: [] for k in kinds}
     ns_per_req = {k: [] for k in kinds}
     cpu_per_req = {k: [] for k in kinds}
+    runs_per_req = {k: [] for k in kinds}
+    busy_per_req = {k: [] for k in kinds}
     rss, steady_rss, exact = [], [], {k: [] for k in kinds}
     stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     try:
@@ -142,20 +171,30 @@ def main():
             for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
                 print(f"[bench http] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
                 if kind == "none":
-                    a, b, _ = wrk(args.seconds, args.connections)
+                    a, b, _, busy = wrk(args.seconds, args.connections)
+                elif kind.startswith("floor-"):
+                    with Floor(kind.removeprefix("floor-")) as floor:
+                        before = floor.run_time_ns()
+                        a, b, total, busy = wrk(args.seconds, args.connections)
+                        after = floor.run_time_ns()
+                        ns_per_req[kind].append((after[0] - before[0]) / total)
+                        runs_per_req[kind].append((after[1] - before[1]) / total)
                 else:
                     with Periscope(kind) as p:
-                        before, cpu0 = p.http_ebpf_ns(), p.cpu()
-                        a, b, total = wrk(args.seconds, args.connections)
+                        (before, runs0), cpu0 = p.http_ebpf(), p.cpu()
+                        a, b, total, busy = wrk(args.seconds, args.connections)
                         steady_rss.append((kind, p.rss_kb()))
                         time.sleep(1)
                         if kind != "periscope-no-http":
-                            ns_per_req[kind].append((p.http_ebpf_ns() - before) / total)
+                            after, runs1 = p.http_ebpf()
+                            ns_per_req[kind].append((after - before) / total)
+                            runs_per_req[kind].append((runs1 - runs0) / total)
                             cpu_per_req[kind].append((p.cpu() - cpu0) * 1e9 / total)
                             exact[kind].append((p.served(), total))
                     rss.append((kind, p.peak_rss_kb))
                 rps[kind].append(a)
                 p99[kind].append(b)
+                busy_per_req[kind].append(busy)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
@@ -167,28 +206,45 @@ def main():
     lines = ["# HTTP capture overhead (nginx + wrk)", "",
              f"{args.rounds} interleaved rounds of {args.seconds}s, wrk -t1 -c{args.connections}, 550-byte file; medians. "
              f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
-             "| configuration | requests/s | ratio | p99 | ratio |", "|---|---|---|---|---|"]
+             "Machine CPU per request: busy CPU time of the whole machine (/proc/stat, both CPUs: wrk, nginx, the "
+             "kernel, the tracer) over the requests completed; the extra over `none` is what tracing cost each request.", "",
+             "| configuration | requests/s | ratio | p99 | ratio | machine CPU ns per request | extra over none |",
+             "|---|---|---|---|---|---|---|"]
+    base_busy = statistics.median(busy_per_req["none"])
     for k in kinds:
         r, p = med[k]
-        lines.append(f"| {k} | {r:,.0f} | {r / base_rps:.3f} | {p * 1e3:.3f} ms | {p / base_p99:.3f} |")
-    lines += ["", "RSS under load: VmRSS at the end of each wrk run (max over rounds); the startup peak (VmHWM) "
-              "comes from loading the eBPF object, whose memory is returned before serving.", "",
-              "| configuration | eBPF ns per request | daemon CPU ns per request | RSS under load | startup peak | counted / completed by wrk |",
-              "|---|---|---|---|---|---|"]
-    for k in ("periscope-all", "periscope-nginx"):
+        busy = statistics.median(busy_per_req[k])
+        lines.append(f"| {k} | {r:,.0f} | {r / base_rps:.3f} | {p * 1e3:.3f} ms | {p / base_p99:.3f} | "
+                     f"{busy:,.0f} | {busy - base_busy:+,.0f} |")
+    lines += ["", "eBPF ns and program runs per request: `kernel.bpf_stats_enabled` run time of the HTTP programs "
+              "(Periscope) or of the floor's empty programs, over the requests wrk completed. RSS under load: VmRSS at "
+              "the end of each wrk run (max over rounds); the startup peak (VmHWM) comes from loading the eBPF object, "
+              "whose memory is returned before serving.", "",
+              "| configuration | eBPF ns per request | program runs per request | daemon CPU ns per request | RSS under load | startup peak | counted / completed by wrk |",
+              "|---|---|---|---|---|---|---|"]
+    for k in ("floor-raw", "floor-tracepoint"):
+        lines.append(f"| {k} | {statistics.median(ns_per_req[k]):,.0f} | {statistics.median(runs_per_req[k]):.1f} | | | | |")
+    for k in TRACED_KINDS:
         peak = max(kb for kk, kb in rss if kk == k) / 1024
         steady = max(kb for kk, kb in steady_rss if kk == k) / 1024
-        lines.append(f"| {k} | {statistics.median(ns_per_req[k]):,.0f} | {statistics.median(cpu_per_req[k]):,.0f} | "
-                     f"{steady:.1f} MiB | {peak:.1f} MiB | " + ", ".join(f"{int(a)}/{b}" for a, b in exact[k]) + " |")
+        lines.append(f"| {k} | {statistics.median(ns_per_req[k]):,.0f} | {statistics.median(runs_per_req[k]):.1f} | "
+                     f"{statistics.median(cpu_per_req[k]):,.0f} | {steady:.1f} MiB | {peak:.1f} MiB | "
+                     + ", ".join(f"{int(a)}/{b}" for a, b in exact[k]) + " |")
     lines.append("")
-    for k in ("periscope-all", "periscope-nginx"):
+    floor_ns = statistics.median(ns_per_req["floor-raw"])
+    floor_rps = med["floor-raw"][0]
+    lines += [f"- floor (empty programs on raw sys_enter/sys_exit): {floor_ns:,.0f} eBPF ns per request, throughput "
+              f"{floor_rps / base_rps:.1%} of uninstrumented: no capture on these hooks can cost less on this machine "
+              f"({'below' if floor_ns < 300 else 'above'} the 300 ns target)"]
+    for k in TRACED_KINDS:
         r, p = med[k]
         ns = statistics.median(ns_per_req[k])
         peak = max(kb for kk, kb in steady_rss if kk == k) / 1024
-        lines += [f"- {k}: throughput {r / base_rps:.1%} of uninstrumented "
+        lines += [f"- {k}: throughput {r / base_rps:.1%} of uninstrumented, {r / floor_rps:.1%} of the floor's "
                   f"({'meets' if r >= 0.98 * base_rps else 'misses'} target >= 98%); "
                   f"p99 {p / base_p99:.2f}x ({'meets' if p <= 1.05 * base_p99 else 'misses'} target <= 1.05x); "
-                  f"eBPF {ns:,.0f} ns per request ({'meets' if ns < 300 else 'misses'} target < 300 ns; Beyla publishes ~500 ns); "
+                  f"eBPF {ns:,.0f} ns per request, {ns / floor_ns:.1f}x the floor, {ns - floor_ns:,.0f} ns above it "
+                  f"({'meets' if ns < 300 else 'misses'} target < 300 ns; Beyla publishes ~500 ns); "
                   f"RSS under load {peak:.1f} MiB ({'meets' if peak < 30 else 'misses'} target < 30 MB; Beyla publishes ~75 MB)"]
     lines.append("")
     report = "\n".join(lines) + "\n"
@@ -196,9 +252,10 @@ def main():
         "rounds": args.rounds, "quick": args.quick, "seconds": args.seconds, "connections": args.connections,
         "cpus": os.cpu_count(), "kernel": os.uname().release,
         "rps": rps, "p99_s": p99, "ebpf_ns_per_request": ns_per_req, "cpu_ns_per_request": cpu_per_req,
-        "peak_rss_kib": {k: [kb for kk, kb in rss if kk == k] for k in kinds[1:]},
-        "rss_under_load_kib": {k: [kb for kk, kb in steady_rss if kk == k] for k in kinds[1:]},
-        "counted_vs_completed": {k: exact[k] for k in kinds[1:3]},
+        "program_runs_per_request": runs_per_req, "machine_cpu_ns_per_request": busy_per_req,
+        "peak_rss_kib": {k: [kb for kk, kb in rss if kk == k] for k in PERISCOPE_KINDS},
+        "rss_under_load_kib": {k: [kb for kk, kb in steady_rss if kk == k] for k in PERISCOPE_KINDS},
+        "counted_vs_completed": {k: exact[k] for k in TRACED_KINDS},
     }
     out = os.path.join(ROOT, "bench/out")
     os.makedirs(out, exist_ok=True)
