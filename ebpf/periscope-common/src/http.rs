@@ -208,6 +208,17 @@ pub const fn stamp_start(stamp: u64, tid: u32, now_ns: u64) -> Option<u64> {
     Some(now_ns - (now_ns.wrapping_sub(stamp) & mask))
 }
 
+/// Whether a record of `size` bytes, sent when `unread` bytes were waiting in the ring buffer,
+/// should wake user space: when it takes the unread bytes across a multiple of `step`. So a
+/// reader is woken once per `step` bytes however many records that is (a wakeup is an IPI and
+/// a scheduler wakeup, dearer than a record), and it is woken again if it falls behind. Several
+/// multiples rather than one threshold: two CPUs adding records at once can both miss one
+/// crossing, and the next still wakes the reader (a timer drains the rest).
+#[inline(always)]
+pub const fn crosses_wakeup_step(unread: u64, size: u64, step: u64) -> bool {
+    step != 0 && (unread + size) / step > unread / step
+}
+
 /// The connection map's key: (process, fd).
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
@@ -242,6 +253,30 @@ mod tests {
         let start = 3 * wrap - 10; // just before the 54-bit field wraps
         let stamp = write_stamp(9, start);
         assert_eq!(stamp_start(stamp, 9, 3 * wrap + 25), Some(start));
+    }
+
+    #[test]
+    fn wakeups_once_per_step_not_once_per_record() {
+        let step = 512 * 1024;
+        let record = 600;
+        let mut unread = 0;
+        let mut wakeups = 0;
+        // Four steps' worth of records into a buffer nobody drains.
+        while unread < 4 * step {
+            wakeups += u64::from(crosses_wakeup_step(unread, record, step));
+            unread += record;
+        }
+        assert_eq!(wakeups, 4);
+        assert!(
+            !crosses_wakeup_step(0, record, step),
+            "small batches: the timer drains them"
+        );
+        assert!(crosses_wakeup_step(step - 1, 1, step));
+        assert!(
+            !crosses_wakeup_step(step, 1, step),
+            "just past a step: already woken"
+        );
+        assert!(!crosses_wakeup_step(10, record, 0), "no step: never");
     }
 
     #[test]
