@@ -533,10 +533,11 @@ impl Tracker {
             .filter(|(ids, _)| ids.sampled && self.spans.is_some());
         // The attributes are moved into the series; a span needs its own.
         let span_attributes = span.map(|_| request.to_attributes());
-        let name = match role {
+        // Built only for a span: the metrics need no name.
+        let name = span.map(|_| match role {
             Role::Server => format!("{method} {}", request.route),
             Role::Client => method.to_string(),
-        };
+        });
         {
             let mut state = self.state_mut();
             state.stats.exchanges += 1;
@@ -550,8 +551,8 @@ impl Tracker {
         {
             self.active.remove(&e.request.tid);
         }
-        let (Some(queue), Some((ids, parent)), Some(mut attributes)) =
-            (&self.spans, span, span_attributes)
+        let (Some(queue), Some((ids, parent)), Some(mut attributes), Some(name)) =
+            (&self.spans, span, span_attributes, name)
         else {
             return;
         };

@@ -57,31 +57,44 @@ pub enum ParseError {
 /// Longest value kept of a header we copy (traceparent is 55 bytes; a Host name is bounded).
 const MAX_VALUE: usize = 256;
 
+/// Reads the headers that matter. Only the values kept (`traceparent`, `Host`) are copied: the
+/// others are compared in place (this runs for every message; an allocation per header showed
+/// in the daemon's profile under load).
 fn header_facts(headers: &[httparse::Header<'_>], head: &mut Head) {
     for h in headers {
         if h.name.is_empty() {
             break;
         }
-        let value = || {
-            let v = &h.value[..h.value.len().min(MAX_VALUE)];
-            String::from_utf8_lossy(v).trim().to_string()
-        };
+        let bytes = h.value[..h.value.len().min(MAX_VALUE)].trim_ascii();
+        let kept = || String::from_utf8_lossy(bytes).trim().to_string();
         if h.name.eq_ignore_ascii_case("content-length") {
             head.content_length = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = value().to_ascii_lowercase().ends_with("chunked");
+            head.chunked = ends_with_ignore_case(bytes, b"chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
-            head.connection_close = value().eq_ignore_ascii_case("close");
+            head.connection_close = bytes.eq_ignore_ascii_case(b"close");
         } else if h.name.eq_ignore_ascii_case("expect") {
-            head.expect_continue = value().eq_ignore_ascii_case("100-continue");
+            head.expect_continue = bytes.eq_ignore_ascii_case(b"100-continue");
         } else if h.name.eq_ignore_ascii_case("traceparent") {
-            head.traceparent = Some(value());
+            head.traceparent = Some(kept());
         } else if h.name.eq_ignore_ascii_case("host") {
-            head.host = Some(value());
+            head.host = Some(kept());
         }
     }
+}
+
+fn ends_with_ignore_case(bytes: &[u8], suffix: &[u8]) -> bool {
+    bytes.len() >= suffix.len() && bytes[bytes.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// The first `max` characters of `s`.
+fn first_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s; // no more characters than bytes
+    }
+    s.char_indices().nth(max).map_or(s, |(end, _)| &s[..end])
 }
 
 /// Whether `bytes` can be the start of a request: a known method token then a space. Used
@@ -135,7 +148,7 @@ pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
     header_facts(req.headers, &mut head);
     Ok(RequestHead {
         method: method.to_string(),
-        target: target.chars().take(2048).collect(),
+        target: first_chars(target, 2048).to_string(),
         head,
     })
 }
@@ -209,6 +222,31 @@ pub fn ends_chunked_body(last_bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_compared_in_place() {
+        let req = request(
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked \r\nConnection:  CLOSE\r\n\
+              Expect: 100-Continue\r\nHost:  example.org \r\n\r\n",
+        )
+        .unwrap();
+        assert!(req.head.chunked);
+        assert!(req.head.connection_close);
+        assert!(req.head.expect_continue);
+        assert_eq!(req.head.host.as_deref(), Some("example.org"));
+        let resp =
+            response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap();
+        assert!(!resp.head.chunked, "chunked must be the last coding");
+        assert!(!resp.head.connection_close);
+    }
+
+    #[test]
+    fn long_targets_are_cut_at_a_character() {
+        assert_eq!(first_chars("/abc", 2048), "/abc");
+        assert_eq!(first_chars("/é/é", 3), "/é/");
+        let long = format!("/{}", "é".repeat(3000));
+        assert_eq!(first_chars(&long, 2048).chars().count(), 2048);
+    }
 
     #[test]
     fn complete_request_with_headers() {

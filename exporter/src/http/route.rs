@@ -136,9 +136,12 @@ impl Routes {
     /// The route of `path` (no query string) for `service`.
     pub fn route(&mut self, service: &str, path: &str) -> String {
         let path = &path[..floor_char_boundary(path, MAX_PATH)];
-        let segments: Vec<&str> = path.split('/').skip(1).collect();
-        if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
-            return p.text.clone();
+        let segments = || path.split('/').skip(1).collect::<Vec<&str>>();
+        if !self.patterns.is_empty() {
+            let segments = segments();
+            if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
+                return p.text.clone();
+            }
         }
         let route = heuristic(path);
         if self.seen.get(service).is_some_and(|s| s.contains(&route)) {
@@ -153,6 +156,7 @@ impl Routes {
             return route;
         }
         // Over the cap: keep the first segment only.
+        let segments = segments();
         match segments.first() {
             Some(first) if segments.len() > 1 || !first.is_empty() => {
                 let collapsed = format!("/{}/*", if is_identifier(first) { "{id}" } else { first });
