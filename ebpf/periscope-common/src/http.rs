@@ -208,15 +208,15 @@ pub const fn stamp_start(stamp: u64, tid: u32, now_ns: u64) -> Option<u64> {
     Some(now_ns - (now_ns.wrapping_sub(stamp) & mask))
 }
 
-/// Whether a record of `size` bytes, sent when `unread` bytes were waiting in the ring buffer,
-/// should wake user space: when it takes the unread bytes across a multiple of `step`. So a
-/// reader is woken once per `step` bytes however many records that is (a wakeup is an IPI and
-/// a scheduler wakeup, dearer than a record), and it is woken again if it falls behind. Several
-/// multiples rather than one threshold: two CPUs adding records at once can both miss one
-/// crossing, and the next still wakes the reader (a timer drains the rest).
+/// Whether a record of `size` bytes, sent by a CPU that had sent `sent` bytes before it, should
+/// wake user space: when it takes that CPU's count across a multiple of `step`. So the reader
+/// is woken once per `step` bytes a CPU sends, however many records that is (a wakeup is an
+/// IPI and a scheduler wakeup, dearer than a record; a timer drains what is below a step). A
+/// per-CPU count rather than the buffer's unread bytes: asking the ring buffer reads the
+/// position the reader writes after every record, a cache line the CPUs fight over.
 #[inline(always)]
-pub const fn crosses_wakeup_step(unread: u64, size: u64, step: u64) -> bool {
-    step != 0 && (unread + size) / step > unread / step
+pub const fn crosses_wakeup_step(sent: u64, size: u64, step: u64) -> bool {
+    step != 0 && (sent + size) / step > sent / step
 }
 
 /// The connection map's key: (process, fd).
@@ -259,12 +259,12 @@ mod tests {
     fn wakeups_once_per_step_not_once_per_record() {
         let step = 512 * 1024;
         let record = 600;
-        let mut unread = 0;
+        let mut sent = 0;
         let mut wakeups = 0;
-        // Four steps' worth of records into a buffer nobody drains.
-        while unread < 4 * step {
-            wakeups += u64::from(crosses_wakeup_step(unread, record, step));
-            unread += record;
+        // Four steps' worth of records from one CPU.
+        while sent < 4 * step {
+            wakeups += u64::from(crosses_wakeup_step(sent, record, step));
+            sent += record;
         }
         assert_eq!(wakeups, 4);
         assert!(

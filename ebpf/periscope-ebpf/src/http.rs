@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_EXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_EXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
@@ -50,11 +50,11 @@ static HTTP_RET_OFFSET: u32 = 16;
 /// Periscope's own process: never captured.
 #[unsafe(no_mangle)]
 static HTTP_SELF_TGID: u32 = 0;
-/// Records wake user space up only when the unread bytes in the ring buffer cross a multiple of
-/// this (user space also drains on a short timer; see [`crosses_wakeup_step`]). One wakeup per
-/// record once past a threshold, as before, cost ~10% of the exit program's time under wrk: the
-/// buffer stays above any threshold between drains, and each wakeup is an IPI (on a VM, a trap
-/// to the hypervisor).
+/// Records wake user space up only when the bytes a CPU sent cross a multiple of this (user
+/// space also drains on a short timer; see [`crosses_wakeup_step`]). A wakeup on every record
+/// once the unread bytes passed a threshold, as before, cost ~10% of the exit program's time
+/// under wrk: the buffer stays above any threshold between drains, and each wakeup is an IPI
+/// (on a VM, a trap to the hypervisor).
 #[unsafe(no_mangle)]
 static HTTP_WAKEUP_BYTES: u32 = 65536;
 
@@ -98,6 +98,10 @@ static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0
 /// Records to user space; its size is set at load time.
 #[map]
 static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Bytes of records each CPU has sent (wakeups: [`crosses_wakeup_step`]).
+#[map]
+static HTTP_SENT_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, index: u32) -> u64 {
@@ -381,11 +385,16 @@ fn submit(event: &HttpEvent, captured: u32) -> bool {
     let bytes = unsafe {
         core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
     };
-    let flags = wakeup_flag(
-        HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64),
-        bytes.len() as u64,
-        global(&HTTP_WAKEUP_BYTES) as u64,
-    );
+    let size = bytes.len() as u64;
+    let flags = match HTTP_SENT_BYTES.get_ptr_mut(0) {
+        Some(sent) => {
+            // SAFETY: this CPU's counter; a program runs to its end on one CPU.
+            let before = unsafe { *sent };
+            unsafe { *sent = before + size };
+            wakeup_flag(before, size, global(&HTTP_WAKEUP_BYTES) as u64)
+        }
+        None => BPF_RB_NO_WAKEUP,
+    };
     if HTTP_EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         count(counters::HTTP_EVENTS_LOST);
         return false;

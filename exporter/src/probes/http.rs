@@ -100,7 +100,7 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
     let settings = LoadSettings {
         globals: vec![
             ("HTTP_SELF_TGID", std::process::id()),
-            ("HTTP_WAKEUP_BYTES", config.ring_buffer_size / 8),
+            ("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size)),
         ],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),
@@ -128,6 +128,13 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
             )
         },
     )
+}
+
+/// Bytes a CPU sends between two wakeups of the reader: all CPUs together wake it about once
+/// per eighth of the ring buffer (and the timer drains what is below that).
+fn wakeup_step(ring_buffer_size: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    (ring_buffer_size / 8 / cpus).max(4096)
 }
 
 /// Where the raw syscall programs find the syscall number, the first three arguments and the
