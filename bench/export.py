@@ -49,7 +49,7 @@ def phase(daemon, sink, seconds, load, connections):
     t0 = time.monotonic()
     served = None
     if load:
-        rps, p99, served = http_overhead.wrk(seconds, connections)
+        rps, p99, served, _ = http_overhead.wrk(seconds, connections)
     else:
         time.sleep(seconds)
     wall = time.monotonic() - t0

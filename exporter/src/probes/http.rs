@@ -134,7 +134,15 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
 /// per eighth of the ring buffer (and the timer drains what is below that).
 fn wakeup_step(ring_buffer_size: u32) -> u32 {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
-    (ring_buffer_size / 8 / cpus).max(4096)
+    wakeup_step_for(ring_buffer_size, cpus)
+}
+
+/// [`wakeup_step`] on `cpus` CPUs: at least about two records (a wakeup per record costs more
+/// than the record), at most an eighth of the ring (a small ring must not fill before a wakeup).
+fn wakeup_step_for(ring_buffer_size: u32, cpus: u32) -> u32 {
+    (ring_buffer_size / 8 / cpus.max(1))
+        .max(1024)
+        .min(ring_buffer_size / 8)
 }
 
 /// Where the raw syscall programs find the syscall number, the first three arguments and the
@@ -344,4 +352,26 @@ fn forget(conns: &mut aya::maps::HashMap<MapData, u64, u8>, tracker: &mut Tracke
 /// Shared state for the exporters.
 pub fn state(config: &HttpConfig) -> Arc<Mutex<HttpState>> {
     Arc::new(Mutex::new(HttpState::new(config.max_series)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wakeup_step_for;
+
+    #[test]
+    fn wakeup_steps_share_an_eighth_of_the_ring_between_cpus() {
+        assert_eq!(wakeup_step_for(4 << 20, 2), 256 << 10);
+        assert_eq!(wakeup_step_for(4 << 20, 1), 512 << 10);
+        assert_eq!(
+            wakeup_step_for(4 << 20, 4096),
+            1024,
+            "not one wakeup per record"
+        );
+        assert_eq!(
+            wakeup_step_for(4096, 2),
+            512,
+            "a small ring is read before it fills"
+        );
+        assert_eq!(wakeup_step_for(4096, 0), 512);
+    }
 }
