@@ -185,7 +185,7 @@ def main():
     lines += ["| eBPF program | ns per run | runs (last round) |", "|---|---|---|"]
     lines += [f"| {p} | {ns:.0f} | {n:,.0f} |" for p, (ns, n) in sorted(costs.items())]
     peak = max(rss) / 1024 if rss else float("nan")
-    lines += ["", f"Periscope peak RSS (VmHWM): {peak:.1f} MiB (target < 30 MiB: {'met' if peak < 30 else 'missed'})", ""]
+    lines += ["", f"Periscope peak RSS (VmHWM): {peak:.1f} MiB = {peak * 1.048576:.1f} MB (target < 30 MB: {'met' if peak * 1.048576 < 30 else 'missed'})", ""]
     lines += [f"- {v}" for v in verdicts]
     report = "\n".join(lines) + "\n"
     data = {
