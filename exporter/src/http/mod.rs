@@ -177,6 +177,9 @@ pub struct Tracker {
     sampling: Sampling,
     spans: Option<SpanQueue>,
     state: Arc<Mutex<HttpState>>,
+    /// Counted here and copied into `state` by [`Tracker::publish`] after each batch of
+    /// records: a lock per record showed in the daemon's profile.
+    stats: HttpStats,
     clock_offset: i128,
     /// Kernel connection entries to delete (connections that are not HTTP or not selected).
     pub forget: Vec<u64>,
@@ -209,6 +212,7 @@ impl Tracker {
             active: HashMap::new(),
             spans,
             state,
+            stats: HttpStats::default(),
             clock_offset: realtime_offset_ns(),
             forget: Vec::new(),
             outcomes: Vec::new(),
@@ -227,14 +231,14 @@ impl Tracker {
     /// Handles one ring-buffer record.
     pub fn handle(&mut self, record: &[u8]) {
         let Some(header) = record.get(..HEADER_SIZE) else {
-            self.state_mut().stats.malformed_records += 1;
+            self.stats.malformed_records += 1;
             return;
         };
         // SAFETY: HttpEventHeader is plain integers and `header` has its size.
         let h: HttpEventHeader = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
         let data = &record[HEADER_SIZE..];
         let captured = &data[..(h.captured as usize).min(data.len())];
-        self.state_mut().stats.records += 1;
+        self.stats.records += 1;
         match h.kind {
             KIND_ACCEPT => self.on_open(&h, Role::Server, captured),
             KIND_CONNECT => self.on_open(&h, Role::Client, captured),
@@ -242,7 +246,7 @@ impl Tracker {
             KIND_CLOSE => self.on_close(&h),
             KIND_DUP => self.on_dup(h.tgid, h.len as u32, h.fd),
             KIND_EXIT => self.on_exit(h.tgid),
-            _ => self.state_mut().stats.malformed_records += 1,
+            _ => self.stats.malformed_records += 1,
         }
     }
 
@@ -298,7 +302,7 @@ impl Tracker {
             Role::Client => {
                 let size = std::mem::size_of::<ConnectAddr>();
                 let Some(addr) = data.get(..size) else {
-                    self.state_mut().stats.malformed_records += 1;
+                    self.stats.malformed_records += 1;
                     return;
                 };
                 // SAFETY: ConnectAddr is plain integers and `addr` has its size.
@@ -314,7 +318,7 @@ impl Tracker {
         };
         self.ignored.remove(&(h.tgid, h.fd));
         if !self.selected(h.tgid, &comm, port) {
-            self.state_mut().stats.not_selected += 1;
+            self.stats.not_selected += 1;
             self.give_up((h.tgid, h.fd));
             return;
         }
@@ -479,11 +483,9 @@ impl Tracker {
         for outcome in outcomes.drain(..) {
             match outcome {
                 Outcome::Exchange(e) => self.record(key, tgid, e),
-                Outcome::Invalid => self.state_mut().stats.invalid += 1,
-                Outcome::Unmatched => self.state_mut().stats.unmatched_responses += 1,
-                Outcome::Dropped(reason) => {
-                    *self.state_mut().stats.dropped.entry(reason).or_default() += 1
-                }
+                Outcome::Invalid => self.stats.invalid += 1,
+                Outcome::Unmatched => self.stats.unmatched_responses += 1,
+                Outcome::Dropped(reason) => *self.stats.dropped.entry(reason).or_default() += 1,
             }
         }
     }
@@ -538,13 +540,10 @@ impl Tracker {
             Role::Server => format!("{method} {}", request.route),
             Role::Client => method.to_string(),
         });
-        {
-            let mut state = self.state_mut();
-            state.stats.exchanges += 1;
-            state
-                .metrics
-                .record(&info.resource, role, request, duration);
-        }
+        self.stats.exchanges += 1;
+        self.state_mut()
+            .metrics
+            .record(&info.resource, role, request, duration);
         if role == Role::Server
             && let Some((ids, _)) = e.request.span
             && self.active.get(&e.request.tid) == Some(&ids)
@@ -658,6 +657,7 @@ impl Tracker {
     /// Publishes gauges (connections followed, processes held).
     pub fn publish(&self) {
         let mut state = self.state_mut();
+        state.stats.clone_from(&self.stats);
         state.connections = self.conns.len();
         state.processes = self.processes.len();
     }
