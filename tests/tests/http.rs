@@ -119,8 +119,8 @@ fn assert_mechanism(daemon: &Daemon, expected: &str) {
 }
 
 /// The fallback for kernels or architectures without the raw syscall programs: one tracepoint
-/// per syscall, arguments from the format files, every entry timed. Same servers, same exact
-/// counts.
+/// per syscall, arguments from the format files, every watched entry kept until its exit. Same
+/// servers, same exact counts.
 #[test]
 fn tracepoint_mechanism_counts_the_same_requests_exactly() {
     let _guard = exclusive();
@@ -138,6 +138,49 @@ fn tracepoint_mechanism_counts_the_same_requests_exactly() {
     }
     let server = Server::nginx(free_port());
     let sent = node_client(server.port, true, &plan(5));
+    check(&daemon, server.port, &sent, true);
+}
+
+/// A server blocked in `recv` on a keep-alive connection across the sweeps of stale syscall
+/// entries (every second here) still has its next request counted on the tracepoint mechanism:
+/// a read's entry must carry a time, or the sweeper takes it for one of a thread killed inside
+/// the syscall and deletes it (a regression of a change that stopped timing reads' entries).
+#[test]
+fn tracepoint_mechanism_keeps_reads_blocked_across_sweeps() {
+    let _guard = exclusive();
+    let config = format!("{HTTP_ONLY}  http:\n    mechanism: tracepoint\n");
+    let daemon = Daemon::start(&config, &[("PERISCOPE_EXITED_SERIES_TTL", "1s")]);
+    assert_mechanism(&daemon, "tracepoint");
+    let server = Server::python(free_port(), true, None, "py-idle");
+    // One keep-alive connection: a request, 3 s of silence (the server thread waits in recv
+    // through about three sweeps), another request.
+    let script = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n\
+         for i, pause in ((1, 3), (2, 0)):\n\
+         \x20   c.request('GET', f'/users/{{i}}')\n\
+         \x20   assert c.getresponse().read() == b'ok\\n'\n\
+         \x20   time.sleep(pause)\n",
+        port = server.port
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: Vec<Sent> = ["/users/1", "/users/2"]
+        .iter()
+        .map(|path| Sent {
+            method: "GET".into(),
+            path: (*path).into(),
+            status: 200,
+            seconds: f64::NAN,
+        })
+        .collect();
     check(&daemon, server.port, &sent, true);
 }
 

@@ -63,8 +63,8 @@ pub struct TlsPending {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpEventHeader {
-    /// CLOCK_MONOTONIC at syscall entry (raw tracepoints stamp only writes' entries; a read's
-    /// record carries its exit time here too: only when a read returned matters).
+    /// CLOCK_MONOTONIC at syscall entry for writes; a read's record carries its exit time here
+    /// too (only when a read returned matters), except an OpenSSL read's (its call's entry).
     pub start_ns: u64,
     /// CLOCK_MONOTONIC at syscall exit.
     pub end_ns: u64,

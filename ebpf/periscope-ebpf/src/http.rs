@@ -2,7 +2,8 @@
 //!
 //! `accept`/`accept4` and `connect` mark (process, fd) pairs as TCP connections in an LRU map;
 //! reads and writes on those pairs (`read`, `recvfrom`, `readv`, `recvmsg`, `write`, `sendto`,
-//! `writev`, `sendmsg`, `sendfile`) are timed from entry to exit, and the exit sends one
+//! `writev`, `sendmsg`, `sendfile`) are seen at their exit (a write's entry time is kept too: it
+//! starts a client's request and ends a server's response), and the exit sends one
 //! ring-buffer record with the leading bytes (at most `CAPTURE`, copied into a per-CPU scratch
 //! buffer) and the last `TAIL` bytes. `close` forgets the pair; a process exit is reported so
 //! user space drops what that process had in flight. Parsing and matching happen in user space.
@@ -140,10 +141,10 @@ enum Buffer {
     None,
 }
 
-/// Records the entry of a read/write on a watched connection. Only a write's entry is timed
-/// (a request sent starts a client's duration); a read matters from when it returned, as on
-/// raw tracepoints. The clock is read once the fd is known to be watched: on this path it is
-/// the costliest helper (40-80 ns on a VM).
+/// Records the entry of a read/write on a watched connection. The clock is read once the fd is
+/// known to be watched (it costs 40-80 ns on a VM). A read's record carries its exit time, as on
+/// raw tracepoints (only when a read returned matters), but its entry is still stamped: the
+/// sweeper removes entries older than a minute as those of threads killed inside a syscall.
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     let Some((tgid, tid)) = current() else { return };
@@ -151,9 +152,7 @@ fn enter_io(ctx: &TracePointContext, kind: u8, buffer: Buffer) {
     let Some(mut pending) = watched_io(tgid, tid, kind, buffer, args) else {
         return;
     };
-    if kind == KIND_WRITE {
-        pending.start_ns = unsafe { bpf_ktime_get_ns() };
-    }
+    pending.start_ns = unsafe { bpf_ktime_get_ns() };
     if HTTP_PENDING.insert(tid, pending, BPF_ANY as u64).is_err() {
         count(counters::HTTP_PENDING_FULL);
     }
@@ -405,8 +404,8 @@ fn submit(event: &HttpEvent, captured: u32) -> bool {
 /// The ring-buffer flag of a record: a wakeup only when it crosses a step
 /// ([`crosses_wakeup_step`]).
 #[inline(always)]
-fn wakeup_flag(unread: u64, size: u64, step: u64) -> u32 {
-    if crosses_wakeup_step(unread, size, step) {
+fn wakeup_flag(sent: u64, size: u64, step: u64) -> u32 {
+    if crosses_wakeup_step(sent, size, step) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -481,16 +480,10 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
     let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    if pending.kind == KIND_ACCEPT {
+    let fd = ret(&ctx);
+    if pending.kind == KIND_ACCEPT && fd >= 0 {
         let now = unsafe { bpf_ktime_get_ns() };
-        accepted(
-            tgid,
-            tid,
-            pending.listen_fd,
-            ret(&ctx),
-            pending.start_ns,
-            now,
-        );
+        accepted(tgid, tid, pending.listen_fd, fd, pending.start_ns, now);
     }
     0
 }
@@ -571,9 +564,10 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(pending) = take_pending(tid) else {
         return 0;
     };
-    if pending.kind == KIND_CONNECT {
+    let rc = ret(&ctx);
+    if pending.kind == KIND_CONNECT && (rc == 0 || rc == -EINPROGRESS) {
         let now = unsafe { bpf_ktime_get_ns() };
-        connected(tgid, tid, &pending, ret(&ctx), now);
+        connected(tgid, tid, &pending, rc, now);
     }
     0
 }

@@ -654,7 +654,8 @@ impl Tracker {
         }
     }
 
-    /// Publishes gauges (connections followed, processes held).
+    /// Publishes the counters and gauges (connections followed, processes held) to the shared
+    /// state the exporters read; called after each batch of records.
     pub fn publish(&self) {
         let mut state = self.state_mut();
         state.stats.clone_from(&self.stats);

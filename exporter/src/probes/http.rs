@@ -133,12 +133,16 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
 /// Bytes a CPU sends between two wakeups of the reader: all CPUs together wake it about once
 /// per eighth of the ring buffer (and the timer drains what is below that).
 fn wakeup_step(ring_buffer_size: u32) -> u32 {
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    // Online, not possible, CPUs: a VM may declare many more it could hot-plug, and the step
+    // would shrink to its floor for nothing.
+    let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len().max(1)) as u32;
     wakeup_step_for(ring_buffer_size, cpus)
 }
 
 /// [`wakeup_step`] on `cpus` CPUs: at least about two records (a wakeup per record costs more
 /// than the record), at most an eighth of the ring (a small ring must not fill before a wakeup).
+/// With a small ring and many CPUs the floor makes the CPUs' steps add up to more than the
+/// ring: it may then fill before any wakeup, until the 25 ms timer drains it.
 fn wakeup_step_for(ring_buffer_size: u32, cpus: u32) -> u32 {
     (ring_buffer_size / 8 / cpus.max(1))
         .max(1024)
@@ -237,7 +241,9 @@ fn syscall_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeE
 pub struct Http {
     events: RingBuf<MapData>,
     conns: aya::maps::HashMap<MapData, u64, u8>,
-    /// Syscalls in flight; the daemon's sweeper removes entries of threads that never returned.
+    /// Syscalls in flight (per-syscall tracepoints: every watched read and write, stamped at its
+    /// entry); the daemon's sweeper removes entries older than a minute, of threads that never
+    /// returned.
     pub pending: std::sync::Arc<std::sync::Mutex<aya::maps::HashMap<MapData, u32, HttpPending>>>,
 }
 
@@ -269,8 +275,9 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
     })
 }
 
-/// How often the loop drains the ring buffer without being woken (records below the wakeup
-/// threshold do not wake it) and publishes its gauges; every minute it re-reads the wall clock.
+/// How often the loop drains the ring buffer without being woken (records below a CPU's wakeup
+/// step do not wake it) and publishes its counters and gauges; every minute it re-reads the wall
+/// clock.
 const TICK: Duration = Duration::from_millis(25);
 
 /// Drains the ring buffer into `tracker` until shutdown, then drains what is left.
