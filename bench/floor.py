@@ -5,7 +5,10 @@ the raw bpf(2) and perf_event_open(2) calls, so nothing of Periscope's is involv
 - `raw`: one program on `raw_syscalls:sys_enter` and one on `sys_exit` as raw tracepoints (what
   Periscope's default HTTP mechanism attaches to: they run on every syscall of the node);
 - `tracepoint`: one program on the entry and one on the exit tracepoint of each syscall
-  Periscope's tracepoint mechanism watches (the same list as `exporter/src/probes/http.rs`).
+  Periscope's tracepoint mechanism watches (the same list as `exporter/src/probes/http.rs`);
+- `sock`: one program on each of the raw tracepoints `sock_send_length` and `sock_recv_length`
+  (Linux 6.3+: the end of every socket send and receive, and nothing else). Periscope does not
+  use them yet; this floor says what a capture built on them could cost at the least.
 
 Measured beside Periscope in the same run, they say what part of Periscope's cost is the
 machine's price for seeing syscalls at all (the syscall slow path the tracepoints switch on,
@@ -102,13 +105,15 @@ class Floor:
     """The floor programs of `mechanism` ('raw' or 'tracepoint'), attached while in the `with`."""
 
     def __init__(self, mechanism):
-        assert mechanism in ("raw", "tracepoint")
+        assert mechanism in ("raw", "tracepoint", "sock")
         self.mechanism, self.fds, self.prog_ids = mechanism, [], []
 
     def __enter__(self):
         try:
-            if self.mechanism == "raw":
-                for tp in ("sys_enter", "sys_exit"):
+            if self.mechanism in ("raw", "sock"):
+                hooks = ("sys_enter", "sys_exit") if self.mechanism == "raw" else \
+                    ("sock_send_length", "sock_recv_length")
+                for tp in hooks:
                     prog = self._prog(BPF_PROG_TYPE_RAW_TRACEPOINT, f"floor_{tp}")
                     self.fds.append(_attach_raw(prog, tp))
             else:
@@ -147,7 +152,7 @@ class Floor:
 
 if __name__ == "__main__":
     import time
-    for mechanism in ("raw", "tracepoint"):
+    for mechanism in ("raw", "tracepoint", "sock"):
         with Floor(mechanism) as floor:
             time.sleep(1)
             ns, runs = floor.run_time_ns()

@@ -73,7 +73,7 @@ def overhead_rows(overhead, families, http):
             rows.append((f, d["unit"], med(r["none"]), med(r["periscope"]), d["reference"], med(r["reference"]),
                          med(e["periscope"]), med(e["reference"]), med(c["periscope"]), med(c["reference"])))
     if http:
-        for k in ("periscope-all", "periscope-nginx"):
+        for k in (k for k in ("periscope-all", "periscope-nginx") if k in http["rps"]):
             rows.append((f"http ({k})", "requests/s", med(http["rps"]["none"]), med(http["rps"][k]), "", float("nan"),
                          med(http["ebpf_ns_per_request"][k]), float("nan"), med(http["cpu_ns_per_request"][k]),
                          float("nan")))
@@ -115,7 +115,7 @@ def main():
             targets.append(("daemon peak RSS < 30 MB (issue 2)", f"{peak:.1f} MiB (VmHWM)", verdict(peak * 1.048576 < 30)))
     if http:
         base_rps, base_p99 = med(http["rps"]["none"]), med(http["p99_s"]["none"])
-        for k in ("periscope-all", "periscope-nginx"):
+        for k in (k for k in ("periscope-all", "periscope-nginx") if k in http["rps"]):
             r, p, ns = med(http["rps"][k]), med(http["p99_s"][k]), med(http["ebpf_ns_per_request"][k])
             rss = max(http.get("rss_under_load_kib", {}).get(k) or [float("nan")]) / 1024
             if "floor-raw" in http["ebpf_ns_per_request"]:
@@ -169,7 +169,8 @@ def main():
                   "throughput >= 98% of uninstrumented, p99 within 5%, eBPF < 300 ns per request, RSS < 30 MB.", "",
                   "| configuration | requests/s | vs none | p99 | vs none | eBPF ns/request | daemon CPU ns/request | "
                   "RSS under load | startup peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
-        kinds = ("none", "floor-raw", "floor-tracepoint", "periscope-all", "periscope-nginx", "periscope-no-http")
+        kinds = ("none", "floor-raw", "floor-tracepoint", "floor-sock", "periscope-all", "periscope-nginx",
+                 "periscope-raw", "periscope-tracepoint", "periscope-no-http")
         for k in (k for k in kinds if k in http["rps"]):
             r, p = med(http["rps"][k]), med(http["p99_s"][k])
             rss = http.get("rss_under_load_kib", {}).get(k)
@@ -181,7 +182,9 @@ def main():
         if "floor-raw" in http["rps"]:
             lines += ["`floor-raw` and `floor-tracepoint` (bench/floor.py) are empty programs (`r0 = 0; exit`) on the hooks "
                       "HTTP capture needs: raw `sys_enter`/`sys_exit`, or the entry and exit tracepoints of the syscalls "
-                      "Periscope's tracepoint mechanism watches. No capture on those hooks can cost less on this machine.", ""]
+                      "Periscope's tracepoint mechanism watches. No capture on those hooks can cost less on this machine. "
+                      "`floor-sock`: the same on the raw tracepoints `sock_send_length`/`sock_recv_length` (Linux 6.3+), "
+                      "which Periscope does not use yet.", ""]
 
     # Daemon resources.
     res = []
