@@ -7,7 +7,8 @@ service under test); and with Periscope running only its other probes.
 Beside them, the floor (bench/floor.py): empty programs on the hooks HTTP capture needs, raw
 syscall tracepoints (`floor-raw`, what Periscope's default mechanism attaches to) and the
 per-syscall tracepoints (`floor-tracepoint`), measured in the same rounds: what seeing the
-syscalls at all costs on this machine, whatever a tracer then does.
+syscalls at all costs on this machine, whatever a tracer then does; and the socket tracepoints
+`sock_send_length`/`sock_recv_length` (`floor-sock`), which Periscope does not use yet.
 
 Prints throughput and p99 ratios against the uninstrumented run, the eBPF cost per request
 (bpf_stats: run time of the HTTP programs divided by requests served) and Periscope's peak RSS.
