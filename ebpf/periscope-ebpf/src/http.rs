@@ -33,10 +33,10 @@ use aya_ebpf::{
 use periscope_common::{
     counters,
     http::{
-        CAPTURE, ConnectAddr, EINPROGRESS, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT,
-        KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW,
-        ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD,
-        TlsPending, WRITE_STAMPS, conn_key, crosses_wakeup_step, op, stamp_start, write_stamp,
+        CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
+        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW, ROLE_CLIENT,
+        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD, TlsPending,
+        WRITE_STAMPS, conn_key, crosses_wakeup_step, op, stamp_start, write_stamp,
     },
 };
 
@@ -250,25 +250,21 @@ fn exit_io(ctx: &TracePointContext) {
     let Some(mut pending) = take_pending(tid) else {
         return;
     };
-    let transferred = ret(ctx);
-    if transferred <= 0 {
+    let rc = ret(ctx);
+    if !op::exit_matters(op::READ, rc) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if pending.kind == KIND_READ {
         pending.start_ns = now;
     }
-    send_io(tgid, tid, &pending, transferred, now);
+    send_io(tgid, tid, &pending, rc as u64, now);
 }
 
-/// Sends the record of a read/write on a watched connection that returned `transferred` at
-/// `now`.
+/// Sends the record of a read/write on a watched connection that moved `transferred` (> 0)
+/// bytes, returning at `now` (callers check the result with [`op::exit_matters`]).
 #[inline(always)]
-fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: i64, now: u64) {
-    if transferred <= 0 {
-        return;
-    }
-    let transferred = transferred as u64;
+fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u64) {
     let Some(event) = scratch() else {
         return;
     };
@@ -481,21 +477,24 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let fd = ret(&ctx);
-    if pending.kind == KIND_ACCEPT && fd >= 0 {
+    if pending.kind == KIND_ACCEPT && op::exit_matters(op::ACCEPT, fd) {
         let now = unsafe { bpf_ktime_get_ns() };
-        accepted(tgid, tid, pending.listen_fd, fd, pending.start_ns, now);
+        accepted(
+            tgid,
+            tid,
+            pending.listen_fd,
+            fd as u32,
+            pending.start_ns,
+            now,
+        );
     }
     0
 }
 
-/// An `accept` on `listen_fd` (entered at `start_ns`) returned `fd` at `now`: watch it, and tell
-/// user space.
+/// An `accept` on `listen_fd` (entered at `start_ns`) returned `fd` at `now` (callers check it
+/// with [`op::exit_matters`]): watch it, and tell user space.
 #[inline(always)]
-fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: i64, start_ns: u64, now: u64) {
-    if fd < 0 {
-        return;
-    }
-    let fd = fd as u32;
+fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: u32, start_ns: u64, now: u64) {
     let _ = HTTP_CONNS.insert(conn_key(tgid, fd), ROLE_SERVER, BPF_ANY as u64);
     let Some(event) = scratch() else {
         return;
@@ -565,20 +564,17 @@ pub fn http_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let rc = ret(&ctx);
-    if pending.kind == KIND_CONNECT && (rc == 0 || rc == -EINPROGRESS) {
+    if pending.kind == KIND_CONNECT && op::exit_matters(op::CONNECT, rc) {
         let now = unsafe { bpf_ktime_get_ns() };
-        connected(tgid, tid, &pending, rc, now);
+        connected(tgid, tid, &pending, now);
     }
     0
 }
 
-/// A `connect` (`pending`: its fd, peer and start) returned `rc` at `now`: unless it failed,
-/// watch the socket and tell user space the peer.
+/// A `connect` (`pending`: its fd, peer and start) succeeded or is under way at `now` (callers
+/// check its result with [`op::exit_matters`]): watch the socket and tell user space the peer.
 #[inline(always)]
-fn connected(tgid: u32, tid: u32, pending: &HttpPending, rc: i64, now: u64) {
-    if rc != 0 && rc != -EINPROGRESS {
-        return;
-    }
+fn connected(tgid: u32, tid: u32, pending: &HttpPending, now: u64) {
     let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), ROLE_CLIENT, BPF_ANY as u64);
     let Some(event) = scratch() else {
         return;
@@ -823,7 +819,7 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     match op {
         op::ACCEPT => {
             let now = unsafe { bpf_ktime_get_ns() };
-            accepted(tgid, tid, args[0], rc, now, now);
+            accepted(tgid, tid, args[0], rc as u32, now, now);
         }
         op::CONNECT => {
             if let Some(addr) = connect_addr(args[1]) {
@@ -836,7 +832,7 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
                     addr,
                     ..Default::default()
                 };
-                connected(tgid, tid, &pending, rc, now);
+                connected(tgid, tid, &pending, now);
             }
         }
         op::DUP | op::FCNTL => {
@@ -879,7 +875,7 @@ fn io_exit_raw(tgid: u32, tid: u32, op: u8, args: [u64; 3], rc: i64) {
     } else {
         now
     };
-    send_io(tgid, tid, &pending, rc, now);
+    send_io(tgid, tid, &pending, rc as u64, now);
 }
 
 /// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.

@@ -67,8 +67,9 @@ fn header_facts(headers: &[httparse::Header<'_>], head: &mut Head) {
             break;
         }
         let is = |name: &str| h.name.eq_ignore_ascii_case(name);
-        let bytes = h.value[..h.value.len().min(MAX_VALUE)].trim_ascii();
-        let kept = || String::from_utf8_lossy(bytes).trim().to_string();
+        // Only for the headers that matter: most do not.
+        let bytes = || h.value[..h.value.len().min(MAX_VALUE)].trim_ascii();
+        let kept = || String::from_utf8_lossy(bytes()).trim().to_string();
         match h.name.len() {
             14 if is("content-length") => {
                 head.content_length = std::str::from_utf8(h.value)
@@ -76,10 +77,14 @@ fn header_facts(headers: &[httparse::Header<'_>], head: &mut Head) {
                     .and_then(|v| v.trim().parse().ok());
             }
             17 if is("transfer-encoding") => {
-                head.chunked = ends_with_ignore_case(bytes, b"chunked");
+                head.chunked = ends_with_ignore_case(bytes(), b"chunked");
             }
-            10 if is("connection") => head.connection_close = bytes.eq_ignore_ascii_case(b"close"),
-            6 if is("expect") => head.expect_continue = bytes.eq_ignore_ascii_case(b"100-continue"),
+            10 if is("connection") => {
+                head.connection_close = bytes().eq_ignore_ascii_case(b"close")
+            }
+            6 if is("expect") => {
+                head.expect_continue = bytes().eq_ignore_ascii_case(b"100-continue")
+            }
             11 if is("traceparent") => head.traceparent = Some(kept()),
             4 if is("host") => head.host = Some(kept()),
             _ => {}
