@@ -44,10 +44,12 @@ impl NetNs {
 
     /// Drops `percent`% of the TCP packets from port `port` as they arrive (nftables `numgen`;
     /// netem is not built into these kernels). On input, as a lossy wire would: a packet dropped
-    /// on output is only requeued by the sender, never retransmitted.
+    /// on output is only requeued by the sender, never retransmitted. SYN-ACKs are spared: a lost
+    /// one costs a 1 s, then 2 s, 4 s... handshake backoff, which made a transfer's duration (and
+    /// whether it fits a test's window) a matter of luck; data and FIN losses are what is tested.
     pub fn drop_from_port(&self, port: u16, percent: u32) {
         let rules = format!(
-            "table inet loss {{\n  chain in {{\n    type filter hook input priority 0; policy accept;\n    tcp sport {port} numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+            "table inet loss {{\n  chain in {{\n    type filter hook input priority 0; policy accept;\n    tcp sport {port} tcp flags ! syn numgen random mod 100 < {percent} drop\n  }}\n}}\n"
         );
         let file = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(file.path(), rules).expect("write rules");

@@ -290,9 +290,9 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
     assert!(within(waited, theirs.sum, 0.25, 0.5), "time waited");
     drop(term);
 
-    // Network: 20% of the server's packets dropped on arrival, 4 transfers of 512 KiB (about
-    // 2.5 s here), all inside a 10 s window. Each connect can lose SYN-ACKs to 1 s, 2 s, 4 s
-    // backoffs, so fewer connections keep the window's margin (8 once took 11.6 s).
+    // Network: 20% of the server's data packets dropped on arrival (SYN-ACKs spared), 4
+    // transfers of 512 KiB (2 to 5 s here: a retransmission lost again doubles its timeout), all
+    // inside a 15 s window.
     let ns = NetNs::new("triage", 1500);
     let port = free_port();
     ns.drop_from_port(port, 20);
@@ -311,7 +311,7 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
         .read_exact(&mut line)
         .expect("server listening");
     let term = Terminal::new("net");
-    term.start_triage("--duration 10s");
+    term.start_triage("--duration 15s");
     let before = daemon.scrape();
     let started = Instant::now();
     let client = ns
@@ -335,7 +335,7 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
     let ours = number_on(&out, "", " retransmits (");
     println!("retransmits: triage {ours}, daemon {theirs} (transfer took {transfer:?})");
     assert!(
-        transfer < Duration::from_secs(9),
+        transfer < Duration::from_secs(14),
         "the transfers must end inside the window: {transfer:?}"
     );
     assert!(theirs >= 10.0, "20% loss forces retransmits: {theirs}");
