@@ -184,7 +184,7 @@ def main():
                       "HTTP capture needs: raw `sys_enter`/`sys_exit`, or the entry and exit tracepoints of the syscalls "
                       "Periscope's tracepoint mechanism watches. No capture on those hooks can cost less on this machine. "
                       "`floor-sock`: the same on the raw tracepoints `sock_send_length`/`sock_recv_length` (Linux 6.3+), "
-                      "which Periscope does not use yet.", ""]
+                      "the hooks of Periscope's default mechanism (socket_tracepoint).", ""]
 
     # Daemon resources.
     res = []

@@ -184,6 +184,7 @@ pub enum MechanismChoice {
     Fentry,
     Kprobe,
     BtfTracepoint,
+    SocketTracepoint,
     RawTracepoint,
     Tracepoint,
 }

@@ -184,15 +184,85 @@ fn tracepoint_mechanism_keeps_reads_blocked_across_sweeps() {
     check(&daemon, server.port, &sent, true);
 }
 
-/// The default on x86_64: two raw syscall tracepoints for every syscall Periscope watches.
+/// The default on Linux 6.3+: socket tracepoints. The Rust server reads through a `try_clone`
+/// of each connection's descriptor and writes through the original: two descriptors, one
+/// socket, one connection.
 #[test]
 fn rust_server_with_python_and_node_clients() {
     let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
+    assert_mechanism(&daemon, "socket_tracepoint");
+    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    let mut sent = python_client(server.port, true, &plan(6));
+    sent.extend(node_client(server.port, false, &plan(4)));
+    check(&daemon, server.port, &sent, true);
+}
+
+/// The fallback where socket tracepoints are missing (before Linux 6.3), on x86_64: two raw
+/// syscall tracepoints for every syscall, connections learned from accept/connect/dup/close.
+/// Same servers, same exact counts.
+#[test]
+fn raw_tracepoint_mechanism_counts_the_same_requests_exactly() {
+    let _guard = exclusive();
+    let config = format!("{HTTP_ONLY}  http:\n    mechanism: raw_tracepoint\n");
+    let daemon = Daemon::start(&config, &[]);
     assert_mechanism(&daemon, "raw_tracepoint");
     let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
     let mut sent = python_client(server.port, true, &plan(6));
     sent.extend(node_client(server.port, false, &plan(4)));
+    check(&daemon, server.port, &sent, true);
+    for keepalive in [true, false] {
+        let server = Server::python(free_port(), keepalive, None, "py-raw");
+        let mut sent = python_client(server.port, keepalive, &plan(5));
+        sent.extend(curl(server.port, keepalive, &plan(3)));
+        check(&daemon, server.port, &sent, true);
+    }
+}
+
+/// A keep-alive connection opened before Periscope started: no accept or establishment was
+/// seen, so its sides come from its first bytes (a request read is a server's, a request
+/// written a client's). Its requests from then on are counted exactly, both sides.
+#[test]
+fn a_connection_opened_before_periscope_started_is_counted_from_then_on() {
+    let _guard = exclusive();
+    let server = Server::python(free_port(), true, None, "py-early");
+    let script = format!(
+        "import http.client, sys\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n\
+         c.request('GET', '/users/0')\n\
+         assert c.getresponse().read() == b'ok\\n'\n\
+         print('connected', flush=True)\n\
+         sys.stdin.readline()\n\
+         for i in range(1, 5):\n\
+         \x20   c.request('GET', f'/users/{{i}}')\n\
+         \x20   assert c.getresponse().read() == b'ok\\n'\n",
+        port = server.port
+    );
+    let mut client = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("client output");
+    assert_eq!(line.trim(), "connected");
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    std::io::Write::write_all(client.stdin.as_mut().expect("stdin"), b"go\n").expect("stdin");
+    let status = client.wait().expect("client");
+    assert!(status.success(), "client failed");
+    let sent: Vec<Sent> = (1..5)
+        .map(|i| Sent {
+            method: "GET".into(),
+            path: format!("/users/{i}"),
+            status: 200,
+            seconds: f64::NAN,
+        })
+        .collect();
     check(&daemon, server.port, &sent, true);
 }
 

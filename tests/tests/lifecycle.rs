@@ -88,8 +88,8 @@ fn sigterm_flushes_and_detaches_every_program() {
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        21,
-        "block (2), sched (3), http (3 raw syscall programs + 7 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
+        22,
+        "block (2), sched (3), http (4 socket tracepoint programs + 7 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
     );
     // The kernel's count of skipped runs is exported for every loaded program.
     let misses = daemon
@@ -213,9 +213,13 @@ fn tracefs_missing_is_mounted_or_explained() {
         "{report}"
     );
     assert!(report.contains("FAIL  tcp"), "{report}");
-    for family in ["block", "sched", "http"] {
+    for (family, mechanism) in [
+        ("block", "raw_tracepoint"),
+        ("sched", "raw_tracepoint"),
+        ("http", "socket_tracepoint"),
+    ] {
         assert!(
-            report.contains(&format!("ok    {family:<28} attached with raw_tracepoint")),
+            report.contains(&format!("ok    {family:<28} attached with {mechanism}")),
             "{report}"
         );
     }

@@ -26,6 +26,14 @@ pub const KIND_EXIT: u8 = 6;
 /// A tracked connection's fd was duplicated (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): `fd` is
 /// the new descriptor, `len` the original.
 pub const KIND_DUP: u8 = 7;
+/// Socket tracepoints: the first send or receive of a socket on a (process, fd) pair. `data`
+/// holds [`SockOpen`] and the comm; `role` is the side learned when the connection was
+/// established (0 when it was established before Periscope started). Whatever the pair named
+/// before is over.
+pub const KIND_OPEN: u8 = 8;
+/// `len` of a [`KIND_CLOSE`] record when the socket itself closed (socket tracepoints): every
+/// descriptor of it is over, not only `fd`.
+pub const CLOSE_SOCKET: u64 = 1;
 
 /// The tracked side of a connection (value of the connection map).
 pub const ROLE_SERVER: u8 = 1;
@@ -104,6 +112,38 @@ pub struct ConnectAddr {
     pub _pad: u32,
     /// IPv4 in the first 4 bytes, or IPv6.
     pub addr: [u8; 16],
+}
+
+/// The data of a [`KIND_OPEN`] record (the process's comm follows it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOpen {
+    /// The peer.
+    pub peer: ConnectAddr,
+    /// The local port (host byte order).
+    pub local_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// A socket as the socket-tracepoint programs know it: its kernel address and its port pair
+/// (the slab hands a freed socket's address to the next one at once; the ports differ), and
+/// in the map of established connections, its side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockId {
+    pub sk: u64,
+    /// `skc_portpair`: the peer port (network order) and the local port.
+    pub ports: u32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+impl SockId {
+    /// The same socket (the side is not part of the identity).
+    #[inline(always)]
+    pub const fn same(&self, other: &SockId) -> bool {
+        self.sk == other.sk && self.ports == other.ports
+    }
 }
 
 /// A syscall in flight on a tracked connection, by thread id (entry to exit).

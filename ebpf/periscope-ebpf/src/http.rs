@@ -24,7 +24,10 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_EXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
+        },
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -33,10 +36,11 @@ use aya_ebpf::{
 use periscope_common::{
     counters,
     http::{
-        CAPTURE, ConnectAddr, HEADER_SIZE, HttpEvent, HttpPending, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_READ, KIND_WRITE, REGS_WINDOW, ROLE_CLIENT,
-        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, SYSCALL_OPS, TAIL, TLS_FD, TlsPending,
-        WRITE_STAMPS, conn_key, crosses_wakeup_step, op, stamp_start, write_stamp,
+        CAPTURE, CLOSE_SOCKET, ConnectAddr, HEADER_SIZE, HttpEvent, HttpEventHeader, HttpPending,
+        KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ,
+        KIND_WRITE, REGS_WINDOW, ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS,
+        SYSCALL_OPS, SockId, SockOpen, TAIL, TLS_FD, TlsPending, WRITE_STAMPS, conn_key,
+        crosses_wakeup_step, op, stamp_start, write_stamp,
     },
 };
 
@@ -380,6 +384,13 @@ fn submit(event: &HttpEvent, captured: u32) -> bool {
     let bytes = unsafe {
         core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
     };
+    output(bytes)
+}
+
+/// Puts a record in the ring buffer, waking the reader once per step of this CPU's bytes;
+/// false when the buffer was full (counted).
+#[inline(always)]
+fn output(bytes: &[u8]) -> bool {
     let size = bytes.len() as u64;
     let flags = match HTTP_SENT_BYTES.get_ptr_mut(0) {
         Some(sent) => {
@@ -408,21 +419,30 @@ fn wakeup_flag(sent: u64, size: u64, step: u64) -> u32 {
     }
 }
 
-/// A record without payload (dup, close, exit) of something that happened at `now`.
+/// A record without payload (dup, close, exit, open's header) of something that happened at
+/// `now`. Built on the stack, not in the per-CPU scratch record: the socket-state program runs
+/// in softirqs too, which may interrupt a program filling that record on the same CPU.
 #[inline(always)]
 fn send_bare(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, len: u64, now: u64) {
-    let Some(event) = scratch() else {
-        return;
-    };
-    let pending = HttpPending {
+    let header = HttpEventHeader {
         start_ns: now,
+        end_ns: now,
+        len,
+        tgid,
+        tid,
         fd,
         kind,
         role,
         ..Default::default()
     };
-    fill_header(event, &pending, tgid, tid, len, now);
-    submit(event, 0);
+    // SAFETY: HttpEventHeader is plain integers.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (&header as *const HttpEventHeader).cast::<u8>(),
+            HEADER_SIZE,
+        )
+    };
+    output(bytes);
 }
 
 macro_rules! io_programs {
@@ -853,15 +873,8 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 /// is read only then: most reads and writes of a node are on files and pipes).
 #[inline(always)]
 fn io_exit_raw(tgid: u32, tid: u32, op: u8, args: [u64; 3], rc: i64) {
-    let (kind, buffer) = match op {
-        op::READ => (KIND_READ, Buffer::Plain),
-        op::READV => (KIND_READ, Buffer::Vector),
-        op::RECVMSG => (KIND_READ, Buffer::Message),
-        op::WRITE => (KIND_WRITE, Buffer::Plain),
-        op::WRITEV => (KIND_WRITE, Buffer::Vector),
-        op::SENDMSG => (KIND_WRITE, Buffer::Message),
-        op::SENDFILE => (KIND_WRITE, Buffer::None),
-        _ => return,
+    let Some((kind, buffer)) = io_shape(op) else {
+        return;
     };
     let Some(mut pending) = watched_io(tgid, tid, kind, buffer, args) else {
         return;
@@ -876,6 +889,313 @@ fn io_exit_raw(tgid: u32, tid: u32, op: u8, args: [u64; 3], rc: i64) {
         now
     };
     send_io(tgid, tid, &pending, rc as u64, now);
+}
+
+/// The record kind and buffer shape of a read or write syscall's `op`.
+#[inline(always)]
+fn io_shape(op: u8) -> Option<(u8, Buffer)> {
+    Some(match op {
+        op::READ => (KIND_READ, Buffer::Plain),
+        op::READV => (KIND_READ, Buffer::Vector),
+        op::RECVMSG => (KIND_READ, Buffer::Message),
+        op::WRITE => (KIND_WRITE, Buffer::Plain),
+        op::WRITEV => (KIND_WRITE, Buffer::Vector),
+        op::SENDMSG => (KIND_WRITE, Buffer::Message),
+        op::SENDFILE => (KIND_WRITE, Buffer::None),
+        _ => return None,
+    })
+}
+
+// Socket tracepoints (Linux 6.3+): `sock_send_length`/`sock_recv_length` fire once per send or
+// receive on a socket, after it, in the task that made it. Nothing runs on any other syscall,
+// and no syscall of any process takes the traced slow path. The syscall's arguments (fd,
+// buffer) are read from the task's saved registers. A (process, fd) pair is bound to the socket
+// it names; the first I/O of a new socket on a pair announces it ([`KIND_OPEN`], with the side
+// `inet_sock_set_state` saw it established as) and ends what the pair named before. A write's
+// record carries its exit time as its start (there is no entry hook).
+
+/// Offsets in `struct sock` (from BTF): the port pair, family, IPv4 and IPv6 peer addresses,
+/// protocol.
+#[unsafe(no_mangle)]
+static HTTP_SK_PORTPAIR: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_SK_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_SK_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_SK_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_SK_PROTOCOL: u32 = 0;
+
+/// The socket each (process, fd) pair that did socket I/O names. A pair whose socket is known
+/// but has no entry in HTTP_CONNS is not watched (not TCP, or given up on by user space).
+#[map]
+static HTTP_FD_SOCKS: LruHashMap<u64, SockId> = LruHashMap::with_max_entries(65536, 0);
+
+/// The (process, fd) pair that first did I/O on each socket, by socket address (closes, dups).
+#[map]
+static HTTP_SOCK_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// The side of each TCP connection established since Periscope started, by socket address.
+#[map]
+static HTTP_SOCK_ROLES: LruHashMap<u64, SockId> = LruHashMap::with_max_entries(65536, 0);
+
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: u64 = 2;
+const TCP_ESTABLISHED: u64 = 1;
+const TCP_SYN_SENT: u64 = 2;
+const TCP_SYN_RECV: u64 = 3;
+const TCP_FIN_WAIT1: u64 = 4;
+const TCP_CLOSE: u64 = 7;
+const TCP_LAST_ACK: u64 = 9;
+
+/// `raw_tp/sock_send_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn http_sock_send(ctx: RawTracePointContext) -> i32 {
+    sock_io(&ctx, KIND_WRITE);
+    0
+}
+
+/// `raw_tp/sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn http_sock_recv(ctx: RawTracePointContext) -> i32 {
+    let flags: u64 = ctx.arg(2);
+    // A peek leaves the bytes for the read that follows.
+    if flags & MSG_PEEK == 0 {
+        sock_io(&ctx, KIND_READ);
+    }
+    0
+}
+
+/// A send or receive of `ret` bytes on socket `sk`: its record, when it was a read or write
+/// syscall of a process on a watched connection.
+#[inline(always)]
+fn sock_io(ctx: &RawTracePointContext, kind: u8) {
+    let rc = ctx.arg::<u64>(1) as i32;
+    if rc <= 0 {
+        return;
+    }
+    let Some((tgid, tid)) = current() else {
+        return;
+    };
+    // SAFETY: helpers on the current task; a kernel thread has no user registers, and its
+    // syscall number reads as something that is not ours.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return;
+    }
+    let Ok(nr) =
+        (unsafe { bpf_probe_read_kernel((regs + global(&HTTP_REGS_NR) as u64) as *const u64) })
+    else {
+        return;
+    };
+    // Only the syscall's own transfer: not a send made inside another syscall.
+    let Some((op_kind, buffer)) = io_shape(op_of(nr)) else {
+        return;
+    };
+    if op_kind != kind {
+        return;
+    }
+    let Some(args) = regs_args(regs) else {
+        return;
+    };
+    let Some(sock) = sock_id(ctx.arg(0)) else {
+        return;
+    };
+    let fd = args[0] as u32;
+    let key = conn_key(tgid, fd);
+    let known = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock));
+    if !known && !new_socket(tgid, tid, fd, &sock) {
+        return;
+    }
+    let Some(mut pending) = watched_io(tgid, tid, kind, buffer, args) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    pending.start_ns = now;
+    send_io(tgid, tid, &pending, rc as u64, now);
+}
+
+/// The identity of socket `sk`.
+#[inline(always)]
+fn sock_id(sk: u64) -> Option<SockId> {
+    let ports =
+        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PORTPAIR) as u64) as *const u32) }
+            .ok()?;
+    Some(SockId {
+        sk,
+        ports,
+        ..Default::default()
+    })
+}
+
+/// A socket not seen before on the pair (`tgid`, `fd`): ends what the pair named, and binds the
+/// pair to it, as a duplicate of a descriptor already watched, a new TCP connection (announced
+/// to user space), or, for any other socket, unwatched. Whether it is watched now.
+#[inline(always)]
+fn new_socket(tgid: u32, tid: u32, fd: u32, sock: &SockId) -> bool {
+    let key = conn_key(tgid, fd);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(role) = unsafe { HTTP_CONNS.get(key) }.copied() {
+        let _ = HTTP_CONNS.remove(key);
+        send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
+    }
+    let _ = HTTP_FD_SOCKS.insert(key, *sock, BPF_ANY as u64);
+    if let Some(first) = unsafe { HTTP_SOCK_FDS.get(sock.sk) }.copied()
+        && first != key
+        && (first >> 32) as u32 == tgid
+        && unsafe { HTTP_FD_SOCKS.get(first) }.is_some_and(|s| s.same(sock))
+    {
+        // Another descriptor of this process for the same socket (`dup`, Rust's `try_clone`).
+        let Some(role) = unsafe { HTTP_CONNS.get(first) }.copied() else {
+            return false;
+        };
+        let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
+        send_bare(KIND_DUP, role, tgid, tid, fd, first as u32 as u64, now);
+        return true;
+    }
+    let Some(open) = tcp_peer(sock) else {
+        return false;
+    };
+    let role = match unsafe { HTTP_SOCK_ROLES.get(sock.sk) } {
+        Some(established) if established.same(sock) => established.role,
+        _ => 0,
+    };
+    let _ = HTTP_SOCK_FDS.insert(sock.sk, key, BPF_ANY as u64);
+    let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
+    send_open(tgid, tid, fd, role, &open, now);
+    true
+}
+
+/// The peer and local port of a TCP socket over IPv4 or IPv6; `None` for any other socket.
+#[inline(always)]
+fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
+    let sk = sock.sk;
+    let protocol =
+        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PROTOCOL) as u64) as *const u16) }
+            .ok()?;
+    let family =
+        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_FAMILY) as u64) as *const u16) }
+            .ok()?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let ports = sock.ports.to_ne_bytes();
+    let mut open = SockOpen {
+        peer: ConnectAddr {
+            family,
+            port: u16::from_be_bytes([ports[0], ports[1]]),
+            ..Default::default()
+        },
+        local_port: u16::from_ne_bytes([ports[2], ports[3]]),
+        ..Default::default()
+    };
+    match family {
+        AF_INET => {
+            let addr = unsafe {
+                bpf_probe_read_kernel((sk + global(&HTTP_SK_DADDR) as u64) as *const [u8; 4])
+            }
+            .ok()?;
+            open.peer.addr[..4].copy_from_slice(&addr);
+        }
+        AF_INET6 => {
+            open.peer.addr = unsafe {
+                bpf_probe_read_kernel((sk + global(&HTTP_SK_V6_DADDR) as u64) as *const [u8; 16])
+            }
+            .ok()?;
+        }
+        _ => return None,
+    }
+    Some(open)
+}
+
+/// Announces a new connection on (`tgid`, `fd`): its peer, local port and the process name.
+#[inline(always)]
+fn send_open(tgid: u32, tid: u32, fd: u32, role: u8, open: &SockOpen, now: u64) {
+    let Some(event) = scratch() else {
+        return;
+    };
+    let pending = HttpPending {
+        start_ns: now,
+        fd,
+        kind: KIND_OPEN,
+        role,
+        ..Default::default()
+    };
+    fill_header(event, &pending, tgid, tid, 0, now);
+    let size = core::mem::size_of::<SockOpen>();
+    // SAFETY: SockOpen is plain bytes and smaller than CAPTURE.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (open as *const SockOpen).cast::<u8>(),
+            event.data.as_mut_ptr(),
+            size,
+        )
+    };
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    event.data[size..size + COMM].copy_from_slice(&comm);
+    event.header.captured = (size + COMM) as u16;
+    submit(event, (size + COMM) as u32);
+}
+
+/// `raw_tp/inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: learns the
+/// side of each new connection, and ends a watched one when its process closes it (FIN_WAIT1,
+/// LAST_ACK) or it dies (CLOSE). Runs in softirqs too (a reset, the last ACK): nothing here
+/// depends on the current task.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn http_sock_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    match new {
+        TCP_ESTABLISHED => {
+            let role = match old {
+                TCP_SYN_SENT => ROLE_CLIENT,
+                TCP_SYN_RECV => ROLE_SERVER,
+                _ => return 0,
+            };
+            if let Some(mut sock) = sock_id(sk) {
+                sock.role = role;
+                let _ = HTTP_SOCK_ROLES.insert(sk, sock, BPF_ANY as u64);
+            }
+        }
+        TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE => sock_closed(sk, new == TCP_CLOSE),
+        _ => {}
+    }
+    0
+}
+
+/// Socket `sk` is closing (`gone`: closed): the pair that first used it, if it still names it,
+/// is over, with every other descriptor of the socket.
+#[inline(always)]
+fn sock_closed(sk: u64, gone: bool) {
+    if gone {
+        let _ = HTTP_SOCK_ROLES.remove(sk);
+    }
+    let Some(key) = unsafe { HTTP_SOCK_FDS.get(sk) }.copied() else {
+        return;
+    };
+    let Some(sock) = sock_id(sk) else {
+        return;
+    };
+    if !unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock)) {
+        return;
+    }
+    let _ = HTTP_SOCK_FDS.remove(sk);
+    let _ = HTTP_FD_SOCKS.remove(key);
+    if let Some(role) = unsafe { HTTP_CONNS.get(key) }.copied() {
+        let _ = HTTP_CONNS.remove(key);
+        let now = unsafe { bpf_ktime_get_ns() };
+        send_bare(
+            KIND_CLOSE,
+            role,
+            (key >> 32) as u32,
+            0,
+            key as u32,
+            CLOSE_SOCKET,
+            now,
+        );
+    }
 }
 
 /// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.

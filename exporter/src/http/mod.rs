@@ -17,9 +17,9 @@ use std::{
 use foldhash::{HashMap, HashMapExt};
 use opentelemetry::trace::SpanKind;
 use periscope_common::http::{
-    ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,
-    KIND_EXIT, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS,
-    TLS_FD, conn_key,
+    CLOSE_SOCKET, ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT,
+    KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, ROLE_MASK,
+    ROLE_SERVER, SockOpen, TLS_FD, conn_key,
 };
 
 use crate::{
@@ -242,6 +242,7 @@ impl Tracker {
         match h.kind {
             KIND_ACCEPT => self.on_open(&h, Role::Server, captured),
             KIND_CONNECT => self.on_open(&h, Role::Client, captured),
+            KIND_OPEN => self.on_socket_open(&h, captured),
             KIND_READ | KIND_WRITE => self.on_io(&h, captured),
             KIND_CLOSE => self.on_close(&h),
             KIND_DUP => self.on_dup(h.tgid, h.len as u32, h.fd),
@@ -307,24 +308,63 @@ impl Tracker {
                 };
                 // SAFETY: ConnectAddr is plain integers and `addr` has its size.
                 let addr: ConnectAddr = unsafe { std::ptr::read_unaligned(addr.as_ptr().cast()) };
-                let ip = if addr.family == 2 {
-                    let b = addr.addr;
-                    Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
-                } else {
-                    Ipv6Addr::from(addr.addr).to_string()
-                };
-                (Some(addr.port), Some(ip), comm_of(&data[size..]))
+                (Some(addr.port), Some(ip_of(&addr)), comm_of(&data[size..]))
             }
         };
-        self.ignored.remove(&(h.tgid, h.fd));
-        if !self.selected(h.tgid, &comm, port) {
+        self.open_connection(h, role, port, peer, &comm);
+    }
+
+    /// A new socket on `h`'s (process, fd) pair (socket tracepoints), with its peer and local
+    /// port: a connection of the side the kernel saw it established as. One established before
+    /// Periscope started has no side yet: its first bytes will tell (see [`role_of`]).
+    fn on_socket_open(&mut self, h: &HttpEventHeader, data: &[u8]) {
+        let size = std::mem::size_of::<SockOpen>();
+        let Some(open) = data.get(..size) else {
+            self.stats.malformed_records += 1;
+            return;
+        };
+        // SAFETY: SockOpen is plain integers and `open` has its size.
+        let open: SockOpen = unsafe { std::ptr::read_unaligned(open.as_ptr().cast()) };
+        let comm = comm_of(&data[size..]);
+        match h.role & ROLE_MASK {
+            ROLE_SERVER => {
+                self.open_connection(h, Role::Server, Some(open.local_port), None, &comm)
+            }
+            ROLE_CLIENT => {
+                let peer = Some(ip_of(&open.peer));
+                self.open_connection(h, Role::Client, Some(open.peer.port), peer, &comm);
+            }
+            _ => {
+                let key = (h.tgid, h.fd);
+                self.ignored.remove(&key);
+                self.aliases.remove(&key);
+                self.conns.remove(&key);
+            }
+        }
+    }
+
+    /// Starts following the connection on `h`'s (process, fd) pair, when its process is
+    /// selected.
+    fn open_connection(
+        &mut self,
+        h: &HttpEventHeader,
+        role: Role,
+        port: Option<u16>,
+        peer: Option<String>,
+        comm: &str,
+    ) {
+        let key = (h.tgid, h.fd);
+        self.ignored.remove(&key);
+        // The number may have named a duplicate of another connection's descriptor.
+        self.aliases.remove(&key);
+        if !self.selected(h.tgid, comm, port) {
             self.stats.not_selected += 1;
-            self.give_up((h.tgid, h.fd));
+            self.give_up(key);
             return;
         }
         self.make_room();
         self.conns.insert(
-            (h.tgid, h.fd),
+            key,
             TrackedConnection {
                 conn: Connection::new(role),
                 port,
@@ -395,7 +435,12 @@ impl Tracker {
                 self.give_up(key);
                 return;
             };
-            let port = process::listening_port(h.tgid, h.fd & !TLS_FD);
+            // A server's port is its own, a client's the one it called.
+            let port =
+                process::socket_ports(h.tgid, h.fd & !TLS_FD).map(|(local, remote)| match role {
+                    Role::Server => local,
+                    Role::Client => remote,
+                });
             if !self.selected(h.tgid, "", port) {
                 self.give_up(key);
                 return;
@@ -616,6 +661,13 @@ impl Tracker {
         }
         let key = self.resolve(raw);
         self.aliases.remove(&raw);
+        if h.len == CLOSE_SOCKET && h.kind == KIND_CLOSE {
+            // The socket itself closed: every descriptor of it is over.
+            self.aliases.retain(|_, canonical| *canonical != key);
+            if let Some(tracked) = self.conns.get_mut(&key) {
+                tracked.fds = 1;
+            }
+        }
         if let Some(tracked) = self.conns.get_mut(&key)
             && tracked.fds > 1
         {
@@ -729,14 +781,14 @@ impl Tracker {
     }
 }
 
-/// The side of a connection first seen in the middle: from the kernel's role, else (the
+/// The side of a connection first seen in the middle: from the kernel's role, else (a
+/// connection established before Periscope started, seen on socket tracepoints, or the
 /// plaintext of a TLS connection whose fd was not seen) from what the bytes are. `None` when
 /// they do not say.
 fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
     match h.role & ROLE_MASK {
         ROLE_CLIENT => return Some(Role::Client),
         ROLE_SERVER => return Some(Role::Server),
-        _ if h.role & ROLE_TLS == 0 => return Some(Role::Server),
         _ => {}
     }
     let response = parse::looks_like_response(captured);
@@ -751,6 +803,16 @@ fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
 /// A TLS record header: handshake (22) or application data (23), version 3.x.
 fn is_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [22 | 23, 3, 0..=4, ..])
+}
+
+/// The address of a peer, as text.
+fn ip_of(addr: &ConnectAddr) -> String {
+    if addr.family == 2 {
+        let b = addr.addr;
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+    } else {
+        Ipv6Addr::from(addr.addr).to_string()
+    }
 }
 
 fn comm_of(data: &[u8]) -> String {

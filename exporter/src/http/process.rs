@@ -136,12 +136,18 @@ pub fn select<'a>(
     selectors.iter().find(|s| info.matches(s, port)).map(Some)
 }
 
-/// The local port of listening socket `fd` of process `pid`, from /proc (the socket's inode in
-/// /proc/PID/fd, looked up in /proc/PID/net/tcp and tcp6).
+/// The local port of listening socket `fd` of process `pid` (see [`socket_ports`]).
 pub fn listening_port(pid: u32, fd: u32) -> Option<u16> {
+    socket_ports(pid, fd).map(|(local, _)| local)
+}
+
+/// The local and remote ports of TCP socket `fd` of process `pid`, from /proc (the socket's
+/// inode in /proc/PID/fd, looked up in /proc/PID/net/tcp and tcp6).
+pub fn socket_ports(pid: u32, fd: u32) -> Option<(u16, u16)> {
     let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let link = link.to_string_lossy();
     let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
     ["tcp", "tcp6"].iter().find_map(|table| {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
         text.lines().skip(1).find_map(|line| {
@@ -149,8 +155,7 @@ pub fn listening_port(pid: u32, fd: u32) -> Option<u16> {
             if cols.get(9) != Some(&inode) {
                 return None;
             }
-            let port = cols.get(1)?.rsplit(':').next()?;
-            u16::from_str_radix(port, 16).ok()
+            Some((port(cols.get(1)?)?, port(cols.get(2)?)?))
         })
     })
 }

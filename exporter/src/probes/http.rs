@@ -16,16 +16,26 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
-    start_raw_or_tracepoints, tracepoint_plan,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
+    attach_tracepoints, choose_mechanism, raw_or_tracepoint_plan, start_family_with,
+    tracepoint_plan,
 };
 use crate::{
-    config::HttpConfig,
+    config::{HttpConfig, MechanismChoice},
     http::{HttpState, Tracker},
     tracefs::Tracefs,
 };
 
 const FAMILY: &str = "http";
+
+/// `(program, raw tracepoint)` on socket tracepoints: every send and receive on a socket (after
+/// it, in its task), every TCP state change (sides, closes), process exits.
+const SOCKET_PROGRAMS: &[(&str, &str)] = &[
+    ("http_sock_send", "sock_send_length"),
+    ("http_sock_recv", "sock_recv_length"),
+    ("http_sock_state", "inet_sock_set_state"),
+    ("http_process_exit_raw", "sched_process_exit"),
+];
 
 /// `(program, raw tracepoint)`: one program on every syscall entry (write stamps, `close`),
 /// one on every exit (the rest), reading arguments from the saved registers.
@@ -110,6 +120,47 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
     if !config.enabled {
         return Plan::disabled(settings);
     }
+    let all = [
+        Mechanism::SocketTracepoint,
+        Mechanism::RawTracepoint,
+        Mechanism::Tracepoint,
+    ];
+    let settings = match choose_mechanism(FAMILY, &all, config.mechanism, kernel) {
+        Ok(Mechanism::SocketTracepoint) => match socket_offsets(kernel) {
+            Ok(globals) => {
+                let mut settings = settings;
+                settings.globals.extend(globals);
+                return Plan {
+                    settings,
+                    enabled: true,
+                    mechanism: Ok(Mechanism::SocketTracepoint),
+                };
+            }
+            Err(why) if config.mechanism == MechanismChoice::Auto => {
+                tracing::info!(probe = FAMILY, reason = %why, "socket tracepoints unusable; using syscall tracepoints");
+                settings
+            }
+            Err(why) => {
+                return Plan {
+                    settings,
+                    enabled: true,
+                    mechanism: Err(ProbeError::Mechanism(format!(
+                        "{FAMILY}: mechanism socket_tracepoint is configured but {why}"
+                    ))),
+                };
+            }
+        },
+        Err(why) if config.mechanism == MechanismChoice::SocketTracepoint => {
+            return Plan {
+                settings,
+                enabled: true,
+                mechanism: Err(ProbeError::Mechanism(why)),
+            };
+        }
+        // The syscall mechanisms: chosen, forced, or the best left when socket tracepoints are
+        // not allowed here (`periscope check` says why).
+        _ => settings,
+    };
     raw_or_tracepoint_plan(
         FAMILY,
         config.mechanism,
@@ -177,6 +228,27 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
         ("HTTP_REGS_NR", btf.offset("pt_regs", "orig_ax")?),
     ];
     globals.extend(fields.iter().map(|(name, offset)| (*name, offset - base)));
+    Ok(globals)
+}
+
+/// What the socket-tracepoint programs read: the saved registers (as the raw syscall programs)
+/// and, in `struct sock`, the port pair, family, peer addresses and protocol.
+fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
+    let mut globals = raw_tracepoint_offsets(kernel)?;
+    let btf = kernel.btf()?;
+    globals.extend([
+        (
+            "HTTP_SK_PORTPAIR",
+            btf.offset("sock_common", "skc_portpair")?,
+        ),
+        ("HTTP_SK_FAMILY", btf.offset("sock_common", "skc_family")?),
+        ("HTTP_SK_DADDR", btf.offset("sock_common", "skc_daddr")?),
+        (
+            "HTTP_SK_V6_DADDR",
+            btf.offset("sock_common", "skc_v6_daddr")?,
+        ),
+        ("HTTP_SK_PROTOCOL", btf.offset("sock", "sk_protocol")?),
+    ]);
     Ok(globals)
 }
 
@@ -248,7 +320,19 @@ pub struct Http {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
-    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        let programs = match mechanism {
+            Mechanism::SocketTracepoint => SOCKET_PROGRAMS,
+            Mechanism::RawTracepoint => RAW_PROGRAMS,
+            _ => {
+                attach_tracepoints(ebpf, PROGRAMS)?;
+                return Ok(PROGRAMS.iter().map(|p| p.0).collect());
+            }
+        };
+        attach_raw_tracepoints(ebpf, programs)?;
+        Ok(programs.iter().map(|p| p.0).collect())
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
         fill_syscall_table(ebpf)?;
         let events = ebpf
             .take_map("HTTP_EVENTS")

@@ -37,6 +37,9 @@ pub enum Mechanism {
     Fentry,
     Kprobe,
     BtfTracepoint,
+    /// Raw tracepoints on the socket layer (`sock_send_length`/`sock_recv_length`, Linux 6.3+):
+    /// the HTTP family's way to see sends and receives without a program on every syscall.
+    SocketTracepoint,
     RawTracepoint,
     Tracepoint,
     /// User-space probes (the `uprobe` family's only mechanism; not a kernel-path choice).
@@ -45,10 +48,11 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Best first.
-    pub const PREFERENCE: [Mechanism; 5] = [
+    pub const PREFERENCE: [Mechanism; 6] = [
         Self::Fentry,
         Self::Kprobe,
         Self::BtfTracepoint,
+        Self::SocketTracepoint,
         Self::RawTracepoint,
         Self::Tracepoint,
     ];
@@ -58,6 +62,7 @@ impl Mechanism {
             Self::Fentry => "fentry",
             Self::Kprobe => "kprobe",
             Self::BtfTracepoint => "btf_tracepoint",
+            Self::SocketTracepoint => "socket_tracepoint",
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoint => "tracepoint",
             Self::Uprobe => "uprobe",
@@ -70,6 +75,7 @@ impl Mechanism {
             MechanismChoice::Fentry => Some(Self::Fentry),
             MechanismChoice::Kprobe => Some(Self::Kprobe),
             MechanismChoice::BtfTracepoint => Some(Self::BtfTracepoint),
+            MechanismChoice::SocketTracepoint => Some(Self::SocketTracepoint),
             MechanismChoice::RawTracepoint => Some(Self::RawTracepoint),
             MechanismChoice::Tracepoint => Some(Self::Tracepoint),
         }
@@ -109,6 +115,24 @@ impl KernelSupport {
             Ok(false) => Err("raw tracepoint programs do not load on this kernel".into()),
             Err(e) => Err(format!("raw tracepoint probe failed: {e}")),
         };
+        let socket = raw.clone().and_then(|()| {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let release = release.trim();
+            if release_at_least(release, (6, 3)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "kernel {release} has no socket tracepoints (sock_send_length, Linux 6.3+)"
+                ))
+            }
+        });
+        let socket = socket.and_then(|()| {
+            if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+                Ok(())
+            } else {
+                Err("no kernel BTF (bpf_get_current_task_btf needs it)".into())
+            }
+        });
         let tracepoint = match tracefs {
             Some(_) => Ok(()),
             None => Err("tracefs is not mounted".into()),
@@ -127,6 +151,7 @@ impl KernelSupport {
                 (Mechanism::Fentry, tracing.clone()),
                 (Mechanism::Kprobe, kprobe),
                 (Mechanism::BtfTracepoint, tracing),
+                (Mechanism::SocketTracepoint, socket),
                 (Mechanism::RawTracepoint, raw),
                 (Mechanism::Tracepoint, tracepoint),
                 (Mechanism::Uprobe, uprobe),
