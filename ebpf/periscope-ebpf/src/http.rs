@@ -176,10 +176,9 @@ fn watched_io(
     let fd = args[0] as u32;
     // SAFETY: the value is copied out at once.
     let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied()?;
-    // Inside an OpenSSL call this is its connection's fd (before user space has even seen that
-    // the connection is TLS).
-    note_tls_fd(tid, fd);
     if role & ROLE_TLS != 0 {
+        // Inside an OpenSSL call this is its connection's fd.
+        note_tls_fd(tid, fd);
         if kind == KIND_READ {
             let _ = HTTP_TLS_LAST_READ.insert(tid, fd, BPF_ANY as u64);
         }
@@ -282,8 +281,14 @@ fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u6
     // A TLS handshake record (22, version 3.x): from now on this connection's bytes are
     // encrypted; stop capturing them (the OpenSSL probes send the plaintext). Flagged here, on
     // this very connection, rather than by user space later, when the fd may name another.
-    if captured >= 2 && event.data[0] == 22 && event.data[1] == 3 {
+    let tls = captured >= 2 && matches!(event.data[0], 22 | 23) && event.data[1] == 3;
+    if tls && event.data[0] == 22 {
         role |= ROLE_TLS;
+    }
+    if tls {
+        // Inside an OpenSSL call this is its connection's fd, before user space has even seen
+        // that the connection is TLS. Only TLS bytes need the lookup: plaintext skips it.
+        note_tls_fd(tid, pending.fd);
     }
     // The socket a runtime feeding OpenSSL from memory is about to decrypt (see HTTP_TLS_LAST_READ).
     if pending.kind == KIND_READ && captured > 0 && matches!(event.data[0], 22 | 23) {
