@@ -1,7 +1,7 @@
-//! HTTP capture: what the syscall programs send to user space through the ring buffer.
+//! HTTP capture: what the kernel programs send to user space through the ring buffer.
 //!
 //! The kernel side does not parse HTTP. It tracks which (process, fd) pairs are TCP connections
-//! (from `accept`/`connect`), and for reads and writes on them sends one event per syscall: the
+//! (from the sockets they do I/O on, or from `accept`/`connect`), and for reads and writes on them sends one event per syscall: the
 //! timestamps, the byte count, and at most [`CAPTURE`] leading bytes (enough for a request or
 //! status line and the headers that matter), plus the last [`TAIL`] bytes so a chunked body's
 //! terminator is seen without copying the body. User space parses and matches.

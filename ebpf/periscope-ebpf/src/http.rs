@@ -1,23 +1,30 @@
-//! HTTP capture from syscall tracepoints: any language, no code change, no kprobes needed.
+//! HTTP capture from tracepoints: any language, no code change, no kprobes needed.
 //!
-//! `accept`/`accept4` and `connect` mark (process, fd) pairs as TCP connections in an LRU map;
-//! reads and writes on those pairs (`read`, `recvfrom`, `readv`, `recvmsg`, `write`, `sendto`,
-//! `writev`, `sendmsg`, `sendfile`) are seen at their exit (a write's entry time is kept too: it
-//! starts a client's request and ends a server's response), and the exit sends one
-//! ring-buffer record with the leading bytes (at most `CAPTURE`, copied into a per-CPU scratch
-//! buffer) and the last `TAIL` bytes. `close` forgets the pair; a process exit is reported so
-//! user space drops what that process had in flight. Parsing and matching happen in user space.
+//! Reads and writes on TCP connections (`read`, `recvfrom`, `readv`, `recvmsg`, `write`,
+//! `sendto`, `writev`, `sendmsg`, `sendfile`) each send one ring-buffer record with the leading
+//! bytes (at most `CAPTURE`, copied into a per-CPU scratch buffer) and the last `TAIL` bytes;
+//! connections are announced, duplicated and ended by bare records, and a process exit is
+//! reported so user space drops what that process had in flight. Parsing and matching happen
+//! in user space.
 //!
-//! Two ways to see those syscalls, chosen by user space at run time:
-//! - raw tracepoints (`raw_syscalls:sys_enter`/`sys_exit`, x86_64): two programs for all of
-//!   them, dispatching on a syscall-number -> op table user space fills. They read the
-//!   arguments from `struct pt_regs` at offsets BTF gives, so entry keeps no per-syscall map
-//!   entry: only a write's entry time is stamped, in an array slot per thread (a read's record
-//!   carries its exit time: only when a read returned matters). Compat (32-bit) syscalls,
-//!   whose numbers differ, are recognised by their code segment and ignored.
-//! - per-syscall tracepoints (`syscalls:sys_enter_*`/`sys_exit_*`), the fallback: they share
-//!   one record layout (`struct syscall_trace_enter`/`_exit`) whose argument and return-value
-//!   offsets user space reads from the format files.
+//! Three ways to see them, chosen by user space at run time (best first):
+//! - socket tracepoints (`sock_send_length`/`sock_recv_length`, Linux 6.3+, x86_64): programs
+//!   run only on socket sends and receives, after them, and read the syscall's fd and buffer
+//!   from the task's saved registers. (process, fd) pairs are bound to sockets as they do I/O;
+//!   `inet_sock_set_state` tells each connection's side and its end. See "Socket tracepoints".
+//! - raw syscall tracepoints (`raw_syscalls:sys_enter`/`sys_exit`, x86_64): two programs for
+//!   all syscalls, dispatching on a syscall-number -> op table user space fills. `accept`/
+//!   `accept4` and `connect` mark (process, fd) pairs as connections in an LRU map, `dup*` and
+//!   `fcntl` follow copies, `close` forgets them. Arguments are read from `struct pt_regs` at
+//!   offsets BTF gives, so entry keeps no per-syscall map entry: only a write's entry time is
+//!   stamped, in an array slot per thread (it starts a client's request and ends a server's
+//!   response; a read's record carries its exit time: only when a read returned matters).
+//!   Compat (32-bit) syscalls, whose numbers differ, are recognised by their code segment and
+//!   ignored.
+//! - per-syscall tracepoints (`syscalls:sys_enter_*`/`sys_exit_*`), the last fallback, as the
+//!   raw ones but with an entry and exit program per syscall; they share one record layout
+//!   (`struct syscall_trace_enter`/`_exit`) whose argument and return-value offsets user space
+//!   reads from the format files.
 
 use aya_ebpf::{
     EbpfContext,

@@ -838,3 +838,132 @@ fn normalize_method(method: &str) -> &'static str {
         .find(|known| *known == method)
         .unwrap_or("_OTHER")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The records the socket-tracepoint programs send, in the order they send them, through
+    //! the tracker (no kernel: the e2e tests drive the real programs).
+    use super::*;
+    use periscope_common::http::{CLOSE_SOCKET, KIND_OPEN, ROLE_CLIENT};
+
+    fn tracker() -> Tracker {
+        let config = HttpConfig::default();
+        let state = Arc::new(Mutex::new(HttpState::new(config.max_series)));
+        Tracker::new(config, state, None).expect("tracker")
+    }
+
+    /// A record of this process (so /proc has it) on `fd`.
+    fn record(kind: u8, role: u8, fd: u32, len: u64, data: &[u8]) -> Vec<u8> {
+        let header = HttpEventHeader {
+            start_ns: 1_000,
+            end_ns: 2_000,
+            len,
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            fd,
+            kind,
+            role,
+            captured: data.len() as u16,
+            ..Default::default()
+        };
+        // SAFETY: HttpEventHeader is plain integers.
+        let bytes: [u8; HEADER_SIZE] = unsafe { std::mem::transmute(header) };
+        [&bytes[..], data].concat()
+    }
+
+    fn open(role: u8, fd: u32) -> Vec<u8> {
+        let open = SockOpen {
+            peer: ConnectAddr {
+                family: 2,
+                port: 8080,
+                addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ..Default::default()
+            },
+            local_port: 40000,
+            ..Default::default()
+        };
+        // SAFETY: SockOpen is plain integers.
+        let bytes: [u8; std::mem::size_of::<SockOpen>()] = unsafe { std::mem::transmute(open) };
+        record(KIND_OPEN, role, fd, 0, &[&bytes[..], b"server\0"].concat())
+    }
+
+    fn io(kind: u8, fd: u32, bytes: &[u8]) -> Vec<u8> {
+        record(kind, 0, fd, bytes.len() as u64, bytes)
+    }
+
+    const REQUEST: &[u8] = b"GET /items HTTP/1.1\r\nHost: a\r\n\r\n";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    fn role(tracker: &Tracker, fd: u32) -> Option<Role> {
+        let key = tracker.resolve((std::process::id(), fd));
+        tracker.conns.get(&key).map(|c| c.conn.role())
+    }
+
+    #[test]
+    fn a_second_descriptor_of_a_socket_is_one_connection_until_the_socket_closes() {
+        let mut t = tracker();
+        t.handle(&open(ROLE_SERVER, 5));
+        t.handle(&io(KIND_READ, 5, REQUEST));
+        // Rust's try_clone: the response goes out through another descriptor of the socket.
+        t.handle(&record(KIND_DUP, ROLE_SERVER, 6, 5, &[]));
+        t.handle(&io(KIND_WRITE, 6, RESPONSE));
+        assert_eq!(t.stats.exchanges, 1);
+        assert_eq!(t.stats.unmatched_responses, 0);
+        // The socket closes: both descriptors are over, whatever number the close names.
+        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, CLOSE_SOCKET, &[]));
+        assert!(t.conns.is_empty(), "{:?}", t.conns.keys());
+        assert!(t.aliases.is_empty(), "{:?}", t.aliases);
+        // fd 6 now names a client connection of its own, not an alias of the old one.
+        t.handle(&open(ROLE_CLIENT, 6));
+        t.handle(&io(KIND_WRITE, 6, REQUEST));
+        t.handle(&io(KIND_READ, 6, RESPONSE));
+        assert_eq!(role(&t, 6), Some(Role::Client));
+        assert_eq!(t.stats.exchanges, 2);
+        assert_eq!(t.conns[&(std::process::id(), 6)].port, Some(8080));
+    }
+
+    #[test]
+    fn a_connection_without_a_known_side_takes_it_from_its_first_bytes() {
+        let mut t = tracker();
+        // Established before Periscope started: no side in the announcement.
+        t.handle(&open(0, 7));
+        assert_eq!(role(&t, 7), None);
+        t.handle(&io(KIND_WRITE, 7, REQUEST));
+        assert_eq!(role(&t, 7), Some(Role::Client), "a request written");
+        t.handle(&io(KIND_READ, 7, RESPONSE));
+        assert_eq!(t.stats.exchanges, 1);
+        t.handle(&open(0, 8));
+        t.handle(&io(KIND_READ, 8, REQUEST));
+        assert_eq!(role(&t, 8), Some(Role::Server), "a request read");
+        // Bytes that say nothing: not followed.
+        t.handle(&open(0, 9));
+        t.handle(&io(KIND_READ, 9, b"\x00\x01binary"));
+        assert_eq!(role(&t, 9), None);
+        assert_eq!(t.forget, vec![conn_key(std::process::id(), 9)]);
+    }
+
+    #[test]
+    fn a_response_delimited_by_close_ends_when_the_socket_closes() {
+        let mut t = tracker();
+        t.handle(&open(ROLE_SERVER, 5));
+        t.handle(&io(KIND_READ, 5, b"GET / HTTP/1.0\r\n\r\n"));
+        t.handle(&io(KIND_WRITE, 5, b"HTTP/1.0 200 OK\r\n\r\nbody"));
+        assert_eq!(t.stats.exchanges, 0, "the body may go on");
+        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, CLOSE_SOCKET, &[]));
+        assert_eq!(t.stats.exchanges, 1);
+    }
+
+    #[test]
+    fn a_new_socket_on_a_descriptor_replaces_the_old_connection() {
+        let mut t = tracker();
+        t.handle(&open(ROLE_SERVER, 5));
+        t.handle(&io(KIND_READ, 5, REQUEST));
+        // The kernel ends the old socket's connection before announcing the new one.
+        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, 0, &[]));
+        assert_eq!(t.stats.dropped.get("connection_closed"), Some(&1));
+        t.handle(&open(ROLE_SERVER, 5));
+        t.handle(&io(KIND_READ, 5, REQUEST));
+        t.handle(&io(KIND_WRITE, 5, RESPONSE));
+        assert_eq!(t.stats.exchanges, 1);
+    }
+}

@@ -1,5 +1,5 @@
-//! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http.rs`. Attaches the syscall
-//! tracepoint programs, and runs the loop that drains the ring buffer into the
+//! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http.rs`. Attaches the socket
+//! tracepoint programs (else the raw or per-syscall tracepoint ones), and runs the loop that drains the ring buffer into the
 //! [`Tracker`](crate::http::Tracker).
 
 use std::{
