@@ -184,7 +184,7 @@ fn tracepoint_mechanism_keeps_reads_blocked_across_sweeps() {
     check(&daemon, server.port, &sent, true);
 }
 
-/// The default on Linux 6.3+: socket tracepoints. The Rust server reads through a `try_clone`
+/// The default on Linux 6.5+: socket tracepoints. The Rust server reads through a `try_clone`
 /// of each connection's descriptor and writes through the original: two descriptors, one
 /// socket, one connection.
 #[test]
@@ -198,7 +198,7 @@ fn rust_server_with_python_and_node_clients() {
     check(&daemon, server.port, &sent, true);
 }
 
-/// The fallback where socket tracepoints are missing (before Linux 6.3), on x86_64: two raw
+/// The fallback where socket tracepoints are missing (before Linux 6.5), on x86_64: two raw
 /// syscall tracepoints for every syscall, connections learned from accept/connect/dup/close.
 /// Same servers, same exact counts.
 #[test]

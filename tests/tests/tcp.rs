@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use periscope_e2e::{
@@ -271,8 +271,27 @@ impl Bpftrace {
         Self(child)
     }
 
+    /// SIGINT until it exits (once, in a local run of `.ci/run`, bpftrace stayed in its event
+    /// loop after one SIGINT and the test hung), then its output.
     fn stop(mut self) -> String {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(2) {
+                if self.0.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if self.0.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                panic!("bpftrace did not exit within 30 s of SIGINT");
+            }
+        }
         let mut out = String::new();
         if let Some(mut s) = self.0.stdout.take() {
             let _ = s.read_to_string(&mut out);

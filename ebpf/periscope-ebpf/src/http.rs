@@ -8,7 +8,7 @@
 //! in user space.
 //!
 //! Three ways to see them, chosen by user space at run time (best first):
-//! - socket tracepoints (`sock_send_length`/`sock_recv_length`, Linux 6.3+, x86_64): programs
+//! - socket tracepoints (`sock_send_length`/`sock_recv_length`, Linux 6.5+, x86_64): programs
 //!   run only on socket sends and receives, after them, and read the syscall's fd and buffer
 //!   from the task's saved registers. (process, fd) pairs are bound to sockets as they do I/O;
 //!   `inet_sock_set_state` tells each connection's side and its end. See "Socket tracepoints".
@@ -244,12 +244,14 @@ fn take_pending(tid: u32) -> Option<HttpPending> {
     Some(pending)
 }
 
-/// This CPU's scratch record.
+/// This CPU's scratch record. Only programs of a process's own context use it (syscalls,
+/// socket sends and receives, uprobes), and these do not interrupt one another on a CPU; the
+/// socket-state program, which also runs in softirqs, builds its records on the stack.
 #[inline(always)]
 fn scratch() -> Option<&'static mut HttpEvent> {
     let event = HTTP_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU value; programs do not migrate while running, and one program uses it
-    // at a time on a CPU (the kernel skips nested tracepoint programs).
+    // at a time on a CPU (see above).
     Some(unsafe { &mut *event })
 }
 
@@ -918,7 +920,7 @@ fn io_shape(op: u8) -> Option<(u8, Buffer)> {
     })
 }
 
-// Socket tracepoints (Linux 6.3+): `sock_send_length`/`sock_recv_length` fire once per send or
+// Socket tracepoints (Linux 6.5+): `sock_send_length`/`sock_recv_length` fire once per send or
 // receive on a socket, after it, in the task that made it. Nothing runs on any other syscall,
 // and no syscall of any process takes the traced slow path. The syscall's arguments (fd,
 // buffer) are read from the task's saved registers. A (process, fd) pair is bound to the socket
@@ -938,6 +940,12 @@ static HTTP_SK_DADDR: u32 = 0;
 static HTTP_SK_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]
 static HTTP_SK_PROTOCOL: u32 = 0;
+/// Offsets of `sock.sk_socket` and `socket.file`: a kernel socket (NFS, CIFS, iSCSI, sending
+/// inside a process's write to a file) has no file.
+#[unsafe(no_mangle)]
+static HTTP_SK_SOCKET: u32 = 0;
+#[unsafe(no_mangle)]
+static HTTP_SOCKET_FILE: u32 = 0;
 
 /// The socket each (process, fd) pair that did socket I/O names. A pair whose socket is known
 /// but has no entry in HTTP_CONNS is not watched (not TCP, or given up on by user space).
@@ -960,6 +968,8 @@ const TCP_SYN_RECV: u64 = 3;
 const TCP_FIN_WAIT1: u64 = 4;
 const TCP_CLOSE: u64 = 7;
 const TCP_LAST_ACK: u64 = 9;
+/// The peer-port half of `skc_portpair` (its first two bytes, on little-endian x86_64).
+const PEER_PORT: u32 = 0xffff;
 
 /// `raw_tp/sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
@@ -1079,10 +1089,20 @@ fn new_socket(tgid: u32, tid: u32, fd: u32, sock: &SockId) -> bool {
     true
 }
 
-/// The peer and local port of a TCP socket over IPv4 or IPv6; `None` for any other socket.
+/// The peer and local port of a process's TCP socket over IPv4 or IPv6; `None` for any other
+/// socket.
 #[inline(always)]
 fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
     let sk = sock.sk;
+    let socket =
+        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_SOCKET) as u64) as *const u64) }
+            .ok()?;
+    let file =
+        unsafe { bpf_probe_read_kernel((socket + global(&HTTP_SOCKET_FILE) as u64) as *const u64) }
+            .ok()?;
+    if file == 0 {
+        return None;
+    }
     let protocol =
         unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PROTOCOL) as u64) as *const u16) }
             .ok()?;
@@ -1181,16 +1201,23 @@ pub fn http_sock_state(ctx: RawTracePointContext) -> i32 {
 /// is over, with every other descriptor of the socket.
 #[inline(always)]
 fn sock_closed(sk: u64, gone: bool) {
-    if gone {
-        let _ = HTTP_SOCK_ROLES.remove(sk);
-    }
     let Some(key) = unsafe { HTTP_SOCK_FDS.get(sk) }.copied() else {
         return;
     };
     let Some(sock) = sock_id(sk) else {
         return;
     };
-    if !unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock)) {
+    let names_it = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| {
+        // On CLOSE an ephemeral local port is already released (zero): the peer port and the
+        // address still tell the socket.
+        let mask = if gone { PEER_PORT } else { u32::MAX };
+        s.sk == sock.sk && s.ports & mask == sock.ports & mask
+    });
+    if gone {
+        let _ = HTTP_SOCK_ROLES.remove(sk);
+        let _ = HTTP_SOCK_FDS.remove(sk);
+    }
+    if !names_it {
         return;
     }
     let _ = HTTP_SOCK_FDS.remove(sk);

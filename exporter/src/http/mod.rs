@@ -171,6 +171,10 @@ pub struct Tracker {
     evicted: HashMap<(u32, u32), u64>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
+    /// Connections announced by the socket tracepoints without a side (established before
+    /// Periscope started, or their side evicted from its kernel map): their ports, until their
+    /// first bytes tell the side.
+    unsided: HashMap<(u32, u32), SockOpen>,
     /// Server span each thread is serving (parent of its client calls).
     active: HashMap<u32, TraceRef>,
     routes: Routes,
@@ -209,6 +213,7 @@ impl Tracker {
             evicted: HashMap::new(),
             processes: HashMap::new(),
             listen_ports: HashMap::new(),
+            unsided: HashMap::new(),
             active: HashMap::new(),
             spans,
             state,
@@ -335,10 +340,11 @@ impl Tracker {
                 self.open_connection(h, Role::Client, Some(open.peer.port), peer, &comm);
             }
             _ => {
-                let key = (h.tgid, h.fd);
-                self.ignored.remove(&key);
-                self.aliases.remove(&key);
-                self.conns.remove(&key);
+                self.replace(h);
+                if self.unsided.len() >= MAX_CONNECTIONS {
+                    self.unsided.clear();
+                }
+                self.unsided.insert((h.tgid, h.fd), open);
             }
         }
     }
@@ -354,9 +360,7 @@ impl Tracker {
         comm: &str,
     ) {
         let key = (h.tgid, h.fd);
-        self.ignored.remove(&key);
-        // The number may have named a duplicate of another connection's descriptor.
-        self.aliases.remove(&key);
+        self.replace(h);
         if !self.selected(h.tgid, comm, port) {
             self.stats.not_selected += 1;
             self.give_up(key);
@@ -435,12 +439,16 @@ impl Tracker {
                 self.give_up(key);
                 return;
             };
-            // A server's port is its own, a client's the one it called.
-            let port =
-                process::socket_ports(h.tgid, h.fd & !TLS_FD).map(|(local, remote)| match role {
-                    Role::Server => local,
-                    Role::Client => remote,
-                });
+            // A server's port is its own, a client's the one it called: announced by the socket
+            // tracepoints, else read from /proc (which lists every socket of the namespace).
+            let ports = match self.unsided.remove(&key) {
+                Some(open) => Some((open.local_port, open.peer.port)),
+                None => process::socket_ports(h.tgid, h.fd & !TLS_FD),
+            };
+            let port = ports.map(|(local, remote)| match role {
+                Role::Server => local,
+                Role::Client => remote,
+            });
             if !self.selected(h.tgid, "", port) {
                 self.give_up(key);
                 return;
@@ -647,11 +655,14 @@ impl Tracker {
 
     fn on_close(&mut self, h: &HttpEventHeader) {
         let raw = (h.tgid, h.fd);
+        // Socket tracepoints: the socket itself closed, so every descriptor of it is over.
+        let socket_closed = h.len == CLOSE_SOCKET;
         self.ignored.remove(&raw);
+        self.unsided.remove(&raw);
         // The plaintext side of a TLS connection ends with it.
         if h.fd & TLS_FD == 0
             && let Some(tls) = self.conns.get(&(h.tgid, h.fd | TLS_FD))
-            && tls.fds <= 1
+            && (tls.fds <= 1 || socket_closed)
         {
             let closed = HttpEventHeader {
                 fd: h.fd | TLS_FD,
@@ -661,8 +672,7 @@ impl Tracker {
         }
         let key = self.resolve(raw);
         self.aliases.remove(&raw);
-        if h.len == CLOSE_SOCKET && h.kind == KIND_CLOSE {
-            // The socket itself closed: every descriptor of it is over.
+        if socket_closed {
             self.aliases.retain(|_, canonical| *canonical != key);
             if let Some(tracked) = self.conns.get_mut(&key) {
                 tracked.fds = 1;
@@ -673,6 +683,9 @@ impl Tracker {
         {
             // Another descriptor still refers to the connection.
             tracked.fds -= 1;
+            if raw == key {
+                self.rekey(key);
+            }
             return;
         }
         let Some(mut tracked) = self.conns.remove(&key) else {
@@ -685,6 +698,46 @@ impl Tracker {
         self.finish(key, h.tgid, &mut outcomes);
         self.conns.remove(&key);
         self.outcomes = outcomes;
+    }
+
+    /// The descriptor a connection is tracked under closed while copies of it remain: the
+    /// connection moves to one of them, so that the closed number, once reused, names only
+    /// its new connection.
+    fn rekey(&mut self, key: (u32, u32)) {
+        let Some(survivor) = self
+            .aliases
+            .iter()
+            .find(|(_, canonical)| **canonical == key)
+            .map(|(alias, _)| *alias)
+        else {
+            return;
+        };
+        self.aliases.remove(&survivor);
+        for canonical in self.aliases.values_mut() {
+            if *canonical == key {
+                *canonical = survivor;
+            }
+        }
+        if let Some(tracked) = self.conns.remove(&key) {
+            self.conns.insert(survivor, tracked);
+        }
+    }
+
+    /// `h`'s (process, fd) pair names a new connection: whatever it named is over, as if closed
+    /// (the kernel says so first, unless that record or its map entry was lost), so that its
+    /// requests in flight are counted as dropped rather than forgotten.
+    fn replace(&mut self, h: &HttpEventHeader) {
+        let key = (h.tgid, h.fd);
+        self.unsided.remove(&key);
+        if self.conns.contains_key(&key) || self.aliases.contains_key(&key) {
+            let closed = HttpEventHeader {
+                kind: KIND_CLOSE,
+                len: 0,
+                ..*h
+            };
+            self.on_close(&closed);
+        }
+        self.ignored.remove(&key);
     }
 
     fn on_exit(&mut self, tgid: u32) {
@@ -951,6 +1004,45 @@ mod tests {
         assert_eq!(t.stats.exchanges, 0, "the body may go on");
         t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, CLOSE_SOCKET, &[]));
         assert_eq!(t.stats.exchanges, 1);
+    }
+
+    #[test]
+    fn closing_the_descriptor_a_connection_is_tracked_under_leaves_it_to_its_copy() {
+        let mut t = tracker();
+        let pid = std::process::id();
+        // Rust's try_clone: the clone (6) reads first, the original (5) writes.
+        t.handle(&open(ROLE_SERVER, 6));
+        t.handle(&io(KIND_READ, 6, REQUEST));
+        t.handle(&record(KIND_DUP, ROLE_SERVER, 5, 6, &[]));
+        t.handle(&io(KIND_WRITE, 5, RESPONSE));
+        // The clone is dropped and 6 is reused at once by another connection (the kernel ends
+        // what 6 named first); the old socket lives on through 5.
+        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 6, 0, &[]));
+        t.handle(&open(ROLE_SERVER, 6));
+        t.handle(&io(KIND_READ, 6, REQUEST));
+        assert_eq!(t.conns.len(), 2, "{:?}", t.conns.keys());
+        // 5 closes (its socket's close names 6, which now is another socket: the kernel says
+        // nothing), then 5 is reused: the kernel ends what 5 named.
+        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, 0, &[]));
+        assert!(
+            t.conns.contains_key(&(pid, 6)),
+            "the new connection on 6 lives"
+        );
+        assert!(!t.conns.contains_key(&(pid, 5)));
+        assert!(t.aliases.is_empty(), "{:?}", t.aliases);
+        t.handle(&io(KIND_WRITE, 6, RESPONSE));
+        assert_eq!(t.stats.exchanges, 2);
+        assert!(t.stats.dropped.is_empty(), "{:?}", t.stats.dropped);
+    }
+
+    #[test]
+    fn a_connection_replaced_without_a_close_counts_its_request_as_dropped() {
+        let mut t = tracker();
+        t.handle(&open(ROLE_SERVER, 5));
+        t.handle(&io(KIND_READ, 5, REQUEST));
+        // The close record was lost (ring buffer full) or its map entry evicted.
+        t.handle(&open(ROLE_SERVER, 5));
+        assert_eq!(t.stats.dropped.get("connection_closed"), Some(&1));
     }
 
     #[test]

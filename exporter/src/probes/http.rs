@@ -114,6 +114,9 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
         ],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),
+            ("HTTP_FD_SOCKS", config.max_connections),
+            ("HTTP_SOCK_FDS", config.max_connections),
+            ("HTTP_SOCK_ROLES", config.max_connections),
             ("HTTP_EVENTS", config.ring_buffer_size),
         ],
     };
@@ -232,7 +235,8 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
 }
 
 /// What the socket-tracepoint programs read: the saved registers (as the raw syscall programs)
-/// and, in `struct sock`, the port pair, family, peer addresses and protocol.
+/// and, in `struct sock`, the port pair, family, peer addresses, protocol and socket (whose
+/// file tells a process's socket from a kernel one).
 fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
     let mut globals = raw_tracepoint_offsets(kernel)?;
     let btf = kernel.btf()?;
@@ -248,6 +252,8 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
             btf.offset("sock_common", "skc_v6_daddr")?,
         ),
         ("HTTP_SK_PROTOCOL", btf.offset("sock", "sk_protocol")?),
+        ("HTTP_SK_SOCKET", btf.offset("sock", "sk_socket")?),
+        ("HTTP_SOCKET_FILE", btf.offset("socket", "file")?),
     ]);
     Ok(globals)
 }

@@ -37,7 +37,7 @@ pub enum Mechanism {
     Fentry,
     Kprobe,
     BtfTracepoint,
-    /// Raw tracepoints on the socket layer (`sock_send_length`/`sock_recv_length`, Linux 6.3+):
+    /// Raw tracepoints on the socket layer (`sock_send_length`/`sock_recv_length`, Linux 6.5+):
     /// the HTTP family's way to see sends and receives without a program on every syscall.
     SocketTracepoint,
     RawTracepoint,
@@ -118,11 +118,14 @@ impl KernelSupport {
         let socket = raw.clone().and_then(|()| {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             let release = release.trim();
-            if release_at_least(release, (6, 3)) {
+            // sock_send_length/sock_recv_length came in 6.3, but until 6.5 sendfile and splice
+            // reached sockets through ->sendpage, past them: response bodies would be unseen.
+            if release_at_least(release, (6, 5)) {
                 Ok(())
             } else {
                 Err(format!(
-                    "kernel {release} has no socket tracepoints (sock_send_length, Linux 6.3+)"
+                    "kernel {release}: socket tracepoints see every send from Linux 6.5 (sendfile \
+                     bypasses sock_send_length before)"
                 ))
             }
         });
