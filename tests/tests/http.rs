@@ -219,6 +219,50 @@ fn raw_tracepoint_mechanism_counts_the_same_requests_exactly() {
     }
 }
 
+/// Clients that half-close (`shutdown(SHUT_WR)` after the request, then read the response to
+/// its end, as HTTP/1.0 tools may): the half-close is not the end of the connection, nor is the
+/// server's FIN arriving before the client reads (its socket is closed in the kernel by then,
+/// its local port released). Both sides counted exactly, on the default mechanism.
+#[test]
+fn half_closing_clients_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    assert_mechanism(&daemon, "socket_tracepoint");
+    let server = Server::python(free_port(), false, None, "py-half");
+    let script = format!(
+        "import socket, time\n\
+         for i in range(4):\n\
+         \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+         \x20   s.sendall(f'GET /users/{{i}} HTTP/1.0\\r\\nHost: a\\r\\n\\r\\n'.encode())\n\
+         \x20   s.shutdown(socket.SHUT_WR)\n\
+         \x20   time.sleep(0.2)\n\
+         \x20   data = b''\n\
+         \x20   while chunk := s.recv(65536):\n\
+         \x20       data += chunk\n\
+         \x20   assert b' 200 ' in data.split(b'\\r\\n')[0], data\n\
+         \x20   s.close()\n",
+        port = server.port
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: Vec<Sent> = (0..4)
+        .map(|i| Sent {
+            method: "GET".into(),
+            path: format!("/users/{i}"),
+            status: 200,
+            seconds: f64::NAN,
+        })
+        .collect();
+    check(&daemon, server.port, &sent, true);
+}
+
 /// A keep-alive connection opened before Periscope started: no accept or establishment was
 /// seen, so its sides come from its first bytes (a request read is a server's, a request
 /// written a client's). Its requests from then on are counted exactly, both sides.

@@ -138,11 +138,21 @@ pub struct SockId {
     pub _pad: [u8; 3],
 }
 
+/// The peer-port and local-port halves of [`SockId::ports`] (little-endian: the peer port's two
+/// bytes come first in `skc_portpair`).
+pub const PEER_PORT: u32 = 0x0000_ffff;
+pub const LOCAL_PORT: u32 = 0xffff_0000;
+
 impl SockId {
-    /// The same socket (the side is not part of the identity).
+    /// Whether `now`, read from a socket now, is the socket remembered as `self` (the side is
+    /// not part of the identity). Once a socket is closed (a reset, the peer's FIN after a
+    /// half-close) its ephemeral local port is released and reads 0, while its process may
+    /// still read what arrived: the peer port then tells it.
     #[inline(always)]
-    pub const fn same(&self, other: &SockId) -> bool {
-        self.sk == other.sk && self.ports == other.ports
+    pub const fn same(&self, now: &SockId) -> bool {
+        self.sk == now.sk
+            && (self.ports == now.ports
+                || (now.ports & LOCAL_PORT == 0 && self.ports & PEER_PORT == now.ports & PEER_PORT))
     }
 }
 
@@ -317,6 +327,34 @@ mod tests {
             "just past a step: already woken"
         );
         assert!(!crosses_wakeup_step(10, record, 0), "no step: never");
+    }
+
+    #[test]
+    fn a_socket_is_itself_after_its_local_port_is_released() {
+        let remembered = SockId {
+            sk: 0xffff_8880_0000_1000,
+            ports: (40000u32 << 16) | u32::from(8080u16.to_be()),
+            ..Default::default()
+        };
+        let released = SockId {
+            ports: remembered.ports & PEER_PORT,
+            ..remembered
+        };
+        assert!(remembered.same(&remembered));
+        assert!(remembered.same(&released), "closed: local port reads 0");
+        let reused = SockId {
+            ports: (40001u32 << 16) | (remembered.ports & PEER_PORT),
+            ..remembered
+        };
+        assert!(
+            !remembered.same(&reused),
+            "the address reused by another socket"
+        );
+        let elsewhere = SockId {
+            sk: remembered.sk + 0x800,
+            ..remembered
+        };
+        assert!(!remembered.same(&elsewhere));
     }
 
     #[test]

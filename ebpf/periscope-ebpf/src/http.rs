@@ -944,6 +944,9 @@ static HTTP_SK_PROTOCOL: u32 = 0;
 /// inside a process's write to a file) has no file.
 #[unsafe(no_mangle)]
 static HTTP_SK_SOCKET: u32 = 0;
+/// Offset of `sock.sk_shutdown`.
+#[unsafe(no_mangle)]
+static HTTP_SK_SHUTDOWN: u32 = 0;
 #[unsafe(no_mangle)]
 static HTTP_SOCKET_FILE: u32 = 0;
 
@@ -967,9 +970,10 @@ const TCP_SYN_SENT: u64 = 2;
 const TCP_SYN_RECV: u64 = 3;
 const TCP_FIN_WAIT1: u64 = 4;
 const TCP_CLOSE: u64 = 7;
+const TCP_CLOSE_WAIT: u64 = 8;
+/// `sk_shutdown` when both directions are shut.
+const SHUTDOWN_MASK: u8 = 3;
 const TCP_LAST_ACK: u64 = 9;
-/// The peer-port half of `skc_portpair` (its first two bytes, on little-endian x86_64).
-const PEER_PORT: u32 = 0xffff;
 
 /// `raw_tp/sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
@@ -1171,8 +1175,8 @@ fn send_open(tgid: u32, tid: u32, fd: u32, role: u8, open: &SockOpen, now: u64) 
 }
 
 /// `raw_tp/inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: learns the
-/// side of each new connection, and ends a watched one when its process closes it (FIN_WAIT1,
-/// LAST_ACK) or it dies (CLOSE). Runs in softirqs too (a reset, the last ACK): nothing here
+/// side of each new connection, and ends a watched one when its process closes it (see
+/// [`closed_by_process`]). Runs in softirqs too (a reset, the last ACK): nothing here
 /// depends on the current task.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn http_sock_state(ctx: RawTracePointContext) -> i32 {
@@ -1191,10 +1195,36 @@ pub fn http_sock_state(ctx: RawTracePointContext) -> i32 {
                 let _ = HTTP_SOCK_ROLES.insert(sk, sock, BPF_ANY as u64);
             }
         }
-        TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE => sock_closed(sk, new == TCP_CLOSE),
-        _ => {}
+        _ => {
+            if new == TCP_CLOSE {
+                let _ = HTTP_SOCK_ROLES.remove(sk);
+            }
+            if closed_by_process(sk, old, new) {
+                sock_closed(sk, new == TCP_CLOSE);
+            }
+        }
     }
     0
+}
+
+/// Whether a state change is the socket's process closing it (`close`, `shutdown(SHUT_RDWR)`,
+/// its exit), so that the connection is over. Not a half-close (`shutdown(SHUT_WR)`: the
+/// response is still to be read), a reset or the peer's FIN (what arrived can still be read):
+/// those leave the connection to its process's later `close`, which `tcp_close_state` shows as
+/// a change to the same state, or to the next socket on its descriptor.
+#[inline(always)]
+fn closed_by_process(sk: u64, old: u64, new: u64) -> bool {
+    let closing = match new {
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => true,
+        // Closed with bytes unread: reset at once.
+        TCP_CLOSE if old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT => true,
+        _ => new == old,
+    };
+    // `close` and `shutdown(SHUT_RDWR)` shut both ways before the change; a half-close only
+    // the sending side (a reset sets both only after it).
+    closing
+        && unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_SHUTDOWN) as u64) as *const u8) }
+            .is_ok_and(|shutdown| shutdown == SHUTDOWN_MASK)
 }
 
 /// Socket `sk` is closing (`gone`: closed): the pair that first used it, if it still names it,
@@ -1207,14 +1237,8 @@ fn sock_closed(sk: u64, gone: bool) {
     let Some(sock) = sock_id(sk) else {
         return;
     };
-    let names_it = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| {
-        // On CLOSE an ephemeral local port is already released (zero): the peer port and the
-        // address still tell the socket.
-        let mask = if gone { PEER_PORT } else { u32::MAX };
-        s.sk == sock.sk && s.ports & mask == sock.ports & mask
-    });
+    let names_it = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock));
     if gone {
-        let _ = HTTP_SOCK_ROLES.remove(sk);
         let _ = HTTP_SOCK_FDS.remove(sk);
     }
     if !names_it {

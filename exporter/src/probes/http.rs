@@ -253,6 +253,7 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
         ),
         ("HTTP_SK_PROTOCOL", btf.offset("sock", "sk_protocol")?),
         ("HTTP_SK_SOCKET", btf.offset("sock", "sk_socket")?),
+        ("HTTP_SK_SHUTDOWN", btf.offset("sock", "sk_shutdown")?),
         ("HTTP_SOCKET_FILE", btf.offset("socket", "file")?),
     ]);
     Ok(globals)
