@@ -7,8 +7,8 @@ the raw bpf(2) and perf_event_open(2) calls, so nothing of Periscope's is involv
 - `tracepoint`: one program on the entry and one on the exit tracepoint of each syscall
   Periscope's tracepoint mechanism watches (the same list as `exporter/src/probes/http.rs`);
 - `sock`: one program on each of the raw tracepoints `sock_send_length` and `sock_recv_length`
-  (Linux 6.3+: the end of every socket send and receive, and nothing else). Periscope does not
-  use them yet; this floor says what a capture built on them could cost at the least.
+  (Linux 6.3+: the end of every socket send and receive, and nothing else), the hooks of
+  Periscope's default HTTP mechanism (`socket_tracepoint`).
 
 Measured beside Periscope in the same run, they say what part of Periscope's cost is the
 machine's price for seeing syscalls at all (the syscall slow path the tracepoints switch on,

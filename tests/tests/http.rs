@@ -55,6 +55,40 @@ fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
     }
 }
 
+/// `GET /users/{i}` for each `i`, answered 200 (what the scripted Python clients below send).
+fn user_gets(ids: impl IntoIterator<Item = usize>) -> Vec<Sent> {
+    ids.into_iter()
+        .map(|i| Sent {
+            method: "GET".into(),
+            path: format!("/users/{i}"),
+            status: 200,
+            seconds: f64::NAN,
+        })
+        .collect()
+}
+
+/// Runs a Python client script to its end; it asserts what it received itself.
+fn run_python(script: &str) {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Rust server (`try_clone`: it reads through one descriptor of each connection and writes
+/// through another) under Python keep-alive and Node clients, counted exactly.
+fn rust_server_counts_exactly(daemon: &Daemon) {
+    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    let mut sent = python_client(server.port, true, &plan(6));
+    sent.extend(node_client(server.port, false, &plan(4)));
+    check(daemon, server.port, &sent, true);
+}
+
 fn check(daemon: &Daemon, port: u16, sent: &[Sent], client_side: bool) {
     let expected = client_counts(sent);
     assert_eq!(sent.len(), expected.values().sum::<u64>() as usize);
@@ -163,25 +197,8 @@ fn tracepoint_mechanism_keeps_reads_blocked_across_sweeps() {
          \x20   time.sleep(pause)\n",
         port = server.port
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sent: Vec<Sent> = ["/users/1", "/users/2"]
-        .iter()
-        .map(|path| Sent {
-            method: "GET".into(),
-            path: (*path).into(),
-            status: 200,
-            seconds: f64::NAN,
-        })
-        .collect();
-    check(&daemon, server.port, &sent, true);
+    run_python(&script);
+    check(&daemon, server.port, &user_gets([1, 2]), true);
 }
 
 /// The default on Linux 6.5+: socket tracepoints. The Rust server reads through a `try_clone`
@@ -192,10 +209,7 @@ fn rust_server_with_python_and_node_clients() {
     let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     assert_mechanism(&daemon, "socket_tracepoint");
-    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
-    let mut sent = python_client(server.port, true, &plan(6));
-    sent.extend(node_client(server.port, false, &plan(4)));
-    check(&daemon, server.port, &sent, true);
+    rust_server_counts_exactly(&daemon);
 }
 
 /// The fallback where socket tracepoints are missing (before Linux 6.5), on x86_64: two raw
@@ -207,10 +221,7 @@ fn raw_tracepoint_mechanism_counts_the_same_requests_exactly() {
     let config = format!("{HTTP_ONLY}  http:\n    mechanism: raw_tracepoint\n");
     let daemon = Daemon::start(&config, &[]);
     assert_mechanism(&daemon, "raw_tracepoint");
-    let server = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
-    let mut sent = python_client(server.port, true, &plan(6));
-    sent.extend(node_client(server.port, false, &plan(4)));
-    check(&daemon, server.port, &sent, true);
+    rust_server_counts_exactly(&daemon);
     for keepalive in [true, false] {
         let server = Server::python(free_port(), keepalive, None, "py-raw");
         let mut sent = python_client(server.port, keepalive, &plan(5));
@@ -243,24 +254,8 @@ fn half_closing_clients_are_counted_on_both_sides() {
          \x20   s.close()\n",
         port = server.port
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sent: Vec<Sent> = (0..4)
-        .map(|i| Sent {
-            method: "GET".into(),
-            path: format!("/users/{i}"),
-            status: 200,
-            seconds: f64::NAN,
-        })
-        .collect();
-    check(&daemon, server.port, &sent, true);
+    run_python(&script);
+    check(&daemon, server.port, &user_gets(0..4), true);
 }
 
 /// A keep-alive connection opened before Periscope started: no accept or establishment was
@@ -299,15 +294,7 @@ fn a_connection_opened_before_periscope_started_is_counted_from_then_on() {
     std::io::Write::write_all(client.stdin.as_mut().expect("stdin"), b"go\n").expect("stdin");
     let status = client.wait().expect("client");
     assert!(status.success(), "client failed");
-    let sent: Vec<Sent> = (1..5)
-        .map(|i| Sent {
-            method: "GET".into(),
-            path: format!("/users/{i}"),
-            status: 200,
-            seconds: f64::NAN,
-        })
-        .collect();
-    check(&daemon, server.port, &sent, true);
+    check(&daemon, server.port, &user_gets(1..5), true);
 }
 
 /// Whether `counts` hold exactly `n` requests in total.

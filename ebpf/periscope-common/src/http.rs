@@ -1,7 +1,8 @@
 //! HTTP capture: what the kernel programs send to user space through the ring buffer.
 //!
 //! The kernel side does not parse HTTP. It tracks which (process, fd) pairs are TCP connections
-//! (from the sockets they do I/O on, or from `accept`/`connect`), and for reads and writes on them sends one event per syscall: the
+//! (from the sockets they do I/O on, or from `accept`/`connect`), and for reads and writes on
+//! them sends one event per syscall: the
 //! timestamps, the byte count, and at most [`CAPTURE`] leading bytes (enough for a request or
 //! status line and the headers that matter), plus the last [`TAIL`] bytes so a chunked body's
 //! terminator is seen without copying the body. User space parses and matches.
@@ -153,6 +154,18 @@ impl SockId {
         self.sk == now.sk
             && (self.ports == now.ports
                 || (now.ports & LOCAL_PORT == 0 && self.ports & PEER_PORT == now.ports & PEER_PORT))
+    }
+
+    /// The peer port, in host byte order.
+    #[inline(always)]
+    pub const fn peer_port(&self) -> u16 {
+        u16::from_be((self.ports & PEER_PORT) as u16)
+    }
+
+    /// The local port (the kernel keeps it in host byte order).
+    #[inline(always)]
+    pub const fn local_port(&self) -> u16 {
+        (self.ports >> 16) as u16
     }
 }
 
@@ -340,6 +353,8 @@ mod tests {
             ports: remembered.ports & PEER_PORT,
             ..remembered
         };
+        assert_eq!(remembered.peer_port(), 8080);
+        assert_eq!(remembered.local_port(), 40000);
         assert!(remembered.same(&remembered));
         assert!(remembered.same(&released), "closed: local port reads 0");
         let reused = SockId {

@@ -541,11 +541,29 @@ fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: u32, start_ns: u64, now: u6
         ..Default::default()
     };
     fill_header(event, &accepted, tgid, tid, listen_fd, now);
-    // The process name, for processes gone before user space reads /proc.
+    submit_with_comm(event, &());
+}
+
+/// Sends `event` with `fixed` (plain bytes) as its data, then the process name (for processes
+/// gone before user space reads /proc).
+#[inline(always)]
+fn submit_with_comm<T: Copy>(event: &mut HttpEvent, fixed: &T) {
+    let size = core::mem::size_of::<T>();
+    if size + COMM > CAPTURE {
+        return;
+    }
+    // SAFETY: T is plain bytes, and size + COMM <= CAPTURE (checked above; constant per T).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (fixed as *const T).cast::<u8>(),
+            event.data.as_mut_ptr(),
+            size,
+        )
+    };
     let comm = bpf_get_current_comm().unwrap_or_default();
-    event.data[..COMM].copy_from_slice(&comm);
-    event.header.captured = COMM as u16;
-    submit(event, COMM as u32);
+    event.data[size..size + COMM].copy_from_slice(&comm);
+    event.header.captured = (size + COMM) as u16;
+    submit(event, (size + COMM) as u32);
 }
 
 /// The peer a `connect` names: sockaddr_in / sockaddr_in6 (family at 0, port in network order
@@ -614,19 +632,7 @@ fn connected(tgid: u32, tid: u32, pending: &HttpPending, now: u64) {
         return;
     };
     fill_header(event, pending, tgid, tid, 0, now);
-    let size = core::mem::size_of::<ConnectAddr>();
-    event.header.captured = (size + COMM) as u16;
-    // SAFETY: ConnectAddr is plain bytes and smaller than CAPTURE.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (&pending.addr as *const ConnectAddr).cast::<u8>(),
-            event.data.as_mut_ptr(),
-            size,
-        )
-    };
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    event.data[size..size + COMM].copy_from_slice(&comm);
-    submit(event, (size + COMM) as u32);
+    submit_with_comm(event, &pending.addr);
 }
 
 /// Records a descriptor duplication of a watched connection (Rust's `try_clone`, shells...).
@@ -764,6 +770,10 @@ static HTTP_REGS_ARG1: u32 = 0;
 static HTTP_REGS_ARG2: u32 = 0;
 #[unsafe(no_mangle)]
 static HTTP_REGS_CS: u32 = 0;
+/// The syscall number inside the window (the raw exit reads it alone first, at `HTTP_REGS_NR`,
+/// to leave other syscalls at once).
+#[unsafe(no_mangle)]
+static HTTP_REGS_WINDOW_NR: u32 = 0;
 /// The code segment of 64-bit user code (x86_64 `__USER_CS`): a 32-bit process's syscalls
 /// have other numbers, and are left alone.
 #[unsafe(no_mangle)]
@@ -789,6 +799,13 @@ fn op_of(nr: u64) -> u8 {
 /// 32-bit (compat) syscall.
 #[inline(always)]
 fn regs_args(regs: u64) -> Option<[u64; 3]> {
+    regs_syscall(regs).map(|(_, args)| args)
+}
+
+/// The number and first three arguments of the syscall whose registers are at `regs`, read at
+/// once, or `None` for a 32-bit (compat) syscall.
+#[inline(always)]
+fn regs_syscall(regs: u64) -> Option<(u64, [u64; 3])> {
     // SAFETY: bpf_probe_read_kernel checks the address; the offsets come from this kernel's BTF.
     let window: [u8; REGS_WINDOW] = unsafe {
         bpf_probe_read_kernel((regs + global(&HTTP_REGS_BASE) as u64) as *const [u8; REGS_WINDOW])
@@ -798,11 +815,14 @@ fn regs_args(regs: u64) -> Option<[u64; 3]> {
     if reg(global(&HTTP_REGS_CS))? != global(&HTTP_USER_CS) as u64 {
         return None;
     }
-    Some([
-        reg(global(&HTTP_REGS_ARG0))?,
-        reg(global(&HTTP_REGS_ARG1))?,
-        reg(global(&HTTP_REGS_ARG2))?,
-    ])
+    Some((
+        reg(global(&HTTP_REGS_WINDOW_NR))?,
+        [
+            reg(global(&HTTP_REGS_ARG0))?,
+            reg(global(&HTTP_REGS_ARG1))?,
+            reg(global(&HTTP_REGS_ARG2))?,
+        ],
+    ))
 }
 
 /// `raw_tp/sys_enter(struct pt_regs *regs, long id)`: stamps writes, handles `close`.
@@ -940,13 +960,13 @@ static HTTP_SK_DADDR: u32 = 0;
 static HTTP_SK_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]
 static HTTP_SK_PROTOCOL: u32 = 0;
+/// Offset of `sock.sk_shutdown`.
+#[unsafe(no_mangle)]
+static HTTP_SK_SHUTDOWN: u32 = 0;
 /// Offsets of `sock.sk_socket` and `socket.file`: a kernel socket (NFS, CIFS, iSCSI, sending
 /// inside a process's write to a file) has no file.
 #[unsafe(no_mangle)]
 static HTTP_SK_SOCKET: u32 = 0;
-/// Offset of `sock.sk_shutdown`.
-#[unsafe(no_mangle)]
-static HTTP_SK_SHUTDOWN: u32 = 0;
 #[unsafe(no_mangle)]
 static HTTP_SOCKET_FILE: u32 = 0;
 
@@ -971,9 +991,9 @@ const TCP_SYN_RECV: u64 = 3;
 const TCP_FIN_WAIT1: u64 = 4;
 const TCP_CLOSE: u64 = 7;
 const TCP_CLOSE_WAIT: u64 = 8;
+const TCP_LAST_ACK: u64 = 9;
 /// `sk_shutdown` when both directions are shut.
 const SHUTDOWN_MASK: u8 = 3;
-const TCP_LAST_ACK: u64 = 9;
 
 /// `raw_tp/sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
@@ -1010,9 +1030,7 @@ fn sock_io(ctx: &RawTracePointContext, kind: u8) {
     if regs == 0 {
         return;
     }
-    let Ok(nr) =
-        (unsafe { bpf_probe_read_kernel((regs + global(&HTTP_REGS_NR) as u64) as *const u64) })
-    else {
+    let Some((nr, args)) = regs_syscall(regs) else {
         return;
     };
     // Only the syscall's own transfer: not a send made inside another syscall.
@@ -1022,9 +1040,6 @@ fn sock_io(ctx: &RawTracePointContext, kind: u8) {
     if op_kind != kind {
         return;
     }
-    let Some(args) = regs_args(regs) else {
-        return;
-    };
     let Some(sock) = sock_id(ctx.arg(0)) else {
         return;
     };
@@ -1116,14 +1131,13 @@ fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let ports = sock.ports.to_ne_bytes();
     let mut open = SockOpen {
         peer: ConnectAddr {
             family,
-            port: u16::from_be_bytes([ports[0], ports[1]]),
+            port: sock.peer_port(),
             ..Default::default()
         },
-        local_port: u16::from_ne_bytes([ports[2], ports[3]]),
+        local_port: sock.local_port(),
         ..Default::default()
     };
     match family {
@@ -1159,19 +1173,7 @@ fn send_open(tgid: u32, tid: u32, fd: u32, role: u8, open: &SockOpen, now: u64) 
         ..Default::default()
     };
     fill_header(event, &pending, tgid, tid, 0, now);
-    let size = core::mem::size_of::<SockOpen>();
-    // SAFETY: SockOpen is plain bytes and smaller than CAPTURE.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (open as *const SockOpen).cast::<u8>(),
-            event.data.as_mut_ptr(),
-            size,
-        )
-    };
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    event.data[size..size + COMM].copy_from_slice(&comm);
-    event.header.captured = (size + COMM) as u16;
-    submit(event, (size + COMM) as u32);
+    submit_with_comm(event, open);
 }
 
 /// `raw_tp/inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: learns the
@@ -1238,13 +1240,13 @@ fn sock_closed(sk: u64, gone: bool) {
         return;
     };
     let names_it = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock));
-    if gone {
+    // A closed socket's entry is stale whatever its pair names now.
+    if names_it || gone {
         let _ = HTTP_SOCK_FDS.remove(sk);
     }
     if !names_it {
         return;
     }
-    let _ = HTTP_SOCK_FDS.remove(sk);
     let _ = HTTP_FD_SOCKS.remove(key);
     if let Some(role) = unsafe { HTTP_CONNS.get(key) }.copied() {
         let _ = HTTP_CONNS.remove(key);

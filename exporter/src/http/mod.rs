@@ -330,23 +330,17 @@ impl Tracker {
         };
         // SAFETY: SockOpen is plain integers and `open` has its size.
         let open: SockOpen = unsafe { std::ptr::read_unaligned(open.as_ptr().cast()) };
-        let comm = comm_of(&data[size..]);
-        match h.role & ROLE_MASK {
-            ROLE_SERVER => {
-                self.open_connection(h, Role::Server, Some(open.local_port), None, &comm)
+        let Some(role) = kernel_role(h.role) else {
+            self.replace(h);
+            if self.unsided.len() >= MAX_CONNECTIONS {
+                self.unsided.clear();
             }
-            ROLE_CLIENT => {
-                let peer = Some(ip_of(&open.peer));
-                self.open_connection(h, Role::Client, Some(open.peer.port), peer, &comm);
-            }
-            _ => {
-                self.replace(h);
-                if self.unsided.len() >= MAX_CONNECTIONS {
-                    self.unsided.clear();
-                }
-                self.unsided.insert((h.tgid, h.fd), open);
-            }
-        }
+            self.unsided.insert((h.tgid, h.fd), open);
+            return;
+        };
+        let port = side_port(role, open.local_port, open.peer.port);
+        let peer = (role == Role::Client).then(|| ip_of(&open.peer));
+        self.open_connection(h, role, Some(port), peer, &comm_of(&data[size..]));
     }
 
     /// Starts following the connection on `h`'s (process, fd) pair, when its process is
@@ -439,16 +433,13 @@ impl Tracker {
                 self.give_up(key);
                 return;
             };
-            // A server's port is its own, a client's the one it called: announced by the socket
-            // tracepoints, else read from /proc (which lists every socket of the namespace).
+            // Announced by the socket tracepoints, else read from /proc (which lists every
+            // socket of the namespace).
             let ports = match self.unsided.remove(&key) {
                 Some(open) => Some((open.local_port, open.peer.port)),
                 None => process::socket_ports(h.tgid, h.fd & !TLS_FD),
             };
-            let port = ports.map(|(local, remote)| match role {
-                Role::Server => local,
-                Role::Client => remote,
-            });
+            let port = ports.map(|(local, remote)| side_port(role, local, remote));
             if !self.selected(h.tgid, "", port) {
                 self.give_up(key);
                 return;
@@ -839,10 +830,8 @@ impl Tracker {
 /// plaintext of a TLS connection whose fd was not seen) from what the bytes are. `None` when
 /// they do not say.
 fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
-    match h.role & ROLE_MASK {
-        ROLE_CLIENT => return Some(Role::Client),
-        ROLE_SERVER => return Some(Role::Server),
-        _ => {}
+    if let Some(role) = kernel_role(h.role) {
+        return Some(role);
     }
     let response = parse::looks_like_response(captured);
     let request = !response && parse::looks_like_request(captured);
@@ -856,6 +845,24 @@ fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
 /// A TLS record header: handshake (22) or application data (23), version 3.x.
 fn is_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [22 | 23, 3, 0..=4, ..])
+}
+
+/// The side the kernel's role bits name, if any.
+fn kernel_role(role: u8) -> Option<Role> {
+    match role & ROLE_MASK {
+        ROLE_CLIENT => Some(Role::Client),
+        ROLE_SERVER => Some(Role::Server),
+        _ => None,
+    }
+}
+
+/// The port a connection's metrics name (`server.port`): a server's own, a client's the one it
+/// called.
+fn side_port(role: Role, local: u16, remote: u16) -> u16 {
+    match role {
+        Role::Server => local,
+        Role::Client => remote,
+    }
 }
 
 /// The address of a peer, as text.

@@ -139,13 +139,20 @@ pub struct Block {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
-    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
-        Ok(Block {
-            hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
-            inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
-            inflight_rq: take_hash_map(ebpf, "BLOCK_INFLIGHT_RQ")?,
-        })
-    })
+    start_raw_or_tracepoints(
+        ebpf,
+        FAMILY,
+        plan,
+        &[(super::Mechanism::RawTracepoint, RAW_PROGRAMS)],
+        PROGRAMS,
+        |ebpf| {
+            Ok(Block {
+                hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
+                inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
+                inflight_rq: take_hash_map(ebpf, "BLOCK_INFLIGHT_RQ")?,
+            })
+        },
+    )
 }
 
 impl Block {

@@ -16,9 +16,8 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, attach_raw_tracepoints,
-    attach_tracepoints, choose_mechanism, raw_or_tracepoint_plan, start_family_with,
-    tracepoint_plan,
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, tracepoint_plan,
 };
 use crate::{
     config::{HttpConfig, MechanismChoice},
@@ -216,6 +215,7 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
         ("HTTP_REGS_ARG1", btf.offset("pt_regs", "si")?),
         ("HTTP_REGS_ARG2", btf.offset("pt_regs", "dx")?),
         ("HTTP_REGS_CS", btf.offset("pt_regs", "cs")?),
+        ("HTTP_REGS_WINDOW_NR", btf.offset("pt_regs", "orig_ax")?),
     ];
     let base = fields.iter().map(|f| f.1).min().unwrap_or(0);
     let end = fields.iter().map(|f| f.1 + 8).max().unwrap_or(0);
@@ -225,7 +225,8 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
             end - base
         ));
     }
-    // The number is read on its own, at its offset in pt_regs; the rest inside the window.
+    // The number is in the window (socket programs read it with the arguments) and also read
+    // on its own at its offset in pt_regs (the raw exit leaves other syscalls after that read).
     let mut globals = vec![
         ("HTTP_REGS_BASE", base),
         ("HTTP_REGS_NR", btf.offset("pt_regs", "orig_ax")?),
@@ -327,19 +328,11 @@ pub struct Http {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
-    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
-        let programs = match mechanism {
-            Mechanism::SocketTracepoint => SOCKET_PROGRAMS,
-            Mechanism::RawTracepoint => RAW_PROGRAMS,
-            _ => {
-                attach_tracepoints(ebpf, PROGRAMS)?;
-                return Ok(PROGRAMS.iter().map(|p| p.0).collect());
-            }
-        };
-        attach_raw_tracepoints(ebpf, programs)?;
-        Ok(programs.iter().map(|p| p.0).collect())
-    };
-    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
+    let raw: &[(Mechanism, &[(&str, &str)])] = &[
+        (Mechanism::SocketTracepoint, SOCKET_PROGRAMS),
+        (Mechanism::RawTracepoint, RAW_PROGRAMS),
+    ];
+    start_raw_or_tracepoints(ebpf, FAMILY, plan, raw, PROGRAMS, |ebpf| {
         fill_syscall_table(ebpf)?;
         let events = ebpf
             .take_map("HTTP_EVENTS")

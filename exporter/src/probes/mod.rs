@@ -427,25 +427,28 @@ fn raw_or_tracepoint_plan(
     }
 }
 
-/// Starts a family with raw tracepoint (`raw`) and tracepoint (`tracepoints`) variants of its
-/// programs, attaching those of the planned mechanism.
+/// Starts a family with raw tracepoint variants of its programs (`raw`: per mechanism, the
+/// raw tracepoints it attaches to) and tracepoint ones (`tracepoints`), attaching those of the
+/// planned mechanism.
 fn start_raw_or_tracepoints<T>(
     ebpf: &mut Ebpf,
     family: &'static str,
     plan: Plan,
-    raw: &[(&'static str, &'static str)],
+    raw: &[(Mechanism, &[(&'static str, &'static str)])],
     tracepoints: &[(&'static str, &'static str, &'static str)],
     take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
 ) -> (Option<T>, ProbeStatus) {
-    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
-        if mechanism == Mechanism::RawTracepoint {
-            attach_raw_tracepoints(ebpf, raw)?;
-            Ok(raw.iter().map(|p| p.0).collect())
-        } else {
-            attach_tracepoints(ebpf, tracepoints)?;
-            Ok(tracepoints.iter().map(|p| p.0).collect())
-        }
-    };
+    let attach =
+        |ebpf: &mut Ebpf, mechanism: Mechanism| match raw.iter().find(|(m, _)| *m == mechanism) {
+            Some((_, programs)) => {
+                attach_raw_tracepoints(ebpf, programs)?;
+                Ok(programs.iter().map(|p| p.0).collect())
+            }
+            None => {
+                attach_tracepoints(ebpf, tracepoints)?;
+                Ok(tracepoints.iter().map(|p| p.0).collect())
+            }
+        };
     start_family_with(ebpf, family, plan, attach, take_maps)
 }
 

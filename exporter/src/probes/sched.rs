@@ -118,13 +118,20 @@ pub struct Sched {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, ProbeStatus) {
-    start_raw_or_tracepoints(ebpf, FAMILY, plan, RAW_PROGRAMS, PROGRAMS, |ebpf| {
-        Ok(Sched {
-            latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
-            runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
-            by_cgroup,
-        })
-    })
+    start_raw_or_tracepoints(
+        ebpf,
+        FAMILY,
+        plan,
+        &[(super::Mechanism::RawTracepoint, RAW_PROGRAMS)],
+        PROGRAMS,
+        |ebpf| {
+            Ok(Sched {
+                latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
+                runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
+                by_cgroup,
+            })
+        },
+    )
 }
 
 impl Sched {
