@@ -5,7 +5,7 @@ the raw bpf(2) and perf_event_open(2) calls, so nothing of Periscope's is involv
 - `raw`: one program on `raw_syscalls:sys_enter` and one on `sys_exit` as raw tracepoints (what
   Periscope's default HTTP mechanism attaches to: they run on every syscall of the node);
 - `tracepoint`: one program on the entry and one on the exit tracepoint of each syscall
-  Periscope's tracepoint mechanism watches (the same list as `exporter/src/probes/http.rs`);
+  Periscope's tracepoint mechanism watches (the same list as `exporter/src/families/http/attach.rs`);
 - `sock`: one program on each of the raw tracepoints `sock_send_length` and `sock_recv_length`
   (Linux 6.3+: the end of every socket send and receive, and nothing else), the hooks of
   Periscope's default HTTP mechanism (`socket_tracepoint`).
@@ -31,7 +31,7 @@ PERF_FLAG_FD_CLOEXEC = 8
 # `mov64 r0, 0; exit`
 RETURN_ZERO = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
 
-# The syscalls Periscope's tracepoint mechanism attaches to (exporter/src/probes/http.rs).
+# The syscalls Periscope's tracepoint mechanism attaches to (exporter/src/families/http/attach.rs).
 HTTP_SYSCALLS = {
     "enter_exit": ["read", "recvfrom", "readv", "recvmsg", "write", "sendto", "writev", "sendmsg",
                    "sendfile64", "accept", "accept4", "connect", "dup", "dup2", "dup3", "fcntl"],

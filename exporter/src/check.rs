@@ -6,8 +6,8 @@ use caps::{CapSet, Capability};
 
 use crate::{
     config::Config,
-    probes::{Probes, uprobe::EntryStatus as UprobeEntry},
-    tracefs::Tracefs,
+    families::{CheckLines, Probes},
+    kernel::tracefs::Tracefs,
 };
 
 /// Capabilities Periscope uses, and what for.
@@ -35,27 +35,15 @@ fn line(status: &str, what: &str, detail: &str) {
     println!("  {status:<5} {what:<28} {detail}");
 }
 
-/// One line per `probes.uprobe.functions` entry: where it attached, or why it could not.
-fn print_functions(entries: &[UprobeEntry]) {
-    if entries.is_empty() {
-        return;
-    }
-    println!("\nFunctions (probes.uprobe.functions)");
-    for entry in entries {
-        let what = format!("[{}] {}", entry.index, entry.symbol);
-        match &entry.outcome {
-            Ok(r) => line(
-                "ok",
-                &what,
-                &format!(
-                    "{}: address {:#x}, file offset {:#x}",
-                    r.file.display(),
-                    r.address,
-                    r.offset
-                ),
-            ),
-            Err(why) => line("FAIL", &what, &format!("{}: {why}", entry.path)),
-        }
+/// A family's own lines (e.g. one per configured function), under their title.
+fn print_family_lines(section: &CheckLines) {
+    println!("\n{}", section.title);
+    for entry in &section.lines {
+        line(
+            if entry.ok { "ok" } else { "FAIL" },
+            &entry.what,
+            &entry.detail,
+        );
     }
 }
 
@@ -103,7 +91,7 @@ pub fn run(config: &Config) -> bool {
     }
 
     println!("\nProbe families");
-    let probes = match Probes::start(config, tracefs.as_ref()) {
+    let probes = match Probes::start(&config.probes, tracefs.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             line("FAIL", "eBPF object", &format!("{e:#}"));
@@ -131,7 +119,9 @@ pub fn run(config: &Config) -> bool {
         };
         line(mark, status.family, &detail);
     }
-    print_functions(&probes.uprobe_entries);
+    for section in probes.check_lines() {
+        print_family_lines(&section);
+    }
 
     println!("\nAttach mechanisms on this kernel (kernel paths best first, then uprobe)");
     for (mechanism, allowed) in &probes.kernel.mechanisms {

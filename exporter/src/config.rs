@@ -8,7 +8,22 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::families::settings::duration;
+pub use crate::{
+    families::{
+        ProbesConfig,
+        block::BlockConfig,
+        http::HttpConfig,
+        sched::SchedConfig,
+        syscall::SyscallConfig,
+        tcp::TcpConfig,
+        uprobe::{FunctionConfig, MAX_FUNCTIONS, UprobeConfig},
+    },
+    kernel::mechanism::MechanismChoice,
+    process::Selector,
+};
 
 /// The default configuration, embedded so that `periscope run` works with no file at all.
 pub const DEFAULT_YAML: &str = include_str!("../../config/periscope.yaml");
@@ -45,6 +60,13 @@ pub struct ServiceConfig {
     pub name: Option<String>,
     /// Extra resource attributes added to everything exported.
     pub resource_attributes: BTreeMap<String, String>,
+}
+
+impl ServiceConfig {
+    /// The node agent's own resource with this section applied.
+    pub fn resource(&self) -> crate::model::resource::Resource {
+        crate::model::resource::Resource::detect(self.name.as_deref(), &self.resource_attributes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -164,271 +186,6 @@ impl Default for OtlpConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbesConfig {
-    pub block: BlockConfig,
-    pub sched: SchedConfig,
-    pub http: HttpConfig,
-    pub tcp: TcpConfig,
-    pub uprobe: UprobeConfig,
-    pub syscall: SyscallConfig,
-}
-
-/// How a probe family attaches; `auto` picks the best the kernel allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MechanismChoice {
-    #[default]
-    Auto,
-    Fentry,
-    Kprobe,
-    BtfTracepoint,
-    SocketTracepoint,
-    RawTracepoint,
-    Tracepoint,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlockConfig {
-    pub enabled: bool,
-    pub mechanism: MechanismChoice,
-}
-
-impl Default for BlockConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mechanism: MechanismChoice::Auto,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedConfig {
-    pub enabled: bool,
-    pub mechanism: MechanismChoice,
-    /// Split run-queue latency by cgroup (container).
-    pub by_cgroup: bool,
-    /// Distinct cgroups with their own series; the rest share `cgroup.path="other"`.
-    pub max_cgroups: u32,
-}
-
-impl Default for SchedConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mechanism: MechanismChoice::Auto,
-            by_cgroup: false,
-            max_cgroups: 256,
-        }
-    }
-}
-
-/// HTTP RED metrics and spans from syscall capture.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub enabled: bool,
-    pub mechanism: MechanismChoice,
-    /// Which processes to instrument; empty: every process that speaks HTTP.
-    pub select: Vec<Selector>,
-    /// Route patterns such as `/users/{id}` or `/static/*`, tried before the heuristic.
-    pub routes: Vec<String>,
-    /// Distinct routes per service before paths collapse to `/first/*`.
-    pub max_routes_per_service: usize,
-    /// Distinct metric series (all services); beyond it, `otel.metric.overflow=true`.
-    pub max_series: usize,
-    /// Connections tracked in the kernel at once (LRU beyond it).
-    pub max_connections: u32,
-    /// Kernel-to-user ring buffer size in bytes (a power of two, at least 4096).
-    pub ring_buffer_size: u32,
-    /// HTTPS: probe OpenSSL's SSL_read/SSL_write in every file that exports them.
-    pub tls: bool,
-    /// Export one span per request (when OTLP is on).
-    pub spans: bool,
-    /// Spans buffered for export; beyond it they are dropped and counted.
-    pub span_queue: usize,
-    /// Sampler (OTEL_TRACES_SAMPLER): parentbased_always_on, always_on, always_off,
-    /// traceidratio, parentbased_traceidratio, parentbased_always_off.
-    pub sampler: String,
-    /// Sampler argument (OTEL_TRACES_SAMPLER_ARG), the ratio for *traceidratio.
-    pub sampler_arg: Option<f64>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mechanism: MechanismChoice::Auto,
-            select: Vec::new(),
-            routes: Vec::new(),
-            max_routes_per_service: 100,
-            max_series: 10_000,
-            max_connections: 65_536,
-            ring_buffer_size: 4 << 20,
-            tls: true,
-            spans: true,
-            span_queue: 8192,
-            sampler: "parentbased_always_on".to_string(),
-            sampler_arg: None,
-        }
-    }
-}
-
-/// TCP connections (opens, lifetimes, bytes), retransmits and resets.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpConfig {
-    pub enabled: bool,
-    pub mechanism: MechanismChoice,
-    /// Connections followed in the kernel at once (LRU beyond it).
-    pub max_connections: u32,
-    /// Distinct (process, local port, peer) retransmit/reset counters in the kernel; beyond it
-    /// they count in one series marked `otel.metric.overflow=true`.
-    pub max_peers: u32,
-    /// Distinct connection metric series (all processes); beyond it, `otel.metric.overflow=true`.
-    pub max_series: usize,
-    /// Kernel-to-user ring buffer size in bytes for connection events (a power of two, at
-    /// least 4096).
-    pub ring_buffer_size: u32,
-}
-
-impl Default for TcpConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mechanism: MechanismChoice::Auto,
-            max_connections: 65_536,
-            max_peers: 4096,
-            max_series: 10_000,
-            ring_buffer_size: 1 << 20,
-        }
-    }
-}
-
-/// Syscall latency and errors per process and syscall (`syscount -L` as metrics). Off by
-/// default: on, it runs two programs on every syscall of the processes it measures.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyscallConfig {
-    pub enabled: bool,
-    pub mechanism: MechanismChoice,
-    /// Which processes to measure (the HTTP selectors, without `port`); empty: every process.
-    pub select: Vec<Selector>,
-    /// How often /proc is rescanned for processes started since (they are measured from the
-    /// first rescan that sees them).
-    #[serde(deserialize_with = "duration")]
-    pub rescan_interval: Duration,
-    /// Selected processes measured at once (the kernel's allow-map size).
-    pub max_processes: u32,
-    /// Kernel entries for (process, syscall, latency bucket) counts and per-series sums; a
-    /// series takes one entry per non-empty bucket plus one.
-    pub max_latency_entries: u32,
-    /// Kernel entries for (process, syscall, errno) error counts.
-    pub max_error_entries: u32,
-    /// Threads inside a syscall at once (blocked ones included).
-    pub max_threads: u32,
-}
-
-impl Default for SyscallConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            mechanism: MechanismChoice::Auto,
-            select: Vec::new(),
-            rescan_interval: Duration::from_secs(1),
-            max_processes: 4096,
-            max_latency_entries: 65_536,
-            max_error_entries: 8192,
-            max_threads: 32_768,
-        }
-    }
-}
-
-/// One process selector: a process (and connection) matches when every given field matches.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Selector {
-    /// `service.name` for what matches (default: OTEL_SERVICE_NAME of the process, else the
-    /// executable name).
-    pub service_name: Option<String>,
-    /// Glob on the executable path, e.g. `/usr/sbin/nginx` or `*/python3*`.
-    pub executable: Option<String>,
-    /// The process name (comm) or executable file name.
-    pub process_name: Option<String>,
-    /// Server connections on this listening port, client connections to this port.
-    pub port: Option<u16>,
-    /// Container id (from the process cgroup), or a prefix of it.
-    pub container_id: Option<String>,
-}
-
-/// User-function latency from uprobes: `process.function.duration` per configured function.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UprobeConfig {
-    pub enabled: bool,
-    /// The functions to time; none: the family attaches nothing.
-    pub functions: Vec<FunctionConfig>,
-    /// (thread, function) calls in flight at once, machine-wide.
-    pub max_in_flight: u32,
-    /// (function, process) series in the kernel; beyond it new series are not recorded (counted).
-    pub max_series: u32,
-}
-
-impl Default for UprobeConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            functions: Vec::new(),
-            max_in_flight: 16_384,
-            max_series: 4096,
-        }
-    }
-}
-
-/// One function to time.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FunctionConfig {
-    /// The executable or shared library (absolute path, or a library file name such as
-    /// `libc.so.6` looked up in the standard library directories).
-    pub path: String,
-    /// The symbol name as in the binary's symbol table (mangled for C++/Rust unless
-    /// `#[no_mangle]`/`extern "C"`).
-    pub symbol: String,
-    /// Only calls in this process.
-    pub pid: Option<u32>,
-    /// Only calls from threads with this name (comm, at most 15 bytes), like bpftrace's `comm`.
-    pub process: Option<String>,
-}
-
-/// Most functions one config may time: the entry index travels in the uprobe's cookie and in the
-/// high half of kernel keys, and each one costs two perf events.
-pub const MAX_FUNCTIONS: usize = 256;
-
-/// Durations are written the human way: `10s`, `500ms`, `1m 30s`. The error is raised while the
-/// scalar itself is read, so serde_yaml reports the key path and the value's line and column.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    struct HumanDuration;
-    impl serde::de::Visitor<'_> for HumanDuration {
-        type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 10s, 500ms or 1m")
-        }
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            humantime::parse_duration(text).map_err(|e| {
-                E::custom(format!(
-                    "invalid duration {text:?} ({e}); write it like 10s, 500ms or 1m"
-                ))
-            })
-        }
-    }
-    deserializer.deserialize_str(HumanDuration)
-}
-
 impl Config {
     /// Parses YAML text. An empty document (or one with only comments) is the default config.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -464,69 +221,7 @@ impl Config {
         if self.otlp.interval.is_zero() {
             return Err(invalid("otlp.interval: must be greater than zero".into()));
         }
-        let http = &self.probes.http;
-        if !http.ring_buffer_size.is_power_of_two() || http.ring_buffer_size < 4096 {
-            return Err(invalid(format!(
-                "probes.http.ring_buffer_size: {} is not a power of two of at least 4096",
-                http.ring_buffer_size
-            )));
-        }
-        if http.max_connections == 0 || http.max_series == 0 || http.span_queue == 0 {
-            return Err(invalid(
-                "probes.http: max_connections, max_series and span_queue must be at least 1".into(),
-            ));
-        }
-        if let Err(e) = crate::http::route::Routes::new(&http.routes, 1) {
-            return Err(invalid(format!("probes.http.routes: {e}")));
-        }
-        if let Err(e) = crate::http::span::Sampling::parse(&http.sampler, http.sampler_arg) {
-            return Err(invalid(format!("probes.http.sampler: {e}")));
-        }
-        validate_selectors("probes.http", &http.select).map_err(invalid)?;
-        let syscall = &self.probes.syscall;
-        validate_selectors("probes.syscall", &syscall.select).map_err(invalid)?;
-        if let Some(i) = syscall.select.iter().position(|s| s.port.is_some()) {
-            return Err(invalid(format!(
-                "probes.syscall.select[{i}].port: syscalls are selected by process, not port"
-            )));
-        }
-        if syscall.rescan_interval.is_zero() {
-            return Err(invalid(
-                "probes.syscall.rescan_interval: must be greater than zero".into(),
-            ));
-        }
-        if [
-            syscall.max_processes,
-            syscall.max_latency_entries,
-            syscall.max_error_entries,
-            syscall.max_threads,
-        ]
-        .contains(&0)
-        {
-            return Err(invalid(
-                "probes.syscall: max_processes, max_latency_entries, max_error_entries and \
-                 max_threads must be at least 1"
-                    .into(),
-            ));
-        }
-        let tcp = &self.probes.tcp;
-        if !tcp.ring_buffer_size.is_power_of_two() || tcp.ring_buffer_size < 4096 {
-            return Err(invalid(format!(
-                "probes.tcp.ring_buffer_size: {} is not a power of two of at least 4096",
-                tcp.ring_buffer_size
-            )));
-        }
-        if tcp.max_connections == 0 || tcp.max_peers == 0 || tcp.max_series == 0 {
-            return Err(invalid(
-                "probes.tcp: max_connections, max_peers and max_series must be at least 1".into(),
-            ));
-        }
-        validate_uprobe(&self.probes.uprobe).map_err(invalid)?;
-        if self.probes.sched.max_cgroups == 0 {
-            return Err(invalid(
-                "probes.sched.max_cgroups: must be at least 1".into(),
-            ));
-        }
+        self.probes.validate().map_err(invalid)?;
         Ok(())
     }
 
@@ -551,7 +246,7 @@ impl Config {
             })?;
             self.probes.http.sampler_arg = Some(ratio);
         }
-        if let Err(reason) = crate::http::span::Sampling::parse(
+        if let Err(reason) = crate::families::http::span::Sampling::parse(
             &self.probes.http.sampler,
             self.probes.http.sampler_arg,
         ) {
@@ -670,49 +365,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn validate_uprobe(uprobe: &UprobeConfig) -> Result<(), String> {
-    if uprobe.functions.len() > MAX_FUNCTIONS {
-        return Err(format!(
-            "probes.uprobe.functions: {} entries, at most {MAX_FUNCTIONS}",
-            uprobe.functions.len()
-        ));
-    }
-    if uprobe.max_in_flight == 0 || uprobe.max_series == 0 {
-        return Err("probes.uprobe: max_in_flight and max_series must be at least 1".into());
-    }
-    for (i, f) in uprobe.functions.iter().enumerate() {
-        let at = format!("probes.uprobe.functions[{i}]");
-        if f.path.is_empty() || f.symbol.is_empty() {
-            return Err(format!("{at}: path and symbol are required"));
-        }
-        if f.pid == Some(0) {
-            return Err(format!("{at}.pid: must be a process id (not 0)"));
-        }
-        if let Some(name) = &f.process
-            && (name.is_empty() || name.len() > 15)
-        {
-            return Err(format!(
-                "{at}.process: {name:?} must be 1 to 15 bytes (the kernel's comm length)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Executable globs must compile.
-fn validate_selectors(section: &str, selectors: &[Selector]) -> Result<(), String> {
-    for (i, s) in selectors.iter().enumerate() {
-        if let Some(glob) = &s.executable
-            && let Err(e) = glob::Pattern::new(glob)
-        {
-            return Err(format!(
-                "{section}.select[{i}].executable: invalid glob {glob:?}: {e}"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Milliseconds, as the OTel specification writes timeouts and intervals in the environment.
@@ -861,6 +513,17 @@ mod tests {
         assert_eq!(
             err,
             "invalid config test.yaml: probes.block: unknown field `sampling`, expected `enabled` or `mechanism` at line 4 column 5"
+        );
+    }
+
+    #[test]
+    fn a_mechanism_nothing_implements_is_refused_with_its_line() {
+        let err = parse("probes:\n  tcp:\n    mechanism: fentry\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "invalid config test.yaml: probes.tcp.mechanism: unknown variant `fentry`"
+            ) && err.ends_with("at line 3 column 16"),
+            "{err}"
         );
     }
 

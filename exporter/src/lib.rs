@@ -6,12 +6,9 @@
 pub mod check;
 pub mod config;
 pub mod export;
-pub mod histogram;
-pub mod http;
-pub mod metrics;
-pub mod privileges;
-pub mod probes;
-pub mod tcp;
+pub mod families;
+pub mod kernel;
+pub mod model;
+pub mod process;
 pub mod telemetry;
-pub mod tracefs;
 pub mod triage;

@@ -7,8 +7,14 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use periscope::{
-    check, config::Config, export, http, metrics::Resource, privileges, probes, probes::Probes,
-    telemetry::Telemetry, tracefs, triage,
+    check,
+    config::Config,
+    export,
+    families::{self, Probes, TaskContext},
+    kernel::{privileges, tracefs},
+    model::span::SpanQueue,
+    telemetry::Telemetry,
+    triage,
 };
 
 /// Kernel and HTTP telemetry for every process on this node, as OpenTelemetry metrics, with no
@@ -103,7 +109,7 @@ fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
             None
         }
     };
-    let probes = Probes::start(&config, tracefs.as_ref())?;
+    let probes = Probes::start(&config.probes, tracefs.as_ref())?;
     if !probes.statuses.iter().any(|s| s.attached()) {
         anyhow::bail!(
             "no probe family could attach (see the warnings above, or run `periscope check`)"
@@ -118,7 +124,7 @@ fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
     // now; give them back to the system instead of keeping them in the allocator's arenas.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    privileges::drop_after_attach(probes.tls.is_some());
+    privileges::drop_after_attach(probes.attaches_later());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -132,12 +138,10 @@ fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
 async fn run_daemon(
     config: Config,
     duration: Option<Duration>,
-    mut probes: Probes,
+    probes: Probes,
     prometheus: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    let http_capture = probes.http.take();
-    let http_state = probes.http_state.clone();
-    let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
+    let telemetry = Arc::new(Telemetry::new(probes, config.service.resource()));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -164,51 +168,45 @@ async fn run_daemon(
         ));
     }
 
-    if let (Some(capture), Some(state)) = (http_capture, http_state) {
-        let spans = match &config.otlp.endpoint {
-            Some(_) if config.probes.http.spans => {
-                let (queue, rx) = http::span::SpanQueue::new(
-                    config.probes.http.span_queue,
-                    telemetry.spans.clone(),
-                );
-                tasks.push(tokio::spawn(http::span::export(
-                    export::otlp::OtlpClient::new(&config.otlp)?,
-                    rx,
-                    telemetry.spans.clone(),
-                    config.otlp.timeout,
-                )));
-                tracing::info!("OTLP span export on");
-                Some(queue)
-            }
-            _ => None,
-        };
-        let tracker = http::Tracker::new(config.probes.http.clone(), state, spans)?;
-        // Spawned first among the tasks awaited at shutdown is fine: the span exporter ends
-        // only when the tracker (its last sender) is gone.
-        tasks.insert(
-            0,
-            tokio::spawn(probes::http::run(capture, tracker, stopped.clone())),
-        );
+    let spans = match &config.otlp.endpoint {
+        Some(_) if config.probes.http.spans => {
+            let (queue, rx) =
+                SpanQueue::new(config.probes.http.span_queue, telemetry.spans.clone());
+            tasks.push(tokio::spawn(export::spans::export(
+                export::otlp::OtlpClient::new(&config.otlp)?,
+                rx,
+                telemetry.spans.clone(),
+                config.otlp.timeout,
+            )));
+            tracing::info!("OTLP span export on");
+            Some(queue)
+        }
+        _ => None,
+    };
+    let ctx = TaskContext {
+        config: &config.probes,
+        stopped: stopped.clone(),
+        spans,
+    };
+    // Spawned first among the tasks awaited at shutdown: the span exporter ends only when the
+    // capture loops (its last senders) are gone.
+    for (i, task) in telemetry.family_tasks(&ctx)?.into_iter().enumerate() {
+        tasks.insert(i, tokio::spawn(task));
     }
-
-    if let Some(tcp) = telemetry.tcp() {
-        tasks.push(tokio::spawn(probes::tcp::run(tcp, stopped.clone())));
+    drop(ctx);
+    for (family, every) in telemetry.rescans() {
+        tasks.push(tokio::spawn(rescan(
+            telemetry.clone(),
+            family,
+            every,
+            stopped.clone(),
+        )));
     }
-
-    tasks.push(tokio::spawn(scan_tls(telemetry.clone(), stopped.clone())));
 
     tasks.push(tokio::spawn(sweep_stale_entries(
         telemetry.clone(),
         stopped.clone(),
     )));
-    if config.probes.syscall.enabled {
-        tasks.push(tokio::spawn(rescan_processes(
-            telemetry.clone(),
-            config.probes.syscall.rescan_interval,
-            stopped.clone(),
-        )));
-    }
-
     wait_for_stop(duration).await;
     tracing::info!("stopping: final export, then detaching probes");
     let _ = stop.send(true);
@@ -238,28 +236,10 @@ async fn run_daemon(
 /// How long shutdown may take beyond the final OTLP export's own timeout.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
-/// How often processes started since the last scan are checked for OpenSSL.
-const TLS_SCAN_EVERY: Duration = Duration::from_secs(2);
-
-/// Periodically attaches the OpenSSL probes to files that new processes map.
-async fn scan_tls(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(TLS_SCAN_EVERY);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let t = telemetry.clone();
-                let _ = tokio::task::spawn_blocking(move || t.scan_tls()).await;
-            }
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
 /// Periodically removes start-time map entries whose end event was lost.
 async fn sweep_stale_entries(telemetry: Arc<Telemetry>, mut stopped: watch::Receiver<bool>) {
     // A short series TTL (PERISCOPE_EXITED_SERIES_TTL) is honoured within one TTL, not 30 s.
-    let every = probes::SWEEP_INTERVAL.min(*http::aggregate::EXITED_SERIES_TTL);
+    let every = families::SWEEP_INTERVAL.min(*periscope::process::EXITED_SERIES_TTL);
     let mut ticker = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -272,18 +252,20 @@ async fn sweep_stale_entries(telemetry: Arc<Telemetry>, mut stopped: watch::Rece
     }
 }
 
-/// Rescans /proc so that processes started after Periscope are selected and named.
-async fn rescan_processes(
+/// Runs `family`'s rescan every `interval` (processes started since: selection, libraries).
+async fn rescan(
     telemetry: Arc<Telemetry>,
+    family: &'static str,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let t = telemetry.clone();
-                let _ = tokio::task::spawn_blocking(move || t.rescan()).await;
+                let _ = tokio::task::spawn_blocking(move || t.rescan(family)).await;
             }
             _ = stopped.changed() => return,
         }

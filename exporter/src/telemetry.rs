@@ -11,8 +11,8 @@ use std::{
 };
 
 use crate::{
-    metrics::{Metric, Points, Resource},
-    probes::Probes,
+    families::Probes,
+    model::metrics::{Metric, Points, Resource},
 };
 
 /// Export outcomes, counted by the OTLP exporter.
@@ -30,7 +30,7 @@ pub struct Telemetry {
     pub start_time: SystemTime,
     pub export: ExportStats,
     /// Span export outcomes (HTTP spans).
-    pub spans: std::sync::Arc<crate::http::span::SpanStats>,
+    pub spans: std::sync::Arc<crate::model::span::SpanStats>,
 }
 
 impl Telemetry {
@@ -49,42 +49,36 @@ impl Telemetry {
         self.probes.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The TCP family, for its drain loop.
-    pub fn tcp(&self) -> Option<std::sync::Arc<crate::probes::tcp::Tcp>> {
-        self.probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .tcp
-            .clone()
+    /// Every family's long-running tasks (see `Family::tasks`).
+    pub fn family_tasks(
+        &self,
+        ctx: &crate::families::TaskContext<'_>,
+    ) -> anyhow::Result<Vec<crate::families::Task>> {
+        self.probes().tasks(ctx)
     }
 
-    /// Attaches the OpenSSL probes to files that new processes map.
-    pub fn scan_tls(&self) {
-        self.probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .scan_tls();
+    /// Which families rescan, and how often (see `Family::rescan`).
+    pub fn rescans(&self) -> Vec<(&'static str, std::time::Duration)> {
+        self.probes().rescans()
     }
 
-    /// Removes stale start-time entries from the kernel maps (see `probes::STALE_AFTER`).
+    /// Picks up processes started since the last rescan of `family`.
+    pub fn rescan(&self, family: &str) {
+        self.probes().rescan(family);
+    }
+
+    /// Removes stale start-time entries from the kernel maps (see `families::STALE_AFTER`).
     pub fn sweep(&self) {
-        self.probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sweep();
+        self.probes().sweep();
     }
 
-    /// Picks up processes started since the last rescan (see `probes::syscall`).
-    pub fn rescan(&self) {
-        self.probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rescan();
+    fn probes(&self) -> std::sync::MutexGuard<'_, Probes> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Everything, cumulative since start.
     pub fn snapshot(&self) -> Vec<Metric> {
-        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut probes = self.probes();
         let mut out = Vec::new();
         probes.collect(&mut out);
         self.self_telemetry(&probes, &mut out);
@@ -112,11 +106,6 @@ impl Telemetry {
             points: Points::Gauge(attached),
             resource: None,
         });
-        if !probes.uprobe_entries.is_empty() {
-            out.push(crate::probes::uprobe::Uprobe::entry_gauge(
-                &probes.uprobe_entries,
-            ));
-        }
         let errors = probes
             .counters()
             .into_iter()
@@ -168,20 +157,6 @@ impl Telemetry {
                 description: "Runs of each eBPF program (kernel.bpf_stats_enabled=1).",
                 unit: "1",
                 points: Points::Counter(run_count),
-                resource: None,
-            });
-        }
-        if let Some(tls) = &probes.tls {
-            out.push(Metric {
-                name: "periscope.http.tls.files",
-                description: "Files (libssl, or executables with OpenSSL linked in) whose SSL_read/SSL_write carry the HTTPS probes.",
-                unit: "1",
-                points: Points::Gauge(
-                    tls.attached
-                        .iter()
-                        .map(|path| (vec![("file.path", crate::probes::https::shown(path))], 1.0))
-                        .collect(),
-                ),
                 resource: None,
             });
         }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use periscope::http::connection::{Connection, Io, MAX_IN_FLIGHT, Role};
+use periscope::families::http::connection::{Connection, Io, MAX_IN_FLIGHT, Role};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, mut rest)) = data.split_first() else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use periscope::http::parse;
+use periscope::families::http::parse;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse::request(data) {

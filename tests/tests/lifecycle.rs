@@ -125,9 +125,9 @@ fn sigterm_flushes_and_detaches_every_program() {
 
 #[test]
 fn a_probe_that_cannot_attach_degrades_alone() {
-    // fentry is not implemented for block (and not allowed by this kernel): block must fail,
-    // sched must run, and both must say so.
-    let config = "probes:\n  block:\n    mechanism: fentry\n";
+    // Socket tracepoints are an HTTP mechanism, not a block one: block must fail, sched must
+    // run, and both must say so.
+    let config = "probes:\n  block:\n    mechanism: socket_tracepoint\n";
     let daemon = Daemon::start(config, &[]);
     let scrape = daemon.scrape();
     assert_eq!(
@@ -147,7 +147,7 @@ fn a_probe_that_cannot_attach_degrades_alone() {
     let (_, log) = daemon.stop();
     assert!(
         log.contains(
-            "mechanism fentry is configured but this family implements only raw_tracepoint, tracepoint"
+            "mechanism socket_tracepoint is configured but this family implements only raw_tracepoint, tracepoint"
         ),
         "{log}"
     );
@@ -164,8 +164,9 @@ fn a_probe_that_cannot_attach_degrades_alone() {
 
 #[test]
 fn check_fails_when_nothing_can_attach() {
-    let config = "probes:\n  block:\n    mechanism: kprobe\n  sched:\n    mechanism: fentry\n  \
-                  http:\n    mechanism: kprobe\n  tcp:\n    mechanism: fentry\n  syscall:\n    mechanism: fentry\n";
+    let config = "probes:\n  block:\n    mechanism: socket_tracepoint\n  sched:\n    \
+                  mechanism: socket_tracepoint\n  http:\n    enabled: false\n  tcp:\n    \
+                  mechanism: raw_tracepoint\n  syscall:\n    mechanism: socket_tracepoint\n";
     let (out, _) = periscope(&["check"], Some(config));
     assert_eq!(
         out.status.code(),

@@ -7,8 +7,8 @@
 use std::{collections::HashMap, time::SystemTime};
 
 use crate::{
-    histogram::Histogram,
-    metrics::{Attributes, Metric, Points},
+    model::histogram::Histogram,
+    model::metrics::{Attributes, Metric, Points},
 };
 
 /// A series: metric name, the observed process's resource (empty for the agent's own), and the
@@ -117,7 +117,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::histogram::ValueUnit;
+    use crate::model::histogram::ValueUnit;
 
     fn hist(counts: &[(u32, u64)], sum: u64) -> Histogram {
         Histogram {

@@ -3,3 +3,4 @@
 pub mod delta;
 pub mod otlp;
 pub mod prometheus;
+pub mod spans;

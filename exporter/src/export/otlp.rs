@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use crate::{
     config::{HistogramAggregation, OtlpConfig, OtlpProtocol, Temporality},
     export::delta::{Baseline, Deltas},
-    metrics::{Metric, Points, Resource},
+    model::metrics::{Metric, Points, Resource},
     telemetry::Telemetry,
 };
 
@@ -147,7 +147,7 @@ pub fn build_request(
         .collect();
     // One ResourceMetrics per resource: the agent's own, then each observed process's.
     let mut groups: Vec<(Vec<KeyValue>, Vec<OtlpMetric>)> = Vec::new();
-    let mut index: std::collections::HashMap<*const crate::http::process::ProcessResource, usize> =
+    let mut index: std::collections::HashMap<*const crate::process::ProcessResource, usize> =
         std::collections::HashMap::new();
     let own: Vec<KeyValue> = resource
         .attributes

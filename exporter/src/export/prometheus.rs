@@ -18,7 +18,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    metrics::{Metric, Points, sanitize},
+    model::metrics::{Metric, Points, sanitize},
     telemetry::Telemetry,
 };
 

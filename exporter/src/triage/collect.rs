@@ -12,15 +12,15 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, Selector},
-    histogram::Histogram,
-    http::process::ProcessResource,
-    metrics::{Attributes, Metric, Points, Resource},
-    probes::{
-        ProbeStatus, Probes,
+    families::{
+        ProbeStatus, Probes, TaskContext,
         exec::{Exec, ExecCounts},
     },
+    kernel::tracefs::Tracefs,
+    model::histogram::Histogram,
+    model::metrics::{Attributes, Metric, Points},
+    process::ProcessResource,
     telemetry::Telemetry,
-    tracefs::Tracefs,
 };
 
 /// Which processes the per-process sections (syscalls, TCP, HTTP) look at.
@@ -203,7 +203,7 @@ impl Session {
                 None
             }
         };
-        let mut probes = Probes::start(&config, tracefs.as_ref())?;
+        let mut probes = Probes::start(&config.probes, tracefs.as_ref())?;
         let (exec, _) = probes.start_exec(tracefs.as_ref());
         let statuses = probes.statuses.clone();
         for status in statuses.iter().filter(|s| s.enabled && !s.attached()) {
@@ -213,7 +213,15 @@ impl Session {
             });
         }
         let http_attached = statuses.iter().any(|s| s.family == "http" && s.attached());
-        if http_attached && probes.tls.as_ref().is_none_or(|t| t.attached.is_empty()) {
+        let tls_files = {
+            let mut out = Vec::new();
+            probes.collect(&mut out);
+            out.iter().any(|m| {
+                m.name == "periscope.http.tls.files"
+                    && matches!(&m.points, Points::Gauge(p) if !p.is_empty())
+            })
+        };
+        if http_attached && !tls_files {
             let why = if has_cap(caps::Capability::CAP_SYS_ADMIN) {
                 "no OpenSSL library (libssl) found to attach to, or its uprobes failed".into()
             } else {
@@ -236,22 +244,19 @@ impl Session {
                     .join("; ")
             );
         }
-        let http_capture = probes.http.take();
-        let http_state = probes.http_state.clone();
-        let telemetry = Arc::new(Telemetry::new(probes, Resource::detect(&config.service)));
+        let telemetry = Arc::new(Telemetry::new(probes, config.service.resource()));
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        if let (Some(capture), Some(state)) = (http_capture, http_state) {
-            let tracker = crate::http::Tracker::new(config.probes.http.clone(), state, None)?;
-            tasks.push(tokio::spawn(crate::probes::http::run(
-                capture,
-                tracker,
-                stopped.clone(),
-            )));
-        }
-        if let Some(tcp) = telemetry.tcp() {
-            tasks.push(tokio::spawn(crate::probes::tcp::run(tcp, stopped.clone())));
-        }
+        let ctx = TaskContext {
+            config: &config.probes,
+            stopped: stopped.clone(),
+            spans: None,
+        };
+        let mut tasks: Vec<_> = telemetry
+            .family_tasks(&ctx)?
+            .into_iter()
+            .map(tokio::spawn)
+            .collect();
+        drop(ctx);
         {
             let telemetry = telemetry.clone();
             let mut stopped = stopped.clone();
@@ -263,8 +268,9 @@ impl Session {
                         _ = ticker.tick() => {
                             let t = telemetry.clone();
                             let _ = tokio::task::spawn_blocking(move || {
-                                t.rescan();
-                                t.scan_tls();
+                                for (family, _) in t.rescans() {
+                                    t.rescan(family);
+                                }
                             })
                             .await;
                         }

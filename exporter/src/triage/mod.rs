@@ -149,7 +149,7 @@ fn report(
 ) -> (report::Report, collect::Window) {
     let window = session.window();
     let attached = |family: &str| session.attached(family);
-    let r = report::build(report::Inputs {
+    let mut r = report::build(report::Inputs {
         window: &window,
         scope: &session.scope,
         requested_seconds: requested.as_secs_f64(),
@@ -157,6 +157,7 @@ fn report(
         attached: &attached,
         unavailable: &session.unavailable,
     });
+    r.verdict = verdict::judge(&r);
     (r, window)
 }
 

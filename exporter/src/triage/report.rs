@@ -8,7 +8,7 @@ use periscope_common::hist::{SECONDS_INDEX_OFFSET, SUBBUCKETS, ZERO_SLOT, index_
 use serde::Serialize;
 
 use super::collect::{Scope, Series, Unavailable, Value, Window};
-use crate::histogram::{Histogram, ValueUnit};
+use crate::model::histogram::{Histogram, ValueUnit};
 
 /// Version of the JSON document (bumped on incompatible changes).
 pub const SCHEMA: &str = "periscope.triage/v1";
@@ -23,7 +23,7 @@ pub struct Report {
     pub interrupted: bool,
     pub cpus: usize,
     pub scope: ScopeReport,
-    pub verdict: super::verdict::Verdict,
+    pub verdict: Verdict,
     pub exec: Option<ExecReport>,
     pub runqueue: Option<RunqueueReport>,
     pub disks: Option<Vec<DiskReport>>,
@@ -637,7 +637,7 @@ pub fn build(input: Inputs<'_>) -> Report {
             .collect()
     });
 
-    let mut report = Report {
+    Report {
         schema: SCHEMA,
         elapsed_seconds: secs,
         requested_seconds: input.requested_seconds,
@@ -647,7 +647,7 @@ pub fn build(input: Inputs<'_>) -> Report {
             description: input.scope.describe(),
             selection: input.scope.clone(),
         },
-        verdict: super::verdict::Verdict::default(),
+        verdict: Verdict::default(),
         exec,
         runqueue,
         disks,
@@ -655,9 +655,26 @@ pub fn build(input: Inputs<'_>) -> Report {
         syscalls,
         http,
         unavailable: input.unavailable.to_vec(),
-    };
-    report.verdict = super::verdict::judge(&report);
-    report
+    }
+}
+
+/// Which layer stands out, filled in by `verdict::judge` from the rest of the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    /// `cpu`, `disk`, `network` or `syscalls`; `null` when no layer stands out.
+    pub layer: Option<&'static str>,
+    /// The verdict line, with the numbers behind it.
+    pub summary: String,
+    /// Every layer that could be judged, highest score first.
+    pub scores: Vec<Score>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub layer: &'static str,
+    /// Observed over threshold, the highest of the layer's rules; 1 or more stands out.
+    pub score: f64,
+    pub evidence: String,
 }
 
 #[cfg(test)]

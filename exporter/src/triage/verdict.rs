@@ -20,9 +20,7 @@
 //!   second of wall time, over [`SYSCALL_SECONDS_PER_S`] (on average that many threads inside
 //!   it all the time).
 
-use serde::Serialize;
-
-use super::report::Report;
+use super::report::{Report, Score, Verdict};
 
 pub const MIN_WAITS: u64 = 50;
 pub const RUNQ_P99: f64 = 0.010;
@@ -36,24 +34,6 @@ pub const RETRANSMIT_SHARE: f64 = 0.01;
 pub const RETRANSMITS_PER_S: f64 = 10.0;
 pub const RESETS_PER_S: f64 = 50.0;
 pub const SYSCALL_SECONDS_PER_S: f64 = 1.0;
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Verdict {
-    /// `cpu`, `disk`, `network` or `syscalls`; `null` when no layer stands out.
-    pub layer: Option<&'static str>,
-    /// The verdict line, with the numbers behind it.
-    pub summary: String,
-    /// Every layer that could be judged, highest score first.
-    pub scores: Vec<Score>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Score {
-    pub layer: &'static str,
-    /// Observed over threshold, the highest of the layer's rules; 1 or more stands out.
-    pub score: f64,
-    pub evidence: String,
-}
 
 pub fn fmt_seconds(s: f64) -> String {
     if s >= 1.0 {

@@ -4,15 +4,55 @@
 //! Read once per process from /proc. A process can be gone by the time its events are read
 //! (curl exits right after its request), so the kernel's `comm` is the fallback name.
 
-use std::sync::Arc;
+pub mod cgroup;
 
-use crate::config::Selector;
+use std::{sync::Arc, time::Duration};
 
-/// Resource attributes of one observed process.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct ProcessResource {
-    pub service_name: String,
-    pub attributes: Vec<(String, String)>,
+pub use self::cgroup::container_id;
+pub use crate::model::resource::ProcessResource;
+use serde::Deserialize;
+
+/// One process selector: a process (and connection) matches when every given field matches.
+/// Series of an exited process are kept this long (so the last counts get exported), then
+/// removed: short-lived clients would otherwise grow the series set forever. 5 minutes, or
+/// `PERISCOPE_EXITED_SERIES_TTL` (a duration such as `30s`; the soak tests use a short one).
+pub static EXITED_SERIES_TTL: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    std::env::var("PERISCOPE_EXITED_SERIES_TTL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(Duration::from_secs(300))
+});
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selector {
+    /// `service.name` for what matches (default: OTEL_SERVICE_NAME of the process, else the
+    /// executable name).
+    pub service_name: Option<String>,
+    /// Glob on the executable path, e.g. `/usr/sbin/nginx` or `*/python3*`.
+    pub executable: Option<String>,
+    /// The process name (comm) or executable file name.
+    pub process_name: Option<String>,
+    /// Server connections on this listening port, client connections to this port.
+    pub port: Option<u16>,
+    /// Container id (from the process cgroup), or a prefix of it.
+    pub container_id: Option<String>,
+}
+
+impl Selector {
+    /// Executable globs must compile.
+    pub fn validate_all(section: &str, selectors: &[Selector]) -> Result<(), String> {
+        for (i, s) in selectors.iter().enumerate() {
+            if let Some(glob) = &s.executable
+                && let Err(e) = glob::Pattern::new(glob)
+            {
+                return Err(format!(
+                    "{section}.select[{i}].executable: invalid glob {glob:?}: {e}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -47,10 +87,7 @@ impl ProcessInfo {
             .unwrap_or_else(|| comm.clone());
         let container_id = std::fs::read_to_string(format!("{proc}/cgroup"))
             .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find_map(|l| crate::probes::sched::container_id(l.rsplit(':').next()?))
-            });
+            .and_then(|c| c.lines().find_map(|l| container_id(l.rsplit(':').next()?)));
         let env_service_name = std::fs::read(format!("{proc}/environ")).ok().and_then(|e| {
             e.split(|b| *b == 0)
                 .find_map(|kv| kv.strip_prefix(b"OTEL_SERVICE_NAME="))

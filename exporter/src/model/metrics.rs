@@ -2,7 +2,8 @@
 //! name, unit and points. Probes produce it by reading kernel maps; the Prometheus and OTLP
 //! exporters consume it. Snapshots are cumulative since the daemon started.
 
-use crate::histogram::{Histogram, ValueUnit};
+use super::histogram::{Histogram, ValueUnit};
+pub use super::resource::Resource;
 
 /// Attributes of one point, in a stable order.
 pub type Attributes = Vec<(&'static str, String)>;
@@ -25,7 +26,7 @@ pub struct Metric {
     pub points: Points,
     /// The observed process these points describe (HTTP metrics), or `None` for the node
     /// agent's own resource (kernel and self metrics).
-    pub resource: Option<std::sync::Arc<crate::http::process::ProcessResource>>,
+    pub resource: Option<std::sync::Arc<super::resource::ProcessResource>>,
 }
 
 impl Metric {
@@ -58,34 +59,4 @@ pub fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
-}
-
-/// The node agent's own resource: `service.name`, `host.name`, and configured attributes.
-#[derive(Debug, Clone)]
-pub struct Resource {
-    pub attributes: Vec<(String, String)>,
-}
-
-impl Resource {
-    pub fn detect(config: &crate::config::ServiceConfig) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let mut attributes: Vec<(String, String)> = vec![
-            (
-                "service.name".into(),
-                config.name.clone().unwrap_or_else(|| "periscope".into()),
-            ),
-            ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
-            ("service.instance.id".into(), host.clone()),
-            ("host.name".into(), host),
-            ("telemetry.sdk.name".into(), "periscope".into()),
-            ("telemetry.sdk.language".into(), "rust".into()),
-        ];
-        for (k, v) in &config.resource_attributes {
-            attributes.retain(|(existing, _)| existing != k);
-            attributes.push((k.clone(), v.clone()));
-        }
-        Self { attributes }
-    }
 }

@@ -1,6 +1,6 @@
 //! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http.rs`. Attaches the socket
 //! tracepoint programs (else the raw or per-syscall tracepoint ones), and runs the loop that drains the ring buffer into the
-//! [`Tracker`](crate::http::Tracker).
+//! [`Tracker`](super::Tracker).
 
 use std::{
     sync::{Arc, Mutex},
@@ -15,15 +15,12 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 
 use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
-use super::{
+use super::{HttpConfig, HttpState, Tracker};
+use crate::families::{
     KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
     raw_or_tracepoint_plan, start_raw_or_tracepoints, tracepoint_plan,
 };
-use crate::{
-    config::{HttpConfig, MechanismChoice},
-    http::{HttpState, Tracker},
-    tracefs::Tracefs,
-};
+use crate::{kernel::mechanism::MechanismChoice, kernel::tracefs::Tracefs};
 
 const FAMILY: &str = "http";
 
@@ -264,10 +261,7 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
 fn fill_syscall_table(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let map = ebpf
         .map_mut("HTTP_SYSCALL_OPS")
-        .ok_or_else(|| ProbeError::Map {
-            map: "HTTP_SYSCALL_OPS",
-            reason: "missing from the eBPF object".into(),
-        })?;
+        .ok_or_else(|| ProbeError::missing_map("HTTP_SYSCALL_OPS"))?;
     let mut table: aya::maps::Array<_, u8> =
         aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map {
             map: "HTTP_SYSCALL_OPS",
@@ -336,15 +330,11 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
         fill_syscall_table(ebpf)?;
         let events = ebpf
             .take_map("HTTP_EVENTS")
-            .ok_or_else(|| ProbeError::Map {
-                map: "HTTP_EVENTS",
-                reason: "missing from the eBPF object".into(),
-            })?;
-        let conns = ebpf.take_map("HTTP_CONNS").ok_or_else(|| ProbeError::Map {
-            map: "HTTP_CONNS",
-            reason: "missing from the eBPF object".into(),
-        })?;
-        let pending = super::take_hash_map(ebpf, "HTTP_PENDING")?;
+            .ok_or_else(|| ProbeError::missing_map("HTTP_EVENTS"))?;
+        let conns = ebpf
+            .take_map("HTTP_CONNS")
+            .ok_or_else(|| ProbeError::missing_map("HTTP_CONNS"))?;
+        let pending = crate::families::take_hash_map(ebpf, "HTTP_PENDING")?;
         Ok(Http {
             pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             events: RingBuf::try_from(events).map_err(|e| ProbeError::Map {

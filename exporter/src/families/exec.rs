@@ -10,7 +10,7 @@ use periscope_common::exec::{COMM_LEN, TOTAL};
 use super::{
     LoadSettings, Mechanism, ProbeError, ProbeStatus, Probes, start_family, tracepoint_plan,
 };
-use crate::{config::MechanismChoice, tracefs::Tracefs};
+use crate::kernel::{mechanism::MechanismChoice, tracefs::Tracefs};
 
 const FAMILY: &str = "exec";
 const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
@@ -49,10 +49,10 @@ impl Probes {
         let (exec, status) = start_family(&mut self.ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
             let counts = ebpf
                 .take_map("EXEC_COUNTS")
-                .ok_or_else(|| missing("EXEC_COUNTS"))?;
+                .ok_or_else(|| ProbeError::missing_map("EXEC_COUNTS"))?;
             let total = ebpf
                 .take_map("EXEC_TOTAL")
-                .ok_or_else(|| missing("EXEC_TOTAL"))?;
+                .ok_or_else(|| ProbeError::missing_map("EXEC_TOTAL"))?;
             Ok(Exec {
                 counts: PerCpuHashMap::try_from(counts).map_err(|e| ProbeError::Map {
                     map: "EXEC_COUNTS",
@@ -66,13 +66,6 @@ impl Probes {
         });
         self.statuses.push(status.clone());
         (exec, status)
-    }
-}
-
-fn missing(map: &'static str) -> ProbeError {
-    ProbeError::Map {
-        map,
-        reason: "missing from the eBPF object".into(),
     }
 }
 

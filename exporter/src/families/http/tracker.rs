@@ -1,13 +1,5 @@
-//! HTTP RED metrics and spans from the kernel's syscall capture (see
-//! `ebpf/periscope-ebpf/src/http.rs`): ring-buffer record -> [`connection`] (parse and match)
-//! -> [`aggregate`] (metrics) and [`span`] (traces).
-
-pub mod aggregate;
-pub mod connection;
-pub mod parse;
-pub mod process;
-pub mod route;
-pub mod span;
+//! The HTTP tracker: ring-buffer record -> [`connection`] (parse and match) -> [`aggregate`]
+//! (metrics) and [`span`] (traces), per connection and process.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -23,16 +15,19 @@ use periscope_common::http::{
 };
 
 use crate::{
-    config::HttpConfig,
-    metrics::{Metric, Points},
+    model::metrics::{Metric, Points},
+    model::span::{SpanQueue, SpanRecord},
+    process::{self, ProcessInfo, select},
 };
 
-use self::{
+use super::{
     aggregate::{HttpMetrics, RequestAttributes},
+    config::HttpConfig,
     connection::{Connection, Exchange, Io, Outcome, Role},
-    process::{ProcessInfo, select},
+    parse,
     route::Routes,
-    span::{Sampling, SpanQueue, SpanRecord, TraceRef},
+    span,
+    span::{Sampling, TraceRef},
 };
 
 /// Connections followed in user space at once; beyond it the least recently active are
@@ -151,7 +146,7 @@ fn realtime_offset_ns() -> i128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
-    now - crate::probes::monotonic_ns() as i128
+    now - crate::families::monotonic_ns() as i128
 }
 
 /// Consumes ring-buffer records and turns them into metrics and spans.
@@ -196,9 +191,7 @@ impl Tracker {
         state: Arc<Mutex<HttpState>>,
         spans: Option<SpanQueue>,
     ) -> anyhow::Result<Self> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = crate::model::resource::host_name();
         Ok(Self {
             routes: Routes::new(&config.routes, config.max_routes_per_service)
                 .map_err(anyhow::Error::msg)?,

@@ -13,6 +13,8 @@
 //! kernel's allow-map: a process started after Periscope is measured from the first rescan that
 //! sees it, so its first syscalls (up to one interval) are not measured.
 
+pub mod config;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
@@ -25,19 +27,18 @@ use aya::{
 };
 use periscope_common::syscall::{OTHER_NR, SUM_SLOT, SyscallKey};
 
+pub use self::config::SyscallConfig;
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family,
-    take_hash_map, tracepoint_plan,
+    Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeStatus, Registration, Started,
+    start_family, take_hash_map, take_per_cpu_map, tracepoint_plan,
 };
 use crate::{
-    config::{Selector, SyscallConfig},
-    histogram::{Histogram, ValueUnit},
-    http::{
-        aggregate::EXITED_SERIES_TTL,
-        process::{ProcessInfo, ProcessResource, select},
-    },
-    metrics::{Metric, Points},
-    tracefs::Tracefs,
+    kernel::tracefs::Tracefs,
+    model::histogram::{Histogram, ValueUnit},
+    model::metrics::{Metric, Points},
+    process::EXITED_SERIES_TTL,
+    process::Selector,
+    process::{ProcessInfo, ProcessResource, select},
 };
 
 const FAMILY: &str = "syscall";
@@ -110,6 +111,12 @@ struct Exited {
     at: Instant,
 }
 
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, tracefs| plan(&config.syscall, kernel, tracefs),
+    start: |ebpf, plan, config| Started::from(start(ebpf, plan, &config.syscall)),
+};
+
 pub struct Syscall {
     latency: PerCpuHashMap<MapData, SyscallKey, u64>,
     errors: PerCpuHashMap<MapData, SyscallKey, u64>,
@@ -125,6 +132,7 @@ pub struct Syscall {
     exited: Vec<Exited>,
     /// Selected processes that did not fit in the allow-map (logged once each).
     not_fitting: HashSet<u32>,
+    rescan_interval: std::time::Duration,
 }
 
 pub fn start(
@@ -143,34 +151,19 @@ pub fn start(
                 Some(take_hash_map(ebpf, "SYSCALL_SELECTED")?)
             },
             select: config.select.clone(),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
+            host: crate::model::resource::host_name(),
             known: HashMap::new(),
             departed: HashMap::new(),
             exited: Vec::new(),
             not_fitting: HashSet::new(),
+            rescan_interval: config.rescan_interval,
         })
     });
     // Processes running now are selected before the daemon reports itself ready.
     if let Some(s) = &mut syscall {
-        s.rescan();
+        s.rescan_processes();
     }
     (syscall, status)
-}
-
-fn take_per_cpu_map(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<PerCpuHashMap<MapData, SyscallKey, u64>, ProbeError> {
-    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map {
-        map: name,
-        reason: "missing from the eBPF object".into(),
-    })?;
-    PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map {
-        map: name,
-        reason: e.to_string(),
-    })
 }
 
 /// Process ids in /proc right now.
@@ -189,11 +182,29 @@ fn process_alive(tgid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tgid}")).exists()
 }
 
+impl Family for Syscall {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.collect_series(out);
+    }
+
+    fn sweep(&mut self) -> u64 {
+        self.sweep_entries()
+    }
+
+    fn rescan_every(&self) -> Option<std::time::Duration> {
+        Some(self.rescan_interval)
+    }
+
+    fn rescan(&mut self, _ebpf: &mut Ebpf) {
+        self.rescan_processes();
+    }
+}
+
 impl Syscall {
     /// Learns processes started since the last rescan (resource, selection) and, with a
     /// selection, updates the kernel allow-map. O(processes) directory reads, plus /proc reads
     /// for new processes only.
-    pub fn rescan(&mut self) {
+    pub fn rescan_processes(&mut self) {
         let live = live_processes();
         let gone: Vec<u32> = self
             .known
@@ -253,7 +264,7 @@ impl Syscall {
     /// Removes start stamps of threads that no longer exist (they left in a syscall that never
     /// returns: exit, exit_group, execve from a non-leader thread). A thread blocked in a
     /// syscall for hours keeps its stamp. Returns how many were removed.
-    pub fn sweep(&mut self) -> u64 {
+    fn sweep_entries(&mut self) -> u64 {
         let dead: Vec<u32> = self
             .start
             .keys()
@@ -350,7 +361,7 @@ impl Syscall {
         resource
     }
 
-    pub fn collect(&mut self, out: &mut Vec<Metric>) {
+    fn collect_series(&mut self, out: &mut Vec<Metric>) {
         let live = self.fold_exited();
         let now = Instant::now();
         self.exited

@@ -14,12 +14,18 @@ use aya::{
 };
 use periscope_common::tcp::{PEER_KINDS, TcpEvent, TcpPeerKey};
 
-use super::{KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, start_family};
+use super::{
+    Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, Registration,
+    Started, Task, TaskContext, start_family,
+};
+pub mod config;
+pub mod metrics;
+
+pub use self::config::TcpConfig;
+use self::metrics::TcpMetrics;
 use crate::{
-    config::TcpConfig,
-    metrics::Metric,
-    tcp::TcpMetrics,
-    tracefs::{Tracefs, TracepointFormat},
+    kernel::tracefs::{Tracefs, TracepointFormat},
+    model::metrics::Metric,
 };
 
 const FAMILY: &str = "tcp";
@@ -111,6 +117,33 @@ fn byte_count_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>
     ])
 }
 
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, tracefs| plan(&config.tcp, kernel, tracefs),
+    start: |ebpf, plan, config| {
+        let (tcp, status) = start(ebpf, plan, &config.tcp);
+        Started::from((tcp.map(|tcp| TcpFamily(std::sync::Arc::new(tcp))), status))
+    },
+};
+
+/// The family as the daemon drives it: shared with its drain task.
+struct TcpFamily(std::sync::Arc<Tcp>);
+
+impl Family for TcpFamily {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.0.collect(out);
+    }
+
+    fn sweep(&mut self) -> u64 {
+        self.0.expire();
+        0
+    }
+
+    fn tasks(&mut self, ctx: &TaskContext<'_>) -> anyhow::Result<Vec<Task>> {
+        Ok(vec![Box::pin(run(self.0.clone(), ctx.stopped.clone()))])
+    }
+}
+
 /// The family's maps and what was aggregated from them.
 pub struct Tcp {
     events: Mutex<RingBuf<MapData>>,
@@ -127,12 +160,7 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &TcpConfig) -> (Option<Tcp>, P
                 reason: e.to_string(),
             }
         };
-        let mut take = |map: &'static str| {
-            ebpf.take_map(map).ok_or(ProbeError::Map {
-                map,
-                reason: "missing from the eBPF object".into(),
-            })
-        };
+        let mut take = |map: &'static str| ebpf.take_map(map).ok_or(ProbeError::missing_map(map));
         Ok(Tcp {
             events: Mutex::new(
                 RingBuf::try_from(take("TCP_EVENTS")?).map_err(map_error("TCP_EVENTS"))?,

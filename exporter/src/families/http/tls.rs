@@ -23,9 +23,9 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+use object::{Object, ObjectSymbol, ReadCache};
 
-use super::ProbeError;
+use crate::families::ProbeError;
 
 /// (symbol, entry program); all but `SSL_free` also get [`RETURN_PROGRAM`].
 pub const SYMBOLS: [(&str, &str); 6] = [
@@ -55,6 +55,23 @@ pub struct Tls {
     pub errors: Vec<String>,
 }
 
+/// Loads the OpenSSL probes and attaches them to the files processes map now, adding their
+/// programs to the HTTP family's `status`. `None` (logged) when they cannot load.
+pub fn start(ebpf: &mut Ebpf, status: &mut crate::families::ProbeStatus) -> Option<Tls> {
+    match load(ebpf) {
+        Ok(mut tls) => {
+            tls.scan(ebpf);
+            status.programs.extend(SYMBOLS.iter().map(|s| s.1));
+            status.programs.push(RETURN_PROGRAM);
+            Some(tls)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTPS capture (OpenSSL probes) is off");
+            None
+        }
+    }
+}
+
 /// Loads the programs (the HTTP family's plan decided it can run).
 pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
     for program in SYMBOLS.iter().map(|s| s.1).chain([RETURN_PROGRAM]) {
@@ -73,10 +90,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
     ebpf.program_mut(program)
-        .ok_or_else(|| ProbeError::Map {
-            map: program,
-            reason: "program missing from the eBPF object".into(),
-        })?
+        .ok_or_else(|| ProbeError::missing_program(program))?
         .try_into()
         .map_err(|source| ProbeError::Program { program, source })
 }
@@ -250,12 +264,7 @@ pub fn ssl_offsets(path: &Path) -> Option<Vec<(&'static str, u64)>> {
         if !symbol.is_definition() {
             continue;
         }
-        let section = symbol
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())?;
-        let (file_start, _) = section.file_range()?;
-        let offset = symbol.address().checked_sub(section.address())? + file_start;
-        out.push((name, offset));
+        out.push((name, crate::kernel::elf::file_offset(&elf, &symbol)?));
     }
     let has = |name: &str| out.iter().any(|(n, _)| *n == name);
     (has("SSL_read") && has("SSL_write")).then_some(out)

@@ -6,6 +6,8 @@
 //! Each entry succeeds or fails alone: a missing binary or symbol is logged, shown by
 //! `periscope check` and exported as `periscope.uprobe.attached = 0`; the others keep running.
 
+pub mod config;
+
 use std::{
     collections::HashMap,
     num::NonZeroU32,
@@ -22,21 +24,22 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 use periscope_common::{
     Hist,
     uprobe::{COMM_LEN, UprobeFilter, split_series_key},
 };
 
+pub use self::config::{FunctionConfig, MAX_FUNCTIONS, UprobeConfig};
 use super::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, sweep_stale,
-    take_hash_map, take_histogram_map,
+    CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError,
+    ProbeStatus, Registration, Started, sweep_stale, take_hash_map, take_histogram_map,
 };
 use crate::{
-    config::{FunctionConfig, UprobeConfig},
-    histogram::{Histogram, ValueUnit, read_series},
-    http::{aggregate::EXITED_SERIES_TTL, process::ProcessInfo, process::ProcessResource},
-    metrics::{self, Attributes, Metric},
+    model::histogram::{Histogram, ValueUnit, read_series},
+    model::metrics::{self, Attributes, Metric},
+    process::EXITED_SERIES_TTL,
+    process::{ProcessInfo, ProcessResource},
 };
 
 const FAMILY: &str = "uprobe";
@@ -89,6 +92,82 @@ pub struct Resolved {
     pub address: u64,
     /// Its offset in the file: what the kernel attaches to.
     pub offset: u64,
+}
+
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, _| plan(&config.uprobe, kernel),
+    start: |ebpf, plan, config| {
+        let (uprobe, status, entries) = start(ebpf, plan, &config.uprobe);
+        let family: Option<Box<dyn Family>> = match uprobe {
+            Some(uprobe) => Some(Box::new(uprobe)),
+            // Nothing attached: still report what became of each entry.
+            None if !entries.is_empty() => Some(Box::new(Unattached { entries })),
+            None => None,
+        };
+        Started { family, status }
+    },
+};
+
+impl Family for Uprobe {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.collect_series(out);
+        out.push(Uprobe::entry_gauge(&self.entries));
+    }
+
+    fn sweep(&mut self) -> u64 {
+        self.sweep_entries()
+    }
+
+    fn check_lines(&self) -> Option<CheckLines> {
+        Some(check_lines(&self.entries))
+    }
+}
+
+/// The configured functions when none could be attached: only their statuses.
+struct Unattached {
+    entries: Vec<EntryStatus>,
+}
+
+impl Family for Unattached {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
+        out.push(Uprobe::entry_gauge(&self.entries));
+    }
+
+    fn check_lines(&self) -> Option<CheckLines> {
+        Some(check_lines(&self.entries))
+    }
+}
+
+/// One `periscope check` line per entry: where it attached, or why it could not.
+fn check_lines(entries: &[EntryStatus]) -> CheckLines {
+    let lines = entries
+        .iter()
+        .map(|entry| {
+            let what = format!("[{}] {}", entry.index, entry.symbol);
+            match &entry.outcome {
+                Ok(r) => CheckLine {
+                    ok: true,
+                    what,
+                    detail: format!(
+                        "{}: address {:#x}, file offset {:#x}",
+                        r.file.display(),
+                        r.address,
+                        r.offset
+                    ),
+                },
+                Err(why) => CheckLine {
+                    ok: false,
+                    what,
+                    detail: format!("{}: {why}", entry.path),
+                },
+            }
+        })
+        .collect();
+    CheckLines {
+        title: "Functions (probes.uprobe.functions)",
+        lines,
+    }
 }
 
 /// What became of one entry of `probes.uprobe.functions`.
@@ -155,18 +234,12 @@ pub fn resolve_symbol(file: &Path, symbol: &str) -> Result<Resolved, String> {
             )
         });
     };
-    let section = sym
-        .section_index()
-        .and_then(|i| elf.section_by_index(i).ok())
-        .ok_or_else(|| format!("symbol {symbol} in {} has no section", file.display()))?;
-    let (section_offset, _) = section
-        .file_range()
-        .ok_or_else(|| format!("symbol {symbol}: its section has no file data"))?;
-    let offset = sym
-        .address()
-        .checked_sub(section.address())
-        .map(|rel| rel + section_offset)
-        .ok_or_else(|| format!("symbol {symbol}: address outside its section"))?;
+    let offset = crate::kernel::elf::file_offset(&elf, &sym).ok_or_else(|| {
+        format!(
+            "symbol {symbol} in {}: no section with file data holds its address",
+            file.display()
+        )
+    })?;
     Ok(Resolved {
         file: file.to_path_buf(),
         address: sym.address(),
@@ -255,9 +328,7 @@ pub fn start(
     };
     status.mechanism = Some(mechanism);
     status.programs = vec![ENTRY_PROGRAM, RETURN_PROGRAM];
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let host = crate::model::resource::host_name();
     let uprobe = Uprobe {
         latency,
         start,
@@ -296,10 +367,9 @@ fn uprobe_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut UProbe, ProbeError> {
-    let program = ebpf.program_mut(name).ok_or_else(|| ProbeError::Map {
-        map: name,
-        reason: "program missing from the eBPF object".into(),
-    })?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::missing_program(name))?;
     program.try_into().map_err(|source| ProbeError::Program {
         program: name,
         source,
@@ -413,7 +483,7 @@ fn process_start_time(pid: u32) -> Option<u64> {
 impl Uprobe {
     /// Drops stamps of calls that never returned, and the series of processes that exited more
     /// than [`EXITED_SERIES_TTL`] ago (kernel keys included, so the map does not fill up).
-    pub fn sweep(&mut self) -> u64 {
+    fn sweep_entries(&mut self) -> u64 {
         let swept = sweep_stale(&mut self.start, |since| *since);
         let tgids = self.series_tgids();
         let expired = self.expire(&tgids);
@@ -490,7 +560,7 @@ impl Uprobe {
     }
 
     /// One `process.function.duration` metric per process, one point per function.
-    pub fn collect(&self, out: &mut Vec<Metric>) {
+    fn collect_series(&self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
             Histogram::from_kernel(per_cpu)
         }) {

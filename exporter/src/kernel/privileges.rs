@@ -49,7 +49,7 @@ pub fn require() -> anyhow::Result<()> {
 /// Before 6.5 `bpf()` refused every command to such a process when
 /// `kernel.unprivileged_bpf_disabled` was set (the default on most distributions).
 fn fds_work_without_cap_bpf(release: &str) -> bool {
-    crate::probes::release_at_least(release, (6, 5))
+    super::mechanism::release_at_least(release, (6, 5))
 }
 
 /// The capabilities the running daemon still uses after every probe is attached.

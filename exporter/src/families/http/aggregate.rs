@@ -3,47 +3,22 @@
 //! is capped; beyond the cap new series are counted in one overflow series marked
 //! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
 
-use std::{
-    hash::{Hash, Hasher},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{hash::Hash, sync::Arc, time::Instant};
 
 use foldhash::{HashMap, HashMapExt};
 use periscope_common::hist::{ns_to_units, slot_of};
 
+use super::connection::Role;
 use crate::{
-    histogram::{Histogram, ValueUnit},
-    metrics::{self, Attributes, Metric},
+    model::histogram::{Histogram, ValueUnit},
+    model::metrics::{self, Attributes, Metric},
+    process::ProcessResource,
 };
 
-use super::{connection::Role, process::ProcessResource};
+pub use crate::process::EXITED_SERIES_TTL;
 
-/// Series of an exited process are kept this long (so the last counts get exported), then
-/// removed: short-lived clients would otherwise grow the series set forever. 5 minutes, or
-/// `PERISCOPE_EXITED_SERIES_TTL` (a duration such as `30s`; the soak tests use a short one).
-pub static EXITED_SERIES_TTL: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
-    std::env::var("PERISCOPE_EXITED_SERIES_TTL")
-        .ok()
-        .and_then(|v| humantime::parse_duration(v.trim()).ok())
-        .unwrap_or(Duration::from_secs(300))
-});
-
-/// A process resource compared by identity (one `Arc` per process lifetime).
-#[derive(Clone, Debug)]
-struct ResourceKey(Arc<ProcessResource>);
-
-impl PartialEq for ResourceKey {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for ResourceKey {}
-impl Hash for ResourceKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.0).hash(state);
-    }
-}
+/// A series' process, by identity.
+use crate::model::resource::ResourceId as ResourceKey;
 
 /// The points of one metric.
 type Points = Vec<(Attributes, Histogram)>;

@@ -3,6 +3,8 @@
 //! tracepoints where the kernel has them and BTF says where the fields of `struct request` are,
 //! else as tracepoints), exported as `kernel.block.io.duration` and `kernel.block.io.size`.
 
+pub mod config;
+
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
@@ -12,15 +14,16 @@ use periscope_common::block::{
     split_series,
 };
 
+pub use self::config::BlockConfig;
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
-    start_raw_or_tracepoints, sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
+    Family, KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, Registration, Started,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
+    take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::BlockConfig,
-    histogram::{Histogram, ValueUnit, read_series},
-    metrics::{Attributes, Metric},
-    tracefs::Tracefs,
+    kernel::tracefs::Tracefs,
+    model::histogram::{Histogram, ValueUnit, read_series},
+    model::metrics::{Attributes, Metric},
 };
 
 const FAMILY: &str = "block";
@@ -132,6 +135,12 @@ fn window_globals(
     Ok(globals)
 }
 
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, tracefs| plan(&config.block, kernel, tracefs),
+    start: |ebpf, plan, _| Started::from(start(ebpf, plan)),
+};
+
 pub struct Block {
     hists: PerCpuHashMap<MapData, u64, BlockHists>,
     inflight: aya::maps::HashMap<MapData, BlockRequest, BlockStart>,
@@ -155,15 +164,15 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
     )
 }
 
-impl Block {
+impl Family for Block {
     /// Drops in-flight records whose completion never came (the unused mechanism's map is
     /// empty).
-    pub fn sweep(&mut self) -> u64 {
+    fn sweep(&mut self) -> u64 {
         sweep_stale(&mut self.inflight, |start| start.issued_ns)
             + sweep_stale(&mut self.inflight_rq, |start| start.issued_ns)
     }
 
-    pub fn collect(&self, out: &mut Vec<Metric>) {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.hists, |per_cpu: &[BlockHists]| {
             (
                 Histogram::from_kernel(per_cpu.iter().map(|h| &h.latency)),

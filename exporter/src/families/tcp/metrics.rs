@@ -1,4 +1,4 @@
-//! TCP connection metrics from the kernel's connection events (`probes::tcp`): opens per
+//! TCP connection metrics from the kernel's connection events (`families::tcp`): opens per
 //! direction, connection lifetimes and bytes per connection, failed connects, and the
 //! retransmit and reset counters the kernel keeps per (process, local port, peer).
 //!
@@ -26,12 +26,10 @@ use periscope_common::{
 };
 
 use crate::{
-    histogram::{Histogram, ValueUnit},
-    http::{
-        aggregate::EXITED_SERIES_TTL,
-        process::{ProcessInfo, ProcessResource},
-    },
-    metrics::{Attributes, Metric, Points},
+    model::histogram::{Histogram, ValueUnit},
+    model::metrics::{Attributes, Metric, Points},
+    process::EXITED_SERIES_TTL,
+    process::{ProcessInfo, ProcessResource},
 };
 
 /// A port whose listener was not found is looked up again after this long.
@@ -47,21 +45,8 @@ enum Kind {
     BytesReceived,
 }
 
-/// A process resource compared by identity (one `Arc` per process lifetime).
-#[derive(Clone, Debug)]
-struct Owner(Arc<ProcessResource>);
-
-impl PartialEq for Owner {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for Owner {}
-impl std::hash::Hash for Owner {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.0).hash(state);
-    }
-}
+/// A series' process, by identity.
+use crate::model::resource::ResourceId as Owner;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
@@ -166,9 +151,7 @@ pub struct TcpMetrics {
 
 impl TcpMetrics {
     pub fn new(max_series: usize) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = crate::model::resource::host_name();
         Self {
             series: HashMap::new(),
             max_series,

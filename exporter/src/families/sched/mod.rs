@@ -3,6 +3,8 @@
 //! them, else as tracepoints), exported as `kernel.sched.runqueue.latency`, optionally per cgroup
 //! with a cap on distinct cgroups.
 
+pub mod config;
+
 use std::{collections::HashMap, path::PathBuf};
 
 use aya::{
@@ -14,15 +16,16 @@ use periscope_common::{
     sched::{ALL_TASKS, OTHER_CGROUPS},
 };
 
+pub use self::config::SchedConfig;
 use super::{
-    KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, raw_or_tracepoint_plan,
-    start_raw_or_tracepoints, sweep_stale, take_hash_map, take_histogram_map, tracepoint_plan,
+    Family, KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, Registration, Started,
+    raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
+    take_histogram_map, tracepoint_plan,
 };
 use crate::{
-    config::SchedConfig,
-    histogram::{Histogram, ValueUnit, read_series},
-    metrics::{Attributes, Metric},
-    tracefs::Tracefs,
+    kernel::tracefs::Tracefs,
+    model::histogram::{Histogram, ValueUnit, read_series},
+    model::metrics::{Attributes, Metric},
 };
 
 const FAMILY: &str = "sched";
@@ -111,6 +114,12 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
     ])
 }
 
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, tracefs| plan(&config.sched, kernel, tracefs),
+    start: |ebpf, plan, config| Started::from(start(ebpf, plan, config.sched.by_cgroup)),
+};
+
 pub struct Sched {
     latency: PerCpuHashMap<MapData, u64, Hist>,
     runnable: aya::maps::HashMap<MapData, u32, u64>,
@@ -134,13 +143,13 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, Pr
     )
 }
 
-impl Sched {
+impl Family for Sched {
     /// Drops "runnable since" stamps of tasks never seen switching in.
-    pub fn sweep(&mut self) -> u64 {
+    fn sweep(&mut self) -> u64 {
         sweep_stale(&mut self.runnable, |since| *since)
     }
 
-    pub fn collect(&self, out: &mut Vec<Metric>) {
+    fn collect(&mut self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
             Histogram::from_kernel(per_cpu)
         }) {
@@ -181,7 +190,7 @@ fn with_cgroup_attributes(series: Vec<(u64, Histogram)>) -> Vec<(Attributes, His
                     .unwrap_or_else(|| format!("id:{id}")),
             };
             let mut attributes = vec![("cgroup.path", path.clone())];
-            if let Some(container) = container_id(&path) {
+            if let Some(container) = crate::process::container_id(&path) {
                 attributes.push(("container.id", container));
             }
             (attributes, histogram)
@@ -220,29 +229,4 @@ fn cgroup_paths() -> HashMap<u64, String> {
         }
     }
     out
-}
-
-/// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o layouts).
-pub fn container_id(path: &str) -> Option<String> {
-    path.split(['/', '-', '.'])
-        .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::container_id;
-
-    #[test]
-    fn container_ids_from_cgroup_paths() {
-        let id = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
-        assert_eq!(
-            container_id(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope"
-            )),
-            Some(id.to_string())
-        );
-        assert_eq!(container_id(&format!("/docker/{id}")), Some(id.to_string()));
-        assert_eq!(container_id("/system.slice/ssh.service"), None);
-    }
 }

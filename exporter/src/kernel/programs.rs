@@ -1,0 +1,99 @@
+//! Attaching programs of the loaded object, and what the kernel tells about them.
+
+use std::os::fd::AsFd;
+
+use aya::{Ebpf, programs::TracePoint};
+
+use super::ProbeError;
+
+/// Attaches tracepoint programs `(program, category, tracepoint)`, all or nothing.
+pub fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    for (program, category, name) in programs {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::missing_program(program))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        // One program may serve several tracepoints: load it once.
+        if tp.fd().is_err() {
+            tp.load()
+                .map_err(|source| ProbeError::Program { program, source })?;
+        }
+        tp.attach(category, name)
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
+/// Attaches raw tracepoint programs `(program, tracepoint)`, all or nothing.
+pub fn attach_raw_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    for (program, name) in programs {
+        let tp: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::missing_program(program))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.load()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.attach(name)
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
+/// Run time and run count per loaded program (meaningful when kernel.bpf_stats_enabled=1).
+pub fn program_stats(ebpf: &Ebpf) -> Vec<(String, std::time::Duration, u64)> {
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some((name.to_string(), info.run_time(), info.run_count()))
+        })
+        .collect()
+}
+
+/// Per loaded program, the runs the kernel skipped because another BPF program was already
+/// running on that CPU (`recursion_misses`; always counted, unlike run time).
+pub fn recursion_misses_of(ebpf: &Ebpf) -> Vec<(String, u64)> {
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let fd = program.fd().ok()?;
+            Some((name.to_string(), recursion_misses(fd.as_fd())?))
+        })
+        .collect()
+}
+
+/// `recursion_misses` of a program, from `BPF_OBJ_GET_INFO_BY_FD` (aya does not expose it).
+pub fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain integers; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points at a valid info buffer of info_len bytes, alive during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}

@@ -1,0 +1,7 @@
+//! The neutral data model between families and exporters: metrics, histograms, resources and
+//! spans. It names no family and no exporter.
+
+pub mod histogram;
+pub mod metrics;
+pub mod resource;
+pub mod span;

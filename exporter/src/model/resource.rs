@@ -1,0 +1,69 @@
+//! Resources: who a metric or span belongs to (OTel resource attributes).
+
+use std::{collections::BTreeMap, sync::OnceLock};
+
+/// `host.name`: the kernel's hostname, read once.
+pub fn host_name() -> String {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+    .clone()
+}
+
+/// Resource attributes of one observed process.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ProcessResource {
+    pub service_name: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The node agent's own resource: `service.name`, `host.name`, and configured attributes.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Resource {
+    /// `service_name` defaults to `periscope`; `extra` attributes replace detected ones.
+    pub fn detect(service_name: Option<&str>, extra: &BTreeMap<String, String>) -> Self {
+        let host = host_name();
+        let mut attributes: Vec<(String, String)> = vec![
+            (
+                "service.name".into(),
+                service_name.unwrap_or("periscope").into(),
+            ),
+            ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("service.instance.id".into(), host.clone()),
+            ("host.name".into(), host),
+            ("telemetry.sdk.name".into(), "periscope".into()),
+            ("telemetry.sdk.language".into(), "rust".into()),
+        ];
+        for (k, v) in extra {
+            attributes.retain(|(existing, _)| existing != k);
+            attributes.push((k.clone(), v.clone()));
+        }
+        Self { attributes }
+    }
+}
+
+/// A process resource compared and hashed by identity (one `Arc` per process lifetime): a
+/// series key that costs a pointer, and two processes with equal attributes stay apart.
+#[derive(Clone, Debug)]
+pub struct ResourceId(pub std::sync::Arc<ProcessResource>);
+
+impl PartialEq for ResourceId {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ResourceId {}
+
+impl std::hash::Hash for ResourceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::sync::Arc::as_ptr(&self.0).hash(state);
+    }
+}
