@@ -8,7 +8,7 @@ usage: generate.py          write services.json, node-kernel.json, triage.json, 
 Standard library only. Every query goes through the `${datasource}` variable (no datasource
 UID is written anywhere), every histogram is aggregated `sum by (le, ...)(rate(..._bucket))`
 before `histogram_quantile` (Periscope writes only the non-empty buckets of each series, so
-bucket bounds differ between series; see README "Histogram precision").
+bucket bounds differ between series; see docs/metrics.md, "Histogram precision").
 """
 
 import json

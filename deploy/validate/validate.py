@@ -57,13 +57,13 @@ def say(message: str) -> None:
 # ----------------------------------------------------------------------------- capabilities
 
 def readme_capabilities() -> list[str]:
-    """The capabilities of README.md's Privileges table, in order; duplicates are an error."""
-    text = (ROOT / "README.md").read_text()
+    """The capabilities of docs/deploy.md's Privileges table, in order; duplicates are an error."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
     section = text.split("\n## Privileges\n", 1)[1].split("\n## ", 1)[0]
     caps = re.findall(r"^\| `(CAP_[A-Z_]+)` \|", section, flags=re.M)
-    check(caps, "README.md: no capability rows in the Privileges table")
+    check(caps, "docs/deploy.md: no capability rows in the Privileges table")
     dupes = sorted({c for c in caps if caps.count(c) > 1})
-    check(not dupes, f"README.md Privileges table lists {dupes} more than once")
+    check(not dupes, f"docs/deploy.md Privileges table lists {dupes} more than once")
     return caps
 
 
@@ -128,7 +128,7 @@ def check_objects(docs: list[dict], origin: str) -> dict[str, dict]:
     want = k8s_caps(readme_capabilities())
     check(
         sorted(sc["capabilities"]["add"]) == sorted(want),
-        f"{origin}: capabilities {sc['capabilities']['add']} are not README's {want}",
+        f"{origin}: capabilities {sc['capabilities']['add']} are not docs/deploy.md's {want}",
     )
     # API server rule (not in the schema): "cannot set `allowPrivilegeEscalation` to false and
     # `capabilities.Add` CAP_SYS_ADMIN" (it compares the string CAP_SYS_ADMIN).
@@ -846,7 +846,7 @@ def capabilities() -> None:
     stack = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yaml").read_text())
     added = stack["services"]["periscope"]["cap_add"]
     check(sorted(added) == sorted(k8s_caps(caps)), f"compose: {added}")
-    say(f"README's Privileges table ({', '.join(caps)}) has one row each; the unit, the "
+    say(f"docs/deploy.md's Privileges table ({', '.join(caps)}) has one row each; the unit, the "
         f"manifests, the chart and compose grant exactly these")
 
 

@@ -163,7 +163,7 @@ fn check_server(daemon: &Daemon, server: &Server, port: u16, port_always_known: 
         *n *= 2;
     }
     // A client's service name is its executable's (`python3.11`), or its comm (`python3`) when
-    // it exited before the daemon read /proc (README, Metrics reference): the short Python client
+    // it exited before the daemon read /proc (docs/metrics.md): the short Python client
     // sometimes does, and its requests are then counted under that name.
     let client = |scrape: &Scrape, services: &[&str]| -> Counts {
         let only: Scrape = Scrape {

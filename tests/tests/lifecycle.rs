@@ -249,7 +249,7 @@ fn bpf_program_stats_are_exported_when_enabled() {
     assert!(time.is_some_and(|t| t > 0.0), "and took time: {time:?}");
 }
 
-/// The capabilities README.md's Privileges table documents.
+/// The capabilities docs/deploy.md's Privileges table documents.
 const DOCUMENTED: &[&str] = &[
     "cap_bpf",
     "cap_perfmon",

@@ -176,7 +176,8 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 /// The daemon's resident-memory ceiling for the debug build the tests run (measured peak: about
-/// 80 MiB with every family on under these workloads). README "Resource bounds" documents it.
+/// 80 MiB with every family on under these workloads). docs/limits.md, "Resource bounds",
+/// documents it.
 const RSS_CEILING_KIB: u64 = 160 * 1024;
 
 fn gauge(scrape: &Scrape, name: &str) -> f64 {

@@ -10,7 +10,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// attaching them to tracepoints and uprobes and reading kernel memory (CAP_PERFMON).
 pub const REQUIRED: &[Capability] = &[Capability::CAP_BPF, Capability::CAP_PERFMON];
 
-/// The capability names as `periscope check` and the README print them.
+/// The capability names as `periscope check` and docs/deploy.md print them.
 fn names(caps: impl IntoIterator<Item = Capability>) -> String {
     let mut names: Vec<String> = caps.into_iter().map(|c| c.to_string()).collect();
     names.sort();
@@ -31,7 +31,7 @@ pub fn require() -> anyhow::Result<()> {
             "missing capabilities: {}. Periscope needs CAP_BPF and CAP_PERFMON to load and \
              attach its eBPF programs (plus CAP_SYS_ADMIN for uprobes/HTTPS and to mount \
              tracefs, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to read other users' /proc; see \
-             README.md, Privileges). Run it as root, or grant them: systemd \
+             docs/deploy.md, Privileges). Run it as root, or grant them: systemd \
              `AmbientCapabilities=CAP_BPF CAP_PERFMON ...`, Kubernetes \
              `securityContext.capabilities.add: [BPF, PERFMON, ...]`, or \
              `capsh --caps=... --`; `periscope check` lists what this process has",
