@@ -2,6 +2,7 @@
 //! the kernel maps at the moment it is asked for (a scrape or an OTLP export), plus Periscope's
 //! own telemetry (`periscope.*`).
 
+use crate::model::names;
 use std::{
     sync::{
         Mutex,
@@ -100,7 +101,7 @@ impl Telemetry {
             })
             .collect();
         out.push(Metric {
-            name: "periscope.probe.attached",
+            name: names::PERISCOPE_PROBE_ATTACHED,
             description: "1 when the probe family is attached (with the mechanism used), 0 when it could not attach.",
             unit: "1",
             points: Points::Gauge(attached),
@@ -117,7 +118,7 @@ impl Telemetry {
             })
             .collect();
         out.push(Metric {
-            name: "periscope.probe.errors",
+            name: names::PERISCOPE_PROBE_ERRORS,
             description: "Events the eBPF programs could not account for: unmatched completions, full maps.",
             unit: "1",
             points: Points::Counter(errors),
@@ -129,7 +130,7 @@ impl Telemetry {
             .map(|(p, n)| (vec![("program", p)], n as f64))
             .collect();
         out.push(Metric {
-            name: "periscope.bpf.program.recursion_misses",
+            name: names::PERISCOPE_BPF_PROGRAM_RECURSION_MISSES,
             description: "Runs of each eBPF program the kernel skipped because another BPF program was running on that CPU (those events are lost).",
             unit: "1",
             points: Points::Counter(misses),
@@ -146,14 +147,14 @@ impl Telemetry {
                 .map(|(p, _, n)| (vec![("program", p.clone())], *n as f64))
                 .collect();
             out.push(Metric {
-                name: "periscope.bpf.program.run_time",
+                name: names::PERISCOPE_BPF_PROGRAM_RUN_TIME,
                 description: "Time spent in each eBPF program (kernel.bpf_stats_enabled=1).",
                 unit: "s",
                 points: Points::Counter(run_time),
                 resource: None,
             });
             out.push(Metric {
-                name: "periscope.bpf.program.run_count",
+                name: names::PERISCOPE_BPF_PROGRAM_RUN_COUNT,
                 description: "Runs of each eBPF program (kernel.bpf_stats_enabled=1).",
                 unit: "1",
                 points: Points::Counter(run_count),
@@ -190,14 +191,14 @@ impl Telemetry {
         })
         .collect();
         out.push(Metric {
-            name: "periscope.export.spans",
+            name: names::PERISCOPE_EXPORT_SPANS,
             description: "HTTP spans by outcome: exported, or dropped because the queue was full or the collector failed past the retry window.",
             unit: "1",
             points: Points::Counter(spans),
             resource: None,
         });
         out.push(Metric {
-            name: "periscope.export.requests",
+            name: names::PERISCOPE_EXPORT_REQUESTS,
             description: "OTLP export requests by outcome (a failure drops nothing: counts are cumulative).",
             unit: "1",
             points: Points::Counter(export),

@@ -10,7 +10,7 @@
 //!   flood into a one-page ring buffer (losses counted, nothing leaks).
 //! - SIGTERM under wrk load with OTLP on: the final export is flushed, exit 0, nothing left loaded.
 //!
-//! Which kernel maps drain, and when (see ebpf/periscope-ebpf/src/*.rs and exporter/src/probes):
+//! Which kernel maps drain, and when (see ebpf/periscope-ebpf/src/*.rs and exporter/src/families):
 //! - in-flight entries removed at the matching end event (HTTP_PENDING, SYSCALL_START,
 //!   SCHED_RUNNABLE_SINCE, BLOCK_INFLIGHT, UPROBE_START, HTTP_TLS_PENDING; stale ones swept after
 //!   60 s): back to baseline as soon as the workload stops;

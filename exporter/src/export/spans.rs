@@ -96,7 +96,7 @@ pub fn build_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
                 }),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
-                        name: "periscope.http".into(),
+                        name: SCOPE.into(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         ..Default::default()
                     }),
@@ -108,6 +108,9 @@ pub fn build_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
             .collect(),
     }
 }
+
+/// The instrumentation scope of HTTP spans.
+const SCOPE: &str = "periscope.http";
 
 const BATCH: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_secs(1);

@@ -3,5 +3,6 @@
 
 pub mod histogram;
 pub mod metrics;
+pub mod names;
 pub mod resource;
 pub mod span;

@@ -2,6 +2,7 @@
 //! (`Probes::start` on the embedded default config, syscall family on), plus the exec counter;
 //! periodic cumulative snapshots; and the window, each snapshot minus the first one.
 
+use crate::model::names;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -217,7 +218,7 @@ impl Session {
             let mut out = Vec::new();
             probes.collect(&mut out);
             out.iter().any(|m| {
-                m.name == "periscope.http.tls.files"
+                m.name == names::PERISCOPE_HTTP_TLS_FILES
                     && matches!(&m.points, Points::Gauge(p) if !p.is_empty())
             })
         };
@@ -406,14 +407,14 @@ fn take(telemetry: &Telemetry, exec: Option<&Exec>) -> Snapshot {
 
 /// The metrics triage reads, one entry per series.
 const WANTED: &[&str] = &[
-    "kernel.block.io.duration",
-    "kernel.sched.runqueue.latency",
-    "kernel.tcp.retransmits",
-    "kernel.tcp.resets",
-    "kernel.syscall.duration",
-    "kernel.syscall.errors",
-    "http.server.request.duration",
-    "http.client.request.duration",
+    names::KERNEL_BLOCK_IO_DURATION,
+    names::KERNEL_SCHED_RUNQUEUE_LATENCY,
+    names::KERNEL_TCP_RETRANSMITS,
+    names::KERNEL_TCP_RESETS,
+    names::KERNEL_SYSCALL_DURATION,
+    names::KERNEL_SYSCALL_ERRORS,
+    names::HTTP_SERVER_REQUEST_DURATION,
+    names::HTTP_CLIENT_REQUEST_DURATION,
 ];
 
 fn flatten(metrics: Vec<Metric>) -> HashMap<Key, Series> {

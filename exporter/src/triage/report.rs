@@ -2,6 +2,7 @@
 //! histograms and counters. `--json` prints this structure (schema: `exporter/triage.schema.json`);
 //! the text rendering (`render.rs`) draws it.
 
+use crate::model::names;
 use std::collections::BTreeMap;
 
 use periscope_common::hist::{SECONDS_INDEX_OFFSET, SUBBUCKETS, ZERO_SLOT, index_of_slot};
@@ -426,7 +427,7 @@ pub fn build(input: Inputs<'_>) -> Report {
 
     let runqueue = (input.attached)("sched").then(|| {
         let mut all = Histogram::default();
-        for h in of("kernel.sched.runqueue.latency").filter_map(hist) {
+        for h in of(names::KERNEL_SCHED_RUNQUEUE_LATENCY).filter_map(hist) {
             add(&mut all, &h);
         }
         let latency = distribution(&all);
@@ -439,7 +440,7 @@ pub fn build(input: Inputs<'_>) -> Report {
     let disks = (input.attached)("block").then(|| {
         let mut per_device: BTreeMap<(String, String), (Histogram, BTreeMap<String, u64>)> =
             BTreeMap::new();
-        for s in of("kernel.block.io.duration") {
+        for s in of(names::KERNEL_BLOCK_IO_DURATION) {
             let Some(h) = hist(s) else { continue };
             let device = s.attribute("system.device").unwrap_or("?").to_string();
             let mm = s
@@ -476,7 +477,7 @@ pub fn build(input: Inputs<'_>) -> Report {
         type PeerKey = (String, Option<u32>, String, String);
         let mut peers: BTreeMap<PeerKey, (u64, u64)> = BTreeMap::new();
         let (mut retransmits, mut sent, mut received) = (0, 0, 0);
-        for s in of("kernel.tcp.retransmits").chain(of("kernel.tcp.resets")) {
+        for s in of(names::KERNEL_TCP_RETRANSMITS).chain(of(names::KERNEL_TCP_RESETS)) {
             if !input.scope.matches(s.resource.as_deref()) {
                 continue;
             }
@@ -490,7 +491,7 @@ pub fn build(input: Inputs<'_>) -> Report {
                     .to_string(),
             );
             let entry = peers.entry(key).or_default();
-            if s.name == "kernel.tcp.retransmits" {
+            if s.name == names::KERNEL_TCP_RETRANSMITS {
                 retransmits += n;
                 entry.0 += n;
             } else {
@@ -548,7 +549,7 @@ pub fn build(input: Inputs<'_>) -> Report {
         let mut by_name: BTreeMap<String, (Histogram, BTreeMap<String, f64>, u64)> =
             BTreeMap::new();
         let mut errors = 0;
-        for s in of("kernel.syscall.duration").chain(of("kernel.syscall.errors")) {
+        for s in of(names::KERNEL_SYSCALL_DURATION).chain(of(names::KERNEL_SYSCALL_ERRORS)) {
             if !input.scope.matches(s.resource.as_deref()) {
                 continue;
             }
@@ -603,12 +604,14 @@ pub fn build(input: Inputs<'_>) -> Report {
 
     let http = (input.attached)("http").then(|| {
         let mut per: BTreeMap<(String, &'static str), (Histogram, u64)> = BTreeMap::new();
-        for s in of("http.server.request.duration").chain(of("http.client.request.duration")) {
+        for s in
+            of(names::HTTP_SERVER_REQUEST_DURATION).chain(of(names::HTTP_CLIENT_REQUEST_DURATION))
+        {
             if !input.scope.matches(s.resource.as_deref()) {
                 continue;
             }
             let Some(h) = hist(s) else { continue };
-            let side = if s.name == "http.server.request.duration" {
+            let side = if s.name == names::HTTP_SERVER_REQUEST_DURATION {
                 "server"
             } else {
                 "client"

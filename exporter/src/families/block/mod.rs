@@ -5,6 +5,7 @@
 
 pub mod config;
 
+use crate::model::names;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
@@ -195,13 +196,13 @@ impl Family for Block {
         latency.sort_by(|a, b| a.0.cmp(&b.0));
         size.sort_by(|a, b| a.0.cmp(&b.0));
         out.push(Metric::histogram(
-            "kernel.block.io.duration",
+            names::KERNEL_BLOCK_IO_DURATION,
             "Block IO latency from issue to the device until completion, per device and operation.",
             ValueUnit::Seconds,
             latency,
         ));
         out.push(Metric::histogram(
-            "kernel.block.io.size",
+            names::KERNEL_BLOCK_IO_SIZE,
             "Block IO request size, per device and operation.",
             ValueUnit::Bytes,
             size,

@@ -3,6 +3,7 @@
 //! is capped; beyond the cap new series are counted in one overflow series marked
 //! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
 
+use crate::model::names;
 use std::{hash::Hash, sync::Arc, time::Instant};
 
 use foldhash::{HashMap, HashMapExt};
@@ -161,11 +162,11 @@ impl HttpMetrics {
             points.sort_by(|a, b| a.0.cmp(&b.0));
             let (name, description) = match role {
                 Role::Server => (
-                    "http.server.request.duration",
+                    names::HTTP_SERVER_REQUEST_DURATION,
                     "Duration of HTTP server requests, measured from the kernel.",
                 ),
                 Role::Client => (
-                    "http.client.request.duration",
+                    names::HTTP_CLIENT_REQUEST_DURATION,
                     "Duration of HTTP client requests, measured from the kernel.",
                 ),
             };

@@ -12,6 +12,7 @@ pub mod span;
 pub mod tls;
 pub mod tracker;
 
+use crate::model::names;
 use std::sync::{Arc, Mutex};
 
 use aya::{Ebpf, maps::MapData};
@@ -68,7 +69,7 @@ impl Family for HttpFamily {
             .collect(out);
         if let Some(tls) = &self.tls {
             out.push(Metric {
-                name: "periscope.http.tls.files",
+                name: names::PERISCOPE_HTTP_TLS_FILES,
                 description: "Files (libssl, or executables with OpenSSL linked in) whose SSL_read/SSL_write carry the HTTPS probes.",
                 unit: "1",
                 points: Points::Gauge(

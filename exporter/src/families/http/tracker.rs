@@ -1,6 +1,7 @@
 //! The HTTP tracker: ring-buffer record -> [`connection`] (parse and match) -> [`aggregate`]
 //! (metrics) and [`span`] (traces), per connection and process.
 
+use crate::model::names;
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
@@ -99,28 +100,28 @@ impl HttpState {
             ));
         }
         out.push(Metric {
-            name: "periscope.http.messages",
+            name: names::PERISCOPE_HTTP_MESSAGES,
             description: "What the HTTP capture made of the traffic: matched exchanges, bytes that were not HTTP, responses without a request, requests dropped (and why).",
             unit: "1",
             points: Points::Counter(points),
             resource: None,
         });
         out.push(Metric {
-            name: "periscope.http.connections",
+            name: names::PERISCOPE_HTTP_CONNECTIONS,
             description: "TCP connections the HTTP capture follows right now.",
             unit: "1",
             points: Points::Gauge(vec![(vec![], self.connections as f64)]),
             resource: None,
         });
         out.push(Metric {
-            name: "periscope.http.processes",
+            name: names::PERISCOPE_HTTP_PROCESSES,
             description: "Processes the HTTP capture holds resource attributes for right now.",
             unit: "1",
             points: Points::Gauge(vec![(vec![], self.processes as f64)]),
             resource: None,
         });
         out.push(Metric {
-            name: "periscope.http.series",
+            name: names::PERISCOPE_HTTP_SERIES,
             description: "Distinct HTTP metric series held (capped by probes.http.max_series).",
             unit: "1",
             points: Points::Gauge(vec![(vec![], self.metrics.series_count() as f64)]),

@@ -5,6 +5,7 @@
 
 pub mod config;
 
+use crate::model::names;
 use std::{collections::HashMap, path::PathBuf};
 
 use aya::{
@@ -169,7 +170,7 @@ impl Family for Sched {
                 .collect()
         };
         out.push(Metric::histogram(
-            "kernel.sched.runqueue.latency",
+            names::KERNEL_SCHED_RUNQUEUE_LATENCY,
             "Time runnable tasks waited in a run queue before running (wakeup or preemption to switch-in).",
             ValueUnit::Seconds,
             points,

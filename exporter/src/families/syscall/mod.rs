@@ -15,6 +15,7 @@
 
 pub mod config;
 
+use crate::model::names;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
@@ -385,7 +386,7 @@ fn push_process_metrics(
         .map(|(nr, h)| (vec![("syscall.name", syscall_name(*nr))], h.clone()))
         .collect();
     let mut duration = Metric::histogram(
-        "kernel.syscall.duration",
+        names::KERNEL_SYSCALL_DURATION,
         "Time from syscall entry to exit, per syscall, for the process of the resource.",
         ValueUnit::Seconds,
         latency,
@@ -407,7 +408,7 @@ fn push_process_metrics(
         })
         .collect();
     out.push(Metric {
-        name: "kernel.syscall.errors",
+        name: names::KERNEL_SYSCALL_ERRORS,
         description: "Syscalls that returned an error, per syscall and errno.",
         unit: "1",
         points: Points::Counter(errors),

@@ -9,6 +9,7 @@
 //! `kernel.tcp.connections` (opens) minus the count of `kernel.tcp.connection.duration`
 //! (closes), whichever side leaks.
 
+use crate::model::names;
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -286,7 +287,7 @@ impl TcpMetrics {
             out.push(series_metric(owner.map(|o| o.0), kind, points));
         }
         out.push(Metric {
-            name: "periscope.tcp.series",
+            name: names::PERISCOPE_TCP_SERIES,
             description: "Distinct TCP connection metric series held (capped by probes.tcp.max_series).",
             unit: "1",
             points: Points::Gauge(vec![(vec![], self.series.len() as f64)]),
@@ -335,12 +336,12 @@ impl TcpMetrics {
             points.sort_by(|a, b| a.0.cmp(&b.0));
             let (name, description) = if which == 0 {
                 (
-                    "kernel.tcp.retransmits",
+                    names::KERNEL_TCP_RETRANSMITS,
                     "TCP segments retransmitted (tcp:tcp_retransmit_skb), by local port and peer.",
                 )
             } else {
                 (
-                    "kernel.tcp.resets",
+                    names::KERNEL_TCP_RESETS,
                     "TCP resets sent (transmit) and received (receive), by local port and peer.",
                 )
             };
@@ -387,31 +388,31 @@ fn series_metric(
     };
     let (name, description, unit, points) = match kind {
         Kind::Opened => (
-            "kernel.tcp.connections",
+            names::KERNEL_TCP_CONNECTIONS,
             "TCP connections established, by direction (inbound: accepted; outbound: connected).",
             "1",
             counter(points),
         ),
         Kind::ConnectFailed => (
-            "kernel.tcp.connect.failures",
+            names::KERNEL_TCP_CONNECT_FAILURES,
             "Outbound TCP connects that never reached ESTABLISHED (refused, timed out, reset).",
             "1",
             counter(points),
         ),
         Kind::Duration => (
-            "kernel.tcp.connection.duration",
+            names::KERNEL_TCP_CONNECTION_DURATION,
             "Lifetime of closed TCP connections (connect or handshake end to CLOSE); its count is the closes.",
             "s",
             histogram(ValueUnit::Seconds, points),
         ),
         Kind::BytesSent => (
-            "kernel.tcp.connection.sent",
+            names::KERNEL_TCP_CONNECTION_SENT,
             "Payload bytes sent (and acknowledged) per closed TCP connection.",
             "By",
             histogram(ValueUnit::Bytes, points),
         ),
         Kind::BytesReceived => (
-            "kernel.tcp.connection.received",
+            names::KERNEL_TCP_CONNECTION_RECEIVED,
             "Payload bytes received per closed TCP connection.",
             "By",
             histogram(ValueUnit::Bytes, points),
@@ -542,7 +543,7 @@ mod tests {
         m.collect(&[], [0; 3], &mut out);
         let opened = out
             .iter()
-            .find(|m| m.name == "kernel.tcp.connections")
+            .find(|m| m.name == names::KERNEL_TCP_CONNECTIONS)
             .unwrap();
         let Points::Counter(points) = &opened.points else {
             panic!()
@@ -551,7 +552,7 @@ mod tests {
         assert!(points[0].0.contains(&("server.port", "5432".to_string())));
         let durations = out
             .iter()
-            .find(|m| m.name == "kernel.tcp.connection.duration")
+            .find(|m| m.name == names::KERNEL_TCP_CONNECTION_DURATION)
             .unwrap();
         let Points::Histogram(_, points) = &durations.points else {
             panic!()

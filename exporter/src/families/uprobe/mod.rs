@@ -8,6 +8,7 @@
 
 pub mod config;
 
+use crate::model::names;
 use std::{
     collections::HashMap,
     num::NonZeroU32,
@@ -589,7 +590,7 @@ impl Uprobe {
         for (tgid, mut points) in by_process {
             points.sort_by(|a, b| a.0.cmp(&b.0));
             out.push(Metric {
-                name: "process.function.duration",
+                name: names::PROCESS_FUNCTION_DURATION,
                 description: "Duration of calls to configured user-space functions (uprobe to uretprobe).",
                 unit: "s",
                 points: metrics::Points::Histogram(ValueUnit::Seconds, points),
@@ -613,7 +614,7 @@ impl Uprobe {
             })
             .collect();
         Metric {
-            name: "periscope.uprobe.attached",
+            name: names::PERISCOPE_UPROBE_ATTACHED,
             description: "1 per configured function whose uprobes are attached, 0 when its binary or symbol could not be resolved or attached.",
             unit: "1",
             points: metrics::Points::Gauge(points),
