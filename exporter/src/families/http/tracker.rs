@@ -354,6 +354,18 @@ impl Tracker {
             self.give_up(key);
             return;
         }
+        self.track(key, role, port, peer, h.end_ns);
+    }
+
+    /// Starts following a connection (making room first).
+    fn track(
+        &mut self,
+        key: (u32, u32),
+        role: Role,
+        port: Option<u16>,
+        peer: Option<String>,
+        now_ns: u64,
+    ) {
         self.make_room();
         self.conns.insert(
             key,
@@ -362,7 +374,7 @@ impl Tracker {
                 port,
                 peer,
                 fds: 1,
-                last_active: h.end_ns,
+                last_active: now_ns,
             },
         );
     }
@@ -438,17 +450,7 @@ impl Tracker {
                 self.give_up(key);
                 return;
             }
-            self.make_room();
-            self.conns.insert(
-                key,
-                TrackedConnection {
-                    conn: Connection::new(role),
-                    port,
-                    peer: None,
-                    fds: 1,
-                    last_active: h.end_ns,
-                },
-            );
+            self.track(key, role, port, None, h.end_ns);
         }
         let tail_len = (h.tail_len as usize).min(h.tail.len());
         let io = Io {
