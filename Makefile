@@ -11,14 +11,21 @@ ARGS ?=
 setup:
 	@bash .ci/setup.sh
 
+# A short log: one line per step, cargo's own only for errors and warnings (the eBPF build's
+# output shows only when it fails; PERISCOPE_BUILD_VERBOSE=1 shows it all).
+CARGO_QUIET := $(if $(filter 1,$(PERISCOPE_BUILD_VERBOSE)),,--quiet)
+
 build: setup
-	$(CARGO) build --release -p periscope
+	@printf '\033[1m[build]\033[0m %s\n' "cargo build --release -p periscope (the first build takes several minutes)" >&2
+	@$(CARGO) build --release -p periscope $(CARGO_QUIET)
+	@printf '\033[1m[build]\033[0m %s\n' "target/release/periscope ready" >&2
 
 run: build
-	./target/release/periscope run $(ARGS)
+	@printf '\033[1m[run]\033[0m %s\n' "periscope run $(ARGS) (Ctrl-C stops it)" >&2
+	@./target/release/periscope run $(ARGS)
 
 check: build
-	./target/release/periscope check $(ARGS)
+	@./target/release/periscope check $(ARGS)
 
 # End-to-end tests run the debug binary built here against the real kernel.
 test: setup
