@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The benchmark report: reads the JSON every benchmark wrote into bench/out/ (overhead.json,
-http.json, families.json, export.json, accuracy.json), writes bench/out/report.md with summary
+http.json, families.json, export.json, accuracy.json, idle.json), writes bench/out/report.md with summary
 tables, SVG plots in bench/out/plots/ (matplotlib), and each benchmark's own Markdown as an
 appendix. A benchmark whose JSON is missing is reported as not run. Needs matplotlib (bench/run.sh
 installs the pinned bench/requirements.txt into target/bench-venv and runs this with it)."""
@@ -82,9 +82,9 @@ def overhead_rows(overhead, families, http):
 
 def main():
     overhead, http, families = load("overhead"), load("http"), load("families")
-    export, accuracy = load("export"), load("accuracy")
+    export, accuracy, idle = load("export"), load("accuracy"), load("idle")
     present = {n: d for n, d in (("overhead", overhead), ("http", http), ("families", families),
-                                 ("export", export), ("accuracy", accuracy)) if d}
+                                 ("export", export), ("accuracy", accuracy), ("idle", idle)) if d}
     quick = sorted(n for n, d in present.items() if d.get("quick"))
     any_data = next(iter(present.values()), {})
     lines = ["# Periscope benchmark report", "",
@@ -94,7 +94,7 @@ def main():
     if quick:
         lines += [f"**Quick run** ({', '.join(quick)} ran with `--quick`: 1 round, short workloads). These numbers "
                   "check that the benchmarks work; they are not results.", ""]
-    missing = [n for n in ("overhead", "http", "families", "export", "accuracy") if n not in present]
+    missing = [n for n in ("overhead", "http", "families", "export", "accuracy", "idle") if n not in present]
     if missing:
         lines += [f"No output (no JSON in bench/out/: not run, or failed; see the run's log): {', '.join(missing)}.", ""]
 
@@ -127,6 +127,11 @@ def main():
                         (f"HTTP {k}: eBPF cost < 300 ns per request", f"{ns:,.0f} ns", verdict(ns < 300)),
                         (f"HTTP {k}: RSS under load < 30 MB (at {r:,.0f} requests/s)", f"{rss:.1f} MiB",
                          verdict(rss * 1.048576 < 30))]
+    if idle:
+        share = idle["summary"]["idle"]["core_share"]
+        targets.append((f"idle daemon CPU <= {idle['target_share']:.1%} of a core, every default family on (issue 23)",
+                        f"{share['median']:.3%} (min {share['min']:.3%}, max {share['max']:.3%})",
+                        verdict(share["median"] <= idle["target_share"])))
     if targets:
         lines += ["## Targets of the issues", "", "| target | measured | verdict |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {v} |" for t, m, v in targets]
@@ -186,29 +191,47 @@ def main():
                       "`floor-sock`: the same on the raw tracepoints `sock_send_length`/`sock_recv_length` (Linux 6.3+), "
                       "the hooks of Periscope's default mechanism (socket_tracepoint).", ""]
 
-    # Daemon resources.
-    res = []
-    if overhead and overhead.get("peak_rss_kib"):
-        res.append(("kernel families (sched+io bench)", max(overhead["peak_rss_kib"]) / 1024, "peak (VmHWM)"))
+    # Daemon resources: the same three measures for the kernel families and for HTTP.
+    res = []  # (run, peak RSS values, RSS at the end / under load values, map memory values), KiB
+    if overhead and overhead.get("memory_kib", {}).get("periscope"):
+        m = overhead["memory_kib"]["periscope"]
+        res.append(("kernel families (sched+io bench)", m["peak_rss_kib"], m["end_rss_kib"], m["map_kib"]))
     if http:
         for k in ("periscope-all", "periscope-nginx", "periscope-no-http"):
-            v = http.get("rss_under_load_kib", {}).get(k)
-            if v:
-                res.append((f"http bench, {k}", max(v) / 1024, "under load (VmRSS)"))
-    if export:
-        for name, ps in export["phases"].items():
-            if ps:
-                res.append((f"export bench, {name}", max(p["rss_kib"] for p in ps) / 1024, "end of phase (VmRSS)"))
+            peak = http.get("peak_rss_kib", {}).get(k)
+            if peak:
+                res.append((f"http bench, {k}", peak, http.get("rss_under_load_kib", {}).get(k) or [],
+                            http.get("map_memory_kib", {}).get(k) or []))
+    if idle:
+        res.append(("idle bench (default config)", [idle["rss"]["VmHWM_kib"]], [idle["rss"]["VmRSS_kib"]], []))
     if res:
-        lines += ["## Daemon RSS", "", "Target (issues 2, 3): < 30 MB.", "", "| run | RSS | measured as |", "|---|---|---|"]
-        lines += [f"| {n} | {v:.1f} MiB | {how} |" for n, v, how in res]
+        mib = lambda xs: "" if not xs else (
+            f"{med(xs) / 1024:.1f}" + ("" if len(xs) < 2 else f" ({min(xs) / 1024:.1f} - {max(xs) / 1024:.1f})"))
+        lines += ["## Daemon memory", "",
+                  "Target (issues 2, 3): < 30 MB. MiB, median (min - max) over rounds: peak RSS (VmHWM at the end of the "
+                  "run: usually the startup peak of loading the eBPF object), RSS at the end of the workload (VmRSS, "
+                  "under load for HTTP), and the kernel memory of the eBPF maps the daemon holds (memlock from "
+                  "/proc/PID/fdinfo), which is outside the RSS.", "",
+                  "| run | peak RSS | RSS at the end | eBPF map memory |", "|---|---|---|---|"]
+        lines += [f"| {n} | {mib(p)} | {mib(e)} | {mib(m)} |" for n, p, e, m in res]
         fig, ax = plt.subplots(figsize=(9, 3.5))
-        ax.barh([r[0] for r in res], [r[1] for r in res])
+        ax.barh([r[0] for r in res], [max(r[1]) / 1024 for r in res], label="peak RSS (highest round)")
         ax.axvline(30 / 1.048576, color="red", linewidth=0.8, label="30 MB target")
         ax.set_xlabel("MiB")
         ax.legend(fontsize="small")
-        ax.set_title("Periscope RSS")
+        ax.set_title("Periscope peak RSS")
         lines += ["", f"![daemon RSS]({save(fig, 'rss.svg')})", ""]
+
+    # Idle beside busy.
+    if idle:
+        lines += ["## Daemon CPU: idle beside busy (bench/idle.py)", "",
+                  f"Default configuration; {idle['rounds']} round(s) of {idle['seconds']} s per phase; median (min - max).", "",
+                  "| phase | daemon CPU, ms per minute | share of a core | wakeups/s | daemon CPU ns/request |", "|---|---|---|---|---|"]
+        for name, s in idle["summary"].items():
+            cell = lambda key, f: "" if not s.get(key) else f"{f(s[key]['median'])} ({f(s[key]['min'])} - {f(s[key]['max'])})"
+            lines.append(f"| {name} | {cell('cpu_ms_per_minute', lambda v: f'{v:.1f}')} | {cell('core_share', lambda v: f'{v:.3%}')} | "
+                         f"{cell('wakeups_per_s', lambda v: f'{v:.1f}')} | {cell('cpu_ns_per_request', lambda v: f'{v:,.0f}')} |")
+        lines.append("")
 
     # Export.
     if export:
@@ -283,7 +306,7 @@ def main():
 
     # Appendix: each benchmark's own Markdown.
     lines += ["## Details (each benchmark's own output)", ""]
-    for name in ("overhead", "http", "families", "export", "accuracy"):
+    for name in ("overhead", "http", "families", "export", "accuracy", "idle"):
         path = os.path.join(OUT, f"{name}.md")
         if os.path.exists(path):
             text = open(path).read().strip().splitlines()

@@ -58,3 +58,7 @@ mod pod {
     unsafe impl aya::Pod for super::uprobe::UprobeFilter {}
     unsafe impl aya::Pod for super::syscall::SyscallKey {}
 }
+
+/// How many processes a family can be told not to measure (`*_SKIP_TGIDS`): Periscope itself
+/// and up to three other Periscope processes (the daemon beside a `periscope triage`).
+pub const SKIP_TGIDS: usize = 4;

@@ -41,7 +41,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use periscope_common::{
-    counters,
+    SKIP_TGIDS, counters,
     http::{
         CAPTURE, CLOSE_SOCKET, ConnectAddr, HEADER_SIZE, HttpEvent, HttpEventHeader, HttpPending,
         KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ,
@@ -51,7 +51,7 @@ use periscope_common::{
     },
 };
 
-use crate::shared::{bytes_at, count, global};
+use crate::shared::{bytes_at, count, global, ring_flags, skipped};
 
 /// Offset of the first syscall argument in a `sys_enter_*` record.
 #[unsafe(no_mangle)]
@@ -59,9 +59,9 @@ static HTTP_ARGS_OFFSET: u32 = 16;
 /// Offset of the return value in a `sys_exit_*` record.
 #[unsafe(no_mangle)]
 static HTTP_RET_OFFSET: u32 = 16;
-/// Periscope's own process: never captured.
+/// Periscope's own process and other Periscope processes: never captured (`shared::skipped`).
 #[unsafe(no_mangle)]
-static HTTP_SELF_TGID: u32 = 0;
+static HTTP_SKIP_TGIDS: [u32; SKIP_TGIDS] = [0; SKIP_TGIDS];
 /// Records wake user space up only when the bytes a CPU sent cross a multiple of this (user
 /// space also drains on a short timer; see [`crosses_wakeup_step`]). A wakeup on every record
 /// once the unread bytes passed a threshold, as before, cost ~10% of the exit program's time
@@ -111,6 +111,10 @@ static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+/// 1 while user space sleeps until the next record (see `shared::ring_flags`).
+#[map]
+static HTTP_READER_PARKED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Bytes of records each CPU has sent (wakeups: [`crosses_wakeup_step`]).
 #[map]
 static HTTP_SENT_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -133,7 +137,7 @@ fn ret(ctx: &TracePointContext) -> i64 {
 fn current() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if tgid == global(&HTTP_SELF_TGID) {
+    if skipped(&HTTP_SKIP_TGIDS, tgid) {
         return None;
     }
     Some((tgid, id as u32))
@@ -415,7 +419,8 @@ fn output(bytes: &[u8]) -> bool {
         }
         None => BPF_RB_NO_WAKEUP,
     };
-    if HTTP_EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
+    let flags = ring_flags(&HTTP_READER_PARKED, flags as u64);
+    if HTTP_EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(counters::HTTP_EVENTS_LOST);
         return false;
     }

@@ -1,9 +1,9 @@
 //! Helpers every probe family uses: per-series histogram values and self-telemetry counters.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 
 /// Self-telemetry counters, indexed by `periscope_common::counters`.
@@ -41,6 +41,26 @@ pub fn series<K, V>(
         count(full_counter);
     }
     value
+}
+
+/// The ring-buffer flags of a record: a forced wakeup when the family's reader is parked
+/// (user space sets its `*_READER_PARKED` flag while records are few, and then sleeps until a
+/// record wakes it), else `busy` (the family's batching choice).
+#[inline(always)]
+pub fn ring_flags(parked: &Array<u32>, busy: u64) -> u64 {
+    match parked.get(0) {
+        Some(flag) if *flag != 0 => BPF_RB_FORCE_WAKEUP as u64,
+        _ => busy,
+    }
+}
+
+/// Whether `tgid` is one of the processes a family must not measure (`*_SKIP_TGIDS`, set at load
+/// time: Periscope itself first, then other Periscope processes, such as the daemon while
+/// `periscope triage` runs beside it; unused slots are 0, which no process has).
+#[inline(always)]
+pub fn skipped(list: &[u32; periscope_common::SKIP_TGIDS], tgid: u32) -> bool {
+    let list = global(list);
+    list[0] == tgid || list[1] == tgid || list[2] == tgid || list[3] == tgid
 }
 
 /// Reads a load-time constant set by user space with `EbpfLoader::override_global`. The volatile

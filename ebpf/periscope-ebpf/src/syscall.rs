@@ -16,21 +16,22 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use periscope_common::{
-    counters,
+    SKIP_TGIDS, counters,
     hist::{ns_to_units, slot_of},
     syscall::{SUM_SLOT, SyscallKey, errno_of},
 };
 
-use crate::shared::{count, global};
+use crate::shared::{count, global, skipped};
 
 /// Offsets of `id` (the syscall number) in `sys_exit`, and of `ret`.
 #[unsafe(no_mangle)]
 static SYSCALL_EXIT_ID: u32 = 8;
 #[unsafe(no_mangle)]
 static SYSCALL_EXIT_RET: u32 = 16;
-/// Periscope's own process: never measured (its scrapes would measure themselves).
+/// Periscope's own process and other Periscope processes: never measured (its scrapes would
+/// measure themselves; see `shared::skipped`).
 #[unsafe(no_mangle)]
-static SYSCALL_SELF_TGID: u32 = 0;
+static SYSCALL_SKIP_TGIDS: [u32; SKIP_TGIDS] = [0; SKIP_TGIDS];
 /// 1 when only the processes in `SYSCALL_SELECTED` are measured.
 #[unsafe(no_mangle)]
 static SYSCALL_SELECTIVE: u32 = 0;
@@ -59,7 +60,7 @@ static SYSCALL_ERRORS: PerCpuHashMap<SyscallKey, u64> =
 /// Whether syscalls of process `tgid` are measured.
 #[inline(always)]
 fn measured(tgid: u32) -> bool {
-    if tgid == global(&SYSCALL_SELF_TGID) {
+    if skipped(&SYSCALL_SKIP_TGIDS, tgid) {
         return false;
     }
     global(&SYSCALL_SELECTIVE) == 0 || unsafe { SYSCALL_SELECTED.get(tgid) }.is_some()

@@ -17,7 +17,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use periscope_common::{
@@ -30,7 +30,7 @@ use periscope_common::{
     },
 };
 
-use crate::shared::{count, global};
+use crate::shared::{count, global, ring_flags};
 
 // Field offsets, set at load time from the format files (these defaults are 6.x's).
 #[unsafe(no_mangle)]
@@ -89,10 +89,15 @@ static TCP_BYTES_RECEIVED_OFFSET: u32 = 0;
 #[map]
 static TCP_SOCKS: LruHashMap<u64, TcpSock> = LruHashMap::with_max_entries(65536, 0);
 
-/// Connection events to user space; its size is set at load time. Records never wake user
-/// space up: it drains on a short timer, and a wakeup per connection would cost more.
+/// Connection events to user space; its size is set at load time. Records wake user space only
+/// when it is parked (`TCP_READER_PARKED`, after a quiet spell): otherwise it drains on a short
+/// timer, and a wakeup per connection would cost more.
 #[map]
 static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// 1 while user space sleeps until the next record (see `shared::ring_flags`).
+#[map]
+static TCP_READER_PARKED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Retransmits and resets per (process, local port, peer, kind); its size (set at load) caps
 /// the distinct keys.
@@ -229,7 +234,10 @@ fn emit(ctx: &TracePointContext, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64,
         comm: sock.comm,
     };
     if TCP_EVENTS
-        .output::<TcpEvent>(&event, BPF_RB_NO_WAKEUP as u64)
+        .output::<TcpEvent>(
+            &event,
+            ring_flags(&TCP_READER_PARKED, BPF_RB_NO_WAKEUP as u64),
+        )
         .is_err()
     {
         count(counters::TCP_EVENTS_LOST);

@@ -52,6 +52,10 @@ pub struct ProbesConfig {
     pub tcp: tcp::TcpConfig,
     pub uprobe: uprobe::UprobeConfig,
     pub syscall: syscall::SyscallConfig,
+    /// Other processes the HTTP and syscall families skip in the kernel, besides Periscope's
+    /// own (`periscope triage` puts the daemon here); not a configuration key.
+    #[serde(skip)]
+    pub skip_pids: Vec<u32>,
 }
 
 impl ProbesConfig {

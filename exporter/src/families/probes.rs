@@ -14,6 +14,21 @@ use crate::{kernel::tracefs::Tracefs, model::metrics::Metric};
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope"));
 
+/// The processes the HTTP and syscall families never measure, as their eBPF programs take them:
+/// this one first, then `others` (other Periscope processes), as many as fit; 0 fills the rest.
+fn skip_tgids(others: &[u32]) -> [u32; periscope_common::SKIP_TGIDS] {
+    let me = std::process::id();
+    let mut list = [0; periscope_common::SKIP_TGIDS];
+    list[0] = me;
+    for (slot, pid) in list[1..]
+        .iter_mut()
+        .zip(others.iter().filter(|p| **p != me))
+    {
+        *slot = *pid;
+    }
+    list
+}
+
 /// One attached family and what its sweeps removed so far.
 struct Attached {
     name: &'static str,
@@ -43,6 +58,10 @@ impl Probes {
         kernel.forget_btf();
 
         let mut loader = EbpfLoader::new();
+        let skip = skip_tgids(&config.skip_pids);
+        for name in ["HTTP_SKIP_TGIDS", "SYSCALL_SKIP_TGIDS"] {
+            loader.override_global(name, &skip, true);
+        }
         for (_, plan) in &plans {
             for (name, value) in &plan.settings.globals {
                 loader.override_global(name, value, true);

@@ -30,6 +30,9 @@ pub struct Scope {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub container: Option<String>,
+    /// Other Periscope processes (the daemon): left out like triage itself, whatever the scope.
+    #[serde(skip)]
+    pub skip: Vec<u32>,
 }
 
 impl Scope {
@@ -51,20 +54,26 @@ impl Scope {
         "all processes but periscope".into()
     }
 
-    /// Whether a process resource is in scope (always, without a selection).
+    /// Whether a process resource is in scope (always, without a selection, but for Periscope's
+    /// own processes: their kernel-side exclusion covers the HTTP and syscall families, this
+    /// covers the others).
     pub fn matches(&self, resource: Option<&ProcessResource>) -> bool {
+        let attr = |name: &str| {
+            resource?
+                .attributes
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let pid = attr("process.pid").and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p == std::process::id() || self.skip.contains(&p)) {
+            return false;
+        }
         if self.is_all() {
             return true;
         }
         let Some(resource) = resource else {
             return false;
-        };
-        let attr = |name: &str| {
-            resource
-                .attributes
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
         };
         if let Some(pid) = self.pid {
             return attr("process.pid") == Some(pid.to_string().as_str());
@@ -168,6 +177,7 @@ pub struct Session {
     pub unavailable: Vec<Unavailable>,
     pub scope: Scope,
     baseline: Snapshot,
+    namespaces: std::sync::Mutex<NetnsCache>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -186,12 +196,14 @@ pub fn config(scope: &Scope) -> anyhow::Result<Config> {
     config.probes.uprobe.functions.clear();
     config.probes.syscall.enabled = true;
     config.probes.syscall.select = scope.syscall_selectors();
+    config.probes.skip_pids = scope.skip.clone();
     Ok(config)
 }
 
 impl Session {
     /// Attaches everything that can attach here and takes the first snapshot.
-    pub fn start(scope: Scope) -> anyhow::Result<Self> {
+    pub fn start(mut scope: Scope) -> anyhow::Result<Self> {
+        scope.skip = other_periscopes();
         let config = config(&scope)?;
         let mut unavailable = Vec::new();
         let tracefs = match Tracefs::locate_or_mount() {
@@ -280,8 +292,10 @@ impl Session {
                 }
             }));
         }
-        let baseline = take(&telemetry, exec.as_ref());
+        let mut namespaces = NetnsCache::default();
+        let baseline = take(&telemetry, exec.as_ref(), &mut namespaces);
         Ok(Self {
+            namespaces: std::sync::Mutex::new(namespaces),
             telemetry,
             exec,
             statuses,
@@ -305,7 +319,9 @@ impl Session {
 
     /// A snapshot now, minus the first one.
     pub fn window(&self) -> Window {
-        let now = take(&self.telemetry, self.exec.as_ref());
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let now = take(&self.telemetry, self.exec.as_ref(), &mut namespaces);
+        drop(namespaces);
         let base = &self.baseline;
         let series = now
             .series
@@ -377,6 +393,28 @@ impl Session {
     }
 }
 
+/// Other running Periscope processes (the daemon, another triage), by the name of their
+/// executable or their comm: what they do is Periscope's work, not the node's.
+fn other_periscopes() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            exe.as_deref()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "periscope")
+                || comm.trim_end() == "periscope"
+        })
+        .collect()
+}
+
 /// The report section a probe family feeds.
 pub fn section_of(family: &str) -> &'static str {
     match family {
@@ -391,12 +429,12 @@ pub fn section_of(family: &str) -> &'static str {
     }
 }
 
-fn take(telemetry: &Telemetry, exec: Option<&Exec>) -> Snapshot {
+fn take(telemetry: &Telemetry, exec: Option<&Exec>, namespaces: &mut NetnsCache) -> Snapshot {
     // Reading every map takes a moment: the snapshot is dated by its start.
     let at = Instant::now();
     let metrics = telemetry.snapshot();
     let exec = exec.map(Exec::read).unwrap_or_default();
-    let segments = tcp_segments_per_netns();
+    let segments = namespaces.tcp_segments();
     Snapshot {
         at,
         series: flatten(metrics),
@@ -481,39 +519,55 @@ pub fn minus(now: &Histogram, before: &Histogram) -> Histogram {
     }
 }
 
-/// `Tcp: OutSegs` and `RetransSegs` of every network namespace that holds a process (one
-/// `/proc/PID/net/snmp` per namespace), so that the retransmit share covers containers too.
-fn tcp_segments_per_netns() -> HashMap<u64, (u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
+/// The network namespace of each process seen so far, so that a snapshot looks up only the
+/// processes started since the last one (one `stat` each) instead of every process.
+#[derive(Default)]
+pub struct NetnsCache {
+    namespace_of: HashMap<u32, u64>,
+}
+
+impl NetnsCache {
+    /// `Tcp: OutSegs` and `RetransSegs` of every network namespace that holds a process (one
+    /// `/proc/PID/net/snmp` per namespace), so that the retransmit share covers containers too.
+    fn tcp_segments(&mut self) -> HashMap<u64, (u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return HashMap::new();
         };
-        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if out.contains_key(&ns.ino()) {
-            continue;
+        let live: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut still = HashMap::with_capacity(live.len());
+        for pid in live {
+            let ns = match self.namespace_of.get(&pid) {
+                Some(ns) => *ns,
+                None => match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                    Ok(meta) => meta.ino(),
+                    Err(_) => continue,
+                },
+            };
+            still.insert(pid, ns);
         }
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
-            continue;
-        };
-        if let (Some(sent), Some(again)) = (
-            snmp_value(&text, "Tcp:", "OutSegs"),
-            snmp_value(&text, "Tcp:", "RetransSegs"),
-        ) {
-            out.insert(ns.ino(), (sent, again));
+        self.namespace_of = still;
+        // One process per namespace is read; another is tried if that one just exited.
+        let mut out = HashMap::new();
+        for (pid, ns) in &self.namespace_of {
+            if out.contains_key(ns) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
+                continue;
+            };
+            if let (Some(sent), Some(again)) = (
+                snmp_value(&text, "Tcp:", "OutSegs"),
+                snmp_value(&text, "Tcp:", "RetransSegs"),
+            ) {
+                out.insert(*ns, (sent, again));
+            }
         }
+        out
     }
-    out
 }
 
 /// A value of `/proc/net/snmp`: a header line and a value line share the `prefix`.
@@ -589,5 +643,12 @@ mod tests {
             ..Scope::default()
         };
         assert!(comm.matches(Some(&r)));
+        // Other Periscope processes are out of every scope, the widest too.
+        let daemon = Scope {
+            skip: vec![42],
+            ..Scope::default()
+        };
+        assert!(!daemon.matches(Some(&r)));
+        assert!(daemon.matches(None), "a series without a process stays");
     }
 }

@@ -170,6 +170,7 @@ async fn triage(args: Args) -> anyhow::Result<()> {
         pid: args.pid,
         comm: args.comm.clone(),
         container: args.container.clone(),
+        skip: Vec::new(),
     };
     let tty = std::io::stderr().is_terminal();
     if !tty {
@@ -193,13 +194,15 @@ async fn triage(args: Args) -> anyhow::Result<()> {
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                let (r, _) = report(&session, args.duration, false);
+                // Every snapshot reads every map: only when something shows it.
                 match &screen {
                     Some(s) => {
+                        let (r, _) = report(&session, args.duration, false);
                         let (rows, cols) = terminal_size();
                         s.draw(&render::live_screen(&r, rows, cols));
                     }
                     None if last_log.elapsed() >= LOG_EVERY => {
+                        let (r, _) = report(&session, args.duration, false);
                         eprintln!("{}", render::progress_line(&r));
                         last_log = Instant::now();
                     }

@@ -4,7 +4,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -104,10 +104,7 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
 
 pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let settings = LoadSettings {
-        globals: vec![
-            ("HTTP_SELF_TGID", std::process::id()),
-            ("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size)),
-        ],
+        globals: vec![("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size))],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),
             ("HTTP_FD_SOCKS", config.max_connections),
@@ -315,6 +312,8 @@ fn syscall_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeE
 pub struct Http {
     events: RingBuf<MapData>,
     conns: aya::maps::HashMap<MapData, u64, u8>,
+    /// Set while the capture loop sleeps until the next record (see `Cadence`).
+    reader_parked: aya::maps::Array<MapData, u32>,
     /// Syscalls in flight (per-syscall tracepoints: every watched read and write, stamped at its
     /// entry); the daemon's sweeper removes entries older than a minute, of threads that never
     /// returned.
@@ -335,7 +334,9 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
             .take_map("HTTP_CONNS")
             .ok_or_else(|| ProbeError::missing_map("HTTP_CONNS"))?;
         let pending = crate::families::take_hash_map(ebpf, "HTTP_PENDING")?;
+        let reader_parked = crate::kernel::maps::take_reader_flag(ebpf, "HTTP_READER_PARKED")?;
         Ok(Http {
+            reader_parked,
             pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             events: RingBuf::try_from(events).map_err(|e| ProbeError::Map {
                 map: "HTTP_EVENTS",
@@ -350,14 +351,25 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
 }
 
 /// How often the loop drains the ring buffer without being woken (records below a CPU's wakeup
-/// step do not wake it) and publishes its counters and gauges; every minute it re-reads the wall
-/// clock.
+/// step do not wake it) and publishes its counters and gauges, while records are many.
 const TICK: Duration = Duration::from_millis(25);
+/// While records are few, the kernel wakes the loop at each one (see `Cadence`) and the loop
+/// wakes on its own only this often: to reap, and to bound the wait of a record written in the
+/// instant the flag was being set (it did not wake the loop).
+const PARKED_TICK: Duration = Duration::from_secs(5);
+/// Processes and connections whose end record was lost are looked for this often (and as
+/// often while parked when some were found gone, so that they go on the next round).
+const REAP_EVERY: Duration = Duration::from_secs(1);
+/// The wall clock is re-read this often (span timestamps are monotonic plus an offset).
+const CLOCK_EVERY: Duration = Duration::from_secs(60);
 
 /// Drains the ring buffer into `tracker` until shutdown, then drains what is left.
 pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver<bool>) {
     let Http {
-        events, mut conns, ..
+        events,
+        mut conns,
+        reader_parked,
+        ..
     } = http;
     // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the map.
     let mut events = match unsafe { AsyncFd::register(events) } {
@@ -367,60 +379,71 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
             return;
         }
     };
-    let mut ticker = tokio::time::interval(TICK);
-    let mut ticks = 0u64;
+    let mut cadence = crate::kernel::maps::Cadence::new(reader_parked, FAMILY, TICK, PARKED_TICK);
+    let mut next = tokio::time::Instant::now() + TICK;
+    let (mut last_reap, mut last_clock) = (Instant::now(), Instant::now());
     loop {
-        let stopping = tokio::select! {
+        let records = tokio::select! {
             guard = events.readable_mut() => {
                 match guard {
                     Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut tracker, &mut conns);
+                        let records = drain(guard.get_inner_mut(), &mut tracker, &mut conns);
                         guard.clear_ready();
+                        records
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "HTTP ring buffer poll failed");
                         return;
                     }
                 }
-                false
             }
-            _ = ticker.tick() => {
+            _ = tokio::time::sleep_until(next) => drain(events.get_mut(), &mut tracker, &mut conns),
+            _ = shutdown.changed() => {
                 drain(events.get_mut(), &mut tracker, &mut conns);
-                ticks += 1;
-                if ticks.is_multiple_of(2400) {
-                    tracker.refresh_clock();
-                }
-                if ticks.is_multiple_of(40) {
-                    tracker.reap_exited();
-                    tracker.reap_evicted(|key| conns.get(&key, 0).is_ok());
-                }
-                false
+                forget(&mut conns, &mut tracker);
+                tracker.publish();
+                return;
             }
-            _ = shutdown.changed() => true,
         };
+        cadence.drained(records);
+        if last_clock.elapsed() >= CLOCK_EVERY {
+            tracker.refresh_clock();
+            last_clock = Instant::now();
+        }
+        if last_reap.elapsed() >= REAP_EVERY {
+            tracker.reap_exited();
+            tracker.reap_evicted(|key| conns.get(&key, 0).is_ok());
+            last_reap = Instant::now();
+        }
+        if cadence.adapt() {
+            cadence.drained(drain(events.get_mut(), &mut tracker, &mut conns));
+        }
+        let period = match cadence.period() {
+            parked if tracker.reap_pending() => parked.min(REAP_EVERY),
+            period => period,
+        };
+        next = tokio::time::Instant::now() + period;
         forget(&mut conns, &mut tracker);
         tracker.publish();
-        if stopping {
-            drain(events.get_mut(), &mut tracker, &mut conns);
-            tracker.publish();
-            return;
-        }
     }
 }
 
-/// Handles every record in the ring buffer. Connections given up on are deleted from the
+/// Handles every record in the ring buffer; returns how many. Connections given up on are deleted from the
 /// kernel map as soon as possible (every few records), so that they stop producing records.
 fn drain(
     events: &mut RingBuf<MapData>,
     tracker: &mut Tracker,
     conns: &mut aya::maps::HashMap<MapData, u64, u8>,
-) {
+) -> usize {
+    let mut records = 0;
     while let Some(record) = events.next() {
+        records += 1;
         tracker.handle(&record);
         if !tracker.forget.is_empty() {
             forget(conns, tracker);
         }
     }
+    records
 }
 
 /// Stops kernel capture on connections the tracker gave up on (not HTTP, not selected).

@@ -10,7 +10,7 @@
 //! table with reads of only the parts needed (executables can be 100 MB).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -38,7 +38,8 @@ pub const SYMBOLS: [(&str, &str); 6] = [
 ];
 pub const RETURN_PROGRAM: &str = "http_ssl_return";
 
-/// Every process's maps are read again this often (new processes are read at every scan).
+/// Every process whose mapped size changed has its maps read again this often (new processes are
+/// read at the first scan after they start).
 const FULL_RESCAN: Duration = Duration::from_secs(60);
 
 /// A file's identity: (device major, device minor, inode).
@@ -47,8 +48,11 @@ type FileId = (u64, u64, u64);
 /// The OpenSSL probes: which files were examined and which carry them.
 pub struct Tls {
     examined: HashSet<FileId>,
-    scanned_pids: HashSet<u32>,
+    /// Processes whose maps were read, with their mapped size (pages) at that read.
+    scanned: HashMap<u32, u64>,
     last_full_scan: Option<Instant>,
+    /// The last pid the kernel handed out, at the last scan (`/proc/loadavg`).
+    last_pid: Option<u32>,
     /// Files the probes are attached to.
     pub attached: Vec<PathBuf>,
     /// Attach failures (file: reason), reported by `check`.
@@ -81,8 +85,9 @@ pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
     }
     Ok(Tls {
         examined: HashSet::new(),
-        scanned_pids: HashSet::new(),
+        scanned: HashMap::new(),
         last_full_scan: None,
+        last_pid: None,
         attached: Vec::new(),
         errors: Vec::new(),
     })
@@ -97,20 +102,26 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
 
 impl Tls {
     /// Attaches to files not examined yet: what new processes map, and once a minute the host's
-    /// libssl and every process's maps. (Globbing the library directories, thousands of
-    /// entries, at every scan was a quarter of an idle daemon's CPU, 30-31 vs 22-23 clock ticks
-    /// in 30 s with the default config; a library a new process loads is found in its maps.)
+    /// libssl and the maps of every process whose mapped size changed. (Globbing the library
+    /// directories, thousands of entries, at every scan was a quarter of an idle daemon's CPU,
+    /// 30-31 vs 22-23 clock ticks in 30 s with the default config; a library a new process
+    /// loads is found in its maps.) When no pid was handed out since the last scan, no process
+    /// is new and /proc is not listed at all.
     pub fn scan(&mut self, ebpf: &mut Ebpf) {
         let full = self
             .last_full_scan
             .is_none_or(|at| at.elapsed() >= FULL_RESCAN);
+        let last_pid = last_pid();
+        if !full && last_pid.is_some() && last_pid == self.last_pid {
+            return;
+        }
+        self.last_pid = last_pid;
         let mut candidates = Vec::new();
         if full {
-            self.scanned_pids.clear();
             self.last_full_scan = Some(Instant::now());
             candidates = host_libssl();
         }
-        candidates.extend(mapped_files(&mut self.scanned_pids));
+        candidates.extend(mapped_files(&mut self.scanned, full));
         for (id, path) in candidates {
             if !self.examined.insert(id) {
                 continue;
@@ -197,23 +208,58 @@ fn file_id(path: &Path) -> Option<FileId> {
     ))
 }
 
-/// Executable file mappings of processes not scanned yet, as paths through their root.
-fn mapped_files(scanned: &mut HashSet<u32>) -> Vec<(FileId, PathBuf)> {
+/// The most recent pid the kernel handed out (a process or a thread): the last field of
+/// `/proc/loadavg`, one small read.
+fn last_pid() -> Option<u32> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// A process's mapped size in pages (`/proc/PID/statm`, first field): it changes when the
+/// process maps a library, and reading it costs far less than reading its maps.
+fn mapped_pages(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Executable file mappings, as paths through their root, of processes not scanned yet and,
+/// on a `full` scan, of those whose mapped size changed since they were; `scanned` forgets
+/// processes that are gone.
+fn mapped_files(scanned: &mut HashMap<u32, u64>, full: bool) -> Vec<(FileId, PathBuf)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut seen: HashSet<FileId> = HashSet::new();
-    for pid in procs
+    let live: HashSet<u32> = procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-    {
-        if pid == std::process::id() || !scanned.insert(pid) {
+        .collect();
+    scanned.retain(|pid, _| live.contains(pid));
+    let mut out = Vec::new();
+    let mut seen: HashSet<FileId> = HashSet::new();
+    for pid in live {
+        if pid == std::process::id() {
             continue;
         }
+        let pages = match scanned.get(&pid) {
+            Some(_) if !full => continue,
+            Some(before) => match mapped_pages(pid) {
+                Some(now) if now == *before => continue,
+                now => now,
+            },
+            None => mapped_pages(pid),
+        };
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             continue;
         };
+        scanned.insert(pid, pages.unwrap_or(0));
         for (id, path) in maps.lines().filter_map(executable_mapping) {
             if seen.insert(id) {
                 out.push((id, PathBuf::from(format!("/proc/{pid}/root{path}"))));

@@ -765,6 +765,12 @@ impl Tracker {
     /// table's cap). `in_kernel` says whether a `conn_key` is in the kernel map; a connection
     /// is forgotten on the second call that finds none of its descriptors there and no record
     /// of it in between (so not a new connection on a reused descriptor).
+    /// Whether the last reaping round found processes or connections gone that the next round
+    /// will forget (so it should come soon).
+    pub fn reap_pending(&self) -> bool {
+        !self.missing.is_empty() || !self.evicted.is_empty()
+    }
+
     pub fn reap_evicted(&mut self, in_kernel: impl Fn(u64) -> bool) {
         let mut dups: HashMap<(u32, u32), Vec<(u32, u32)>> = HashMap::new();
         for (raw, canonical) in &self.aliases {

@@ -52,10 +52,7 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
 pub fn plan(config: &SyscallConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let selective = !config.select.is_empty();
     let mut settings = LoadSettings {
-        globals: vec![
-            ("SYSCALL_SELF_TGID", std::process::id()),
-            ("SYSCALL_SELECTIVE", u32::from(selective)),
-        ],
+        globals: vec![("SYSCALL_SELECTIVE", u32::from(selective))],
         max_entries: vec![
             (
                 "SYSCALL_SELECTED",

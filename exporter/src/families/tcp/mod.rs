@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use periscope_common::tcp::{PEER_KINDS, TcpEvent, TcpPeerKey};
 
@@ -150,6 +150,8 @@ pub struct Tcp {
     peers: Mutex<PerCpuHashMap<MapData, TcpPeerKey, u64>>,
     overflow: PerCpuArray<MapData, u64>,
     metrics: Mutex<TcpMetrics>,
+    /// Set while the drain loop sleeps until the next record (see `Cadence`); the loop takes it.
+    reader_parked: Mutex<Option<Array<MapData, u32>>>,
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &TcpConfig) -> (Option<Tcp>, ProbeStatus) {
@@ -171,16 +173,19 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &TcpConfig) -> (Option<Tcp>, P
             overflow: PerCpuArray::try_from(take("TCP_PEERS_OVERFLOW")?)
                 .map_err(map_error("TCP_PEERS_OVERFLOW"))?,
             metrics: Mutex::new(TcpMetrics::new(config.max_series)),
+            reader_parked: Mutex::new(Some(crate::kernel::maps::take_reader_flag(ebpf, "TCP_READER_PARKED")?)),
         })
     })
 }
 
 impl Tcp {
-    /// Moves every connection event out of the ring buffer into the metrics.
-    pub fn drain(&self) {
+    /// Moves every connection event out of the ring buffer into the metrics; returns how many.
+    pub fn drain(&self) -> usize {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = 0;
         while let Some(record) = events.next() {
+            records += 1;
             if record.len() < size_of::<TcpEvent>() {
                 continue;
             }
@@ -188,6 +193,7 @@ impl Tcp {
             let event: TcpEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
             metrics.record(&event);
         }
+        records
     }
 
     /// Everything up to now: drains the events first, then reads the kernel counters.
@@ -241,21 +247,62 @@ impl Tcp {
     }
 }
 
-/// How often connection events are drained between collects. The default 1 MiB ring holds
-/// about 10,000 events: 100,000 connection events per second before any is lost.
+/// How often connection events are drained between collects while they are many. The default
+/// 1 MiB ring holds about 10,000 events: 100,000 connection events per second before any is lost.
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// While events are few, the kernel wakes the loop at each one (see `Cadence`) and the loop
+/// drains on its own only this often: an event written in the instant the flag was being set
+/// did not wake it (a scrape drains anyway).
+const PARKED_DRAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Drains connection events until shutdown.
 pub async fn run(tcp: std::sync::Arc<Tcp>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(DRAIN_EVERY);
+    use std::os::fd::AsFd;
+    let flag = tcp
+        .reader_parked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let ring = tcp
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_fd()
+        .try_clone_to_owned();
+    let (Some(flag), Ok(ring)) = (flag, ring) else {
+        tracing::error!(
+            "the TCP ring buffer cannot be polled; TCP events are read at scrapes only"
+        );
+        return;
+    };
+    // SAFETY: the AsyncFd owns the duplicated descriptor: it stays open while registered.
+    let ring = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::error!(error = %e, "the TCP ring buffer cannot be polled; TCP events are read at scrapes only");
+            return;
+        }
+    };
+    let mut cadence = crate::kernel::maps::Cadence::new(flag, FAMILY, DRAIN_EVERY, PARKED_DRAIN_EVERY);
+    let mut next = tokio::time::Instant::now() + DRAIN_EVERY;
+    // Resolving a new listener reads /proc: keep the drain off the async workers.
+    let drain = |tcp: &std::sync::Arc<Tcp>| {
+        let tcp = tcp.clone();
+        tokio::task::spawn_blocking(move || tcp.drain())
+    };
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                let tcp = tcp.clone();
-                // Resolving a new listener reads /proc: keep it off the async workers.
-                let _ = tokio::task::spawn_blocking(move || tcp.drain()).await;
+            guard = ring.readable() => {
+                let Ok(mut guard) = guard else { return };
+                guard.clear_ready();
             }
+            _ = tokio::time::sleep_until(next) => {}
             _ = shutdown.changed() => return,
         }
+        cadence.drained(drain(&tcp).await.unwrap_or(0));
+        if cadence.adapt() {
+            cadence.drained(drain(&tcp).await.unwrap_or(0));
+        }
+        next = tokio::time::Instant::now() + cadence.period();
     }
 }
