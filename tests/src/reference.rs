@@ -16,12 +16,18 @@ pub struct RefTool {
 }
 
 impl RefTool {
-    /// Starts `/usr/sbin/<tool> args...` and waits until it says it is tracing. Its stdout is
-    /// a pipe, so it runs under `stdbuf -oL` to see that line as soon as it is printed.
+    /// Starts `/usr/sbin/<tool> args...` (or `tool` itself, an absolute path) and waits until it
+    /// says it is tracing (a line starting with `Tracing`). Its stdout is a pipe, so it runs
+    /// under `stdbuf -oL` to see that line as soon as it is printed.
     pub fn start(tool: &str, args: &[&str]) -> Self {
+        let path = if tool.starts_with('/') {
+            tool.to_string()
+        } else {
+            format!("/usr/sbin/{tool}")
+        };
         let mut child = Command::new("stdbuf")
             .arg("-oL")
-            .arg(format!("/usr/sbin/{tool}"))
+            .arg(path)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -66,6 +72,39 @@ impl RefTool {
         }
         out
     }
+}
+
+/// bpftrace running `program`, which must print a line starting with `Tracing` in its `BEGIN`
+/// probe (then its probes are attached); its maps are printed when it is stopped.
+pub fn bpftrace(program: &str) -> RefTool {
+    RefTool::start("/usr/bin/bpftrace", &["-e", program])
+}
+
+/// The value of a bpftrace map printed as `@name: N` (0 when it never fired).
+pub fn bpftrace_count(output: &str, map: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("@{map}: "))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// syscount's table: syscall name -> (count, total latency in seconds).
+pub fn parse_syscount(text: &str) -> BTreeMap<String, (u64, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let name = cols.next()?.to_string();
+            let count = cols.next()?.parse().ok()?;
+            let micros: f64 = cols.next()?.parse().ok()?;
+            Some((name, (count, micros * 1e-6)))
+        })
+        .collect()
 }
 
 /// One bcc log2 histogram: slot (log2 of the lower bound; slot 0 holds 0 and 1) to count.

@@ -3,12 +3,17 @@
 //! `syscount -L -p PID` over the same run.
 
 use std::{
-    collections::BTreeMap,
     process::{Child, Command},
     time::{Duration, Instant},
 };
 
-use periscope_e2e::{daemon::Daemon, exclusive, reference::RefTool, scrape::Scrape, wait_for};
+use periscope_e2e::{
+    daemon::Daemon,
+    exclusive,
+    reference::{RefTool, parse_syscount},
+    scrape::Scrape,
+    wait_for,
+};
 
 const DURATION: &str = "kernel_syscall_duration_seconds";
 const ERRORS: &str = "kernel_syscall_errors_total";
@@ -94,19 +99,6 @@ impl Workload {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// syscount's table: syscall name -> (count, total latency in seconds).
-fn parse_syscount(text: &str) -> BTreeMap<String, (u64, f64)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let name = cols.next()?.to_string();
-            let count = cols.next()?.parse().ok()?;
-            let micros: f64 = cols.next()?.parse().ok()?;
-            Some((name, (count, micros * 1e-6)))
-        })
-        .collect()
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! the command, capture-pane to read the screen) during three workloads the test owns: O_DIRECT
 //! writes on its own loop device, more busy threads than CPUs, and TCP transfers through an
 //! nftables drop rule in its own network namespace. Each time the verdict must name the right
-//! layer, and the numbers must agree with a `periscope run` daemon scraped at the start and the
-//! end of the same window. Then `--json` is validated against `exporter/triage.schema.json`
+//! layer, and the numbers must agree with independent references over the same window: the
+//! device's exact IO count (fio's own, merges off) and libbpf-tools `biolatency -D`, `runqlat`,
+//! and a bpftrace count of `tcp:tcp_retransmit_skb`; a workload with known syscalls is compared
+//! with its own counts and `syscount -L`. A `periscope run` daemon runs beside triage all along
+//! (triage must leave it, and itself, out of its report). Then `--json` is validated against `exporter/triage.schema.json`
 //! (PyPI jsonschema, installed by .ci/setup.sh), Ctrl-C mid-run must print the summary so far
 //! and exit 0, and output that is not a terminal must carry no escape sequence.
 
@@ -15,12 +18,19 @@ use std::{
 };
 
 use periscope_e2e::{
-    busy, daemon::Daemon, exclusive, free_port, http::workload, loopdev::LoopDevice, netns::NetNs,
-    periscope_bin, scrape::Scrape, wait_for,
+    busy,
+    daemon::Daemon,
+    exclusive, free_port,
+    http::workload,
+    loopdev::LoopDevice,
+    netns::NetNs,
+    periscope_bin,
+    reference::{RefTool, bpftrace, bpftrace_count, parse_log2_histograms, parse_syscount},
+    wait_for,
 };
 
-/// The daemon the triage numbers are compared with: every default family (block, sched, tcp,
-/// http), so it sees what triage sees.
+/// A daemon beside triage, as on a node that runs Periscope: every default family (block, sched,
+/// tcp, http).
 const DAEMON: &str = "";
 
 /// A tmux server of the test's own (its own socket), with one 200x60 pane running a plain bash.
@@ -121,8 +131,14 @@ impl Terminal {
         );
     }
 
-    /// Waits for the final summary (the live screen is gone and a verdict is shown): the daemon
-    /// is scraped right then, before triage detaches its programs (a detach wakes many kernel
+    /// Ends the window now: Ctrl-C, as a user who saw enough (triage prints the summary so far).
+    /// The windows below end when their workload does, whatever the machine's speed.
+    fn end_window(&self) {
+        self.tmux(&["send-keys", "-t", "main", "C-c"]);
+    }
+
+    /// Waits for the final summary (the live screen is gone and a verdict is shown): references
+    /// are stopped right then, before triage detaches its programs (a detach wakes many kernel
     /// threads: short run-queue waits that are not in triage's window).
     fn wait_summary(&self, timeout: Duration) {
         wait_for("the summary of periscope triage", timeout, || {
@@ -185,58 +201,67 @@ fn verdict(output: &str) -> String {
         .to_string()
 }
 
-fn sum(scrape: &Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.name == name)
-        .map(|s| s.value)
-        .sum()
-}
-
 fn within(ours: f64, theirs: f64, relative: f64, absolute: f64) -> bool {
     (ours - theirs).abs() <= (relative * theirs).max(absolute)
 }
 
 #[test]
-fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
+fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_references() {
     let _machine = exclusive();
     let disk = LoopDevice::create(256);
     // Let the partition scan of the new device finish before anything counts.
     std::thread::sleep(Duration::from_millis(500));
-    let daemon = Daemon::start(DAEMON, &[]);
+    let _daemon = Daemon::start(DAEMON, &[]);
 
-    // Disk: 5 s of 4 KiB O_DIRECT random writes, 32 in flight, on the test's own device.
+    // Disk: 153,600 4 KiB O_DIRECT random writes (600 MiB over a 64 MiB file, 4 to 10 s here),
+    // 32 in flight, on the test's own device, with merges off so that every write fio issues is
+    // one request. A fixed amount, not a time (a timed run's last writes in flight are counted
+    // as issued by fio whether or not they completed), and a window that ends when fio has: the
+    // count is exact.
+    std::fs::write(format!("/sys/block/{}/queue/nomerges", disk.name), "2")
+        .expect("turn merges off on the test's loop device");
+    let biolatency = RefTool::start("biolatency", &["-D"]);
     let term = Terminal::new("disk");
-    term.start_triage("--duration 8s");
-    let before = daemon.scrape();
+    term.start_triage("--duration 120s");
     let fio = Command::new("fio")
         .args(["--name=triage", "--direct=1", "--rw=randwrite", "--bs=4k"])
-        .args([
-            "--ioengine=libaio",
-            "--iodepth=32",
-            "--time_based",
-            "--runtime=5",
-        ])
-        .args(["--size=64M", "--output=/dev/null"])
+        .args(["--ioengine=libaio", "--iodepth=32", "--io_size=600M"])
+        .args(["--size=64M", "--output-format=json"])
         .arg(format!("--filename={}", disk.path.display()))
-        .status()
+        .output()
         .expect("fio (make test installs it)");
-    assert!(fio.success(), "fio failed");
+    assert!(fio.status.success(), "fio failed");
+    term.end_window();
     term.wait_summary(Duration::from_secs(30));
-    let after = daemon.scrape();
+    let reference = biolatency.stop();
     let (code, out) = term.wait_triage(Duration::from_secs(30));
     println!("{out}");
     assert_eq!(code, 0, "triage exit code");
-    let labels = [("system_device", disk.name.as_str())];
-    let theirs = after
-        .histogram("kernel_block_io_duration_seconds", &labels)
-        .since(&before.histogram("kernel_block_io_duration_seconds", &labels))
-        .count;
+    let report: serde_json::Value = serde_json::from_slice(&fio.stdout).expect("fio's JSON");
+    let issued = report["jobs"][0]["write"]["total_ios"]
+        .as_f64()
+        .expect("fio write total_ios");
+    let theirs: u64 = parse_log2_histograms(&reference)
+        .get(&disk.name)
+        .map(|h| h.values().sum())
+        .unwrap_or(0);
     let ours = number_on(&out, &format!("{} (", disk.name), " IOs (");
-    println!("disk {}: triage {ours} IOs, daemon {theirs}", disk.name);
-    assert!(theirs > 1000.0, "fio did IO: {theirs}");
-    assert_eq!(ours, theirs, "block completions on the test's device");
+    println!(
+        "disk {}: triage {ours} IOs, fio issued {issued}, biolatency -D {theirs}",
+        disk.name
+    );
+    assert_eq!(issued, 153_600.0, "fio's own count of its writes");
+    assert_eq!(
+        ours, theirs as f64,
+        "as biolatency -D counted on the device"
+    );
+    // The kernel skips every tracer's program on a completion that interrupts another BPF
+    // program on its CPU (triage runs one on every syscall of the node): a few in 100,000 can be
+    // lost to biolatency and triage alike (README, Known limits). None is counted twice.
+    assert!(
+        ours <= issued && issued - ours <= 0.001 * issued,
+        "fio issued {issued} writes, triage counted {ours}"
+    );
     let v = verdict(&out);
     assert!(
         v.starts_with("verdict: disk stands out: ") && v.contains(&disk.name),
@@ -248,25 +273,29 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
     );
     drop(term);
 
-    // CPU: four busy threads per CPU for 5 s.
+    // CPU: four busy threads per CPU for 5 s; runqlat over a window that holds triage's.
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let term = Terminal::new("cpu");
-    term.start_triage("--duration 8s");
-    let before = daemon.scrape();
+    term.start_triage("--duration 120s");
+    // Started once triage collects, so that the two windows differ only by a moment at each
+    // end (triage's attach takes seconds, in which other work on the machine waits too).
+    let runqlat = RefTool::start("runqlat", &[]);
     busy(cpus * 4, Duration::from_secs(5));
+    term.end_window();
     term.wait_summary(Duration::from_secs(30));
-    let after = daemon.scrape();
+    // Stopped before triage detaches (a detach wakes many kernel threads, after its window).
+    let reference = runqlat.stop();
     let (code, out) = term.wait_triage(Duration::from_secs(30));
     println!("{out}");
     assert_eq!(code, 0, "triage exit code");
-    let theirs = after
-        .histogram("kernel_sched_runqueue_latency_seconds", &[])
-        .since(&before.histogram("kernel_sched_runqueue_latency_seconds", &[]));
+    let theirs = parse_log2_histograms(&reference)
+        .remove("")
+        .expect("runqlat histogram");
     let waits = number_on(&out, "", " waits, ");
-    let waited = number_on(&out, "", " s waited in all");
-    // Waits of a millisecond or more (the busy threads'), from triage's log2 rows.
+    // Waits of a millisecond or more (the busy threads' time slices), from the log2 rows of
+    // both: the busy spell is inside both windows, which differ by a moment at each end.
     let cpu_section = &out[out.find("== CPU").unwrap()..out.find("== Disk").unwrap()];
     let long_waits: f64 = cpu_section
         .lines()
@@ -277,22 +306,22 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
             (low >= 1024).then_some(count)
         })
         .sum();
-    let their_long = theirs.count - theirs.cumulative_at(0.001024);
+    let their_long = theirs.range(10..).map(|(_, n)| *n).sum::<u64>() as f64;
+    let their_all = theirs.values().sum::<u64>() as f64;
     println!(
-        "run queue: triage {waits} waits ({long_waits} >= 1 ms) {waited} s, daemon {} waits ({their_long} >= 1 ms) {:.2} s",
-        theirs.count, theirs.sum
+        "run queue: triage {waits} waits ({long_waits} >= 1 ms), runqlat {their_all} waits ({their_long} >= 1 ms)"
     );
     let v = verdict(&out);
     assert!(v.starts_with("verdict: CPU stands out: "), "{v}");
-    // The two windows differ by the time a scrape and the start/end of the command take.
-    assert!(within(waits, theirs.count, 0.25, 100.0), "waits");
-    assert!(within(long_waits, their_long, 0.15, 20.0), "waits >= 1 ms");
-    assert!(within(waited, theirs.sum, 0.25, 0.5), "time waited");
+    assert!(their_long > 500.0, "the busy threads waited: {their_long}");
+    assert!(within(long_waits, their_long, 0.10, 50.0), "waits >= 1 ms");
+    assert!(within(waits, their_all, 0.25, 200.0), "all waits");
     drop(term);
 
     // Network: 20% of the server's data packets dropped on arrival (SYN-ACKs spared), 4
-    // transfers of 512 KiB (2 to 5 s here: a retransmission lost again doubles its timeout), all
-    // inside a 15 s window.
+    // transfers of 512 KiB (2 to 5 s here: a retransmission lost again doubles its timeout),
+    // inside a window that ends when they do; bpftrace counts every retransmit of the node over
+    // a window that holds triage's.
     let ns = NetNs::new("triage", 1500);
     let port = free_port();
     ns.drop_from_port(port, 20);
@@ -310,10 +339,11 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
         .expect("stdout")
         .read_exact(&mut line)
         .expect("server listening");
+    let counter = bpftrace(
+        "BEGIN { printf(\"Tracing\\n\"); } tracepoint:tcp:tcp_retransmit_skb { @retransmits = count(); }",
+    );
     let term = Terminal::new("net");
-    term.start_triage("--duration 15s");
-    let before = daemon.scrape();
-    let started = Instant::now();
+    term.start_triage("--duration 120s");
     let client = ns
         .command("python3")
         .arg(workload("tcp.py"))
@@ -321,23 +351,17 @@ fn verdict_names_disk_then_cpu_then_network_and_agrees_with_the_daemon() {
         .stdout(Stdio::null())
         .status()
         .expect("tcp.py client");
-    let transfer = started.elapsed();
+    term.end_window();
     term.wait_summary(Duration::from_secs(60));
-    let after = daemon.scrape();
+    let theirs = bpftrace_count(&counter.stop(), "retransmits") as f64;
     let (code, out) = term.wait_triage(Duration::from_secs(60));
     let _ = server.kill();
     let _ = server.wait();
     println!("{out}");
     assert!(client.success(), "the transfers completed");
     assert_eq!(code, 0, "triage exit code");
-    let theirs =
-        sum(&after, "kernel_tcp_retransmits_total") - sum(&before, "kernel_tcp_retransmits_total");
     let ours = number_on(&out, "", " retransmits (");
-    println!("retransmits: triage {ours}, daemon {theirs} (transfer took {transfer:?})");
-    assert!(
-        transfer < Duration::from_secs(14),
-        "the transfers must end inside the window: {transfer:?}"
-    );
+    println!("retransmits: triage {ours}, bpftrace {theirs}");
     assert!(theirs >= 10.0, "20% loss forces retransmits: {theirs}");
     assert!(within(ours, theirs, 0.1, 3.0), "retransmits");
     let v = verdict(&out);
@@ -398,7 +422,9 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     );
     assert_eq!(doc["interrupted"], false);
     let elapsed = doc["elapsed_seconds"].as_f64().unwrap();
-    assert!((4.5..7.0).contains(&elapsed), "elapsed {elapsed}");
+    // The window covers what was asked (the behaviour); how late after it the last snapshot
+    // starts depends on the machine's load, so the upper bound only rules out a runaway.
+    assert!((4.9..15.0).contains(&elapsed), "elapsed {elapsed}");
     assert!(doc["runqueue"]["latency"]["count"].as_u64().unwrap() > 0);
     let execs = doc["exec"]["top"].as_array().expect("exec.top");
     let ours = execs
@@ -415,19 +441,22 @@ fn json_validates_ctrl_c_prints_the_summary_so_far_and_logs_stay_plain() {
     std::thread::sleep(Duration::from_secs(2));
     let sent = Instant::now();
     term.tmux(&["send-keys", "-t", "main", "C-c"]);
-    let (code, out) = term.wait_triage(Duration::from_secs(15));
+    let (code, out) = term.wait_triage(Duration::from_secs(30));
     println!("{out}");
     assert_eq!(code, 0, "exit code after Ctrl-C");
+    // Ctrl-C ends it (wait_triage above gives it 30 s): a generous bound against a run that
+    // ignored it and went on for its 60 s, not a speed claim.
     assert!(
-        sent.elapsed() < Duration::from_secs(10),
-        "Ctrl-C ends it promptly"
+        sent.elapsed() < Duration::from_secs(30),
+        "Ctrl-C ends it before its 60 s"
     );
     assert!(
         out.contains("interrupted: the summary so far (requested 60 s)"),
         "{out}"
     );
     let collected = number_on(&out, "periscope triage: ", " s collected");
-    assert!((1.0..10.0).contains(&collected), "collected {collected} s");
+    // About the 2 s before Ctrl-C: well short of the 60 s asked for.
+    assert!((1.0..30.0).contains(&collected), "collected {collected} s");
     verdict(&out);
     assert!(
         out.contains("== CPU: run-queue latency (sched) =="),
@@ -492,4 +521,145 @@ fn with_only_cap_bpf_and_cap_perfmon_it_runs_and_says_what_it_cannot_show() {
                 && u["why"].as_str().unwrap().contains("CAP_SYS_ADMIN")),
         "HTTPS is reported missing for want of CAP_SYS_ADMIN: {unavailable:?}"
     );
+}
+
+/// `periscope triage --json ARGS` as a plain child (stdout into `json`, progress on stderr),
+/// returned once it says it is collecting (its first snapshot is taken by then).
+fn json_triage(args: &[&str], json: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(periscope_bin())
+        .arg("triage")
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(json).expect("json file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("periscope triage");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("periscope triage: collecting for") => break,
+            Some(_) => continue,
+            None => panic!("triage ended before collecting: {:?}", child.wait()),
+        }
+    }
+    // Keep reading its progress lines so that a full pipe never blocks it.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+const SYSCALL_WORKLOAD: &str = env!("CARGO_BIN_EXE_syscall-workload");
+
+/// The syscall section against a workload whose syscalls are known exactly (5,000 reads of
+/// /dev/zero, 100 more failing with EBADF, 20 futex waits of 50 ms), selected by name, and against
+/// `syscount -L -p PID` over the same run.
+#[test]
+fn syscalls_of_a_known_workload_match_its_own_counts_and_syscount() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("GO");
+    let mut workload = Command::new(SYSCALL_WORKLOAD)
+        .arg(&go)
+        .args(["5000", "20", "50", "100"])
+        .spawn()
+        .expect("syscall-workload");
+    let pid = workload.id().to_string();
+    let syscount = RefTool::start("syscount", &["-L", "-p", &pid, "-T", "100"]);
+    let json = dir.path().join("triage.json");
+    let mut triage = json_triage(&["--comm", "syscall-workload", "--duration", "6s"], &json);
+    std::fs::write(&go, "").expect("GO");
+    assert!(workload.wait().expect("workload").success());
+    let theirs = parse_syscount(&syscount.stop());
+    assert!(triage.wait().expect("triage").success());
+    let doc = validate(&json);
+    let top = doc["syscalls"]["top"].as_array().expect("syscalls.top");
+    let row = |name: &str| {
+        top.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in the top syscalls: {top:?}"))
+    };
+    let (read, futex) = (row("read"), row("futex"));
+    println!(
+        "triage: read {} ({} errors), futex {}; syscount: {theirs:?}",
+        read["calls"], read["errors"], futex["calls"]
+    );
+    assert_eq!(read["calls"], 5100, "the workload's reads, failed ones too");
+    assert_eq!(read["errors"], 100, "its EBADF reads");
+    assert_eq!(futex["calls"], 20, "its futex waits");
+    assert_eq!(
+        theirs.get("read").map(|r| r.0),
+        Some(5100),
+        "syscount's reads"
+    );
+    assert_eq!(
+        theirs.get("futex").map(|r| r.0),
+        Some(20),
+        "syscount's futex calls"
+    );
+    // 20 waits of 50 ms: about a second in futex, as syscount timed it.
+    let (ours_s, theirs_s) = (futex["total_seconds"].as_f64().unwrap(), theirs["futex"].1);
+    assert!(
+        (ours_s - theirs_s).abs() <= 0.02 * theirs_s,
+        "futex time: triage {ours_s} s, syscount {theirs_s} s"
+    );
+    assert!(
+        read["top_process"]
+            .as_str()
+            .unwrap()
+            .starts_with("syscall-workload ("),
+        "{read}"
+    );
+}
+
+/// The header says "all processes but periscope": triage's own syscalls (it reads every map each
+/// snapshot) and the daemon's (scraped over HTTP all along the window) are left out of every
+/// section, while the test's own requests to the daemon, on the client side, are counted.
+#[test]
+fn triage_leaves_itself_and_the_daemon_out_of_its_report() {
+    let _machine = exclusive();
+    let daemon = Daemon::start(DAEMON, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("triage.json");
+    let mut triage = json_triage(&["--duration", "6s"], &json);
+    let (triage_pid, daemon_pid) = (triage.id(), daemon.pid());
+    let scrapes = 30;
+    for _ in 0..scrapes {
+        let _ = daemon.scrape();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(triage.wait().expect("triage").success());
+    let doc = validate(&json);
+    let http = doc["http"].as_array().expect("http section");
+    println!("http: {http:?}\nsyscalls: {}", doc["syscalls"]["top"]);
+    // The capture worked through the window: the test's side of the scrapes is there.
+    let me = std::env::current_exe().expect("exe");
+    let me = me.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        http.iter()
+            .any(|r| r["side"] == "client" && r["requests"].as_u64().unwrap_or(0) >= 20),
+        "this test's {scrapes} scrapes, client side ({me}): {http:?}"
+    );
+    // Neither periscope process, in any section that names processes.
+    let named =
+        |row: &serde_json::Value, field: &str| row[field].as_str().unwrap_or_default().to_string();
+    for row in http {
+        assert_ne!(named(row, "service"), "periscope", "{row}");
+    }
+    for row in doc["syscalls"]["top"].as_array().expect("syscalls.top") {
+        let who = named(row, "top_process");
+        assert!(
+            !who.starts_with("periscope (")
+                && !who.ends_with(&format!("({triage_pid})"))
+                && !who.ends_with(&format!("({daemon_pid})")),
+            "{row}"
+        );
+    }
+    for row in doc["tcp"]["top"].as_array().expect("tcp.top") {
+        let pid = row["pid"].as_u64().map(|p| p as u32);
+        assert!(pid != Some(triage_pid) && pid != Some(daemon_pid), "{row}");
+        assert_ne!(named(row, "service"), "periscope", "{row}");
+    }
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
 }
