@@ -110,14 +110,17 @@ pub fn parse_syscount(text: &str) -> BTreeMap<String, (u64, f64)> {
 /// One bcc log2 histogram: slot (log2 of the lower bound; slot 0 holds 0 and 1) to count.
 pub type Log2Hist = BTreeMap<u32, u64>;
 
-/// Parses bcc histogram output. Sections are keyed by their header (`disk = loop3`), or "" for a
-/// single unlabelled histogram.
+/// Parses bcc histogram output. Sections are keyed by their header (`disk = loop3` as `loop3`,
+/// `pid = 42 stress-ng` as `42 stress-ng`), or "" for a single unlabelled histogram.
 pub fn parse_log2_histograms(text: &str) -> BTreeMap<String, Log2Hist> {
     let mut out: BTreeMap<String, Log2Hist> = BTreeMap::new();
     let mut section = String::new();
     for line in text.lines() {
         let trimmed = line.trim();
-        if let Some(name) = trimmed.strip_prefix("disk = ") {
+        if let Some(name) = trimmed
+            .strip_prefix("disk = ")
+            .or_else(|| trimmed.strip_prefix("pid = "))
+        {
             section = name.trim().to_string();
             continue;
         }
