@@ -683,9 +683,11 @@ fn sigterm_during_retry_backoff_stops_after_the_final_flush() {
     let took = stopping.elapsed();
     assert!(status.success(), "{log}");
     assert!(log.contains("final OTLP export done"), "{log}");
-    // The final flush retries for at most its 3 s timeout; detaching takes a few seconds more.
+    // The final flush retries for at most its 3 s timeout, and the daemon gives every task
+    // that plus 5 s before detaching (a few seconds more here). The bound is there to catch the
+    // old bug, an exporter that never stops (a hang), generously: not to time the stop.
     assert!(
-        took < Duration::from_secs(12),
+        took < Duration::from_secs(45),
         "stopped after {took:?}: {log}"
     );
 }

