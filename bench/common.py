@@ -199,6 +199,34 @@ class Tool:
         return "".join(self.lines)
 
 
+def map_memory_kib(pid):
+    """Kernel memory of the eBPF maps process `pid` holds (each map once): the `memlock` the
+    kernel charges for each, from /proc/PID/fdinfo. It lives outside the process's RSS."""
+    seen, total = set(), 0
+    fdinfo = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fdinfo):
+        try:
+            text = open(os.path.join(fdinfo, fd)).read()
+        except OSError:
+            continue
+        ids, mem = re.search(r"^map_id:\s+(\d+)", text, re.M), re.search(r"^memlock:\s+(\d+)", text, re.M)
+        if ids and mem and ids.group(1) not in seen:
+            seen.add(ids.group(1))
+            total += int(mem.group(1))
+    return total / 1024
+
+
+def spread(values, fmt=lambda v: f"{v:,.0f}"):
+    """`median (min - max)` of `values` (None left out), or '' when there are none."""
+    import statistics
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return ""
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(values[0])} - {fmt(values[-1])})"
+
+
 def write(name, markdown, data):
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, f"{name}.md"), "w") as f:

@@ -3,9 +3,11 @@
 Each program is `r0 = 0; exit` (two instructions, no map, no helper), loaded and attached with
 the raw bpf(2) and perf_event_open(2) calls, so nothing of Periscope's is involved:
 - `raw`: one program on `raw_syscalls:sys_enter` and one on `sys_exit` as raw tracepoints (what
-  Periscope's default HTTP mechanism attaches to: they run on every syscall of the node);
+  Periscope's `raw_tracepoint` HTTP mechanism, the first fallback, attaches to: they run on every
+  syscall of the node);
 - `tracepoint`: one program on the entry and one on the exit tracepoint of each syscall
-  Periscope's tracepoint mechanism watches (the same list as `exporter/src/families/http/attach.rs`);
+  Periscope's `tracepoint` mechanism (the last fallback) watches (the same list as
+  `exporter/src/families/http/attach.rs`);
 - `sock`: one program on each of the raw tracepoints `sock_send_length` and `sock_recv_length`
   (Linux 6.3+: the end of every socket send and receive, and nothing else), the hooks of
   Periscope's default HTTP mechanism (`socket_tracepoint`).

@@ -11,15 +11,17 @@ mechanism attaches to), raw syscall tracepoints (`floor-raw`) and the per-syscal
 receives at all costs on this machine, whatever a tracer then does.
 
 Prints throughput and p99 ratios against the uninstrumented run, the eBPF cost per request
-(bpf_stats: run time of the HTTP programs divided by requests served) and Periscope's peak RSS.
-Configurations are interleaved over rounds so drift hits all alike; medians are compared.
+(bpf_stats: run time of the HTTP programs divided by requests served) and Periscope's memory:
+peak RSS (VmHWM), RSS under load (VmRSS at the end of each wrk run), and the kernel memory of its
+eBPF maps (`memlock`, outside the RSS). Configurations are interleaved over rounds so drift hits
+all alike; figures are median (min - max) over the rounds, targets are judged on the median.
 Targets (issue: HTTP): throughput >= 98% of uninstrumented, p99 within 5%, eBPF cost < 300 ns
 per request, RSS < 30 MB. Beyla's published figures: ~500 ns per request, ~75 MB.
 Writes bench/out/http.md and bench/out/http.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from common import free_port
+from common import free_port, map_memory_kib, spread
 from floor import Floor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +101,7 @@ FLOOR_HOOKS = {
 class Periscope:
     def __init__(self, kind):
         self.kind, self.proc, self.peak_rss_kb, self.cpu_s = kind, None, None, None
+        self.map_kib = None
 
     def cpu(self):
         fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
@@ -142,6 +145,7 @@ class Periscope:
 
     def __exit__(self, *exc):
         self.cpu_s = self.cpu()
+        self.map_kib = map_memory_kib(self.proc.pid)
         with open(f"/proc/{self.proc.pid}/status") as f:
             self.peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
         self.proc.send_signal(signal.SIGINT)
@@ -172,7 +176,7 @@ def main():
     cpu_per_req = {k: [] for k in kinds}
     runs_per_req = {k: [] for k in kinds}
     busy_per_req = {k: [] for k in kinds}
-    rss, steady_rss, exact = [], [], {k: [] for k in kinds}
+    rss, steady_rss, maps_kib, exact = [], [], [], {k: [] for k in kinds}
     stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
@@ -202,6 +206,7 @@ def main():
                             cpu_per_req[kind].append((p.cpu() - cpu0) * 1e9 / total)
                             exact[kind].append((p.served(), total))
                     rss.append((kind, p.peak_rss_kb))
+                    maps_kib.append((kind, p.map_kib))
                 rps[kind].append(a)
                 p99[kind].append(b)
                 busy_per_req[kind].append(busy)
@@ -214,7 +219,7 @@ def main():
     med = {k: (statistics.median(rps[k]), statistics.median(p99[k])) for k in kinds}
     base_rps, base_p99 = med["none"]
     lines = ["# HTTP capture overhead (nginx + wrk)", "",
-             f"{args.rounds} interleaved rounds of {args.seconds}s, wrk -t1 -c{args.connections}, 550-byte file; medians. "
+             f"{args.rounds} interleaved rounds of {args.seconds}s, wrk -t1 -c{args.connections}, 550-byte file; median (min - max). "
              f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
              "Machine CPU per request: busy CPU time of the whole machine (/proc/stat, both CPUs: wrk, nginx, the "
              "kernel, the tracer) over the requests completed; the extra over `none` is what tracing cost each request.", "",
@@ -224,24 +229,26 @@ def main():
     for k in kinds:
         r, p = med[k]
         busy = statistics.median(busy_per_req[k])
-        lines.append(f"| {k} | {r:,.0f} | {r / base_rps:.3f} | {p * 1e3:.3f} ms | {p / base_p99:.3f} | "
-                     f"{busy:,.0f} | {busy - base_busy:+,.0f} |")
+        ms = lambda v: f"{v * 1e3:.3f} ms"  # noqa: E731
+        lines.append(f"| {k} | {spread(rps[k])} | {r / base_rps:.3f} | {spread(p99[k], ms)} | {p / base_p99:.3f} | "
+                     f"{spread(busy_per_req[k])} | {busy - base_busy:+,.0f} |")
     lines += ["", "eBPF ns and program runs per request: `kernel.bpf_stats_enabled` run time of the HTTP programs "
               "(Periscope) or of the floor's empty programs, over the requests wrk completed. RSS under load: VmRSS at "
-              "the end of each wrk run (max over rounds); the startup peak (VmHWM) comes from loading the eBPF object, "
-              "whose memory is returned before serving.", "",
-              "| configuration | eBPF ns per request | program runs per request | daemon CPU ns per request | RSS under load | startup peak | counted / completed by wrk |",
-              "|---|---|---|---|---|---|---|"]
+              "the end of each wrk run; peak RSS: VmHWM at the end of the round (usually the startup peak: loading the "
+              "eBPF object, whose memory is returned before serving); eBPF maps: the kernel memory of the maps the "
+              "daemon holds (memlock), outside its RSS. MiB.", "",
+              "| configuration | eBPF ns per request | program runs per request | daemon CPU ns per request | RSS under load | peak RSS | eBPF maps | counted / completed by wrk |",
+              "|---|---|---|---|---|---|---|---|"]
     floors = [k for k in kinds if k.startswith("floor-")]
     traced = [k for k in TRACED_KINDS if k in kinds]
     for k in floors:
-        lines.append(f"| {k} | {statistics.median(ns_per_req[k]):,.0f} | {statistics.median(runs_per_req[k]):.1f} | | | | |")
+        lines.append(f"| {k} | {spread(ns_per_req[k])} | {statistics.median(runs_per_req[k]):.1f} | | | | | |")
     for k in traced:
-        peak = max(kb for kk, kb in rss if kk == k) / 1024
-        steady = max(kb for kk, kb in steady_rss if kk == k) / 1024
-        lines.append(f"| {k} | {statistics.median(ns_per_req[k]):,.0f} | {statistics.median(runs_per_req[k]):.1f} | "
-                     f"{statistics.median(cpu_per_req[k]):,.0f} | {steady:.1f} MiB | {peak:.1f} MiB | "
-                     + ", ".join(f"{int(a)}/{b}" for a, b in exact[k]) + " |")
+        mib = lambda v: f"{v / 1024:.1f}"  # noqa: E731
+        of = lambda pairs: [kb for kk, kb in pairs if kk == k]  # noqa: E731
+        lines.append(f"| {k} | {spread(ns_per_req[k])} | {statistics.median(runs_per_req[k]):.1f} | "
+                     f"{spread(cpu_per_req[k])} | {spread(of(steady_rss), mib)} | {spread(of(rss), mib)} | "
+                     f"{spread(of(maps_kib), mib)} | " + ", ".join(f"{int(a)}/{b}" for a, b in exact[k]) + " |")
     lines.append("")
     for k in floors:
         lines += [f"- {k} (empty programs on {FLOOR_HOOKS[k]}): {statistics.median(ns_per_req[k]):,.0f} eBPF ns per "
@@ -269,6 +276,7 @@ def main():
         "program_runs_per_request": runs_per_req, "machine_cpu_ns_per_request": busy_per_req,
         "peak_rss_kib": {k: [kb for kk, kb in rss if kk == k] for k in PERISCOPE_KINDS if k in kinds},
         "rss_under_load_kib": {k: [kb for kk, kb in steady_rss if kk == k] for k in PERISCOPE_KINDS if k in kinds},
+        "map_memory_kib": {k: [kb for kk, kb in maps_kib if kk == k] for k in PERISCOPE_KINDS if k in kinds},
         "counted_vs_completed": {k: exact[k] for k in traced},
     }
     out = os.path.join(ROOT, "bench/out")

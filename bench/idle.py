@@ -7,42 +7,54 @@ http with HTTPS, tcp; Prometheus on a private port), started and left to settle,
                with the other phases so that drift hits all alike);
   idle+scrape: a Prometheus-like scrape of /metrics every 15 s, nothing else;
   busy:        nginx under wrk (1 thread, 16 connections), the HTTP family's work.
-Per phase: the daemon's CPU time (`perf stat -e task-clock` on the daemon's threads, ns
-precision; /proc/PID/stat clock ticks as a cross-check), as ms per minute and as a share of one
-core, its context switches per second (each is a wakeup), and, busy, requests/s and daemon CPU
-per request. Peak RSS (VmHWM) at the end. Min/median/max over the rounds.
+Per phase: the daemon's CPU time (`usage_usec` of a cgroup v2 the daemon is moved into: every
+thread, exited ones too, in microseconds; /proc/PID/stat clock ticks as a cross-check), as ms
+per minute and as a share of one core, the context switches of its threads per second (each is a
+wakeup), and, busy, requests/s and daemon CPU per request. Peak RSS (VmHWM) at the end.
+Median (min - max) over the rounds. Other work on the machine wakes the daemon too (every
+process exit is an HTTP record): run it on a quiet machine.
 Writes bench/out/idle.md and bench/out/idle.json (bench/report.py reads the JSON).
 """
-import argparse, os, re, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, re, statistics, sys, tempfile, time, urllib.request
 
-from common import Daemon, free_port, write
-from http_overhead import HTTP_PORT, nginx, wrk
+from common import Daemon, write
+from http_overhead import nginx, wrk
 
 TARGET_SHARE = 0.001  # issue 23: at most 0.1% of a core, idle, every default family on
 
 
-def perf_stat(pid, seconds, during=None):
-    """(task-clock ns, context switches) of process `pid` (all its threads) over `seconds`;
-    `during` runs meanwhile (it must return within the window)."""
-    out = tempfile.NamedTemporaryFile("r", suffix=".csv", delete=False)
-    p = subprocess.Popen(["perf", "stat", "-x,", "-o", out.name, "-e", "task-clock,context-switches",
-                          "-p", str(pid), "--", "sleep", str(seconds)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    result = during() if during else None
-    p.wait()
-    values = {}
-    for line in open(out.name):
-        fields = line.strip().split(",")
-        if len(fields) > 2 and fields[0] and fields[0][0].isdigit():
-            values[fields[2]] = float(fields[0])
-    os.unlink(out.name)
-    # task-clock is reported in ms (msec unit) by perf stat -x.
-    return values.get("task-clock", 0.0) * 1e6, values.get("context-switches", 0.0), result
+class CpuAccount:
+    """The daemon in a cgroup v2 of its own: `cpu.stat` `usage_usec` counts the CPU time of all
+    its threads, those that exited too (the blocking pool's come and go), in microseconds."""
 
+    def __init__(self, pid):
+        root = next(p for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+                    if os.path.exists(os.path.join(p, "cgroup.procs")))
+        self.pid, self.dir = pid, os.path.join(root, f"periscope-idle-bench-{os.getpid()}")
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
 
-def ticks_s(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu_ns(self):
+        with open(os.path.join(self.dir, "cpu.stat")) as f:
+            return int(re.search(r"usage_usec (\d+)", f.read()).group(1)) * 1000
+
+    def switches(self):
+        """Context switches of the live threads (each is a wakeup)."""
+        total = 0
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                text = open(f"/proc/{self.pid}/task/{tid}/status").read()
+            except OSError:
+                continue
+            total += sum(int(v) for v in re.findall(r"ctxt_switches:\s+(\d+)", text))
+        return total
+
+    def remove(self):
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
 
 
 def scraping(port, seconds, every=15.0):
@@ -56,19 +68,20 @@ def scraping(port, seconds, every=15.0):
     return run
 
 
-def phase(daemon, name, seconds, connections):
-    ticks0 = ticks_s(daemon.proc.pid)
-    during = None
+def phase(daemon, account, name, seconds, connections):
+    ticks0, ns0, sw0, t0 = ticks_s(daemon.proc.pid), account.cpu_ns(), account.switches(), time.monotonic()
+    result = None
     if name == "idle+scrape":
-        during = scraping(daemon.port, seconds)
+        scraping(daemon.port, seconds)()
     elif name == "busy":
-        during = lambda: wrk(seconds - 1, connections)  # noqa: E731 (ends inside perf's window)
-    ns, switches, result = perf_stat(daemon.proc.pid, seconds, during)
-    ticks = ticks_s(daemon.proc.pid) - ticks0
-    out = {"seconds": seconds, "cpu_ns": ns, "cpu_ms_per_minute": ns / 1e6 * 60 / seconds,
-           "core_share": ns / 1e9 / seconds, "tick_cpu_s": ticks,
-           "wakeups_per_s": switches / seconds}
-    if name == "busy" and result:
+        result = wrk(seconds, connections)
+    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+    elapsed = time.monotonic() - t0
+    ns = account.cpu_ns() - ns0
+    out = {"seconds": elapsed, "cpu_ns": ns, "cpu_ms_per_minute": ns / 1e6 * 60 / elapsed,
+           "core_share": ns / 1e9 / elapsed, "tick_cpu_s": ticks_s(daemon.proc.pid) - ticks0,
+           "wakeups_per_s": (account.switches() - sw0) / elapsed}
+    if result:
         rps, _, total, _ = result
         out.update(requests_per_s=rps, requests=total, cpu_ns_per_request=ns / total)
     return out
@@ -97,17 +110,19 @@ def main():
     tmp = tempfile.mkdtemp(prefix="periscope-idle-")
     server = nginx(tmp)
     daemon = Daemon("{}\n", env={"PERISCOPE_LOG": "warn"})  # the embedded defaults
+    account = CpuAccount(daemon.proc.pid)
     time.sleep(10)  # startup (attach, first TLS scan) is not idle cost
     phases = {"idle": [], "idle+scrape": [], "busy": []}
     try:
         for r in range(args.rounds):
             for name in phases:
                 print(f"[bench idle] round {r + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                phases[name].append(phase(daemon, name, args.seconds, args.connections))
+                phases[name].append(phase(daemon, account, name, args.seconds, args.connections))
                 time.sleep(5)  # the busy phase's last records drained, the reader parked again
         rss = {"VmHWM_kib": daemon.status_kib("VmHWM"), "VmRSS_kib": daemon.status_kib("VmRSS")}
     finally:
         daemon.stop()
+        account.remove()
         server.terminate()
         server.wait()
     summary = {name: {key: spread(p.get(key) for p in runs)
@@ -117,7 +132,7 @@ def main():
     idle_share = summary["idle"]["core_share"]["median"]
     lines = ["# Idle cost (default config, every default family on)", "",
              f"{args.rounds} round(s) of {args.seconds} s per phase; median (min - max). Daemon CPU from "
-             f"`perf stat -e task-clock` on its threads. Machine: {os.cpu_count()} CPUs, kernel "
+             f"its cgroup's `cpu.stat`. Machine: {os.cpu_count()} CPUs, kernel "
              f"{os.uname().release}. Target: idle at most {TARGET_SHARE:.1%} of a core "
              f"({'met' if idle_share <= TARGET_SHARE else 'missed'}: {idle_share:.3%}).", "",
              "| phase | daemon CPU, ms per minute | share of a core | wakeups/s | requests/s | daemon CPU ns/request |",

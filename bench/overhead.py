@@ -6,13 +6,16 @@ Workloads (fixed work, scored by throughput; higher is better):
          and two wakeups per operation, the worst case for run-queue tracing.
   io:    fio 4 KiB random reads, O_DIRECT, iodepth 16, on a loop device of its own -- the
          highest block request rate this machine can make.
-Each configuration runs ROUNDS times, interleaved so drift hits all alike; medians are compared.
-Also the tracers' user-space CPU per workload operation (utime + stime of the daemon or of the
-reference tools). Writes bench/out/overhead.md and bench/out/overhead.json (bench/report.py).
+Each configuration runs ROUNDS times, interleaved so drift hits all alike; every figure is given
+as median (min - max) over the rounds, the median is what targets are judged on. Also the
+tracers' user-space CPU per workload operation (utime + stime of the daemon or of the reference
+tools), and the memory of each tracer: peak RSS (VmHWM), RSS at the end of the round (VmRSS),
+and the kernel memory of the eBPF maps it holds (`memlock` in /proc/PID/fdinfo; outside the RSS).
+Writes bench/out/overhead.md and bench/out/overhead.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from common import free_port
+from common import free_port, map_memory_kib, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -46,6 +49,7 @@ def prog_stats():
 class Tracer:
     def __init__(self, kind):
         self.kind, self.procs, self.peak_rss_kb, self.ids = kind, [], None, set()
+        self.end_rss_kb, self.map_kib = None, None
 
     def cpu_s(self):
         """utime + stime of this tracer's processes so far, in seconds."""
@@ -90,10 +94,15 @@ class Tracer:
         return self
 
     def __exit__(self, *exc):
+        if self.kind != "none":
+            # Summed over the tracer's processes (runqlat + biolatency are two).
+            self.peak_rss_kb = self.end_rss_kb = self.map_kib = 0
         for p in self.procs:
-            if self.kind == "periscope":
-                with open(f"/proc/{p.pid}/status") as f:
-                    self.peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+            with open(f"/proc/{p.pid}/status") as f:
+                status = f.read()
+            self.peak_rss_kb += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+            self.end_rss_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+            self.map_kib += map_memory_kib(p.pid)
             p.send_signal(signal.SIGINT)
             p.wait(timeout=30)
 
@@ -129,6 +138,7 @@ def main():
     ebpf_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
     cpu_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
     rss, costs = [], {}
+    memory = {k: {"peak_rss_kib": [], "end_rss_kib": [], "map_kib": []} for k in kinds[1:]}
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
@@ -149,22 +159,27 @@ def main():
                         cpu_cost[("io", kind)].append((c2 - c1) * 1e9 / io_ops)
                     if kind == "periscope":
                         costs = bpf_costs()
-                if t.peak_rss_kb:
+                if kind == "periscope":
                     rss.append(t.peak_rss_kb)
+                if kind != "none":
+                    memory[kind]["peak_rss_kib"].append(t.peak_rss_kb)
+                    memory[kind]["end_rss_kib"].append(t.end_rss_kb)
+                    memory[kind]["map_kib"].append(t.map_kib)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
         subprocess.run(["losetup", "-d", dev])
 
     lines = ["# Periscope overhead benchmark", "",
-             f"{args.rounds} interleaved rounds; medians. Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
+             f"{args.rounds} interleaved rounds; median (min - max). Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
              "| workload | metric | no tracer | Periscope | libbpf-tools | Periscope overhead | libbpf-tools overhead |",
              "|---|---|---|---|---|---|---|"]
     verdicts = []
     for w, unit in (("sched", "pipe ops/s"), ("io", "4k read IOPS")):
         base, ours, ref = (statistics.median(results[(w, k)]) for k in kinds)
         o_ours, o_ref = 1 - ours / base, 1 - ref / base
-        lines.append(f"| {w} | {unit} | {base:,.0f} | {ours:,.0f} | {ref:,.0f} | {o_ours:+.1%} | {o_ref:+.1%} |")
+        lines.append(f"| {w} | {unit} | {spread(results[(w, 'none')])} | {spread(results[(w, 'periscope')])} | "
+                     f"{spread(results[(w, 'libbpf-tools')])} | {o_ours:+.1%} | {o_ref:+.1%} |")
         verdicts.append(f"{w}: Periscope/libbpf-tools throughput ratio {ours / ref:.3f} "
                         f"({'meets' if ours >= ref * 0.99 else 'misses'} target: overhead no greater than libbpf-tools, 1% noise allowance)")
     lines += ["", "In-kernel cost: total run time of each tracer's eBPF programs during the workload,",
@@ -172,20 +187,28 @@ def main():
               "| workload | Periscope ns/op | libbpf-tools ns/op | ratio |", "|---|---|---|---|"]
     for w, unit in (("sched", "pipe op"), ("io", "4k read")):
         ours, ref = (statistics.median(ebpf_cost[(w, k)]) for k in kinds[1:])
-        lines.append(f"| {w} (per {unit}) | {ours:,.0f} | {ref:,.0f} | {ours / ref:.2f} |")
+        lines.append(f"| {w} (per {unit}) | {spread(ebpf_cost[(w, 'periscope')])} | "
+                     f"{spread(ebpf_cost[(w, 'libbpf-tools')])} | {ours / ref:.2f} |")
         verdicts.append(f"{w}: in-kernel cost Periscope/libbpf-tools = {ours / ref:.2f} "
                         f"({'meets' if ours <= ref * 1.05 else 'misses'} target: no greater than libbpf-tools, 5% allowance)")
     lines += ["", "User-space CPU of the tracer (utime + stime of the daemon, or of runqlat + biolatency) per",
               "workload operation (clock-tick resolution: short runs round to 0).", "",
               "| workload | Periscope CPU ns/op | libbpf-tools CPU ns/op |", "|---|---|---|"]
     for w in ("sched", "io"):
-        ours, ref = (statistics.median(cpu_cost[(w, k)]) for k in kinds[1:])
-        lines.append(f"| {w} | {ours:,.1f} | {ref:,.1f} |")
+        one = lambda v: f"{v:,.1f}"  # noqa: E731
+        lines.append(f"| {w} | {spread(cpu_cost[(w, 'periscope')], one)} | {spread(cpu_cost[(w, 'libbpf-tools')], one)} |")
     lines += ["", "Raw scores: " + ", ".join(f"{w}/{k}={['%.0f' % x for x in v]}" for (w, k), v in results.items()), ""]
     lines += ["| eBPF program | ns per run | runs (last round) |", "|---|---|---|"]
     lines += [f"| {p} | {ns:.0f} | {n:,.0f} |" for p, (ns, n) in sorted(costs.items())]
     peak = max(rss) / 1024 if rss else float("nan")
-    lines += ["", f"Periscope peak RSS (VmHWM): {peak:.1f} MiB = {peak * 1.048576:.1f} MB (target < 30 MB: {'met' if peak * 1.048576 < 30 else 'missed'})", ""]
+    mib = lambda v: f"{v / 1024:.1f}"  # noqa: E731
+    lines += ["", "Memory per round, MiB (runqlat + biolatency summed): process peak (VmHWM), process at the end of "
+              "the round (VmRSS), and the kernel memory of the eBPF maps the tracer holds (memlock, outside the RSS).", "",
+              "| tracer | peak RSS | RSS at the end | eBPF map memory |", "|---|---|---|---|"]
+    for k in kinds[1:]:
+        m = memory[k]
+        lines.append(f"| {k} | {spread(m['peak_rss_kib'], mib)} | {spread(m['end_rss_kib'], mib)} | {spread(m['map_kib'], mib)} |")
+    lines += ["", f"Periscope peak RSS (VmHWM), highest round: {peak:.1f} MiB = {peak * 1.048576:.1f} MB (target < 30 MB: {'met' if peak * 1.048576 < 30 else 'missed'})", ""]
     lines += [f"- {v}" for v in verdicts]
     report = "\n".join(lines) + "\n"
     data = {
@@ -198,6 +221,7 @@ def main():
         "cpu_ns_per_op": {w: {k: cpu_cost[(w, k)] for k in kinds[1:]} for w in ("sched", "io")},
         "programs": {p: {"ns_per_run": ns, "runs": n} for p, (ns, n) in costs.items()},
         "peak_rss_kib": rss,
+        "memory_kib": memory,
     }
     out = os.path.join(ROOT, "bench/out")
     os.makedirs(out, exist_ok=True)
