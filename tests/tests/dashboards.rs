@@ -393,6 +393,24 @@ impl Prometheus {
         Ok((finite, result.len()))
     }
 
+    /// An instant query evaluated at `time` (Unix seconds): each series' labels and value.
+    fn query_at(&self, expr: &str, time: f64) -> Result<Vec<(Value, f64)>, String> {
+        let data = self.api(&format!(
+            "/api/v1/query?query={}&time={time:.3}",
+            encode(expr)
+        ))?;
+        Ok(data["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| {
+                let v = s["value"][1].as_str()?.parse::<f64>().ok()?;
+                Some((s["metric"].clone(), v))
+            })
+            .collect())
+    }
+
     /// Values of `label` on the series `selector` matches.
     fn label_values(&self, selector: &str, label: &str) -> Result<Vec<Value>, String> {
         let data = self.api(&format!(
@@ -608,7 +626,7 @@ fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
     // could fill the pipe and block the daemon mid-test.
     let daemon_env = [("PERISCOPE_LOG", "error")];
     let pids = Arc::new(std::sync::Mutex::new(Vec::new()));
-    watchdog(Duration::from_secs(240), pids.clone());
+    watchdog(Duration::from_secs(300), pids.clone());
     step(started, "starting periscope");
     let daemon = Daemon::start(&config, &daemon_env);
     pids.lock().unwrap().push(daemon.pid());
@@ -705,6 +723,8 @@ fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
     workloads.stop();
     let _ = tcp_server.kill();
     let _ = tcp_server.wait();
+    step(started, "a known workload, then panel values against it");
+    panels_show_a_known_workload(&prometheus, &queries, http_port, &disk);
     step(started, "stopping periscope");
     let (status, log) = daemon.stop();
     assert!(status.success(), "periscope exited with {status}: {log}");
@@ -719,6 +739,103 @@ fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
         label_queries.len(),
         loaded_rules.len(),
         started.elapsed()
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The expression of the panel titled `title` in dashboard `file`, its range set to `window`.
+fn panel_expr(queries: &[Query], file: &str, title: &str, window: u64) -> String {
+    let q = queries
+        .iter()
+        .find(|q| q.title == title && q.origin.starts_with(file))
+        .unwrap_or_else(|| panic!("{file}: no panel {title:?}"));
+    assert!(q.expr.contains("[1m]"), "{}: {}", q.origin, q.expr);
+    q.expr.replace("[1m]", &format!("[{window}s]"))
+}
+
+/// Values, not only data: with the background workloads stopped (their counters flat), a known
+/// workload (6 rounds of the HTTP plan: 36 requests to the shop, 6 of them 500s; 200 O_DIRECT
+/// 4 KiB writes and 100 64 KiB reads on the test's disk) inside a window of `WINDOW` seconds,
+/// then three panels' own expressions, their range set to that window and evaluated at its end:
+/// requests/s, the server error ratio and IOPS by device and operation. Rates times the window
+/// give the counts back within 20% (Prometheus extrapolates a rate to its range's edges from
+/// the first and last scrape inside it: up to one 1 s scrape interval in `WINDOW`, 5%).
+fn panels_show_a_known_workload(
+    prometheus: &Prometheus,
+    queries: &[Query],
+    http_port: u16,
+    disk: &LoopDevice,
+) {
+    const WINDOW: u64 = 20;
+    // The last background requests and IOs scraped, so the window holds only what follows.
+    std::thread::sleep(Duration::from_secs(3));
+    let start = unix_now();
+    let sent = python_client(http_port, true, &plan(6));
+    disk.direct_writes(4096, 200);
+    direct_reads(&disk.path, 65536, 100);
+    let left = start + WINDOW as f64 - unix_now();
+    assert!(left > 3.0, "the known workload took {WINDOW} s or more");
+    std::thread::sleep(Duration::from_secs_f64(left + 2.0));
+    let at = start + WINDOW as f64;
+    let requests = sent.len() as f64;
+    let errors = sent.iter().filter(|s| s.status >= 500).count() as f64;
+    let close = |shown: f64, expected: f64| shown >= 0.9 * expected && shown <= 1.2 * expected;
+
+    let expr = panel_expr(queries, "services.json", "Server: requests/s", WINDOW);
+    let shown: f64 = prometheus
+        .query_at(&expr, at)
+        .expect("requests/s")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    println!("Server: requests/s shows {shown}; sent {requests} in {WINDOW} s");
+    assert!(
+        close(shown * WINDOW as f64, requests),
+        "Server: requests/s {shown} for {requests} requests in {WINDOW} s: {expr}"
+    );
+
+    let expr = panel_expr(queries, "services.json", "Server: error ratio", WINDOW);
+    let shown = prometheus
+        .query_at(&expr, at)
+        .expect("error ratio")
+        .first()
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN);
+    println!("Server: error ratio shows {shown}; {errors} 5xx of {requests}");
+    assert!(
+        (shown - errors / requests).abs() <= 0.02,
+        "Server: error ratio {shown}, expected {}: {expr}",
+        errors / requests
+    );
+
+    let expr = panel_expr(
+        queries,
+        "node-kernel.json",
+        "IOPS by device and operation",
+        WINDOW,
+    );
+    let series = prometheus.query_at(&expr, at).expect("IOPS");
+    let iops = |op: &str| {
+        series
+            .iter()
+            .find(|(m, _)| {
+                m["system_device"] == disk.name.as_str() && m["block_io_operation"] == op
+            })
+            .map(|(_, v)| *v)
+            .unwrap_or(0.0)
+    };
+    let (writes, reads) = (iops("write"), iops("read"));
+    println!("IOPS on {}: write {writes}, read {reads}", disk.name);
+    assert!(
+        close(writes * WINDOW as f64, 200.0) && close(reads * WINDOW as f64, 100.0),
+        "IOPS on {}: write {writes}/s, read {reads}/s for 200 writes and 100 reads in {WINDOW} s: {series:?}",
+        disk.name
     );
 }
 
