@@ -71,7 +71,7 @@ impl Scrape {
                 .iter()
                 .map(|l| (l.name().to_string(), l.value().to_string()))
                 .collect();
-            let mut push = |samples: &mut Vec<Sample>, suffix: &str, le: Option<f64>, value| {
+            let push = |samples: &mut Vec<Sample>, suffix: &str, le: Option<f64>, value| {
                 let mut labels = labels.clone();
                 if let Some(le) = le {
                     labels.insert("le".into(), format_le(le));

@@ -16,9 +16,8 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    common::v1::any_value::Value,
-    metrics::v1::{ExportMetricsServiceRequest, metric::Data},
-    trace::v1::span::SpanKind,
+    collector::metrics::v1::ExportMetricsServiceRequest, common::v1::any_value::Value,
+    metrics::v1::metric::Data, trace::v1::span::SpanKind,
 };
 use periscope_e2e::{
     daemon::Daemon,
@@ -92,6 +91,7 @@ impl Drop for TwoRoutes {
 /// xorshift sequence) and `/fast/{i}` otherwise; then one `/once/0` on its own connection.
 fn drive(port: u16, n: usize) -> Vec<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut paths = Vec::with_capacity(n + 1);
     for i in 0..n {
@@ -110,8 +110,10 @@ fn drive(port: u16, n: usize) -> Vec<String> {
     paths
 }
 
+/// One request in one write (several small writes would wait on Nagle and delayed ACKs).
 fn get(stream: &mut TcpStream, path: &str) {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
     let mut response = [0u8; RESPONSE_LEN];
     stream.read_exact(&mut response).expect("response");
     assert!(response.starts_with(b"HTTP/1.1 200"), "{path}");

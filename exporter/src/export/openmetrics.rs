@@ -24,13 +24,8 @@ use crate::{
 pub fn render(telemetry: &Arc<Telemetry>, snapshot: &[Metric]) -> String {
     let mut out = String::with_capacity(64 * 1024);
     write_descriptor(&mut out, "target_info", "Target metadata", "gauge", None);
-    write_sample(
-        &mut out,
-        "target_info",
-        &label_prefix(&target_info_labels(telemetry)),
-        "",
-        "1",
-    );
+    let labels = label_prefix(&target_info_labels(telemetry));
+    write_line(&mut out, "target_info", &labels, "1");
     for family in families(snapshot) {
         write_family(&mut out, &family, telemetry.layouts.of(family[0].name));
     }
@@ -59,15 +54,13 @@ fn write_family(out: &mut String, group: &[&Metric], layout: &Layout) {
                 let total = format!("{name}_total");
                 for (attributes, value) in points {
                     let labels = label_prefix(&labels_of(metric, attributes));
-                    write_sample(out, &total, &labels, "", &float(*value));
-                    out.push('\n');
+                    write_line(out, &total, &labels, &float(*value));
                 }
             }
             Points::Gauge(points) => {
                 for (attributes, value) in points {
                     let labels = label_prefix(&labels_of(metric, attributes));
-                    write_sample(out, &name, &labels, "", &float(*value));
-                    out.push('\n');
+                    write_line(out, &name, &labels, &float(*value));
                 }
             }
         }
@@ -91,6 +84,12 @@ fn label_prefix(labels: &[(String, String)]) -> String {
         let _ = write!(out, "{k}=\"{}\"", escape(v, true));
     }
     out
+}
+
+/// One sample and its line end.
+fn write_line(out: &mut String, name: &str, labels: &str, value: &str) {
+    write_sample(out, name, labels, "", value);
+    out.push('\n');
 }
 
 /// One sample, without its line end (an exemplar may follow); `extra` is one more rendered
@@ -142,11 +141,9 @@ fn write_histogram(
         }
     }
     let count = format!("{name}_count");
-    write_sample(out, &count, labels, "", &histogram.count().to_string());
-    out.push('\n');
+    write_line(out, &count, labels, &histogram.count().to_string());
     let sum = format!("{name}_sum");
-    write_sample(out, &sum, labels, "", &float(histogram.sum_in(unit)));
-    out.push('\n');
+    write_line(out, &sum, labels, &float(histogram.sum_in(unit)));
 }
 
 fn le(bound: f64) -> String {
@@ -273,6 +270,31 @@ mod tests {
             empty,
             "d_bucket{le=\"0.005\"} 0\nd_bucket{le=\"0.01\"} 0\nd_bucket{le=\"0.025\"} 0\n\
              d_bucket{le=\"+Inf\"} 0\nd_count 0\nd_sum 0.0\n"
+        );
+    }
+
+    #[test]
+    fn counters_and_gauges_are_one_line_each() {
+        let layout = Layout::new(vec![1.0]).unwrap();
+        let metric = |name, points| Metric {
+            name,
+            description: "What \\ it\ncounts.",
+            unit: "1",
+            points,
+            resource: None,
+        };
+        let counter = metric("a.b", Points::Counter(vec![(vec![("k", "v".into())], 2.0)]));
+        let gauge = metric(
+            "c",
+            Points::Gauge(vec![(vec![], 1.5), (vec![("x", "y".into())], 3.0)]),
+        );
+        let mut out = String::new();
+        write_family(&mut out, &[&counter], &layout);
+        write_family(&mut out, &[&gauge], &layout);
+        assert_eq!(
+            out,
+            "# HELP a_b What \\\\ it\\ncounts.\n# TYPE a_b counter\na_b_total{k=\"v\"} 2.0\n\
+             # HELP c What \\\\ it\\ncounts.\n# TYPE c gauge\nc 1.5\nc{x=\"y\"} 3.0\n"
         );
     }
 

@@ -399,6 +399,42 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_carries_only_new_exemplars() {
+        let exemplar = |n: u8| Exemplar {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            value: 100,
+            time_unix_ns: u64::from(n),
+        };
+        let mut before = Histogram::default();
+        record(&mut before, 100);
+        before.exemplars = vec![exemplar(1), exemplar(2)];
+        let mut now = before.clone();
+        record(&mut now, 100);
+        now.exemplars = vec![exemplar(1), exemplar(3)];
+        let delta = now.minus(&before).unwrap();
+        assert_eq!(delta.count(), 1);
+        assert_eq!(delta.exemplars, vec![exemplar(3)]);
+    }
+
+    #[test]
+    fn classic_exemplars_are_the_latest_of_their_bucket() {
+        let layout = Layout::new(vec![0.005, 0.01]).unwrap();
+        let at = |ms: u64, n: u8| Exemplar {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            value: ns_to_units(ms * 1_000_000),
+            time_unix_ns: u64::from(n),
+        };
+        let h = Histogram {
+            exemplars: vec![at(7, 2), at(6, 1), at(40, 3)],
+            ..Histogram::default()
+        };
+        let kept = h.classic_exemplars(&layout, ValueUnit::Seconds);
+        assert_eq!(kept, vec![None, Some(at(7, 2)), Some(at(40, 3))]);
+    }
+
+    #[test]
     fn a_straddling_kernel_bucket_counts_above_the_bound() {
         // 0.00499 s lies in the kernel bucket (0.004893, 0.005110]: its upper edge is above
         // 0.005, so it counts in le=0.01, one kernel bucket (4.4%) above where it belongs.
