@@ -1,7 +1,7 @@
 //! Histograms that stay right when series are aggregated. A real two-route Python service
 //! (90% of requests answered at once, 10% after a uniform 10-50 ms sleep) is observed by
-//! Periscope while two real Prometheus servers scrape it every second: one classic (text, with
-//! exemplar storage), one with native histograms (protobuf). The quantiles of
+//! Periscope while two real Prometheus servers scrape it every second: one classic (text), one
+//! with native histograms (protobuf), both with exemplar storage. The quantiles of
 //! `sum by (le)` over both routes are compared with the exact quantiles of the server's own
 //! timings; every series of every histogram metric must show the same `le` set at successive
 //! scrapes, every OTLP data point of a metric the same `explicit_bounds`; Prometheus's
@@ -98,7 +98,11 @@ fn drive(port: u16, n: usize) -> Vec<String> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let route = if state % 10 == 0 { "slow" } else { "fast" };
+        let route = if state.is_multiple_of(10) {
+            "slow"
+        } else {
+            "fast"
+        };
         paths.push(format!("/{route}/{i}"));
     }
     for path in &paths {
@@ -225,6 +229,25 @@ fn otlp_bounds(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<String, BTr
     out
 }
 
+/// (trace id, span id) of every exemplar on the data points of `metric`, over all exports.
+fn otlp_exemplars(requests: &[ExportMetricsServiceRequest], metric: &str) -> Vec<(String, String)> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == metric)
+        .filter_map(|m| match &m.data {
+            Some(Data::Histogram(h)) => Some(h),
+            _ => None,
+        })
+        .flat_map(|h| &h.data_points)
+        .flat_map(|p| &p.exemplars)
+        .map(|e| (hex(&e.trace_id), hex(&e.span_id)))
+        .collect()
+}
+
 #[test]
 fn two_routes_aggregate_right_in_classic_native_otlp_and_exemplars() {
     let _machine = exclusive();
@@ -238,7 +261,7 @@ fn two_routes_aggregate_right_in_classic_native_otlp_and_exemplars() {
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
     let daemon = Daemon::start(&config, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
     let classic = Prometheus::start(daemon.port, &["exemplar-storage"]);
-    let native = Prometheus::start(daemon.port, &["native-histograms"]);
+    let native = Prometheus::start(daemon.port, &["native-histograms", "exemplar-storage"]);
 
     let paths = drive(server.port, REQUESTS);
     let sel = format!("service_name=\"{SERVICE}\",http_route=~\"/fast/.*|/slow/.*\"");
@@ -380,6 +403,22 @@ fn two_routes_aggregate_right_in_classic_native_otlp_and_exemplars() {
         "{} exemplars on /slow/{{id}}, each a received slow span",
         exemplars.len()
     );
+    // The same from the protobuf scrape (exemplars on the classic buckets of the message; the
+    // native series carries them).
+    let native_exemplars = native.query_exemplars(
+        &format!("{metric}{{service_name=\"{SERVICE}\",http_route=\"/slow/{{id}}\"}}"),
+        Duration::from_secs(300),
+    );
+    assert!(
+        !native_exemplars.is_empty(),
+        "no exemplars from the protobuf scrape"
+    );
+    for e in &native_exemplars {
+        let (path, span) = by_trace
+            .get(e.trace_id.as_str())
+            .unwrap_or_else(|| panic!("exemplar trace {} is no span received", e.trace_id));
+        assert!(path.starts_with("/slow/") && e.span_id == span.1, "{path}");
+    }
 
     // Every series of every histogram metric has the same `le` set at three successive
     // scrapes; the HTTP ones (including /once, with one observation) the semantic-convention
@@ -427,8 +466,18 @@ fn two_routes_aggregate_right_in_classic_native_otlp_and_exemplars() {
         }
     }
 
-    // OTLP: one `explicit_bounds` per metric over every data point of every export.
-    let bounds = otlp_bounds(&receiver.requests());
+    // OTLP: one `explicit_bounds` per metric over every data point of every export; the HTTP
+    // points' exemplars are received spans.
+    let requests = receiver.requests();
+    let otlp_exemplars = otlp_exemplars(&requests, "http.server.request.duration");
+    assert!(!otlp_exemplars.is_empty(), "no exemplars on OTLP points");
+    for (trace_id, span_id) in &otlp_exemplars {
+        let (path, span) = by_trace
+            .get(trace_id.as_str())
+            .unwrap_or_else(|| panic!("OTLP exemplar trace {trace_id} is no span received"));
+        assert_eq!(&span.1, span_id, "{path}");
+    }
+    let bounds = otlp_bounds(&requests);
     for (name, sets) in &bounds {
         assert_eq!(sets.len(), 1, "{name}: several explicit_bounds: {sets:?}");
     }
