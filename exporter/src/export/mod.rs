@@ -5,5 +5,5 @@ pub mod delta;
 pub mod openmetrics;
 pub mod otlp;
 pub mod prometheus;
-pub mod spans;
 pub mod protobuf;
+pub mod spans;
