@@ -4,6 +4,7 @@
 #   http_overhead.py  nginx under wrk: no tracer, Periscope (HTTP of all / nginx only / no HTTP)
 #   families.py       TCP, syscall, uprobe families vs tcplife, syscount -L, bpftrace
 #   export.py         OTLP export throughput into a real OTLP/gRPC receiver (tests' otlp-sink)
+#   scrape.py         Prometheus scrape cost with 10,000 histogram series (text, protobuf; fixed vs sparse)
 #   accuracy.py       counts and log2 histograms vs biolatency, runqlat, bpftrace, syscount
 #   idle.py           daemon CPU per minute idle (default config), idle with scrapes, and busy
 #   report.py         reads their JSON (bench/out/*.json), writes report.md and the plots
@@ -43,7 +44,7 @@ mkdir -p bench/out
 # A benchmark that fails leaves no JSON: the report says so, the others still run, and the exit
 # status is non-zero.
 FAILED=()
-for script in overhead http_overhead families export accuracy idle; do
+for script in overhead http_overhead families export scrape accuracy idle; do
   echo "[bench] $(date -u +%H:%M:%S) $script.py" >&2
   python3 "bench/$script.py" "${QUICK[@]}" || FAILED+=("$script")
 done

@@ -7,8 +7,9 @@ usage: generate.py          write services.json, node-kernel.json, triage.json, 
 
 Standard library only. Every query goes through the `${datasource}` variable (no datasource
 UID is written anywhere), every histogram is aggregated `sum by (le, ...)(rate(..._bucket))`
-before `histogram_quantile` (Periscope writes only the non-empty buckets of each series, so
-bucket bounds differ between series; see docs/metrics.md, "Histogram precision").
+before `histogram_quantile`: Periscope gives every series of a metric the same fixed bucket
+layout at every scrape, so that sum is exact across series (docs/histograms.md). HTTP duration
+panels of the Services dashboard show exemplars (the trace of a sampled request in a bucket).
 """
 
 import json
@@ -66,7 +67,7 @@ HOST = query_var("host", "Host (Periscope instance)", "label_values(periscope_pr
 # --- panels ---------------------------------------------------------------------------------
 
 
-def target(expr, legend="", ref="A", fmt="time_series", instant=False):
+def target(expr, legend="", ref="A", fmt="time_series", instant=False, exemplar=False):
     t = {
         "datasource": DS,
         "refId": ref,
@@ -77,6 +78,10 @@ def target(expr, legend="", ref="A", fmt="time_series", instant=False):
         "range": not instant,
         "instant": instant,
     }
+    if exemplar:
+        # Grafana asks Prometheus for the exemplars of the `_bucket` series in the query
+        # (trace_id, span_id of sampled requests) and draws them as points linking to the trace.
+        t["exemplar"] = True
     return t
 
 
@@ -120,7 +125,7 @@ def timeseries(title, description, unit, tgts, min0=True, stack=False):
     }
 
 
-def heatmap(title, description, unit, expr, cell_unit="short"):
+def heatmap(title, description, unit, expr, cell_unit="short", exemplar=False):
     """Cells: observations per interval in each bucket (Grafana de-accumulates the `le` series)."""
     return {
         "type": "heatmap",
@@ -155,7 +160,7 @@ def heatmap(title, description, unit, expr, cell_unit="short"):
             "tooltip": {"mode": "single", "yHistogram": True, "showColorScale": False},
             "exemplars": {"color": "rgba(255,0,255,0.7)"},
         },
-        "targets": [target(expr, "{{le}}", fmt="heatmap")],
+        "targets": [target(expr, "{{le}}", fmt="heatmap", exemplar=exemplar)],
     }
 
 
@@ -300,7 +305,8 @@ def dashboard(uid, title, description, tags, variables, items):
 
 
 def quantiles(metric, by, sel, qs=(0.5, 0.95, 0.99), legend=""):
-    """histogram_quantile targets, one per quantile, over `sum by (le, by)`."""
+    """histogram_quantile targets, one per quantile, over `sum by (le, by)` (every series of a
+    metric has the same `le` set, so the sum is exact)."""
     out = []
     for q in qs:
         name = f"p{round(q * 100)}"
@@ -420,15 +426,22 @@ def services():
             [
                 timeseries(
                     f"{name}: p50 / p95 / p99 duration by service and route",
-                    "Quantiles from the duration histograms (4.4%-wide buckets), per service and route.",
+                    "Quantiles from the duration histograms (the OTel semantic-convention buckets, "
+                    "5 ms to 10 s, the same on every series), per service and route. Points are "
+                    "exemplars: a sampled request in that bucket, linked to its trace.",
                     "s",
-                    targets(*quantiles(metric, by, sel, legend="{{service_name}} {{http_route}}")),
+                    targets(
+                        *quantiles(metric, by, sel, legend="{{service_name}} {{http_route}}"),
+                        exemplar=True,
+                    ),
                 ),
                 heatmap(
                     f"{name}: request duration heatmap",
-                    "Requests per interval in each duration bucket, all selected services and routes.",
+                    "Requests per interval in each duration bucket, all selected services and "
+                    "routes; exemplars mark sampled requests (trace_id links to the trace).",
                     "s",
                     f"sum by (le) (increase({metric}_bucket{{{sel}}}[{RATE}]))",
+                    exemplar=True,
                 ),
             ],
         ]

@@ -49,6 +49,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub otlp: OtlpConfig,
     pub probes: ProbesConfig,
+    pub histograms: HistogramsConfig,
     /// Log filter in `tracing` EnvFilter syntax (`info`, `periscope=debug`, ...).
     pub log: Option<String>,
 }
@@ -66,6 +67,22 @@ impl ServiceConfig {
     /// The node agent's own resource with this section applied.
     pub fn resource(&self) -> crate::model::resource::Resource {
         crate::model::resource::Resource::detect(self.name.as_deref(), &self.resource_attributes)
+    }
+}
+
+/// Histogram export: the classic bucket layout of each histogram metric.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistogramsConfig {
+    /// Upper bounds of the classic buckets (Prometheus `le`, OTLP `explicit_bounds`) per
+    /// histogram metric, by OTel name; metrics not listed keep their default layout. Checked
+    /// while read: positive, strictly ascending, at most `layout::MAX_BOUNDS`.
+    pub buckets: BTreeMap<crate::model::layout::MetricName, crate::model::layout::Bounds>,
+}
+
+impl HistogramsConfig {
+    pub fn layouts(&self) -> crate::model::layout::Layouts {
+        crate::model::layout::Layouts::new(&self.buckets)
     }
 }
 
@@ -106,7 +123,8 @@ impl OtlpProtocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HistogramAggregation {
-    /// Explicit buckets whose bounds are the kernel's bucket edges.
+    /// Explicit buckets with the metric's fixed layout (`histograms.buckets`), the same bounds
+    /// on every data point: what every collector exporter and Prometheus version aggregates.
     ExplicitBucketHistogram,
     /// Base-2 exponential histogram at the kernel's scale (4): lossless and compact.
     Base2ExponentialBucketHistogram,
@@ -471,6 +489,8 @@ mod tests {
             }
         );
         assert_eq!(uprobe.functions[1].pid, Some(4242));
+        let layouts = config.histograms.layouts();
+        assert_eq!(layouts.of("http.server.request.duration").bounds()[5], 0.3);
     }
 
     #[test]
@@ -505,6 +525,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("must be 1 to 15 bytes"), "{err}");
+    }
+
+    #[test]
+    fn bucket_layouts_are_read_and_checked_where_they_are_written() {
+        let config =
+            parse("histograms:\n  buckets:\n    kernel.block.io.duration: [0.001, 0.01, 0.1]\n")
+                .unwrap();
+        let layouts = config.histograms.layouts();
+        assert_eq!(
+            layouts.of("kernel.block.io.duration").bounds(),
+            &[0.001, 0.01, 0.1]
+        );
+        assert_eq!(
+            layouts.of("http.server.request.duration").bounds(),
+            &crate::model::layout::HTTP_DURATION_BOUNDS,
+            "unlisted metrics keep their default"
+        );
+        let err = parse("histograms:\n  buckets:\n    kernel.block.io.duration: [0.01, 0.001]\n")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: histograms.buckets.kernel.block.io.duration: bounds must be strictly ascending: 0.01 is followed by 0.001 at line 3 column 31"
+        );
+        let err = parse("histograms:\n  buckets:\n    kernel.sched.runqueue.latency: [-1, 2]\n")
+            .unwrap_err();
+        assert!(err.contains("histograms.buckets.kernel.sched.runqueue.latency: bound -1 is not a positive finite number"), "{err}");
+        assert!(err.contains("at line 3 column"), "{err}");
+        let many: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
+        let err = parse(&format!(
+            "histograms:\n  buckets:\n    process.function.duration: [{}]\n",
+            many.join(", ")
+        ))
+        .unwrap_err();
+        assert!(err.contains("101 bounds, at most 100"), "{err}");
+        assert!(err.contains("at line 3 column"), "{err}");
+        let err = parse("histograms:\n  buckets:\n    kernel.block.io.latency: [1]\n").unwrap_err();
+        assert!(
+            err.contains("unknown histogram metric \"kernel.block.io.latency\""),
+            "{err}"
+        );
+        assert!(err.contains("at line 3 column 5"), "{err}");
     }
 
     #[test]

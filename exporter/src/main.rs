@@ -141,7 +141,11 @@ async fn run_daemon(
     probes: Probes,
     prometheus: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    let telemetry = Arc::new(Telemetry::new(probes, config.service.resource()));
+    let telemetry = Arc::new(Telemetry::new(
+        probes,
+        config.service.resource(),
+        config.histograms.layouts(),
+    ));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 

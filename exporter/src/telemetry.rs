@@ -27,6 +27,8 @@ pub struct ExportStats {
 pub struct Telemetry {
     probes: Mutex<Probes>,
     pub resource: Resource,
+    /// The classic bucket layout of each histogram metric (both exporters use it).
+    pub layouts: crate::model::layout::Layouts,
     /// Start of the cumulative counts: when the maps were created.
     pub start_time: SystemTime,
     pub export: ExportStats,
@@ -35,10 +37,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(probes: Probes, resource: Resource) -> Self {
+    pub fn new(probes: Probes, resource: Resource, layouts: crate::model::layout::Layouts) -> Self {
         Self {
             probes: Mutex::new(probes),
             resource,
+            layouts,
             start_time: SystemTime::now(),
             export: ExportStats::default(),
             spans: Default::default(),

@@ -79,9 +79,22 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
 
+    /// A protobuf scrape: histograms in the kernel's own buckets (native, lossless), so tests
+    /// can compare exact counts per 4.4%-wide bucket.
     pub fn scrape(&self) -> Scrape {
-        let body = http_get(self.port, "/metrics").expect("scrape /metrics");
-        Scrape::parse(&body)
+        let body = http_get_bytes(self.port, "/metrics", Some(PROTOBUF)).expect("scrape /metrics");
+        Scrape::from_protobuf(&body).expect("a delimited io.prometheus.client.MetricFamily stream")
+    }
+
+    /// A text scrape, as a scraper that does not negotiate protobuf gets it: classic histograms
+    /// with the fixed layouts.
+    pub fn scrape_text(&self) -> Scrape {
+        Scrape::parse(&self.scrape_text_raw())
+    }
+
+    /// The OpenMetrics text itself.
+    pub fn scrape_text_raw(&self) -> String {
+        http_get(self.port, "/metrics").expect("scrape /metrics")
     }
 
     /// Everything logged until the daemon closed its stderr (it exited).
@@ -115,19 +128,37 @@ impl Drop for Daemon {
     }
 }
 
+/// The `Accept` header Prometheus sends when it scrapes native histograms.
+pub const PROTOBUF: &str =
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
 /// A minimal HTTP/1.0 GET against 127.0.0.1:port: the body of a 200 answer.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let body = http_get_bytes(port, path, None)?;
+    String::from_utf8(body).map_err(std::io::Error::other)
+}
+
+/// The same, with an optional `Accept` header, and the body as bytes.
+pub fn http_get_bytes(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&response[..end]);
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(std::io::Error::other(format!("unexpected answer: {head}")));
     }
-    Ok(body.to_string())
+    Ok(response[end + 4..].to_vec())
 }

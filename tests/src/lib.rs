@@ -8,6 +8,7 @@ pub mod http;
 pub mod loopdev;
 pub mod netns;
 pub mod otlp_receiver;
+pub mod prometheus;
 pub mod reference;
 pub mod scrape;
 

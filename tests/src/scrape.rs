@@ -1,6 +1,17 @@
-//! Parsing a `/metrics` answer (OpenMetrics/Prometheus text) into samples and histograms.
+//! Parsing a `/metrics` answer into samples and histograms: the OpenMetrics text (classic
+//! buckets of the fixed layouts), or the protobuf exposition, whose native histograms are the
+//! kernel's own 4.4%-wide buckets: those become `_bucket` samples at the exact bucket edges, so
+//! tests compare kernel counts bucket by bucket.
 
 use std::collections::BTreeMap;
+
+use prost::Message;
+
+/// The `io.prometheus.client` types, generated from the exporter's vendored `metrics.proto`.
+#[allow(clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/io.prometheus.client.rs"));
+}
 
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -12,6 +23,11 @@ pub struct Sample {
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
     pub samples: Vec<Sample>,
+    /// The protobuf exposition's classic buckets (`_bucket` samples with `le` labels), next to
+    /// the native buckets in `samples`; empty for a text scrape, whose `samples` hold them.
+    pub classic: Vec<Sample>,
+    /// The decoded families of a protobuf scrape.
+    pub families: Vec<proto::MetricFamily>,
 }
 
 /// A Prometheus histogram: cumulative counts at each `le`, ascending (+Inf last).
@@ -29,7 +45,66 @@ impl Scrape {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .filter_map(parse_line)
             .collect();
-        Self { samples }
+        Self {
+            samples,
+            ..Self::default()
+        }
+    }
+
+    /// Decodes a delimited protobuf scrape. Native histograms become `_bucket` samples at
+    /// their bucket edges (a zero bucket at `le="0"`), with `_count` and `_sum`.
+    pub fn from_protobuf(mut bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        let mut out = Self::default();
+        while !bytes.is_empty() {
+            let family = proto::MetricFamily::decode_length_delimited(&mut bytes)?;
+            out.add_family(&family);
+            out.families.push(family);
+        }
+        Ok(out)
+    }
+
+    fn add_family(&mut self, family: &proto::MetricFamily) {
+        let name = family.name();
+        for metric in &family.metric {
+            let labels: BTreeMap<String, String> = metric
+                .label
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let push = |samples: &mut Vec<Sample>, suffix: &str, le: Option<f64>, value| {
+                let mut labels = labels.clone();
+                if let Some(le) = le {
+                    labels.insert("le".into(), format_le(le));
+                }
+                samples.push(Sample {
+                    name: format!("{name}{suffix}"),
+                    labels,
+                    value,
+                });
+            };
+            if let Some(c) = &metric.counter {
+                push(&mut self.samples, "", None, c.value());
+            }
+            if let Some(g) = &metric.gauge {
+                push(&mut self.samples, "", None, g.value());
+            }
+            let Some(h) = &metric.histogram else {
+                continue;
+            };
+            for (le, cumulative) in native_buckets(h) {
+                push(&mut self.samples, "_bucket", Some(le), cumulative);
+            }
+            push(&mut self.samples, "_count", None, h.sample_count() as f64);
+            push(&mut self.samples, "_sum", None, h.sample_sum());
+            for b in &h.bucket {
+                push(
+                    &mut self.classic,
+                    "_bucket",
+                    Some(b.upper_bound()),
+                    b.cumulative_count() as f64,
+                );
+            }
+        }
     }
 
     fn matching<'a>(
@@ -191,6 +266,49 @@ impl PromHistogram {
         }
         out
     }
+}
+
+fn format_le(le: f64) -> String {
+    if le.is_infinite() {
+        "+Inf".into()
+    } else {
+        format!("{le:?}")
+    }
+}
+
+/// A native histogram (schema 4) as cumulative counts at bucket edges: each non-empty bucket's
+/// lower and upper edge, so that counts between edges stay where they belong; `+Inf` last.
+pub fn native_buckets(h: &proto::Histogram) -> Vec<(f64, f64)> {
+    let schema = h.schema();
+    let edge = |index: i32| (f64::from(index) / f64::from(1 << schema)).exp2();
+    let mut out = Vec::new();
+    let mut total = h.zero_count() as f64;
+    if total > 0.0 {
+        out.push((0.0, total));
+    }
+    let (mut index, mut count) = (0i32, 0i64);
+    let mut deltas = h.positive_delta.iter();
+    for (i, span) in h.positive_span.iter().enumerate() {
+        index = if i == 0 {
+            span.offset()
+        } else {
+            index + span.offset()
+        };
+        for _ in 0..span.length() {
+            count += deltas.next().copied().unwrap_or(0);
+            if count > 0 {
+                let lower = edge(index - 1);
+                if out.last().is_none_or(|(le, _)| *le < lower) {
+                    out.push((lower, total));
+                }
+                total += count as f64;
+                out.push((edge(index), total));
+            }
+            index += 1;
+        }
+    }
+    out.push((f64::INFINITY, total));
+    out
 }
 
 fn parse_value(v: &str) -> f64 {

@@ -177,6 +177,7 @@ fn check_server(daemon: &Daemon, server: &Server, port: u16, port_always_known: 
                 })
                 .cloned()
                 .collect(),
+            ..Scrape::default()
         };
         periscope_counts(&only, CLIENT, port)
     };

@@ -123,6 +123,7 @@ mod tests {
         Histogram {
             counts: counts.iter().copied().collect(),
             sum,
+            exemplars: Vec::new(),
         }
     }
 

@@ -1,6 +1,9 @@
-//! Exporters: the Prometheus endpoint (read at scrape time) and the OTLP push exporter.
+//! Exporters: the Prometheus endpoint (read at scrape time; OpenMetrics text or protobuf) and
+//! the OTLP push exporter.
 
 pub mod delta;
+pub mod openmetrics;
 pub mod otlp;
 pub mod prometheus;
+pub mod protobuf;
 pub mod spans;

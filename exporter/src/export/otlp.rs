@@ -2,6 +2,11 @@
 //! (opentelemetry-proto): the OTel SDK cannot take histograms that were aggregated in the
 //! kernel, and replaying events into it would cost O(events).
 //!
+//! Explicit-bucket histograms carry the metric's fixed layout (`layout.rs`): the same
+//! `explicit_bounds` on every data point, so a collector or backend can add them up. Exponential
+//! histograms carry the kernel's scale-4 buckets, lossless. HTTP duration points carry
+//! exemplars of sampled spans.
+//!
 //! Temporality is cumulative, so a failed export loses nothing: the next one carries every count.
 //! Retryable failures (gRPC UNAVAILABLE and friends, RESOURCE_EXHAUSTED with RetryInfo, HTTP
 //! 429/502/503/504, connection errors) are retried with exponential backoff and jitter,
@@ -19,10 +24,10 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     metrics::v1::{
-        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
-        Histogram as OtlpHistogram, HistogramDataPoint, Metric as OtlpMetric, NumberDataPoint,
-        ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point::Buckets, metric,
-        number_data_point,
+        AggregationTemporality, Exemplar as OtlpExemplar, ExponentialHistogram,
+        ExponentialHistogramDataPoint, Gauge, Histogram as OtlpHistogram, HistogramDataPoint,
+        Metric as OtlpMetric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar,
+        exponential_histogram_data_point::Buckets, metric, number_data_point,
     },
     resource::v1::Resource as OtlpResource,
 };
@@ -33,6 +38,8 @@ use tokio::sync::watch;
 use crate::{
     config::{HistogramAggregation, OtlpConfig, OtlpProtocol, Temporality},
     export::delta::{Baseline, Deltas},
+    model::histogram::{Exemplar, ValueUnit},
+    model::layout::Layouts,
     model::metrics::{Metric, Points, Resource},
     telemetry::Telemetry,
 };
@@ -56,11 +63,25 @@ fn attrs(attributes: &[(&'static str, String)]) -> Vec<KeyValue> {
     attributes.iter().map(|(k, v)| string_attr(k, v)).collect()
 }
 
+fn exemplars(exemplars: &[Exemplar], unit: ValueUnit) -> Vec<OtlpExemplar> {
+    exemplars
+        .iter()
+        .map(|e| OtlpExemplar {
+            time_unix_nano: e.time_unix_ns,
+            span_id: e.span_id.to_vec(),
+            trace_id: e.trace_id.to_vec(),
+            value: Some(exemplar::Value::AsDouble(e.value as f64 * unit.scale())),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// Builds the export request for one snapshot.
 /// Points of counters and histograms run from `start` (the daemon's start when cumulative, the
 /// last accepted export when delta) to `now`.
 pub fn build_request(
     resource: &Resource,
+    layouts: &Layouts,
     metrics: &[Metric],
     start: SystemTime,
     now: SystemTime,
@@ -83,18 +104,16 @@ pub fn build_request(
                             data_points: points
                                 .iter()
                                 .map(|(a, h)| {
-                                    let buckets = h.explicit_buckets(*unit);
+                                    let layout = layouts.of(m.name);
                                     HistogramDataPoint {
                                         attributes: attrs(a),
                                         start_time_unix_nano: start,
                                         time_unix_nano: now,
                                         count: h.count(),
                                         sum: Some(h.sum_in(*unit)),
-                                        bucket_counts: buckets.iter().map(|b| b.1).collect(),
-                                        explicit_bounds: buckets[..buckets.len() - 1]
-                                            .iter()
-                                            .map(|b| b.0)
-                                            .collect(),
+                                        bucket_counts: h.classic(layout, *unit).counts,
+                                        explicit_bounds: layout.bounds().to_vec(),
+                                        exemplars: exemplars(&h.exemplars, *unit),
                                         ..Default::default()
                                     }
                                 })
@@ -120,6 +139,7 @@ pub fn build_request(
                                             offset: e.offset,
                                             bucket_counts: e.counts,
                                         }),
+                                        exemplars: exemplars(&h.exemplars, *unit),
                                         ..Default::default()
                                     }
                                 })
@@ -566,6 +586,7 @@ impl OtlpExporter {
             Temporality::Cumulative => (
                 build_request(
                     resource,
+                    &telemetry.layouts,
                     &metrics,
                     telemetry.start_time,
                     now,
@@ -578,6 +599,7 @@ impl OtlpExporter {
                 let deltas = self.baseline.deltas(&metrics, telemetry.start_time, now);
                 let request = build_request(
                     resource,
+                    &telemetry.layouts,
                     &deltas.metrics,
                     deltas.start,
                     now,

@@ -1,84 +1,72 @@
 //! The Prometheus endpoint: `GET /metrics` reads the kernel maps at scrape time and answers in
-//! the OpenMetrics text format (prometheus-client's encoder); `GET /healthz` answers `ok`.
-//! Nothing else is served.
+//! the format the scraper asks for: the OpenMetrics text format by default (classic histograms
+//! with the fixed layouts of `layout.rs`, exemplars on HTTP duration buckets), or the protobuf
+//! exposition format when the scraper negotiates it (`Accept:
+//! application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily;
+//! encoding=delimited`, as Prometheus does with native histograms enabled): native histograms
+//! at schema 4 with the classic buckets alongside. `GET /healthz` answers `ok`. Nothing else is
+//! served.
 
-use std::{convert::Infallible, fmt, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
-    Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
+    Method, Request, Response, StatusCode, body::Bytes, header, server::conn::http1,
+    service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, NoLabelSet},
-    metrics::MetricType,
-    registry::{Registry, Unit},
-};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    export::{openmetrics, protobuf},
     model::metrics::{Metric, Points, sanitize},
     telemetry::Telemetry,
 };
 
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Renders one scrape.
+/// Renders one scrape in the OpenMetrics text format.
 pub fn render(telemetry: &Arc<Telemetry>) -> String {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector(telemetry.clone())));
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-        tracing::error!(error = %e, "encoding metrics failed");
-    }
-    text
+    openmetrics::render(telemetry, &telemetry.snapshot())
 }
 
-struct SnapshotCollector(Arc<Telemetry>);
-
-impl fmt::Debug for SnapshotCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SnapshotCollector")
-    }
+/// Renders one scrape in the delimited protobuf format.
+pub fn render_protobuf(telemetry: &Arc<Telemetry>) -> Vec<u8> {
+    protobuf::render(telemetry, &telemetry.snapshot())
 }
 
-impl Collector for SnapshotCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        encode_target_info(&mut encoder, &self.0)?;
-        let snapshot = self.0.snapshot();
-        // Metrics of several processes share a name: one family each, in first-seen order.
-        let mut families: Vec<(&str, Vec<&Metric>)> = Vec::new();
-        for metric in &snapshot {
-            match families.iter_mut().find(|(name, _)| *name == metric.name) {
-                Some((_, group)) => group.push(metric),
-                None => families.push((metric.name, vec![metric])),
-            }
+/// Metrics of several processes share a name: one family each, in first-seen order.
+pub(crate) fn families(snapshot: &[Metric]) -> Vec<Vec<&Metric>> {
+    let mut families: Vec<Vec<&Metric>> = Vec::new();
+    for metric in snapshot {
+        match families
+            .iter_mut()
+            .find(|group| group[0].name == metric.name)
+        {
+            Some(group) => group.push(metric),
+            None => families.push(vec![metric]),
         }
-        for (_, group) in families {
-            encode_family(&mut encoder, &group)?;
-        }
-        Ok(())
     }
+    families
 }
 
-/// Resource attributes as `target_info`, per the OTel Prometheus compatibility spec.
-fn encode_target_info(encoder: &mut DescriptorEncoder, telemetry: &Telemetry) -> fmt::Result {
-    let labels: Vec<(String, String)> = telemetry
-        .resource
-        .attributes
-        .iter()
-        .map(|(k, v)| (sanitize(k), v.clone()))
-        .collect();
-    let mut metric =
-        encoder.encode_descriptor("target_info", "Target metadata", None, MetricType::Gauge)?;
-    metric.encode_family(&labels)?.encode_gauge(&1i64)
+/// The family name: the OTel name with dots as underscores, the unit appended (`_seconds`,
+/// `_bytes`), and `_total` for counters when `counter_total` (the protobuf format names the
+/// counter family with it, the text format only its sample).
+pub(crate) fn family_name(metric: &Metric, counter_total: bool) -> String {
+    let mut name = metric.prometheus_name();
+    if let Some(unit) = unit_suffix(metric.unit) {
+        name.push('_');
+        name.push_str(unit);
+    }
+    if counter_total && matches!(metric.points, Points::Counter(_)) {
+        name.push_str("_total");
+    }
+    name
 }
 
-fn prometheus_unit(unit: &str) -> Option<Unit> {
+pub(crate) fn unit_suffix(unit: &str) -> Option<&'static str> {
     match unit {
-        "s" => Some(Unit::Seconds),
-        "By" => Some(Unit::Bytes),
+        "s" => Some("seconds"),
+        "By" => Some("bytes"),
         _ => None,
     }
 }
@@ -87,7 +75,10 @@ fn prometheus_unit(unit: &str) -> Option<Unit> {
 /// enough to tell services and their instances apart.
 const RESOURCE_LABELS: [&str; 2] = ["service.name", "service.instance.id"];
 
-fn labels_of(metric: &Metric, attributes: &[(&'static str, String)]) -> Vec<(String, String)> {
+pub(crate) fn labels_of(
+    metric: &Metric,
+    attributes: &[(&'static str, String)],
+) -> Vec<(String, String)> {
     let resource = metric.resource.iter().flat_map(|r| {
         r.attributes
             .iter()
@@ -99,69 +90,84 @@ fn labels_of(metric: &Metric, attributes: &[(&'static str, String)]) -> Vec<(Str
         .collect()
 }
 
-/// One family: the points of every metric in `group` (same name, several resources).
-fn encode_family(encoder: &mut DescriptorEncoder, group: &[&Metric]) -> fmt::Result {
-    let first = group[0];
-    let name = first.prometheus_name();
-    let unit = prometheus_unit(first.unit);
-    let kind = match first.points {
-        Points::Histogram(..) => MetricType::Histogram,
-        Points::Counter(_) => MetricType::Counter,
-        Points::Gauge(_) => MetricType::Gauge,
-    };
-    let mut family = encoder.encode_descriptor(&name, first.description, unit.as_ref(), kind)?;
-    for metric in group {
-        match &metric.points {
-            Points::Histogram(value_unit, points) => {
-                for (attributes, histogram) in points {
-                    let buckets = prometheus_buckets(&histogram.explicit_buckets(*value_unit));
-                    family
-                        .encode_family(&labels_of(metric, attributes))?
-                        .encode_histogram::<NoLabelSet>(
-                            histogram.sum_in(*value_unit),
-                            histogram.count(),
-                            &buckets,
-                            None,
-                        )?;
-                }
-            }
-            Points::Counter(points) => {
-                for (attributes, value) in points {
-                    family
-                        .encode_family(&labels_of(metric, attributes))?
-                        .encode_counter::<NoLabelSet, f64, f64>(value, None)?;
-                }
-            }
-            Points::Gauge(points) => {
-                for (attributes, value) in points {
-                    family
-                        .encode_family(&labels_of(metric, attributes))?
-                        .encode_gauge(value)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// prometheus-client writes `le="+Inf"` for an upper bound of `f64::MAX`.
-fn prometheus_buckets(buckets: &[(f64, u64)]) -> Vec<(f64, u64)> {
-    buckets
+/// Resource attributes as `target_info` labels, per the OTel Prometheus compatibility spec.
+pub(crate) fn target_info_labels(telemetry: &Telemetry) -> Vec<(String, String)> {
+    telemetry
+        .resource
+        .attributes
         .iter()
-        .map(|(bound, count)| {
-            let bound = if bound.is_infinite() {
-                f64::MAX
-            } else {
-                *bound
-            };
-            (bound, *count)
-        })
+        .map(|(k, v)| (sanitize(k), v.clone()))
         .collect()
 }
 
-/// Binds the endpoint, so that a bad or busy address fails at start, not at the first scrape.
+/// Whether classic buckets are the pre-layout sparse kernel buckets: only for the benchmark,
+/// which measures both outputs in one run (`PERISCOPE_SPARSE_CLASSIC=1`). Never for real use:
+/// series would get different `le` sets, which is what the fixed layouts fix.
+pub(crate) static SPARSE_CLASSIC: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("PERISCOPE_SPARSE_CLASSIC").is_ok_and(|v| v == "1"));
+
+/// The scrape formats the endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Protobuf,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
+        }
+    }
+
+    /// The format an `Accept` header prefers: protobuf when it names the delimited
+    /// `io.prometheus.client.MetricFamily` with a weight at least that of every text type,
+    /// OpenMetrics text otherwise (and when there is no header).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return Self::OpenMetrics;
+        };
+        let mut protobuf_q: f64 = 0.0;
+        let mut text_q: f64 = 0.0;
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1.0;
+            let (mut proto, mut delimited) = (false, false);
+            for param in parts {
+                let Some((key, value)) = param.split_once('=') else {
+                    continue;
+                };
+                let value = value.trim().trim_matches('"');
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = value.parse().unwrap_or(0.0),
+                    "proto" => proto = value == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = value == "delimited",
+                    _ => {}
+                }
+            }
+            if media == "application/vnd.google.protobuf" {
+                if proto && delimited {
+                    protobuf_q = protobuf_q.max(q);
+                }
+            } else {
+                text_q = text_q.max(q);
+            }
+        }
+        if protobuf_q > 0.0 && protobuf_q >= text_q {
+            Self::Protobuf
+        } else {
+            Self::OpenMetrics
+        }
+    }
+}
+
 /// Binds the endpoint before the runtime starts (the daemon drops its capabilities before
-/// that); the listener is non-blocking, ready for `TcpListener::from_std`.
+/// that), so that a bad or busy address fails at start, not at the first scrape; the listener
+/// is non-blocking, ready for `TcpListener::from_std`.
 pub fn bind_std(listen: &str) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(listen).map_err(|e| {
         anyhow::anyhow!(
@@ -206,8 +212,8 @@ async fn handle(
     request: Request<hyper::body::Incoming>,
     telemetry: Arc<Telemetry>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let respond = |status: StatusCode, content_type: &str, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+    let respond = |status: StatusCode, content_type: &str, body: Bytes| {
+        let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
         if let Ok(value) = content_type.parse() {
             response.headers_mut().insert("content-type", value);
@@ -216,16 +222,48 @@ async fn handle(
     };
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let text = tokio::task::spawn_blocking(move || render(&telemetry))
-                .await
-                .unwrap_or_default();
-            respond(StatusCode::OK, CONTENT_TYPE, text)
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let body = tokio::task::spawn_blocking(move || match format {
+                Format::OpenMetrics => Bytes::from(render(&telemetry)),
+                Format::Protobuf => Bytes::from(render_protobuf(&telemetry)),
+            })
+            .await
+            .unwrap_or_default();
+            respond(StatusCode::OK, format.content_type(), body)
         }
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", Bytes::from("ok\n")),
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: Periscope serves /metrics and /healthz\n".into(),
+            Bytes::from("not found: Periscope serves /metrics and /healthz\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_only_when_the_scraper_asks_for_it_first() {
+        // Prometheus 2.42 with --enable-feature=native-histograms (captured from a real one).
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(native)), Format::Protobuf);
+        // Prometheus 2.42 without it.
+        let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(classic)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(None), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::OpenMetrics);
+        // Text-format protobuf, or another message, is not what we serve.
+        let text_proto =
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text";
+        assert_eq!(Format::negotiate(Some(text_proto)), Format::OpenMetrics);
+        // Text preferred over protobuf.
+        let prefer_text = "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5";
+        assert_eq!(Format::negotiate(Some(prefer_text)), Format::OpenMetrics);
     }
 }

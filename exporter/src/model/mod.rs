@@ -2,6 +2,7 @@
 //! spans. It names no family and no exporter.
 
 pub mod histogram;
+pub mod layout;
 pub mod metrics;
 pub mod names;
 pub mod resource;

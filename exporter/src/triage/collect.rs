@@ -257,7 +257,11 @@ impl Session {
                     .join("; ")
             );
         }
-        let telemetry = Arc::new(Telemetry::new(probes, config.service.resource()));
+        let telemetry = Arc::new(Telemetry::new(
+            probes,
+            config.service.resource(),
+            config.histograms.layouts(),
+        ));
         let (stop, stopped) = watch::channel(false);
         let ctx = TaskContext {
             config: &config.probes,
@@ -516,6 +520,7 @@ pub fn minus(now: &Histogram, before: &Histogram) -> Histogram {
     Histogram {
         counts,
         sum: now.sum.wrapping_sub(before.sum),
+        exemplars: Vec::new(),
     }
 }
 

@@ -2,16 +2,19 @@
 //! with the same 4.4%-wide exponential buckets the kernel histograms use. The number of series
 //! is capped; beyond the cap new series are counted in one overflow series marked
 //! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
+//!
+//! Each series keeps exemplars of its sampled spans: the latest per power of two of duration,
+//! so the slow buckets keep a link to a slow trace however many fast requests follow.
 
 use crate::model::names;
 use std::{hash::Hash, sync::Arc, time::Instant};
 
 use foldhash::{HashMap, HashMapExt};
-use periscope_common::hist::{ns_to_units, slot_of};
+use periscope_common::hist::{index_of_slot, ns_to_units, slot_of};
 
 use super::connection::Role;
 use crate::{
-    model::histogram::{Histogram, ValueUnit},
+    model::histogram::{Exemplar, Histogram, ValueUnit},
     model::metrics::{self, Attributes, Metric},
     process::ProcessResource,
 };
@@ -99,6 +102,7 @@ impl HttpMetrics {
         role: Role,
         request: RequestAttributes,
         duration_ns: u64,
+        exemplar: Option<Exemplar>,
     ) {
         let mut key = SeriesKey {
             resource: Some(ResourceKey(resource.clone())),
@@ -116,6 +120,9 @@ impl HttpMetrics {
         let h = self.series.entry(key).or_default();
         *h.counts.entry(slot_of(units)).or_default() += 1;
         h.sum = h.sum.wrapping_add(units);
+        if let Some(exemplar) = exemplar {
+            keep_exemplar(&mut h.exemplars, exemplar);
+        }
     }
 
     /// Marks a process as gone; its series go after [`EXITED_SERIES_TTL`].
@@ -181,6 +188,20 @@ impl HttpMetrics {
     }
 }
 
+/// Kernel buckets per exemplar band: 16 is one power of two, 2x in duration.
+const SLOTS_PER_EXEMPLAR: i32 = periscope_common::hist::SUBBUCKETS as i32;
+
+/// Keeps `new` as the latest exemplar of its power-of-two band (at most ~40 bands, in
+/// practice a handful per series): every classic bucket wider than 2x, whatever the layout,
+/// finds a recent exemplar of its own values.
+fn keep_exemplar(kept: &mut Vec<Exemplar>, new: Exemplar) {
+    let band = |e: &Exemplar| index_of_slot(slot_of(e.value)).div_euclid(SLOTS_PER_EXEMPLAR);
+    match kept.iter_mut().find(|e| band(e) == band(&new)) {
+        Some(old) => *old = new,
+        None => kept.push(new),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +256,7 @@ mod tests {
         let mut m = HttpMetrics::new(2);
         let r = resource("a");
         for route in ["/1", "/2", "/3", "/4", "/1"] {
-            m.record(&r, Role::Server, get(route), 1_000_000);
+            m.record(&r, Role::Server, get(route), 1_000_000, None);
         }
         let mut out = Vec::new();
         m.collect(&mut out);
@@ -257,5 +278,42 @@ mod tests {
             }
             _ => panic!(),
         }
+    }
+
+    #[test]
+    fn exemplars_keep_the_latest_per_power_of_two() {
+        let mut m = HttpMetrics::new(10);
+        let r = resource("a");
+        let exemplar = |n: u8, ms: u64| Exemplar {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            value: ns_to_units(ms * 1_000_000),
+            time_unix_ns: u64::from(n),
+        };
+        for (n, ms) in [(1, 40), (2, 1), (3, 1), (4, 45), (5, 3)] {
+            m.record(
+                &r,
+                Role::Server,
+                get("/x"),
+                ms * 1_000_000,
+                Some(exemplar(n, ms)),
+            );
+        }
+        m.record(&r, Role::Server, get("/x"), 42_000_000, None);
+        let mut out = Vec::new();
+        m.collect(&mut out);
+        let metrics::Points::Histogram(_, points) = &out[0].points else {
+            panic!()
+        };
+        let mut kept: Vec<u8> = points[0]
+            .1
+            .exemplars
+            .iter()
+            .map(|e| e.trace_id[0])
+            .collect();
+        kept.sort_unstable();
+        // 40 and 45 ms share (2^-5, 2^-4] s: the later one stays; 1 ms and 3 ms bands differ.
+        assert_eq!(kept, vec![3, 4, 5]);
+        assert_eq!(points[0].1.count(), 6);
     }
 }

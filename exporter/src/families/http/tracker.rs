@@ -9,6 +9,7 @@ use std::{
 
 use foldhash::{HashMap, HashMapExt};
 use opentelemetry::trace::SpanKind;
+use periscope_common::hist::ns_to_units;
 use periscope_common::http::{
     CLOSE_SOCKET, ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT,
     KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, ROLE_MASK,
@@ -16,6 +17,7 @@ use periscope_common::http::{
 };
 
 use crate::{
+    model::histogram::Exemplar,
     model::metrics::{Metric, Points},
     model::span::{SpanQueue, SpanRecord},
     process::{self, ProcessInfo, select},
@@ -581,9 +583,16 @@ impl Tracker {
             Role::Client => method.to_string(),
         });
         self.stats.exchanges += 1;
+        // A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
+        let exemplar = span.map(|(ids, _)| Exemplar {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            value: ns_to_units(duration),
+            time_unix_ns: self.unix_ns(e.end_ns),
+        });
         self.state_mut()
             .metrics
-            .record(&info.resource, role, request, duration);
+            .record(&info.resource, role, request, duration, exemplar);
         if role == Role::Server
             && let Some((ids, _)) = e.request.span
             && self.active.get(&e.request.tid) == Some(&ids)
