@@ -6,7 +6,7 @@ use caps::{CapSet, Capability};
 
 use crate::{
     config::Config,
-    probes::{Probes, uprobe::EntryStatus as UprobeEntry},
+    probes::{ProbeStatus, Probes, uprobe::EntryStatus as UprobeEntry},
     tracefs::Tracefs,
 };
 
@@ -130,6 +130,12 @@ pub fn run(config: &Config) -> bool {
             (None, None) => ("FAIL", "not attached".to_string()),
         };
         line(mark, status.family, &detail);
+        // What was passed over or refused on the way to the mechanism used (or to none).
+        if status.enabled {
+            for (mechanism, why) in &status.refused {
+                line("", &format!("  not {mechanism}"), why);
+            }
+        }
     }
     print_functions(&probes.uprobe_entries);
 
@@ -141,13 +147,36 @@ pub fn run(config: &Config) -> bool {
         }
     }
     let useful = probes.statuses.iter().any(|s| s.attached());
-    println!(
-        "\n{}",
-        if useful {
-            "Result: Periscope can run here."
-        } else {
-            "Result: no probe family can attach; Periscope would export nothing."
-        }
-    );
-    useful
+    let failed = failed_default_families(&probes.statuses);
+    if !useful {
+        println!("\nResult: no probe family can attach; Periscope would export nothing.");
+    } else if !failed.is_empty() {
+        println!(
+            "\nResult: FAILED: {} enabled by default but cannot attach by any mechanism here (see FAIL above).",
+            failed.join(", ")
+        );
+    } else {
+        println!("\nResult: Periscope can run here.");
+    }
+    useful && failed.is_empty()
+}
+
+/// Families that the default configuration enables, that are enabled now, and that attached
+/// by no mechanism: a node where they fail misses what users expect.
+fn failed_default_families(statuses: &[ProbeStatus]) -> Vec<&'static str> {
+    let defaults = Config::default().probes;
+    let on_by_default = |family: &str| match family {
+        "block" => defaults.block.enabled,
+        "sched" => defaults.sched.enabled,
+        "http" => defaults.http.enabled,
+        "tcp" => defaults.tcp.enabled,
+        "syscall" => defaults.syscall.enabled,
+        // On by default but nothing to attach without configured functions.
+        _ => false,
+    };
+    statuses
+        .iter()
+        .filter(|s| s.enabled && on_by_default(s.family) && !s.attached())
+        .map(|s| s.family)
+        .collect()
 }
