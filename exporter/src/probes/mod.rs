@@ -178,6 +178,33 @@ impl KernelSupport {
     }
 }
 
+/// Whether this kernel's tracing programs must use preallocated hash maps: before 6.1 (hash
+/// maps on `bpf_mem_alloc`), allocating at run time in a tracepoint program can deadlock
+/// (`sched_switch` holds the run-queue lock; 5.10 warns "trace type BPF program uses run-time
+/// allocation"). `periscope check` hung on 5.10 under qemu in 4 boots of 5 before this.
+pub fn needs_preallocated_maps() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    !release_at_least(release.trim(), (6, 1))
+}
+
+/// The histogram map in use of a pair (`name`, its preallocated twin `prealloc`), with
+/// `entries` entries; the other is sized to 1 entry (nothing is allocated for it).
+pub(super) fn histogram_map(
+    settings: &mut LoadSettings,
+    name: &'static str,
+    prealloc: &'static str,
+    entries: u32,
+) -> &'static str {
+    let (used, unused) = if needs_preallocated_maps() {
+        (prealloc, name)
+    } else {
+        (name, prealloc)
+    };
+    settings.max_entries.push((used, entries));
+    settings.max_entries.push((unused, 1));
+    used
+}
+
 /// Whether a kernel release string (`6.18.0-1-amd64`) is at least `(major, minor)`.
 pub fn release_at_least(release: &str, wanted: (u32, u32)) -> bool {
     let mut parts = release
@@ -746,6 +773,8 @@ impl Probes {
         kernel.btf.take();
 
         let mut loader = EbpfLoader::new();
+        let preallocated = u32::from(needs_preallocated_maps());
+        loader.override_global("PREALLOCATED_HISTS", &preallocated, true);
         for settings in [
             &block_plan.settings,
             &sched_plan.settings,
