@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup build run check test lint bench fuzz clean
+.PHONY: setup build run check test test-kernels lint bench fuzz clean
 
 setup:
 	@bash .ci/setup.sh
@@ -27,10 +27,17 @@ run: build
 check: build
 	@./target/release/periscope check $(ARGS)
 
-# End-to-end tests run the debug binary built here against the real kernel.
+# End-to-end tests run the debug binary built here against the real kernel; the kernel
+# matrix then boots it on Debian's 5.10, 6.1 and 6.12 kernels under qemu (tests/kernels).
 test: setup
 	$(CARGO) build -p periscope
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) test-kernels
+
+# Every family on other kernels: one VM at a time, about a minute each (see tests/kernels).
+test-kernels: setup
+	$(CARGO) build -p periscope -p periscope-e2e --bin periscope --bin kernel-workload
+	bash tests/kernels/run.sh $(KERNELS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   nginx wrk                                             # HTTP tests: a real server, a load generator
   tmux                                                  # triage tests: a real terminal (send-keys, capture-pane)
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
+  qemu-system-x86 busybox-static xz-utils               # kernel matrix: other kernels in a VM (tests/kernels)
 )
 
 install_apt_packages() {

@@ -6,8 +6,8 @@ use caps::{CapSet, Capability};
 
 use crate::{
     config::Config,
-    families::{CheckLines, Probes},
-    kernel::tracefs::Tracefs,
+    families::{CheckLines, ProbeStatus, Probes},
+    kernel::{mechanism::MechanismChoice, tracefs::Tracefs},
 };
 
 /// Capabilities Periscope uses, and what for.
@@ -118,6 +118,12 @@ pub fn run(config: &Config) -> bool {
             (None, None) => ("FAIL", "not attached".to_string()),
         };
         line(mark, status.family, &detail);
+        // What was passed over or refused on the way to the mechanism used (or to none).
+        if status.enabled {
+            for (mechanism, why) in &status.refused {
+                line("", &format!("  not {mechanism}"), why);
+            }
+        }
     }
     for section in probes.check_lines() {
         print_family_lines(&section);
@@ -131,13 +137,38 @@ pub fn run(config: &Config) -> bool {
         }
     }
     let useful = probes.statuses.iter().any(|s| s.attached());
-    println!(
-        "\n{}",
-        if useful {
-            "Result: Periscope can run here."
-        } else {
-            "Result: no probe family can attach; Periscope would export nothing."
-        }
-    );
-    useful
+    let failed = failed_default_families(config, &probes.statuses);
+    if !useful {
+        println!("\nResult: no probe family can attach; Periscope would export nothing.");
+    } else if !failed.is_empty() {
+        println!(
+            "\nResult: FAILED: {} enabled by default but cannot attach by any mechanism here (see FAIL above).",
+            failed.join(", ")
+        );
+    } else {
+        println!("\nResult: Periscope can run here.");
+    }
+    useful && failed.is_empty()
+}
+
+/// Families that the default configuration enables, that are enabled now with `mechanism:
+/// auto`, and that attached by no mechanism: a node where they fail misses what users expect.
+/// (A mechanism forced in the config is the user's choice; its failure is reported above.)
+fn failed_default_families(config: &Config, statuses: &[ProbeStatus]) -> Vec<&'static str> {
+    let defaults = Config::default().probes;
+    let (now, auto) = (&config.probes, MechanismChoice::Auto);
+    let on_by_default = |family: &str| match family {
+        "block" => defaults.block.enabled && now.block.mechanism == auto,
+        "sched" => defaults.sched.enabled && now.sched.mechanism == auto,
+        "http" => defaults.http.enabled && now.http.mechanism == auto,
+        "tcp" => defaults.tcp.enabled && now.tcp.mechanism == auto,
+        "syscall" => defaults.syscall.enabled && now.syscall.mechanism == auto,
+        // On by default but nothing to attach without configured functions.
+        _ => false,
+    };
+    statuses
+        .iter()
+        .filter(|s| s.enabled && on_by_default(s.family) && !s.attached())
+        .map(|s| s.family)
+        .collect()
 }

@@ -135,9 +135,88 @@ pub struct TcpPeerKey {
     pub remote_addr: [u8; 16],
 }
 
+/// A load-time field offset for a field this kernel's tracepoint does not have.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
+/// Size of the `saddr`/`daddr` fields of `tcp:tcp_send_reset` since Linux 6.10: a
+/// `struct sockaddr_in6`-sized buffer holding a `sockaddr_in` or a `sockaddr_in6`.
+pub const SOCKADDR_SIZE: usize = 28;
+
+/// The peer of a tracepoint record with separate IPv4 (`daddr`, 4 bytes) and IPv6 (`daddr_v6`,
+/// 16 bytes) address fields: `(family, address)`, IPv4 in the first 4 bytes. `family` is the
+/// record's own field where the kernel has one (5.11+ for `tcp_retransmit_skb` and the resets);
+/// without it, the kernel stored an IPv4 peer as a v4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn array_peer(family: Option<u16>, v4: [u8; 4], v6: [u8; 16]) -> (u16, [u8; 16]) {
+    let family = family.unwrap_or(if is_v4_mapped(&v6) { AF_INET } else { AF_INET6 });
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&v4);
+    } else if family == AF_INET6 {
+        addr = v6;
+    }
+    (family, addr)
+}
+
+#[inline(always)]
+fn is_v4_mapped(v6: &[u8; 16]) -> bool {
+    v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff
+}
+
+/// `(family, port in host order, address)` of a `sockaddr_in` or `sockaddr_in6` as a
+/// tracepoint stores it in [`SOCKADDR_SIZE`] bytes (family in host order, port in network order).
+#[inline(always)]
+pub fn sockaddr_peer(raw: &[u8; SOCKADDR_SIZE]) -> (u16, u16, [u8; 16]) {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&raw[4..8]);
+    } else if family == AF_INET6 {
+        // sockaddr_in6: family, port, flow info (4 bytes), then the address.
+        addr.copy_from_slice(&raw[8..24]);
+    }
+    (family, port, addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn array_peers_with_and_without_a_family_field() {
+        let v4 = [10, 0, 0, 7];
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 7];
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut want_v4 = [0u8; 16];
+        want_v4[..4].copy_from_slice(&v4);
+        // 5.11+: the record says.
+        assert_eq!(array_peer(Some(AF_INET), v4, mapped), (AF_INET, want_v4));
+        assert_eq!(array_peer(Some(AF_INET6), [0; 4], v6), (AF_INET6, v6));
+        // 5.10: no family field; IPv4 peers are v4-mapped in the IPv6 field.
+        assert_eq!(array_peer(None, v4, mapped), (AF_INET, want_v4));
+        assert_eq!(array_peer(None, [0; 4], v6), (AF_INET6, v6));
+    }
+
+    #[test]
+    fn sockaddr_peers_of_both_families() {
+        let mut sin = [0u8; SOCKADDR_SIZE];
+        sin[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        sin[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        sin[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        let mut want = [0u8; 16];
+        want[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(sockaddr_peer(&sin), (AF_INET, 8080, want));
+
+        let mut sin6 = [0u8; SOCKADDR_SIZE];
+        sin6[..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        sin6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        sin6[4..8].copy_from_slice(&[9, 9, 9, 9]); // flow info, not the address
+        sin6[23] = 1;
+        let mut loopback6 = [0u8; 16];
+        loopback6[15] = 1;
+        assert_eq!(sockaddr_peer(&sin6), (AF_INET6, 443, loopback6));
+    }
 
     /// The state sequences of an orderly close, as `sock:inet_sock_set_state` shows them.
     #[test]

@@ -25,7 +25,7 @@ use periscope_common::{
     hist::ns_to_units,
 };
 
-use crate::shared::{bytes_at, count, global, series};
+use crate::shared::{bytes_at, count, global, preallocated_hists, series};
 
 // Where the fields are, set by user space from the format files: each program reads one
 // RECORD_WINDOW-byte window of its record starting at *_BASE (one helper call instead of one
@@ -76,6 +76,11 @@ static BLOCK_INFLIGHT: HashMap<BlockRequest, BlockStart> = HashMap::with_max_ent
 #[map]
 static BLOCK_HISTS: PerCpuHashMap<u64, BlockHists> =
     PerCpuHashMap::with_max_entries(256, BPF_F_NO_PREALLOC);
+
+/// [`BLOCK_HISTS`], preallocated, for kernels before 6.1 (`PREALLOCATED_HISTS`); user space
+/// sizes the one not in use to 1 entry.
+#[map]
+static BLOCK_HISTS_PREALLOC: PerCpuHashMap<u64, BlockHists> = PerCpuHashMap::with_max_entries(1, 0);
 
 /// The all-zero value new series start from.
 #[map]
@@ -222,7 +227,12 @@ pub fn block_rq_complete_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn record_completion(dev: u32, op: u32, latency_ns: u64, bytes: u32) {
     let key = periscope_common::block::series(dev, op);
-    if let Some(hists) = series(&BLOCK_HISTS, &key, &BLOCK_ZERO, counters::BLOCK_HIST_FULL) {
+    let map = if preallocated_hists() {
+        &BLOCK_HISTS_PREALLOC
+    } else {
+        &BLOCK_HISTS
+    };
+    if let Some(hists) = series(map, &key, &BLOCK_ZERO, counters::BLOCK_HIST_FULL) {
         // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
         let hists = unsafe { &mut *hists };
         hists.latency.record(ns_to_units(latency_ns));

@@ -25,7 +25,7 @@ use periscope_common::{
     sched::{ALL_TASKS, OTHER_CGROUPS, TASK_DEAD, TASK_REPORT, TASK_REPORT_MASK},
 };
 
-use crate::shared::{count, global, series};
+use crate::shared::{count, global, preallocated_hists, series};
 
 #[unsafe(no_mangle)]
 static SCHED_WAKEUP_PID: u32 = 24;
@@ -61,6 +61,12 @@ static SCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 #[map]
 static SCHED_RUNQ_LATENCY: PerCpuHashMap<u64, Hist> =
     PerCpuHashMap::with_max_entries(258, BPF_F_NO_PREALLOC);
+
+/// [`SCHED_RUNQ_LATENCY`], preallocated, for kernels before 6.1 (`PREALLOCATED_HISTS`); user
+/// space sizes the one not in use to 1 entry.
+#[map]
+static SCHED_RUNQ_LATENCY_PREALLOC: PerCpuHashMap<u64, Hist> =
+    PerCpuHashMap::with_max_entries(1, 0);
 
 /// The all-zero value new series start from.
 #[map]
@@ -190,12 +196,12 @@ fn switched(prev_pid: u32, prev_runnable: bool, next_pid: u32) {
     } else {
         ALL_TASKS
     };
-    if let Some(hist) = series(
-        &SCHED_RUNQ_LATENCY,
-        &key,
-        &SCHED_ZERO,
-        counters::SCHED_HIST_FULL,
-    ) {
+    let latency = if preallocated_hists() {
+        &SCHED_RUNQ_LATENCY_PREALLOC
+    } else {
+        &SCHED_RUNQ_LATENCY
+    };
+    if let Some(hist) = series(latency, &key, &SCHED_ZERO, counters::SCHED_HIST_FULL) {
         // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
         unsafe { (*hist).record(ns_to_units(now.saturating_sub(since))) };
     }

@@ -11,6 +11,19 @@ use aya_ebpf::{
 pub static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(periscope_common::counters::COUNT, 0);
 
+/// 1 on kernels before 6.1, set by user space: their tracing programs must use preallocated
+/// hash maps (allocating at run time, in a program on `sched_switch` or in an interrupt, can
+/// deadlock there: 5.10 warns, and hung here under emulation), so the histogram maps have a
+/// preallocated twin that the programs use instead.
+#[unsafe(no_mangle)]
+pub static PREALLOCATED_HISTS: u32 = 0;
+
+/// Whether the preallocated twins of the histogram maps are the ones in use.
+#[inline(always)]
+pub fn preallocated_hists() -> bool {
+    global(&PREALLOCATED_HISTS) != 0
+}
+
 /// Adds one to a self-telemetry counter.
 #[inline(always)]
 pub fn count(counter: u32) {

@@ -24,9 +24,10 @@ use periscope_common::{
     counters,
     tcp::{
         AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, EVENT_CLOSE,
-        EVENT_CONNECT_FAILED, EVENT_OPEN, IPPROTO_TCP, PEER_KINDS, PEER_RESET_RECEIVED,
-        PEER_RESET_SENT, PEER_RETRANSMIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
-        TcpEvent, TcpPeerKey, TcpSock, fins_of, payload_bytes,
+        EVENT_CONNECT_FAILED, EVENT_OPEN, FIELD_ABSENT, IPPROTO_TCP, PEER_KINDS,
+        PEER_RESET_RECEIVED, PEER_RESET_SENT, PEER_RETRANSMIT, SOCKADDR_SIZE, TCP_CLOSE,
+        TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT, TcpEvent, TcpPeerKey, TcpSock, array_peer,
+        fins_of, payload_bytes, sockaddr_peer,
     },
 };
 
@@ -51,6 +52,10 @@ static TCP_STATE_PROTOCOL: u32 = 30;
 static TCP_STATE_DADDR: u32 = 36;
 #[unsafe(no_mangle)]
 static TCP_STATE_DADDR_V6: u32 = 56;
+// The three peer-counting tracepoints, each with one of two layouts (user space checks which
+// from its format file): separate address fields (`sport`, `family` since 5.11, `daddr` 4 bytes,
+// `daddr_v6` 16 bytes), or `sockaddr` buffers (`saddr`/`daddr`, 28 bytes: tcp_send_reset
+// since 6.10). FIELD_ABSENT marks the fields of the other layout (and a missing `family`).
 #[unsafe(no_mangle)]
 static TCP_RETRANSMIT_SKADDR: u32 = 16;
 #[unsafe(no_mangle)]
@@ -62,6 +67,10 @@ static TCP_RETRANSMIT_DADDR: u32 = 38;
 #[unsafe(no_mangle)]
 static TCP_RETRANSMIT_DADDR_V6: u32 = 58;
 #[unsafe(no_mangle)]
+static TCP_RETRANSMIT_SADDR_SOCKADDR: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_DADDR_SOCKADDR: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
 static TCP_RECV_RESET_SKADDR: u32 = 8;
 #[unsafe(no_mangle)]
 static TCP_RECV_RESET_SPORT: u32 = 16;
@@ -72,12 +81,23 @@ static TCP_RECV_RESET_DADDR: u32 = 26;
 #[unsafe(no_mangle)]
 static TCP_RECV_RESET_DADDR_V6: u32 = 46;
 #[unsafe(no_mangle)]
+static TCP_RECV_RESET_SADDR_SOCKADDR: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
+static TCP_RECV_RESET_DADDR_SOCKADDR: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
 static TCP_SEND_RESET_SKADDR: u32 = 16;
-/// `saddr`/`daddr` of `tcp_send_reset` are whole `struct sockaddr_in6`-sized buffers.
 #[unsafe(no_mangle)]
-static TCP_SEND_RESET_SADDR: u32 = 32;
+static TCP_SEND_RESET_SPORT: u32 = FIELD_ABSENT;
 #[unsafe(no_mangle)]
-static TCP_SEND_RESET_DADDR: u32 = 60;
+static TCP_SEND_RESET_FAMILY: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_DADDR: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_DADDR_V6: u32 = FIELD_ABSENT;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_SADDR_SOCKADDR: u32 = 32;
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET_DADDR_SOCKADDR: u32 = 60;
 /// Offsets of `bytes_acked` and `bytes_received` in `struct tcp_sock`, from BTF; 0: unknown.
 #[unsafe(no_mangle)]
 static TCP_BYTES_ACKED_OFFSET: u32 = 0;
@@ -244,90 +264,106 @@ fn emit(ctx: &TracePointContext, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64,
     }
 }
 
+/// Where one peer-counting tracepoint keeps its fields on this kernel.
+struct PeerFields {
+    skaddr: &'static u32,
+    sport: &'static u32,
+    family: &'static u32,
+    daddr: &'static u32,
+    daddr_v6: &'static u32,
+    saddr_sockaddr: &'static u32,
+    daddr_sockaddr: &'static u32,
+}
+
+static RETRANSMIT: PeerFields = PeerFields {
+    skaddr: &TCP_RETRANSMIT_SKADDR,
+    sport: &TCP_RETRANSMIT_SPORT,
+    family: &TCP_RETRANSMIT_FAMILY,
+    daddr: &TCP_RETRANSMIT_DADDR,
+    daddr_v6: &TCP_RETRANSMIT_DADDR_V6,
+    saddr_sockaddr: &TCP_RETRANSMIT_SADDR_SOCKADDR,
+    daddr_sockaddr: &TCP_RETRANSMIT_DADDR_SOCKADDR,
+};
+
+static RECEIVE_RESET: PeerFields = PeerFields {
+    skaddr: &TCP_RECV_RESET_SKADDR,
+    sport: &TCP_RECV_RESET_SPORT,
+    family: &TCP_RECV_RESET_FAMILY,
+    daddr: &TCP_RECV_RESET_DADDR,
+    daddr_v6: &TCP_RECV_RESET_DADDR_V6,
+    saddr_sockaddr: &TCP_RECV_RESET_SADDR_SOCKADDR,
+    daddr_sockaddr: &TCP_RECV_RESET_DADDR_SOCKADDR,
+};
+
+static SEND_RESET: PeerFields = PeerFields {
+    skaddr: &TCP_SEND_RESET_SKADDR,
+    sport: &TCP_SEND_RESET_SPORT,
+    family: &TCP_SEND_RESET_FAMILY,
+    daddr: &TCP_SEND_RESET_DADDR,
+    daddr_v6: &TCP_SEND_RESET_DADDR_V6,
+    saddr_sockaddr: &TCP_SEND_RESET_SADDR_SOCKADDR,
+    daddr_sockaddr: &TCP_SEND_RESET_DADDR_SOCKADDR,
+};
+
 #[tracepoint]
 pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
-    let family = field::<u16>(&ctx, &TCP_RETRANSMIT_FAMILY).unwrap_or(0);
-    let sk = field::<u64>(&ctx, &TCP_RETRANSMIT_SKADDR).unwrap_or(0);
-    let key = TcpPeerKey {
-        tgid: owner(sk),
-        local_port: field::<u16>(&ctx, &TCP_RETRANSMIT_SPORT).unwrap_or(0),
-        family,
-        kind: PEER_RETRANSMIT,
-        has_socket: 1,
-        _pad: [0; 6],
-        remote_addr: remote_addr(
-            &ctx,
-            family,
-            &TCP_RETRANSMIT_DADDR,
-            &TCP_RETRANSMIT_DADDR_V6,
-        ),
-    };
-    count_peer(&key);
+    count_peer_of(&ctx, &RETRANSMIT, PEER_RETRANSMIT);
     0
 }
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let family = field::<u16>(&ctx, &TCP_RECV_RESET_FAMILY).unwrap_or(0);
-    let sk = field::<u64>(&ctx, &TCP_RECV_RESET_SKADDR).unwrap_or(0);
-    let key = TcpPeerKey {
-        tgid: owner(sk),
-        local_port: field::<u16>(&ctx, &TCP_RECV_RESET_SPORT).unwrap_or(0),
-        family,
-        kind: PEER_RESET_RECEIVED,
-        has_socket: 1,
-        _pad: [0; 6],
-        remote_addr: remote_addr(
-            &ctx,
-            family,
-            &TCP_RECV_RESET_DADDR,
-            &TCP_RECV_RESET_DADDR_V6,
-        ),
-    };
-    count_peer(&key);
+    count_peer_of(&ctx, &RECEIVE_RESET, PEER_RESET_RECEIVED);
     0
-}
-
-/// A `struct sockaddr_in`/`sockaddr_in6` as `tcp_send_reset` stores it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SockAddr {
-    family: u16,
-    /// Network byte order.
-    port: u16,
-    /// sockaddr_in: the address; sockaddr_in6: the flow info.
-    v4_or_flow: [u8; 4],
-    v6: [u8; 16],
-    _rest: [u8; 4],
 }
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    count_peer_of(&ctx, &SEND_RESET, PEER_RESET_SENT);
+    0
+}
+
+/// Counts one retransmit or reset of the record's socket and peer, whichever layout this
+/// kernel's tracepoint has.
+#[inline(always)]
+fn count_peer_of(ctx: &TracePointContext, fields: &PeerFields, kind: u8) {
     // A reset can be sent for no socket at all (a SYN to a closed port): sk is then 0.
-    let sk = field::<u64>(&ctx, &TCP_SEND_RESET_SKADDR).unwrap_or(0);
-    let (Some(local), Some(remote)) = (
-        field::<SockAddr>(&ctx, &TCP_SEND_RESET_SADDR),
-        field::<SockAddr>(&ctx, &TCP_SEND_RESET_DADDR),
-    ) else {
-        return 0;
+    let sk = field::<u64>(ctx, fields.skaddr).unwrap_or(0);
+    let (local_port, family, remote_addr) = if global(fields.daddr_sockaddr) != FIELD_ABSENT {
+        let (Some(local), Some(remote)) = (
+            field::<[u8; SOCKADDR_SIZE]>(ctx, fields.saddr_sockaddr),
+            field::<[u8; SOCKADDR_SIZE]>(ctx, fields.daddr_sockaddr),
+        ) else {
+            return;
+        };
+        let (_, local_port, _) = sockaddr_peer(&local);
+        let (family, _, remote_addr) = sockaddr_peer(&remote);
+        (local_port, family, remote_addr)
+    } else {
+        let family = if global(fields.family) == FIELD_ABSENT {
+            None
+        } else {
+            field::<u16>(ctx, fields.family)
+        };
+        let v4 = field::<[u8; 4]>(ctx, fields.daddr).unwrap_or_default();
+        let v6 = field::<[u8; 16]>(ctx, fields.daddr_v6).unwrap_or_default();
+        let (family, remote_addr) = array_peer(family, v4, v6);
+        (
+            field::<u16>(ctx, fields.sport).unwrap_or(0),
+            family,
+            remote_addr,
+        )
     };
-    let mut remote_addr = [0u8; 16];
-    if remote.family == AF_INET {
-        remote_addr[..4].copy_from_slice(&remote.v4_or_flow);
-    } else if remote.family == AF_INET6 {
-        remote_addr = remote.v6;
-    }
     let key = TcpPeerKey {
         tgid: owner(sk),
-        local_port: u16::from_be(local.port),
-        family: remote.family,
-        kind: PEER_RESET_SENT,
+        local_port,
+        family,
+        kind,
         has_socket: u8::from(sk != 0),
         _pad: [0; 6],
         remote_addr,
     };
     count_peer(&key);
-    0
 }
 
 /// The process that opened a followed outbound socket; 0 when unknown (inbound, not followed).

@@ -30,10 +30,65 @@ pub fn tracepoint_plan(
             settings.globals.extend(offsets(tracefs)?);
             Ok(mechanism)
         });
+    Plan::single(settings, mechanism)
+}
+
+/// The plan of a family implementing `implemented`: forced, the configured mechanism alone;
+/// with `auto`, every mechanism the kernel allows and whose load-time globals `globals` can
+/// give, best first: the first is attached, the others are tried in turn when the kernel
+/// refuses its programs. Mechanisms better than the first usable one are reported with why
+/// they were passed over.
+pub fn candidates_plan(
+    family: &str,
+    implemented: &[Mechanism],
+    choice: MechanismChoice,
+    kernel: &KernelSupport,
+    mut settings: LoadSettings,
+    mut globals: impl FnMut(Mechanism) -> Result<Vec<(&'static str, u32)>, String>,
+) -> Plan {
+    if let Some(forced) = Mechanism::from_choice(choice) {
+        let mechanism = choose_mechanism(family, implemented, choice, kernel).and_then(|m| {
+            let found = globals(m)
+                .map_err(|why| format!("{family}: mechanism {forced} is configured but {why}"))?;
+            settings.globals.extend(found);
+            Ok(m)
+        });
+        return Plan::single(settings, mechanism.map_err(ProbeError::Mechanism));
+    }
+    let mut usable = Vec::new();
+    let mut passed_over = Vec::new();
+    for mechanism in Mechanism::PREFERENCE
+        .into_iter()
+        .filter(|m| implemented.contains(m))
+    {
+        match kernel.allows(mechanism).and_then(|()| globals(mechanism)) {
+            Ok(found) => {
+                settings.globals.extend(found);
+                usable.push(mechanism);
+            }
+            Err(why) => passed_over.push((mechanism, why)),
+        }
+    }
+    let Some((&first, fallbacks)) = usable.split_first() else {
+        let reasons: Vec<String> = passed_over
+            .iter()
+            .map(|(m, why)| format!("{m}: {why}"))
+            .collect();
+        return Plan::single(
+            settings,
+            Err(ProbeError::Mechanism(format!(
+                "{family}: no usable mechanism ({})",
+                reasons.join("; ")
+            ))),
+        );
+    };
+    passed_over.retain(|(m, _)| *m < first);
     Plan {
         settings,
         enabled: true,
-        mechanism,
+        mechanism: Ok(first),
+        fallbacks: fallbacks.to_vec(),
+        refused: passed_over,
     }
 }
 
@@ -46,6 +101,9 @@ pub struct ProbeStatus {
     pub error: Option<String>,
     /// Names of the attached eBPF programs.
     pub programs: Vec<&'static str>,
+    /// Mechanisms passed over or refused by the kernel before the one used (or all of them,
+    /// when none attached), in the order tried, with why.
+    pub refused: Vec<(Mechanism, String)>,
 }
 
 impl ProbeStatus {
@@ -65,15 +123,31 @@ pub struct LoadSettings {
 pub struct Plan {
     pub settings: LoadSettings,
     pub enabled: bool,
+    /// The mechanism to attach first, or why there is none.
     pub mechanism: Result<Mechanism, ProbeError>,
+    /// With `auto`: the mechanisms to try next, in order, when the kernel refuses the
+    /// programs of the one before (verifier, missing helper); their globals are in `settings`.
+    pub fallbacks: Vec<Mechanism>,
+    /// Better mechanisms passed over while planning, and why.
+    pub refused: Vec<(Mechanism, String)>,
 }
 
 impl Plan {
     pub fn disabled(settings: LoadSettings) -> Self {
         Self {
-            settings,
             enabled: false,
-            mechanism: Err(ProbeError::Mechanism("disabled".into())),
+            ..Self::single(settings, Err(ProbeError::Mechanism("disabled".into())))
+        }
+    }
+
+    /// A plan with one mechanism and no fallback.
+    pub fn single(settings: LoadSettings, mechanism: Result<Mechanism, ProbeError>) -> Self {
+        Self {
+            settings,
+            enabled: true,
+            mechanism,
+            fallbacks: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -94,13 +168,14 @@ pub fn start_family<T>(
     start_family_with(ebpf, family, plan, attach, take_maps)
 }
 
-/// As [`start_family`], with `attach` attaching the programs of the planned mechanism and
-/// returning their names.
+/// As [`start_family`], with `attach` attaching the programs of a mechanism (all or none) and
+/// returning their names. When the kernel refuses the planned mechanism's programs, the
+/// plan's fallbacks are tried in order; each refusal is kept in the status.
 pub fn start_family_with<T>(
     ebpf: &mut Ebpf,
     family: &'static str,
     plan: Plan,
-    attach: impl FnOnce(&mut Ebpf, Mechanism) -> Result<Vec<&'static str>, ProbeError>,
+    mut attach: impl FnMut(&mut Ebpf, Mechanism) -> Result<Vec<&'static str>, ProbeError>,
     take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
 ) -> (Option<T>, ProbeStatus) {
     let mut status = ProbeStatus {
@@ -109,65 +184,89 @@ pub fn start_family_with<T>(
         mechanism: None,
         error: None,
         programs: Vec::new(),
+        refused: plan.refused,
     };
     if !plan.enabled {
         return (None, status);
     }
-    let started = plan.mechanism.and_then(|mechanism| {
-        let programs = attach(ebpf, mechanism)?;
-        Ok((mechanism, programs, take_maps(ebpf)?))
-    });
-    match started {
-        Ok((mechanism, programs, family)) => {
-            status.mechanism = Some(mechanism);
-            status.programs = programs;
-            status.programs.dedup();
-            (Some(family), status)
-        }
+    let first = match plan.mechanism {
+        Ok(mechanism) => mechanism,
         Err(e) => {
             status.error = Some(e.to_string());
-            (None, status)
+            return (None, status);
+        }
+    };
+    let mut candidates = std::iter::once(first).chain(plan.fallbacks).peekable();
+    while let Some(mechanism) = candidates.next() {
+        match attach(ebpf, mechanism) {
+            Ok(programs) => {
+                return match take_maps(ebpf) {
+                    Ok(maps) => {
+                        status.mechanism = Some(mechanism);
+                        status.programs = programs;
+                        status.programs.dedup();
+                        (Some(maps), status)
+                    }
+                    Err(e) => {
+                        status.error = Some(e.to_string());
+                        (None, status)
+                    }
+                };
+            }
+            Err(e) => {
+                let why = crate::kernel::programs::refusal(&e);
+                tracing::debug!(probe = family, %mechanism, error = %e, "programs refused");
+                if candidates.peek().is_some() {
+                    tracing::info!(probe = family, %mechanism, reason = %why, "refused; trying the next mechanism");
+                }
+                status.refused.push((mechanism, why));
+            }
         }
     }
+    let tried: Vec<String> = status
+        .refused
+        .iter()
+        .map(|(m, why)| format!("{m}: {why}"))
+        .collect();
+    status.error = Some(format!(
+        "{family}: no mechanism attached ({})",
+        tried.join("; ")
+    ));
+    (None, status)
 }
 
 /// The plan of a family with raw tracepoint and tracepoint variants: raw tracepoints when
-/// chosen and `raw_globals` (offsets from BTF) can be had, else, unless raw tracepoints were
-/// forced, the tracepoint plan `tracepoints(implemented, choice, settings)` makes.
+/// chosen and `raw_globals` (offsets from BTF) can be had, with the tracepoint plan
+/// `tracepoints(implemented, choice, settings)` makes as the fallback under `auto` (also when
+/// the kernel refuses the raw programs).
 pub fn raw_or_tracepoint_plan(
     family: &str,
     choice: MechanismChoice,
     kernel: &KernelSupport,
-    mut settings: LoadSettings,
+    settings: LoadSettings,
     raw_globals: impl FnOnce() -> Result<Vec<(&'static str, u32)>, String>,
     tracepoints: impl FnOnce(&[Mechanism], MechanismChoice, LoadSettings) -> Plan,
 ) -> Plan {
     const BOTH: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
-    if choose_mechanism(family, BOTH, choice, kernel) != Ok(Mechanism::RawTracepoint) {
-        return tracepoints(BOTH, choice, settings);
-    }
-    match raw_globals() {
-        Ok(globals) => {
-            settings.globals.extend(globals);
-            Plan {
-                settings,
-                enabled: true,
-                mechanism: Ok(Mechanism::RawTracepoint),
-            }
+    let mut raw_globals = Some(raw_globals);
+    let mut tracepoints = Some(tracepoints);
+    candidates_plan(family, BOTH, choice, kernel, settings, |mechanism| {
+        if mechanism == Mechanism::RawTracepoint {
+            return raw_globals.take().map_or(Ok(Vec::new()), |f| f());
         }
-        // Chosen, not forced: the tracepoints need no BTF.
-        Err(why) if choice == MechanismChoice::Auto => {
-            tracing::info!(probe = family, reason = %why, "raw tracepoints unusable; using tracepoints");
-            tracepoints(&[Mechanism::Tracepoint], MechanismChoice::Auto, settings)
-        }
-        Err(why) => Plan {
-            settings,
-            enabled: true,
-            mechanism: Err(ProbeError::Mechanism(format!(
-                "{family}: mechanism raw_tracepoint is configured but {why}"
-            ))),
-        },
-    }
+        let Some(tracepoints) = tracepoints.take() else {
+            return Ok(Vec::new());
+        };
+        // The tracepoint plan on its own settings: only its globals are wanted here.
+        let plan = tracepoints(
+            &[Mechanism::Tracepoint],
+            MechanismChoice::Auto,
+            LoadSettings::default(),
+        );
+        plan.mechanism
+            .map(|_| plan.settings.globals)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Starts a family with raw tracepoint variants of its programs (`raw`: per mechanism, the
@@ -209,4 +308,151 @@ pub fn sweep_stale<K: aya::Pod, V: aya::Pod>(
 ) -> u64 {
     let cutoff = monotonic_ns().saturating_sub(STALE_AFTER.as_nanos() as u64);
     crate::kernel::maps::sweep_older_than(map, cutoff, started_ns)
+}
+
+/// Whether this kernel's tracing programs must use preallocated hash maps: before 6.1 (hash
+/// maps on `bpf_mem_alloc`), allocating at run time in a tracepoint program can deadlock
+/// (`sched_switch` holds the run-queue lock; 5.10 warns "trace type BPF program uses run-time
+/// allocation"). `periscope check` hung on 5.10 under qemu in 4 boots of 5 before this.
+pub fn needs_preallocated_maps() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    !crate::kernel::mechanism::release_at_least(release.trim(), (6, 1))
+}
+
+/// The histogram map in use of a pair (`name`, its preallocated twin `prealloc`), with
+/// `entries` entries; the other is sized to 1 entry (nothing is allocated for it).
+pub fn histogram_map(
+    settings: &mut LoadSettings,
+    name: &'static str,
+    prealloc: &'static str,
+    entries: u32,
+) -> &'static str {
+    let (used, unused) = if needs_preallocated_maps() {
+        (prealloc, name)
+    } else {
+        (name, prealloc)
+    };
+    settings.max_entries.push((used, entries));
+    settings.max_entries.push((unused, 1));
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that allows `allowed` and refuses the rest.
+    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
+        KernelSupport::with_mechanisms(
+            Mechanism::PREFERENCE
+                .into_iter()
+                .map(|m| {
+                    let allows = if allowed.contains(&m) {
+                        Ok(())
+                    } else {
+                        Err(format!("{m} is not in this test kernel"))
+                    };
+                    (m, allows)
+                })
+                .collect(),
+        )
+    }
+
+    const HTTP_LIKE: &[Mechanism] = &[
+        Mechanism::SocketTracepoint,
+        Mechanism::RawTracepoint,
+        Mechanism::Tracepoint,
+    ];
+
+    fn globals_for(m: Mechanism) -> Result<Vec<(&'static str, u32)>, String> {
+        match m {
+            Mechanism::SocketTracepoint => Err("no BTF for struct sock here".into()),
+            Mechanism::RawTracepoint => Ok(vec![("RAW_OFFSET", 1)]),
+            _ => Ok(vec![("TRACEPOINT_OFFSET", 2)]),
+        }
+    }
+
+    #[test]
+    fn auto_keeps_every_usable_mechanism_in_order_and_says_why_better_ones_were_passed_over() {
+        let kernel = kernel(&[
+            Mechanism::SocketTracepoint,
+            Mechanism::RawTracepoint,
+            Mechanism::Tracepoint,
+        ]);
+        let plan = candidates_plan(
+            "http",
+            HTTP_LIKE,
+            MechanismChoice::Auto,
+            &kernel,
+            LoadSettings::default(),
+            globals_for,
+        );
+        assert_eq!(plan.mechanism.ok(), Some(Mechanism::RawTracepoint));
+        assert_eq!(plan.fallbacks, vec![Mechanism::Tracepoint]);
+        assert_eq!(
+            plan.refused,
+            vec![(
+                Mechanism::SocketTracepoint,
+                "no BTF for struct sock here".to_string()
+            )]
+        );
+        // Both candidates' globals are set at load: the fallback needs no reload.
+        assert_eq!(
+            plan.settings.globals,
+            vec![("RAW_OFFSET", 1), ("TRACEPOINT_OFFSET", 2)]
+        );
+    }
+
+    #[test]
+    fn a_forced_mechanism_has_no_fallback() {
+        let kernel = kernel(&[Mechanism::RawTracepoint, Mechanism::Tracepoint]);
+        let plan = candidates_plan(
+            "http",
+            HTTP_LIKE,
+            MechanismChoice::RawTracepoint,
+            &kernel,
+            LoadSettings::default(),
+            globals_for,
+        );
+        assert_eq!(plan.mechanism.ok(), Some(Mechanism::RawTracepoint));
+        assert!(plan.fallbacks.is_empty());
+        let plan = candidates_plan(
+            "http",
+            HTTP_LIKE,
+            MechanismChoice::SocketTracepoint,
+            &kernel,
+            LoadSettings::default(),
+            globals_for,
+        );
+        assert_eq!(
+            plan.mechanism.err().map(|e| e.to_string()),
+            Some(
+                "http: mechanism socket_tracepoint is configured but socket_tracepoint is not in \
+                 this test kernel"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn no_usable_mechanism_names_each_reason() {
+        let kernel = kernel(&[Mechanism::SocketTracepoint]);
+        let plan = candidates_plan(
+            "http",
+            HTTP_LIKE,
+            MechanismChoice::Auto,
+            &kernel,
+            LoadSettings::default(),
+            globals_for,
+        );
+        assert_eq!(
+            plan.mechanism.err().map(|e| e.to_string()),
+            Some(
+                "http: no usable mechanism (socket_tracepoint: no BTF for struct sock here; \
+                 raw_tracepoint: raw_tracepoint is not in this test kernel; tracepoint: \
+                 tracepoint is not in this test kernel)"
+                    .to_string()
+            )
+        );
+    }
 }

@@ -58,6 +58,8 @@ impl Probes {
         kernel.forget_btf();
 
         let mut loader = EbpfLoader::new();
+        let preallocated = u32::from(super::attach::needs_preallocated_maps());
+        loader.override_global("PREALLOCATED_HISTS", &preallocated, true);
         let skip = skip_tgids(&config.skip_pids);
         for name in ["HTTP_SKIP_TGIDS", "SYSCALL_SKIP_TGIDS"] {
             loader.override_global(name, &skip, true);

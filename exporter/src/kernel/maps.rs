@@ -166,7 +166,9 @@ pub fn take_reader_flag(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<aya::maps::Array<MapData, u32>, ProbeError> {
-    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::missing_map(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| ProbeError::missing_map(name))?;
     aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map {
         map: name,
         reason: e.to_string(),

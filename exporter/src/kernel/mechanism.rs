@@ -147,6 +147,14 @@ impl KernelSupport {
         }
     }
 
+    /// A kernel that allows exactly what `mechanisms` says (for tests of the planning).
+    pub fn with_mechanisms(mechanisms: Vec<(Mechanism, Result<(), String>)>) -> Self {
+        Self {
+            mechanisms,
+            btf: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Forgets the kernel's BTF once every plan is made (megabytes the daemon does not need).
     pub fn forget_btf(&mut self) {
         self.btf.take();

@@ -11,6 +11,17 @@ pub fn attach_tracepoints(
     ebpf: &mut Ebpf,
     programs: &[(&'static str, &'static str, &'static str)],
 ) -> Result<(), ProbeError> {
+    let attached = try_attach_tracepoints(ebpf, programs);
+    if attached.is_err() {
+        unload_programs(ebpf, programs.iter().map(|p| p.0));
+    }
+    attached
+}
+
+fn try_attach_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str, &'static str)],
+) -> Result<(), ProbeError> {
     for (program, category, name) in programs {
         let tp: &mut TracePoint = ebpf
             .program_mut(program)
@@ -33,6 +44,17 @@ pub fn attach_raw_tracepoints(
     ebpf: &mut Ebpf,
     programs: &[(&'static str, &'static str)],
 ) -> Result<(), ProbeError> {
+    let attached = try_attach_raw_tracepoints(ebpf, programs);
+    if attached.is_err() {
+        unload_programs(ebpf, programs.iter().map(|p| p.0));
+    }
+    attached
+}
+
+fn try_attach_raw_tracepoints(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
     for (program, name) in programs {
         let tp: &mut aya::programs::RawTracePoint = ebpf
             .program_mut(program)
@@ -45,6 +67,49 @@ pub fn attach_raw_tracepoints(
             .map_err(|source| ProbeError::Program { program, source })?;
     }
     Ok(())
+}
+
+/// One line on why the kernel refused a program: for a verifier refusal, the verifier's last
+/// message (its full log is logged at debug level), else the error itself.
+pub fn refusal(error: &ProbeError) -> String {
+    let ProbeError::Program {
+        program,
+        source:
+            aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            },
+    } = error
+    else {
+        return error.to_string();
+    };
+    let log = verifier_log.to_string();
+    let message = log
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| {
+            !line.is_empty()
+                && !line.starts_with("processed ")
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+        })
+        .unwrap_or("(no verifier output)");
+    format!("verifier refused {program} ({io_error}): {message}")
+}
+
+/// Unloads (and so detaches) the named programs: what an attempt that failed half-way loaded.
+fn unload_programs<'a>(ebpf: &mut Ebpf, names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        let unloaded = match ebpf.program_mut(name) {
+            Some(aya::programs::Program::TracePoint(p)) => p.unload(),
+            Some(aya::programs::Program::RawTracePoint(p)) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = unloaded {
+            tracing::debug!(program = name, error = %e, "unload after a refused attach");
+        }
+    }
 }
 
 /// Run time and run count per loaded program (meaningful when kernel.bpf_stats_enabled=1).

@@ -157,6 +157,11 @@ impl TracepointFormat {
         }
     }
 
+    /// The field called `name`, if this kernel's tracepoint has one.
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
     /// Offset of `field`, checking that it is `size` bytes wide (0: any size).
     pub fn offset(&self, field: &str, size: u32) -> Result<u32, TracefsError> {
         let found = self

@@ -37,8 +37,19 @@ const RAW_PROGRAMS: &[(&str, &str)] = &[
     ("block_rq_complete_raw", "block_rq_complete"),
 ];
 
+/// Series (device, op) in the kernel; on kernels before 6.1, where the map is preallocated
+/// (10 KiB per series per CPU), a quarter of that: 16 devices.
+const SERIES: u32 = 256;
+const SERIES_PREALLOCATED: u32 = 64;
+
 pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
-    let settings = LoadSettings::default();
+    let mut settings = LoadSettings::default();
+    let series = if super::needs_preallocated_maps() {
+        SERIES_PREALLOCATED
+    } else {
+        SERIES
+    };
+    super::histogram_map(&mut settings, "BLOCK_HISTS", "BLOCK_HISTS_PREALLOC", series);
     if !config.enabled {
         return Plan::disabled(settings);
     }
@@ -148,6 +159,15 @@ pub struct Block {
     inflight_rq: aya::maps::HashMap<MapData, u64, BlockRqStart>,
 }
 
+/// The histogram map the programs use on this kernel.
+fn hists_map() -> &'static str {
+    if super::needs_preallocated_maps() {
+        "BLOCK_HISTS_PREALLOC"
+    } else {
+        "BLOCK_HISTS"
+    }
+}
+
 pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
     start_raw_or_tracepoints(
         ebpf,
@@ -157,7 +177,7 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Block>, ProbeStatus) {
         PROGRAMS,
         |ebpf| {
             Ok(Block {
-                hists: take_histogram_map(ebpf, "BLOCK_HISTS")?,
+                hists: take_histogram_map(ebpf, hists_map())?,
                 inflight: take_hash_map(ebpf, "BLOCK_INFLIGHT")?,
                 inflight_rq: take_hash_map(ebpf, "BLOCK_INFLIGHT_RQ")?,
             })

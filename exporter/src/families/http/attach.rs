@@ -16,11 +16,13 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 
 use super::{HttpConfig, HttpState, Tracker};
-use crate::families::{
-    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, choose_mechanism,
-    raw_or_tracepoint_plan, start_raw_or_tracepoints, tracepoint_plan,
+use crate::{
+    families::{
+        KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, candidates_plan,
+        start_raw_or_tracepoints,
+    },
+    kernel::tracefs::Tracefs,
 };
-use crate::{kernel::mechanism::MechanismChoice, kernel::tracefs::Tracefs};
 
 const FAMILY: &str = "http";
 
@@ -116,63 +118,26 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    let all = [
+    const ALL: &[Mechanism] = &[
         Mechanism::SocketTracepoint,
         Mechanism::RawTracepoint,
         Mechanism::Tracepoint,
     ];
-    let settings = match choose_mechanism(FAMILY, &all, config.mechanism, kernel) {
-        Ok(Mechanism::SocketTracepoint) => match socket_offsets(kernel) {
-            Ok(globals) => {
-                let mut settings = settings;
-                settings.globals.extend(globals);
-                return Plan {
-                    settings,
-                    enabled: true,
-                    mechanism: Ok(Mechanism::SocketTracepoint),
-                };
-            }
-            Err(why) if config.mechanism == MechanismChoice::Auto => {
-                tracing::info!(probe = FAMILY, reason = %why, "socket tracepoints unusable; using syscall tracepoints");
-                settings
-            }
-            Err(why) => {
-                return Plan {
-                    settings,
-                    enabled: true,
-                    mechanism: Err(ProbeError::Mechanism(format!(
-                        "{FAMILY}: mechanism socket_tracepoint is configured but {why}"
-                    ))),
-                };
-            }
-        },
-        Err(why) if config.mechanism == MechanismChoice::SocketTracepoint => {
-            return Plan {
-                settings,
-                enabled: true,
-                mechanism: Err(ProbeError::Mechanism(why)),
-            };
-        }
-        // The syscall mechanisms: chosen, forced, or the best left when socket tracepoints are
-        // not allowed here (`periscope check` says why).
-        _ => settings,
-    };
-    raw_or_tracepoint_plan(
+    // Under `auto`, every mechanism whose globals can be had is a candidate: a kernel whose
+    // verifier refuses the socket or raw programs (6.1 and older refuse the raw exit program)
+    // falls back to the next.
+    candidates_plan(
         FAMILY,
+        ALL,
         config.mechanism,
         kernel,
         settings,
-        || raw_tracepoint_offsets(kernel),
-        |implemented, choice, settings| {
-            tracepoint_plan(
-                FAMILY,
-                implemented,
-                choice,
-                kernel,
-                tracefs,
-                settings,
-                syscall_offsets,
-            )
+        |mechanism| match mechanism {
+            Mechanism::SocketTracepoint => socket_offsets(kernel),
+            Mechanism::RawTracepoint => raw_tracepoint_offsets(kernel),
+            _ => tracefs
+                .ok_or_else(|| "tracefs is not mounted".to_string())
+                .and_then(|tracefs| syscall_offsets(tracefs).map_err(|e| e.to_string())),
         },
     )
 }

@@ -52,6 +52,18 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         settings.max_entries.push(("SCHED_TASK_CGROUP", 1));
         settings.max_entries.push(("SCHED_CGROUPS", 1));
     }
+    // One series per cgroup with its own, plus "other"; else the one of all tasks.
+    let series = if config.by_cgroup {
+        config.max_cgroups.saturating_add(2)
+    } else {
+        2
+    };
+    super::histogram_map(
+        &mut settings,
+        "SCHED_RUNQ_LATENCY",
+        "SCHED_RUNQ_LATENCY_PREALLOC",
+        series,
+    );
     if !config.enabled {
         return Plan::disabled(settings);
     }
@@ -136,7 +148,14 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan, by_cgroup: bool) -> (Option<Sched>, Pr
         PROGRAMS,
         |ebpf| {
             Ok(Sched {
-                latency: take_histogram_map(ebpf, "SCHED_RUNQ_LATENCY")?,
+                latency: take_histogram_map(
+                    ebpf,
+                    if super::needs_preallocated_maps() {
+                        "SCHED_RUNQ_LATENCY_PREALLOC"
+                    } else {
+                        "SCHED_RUNQ_LATENCY"
+                    },
+                )?,
                 runnable: take_hash_map(ebpf, "SCHED_RUNNABLE_SINCE")?,
                 by_cgroup,
             })

@@ -12,7 +12,7 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use periscope_common::tcp::{PEER_KINDS, TcpEvent, TcpPeerKey};
+use periscope_common::tcp::{FIELD_ABSENT, PEER_KINDS, SOCKADDR_SIZE, TcpEvent, TcpPeerKey};
 
 use super::{
     Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, Registration,
@@ -70,37 +70,118 @@ pub fn plan(config: &TcpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs
 /// The programs' field-offset globals, from this kernel's format files.
 fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
     let state = tracefs.format("sock", "inet_sock_set_state")?;
-    let retransmit = tracefs.format("tcp", "tcp_retransmit_skb")?;
-    let receive_reset = tracefs.format("tcp", "tcp_receive_reset")?;
-    let send_reset = tracefs.format("tcp", "tcp_send_reset")?;
-    let field = |format: &TracepointFormat, global: &'static str, name: &str, size: u32| {
-        format.offset(name, size).map(|offset| (global, offset))
+    let field = |global: &'static str, name: &str, size: u32| {
+        state.offset(name, size).map(|offset| (global, offset))
     };
-    Ok(vec![
-        field(&state, "TCP_STATE_SKADDR", "skaddr", 8)?,
-        field(&state, "TCP_STATE_OLDSTATE", "oldstate", 4)?,
-        field(&state, "TCP_STATE_NEWSTATE", "newstate", 4)?,
-        field(&state, "TCP_STATE_SPORT", "sport", 2)?,
-        field(&state, "TCP_STATE_DPORT", "dport", 2)?,
-        field(&state, "TCP_STATE_FAMILY", "family", 2)?,
-        field(&state, "TCP_STATE_PROTOCOL", "protocol", 2)?,
-        field(&state, "TCP_STATE_DADDR", "daddr", 4)?,
-        field(&state, "TCP_STATE_DADDR_V6", "daddr_v6", 16)?,
-        field(&retransmit, "TCP_RETRANSMIT_SKADDR", "skaddr", 8)?,
-        field(&retransmit, "TCP_RETRANSMIT_SPORT", "sport", 2)?,
-        field(&retransmit, "TCP_RETRANSMIT_FAMILY", "family", 2)?,
-        field(&retransmit, "TCP_RETRANSMIT_DADDR", "daddr", 4)?,
-        field(&retransmit, "TCP_RETRANSMIT_DADDR_V6", "daddr_v6", 16)?,
-        field(&receive_reset, "TCP_RECV_RESET_SKADDR", "skaddr", 8)?,
-        field(&receive_reset, "TCP_RECV_RESET_SPORT", "sport", 2)?,
-        field(&receive_reset, "TCP_RECV_RESET_FAMILY", "family", 2)?,
-        field(&receive_reset, "TCP_RECV_RESET_DADDR", "daddr", 4)?,
-        field(&receive_reset, "TCP_RECV_RESET_DADDR_V6", "daddr_v6", 16)?,
-        field(&send_reset, "TCP_SEND_RESET_SKADDR", "skaddr", 8)?,
-        // Since 6.x these are sockaddr_in6-sized buffers (28 bytes), older kernels differ.
-        field(&send_reset, "TCP_SEND_RESET_SADDR", "saddr", 28)?,
-        field(&send_reset, "TCP_SEND_RESET_DADDR", "daddr", 28)?,
-    ])
+    let mut globals = vec![
+        field("TCP_STATE_SKADDR", "skaddr", 8)?,
+        field("TCP_STATE_OLDSTATE", "oldstate", 4)?,
+        field("TCP_STATE_NEWSTATE", "newstate", 4)?,
+        field("TCP_STATE_SPORT", "sport", 2)?,
+        field("TCP_STATE_DPORT", "dport", 2)?,
+        field("TCP_STATE_FAMILY", "family", 2)?,
+        field("TCP_STATE_PROTOCOL", "protocol", 2)?,
+        field("TCP_STATE_DADDR", "daddr", 4)?,
+        field("TCP_STATE_DADDR_V6", "daddr_v6", 16)?,
+    ];
+    for (name, fields) in PEER_TRACEPOINTS {
+        globals.extend(peer_offsets(&tracefs.format("tcp", name)?, &fields)?);
+    }
+    Ok(globals)
+}
+
+/// The globals of one peer-counting tracepoint (see `PeerFields` in the eBPF crate).
+struct PeerGlobals {
+    skaddr: &'static str,
+    sport: &'static str,
+    family: &'static str,
+    daddr: &'static str,
+    daddr_v6: &'static str,
+    saddr_sockaddr: &'static str,
+    daddr_sockaddr: &'static str,
+}
+
+const PEER_TRACEPOINTS: [(&str, PeerGlobals); 3] = [
+    (
+        "tcp_retransmit_skb",
+        PeerGlobals {
+            skaddr: "TCP_RETRANSMIT_SKADDR",
+            sport: "TCP_RETRANSMIT_SPORT",
+            family: "TCP_RETRANSMIT_FAMILY",
+            daddr: "TCP_RETRANSMIT_DADDR",
+            daddr_v6: "TCP_RETRANSMIT_DADDR_V6",
+            saddr_sockaddr: "TCP_RETRANSMIT_SADDR_SOCKADDR",
+            daddr_sockaddr: "TCP_RETRANSMIT_DADDR_SOCKADDR",
+        },
+    ),
+    (
+        "tcp_receive_reset",
+        PeerGlobals {
+            skaddr: "TCP_RECV_RESET_SKADDR",
+            sport: "TCP_RECV_RESET_SPORT",
+            family: "TCP_RECV_RESET_FAMILY",
+            daddr: "TCP_RECV_RESET_DADDR",
+            daddr_v6: "TCP_RECV_RESET_DADDR_V6",
+            saddr_sockaddr: "TCP_RECV_RESET_SADDR_SOCKADDR",
+            daddr_sockaddr: "TCP_RECV_RESET_DADDR_SOCKADDR",
+        },
+    ),
+    (
+        "tcp_send_reset",
+        PeerGlobals {
+            skaddr: "TCP_SEND_RESET_SKADDR",
+            sport: "TCP_SEND_RESET_SPORT",
+            family: "TCP_SEND_RESET_FAMILY",
+            daddr: "TCP_SEND_RESET_DADDR",
+            daddr_v6: "TCP_SEND_RESET_DADDR_V6",
+            saddr_sockaddr: "TCP_SEND_RESET_SADDR_SOCKADDR",
+            daddr_sockaddr: "TCP_SEND_RESET_DADDR_SOCKADDR",
+        },
+    ),
+];
+
+/// Offsets of a peer-counting tracepoint's fields in either layout the kernels have had:
+/// `saddr`/`daddr` as 28-byte `sockaddr` buffers (`tcp_send_reset` since 6.10), or `sport`,
+/// `daddr` (4 bytes) and `daddr_v6` (16), with `family` where the kernel has it (5.11+).
+/// Fields of the other layout are [`FIELD_ABSENT`].
+fn peer_offsets(
+    format: &TracepointFormat,
+    globals: &PeerGlobals,
+) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let mut out = vec![(globals.skaddr, format.offset("skaddr", 8)?)];
+    let sockaddr = format
+        .field("daddr")
+        .is_some_and(|f| f.size == SOCKADDR_SIZE as u32);
+    if sockaddr {
+        out.extend([
+            (
+                globals.saddr_sockaddr,
+                format.offset("saddr", SOCKADDR_SIZE as u32)?,
+            ),
+            (
+                globals.daddr_sockaddr,
+                format.offset("daddr", SOCKADDR_SIZE as u32)?,
+            ),
+            (globals.sport, FIELD_ABSENT),
+            (globals.family, FIELD_ABSENT),
+            (globals.daddr, FIELD_ABSENT),
+            (globals.daddr_v6, FIELD_ABSENT),
+        ]);
+        return Ok(out);
+    }
+    let family = match format.field("family") {
+        Some(_) => format.offset("family", 2)?,
+        None => FIELD_ABSENT,
+    };
+    out.extend([
+        (globals.sport, format.offset("sport", 2)?),
+        (globals.family, family),
+        (globals.daddr, format.offset("daddr", 4)?),
+        (globals.daddr_v6, format.offset("daddr_v6", 16)?),
+        (globals.saddr_sockaddr, FIELD_ABSENT),
+        (globals.daddr_sockaddr, FIELD_ABSENT),
+    ]);
+    Ok(out)
 }
 
 /// Offsets of `bytes_acked` and `bytes_received` in `struct tcp_sock`, from the kernel's BTF
@@ -173,7 +254,10 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &TcpConfig) -> (Option<Tcp>, P
             overflow: PerCpuArray::try_from(take("TCP_PEERS_OVERFLOW")?)
                 .map_err(map_error("TCP_PEERS_OVERFLOW"))?,
             metrics: Mutex::new(TcpMetrics::new(config.max_series)),
-            reader_parked: Mutex::new(Some(crate::kernel::maps::take_reader_flag(ebpf, "TCP_READER_PARKED")?)),
+            reader_parked: Mutex::new(Some(crate::kernel::maps::take_reader_flag(
+                ebpf,
+                "TCP_READER_PARKED",
+            )?)),
         })
     })
 }
@@ -283,7 +367,8 @@ pub async fn run(tcp: std::sync::Arc<Tcp>, mut shutdown: tokio::sync::watch::Rec
             return;
         }
     };
-    let mut cadence = crate::kernel::maps::Cadence::new(flag, FAMILY, DRAIN_EVERY, PARKED_DRAIN_EVERY);
+    let mut cadence =
+        crate::kernel::maps::Cadence::new(flag, FAMILY, DRAIN_EVERY, PARKED_DRAIN_EVERY);
     let mut next = tokio::time::Instant::now() + DRAIN_EVERY;
     // Resolving a new listener reads /proc: keep the drain off the async workers.
     let drain = |tcp: &std::sync::Arc<Tcp>| {
@@ -304,5 +389,100 @@ pub async fn run(tcp: std::sync::Arc<Tcp>, mut shutdown: tokio::sync::watch::Rec
             cadence.drained(drain(&tcp).await.unwrap_or(0));
         }
         next = tokio::time::Instant::now() + cadence.period();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tcp:tcp_retransmit_skb` of Linux 5.10 (Debian 11): no `family` field.
+    const RETRANSMIT_5_10: &str = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    /// `tcp:tcp_send_reset` of Linux 6.1 (Debian 12): address arrays and `family`.
+    const SEND_RESET_6_1: &str = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+";
+
+    /// `tcp:tcp_send_reset` of Linux 6.12 and 6.18: `sockaddr` buffers, no ports or family.
+    const SEND_RESET_6_12: &str = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+";
+
+    fn offsets(text: &str) -> std::collections::HashMap<&'static str, u32> {
+        let format = TracepointFormat::parse("tcp:test", text);
+        peer_offsets(&format, &PEER_TRACEPOINTS[2].1)
+            .expect("a known layout")
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn address_arrays_without_a_family_field_leave_family_absent() {
+        let o = offsets(RETRANSMIT_5_10);
+        assert_eq!(o["TCP_SEND_RESET_SKADDR"], 16);
+        assert_eq!(o["TCP_SEND_RESET_SPORT"], 28);
+        assert_eq!(o["TCP_SEND_RESET_FAMILY"], FIELD_ABSENT);
+        assert_eq!(o["TCP_SEND_RESET_DADDR"], 36);
+        assert_eq!(o["TCP_SEND_RESET_DADDR_V6"], 56);
+        assert_eq!(o["TCP_SEND_RESET_DADDR_SOCKADDR"], FIELD_ABSENT);
+    }
+
+    #[test]
+    fn address_arrays_with_a_family_field() {
+        let o = offsets(SEND_RESET_6_1);
+        assert_eq!(o["TCP_SEND_RESET_FAMILY"], 32);
+        assert_eq!(o["TCP_SEND_RESET_DADDR"], 38);
+        assert_eq!(o["TCP_SEND_RESET_DADDR_V6"], 58);
+        assert_eq!(o["TCP_SEND_RESET_SADDR_SOCKADDR"], FIELD_ABSENT);
+    }
+
+    #[test]
+    fn sockaddr_buffers_replace_ports_family_and_arrays() {
+        let o = offsets(SEND_RESET_6_12);
+        assert_eq!(o["TCP_SEND_RESET_SADDR_SOCKADDR"], 32);
+        assert_eq!(o["TCP_SEND_RESET_DADDR_SOCKADDR"], 60);
+        assert_eq!(o["TCP_SEND_RESET_SPORT"], FIELD_ABSENT);
+        assert_eq!(o["TCP_SEND_RESET_FAMILY"], FIELD_ABSENT);
+    }
+
+    #[test]
+    fn an_unknown_layout_names_the_field_it_lacks() {
+        let format = TracepointFormat::parse(
+            "tcp:tcp_send_reset",
+            "\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:__u8 daddr[8];\toffset:24;\tsize:8;\tsigned:0;\n",
+        );
+        let error = peer_offsets(&format, &PEER_TRACEPOINTS[2].1).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "tracepoint tcp:tcp_send_reset has no field \"sport\" on this kernel"
+        );
+    }
+
+    #[test]
+    fn this_kernels_peer_tracepoints_have_a_known_layout() {
+        let tracefs = Tracefs::locate().expect("tracefs is mounted");
+        tracepoint_offsets(&tracefs).expect("every TCP tracepoint's layout is known");
     }
 }

@@ -74,14 +74,13 @@ pub fn plan(config: &UprobeConfig, kernel: &KernelSupport) -> Plan {
     if !config.enabled || config.functions.is_empty() {
         return Plan::disabled(settings);
     }
-    Plan {
+    Plan::single(
         settings,
-        enabled: true,
-        mechanism: kernel
+        kernel
             .allows(Mechanism::Uprobe)
             .map(|()| Mechanism::Uprobe)
             .map_err(|why| ProbeError::Mechanism(format!("{FAMILY}: {why}"))),
-    }
+    )
 }
 
 /// A configured function resolved to the place a uprobe attaches: the file and the offset of
@@ -283,6 +282,7 @@ pub fn start(
         mechanism: None,
         error: None,
         programs: Vec::new(),
+        refused: Vec::new(),
     };
     if !plan.enabled {
         return (None, status, Vec::new());
