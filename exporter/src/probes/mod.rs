@@ -187,14 +187,14 @@ pub fn needs_preallocated_maps() -> bool {
     !release_at_least(release.trim(), (6, 1))
 }
 
-/// The histogram map in use of a pair (`name`, its preallocated twin `prealloc`), with
-/// `entries` entries; the other is sized to 1 entry (nothing is allocated for it).
+/// Sizes the histogram map in use of a pair (`name`, its preallocated twin `prealloc`) to
+/// `entries` entries, and the other to 1 entry.
 pub(super) fn histogram_map(
     settings: &mut LoadSettings,
     name: &'static str,
     prealloc: &'static str,
     entries: u32,
-) -> &'static str {
+) {
     let (used, unused) = if needs_preallocated_maps() {
         (prealloc, name)
     } else {
@@ -202,7 +202,6 @@ pub(super) fn histogram_map(
     };
     settings.max_entries.push((used, entries));
     settings.max_entries.push((unused, 1));
-    used
 }
 
 /// Whether a kernel release string (`6.18.0-1-amd64`) is at least `(major, minor)`.
