@@ -7,7 +7,7 @@ use caps::{CapSet, Capability};
 use crate::{
     config::Config,
     families::{CheckLines, ProbeStatus, Probes},
-    kernel::{mechanism::MechanismChoice, tracefs::Tracefs},
+    kernel::tracefs::Tracefs,
 };
 
 /// Capabilities Periscope uses, and what for.
@@ -137,7 +137,7 @@ pub fn run(config: &Config) -> bool {
         }
     }
     let useful = probes.statuses.iter().any(|s| s.attached());
-    let failed = failed_default_families(config, &probes.statuses);
+    let failed = failed_default_families(&probes.statuses);
     if !useful {
         println!("\nResult: no probe family can attach; Periscope would export nothing.");
     } else if !failed.is_empty() {
@@ -151,18 +151,16 @@ pub fn run(config: &Config) -> bool {
     useful && failed.is_empty()
 }
 
-/// Families that the default configuration enables, that are enabled now with `mechanism:
-/// auto`, and that attached by no mechanism: a node where they fail misses what users expect.
-/// (A mechanism forced in the config is the user's choice; its failure is reported above.)
-fn failed_default_families(config: &Config, statuses: &[ProbeStatus]) -> Vec<&'static str> {
+/// Families that the default configuration enables, that are enabled now, and that attached
+/// by no mechanism: a node where they fail misses what users expect.
+fn failed_default_families(statuses: &[ProbeStatus]) -> Vec<&'static str> {
     let defaults = Config::default().probes;
-    let (now, auto) = (&config.probes, MechanismChoice::Auto);
     let on_by_default = |family: &str| match family {
-        "block" => defaults.block.enabled && now.block.mechanism == auto,
-        "sched" => defaults.sched.enabled && now.sched.mechanism == auto,
-        "http" => defaults.http.enabled && now.http.mechanism == auto,
-        "tcp" => defaults.tcp.enabled && now.tcp.mechanism == auto,
-        "syscall" => defaults.syscall.enabled && now.syscall.mechanism == auto,
+        "block" => defaults.block.enabled,
+        "sched" => defaults.sched.enabled,
+        "http" => defaults.http.enabled,
+        "tcp" => defaults.tcp.enabled,
+        "syscall" => defaults.syscall.enabled,
         // On by default but nothing to attach without configured functions.
         _ => false,
     };

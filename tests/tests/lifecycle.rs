@@ -159,14 +159,21 @@ fn a_probe_that_cannot_attach_degrades_alone() {
         "{log}"
     );
 
+    // The daemon runs without block, but `check` fails: block is on by default and attached by
+    // no mechanism, and its last line says so.
     let (out, _) = periscope(&["check"], Some(config));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "check exits 0 while something can run"
-    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("FAIL  block"), "{report}");
     assert!(report.contains("ok    sched"), "{report}");
+    assert_eq!(
+        report.lines().last(),
+        Some(
+            "Result: FAILED: block enabled by default but cannot attach by any mechanism here \
+             (see FAIL above)."
+        ),
+        "{report}"
+    );
 }
 
 #[test]
@@ -213,7 +220,8 @@ fn tracefs_missing_is_mounted_or_explained() {
     assert!(report.contains("ok    block"), "{report}");
 
     // Without CAP_SYS_ADMIN it cannot mount it: the tracepoint families say how to fix that,
-    // and block, sched and http still run, on raw tracepoints (which need no tracefs).
+    // and block, sched and http still run, on raw tracepoints (which need no tracefs). tcp,
+    // on by default, attaches by no mechanism: `check` fails and its last line says so.
     let (out, report) =
         without_tracefs(&format!("exec capsh --drop=cap_sys_admin -- -c '{check}'"));
     assert!(
@@ -231,7 +239,15 @@ fn tracefs_missing_is_mounted_or_explained() {
             "{report}"
         );
     }
-    assert!(out.status.success(), "something can run: {report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(
+        report.lines().last(),
+        Some(
+            "Result: FAILED: tcp enabled by default but cannot attach by any mechanism here \
+             (see FAIL above)."
+        ),
+        "{report}"
+    );
 }
 
 /// With `kernel.bpf_stats_enabled=1`, per-program run time and count are exported.

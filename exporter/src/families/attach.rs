@@ -319,14 +319,14 @@ pub fn needs_preallocated_maps() -> bool {
     !crate::kernel::mechanism::release_at_least(release.trim(), (6, 1))
 }
 
-/// The histogram map in use of a pair (`name`, its preallocated twin `prealloc`), with
-/// `entries` entries; the other is sized to 1 entry (nothing is allocated for it).
+/// Sizes the histogram map in use of a pair (`name`, its preallocated twin `prealloc`) to
+/// `entries` entries, and the other to 1 entry.
 pub fn histogram_map(
     settings: &mut LoadSettings,
     name: &'static str,
     prealloc: &'static str,
     entries: u32,
-) -> &'static str {
+) {
     let (used, unused) = if needs_preallocated_maps() {
         (prealloc, name)
     } else {
@@ -334,7 +334,6 @@ pub fn histogram_map(
     };
     settings.max_entries.push((used, entries));
     settings.max_entries.push((unused, 1));
-    used
 }
 
 #[cfg(test)]
