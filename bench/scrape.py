@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Scrape cost with 10,000 histogram series: one HTTP server (tests/workloads/two_routes.py) gets
-3 requests on each of 10,000 distinct routes, so Periscope holds 10,000
-`http.server.request.duration` series, then the Prometheus endpoint is scraped ROUNDS times in each
-format:
+3 requests on each of 5,000 distinct routes from one Python client, so Periscope holds 5,000
+`http.server.request.duration` and 5,000 `http.client.request.duration` series (both ends are
+on this machine), then the Prometheus endpoint is scraped ROUNDS times in each format:
   text:     OpenMetrics (the default): classic buckets of the fixed layout (14 bounds + Inf)
   protobuf: native histograms (schema 4) with the classic buckets alongside
 Each phase runs against the current output and, in a second daemon started with
@@ -25,9 +25,9 @@ def config(port, series):
             f"    max_routes_per_service: {series * 2}\n    max_series: {series * 2}\n")
 
 
-def load(port, series, per_route):
-    """`per_route` GETs on each of `series` routes (/word/word), over keep-alive connections."""
-    paths = [f"/{WORDS[i // 100]}/{WORDS[i % 100]}" for i in range(series)]
+def load(port, routes, per_route):
+    """`per_route` GETs on each of `routes` routes (/word/word), over one keep-alive connection."""
+    paths = [f"/{WORDS[i // 100]}/{WORDS[i % 100]}" for i in range(routes)]
     script = (
         "import http.client, sys\n"
         f"c = http.client.HTTPConnection('127.0.0.1', {port})\n"
@@ -78,18 +78,19 @@ def run(mode, env, args):
         try:
             print(f"[bench scrape] {mode}: {args.series} series x {args.per_route} requests", file=sys.stderr,
                   flush=True)
-            load(server_port, args.series, args.per_route)
+            load(server_port, args.series // 2, args.per_route)
             deadline = time.monotonic() + 60
             while True:
                 held = sum(1 for line in scrape(daemon.port, None)[1].decode().splitlines()
-                           if line.startswith("http_server_request_duration_seconds_count"))
+                           if line.startswith(("http_server_request_duration_seconds_count",
+                                               "http_client_request_duration_seconds_count")))
                 if held >= args.series or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             out = {"series": held}
             for name, accept in (("text", None), ("protobuf", PROTOBUF)):
                 wall, size, cpu = measure(daemon, accept, args.rounds)
-                out[name] = {"wall_ms": wall * 1e3, "bytes": size, "cpu_ms": cpu * 1e3}
+                out[name] = {"wall_ms": wall * 1e3, "bytes": int(size), "cpu_ms": cpu * 1e3}
             return out
         finally:
             daemon.stop()
@@ -111,8 +112,8 @@ def main():
     results = {"fixed layouts (current)": run("fixed", {}, args),
                "sparse (earlier output)": run("sparse", {"PERISCOPE_SPARSE_CLASSIC": "1"}, args)}
     lines = ["# Scrape cost with many histogram series", "",
-             f"{args.series:,} `http_server_request_duration_seconds` series ({args.per_route} requests each, "
-             f"answered at once), {args.rounds} scrapes per format, medians; daemon CPU is its utime + stime "
+             f"{args.series:,} HTTP duration histogram series (server and client side of {args.series // 2:,} routes, "
+             f"{args.per_route} requests each, answered at once), {args.rounds} scrapes per format, medians; daemon CPU is its utime + stime "
              f"during the scrapes minus its idle CPU over as long. Release build. Machine: {os.cpu_count()} CPUs, "
              f"kernel {os.uname().release}.", "",
              "| output | series | format | time per scrape | bytes per scrape | daemon CPU per scrape |",

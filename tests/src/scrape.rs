@@ -380,4 +380,38 @@ mod tests {
         assert_eq!(d.count, 3.0);
         assert_eq!(d.bucket_counts(), vec![(0.0, 0.5, 1.0), (0.5, 1.0, 2.0)]);
     }
+
+    #[test]
+    fn native_buckets_become_edges_with_cumulative_counts() {
+        // Schema 4, zero bucket 1; buckets 0 (count 2) and 1 (3), then 5 (1) after a gap.
+        let h = proto::Histogram {
+            schema: Some(4),
+            zero_count: Some(1),
+            positive_span: vec![
+                proto::BucketSpan {
+                    offset: Some(0),
+                    length: Some(2),
+                },
+                proto::BucketSpan {
+                    offset: Some(3),
+                    length: Some(1),
+                },
+            ],
+            positive_delta: vec![2, 1, -2],
+            ..Default::default()
+        };
+        let edge = |i: i32| (f64::from(i) / 16.0).exp2();
+        assert_eq!(
+            native_buckets(&h),
+            vec![
+                (0.0, 1.0),
+                (edge(-1), 1.0),
+                (edge(0), 3.0),
+                (edge(1), 6.0),
+                (edge(4), 6.0),
+                (edge(5), 7.0),
+                (f64::INFINITY, 7.0),
+            ]
+        );
+    }
 }

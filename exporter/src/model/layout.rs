@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, de};
 
+use super::names;
+
 /// Most finite bounds one layout may have: each costs a line (or a bucket) per series per
 /// scrape, so 10,000 series at 100 bounds is already a million lines.
 pub const MAX_BOUNDS: usize = 100;
@@ -97,38 +99,42 @@ pub const HTTP_DURATION_BOUNDS: [f64; 14] = [
 /// Every histogram metric Periscope exports, with its default layout and why.
 pub fn default_bounds(metric: &str) -> Option<Vec<f64>> {
     Some(match metric {
-        "http.server.request.duration" | "http.client.request.duration" => {
+        names::HTTP_SERVER_REQUEST_DURATION | names::HTTP_CLIENT_REQUEST_DURATION => {
             HTTP_DURATION_BOUNDS.to_vec()
         }
         // Device and scheduler latencies: 1 µs (a fast NVMe completion, an idle CPU's wakeup)
         // to 10 s (a stalled disk), 1-2-5 steps: 22 bounds.
-        "kernel.block.io.duration" | "kernel.sched.runqueue.latency" => one_two_five(-6, 1),
+        names::KERNEL_BLOCK_IO_DURATION | names::KERNEL_SCHED_RUNQUEUE_LATENCY => {
+            one_two_five(-6, 1)
+        }
         // Syscalls start below a microsecond (getpid, a cached read): 100 ns to 10 s, 25 bounds.
-        "kernel.syscall.duration" => one_two_five(-7, 1),
+        names::KERNEL_SYSCALL_DURATION => one_two_five(-7, 1),
         // User functions: 1 µs to 10 s like the kernel latencies.
-        "process.function.duration" => one_two_five(-6, 1),
+        names::PROCESS_FUNCTION_DURATION => one_two_five(-6, 1),
         // Connections live from a refused handshake (100 µs) to a long-lived stream (1000 s).
-        "kernel.tcp.connection.duration" => one_two_five(-4, 3),
+        names::KERNEL_TCP_CONNECTION_DURATION => one_two_five(-4, 3),
         // Block requests: 512 B sectors to 16 MiB (the largest merged request), 16 bounds.
-        "kernel.block.io.size" => powers_of_two(9, 24),
+        names::KERNEL_BLOCK_IO_SIZE => powers_of_two(9, 24),
         // Payload per connection: 64 B (a health check) to 1 GiB, 25 bounds.
-        "kernel.tcp.connection.sent" | "kernel.tcp.connection.received" => powers_of_two(6, 30),
+        names::KERNEL_TCP_CONNECTION_SENT | names::KERNEL_TCP_CONNECTION_RECEIVED => {
+            powers_of_two(6, 30)
+        }
         _ => return None,
     })
 }
 
 /// The OTel names of every histogram metric (the keys `histograms.buckets` accepts).
 pub const HISTOGRAM_METRICS: [&str; 10] = [
-    "http.server.request.duration",
-    "http.client.request.duration",
-    "kernel.block.io.duration",
-    "kernel.block.io.size",
-    "kernel.sched.runqueue.latency",
-    "kernel.syscall.duration",
-    "process.function.duration",
-    "kernel.tcp.connection.duration",
-    "kernel.tcp.connection.sent",
-    "kernel.tcp.connection.received",
+    names::HTTP_SERVER_REQUEST_DURATION,
+    names::HTTP_CLIENT_REQUEST_DURATION,
+    names::KERNEL_BLOCK_IO_DURATION,
+    names::KERNEL_BLOCK_IO_SIZE,
+    names::KERNEL_SCHED_RUNQUEUE_LATENCY,
+    names::KERNEL_SYSCALL_DURATION,
+    names::PROCESS_FUNCTION_DURATION,
+    names::KERNEL_TCP_CONNECTION_DURATION,
+    names::KERNEL_TCP_CONNECTION_SENT,
+    names::KERNEL_TCP_CONNECTION_RECEIVED,
 ];
 
 /// One layout per histogram metric: the configured ones, else the defaults.
@@ -164,7 +170,7 @@ impl Layouts {
     pub fn of(&self, metric: &str) -> &Layout {
         self.by_metric
             .get(metric)
-            .unwrap_or_else(|| &self.by_metric["process.function.duration"])
+            .unwrap_or_else(|| &self.by_metric[names::PROCESS_FUNCTION_DURATION])
     }
 }
 
