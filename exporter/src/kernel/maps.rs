@@ -79,9 +79,10 @@ pub fn sweep_older_than<K: aya::Pod, V: aya::Pod>(
 ///   rounds.
 ///
 /// A quiet node costs a wakeup every few seconds instead of tens per second, and a record there
-/// is read as soon as it is written; a busy one is read in batches. The reader parks below a
-/// quarter of its batching tick rate and stops parking above it, so that it never pays more
-/// wakeups than the ticks would cost.
+/// is read as soon as it is written; a busy one is read in batches. A parked reader pays about a
+/// wakeup per record (fewer in bursts), a batching one a wakeup per tick: the reader parks below
+/// three quarters of its tick rate and stops parking above one and a half times it (the gap
+/// keeps a rate near the limit from switching modes every second).
 pub struct Cadence {
     flag: aya::maps::Array<MapData, u32>,
     family: &'static str,
@@ -139,11 +140,11 @@ impl Cadence {
         self.window_start = std::time::Instant::now();
         self.window_records = 0;
         let ticks_per_second = 1.0 / self.busy.as_secs_f64();
-        if !self.parked && rate < ticks_per_second / 4.0 {
+        if !self.parked && rate < 0.75 * ticks_per_second {
             self.set_flag(true);
             return self.parked;
         }
-        if self.parked && rate > ticks_per_second {
+        if self.parked && rate > 1.5 * ticks_per_second {
             self.set_flag(false);
         }
         false

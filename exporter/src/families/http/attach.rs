@@ -352,9 +352,10 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
             guard = events.readable_mut() => {
                 match guard {
                     Ok(mut guard) => {
-                        let records = drain(guard.get_inner_mut(), &mut tracker, &mut conns);
+                        // Cleared before the drain: a record written after it wakes the loop
+                        // again (cleared after, its wakeup would be lost until the next tick).
                         guard.clear_ready();
-                        records
+                        drain(guard.get_inner_mut(), &mut tracker, &mut conns)
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "HTTP ring buffer poll failed");
