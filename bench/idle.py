@@ -57,6 +57,11 @@ class CpuAccount:
             pass
 
 
+def ticks_s(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def scraping(port, seconds, every=15.0):
     def run():
         end = time.monotonic() + seconds - 0.5
