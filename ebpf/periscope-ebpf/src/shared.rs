@@ -72,8 +72,7 @@ pub fn ring_flags(parked: &Array<u32>, busy: u64) -> u64 {
 /// `periscope triage` runs beside it; unused slots are 0, which no process has).
 #[inline(always)]
 pub fn skipped(list: &[u32; periscope_common::SKIP_TGIDS], tgid: u32) -> bool {
-    let list = global(list);
-    list[0] == tgid || list[1] == tgid || list[2] == tgid || list[3] == tgid
+    global(list).contains(&tgid)
 }
 
 /// Reads a load-time constant set by user space with `EbpfLoader::override_global`. The volatile

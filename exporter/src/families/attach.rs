@@ -235,37 +235,28 @@ pub fn start_family_with<T>(
     (None, status)
 }
 
-/// The plan of a family with raw tracepoint and tracepoint variants: raw tracepoints when
-/// chosen and `raw_globals` (offsets from BTF) can be had, with the tracepoint plan
-/// `tracepoints(implemented, choice, settings)` makes as the fallback under `auto` (also when
-/// the kernel refuses the raw programs).
+/// The plan of a family with raw tracepoint and tracepoint variants: `raw_globals` gives the
+/// raw programs' globals (offsets from BTF), `tracepoint_globals` the tracepoint programs' ones
+/// (from their format files); under `auto` both are candidates, raw first.
 pub fn raw_or_tracepoint_plan(
     family: &str,
     choice: MechanismChoice,
     kernel: &KernelSupport,
+    tracefs: Option<&Tracefs>,
     settings: LoadSettings,
     raw_globals: impl FnOnce() -> Result<Vec<(&'static str, u32)>, String>,
-    tracepoints: impl FnOnce(&[Mechanism], MechanismChoice, LoadSettings) -> Plan,
+    tracepoint_globals: impl FnOnce(&Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError>,
 ) -> Plan {
     const BOTH: &[Mechanism] = &[Mechanism::RawTracepoint, Mechanism::Tracepoint];
-    let mut raw_globals = Some(raw_globals);
-    let mut tracepoints = Some(tracepoints);
+    let (mut raw_globals, mut tracepoint_globals) = (Some(raw_globals), Some(tracepoint_globals));
     candidates_plan(family, BOTH, choice, kernel, settings, |mechanism| {
         if mechanism == Mechanism::RawTracepoint {
             return raw_globals.take().map_or(Ok(Vec::new()), |f| f());
         }
-        let Some(tracepoints) = tracepoints.take() else {
-            return Ok(Vec::new());
-        };
-        // The tracepoint plan on its own settings: only its globals are wanted here.
-        let plan = tracepoints(
-            &[Mechanism::Tracepoint],
-            MechanismChoice::Auto,
-            LoadSettings::default(),
-        );
-        plan.mechanism
-            .map(|_| plan.settings.globals)
-            .map_err(|e| e.to_string())
+        let tracefs = tracefs.ok_or_else(|| "tracefs is not mounted".to_string())?;
+        tracepoint_globals
+            .take()
+            .map_or(Ok(Vec::new()), |f| f(tracefs).map_err(|e| e.to_string()))
     })
 }
 

@@ -19,7 +19,7 @@ pub use self::config::BlockConfig;
 use super::{
     Family, KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, Registration, Started,
     raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
-    take_histogram_map, tracepoint_plan,
+    take_histogram_map,
 };
 use crate::{
     kernel::tracefs::Tracefs,
@@ -57,19 +57,10 @@ pub fn plan(config: &BlockConfig, kernel: &KernelSupport, tracefs: Option<&Trace
         FAMILY,
         config.mechanism,
         kernel,
+        tracefs,
         settings,
         || raw_tracepoint_offsets(kernel),
-        |implemented, choice, settings| {
-            tracepoint_plan(
-                FAMILY,
-                implemented,
-                choice,
-                kernel,
-                tracefs,
-                settings,
-                tracepoint_offsets,
-            )
-        },
+        tracepoint_offsets,
     )
 }
 

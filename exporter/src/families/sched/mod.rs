@@ -21,7 +21,7 @@ pub use self::config::SchedConfig;
 use super::{
     Family, KernelSupport, LoadSettings, Plan, ProbeError, ProbeStatus, Registration, Started,
     raw_or_tracepoint_plan, start_raw_or_tracepoints, sweep_stale, take_hash_map,
-    take_histogram_map, tracepoint_plan,
+    take_histogram_map,
 };
 use crate::{
     kernel::tracefs::Tracefs,
@@ -67,32 +67,17 @@ pub fn plan(config: &SchedConfig, kernel: &KernelSupport, tracefs: Option<&Trace
     if !config.enabled {
         return Plan::disabled(settings);
     }
-    let by_cgroup = ("SCHED_BY_CGROUP", u32::from(config.by_cgroup));
+    settings
+        .globals
+        .push(("SCHED_BY_CGROUP", u32::from(config.by_cgroup)));
     raw_or_tracepoint_plan(
         FAMILY,
         config.mechanism,
         kernel,
+        tracefs,
         settings,
-        || {
-            let mut globals = raw_tracepoint_offsets(kernel)?;
-            globals.push(by_cgroup);
-            Ok(globals)
-        },
-        |implemented, choice, settings| {
-            tracepoint_plan(
-                FAMILY,
-                implemented,
-                choice,
-                kernel,
-                tracefs,
-                settings,
-                |tracefs| {
-                    let mut globals = tracepoint_offsets(tracefs)?;
-                    globals.push(by_cgroup);
-                    Ok(globals)
-                },
-            )
-        },
+        || raw_tracepoint_offsets(kernel),
+        tracepoint_offsets,
     )
 }
 
