@@ -62,18 +62,27 @@ fn direct_writes_counted_exactly(mechanism: &str, expected_mechanism: &str) {
     let size = after
         .histogram(SIZE, &writes)
         .since(&before.histogram(SIZE, &writes));
-    assert_eq!(
-        latency.count, WRITES as f64,
-        "write completions on {}",
+    // Exactly the writes made, unless the kernel or the programs said they lost some: a run the
+    // kernel skipped because a BPF program was already running on that CPU (an interrupt that
+    // completes a request while a block program runs), or a request the programs could not
+    // match or store. Those are counted and exported (not per device: any block loss in the
+    // window may explain a shortfall here, and is printed); a shortfall they do not explain fails.
+    let losses = kernel_losses(&before, &after);
+    let reported: f64 = losses.iter().map(|(_, n)| n).sum();
+    let counted = latency.count;
+    println!("{counted} of {WRITES} write completions counted; losses reported: {losses:?}");
+    assert!(
+        counted <= WRITES as f64 && WRITES as f64 - counted <= reported,
+        "write completions on {}: {counted} of {WRITES}, losses reported: {losses:?}",
         disk.name
     );
-    assert_eq!(size.count, WRITES as f64);
+    assert_eq!(size.count, counted);
     assert_eq!(
         size.count_in_bucket(BLOCK as f64),
-        WRITES as f64,
+        counted,
         "all in le=65536"
     );
-    assert_eq!(size.sum, (WRITES * BLOCK) as f64);
+    assert_eq!(size.sum, counted * BLOCK as f64);
     let name = after
         .samples
         .iter()
@@ -157,4 +166,45 @@ fn reads_and_writes_are_told_apart() {
     assert_eq!(writes.count_in_bucket(4096.0), 300.0);
     // udev may probe a new device with reads of its own; ours are the 8 KiB ones.
     assert_eq!(reads.count_in_bucket(8192.0), 150.0);
+}
+
+/// What the block family lost between two scrapes, by its own account: runs of the block
+/// programs the kernel skipped (`recursion_misses`), and completions the programs could not
+/// match or store (`periscope_probe_errors_total`), each with its delta.
+fn kernel_losses(
+    before: &periscope_e2e::scrape::Scrape,
+    after: &periscope_e2e::scrape::Scrape,
+) -> Vec<(String, f64)> {
+    const LOSSES: [&str; 3] = [
+        "unmatched_completion",
+        "inflight_map_full",
+        "histogram_map_full",
+    ];
+    let mut losses = Vec::new();
+    for sample in &after.samples {
+        let label = |key: &str| sample.labels.get(key).map(String::as_str).unwrap_or("");
+        let what = match sample.name.as_str() {
+            "periscope_bpf_program_recursion_misses_total"
+                if label("program").starts_with("block_rq") =>
+            {
+                label("program")
+            }
+            "periscope_probe_errors_total"
+                if label("probe") == "block" && LOSSES.contains(&label("kind")) =>
+            {
+                label("kind")
+            }
+            _ => continue,
+        };
+        let labels: Vec<(&str, &str)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let delta = sample.value - before.value(&sample.name, &labels).unwrap_or(0.0);
+        if delta != 0.0 {
+            losses.push((what.to_string(), delta));
+        }
+    }
+    losses
 }

@@ -765,7 +765,9 @@ fn panel_expr(queries: &[Query], file: &str, title: &str, window: u64) -> String
 /// then three panels' own expressions, their range set to that window and evaluated at its end:
 /// requests/s, the server error ratio and IOPS by device and operation. Rates times the window
 /// give the counts back within 20% (Prometheus extrapolates a rate to its range's edges from
-/// the first and last scrape inside it: up to one 1 s scrape interval in `WINDOW`, 5%).
+/// the first and last scrape inside it: up to one 1 s scrape interval in `WINDOW`, 5%). The
+/// workload runs between those two scrapes: it starts 2 s into the window and ends at least
+/// 3 s before its end.
 fn panels_show_a_known_workload(
     prometheus: &Prometheus,
     queries: &[Query],
@@ -776,6 +778,10 @@ fn panels_show_a_known_workload(
     // The last background requests and IOs scraped, so the window holds only what follows.
     std::thread::sleep(Duration::from_secs(3));
     let start = unix_now();
+    // The increase of a counter over a range is taken from the first and the last scrape inside
+    // it: what happens before the first scrape in the window is not in it. So the workload starts
+    // two scrape intervals into the window, once a scrape has taken the counters' flat values.
+    std::thread::sleep(Duration::from_secs(2));
     let sent = python_client(http_port, true, &plan(6));
     disk.direct_writes(4096, 200);
     direct_reads(&disk.path, 65536, 100);
