@@ -216,6 +216,24 @@ def map_memory_kib(pid):
     return total / 1024
 
 
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def bpf_stats_on():
+    """Turns `kernel.bpf_stats_enabled` on (run time and run count of every program); returns
+    the setting it had, for `bpf_stats_restore`."""
+    with open(BPF_STATS) as f:
+        before = f.read().strip()
+    with open(BPF_STATS, "w") as f:
+        f.write("1")
+    return before
+
+
+def bpf_stats_restore(before):
+    with open(BPF_STATS, "w") as f:
+        f.write(before)
+
+
 def spread(values, fmt=lambda v: f"{v:,.0f}"):
     """`median (min - max)` of `values` (None left out), or '' when there are none."""
     import statistics

@@ -16,7 +16,7 @@ Writes bench/out/families.md and bench/out/families.json (bench/report.py).
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from common import free_port
+from common import bpf_stats_on, bpf_stats_restore, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -164,10 +164,8 @@ def main():
     rates = {(w, k): [] for w in workloads for k in kinds}
     cost = {(w, k): [] for w in workloads for k in kinds[1:]}
     cpu = {(w, k): [] for w in workloads for k in kinds[1:]}
-    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    stats_before = bpf_stats_on()
     try:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write("1")
         for r in range(args.rounds):
             for family, (run, _, _) in workloads.items():
                 for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
@@ -180,8 +178,7 @@ def main():
                             cost[(family, kind)].append((t.ebpf_ns() - before) / ops)
                             cpu[(family, kind)].append((t.cpu_s() - cpu0) * 1e9 / ops)
     finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(stats_before)
+        bpf_stats_restore(stats_before)
 
     med = lambda xs: statistics.median(xs) if xs else float("nan")
     lines = ["# Periscope family overhead: TCP, syscall, uprobe", "",

@@ -21,7 +21,7 @@ Writes bench/out/http.md and bench/out/http.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from common import free_port, map_memory_kib, spread
+from common import bpf_stats_on, bpf_stats_restore, free_port, map_memory_kib, spread
 from floor import Floor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,10 +177,8 @@ def main():
     runs_per_req = {k: [] for k in kinds}
     busy_per_req = {k: [] for k in kinds}
     rss, steady_rss, maps_kib, exact = [], [], [], {k: [] for k in kinds}
-    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    stats_before = bpf_stats_on()
     try:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write("1")
         for r in range(args.rounds):
             for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
                 print(f"[bench http] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
@@ -211,8 +209,7 @@ def main():
                 p99[kind].append(b)
                 busy_per_req[kind].append(busy)
     finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(stats_before)
+        bpf_stats_restore(stats_before)
         server.send_signal(signal.SIGQUIT)
         server.wait(timeout=10)
 

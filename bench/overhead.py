@@ -15,7 +15,7 @@ Writes bench/out/overhead.md and bench/out/overhead.json (bench/report.py).
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-from common import free_port, map_memory_kib, spread
+from common import bpf_stats_on, bpf_stats_restore, free_port, map_memory_kib, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
@@ -132,7 +132,7 @@ def main():
     with open(img, "wb") as f:
         f.truncate(512 << 20)
     dev = sh("losetup", "--find", "--show", img).strip()
-    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    stats_before = bpf_stats_on()
     kinds = ["none", "periscope", "libbpf-tools"]
     results = {(w, k): [] for w in ("sched", "io") for k in kinds}
     ebpf_cost = {(w, k): [] for w in ("sched", "io") for k in kinds[1:]}
@@ -140,8 +140,6 @@ def main():
     rss, costs = [], {}
     memory = {k: {"peak_rss_kib": [], "end_rss_kib": [], "map_kib": []} for k in kinds[1:]}
     try:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write("1")
         for r in range(args.rounds):
             for kind in kinds if r % 2 == 0 else reversed(kinds):
                 print(f"[bench] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
@@ -166,8 +164,7 @@ def main():
                     memory[kind]["end_rss_kib"].append(t.end_rss_kb)
                     memory[kind]["map_kib"].append(t.map_kib)
     finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(stats_before)
+        bpf_stats_restore(stats_before)
         subprocess.run(["losetup", "-d", dev])
 
     lines = ["# Periscope overhead benchmark", "",

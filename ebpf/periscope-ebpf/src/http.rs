@@ -70,6 +70,35 @@ static HTTP_SKIP_TGIDS: [u32; SKIP_TGIDS] = [0; SKIP_TGIDS];
 #[unsafe(no_mangle)]
 static HTTP_WAKEUP_BYTES: u32 = 65536;
 
+/// Where the socket-tracepoint programs stop, for `bench/http_cost.py` only (0: nowhere, the
+/// product). The benchmark removes the steps of the hot path one at a time from the end and
+/// reads each step's cost as the difference in run time. A load-time constant: the verifier
+/// removes the branches it makes dead, so the product runs none of these checks.
+#[unsafe(no_mangle)]
+static HTTP_COST_STAGE: u32 = 0;
+
+/// The steps of the hot path, in the order the programs take them ([`HTTP_COST_STAGE`]).
+mod stage {
+    /// The task, its registers and the syscall's number and arguments.
+    pub const REGISTERS: u32 = 1;
+    /// The socket's identity and the (process, fd) -> socket lookup.
+    pub const SOCKET: u32 = 2;
+    /// The watched-connection lookup and the buffer arguments (iovecs read for vectors).
+    pub const WATCHED: u32 = 3;
+    /// The clock, the per-CPU record and its header.
+    pub const HEADER: u32 = 4;
+    /// The copy of up to `CAPTURE` leading bytes from user memory.
+    pub const COPY: u32 = 5;
+    /// TLS recognition and the copy of the message's last bytes.
+    pub const TAIL: u32 = 6;
+}
+
+/// Whether the benchmark stops the programs after `step`.
+#[inline(always)]
+fn stop_after(step: u32) -> bool {
+    global(&HTTP_COST_STAGE) == step
+}
+
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// The kind of a pending `SSL_do_handshake` (never sent).
@@ -285,11 +314,17 @@ fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u6
         return;
     };
     fill_header(event, pending, tgid, tid, transferred, now);
+    if stop_after(stage::HEADER) {
+        return;
+    }
     let mut want = transferred;
     if pending.buf_len < want {
         want = pending.buf_len;
     }
     let captured = copy_leading(event, pending.buf, want);
+    if stop_after(stage::COPY) {
+        return;
+    }
     let mut role = pending.role;
     // A TLS handshake record (22, version 3.x): from now on this connection's bytes are
     // encrypted; stop capturing them (the OpenSSL probes send the plaintext). Flagged here, on
@@ -308,6 +343,9 @@ fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u6
         let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
     }
     copy_tail(event, pending, transferred, captured);
+    if stop_after(stage::TAIL) {
+        return;
+    }
     let sent = submit(event, captured);
     // Remember a loss on the connection until one of its records gets through.
     let role = if sent {
@@ -1042,7 +1080,7 @@ fn sock_io(ctx: &RawTracePointContext, kind: u8) {
     let Some((op_kind, buffer)) = io_shape(op_of(nr)) else {
         return;
     };
-    if op_kind != kind {
+    if op_kind != kind || stop_after(stage::REGISTERS) {
         return;
     }
     let Some(sock) = sock_id(ctx.arg(0)) else {
@@ -1051,12 +1089,18 @@ fn sock_io(ctx: &RawTracePointContext, kind: u8) {
     let fd = args[0] as u32;
     let key = conn_key(tgid, fd);
     let known = unsafe { HTTP_FD_SOCKS.get(key) }.is_some_and(|s| s.same(&sock));
+    if stop_after(stage::SOCKET) {
+        return;
+    }
     if !known && !new_socket(tgid, tid, fd, &sock) {
         return;
     }
     let Some(mut pending) = watched_io(tgid, tid, kind, buffer, args) else {
         return;
     };
+    if stop_after(stage::WATCHED) {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     pending.start_ns = now;
     send_io(tgid, tid, &pending, rc as u64, now);

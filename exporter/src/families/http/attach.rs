@@ -104,9 +104,24 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
     ("http_process_exit", "sched", "sched_process_exit"),
 ];
 
+/// `PERISCOPE_BENCH_HTTP_STAGE`: where the socket-tracepoint programs stop, for
+/// `bench/http_cost.py` only (its cost breakdown removes the hot path's steps one at a time).
+/// Unset, or anything but 1-6, runs them whole; it is not a setting for users, since a stopped
+/// program reports nothing.
+fn cost_stage() -> u32 {
+    std::env::var("PERISCOPE_BENCH_HTTP_STAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|stage| (1..=6).contains(stage))
+        .unwrap_or(0)
+}
+
 pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let settings = LoadSettings {
-        globals: vec![("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size))],
+        globals: vec![
+            ("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size)),
+            ("HTTP_COST_STAGE", cost_stage()),
+        ],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),
             ("HTTP_FD_SOCKS", config.max_connections),
