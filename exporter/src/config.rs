@@ -579,10 +579,10 @@ mod tests {
 
     #[test]
     fn a_mechanism_nothing_implements_is_refused_with_its_line() {
-        let err = parse("probes:\n  tcp:\n    mechanism: fentry\n").unwrap_err();
+        let err = parse("probes:\n  tcp:\n    mechanism: kprobe\n").unwrap_err();
         assert!(
             err.starts_with(
-                "invalid config test.yaml: probes.tcp.mechanism: unknown variant `fentry`"
+                "invalid config test.yaml: probes.tcp.mechanism: unknown variant `kprobe`"
             ) && err.ends_with("at line 3 column 16"),
             "{err}"
         );

@@ -111,6 +111,32 @@ echo "===== metrics"
 grep -E '^(periscope_|http_|kernel_tcp_connections|kernel_sched_runqueue_latency_seconds_count)' /tmp/metrics
 stop_daemon
 
+# HTTP on the `fentry` mechanism, forced (`auto` prefers the socket tracepoints where a kernel
+# has them, 6.5+): fexit programs on tcp_sendmsg/tcp_recvmsg, on every kernel that has
+# bpf_task_pt_regs (5.15+). The same exact counts as above.
+release=$(uname -r)
+major=${release%%.*}
+minor=${release#*.}
+minor=${minor%%.*}
+if [ "$major" -gt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -ge 15 ]; }; then
+  printf 'probes:\n  http:\n    mechanism: fentry\n  sched:\n    enabled: false\n  tcp:\n    enabled: false\n  block:\n    enabled: false\n' > /tmp/fentry.yaml
+  start_daemon /tmp/fentry.yaml
+  kernel-workload serve $HTTP_PORT &
+  server=$!
+  kernel-workload get $HTTP_PORT $REQUESTS
+  kill $server
+  sleep 3
+  wget -q -O /tmp/metrics "$METRICS"
+  port="server_port=\"$HTTP_PORT\""
+  expect http "server requests (fentry forced)" "$(metric http_server_request_duration_seconds_count "$port")" $REQUESTS
+  expect http "client requests (fentry forced)" "$(metric http_client_request_duration_seconds_count "$port")" $REQUESTS
+  echo "===== metrics"
+  grep -E '^(periscope_probe|http_)' /tmp/metrics
+  stop_daemon
+else
+  result "http - ok fentry not tried: kernel $release has no bpf_task_pt_regs (5.15+)"
+fi
+
 # Block alone: the kernel skips a tracepoint program that fires while another one runs on the
 # CPU (a completion interrupt during a sched_switch program, on the one emulated CPU), so the
 # exact count runs without the other families (as tests/tests/block.rs does).

@@ -36,9 +36,11 @@ use aya_ebpf::{
             bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
-    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    macros::{fexit, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    programs::{
+        FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use periscope_common::{
     SKIP_TGIDS, counters,
@@ -1041,26 +1043,74 @@ const SHUTDOWN_MASK: u8 = 3;
 /// `raw_tp/sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn http_sock_send(ctx: RawTracePointContext) -> i32 {
-    sock_io(&ctx, KIND_WRITE);
+    sock_io(ctx.arg(0), ctx.arg::<u64>(1) as i32, KIND_WRITE);
     0
 }
 
 /// `raw_tp/sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn http_sock_recv(ctx: RawTracePointContext) -> i32 {
-    let flags: u64 = ctx.arg(2);
-    // A peek leaves the bytes for the read that follows.
-    if flags & MSG_PEEK == 0 {
-        sock_io(&ctx, KIND_READ);
-    }
+    sock_recv(ctx.arg(0), ctx.arg::<u64>(1) as i32, ctx.arg(2));
     0
 }
 
-/// A send or receive of `ret` bytes on socket `sk`: its record, when it was a read or write
+/// A receive of `ret` bytes with `flags`: a peek leaves the bytes for the read that follows.
+#[inline(always)]
+fn sock_recv(sk: u64, ret: i32, flags: u64) {
+    if flags & MSG_PEEK == 0 {
+        sock_io(sk, ret, KIND_READ);
+    }
+}
+
+// The `fentry` mechanism, for kernels without the socket tracepoints (before 6.5) that have BTF
+// trampolines and `bpf_task_pt_regs` (5.15+): the same work as the socket tracepoint programs,
+// at the return of the TCP functions every send and receive of a TCP socket goes through. The
+// functions are the kernel's own, not an ABI: user space attaches each program only where this
+// kernel's BTF has the function with the parameters the program expects.
+
+/// `fexit/tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size) -> int`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn http_tcp_sendmsg(ctx: FExitContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg::<u64>(3) as i32, KIND_WRITE);
+    0
+}
+
+/// `fexit/tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)
+/// -> int`: how `sendfile` reaches a TCP socket before 6.5.
+#[fexit(function = "tcp_sendpage")]
+pub fn http_tcp_sendpage(ctx: FExitContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg::<u64>(5) as i32, KIND_WRITE);
+    0
+}
+
+/// `fexit/tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags) -> int`
+/// (the latest kernels: `addr_len` dropped).
+#[fexit(function = "tcp_recvmsg")]
+pub fn http_tcp_recvmsg_no_addr_len(ctx: FExitContext) -> i32 {
+    sock_recv(ctx.arg(0), ctx.arg::<u64>(4) as i32, ctx.arg(3));
+    0
+}
+
+/// `fexit/tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags,
+/// int *addr_len) -> int` (5.19 and later).
+#[fexit(function = "tcp_recvmsg")]
+pub fn http_tcp_recvmsg(ctx: FExitContext) -> i32 {
+    sock_recv(ctx.arg(0), ctx.arg::<u64>(5) as i32, ctx.arg(3));
+    0
+}
+
+/// `fexit/tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock,
+/// int flags, int *addr_len) -> int` (before 5.19).
+#[fexit(function = "tcp_recvmsg")]
+pub fn http_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
+    sock_recv(ctx.arg(0), ctx.arg::<u64>(6) as i32, ctx.arg(4));
+    0
+}
+
+/// A send or receive of `rc` bytes on socket `sk`: its record, when it was a read or write
 /// syscall of a process on a watched connection.
 #[inline(always)]
-fn sock_io(ctx: &RawTracePointContext, kind: u8) {
-    let rc = ctx.arg::<u64>(1) as i32;
+fn sock_io(sk: u64, rc: i32, kind: u8) {
     if rc <= 0 {
         return;
     }
@@ -1083,7 +1133,7 @@ fn sock_io(ctx: &RawTracePointContext, kind: u8) {
     if op_kind != kind || stop_after(stage::REGISTERS) {
         return;
     }
-    let Some(sock) = sock_id(ctx.arg(0)) else {
+    let Some(sock) = sock_id(sk) else {
         return;
     };
     let fd = args[0] as u32;

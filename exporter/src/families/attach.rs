@@ -271,18 +271,30 @@ pub fn start_raw_or_tracepoints<T>(
     tracepoints: &[(&'static str, &'static str, &'static str)],
     take_maps: impl FnOnce(&mut Ebpf) -> Result<T, ProbeError>,
 ) -> (Option<T>, ProbeStatus) {
-    let attach =
-        |ebpf: &mut Ebpf, mechanism: Mechanism| match raw.iter().find(|(m, _)| *m == mechanism) {
-            Some((_, programs)) => {
-                attach_raw_tracepoints(ebpf, programs)?;
-                Ok(programs.iter().map(|p| p.0).collect())
-            }
-            None => {
-                attach_tracepoints(ebpf, tracepoints)?;
-                Ok(tracepoints.iter().map(|p| p.0).collect())
-            }
-        };
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        attach_raw_or_tracepoints(ebpf, mechanism, raw, tracepoints)
+    };
     start_family_with(ebpf, family, plan, attach, take_maps)
+}
+
+/// Attaches `mechanism`: the raw tracepoint programs `raw` lists for it, else `tracepoints`;
+/// the names of the programs attached.
+pub fn attach_raw_or_tracepoints(
+    ebpf: &mut Ebpf,
+    mechanism: Mechanism,
+    raw: &[(Mechanism, &[(&'static str, &'static str)])],
+    tracepoints: &[(&'static str, &'static str, &'static str)],
+) -> Result<Vec<&'static str>, ProbeError> {
+    match raw.iter().find(|(m, _)| *m == mechanism) {
+        Some((_, programs)) => {
+            attach_raw_tracepoints(ebpf, programs)?;
+            Ok(programs.iter().map(|p| p.0).collect())
+        }
+        None => {
+            attach_tracepoints(ebpf, tracepoints)?;
+            Ok(tracepoints.iter().map(|p| p.0).collect())
+        }
+    }
 }
 
 /// Start-time maps (in-flight requests, runnable tasks) are plain hashes: an end event that is

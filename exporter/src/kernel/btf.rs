@@ -16,6 +16,8 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 /// Anonymous structs/unions nest rarely more than twice; a bound keeps a corrupt blob finite.
 const MAX_NESTING: u32 = 8;
@@ -89,6 +91,29 @@ impl KernelBtf {
             Some((bits, _)) => Err(format!("{name}.{member}: a bit field (bit {bits})")),
             None => Err(format!("BTF struct {name} has no member {member}")),
         }
+    }
+
+    /// The parameter names of kernel function `name` (from its `FUNC_PROTO`), in order: what an
+    /// `fexit` program's context holds before the return value. `None` when BTF has no such
+    /// function (renamed, removed, or inlined everywhere).
+    pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
+        let func = (1..=self.types.len() as u32).find(|&id| {
+            let (kind, name_off) = self.kind_and_name(id);
+            kind == KIND_FUNC && self.string(name_off) == Some(name.as_bytes())
+        })?;
+        let proto = read_u32(&self.data, self.position(func)? + 8)?;
+        let at = self.position(proto)?;
+        let (kind, _) = self.kind_and_name(proto);
+        if kind != KIND_FUNC_PROTO {
+            return None;
+        }
+        let info = read_u32(&self.data, at + 4)?;
+        (0..vlen(info))
+            .map(|i| {
+                let name_off = read_u32(&self.data, at + 12 + 8 * i)?;
+                Some(String::from_utf8_lossy(self.string(name_off)?).into_owned())
+            })
+            .collect()
     }
 
     /// The first struct (not a forward declaration) called `name`.
@@ -251,6 +276,20 @@ mod tests {
             btf.offset("inner", "a"),
             Err("BTF has no struct inner".into())
         );
+    }
+
+    /// This kernel's `tcp_sendmsg` and `tcp_recvmsg`, as the `fentry` HTTP programs expect them.
+    #[test]
+    fn function_parameters_of_this_kernel() {
+        let btf = KernelBtf::load().unwrap();
+        assert_eq!(
+            btf.function_params("tcp_sendmsg"),
+            Some(vec!["sk".into(), "msg".into(), "size".into()])
+        );
+        let recv = btf.function_params("tcp_recvmsg").unwrap();
+        assert_eq!(recv[0], "sk");
+        assert!(recv.iter().any(|p| p == "flags"), "{recv:?}");
+        assert_eq!(btf.function_params("no_such_function_here"), None);
     }
 
     #[test]

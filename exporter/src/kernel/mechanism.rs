@@ -9,14 +9,17 @@ use aya::programs::ProgramType;
 use super::{btf, tracefs::Tracefs};
 use serde::Deserialize;
 
+/// In order of preference (the derived order is [`Mechanism::PREFERENCE`]'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mechanism {
-    Fentry,
-    Kprobe,
-    BtfTracepoint,
     /// Raw tracepoints on the socket layer (`sock_send_length`/`sock_recv_length`, Linux 6.5+):
     /// the HTTP family's way to see sends and receives without a program on every syscall.
     SocketTracepoint,
+    /// `fexit` programs on kernel functions (BTF trampolines): the HTTP family's way on kernels
+    /// without the socket tracepoints.
+    Fentry,
+    Kprobe,
+    BtfTracepoint,
     RawTracepoint,
     Tracepoint,
     /// User-space probes (the `uprobe` family's only mechanism; not a kernel-path choice).
@@ -24,12 +27,14 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    /// Best first.
+    /// Best first. Socket tracepoints come before `fentry`: both run only on socket transfers,
+    /// and a tracepoint is a stable interface, where `fentry` attaches to kernel functions
+    /// whose names and parameters change between releases.
     pub const PREFERENCE: [Mechanism; 6] = [
+        Self::SocketTracepoint,
         Self::Fentry,
         Self::Kprobe,
         Self::BtfTracepoint,
-        Self::SocketTracepoint,
         Self::RawTracepoint,
         Self::Tracepoint,
     ];
@@ -50,6 +55,7 @@ impl Mechanism {
         match choice {
             MechanismChoice::Auto => None,
             MechanismChoice::SocketTracepoint => Some(Self::SocketTracepoint),
+            MechanismChoice::Fentry => Some(Self::Fentry),
             MechanismChoice::RawTracepoint => Some(Self::RawTracepoint),
             MechanismChoice::Tracepoint => Some(Self::Tracepoint),
         }
@@ -69,6 +75,7 @@ pub enum MechanismChoice {
     #[default]
     Auto,
     SocketTracepoint,
+    Fentry,
     RawTracepoint,
     Tracepoint,
 }

@@ -69,6 +69,45 @@ fn try_attach_raw_tracepoints(
     Ok(())
 }
 
+/// Loads and attaches `fexit` programs, `(program, kernel function)`, against the running
+/// kernel's BTF; on any failure unloads the ones loaded.
+pub fn attach_fexits(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    let attached = try_attach_fexits(ebpf, programs);
+    if attached.is_err() {
+        unload_programs(ebpf, programs.iter().map(|p| p.0));
+    }
+    attached
+}
+
+fn try_attach_fexits(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    // aya's own BTF model: its loader needs it to find each function's type id.
+    let btf = aya::Btf::from_sys_fs().map_err(|e| {
+        ProbeError::Mechanism(format!(
+            "fentry: reading /sys/kernel/btf/vmlinux failed: {e}"
+        ))
+    })?;
+    for (program, function) in programs {
+        let fexit: &mut aya::programs::FExit = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::missing_program(program))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { program, source })?;
+        fexit
+            .load(function, &btf)
+            .map_err(|source| ProbeError::Program { program, source })?;
+        fexit
+            .attach()
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
 /// One line on why the kernel refused a program: for a verifier refusal, the verifier's last
 /// message (its full log is logged at debug level), else the error itself.
 pub fn refusal(error: &ProbeError) -> String {
@@ -99,7 +138,7 @@ pub fn refusal(error: &ProbeError) -> String {
 }
 
 /// Unloads (and so detaches) the named programs: what an attempt that failed half-way loaded.
-fn unload_programs<'a>(ebpf: &mut Ebpf, names: impl IntoIterator<Item = &'a str>) {
+pub fn unload_programs<'a>(ebpf: &mut Ebpf, names: impl IntoIterator<Item = &'a str>) {
     for name in names {
         let unloaded = match ebpf.program_mut(name) {
             Some(aya::programs::Program::TracePoint(p)) => p.unload(),

@@ -18,10 +18,15 @@ use periscope_common::http::{HttpPending, REGS_WINDOW, SYSCALL_OPS, op};
 use super::{HttpConfig, HttpState, Tracker};
 use crate::{
     families::{
-        KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, candidates_plan,
-        start_raw_or_tracepoints,
+        KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus,
+        attach::{attach_raw_or_tracepoints, start_family_with},
+        candidates_plan,
     },
-    kernel::tracefs::Tracefs,
+    kernel::{
+        btf::KernelBtf,
+        programs::{attach_fexits, attach_raw_tracepoints, unload_programs},
+        tracefs::Tracefs,
+    },
 };
 
 const FAMILY: &str = "http";
@@ -31,6 +36,13 @@ const FAMILY: &str = "http";
 const SOCKET_PROGRAMS: &[(&str, &str)] = &[
     ("http_sock_send", "sock_send_length"),
     ("http_sock_recv", "sock_recv_length"),
+    ("http_sock_state", "inet_sock_set_state"),
+    ("http_process_exit_raw", "sched_process_exit"),
+];
+
+/// `(program, raw tracepoint)` beside the `fentry` programs ([`fentry_programs`]): TCP state
+/// changes and process exits, as on socket tracepoints.
+const FENTRY_RAW_PROGRAMS: &[(&str, &str)] = &[
     ("http_sock_state", "inet_sock_set_state"),
     ("http_process_exit_raw", "sched_process_exit"),
 ];
@@ -135,6 +147,7 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
     }
     const ALL: &[Mechanism] = &[
         Mechanism::SocketTracepoint,
+        Mechanism::Fentry,
         Mechanism::RawTracepoint,
         Mechanism::Tracepoint,
     ];
@@ -149,6 +162,7 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
         settings,
         |mechanism| match mechanism {
             Mechanism::SocketTracepoint => socket_offsets(kernel),
+            Mechanism::Fentry => fentry_offsets(kernel),
             Mechanism::RawTracepoint => raw_tracepoint_offsets(kernel),
             _ => tracefs
                 .ok_or_else(|| "tracefs is not mounted".to_string())
@@ -234,6 +248,76 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
     Ok(globals)
 }
 
+/// What the `fentry` programs need: the socket programs' offsets, `bpf_task_pt_regs` (5.15+),
+/// and the TCP functions with the parameters the programs read.
+fn fentry_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !crate::kernel::mechanism::release_at_least(release.trim(), (5, 15)) {
+        return Err(format!(
+            "kernel {}: bpf_task_pt_regs, which the programs read the syscall's arguments with, came in 5.15",
+            release.trim()
+        ));
+    }
+    fentry_programs(&*kernel.btf()?)?;
+    socket_offsets(kernel)
+}
+
+/// The `(fexit program, kernel function)` pairs for this kernel's BTF: `tcp_sendmsg`, the
+/// `tcp_recvmsg` program for its parameter list (5.19 dropped `nonblock`, later kernels
+/// `addr_len`), and `tcp_sendpage`
+/// where it still exists (sendfile's path before 6.5).
+fn fentry_programs(btf: &KernelBtf) -> Result<Vec<(&'static str, &'static str)>, String> {
+    let params = |function: &str| {
+        btf.function_params(function)
+            .ok_or_else(|| format!("BTF has no function {function}"))
+    };
+    let mut programs = Vec::new();
+    let send = params("tcp_sendmsg")?;
+    if send.first().map(String::as_str) != Some("sk") || send.len() != 3 {
+        return Err(format!("tcp_sendmsg{send:?}: expected (sk, msg, size)"));
+    }
+    programs.push(("http_tcp_sendmsg", "tcp_sendmsg"));
+    let recv = params("tcp_recvmsg")?;
+    let names: Vec<&str> = recv.iter().map(String::as_str).collect();
+    programs.push(match names.as_slice() {
+        ["sk", _, _, "flags"] => ("http_tcp_recvmsg_no_addr_len", "tcp_recvmsg"),
+        ["sk", _, _, "flags", _] => ("http_tcp_recvmsg", "tcp_recvmsg"),
+        ["sk", _, _, "nonblock", "flags", _] => ("http_tcp_recvmsg_nonblock", "tcp_recvmsg"),
+        _ => {
+            return Err(format!(
+                "tcp_recvmsg{names:?}: a parameter list the programs do not know"
+            ));
+        }
+    });
+    if let Ok(page) = params("tcp_sendpage") {
+        if page.first().map(String::as_str) != Some("sk") || page.len() != 5 {
+            return Err(format!(
+                "tcp_sendpage{page:?}: expected (sk, page, offset, size, flags)"
+            ));
+        }
+        programs.push(("http_tcp_sendpage", "tcp_sendpage"));
+    }
+    Ok(programs)
+}
+
+/// Attaches the `fentry` mechanism: the `fexit` programs for this kernel, then the raw
+/// tracepoint programs beside them (all or none).
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, ProbeError> {
+    let btf = KernelBtf::load().map_err(ProbeError::Mechanism)?;
+    let fexits = fentry_programs(&btf).map_err(ProbeError::Mechanism)?;
+    drop(btf);
+    attach_fexits(ebpf, &fexits)?;
+    if let Err(e) = attach_raw_tracepoints(ebpf, FENTRY_RAW_PROGRAMS) {
+        unload_programs(ebpf, fexits.iter().map(|p| p.0));
+        return Err(e);
+    }
+    Ok(fexits
+        .iter()
+        .chain(FENTRY_RAW_PROGRAMS)
+        .map(|p| p.0)
+        .collect())
+}
+
 /// Fills the raw programs' syscall-number table.
 fn fill_syscall_table(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let map = ebpf
@@ -305,7 +389,11 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
         (Mechanism::SocketTracepoint, SOCKET_PROGRAMS),
         (Mechanism::RawTracepoint, RAW_PROGRAMS),
     ];
-    start_raw_or_tracepoints(ebpf, FAMILY, plan, raw, PROGRAMS, |ebpf| {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| match mechanism {
+        Mechanism::Fentry => attach_fentry(ebpf),
+        _ => attach_raw_or_tracepoints(ebpf, mechanism, raw, PROGRAMS),
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
         fill_syscall_table(ebpf)?;
         let events = ebpf
             .take_map("HTTP_EVENTS")
@@ -441,7 +529,64 @@ pub fn state(config: &HttpConfig) -> Arc<Mutex<HttpState>> {
 
 #[cfg(test)]
 mod tests {
-    use super::wakeup_step_for;
+    use super::*;
+
+    /// A kernel with this machine's BTF that allows exactly `allowed`.
+    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
+        KernelSupport::with_mechanisms(
+            Mechanism::PREFERENCE
+                .into_iter()
+                .map(|m| {
+                    let allows = if allowed.contains(&m) {
+                        Ok(())
+                    } else {
+                        Err(format!("{m} is not in this test kernel"))
+                    };
+                    (m, allows)
+                })
+                .collect(),
+        )
+    }
+
+    /// Below 6.5 (no socket tracepoints), `auto` takes `fentry`, with the raw and per-syscall
+    /// tracepoints behind it; above, socket tracepoints come first and `fentry` is a fallback.
+    #[test]
+    fn fentry_comes_after_socket_tracepoints_and_before_syscalls() {
+        let config = HttpConfig::default();
+        let no_socket = kernel(&[
+            Mechanism::Fentry,
+            Mechanism::RawTracepoint,
+            Mechanism::Tracepoint,
+        ]);
+        let plan = plan(&config, &no_socket, None);
+        assert_eq!(plan.mechanism.ok(), Some(Mechanism::Fentry));
+        assert_eq!(plan.fallbacks, vec![Mechanism::RawTracepoint]);
+        let all = kernel(&[
+            Mechanism::SocketTracepoint,
+            Mechanism::Fentry,
+            Mechanism::RawTracepoint,
+        ]);
+        let plan = super::plan(&config, &all, None);
+        assert_eq!(plan.mechanism.ok(), Some(Mechanism::SocketTracepoint));
+        assert_eq!(
+            plan.fallbacks,
+            vec![Mechanism::Fentry, Mechanism::RawTracepoint]
+        );
+    }
+
+    /// This kernel's TCP functions have parameter lists the programs know.
+    #[test]
+    fn fentry_programs_match_this_kernels_tcp_functions() {
+        let btf = KernelBtf::load().unwrap();
+        let programs = fentry_programs(&btf).unwrap();
+        assert_eq!(programs[0], ("http_tcp_sendmsg", "tcp_sendmsg"));
+        assert_eq!(
+            programs[1],
+            ("http_tcp_recvmsg_no_addr_len", "tcp_recvmsg"),
+            "6.18: (sk, msg, len, flags)"
+        );
+        assert_eq!(programs.len(), 2, "no tcp_sendpage after 6.5: {programs:?}");
+    }
 
     #[test]
     fn wakeup_steps_share_an_eighth_of_the_ring_between_cpus() {
