@@ -432,7 +432,7 @@ def kubernetes_live(binary: str) -> None:
                     check(attached.get(family) == 1.0, f"{origin}: {family} not attached: {attached}")
                 info = metric_values(text, "target_info")
                 check(info and info[0][0].get("k8s_node_name") == "deploy-test-node",
-                      f"{origin}: OTEL_RESOURCE_ATTRIBUTES not applied: {info}")
+                      f"{origin}: K8S_NODE_NAME not applied: {info}")
                 if config.get("probes", {}).get("sched", {}).get("by_cgroup"):
                     series = metric_values(text, "kernel_sched_runqueue_latency_seconds_count")
                     check(any("cgroup_path" in l for l, _ in series),
