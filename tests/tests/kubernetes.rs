@@ -1,8 +1,11 @@
 //! Kubernetes identity from cgroup paths: an HTTP server that the test places in a cgroup v2
 //! directory shaped as the kubelet (systemd driver) and containerd name a container's, so its
 //! signals must carry that pod's `k8s.pod.uid` and that `container.id` (OTLP resource), and
-//! the node name from `K8S_NODE_NAME`; a client outside the cgroup must carry neither. No
-//! Kubernetes runs here: the path is all Periscope reads of a pod, and the path is real.
+//! the node name from `K8S_NODE_NAME`; a client outside the cgroup must carry neither. On the
+//! Prometheus endpoint the same attributes are the labels of the process's `target_info`
+//! series (text and protobuf), which a real Prometheus joins to the HTTP series on
+//! `service_instance_id`. No Kubernetes runs here: the path is all Periscope reads of a pod,
+//! and the path is real.
 
 use std::time::Duration;
 
@@ -16,6 +19,8 @@ use periscope_e2e::{
     exclusive, free_port,
     http::{SERVER, Server, client_counts, periscope_counts, plan, python_client},
     otlp_receiver::OtlpReceiver,
+    prometheus::Prometheus,
+    scrape::Scrape,
     wait_for,
 };
 
@@ -135,5 +140,82 @@ fn a_server_in_a_kubelet_shaped_cgroup_carries_its_pod_uid_and_container_id() {
         "{sched:?}"
     );
     assert_eq!(sched.labels.get("container_id"), Some(&cgroup.container_id));
+
+    prometheus_target_info_names_the_pod(&daemon, &cgroup, port, sent.len());
     drop(server);
+}
+
+/// The server's `target_info` in both encodings, and the join a Prometheus-only user writes.
+fn prometheus_target_info_names_the_pod(
+    daemon: &Daemon,
+    cgroup: &KubeCgroup,
+    port: u16,
+    requests: usize,
+) {
+    let port_label = port.to_string();
+    let instance = |scrape: &Scrape| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.name == format!("{SERVER}_count")
+                    && s.labels.get("server_port") == Some(&port_label)
+            })
+            .and_then(|s| s.labels.get("service_instance_id").cloned())
+            .expect("the server's series carry service_instance_id")
+    };
+    for (encoding, scrape) in [
+        ("protobuf", daemon.scrape()),
+        ("text", daemon.scrape_text()),
+    ] {
+        let instance = instance(&scrape);
+        let infos: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == "target_info" && s.labels.get("service_instance_id") == Some(&instance)
+            })
+            .collect();
+        assert_eq!(
+            infos.len(),
+            1,
+            "{encoding}: target_info of {instance}: {infos:?}"
+        );
+        let label = |k: &str| infos[0].labels.get(k).map(String::as_str);
+        assert_eq!(
+            label("k8s_pod_uid"),
+            Some(cgroup.pod_uid.as_str()),
+            "{encoding}"
+        );
+        assert_eq!(
+            label("container_id"),
+            Some(cgroup.container_id.as_str()),
+            "{encoding}"
+        );
+        assert_eq!(
+            label("container_runtime_name"),
+            Some("containerd"),
+            "{encoding}"
+        );
+        assert_eq!(label("k8s_node_name"), Some(NODE), "{encoding}");
+        assert_eq!(label("service_name"), Some("pod-api"), "{encoding}");
+        assert_eq!(infos[0].value, 1.0);
+    }
+
+    let prometheus = Prometheus::start(daemon.port, &[]);
+    let join = format!(
+        "sum by (k8s_pod_uid, container_id) (http_server_request_duration_seconds_count{{server_port=\"{port}\"}} \
+         * on (service_instance_id) group_left (k8s_pod_uid, container_id) target_info)"
+    );
+    let joined = wait_for(
+        "the join answers every request",
+        Duration::from_secs(20),
+        || {
+            let samples = prometheus.query(&join);
+            (samples.len() == 1 && samples[0].value == requests as f64).then_some(samples)
+        },
+    );
+    let label = |k: &str| joined[0].labels.get(k).and_then(|v| v.as_str());
+    assert_eq!(label("k8s_pod_uid"), Some(cgroup.pod_uid.as_str()));
+    assert_eq!(label("container_id"), Some(cgroup.container_id.as_str()));
 }
