@@ -52,7 +52,8 @@ pub fn parse(path: &str) -> CgroupIdentity {
     let mut under_kubepods = false;
     for component in path.split('/') {
         if identity.pod_uid.is_none() {
-            if component == "kubepods" || component.starts_with("kubepods-") {
+            // `kubepods` (cgroupfs), `kubepods.slice`, `kubepods-<qos>.slice` (systemd).
+            if component.split(['.', '-']).next() == Some("kubepods") {
                 under_kubepods = true;
             }
             if under_kubepods {
@@ -76,11 +77,6 @@ pub fn parse(path: &str) -> CgroupIdentity {
         }
     }
     identity
-}
-
-/// The container id anywhere in a cgroup path (see [`parse`]).
-pub fn container_id(path: &str) -> Option<String> {
-    parse(path).container_id
 }
 
 /// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd) or `pod<uid>` (cgroupfs).

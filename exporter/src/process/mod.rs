@@ -8,7 +8,7 @@ pub mod cgroup;
 
 use std::{sync::Arc, time::Duration};
 
-pub use self::cgroup::{CgroupIdentity, container_id};
+pub use self::cgroup::CgroupIdentity;
 pub use crate::model::resource::ProcessResource;
 use crate::model::resource::{attr, node_name};
 use serde::Deserialize;
