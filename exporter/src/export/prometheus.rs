@@ -280,7 +280,7 @@ pub(crate) mod tests {
             })
         });
         Metric {
-            name: "http.server.request.duration",
+            name: crate::model::names::HTTP_SERVER_REQUEST_DURATION,
             description: "d",
             unit: "s",
             points: Points::Counter(vec![]),

@@ -15,6 +15,8 @@
 //! Paths are written by whoever may create cgroups (a delegated subtree in a container too), so
 //! every piece is checked for its exact shape before it becomes an attribute.
 
+use crate::model::resource::attr;
+
 /// What one cgroup path says; every field is `None` for a process outside any container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupIdentity {
@@ -28,6 +30,22 @@ pub struct CgroupIdentity {
 }
 
 impl CgroupIdentity {
+    /// As OTel semantic-convention attributes: `container.id`, `container.runtime.name`,
+    /// `k8s.pod.uid`, those the path named.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        [
+            (attr::CONTAINER_ID, self.container_id.clone()),
+            (
+                attr::CONTAINER_RUNTIME_NAME,
+                self.runtime.map(str::to_string),
+            ),
+            (attr::K8S_POD_UID, self.pod_uid.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+    }
+
     /// Whether the path named nothing (no container, no pod).
     pub fn is_empty(&self) -> bool {
         self.container_id.is_none() && self.pod_uid.is_none()

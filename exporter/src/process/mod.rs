@@ -142,20 +142,13 @@ impl ProcessInfo {
     /// `container.id`, `container.runtime.name`, `k8s.pod.uid` where the cgroup names them,
     /// and `k8s.node.name` (`node`) for every process on a Kubernetes node.
     fn cgroup_attributes(&self, node: Option<String>) -> Vec<(String, String)> {
-        let CgroupIdentity {
-            container_id,
-            runtime,
-            pod_uid,
-        } = &self.cgroup;
-        [
-            (attr::CONTAINER_ID, container_id.clone()),
-            (attr::CONTAINER_RUNTIME_NAME, runtime.map(str::to_string)),
-            (attr::K8S_POD_UID, pod_uid.clone()),
-            (attr::K8S_NODE_NAME, node),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_string(), value?)))
-        .collect()
+        let node = node.map(|n| (attr::K8S_NODE_NAME, n));
+        self.cgroup
+            .attributes()
+            .into_iter()
+            .chain(node)
+            .map(|(key, value)| (key.to_string(), value))
+            .collect()
     }
 
     /// Whether `selector` picks this process for a connection on `port` (server: listening

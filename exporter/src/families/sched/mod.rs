@@ -27,8 +27,6 @@ use crate::{
     kernel::tracefs::Tracefs,
     model::histogram::{Histogram, ValueUnit, read_series},
     model::metrics::{Attributes, Metric},
-    model::resource::attr,
-    process::CgroupIdentity,
 };
 
 const FAMILY: &str = "sched";
@@ -196,31 +194,15 @@ fn with_cgroup_attributes(series: Vec<(u64, Histogram)>) -> Vec<(Attributes, His
                     .cloned()
                     .unwrap_or_else(|| format!("id:{id}")),
             };
-            let identity = crate::process::cgroup::parse(&path);
+            // The container and pod of the cgroup, as point attributes of its series.
+            let identity = crate::process::cgroup::parse(&path).attributes();
             let mut attributes = vec![("cgroup.path", path)];
-            attributes.extend(cgroup_identity_attributes(identity));
+            attributes.extend(identity);
             (attributes, histogram)
         })
         .collect();
     points.sort_by(|a, b| a.0.cmp(&b.0));
     points
-}
-
-/// The container and pod a cgroup belongs to, as point attributes of its run-queue series.
-fn cgroup_identity_attributes(identity: CgroupIdentity) -> Attributes {
-    let CgroupIdentity {
-        container_id,
-        runtime,
-        pod_uid,
-    } = identity;
-    [
-        (attr::CONTAINER_ID, container_id),
-        (attr::CONTAINER_RUNTIME_NAME, runtime.map(str::to_string)),
-        (attr::K8S_POD_UID, pod_uid),
-    ]
-    .into_iter()
-    .filter_map(|(key, value)| Some((key, value?)))
-    .collect()
 }
 
 /// cgroup v2 id (the directory's inode number) to path, walking the unified hierarchy.
