@@ -1,6 +1,7 @@
 //! Kubernetes identity from cgroup paths: an HTTP server that the test places in a cgroup v2
 //! directory shaped as the kubelet (systemd driver) and containerd name a container's, so its
-//! signals must carry that pod's `k8s.pod.uid` and that `container.id` (OTLP resource), and
+//! signals (HTTP and TCP metrics, run-queue latency) must carry that pod's `k8s.pod.uid` and
+//! that `container.id` (OTLP resource), and
 //! the node name from `K8S_NODE_NAME`; a client outside the cgroup must carry neither. On the
 //! Prometheus endpoint the same attributes are the labels of the process's `target_info`
 //! series (text and protobuf), which a real Prometheus joins to the HTTP series on
@@ -26,8 +27,8 @@ use periscope_e2e::{
 
 const NODE: &str = "e2e-node-1";
 
-/// HTTP and per-cgroup run-queue latency, OTLP every second.
-const CONFIG: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    by_cgroup: true\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\notlp:\n  interval: 1s\n";
+/// HTTP, TCP and per-cgroup run-queue latency, OTLP every second.
+const CONFIG: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    by_cgroup: true\n  syscall:\n    enabled: false\notlp:\n  interval: 1s\n";
 
 fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
@@ -111,6 +112,31 @@ fn a_server_in_a_kubelet_shaped_cgroup_carries_its_pod_uid_and_container_id() {
     );
     assert_eq!(attr(&server_resource, "k8s.node.name"), Some(NODE));
     assert_eq!(attr(&server_resource, "service.name"), Some("pod-api"));
+
+    // The TCP family reads the same process: its connections carry the same pod.
+    let tcp_resource = wait_for(
+        "an OTLP export with the server's TCP connections",
+        Duration::from_secs(20),
+        || {
+            receiver.requests().iter().rev().find_map(|r| {
+                resources_with(r, "kernel.tcp.connections")
+                    .into_iter()
+                    .find(|a| attr(a, "process.pid") == Some(pid.as_str()))
+            })
+        },
+    );
+    for key in [
+        "k8s.pod.uid",
+        "container.id",
+        "container.runtime.name",
+        "k8s.node.name",
+    ] {
+        assert_eq!(
+            attr(&tcp_resource, key),
+            attr(&server_resource, key),
+            "{key} on the TCP resource"
+        );
+    }
 
     // The client ran outside any container: a node name, no pod, no container.
     let last = receiver.requests().last().cloned().expect("a request");
