@@ -46,11 +46,12 @@ lint: setup
 bench: setup
 	bash bench/run.sh $(ARGS)
 
-# Each HTTP fuzz target for a minute (cargo-fuzz on the nightly toolchain).
+# Each fuzz target for a minute (cargo-fuzz on the nightly toolchain).
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	cd fuzz && cargo +nightly fuzz run http_parse -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run http_connection -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run cgroup_path -- -max_total_time=60
 
 clean:
 	$(CARGO) clean

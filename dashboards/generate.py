@@ -14,6 +14,7 @@ panels of the Services dashboard show exemplars (the trace of a sampled request 
 
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +63,33 @@ def query_var(name, label, query):
 
 
 HOST = query_var("host", "Host (Periscope instance)", "label_values(periscope_probe_attached, instance)")
+
+# Kubernetes: the pod of each process, by the recording rule service_instance:kube_pod_info:join
+# (rules/periscope-alerts.yaml: Periscope's target_info joined with kube-state-metrics'
+# kube_pod_info on the pod uid). Processes in no pod have empty labels there.
+POD_INFO = "service_instance:kube_pod_info:join"
+NAMESPACE = query_var("namespace", "Namespace", f"label_values({POD_INFO}, namespace)")
+WORKLOAD = query_var(
+    "workload",
+    "Workload (pod owner)",
+    f'label_values({POD_INFO}{{namespace=~"$namespace"}}, created_by_name)',
+)
+# The processes the namespace and workload filters leave out. Subtracted with `unless`, so that
+# with "All" (".*": every value, the empty one too) nothing is left out, and a Prometheus without
+# the rule or without kube-state-metrics shows every process.
+POD_EXCLUDED = (
+    f'{POD_INFO}{{namespace!~"$namespace"}} or {POD_INFO}{{created_by_name!~"$workload"}}'
+)
+
+
+def in_selected_pods(expr):
+    """Every `rate(...)`/`increase(...)` of a per-process series in `expr` without the
+    processes of other namespaces and workloads (joined on service_instance_id)."""
+    return re.sub(
+        r"\b(rate|increase)\((\w+\{[^}]*\}\[[^\]]+\])\)",
+        lambda m: f"({m.group(1)}({m.group(2)}) unless on (service_instance_id) ({POD_EXCLUDED}))",
+        expr,
+    )
 
 
 # --- panels ---------------------------------------------------------------------------------
@@ -447,8 +475,14 @@ def services():
         ]
 
     items = side(server, "Server", False) + side(client, "Client", True)
+    for line in items:
+        for panel in line:
+            for t in panel.get("targets", []):
+                t["expr"] = in_selected_pods(t["expr"])
     variables = [
         HOST,
+        NAMESPACE,
+        WORKLOAD,
         query_var(
             "service",
             "Service",

@@ -11,8 +11,10 @@ No Kubernetes cluster, Docker engine or systemd (as PID 1) exists on the test ma
   runs with the unit's identity, capabilities, no_new_privs and default RLIMIT_MEMLOCK (setpriv,
   prlimit), under strace, and every system call and socket family it used is checked against
   the unit's SystemCallFilter and RestrictAddressFamilies.
-- The collector config and the compose stack are parsed and cross-checked (pipelines, mounts,
-  ports, provisioning); Prometheus' config is checked by the real promtool.
+- The collector configs and the compose stack are parsed and cross-checked (pipelines, mounts,
+  ports, provisioning); the node collector's k8sattributes section against the processor's
+  configuration rules, its DaemonSet and RBAC against the schemas; Prometheus' config is checked
+  by the real promtool.
 
 Usage: validate.py SUBCOMMAND [PERISCOPE_BINARY]
 """
@@ -165,6 +167,8 @@ def check_objects(docs: list[dict], origin: str) -> dict[str, dict]:
     check(cm == objs["ConfigMap"]["metadata"]["name"], f"{origin}: config volume names no ConfigMap")
     check(Path(config_path).name in objs["ConfigMap"]["data"], f"{origin}: no {config_path} in it")
     env = {e["name"]: e for e in container["env"]}
+    node = env.get("K8S_NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    check(node == "spec.nodeName", f"{origin}: K8S_NODE_NAME (k8s.node.name) is not spec.nodeName")
     listen = env["PERISCOPE_PROMETHEUS_LISTEN"]["value"]
     check(listen.endswith(f":{ports['metrics']}"), f"{origin}: listen {listen} != metrics port")
     if "Service" in objs:
@@ -432,7 +436,7 @@ def kubernetes_live(binary: str) -> None:
                     check(attached.get(family) == 1.0, f"{origin}: {family} not attached: {attached}")
                 info = metric_values(text, "target_info")
                 check(info and info[0][0].get("k8s_node_name") == "deploy-test-node",
-                      f"{origin}: OTEL_RESOURCE_ATTRIBUTES not applied: {info}")
+                      f"{origin}: K8S_NODE_NAME not applied: {info}")
                 if config.get("probes", {}).get("sched", {}).get("by_cgroup"):
                     series = metric_values(text, "kernel_sched_runqueue_latency_seconds_count")
                     check(any("cgroup_path" in l for l, _ in series),
@@ -655,6 +659,21 @@ def traced_syscalls(trace: Path, binary: str) -> tuple[set[str], set[str]]:
 def collector() -> None:
     path = DEPLOY / "otel-collector" / "config.yaml"
     cfg = yaml.safe_load(path.read_text())
+    pipelines = check_pipelines(cfg)
+    metric_exporters = [e.split("/")[0] for e in pipelines["metrics"]["exporters"]]
+    check(set(metric_exporters) & {"prometheusremotewrite", "prometheus"},
+          f"metrics go to no Prometheus exporter: {metric_exporters}")
+    (traces_out,) = pipelines["traces"]["exporters"]
+    check(traces_out.split("/")[0] == "otlp", f"traces exporter {traces_out}")
+    check("tempo:4317" in cfg["exporters"][traces_out]["endpoint"], "traces do not go to tempo:4317")
+    say(f"collector: pipelines {sorted(pipelines)} reference only defined components; "
+        f"OTLP in on 4317/4318; metrics -> {metric_exporters}; traces -> Tempo")
+    collector_k8s_node()
+
+
+def check_pipelines(cfg: dict) -> dict:
+    """Every pipeline names defined components, memory_limiter first and a batch; nothing
+    defined goes unused; metrics and traces come in over OTLP on the standard ports."""
     pipelines = cfg["service"]["pipelines"]
     used = {"receivers": set(), "processors": set(), "exporters": set()}
     for name, pipe in pipelines.items():
@@ -674,14 +693,107 @@ def collector() -> None:
     protocols = cfg["receivers"]["otlp"]["protocols"]
     check(protocols["grpc"]["endpoint"].endswith(":4317"), "OTLP gRPC is not on 4317")
     check(protocols["http"]["endpoint"].endswith(":4318"), "OTLP HTTP is not on 4318")
-    metric_exporters = [e.split("/")[0] for e in pipelines["metrics"]["exporters"]]
-    check(set(metric_exporters) & {"prometheusremotewrite", "prometheus"},
-          f"metrics go to no Prometheus exporter: {metric_exporters}")
-    (traces_out,) = pipelines["traces"]["exporters"]
-    check(traces_out.split("/")[0] == "otlp", f"traces exporter {traces_out}")
-    check("tempo:4317" in cfg["exporters"][traces_out]["endpoint"], "traces do not go to tempo:4317")
-    say(f"collector: pipelines {sorted(pipelines)} reference only defined components; "
-        f"OTLP in on 4317/4318; metrics -> {metric_exporters}; traces -> Tempo")
+    return pipelines
+
+
+# The k8sattributes processor's configuration as its Go struct reads it (contrib
+# processor/k8sattributesprocessor/config.go and internal/k8sconfig): the collector refuses
+# unknown keys and unsupported metadata at start, which cannot be run here (no collector binary
+# is installable), so the same rules are checked on the file.
+K8SATTRIBUTES_KEYS = {"auth_type", "context", "passthrough", "extract", "filter", "pod_association",
+                      "exclude", "wait_for_metadata", "wait_for_metadata_timeout"}
+K8SATTRIBUTES_AUTH = {"none", "serviceAccount", "kubeConfig", "tlsAndColocated"}
+K8SATTRIBUTES_FILTER_KEYS = {"node", "node_from_env_var", "namespace", "fields", "labels"}
+K8SATTRIBUTES_EXTRACT_KEYS = {"metadata", "annotations", "labels", "otel_annotations", "service_attributes"}
+K8SATTRIBUTES_METADATA = {
+    "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.hostname", "k8s.pod.start_time",
+    "k8s.pod.ip", "k8s.deployment.name", "k8s.deployment.uid", "k8s.replicaset.name",
+    "k8s.replicaset.uid", "k8s.daemonset.name", "k8s.daemonset.uid", "k8s.statefulset.name",
+    "k8s.statefulset.uid", "k8s.job.name", "k8s.job.uid", "k8s.cronjob.name", "k8s.node.name",
+    "k8s.node.uid", "k8s.container.name", "container.id", "container.image.name",
+    "container.image.tag", "container.image.repo_digests", "k8s.cluster.uid",
+}
+# What each extracted field needs to read (besides pods): the rules the ClusterRole must grant.
+K8SATTRIBUTES_NEEDS = {"k8s.namespace.name": ("", "pods"), "k8s.deployment.name": ("apps", "replicasets"),
+                       "k8s.node.uid": ("", "nodes")}
+
+
+def exporter_attribute(name: str) -> bool:
+    """Whether Periscope's model declares the resource attribute `name` (model/resource.rs)."""
+    text = (ROOT / "exporter" / "src" / "model" / "resource.rs").read_text()
+    return f'"{name}"' in text
+
+
+def collector_k8s_node() -> None:
+    """deploy/otel-collector/k8s-node.yaml and the DaemonSet of kubernetes.yaml that runs it."""
+    path = DEPLOY / "otel-collector" / "k8s-node.yaml"
+    text = path.read_text()
+    cfg = yaml.safe_load(text)
+    pipelines = check_pipelines(cfg)
+    k8s = cfg["processors"]["k8sattributes"]
+    unknown = set(k8s) - K8SATTRIBUTES_KEYS
+    check(not unknown, f"k8sattributes: unknown keys {sorted(unknown)}")
+    check(k8s.get("auth_type", "serviceAccount") in K8SATTRIBUTES_AUTH, f"auth_type {k8s.get('auth_type')}")
+    check(not k8s.get("passthrough"), "k8sattributes: passthrough would add only the pod IP")
+    check(not set(k8s["filter"]) - K8SATTRIBUTES_FILTER_KEYS, f"filter keys {sorted(k8s['filter'])}")
+    node_env = k8s["filter"].get("node_from_env_var")
+    check(node_env == "K8S_NODE_NAME", f"k8sattributes is not filtered to the node: {k8s['filter']}")
+    check(not set(k8s["extract"]) - K8SATTRIBUTES_EXTRACT_KEYS, f"extract keys {sorted(k8s['extract'])}")
+    metadata = k8s["extract"]["metadata"]
+    bad = [m for m in metadata if m not in K8SATTRIBUTES_METADATA]
+    check(not bad, f"k8sattributes: unsupported metadata {bad}")
+    for m in ["k8s.namespace.name", "k8s.pod.name", "k8s.container.name", "k8s.deployment.name",
+              "k8s.statefulset.name", "k8s.daemonset.name", "k8s.job.name"]:
+        check(m in metadata, f"k8sattributes does not extract {m}")
+    # Association: by pod uid first, then by container id, each a resource attribute that
+    # Periscope really sets.
+    sources = []
+    for rule in k8s["pod_association"]:
+        check(set(rule) == {"sources"}, f"pod_association rule keys {sorted(rule)}")
+        check(len(rule["sources"]) <= 4, "pod_association: at most 4 sources per rule")
+        for src in rule["sources"]:
+            check(src.get("from") in {"resource_attribute", "connection"}, f"association from {src}")
+        sources.append([src.get("name") for src in rule["sources"]])
+    check(sources == [["k8s.pod.uid"], ["container.id"]],
+          f"association must be k8s.pod.uid, then container.id: {sources}")
+    for name in ["k8s.pod.uid", "container.id"]:
+        check(exporter_attribute(name), f"Periscope does not set {name}, the association would never match")
+    for name, pipe in pipelines.items():
+        procs = pipe["processors"]
+        check("k8sattributes" in procs and procs.index("k8sattributes") < procs.index("batch"),
+              f"{name}: k8sattributes must run before batch (a batch mixes resources)")
+
+    docs = load_docs(DEPLOY / "otel-collector" / "kubernetes.yaml")
+    schema_validate(docs, "deploy/otel-collector/kubernetes.yaml")
+    objs = by_kind(docs)
+    check(objs["ConfigMap"]["data"].get(path.name) == text,
+          f"the ConfigMap's {path.name} is not deploy/otel-collector/{path.name} verbatim")
+    pod = objs["DaemonSet"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get(node_env, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+          f"the collector's {node_env} is not the downward API's spec.nodeName")
+    check(f"--config=/etc/otelcol/{path.name}" in c["args"], f"collector args {c['args']}")
+    sa = pod["serviceAccountName"]
+    check(sa == objs["ServiceAccount"]["metadata"]["name"], "serviceAccountName names no ServiceAccount")
+    binding = objs["ClusterRoleBinding"]
+    check(binding["roleRef"]["name"] == objs["ClusterRole"]["metadata"]["name"], "binding names no ClusterRole")
+    check(any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in binding["subjects"]),
+          "the ClusterRoleBinding does not bind the collector's ServiceAccount")
+    granted = {(g, r, v) for rule in objs["ClusterRole"]["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    needed = {("", "pods")} | {K8SATTRIBUTES_NEEDS[m] for m in metadata if m in K8SATTRIBUTES_NEEDS}
+    for group, resource in sorted(needed):
+        for verb in ["get", "list", "watch"]:
+            check((group, resource, verb) in granted, f"ClusterRole lacks {verb} {group}/{resource}")
+    check(all(v in {"get", "list", "watch"} for _, _, v in granted), "the ClusterRole grants more than reading")
+    ports = {p["containerPort"]: p for p in c["ports"]}
+    grpc = cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
+    check(ports.get(int(grpc), {}).get("hostPort") == int(grpc),
+          "the OTLP gRPC port is not a hostPort: Periscope (host network) sends to the node's address")
+    say(f"k8s-node collector: k8sattributes associates by k8s.pod.uid then container.id, filtered to "
+        f"the node ({node_env} from spec.nodeName), extracts {len(metadata)} fields; its DaemonSet, "
+        f"ConfigMap and read-only ClusterRole are valid and agree")
 
 
 # ------------------------------------------------------------------------------------ compose

@@ -26,7 +26,8 @@ pub struct Server {
 }
 
 impl Server {
-    fn spawn(mut command: Command, port: u16, dir: Option<tempfile::TempDir>) -> Self {
+    /// Runs `command` (a server that will listen on `port`) and waits until it accepts.
+    pub fn spawn(mut command: Command, port: u16, dir: Option<tempfile::TempDir>) -> Self {
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -44,6 +45,20 @@ impl Server {
 
     /// `python3 server.py PORT keepalive|close [DOWNSTREAM]`, with OTEL_SERVICE_NAME set.
     pub fn python(port: u16, keepalive: bool, downstream: Option<u16>, service: &str) -> Self {
+        Self::spawn(
+            Self::python_command(port, keepalive, downstream, service),
+            port,
+            None,
+        )
+    }
+
+    /// The command [`Server::python`] runs, for a test that changes it before the spawn.
+    pub fn python_command(
+        port: u16,
+        keepalive: bool,
+        downstream: Option<u16>,
+        service: &str,
+    ) -> Command {
         let mut c = Command::new("python3");
         c.arg(workload("server.py"))
             .arg(port.to_string())
@@ -52,7 +67,7 @@ impl Server {
         if let Some(d) = downstream {
             c.arg(d.to_string());
         }
-        Self::spawn(c, port, None)
+        c
     }
 
     pub fn node(port: u16, keepalive: bool) -> Self {

@@ -3,6 +3,7 @@
 //! ports and child processes) and compares with what the workload itself or a reference tool
 //! (libbpf-tools) measured. Tests need root, tracefs and the tools `make test` installs.
 
+pub mod cgroup;
 pub mod daemon;
 pub mod http;
 pub mod loopdev;

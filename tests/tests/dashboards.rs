@@ -19,6 +19,7 @@ use std::{
 };
 
 use periscope_e2e::{
+    cgroup::KubeCgroup,
     daemon::Daemon,
     exclusive, free_port,
     http::{Server, plan, python_client, workload},
@@ -169,7 +170,11 @@ fn rule_names(files: &[PathBuf], kind: &str) -> Vec<String> {
 struct Query {
     origin: String,
     title: String,
+    /// With every variable "All".
     expr: String,
+    /// As written in the dashboard, and the dashboard's variables.
+    raw: String,
+    variables: BTreeSet<String>,
 }
 
 /// Panels showing what the workloads deliberately cause: their queries must return a value
@@ -192,6 +197,11 @@ const POSITIVE: &[&str] = &[
 /// Grafana's built-in variables and the dashboard's own template variables, replaced by what
 /// Grafana would send with "All" selected (every variable has allValue ".*").
 fn substitute(expr: &str, variables: &BTreeSet<String>) -> String {
+    substitute_with(expr, variables, &[])
+}
+
+/// As [`substitute`], with the variables of `chosen` set to one value each instead of "All".
+fn substitute_with(expr: &str, variables: &BTreeSet<String>, chosen: &[(&str, &str)]) -> String {
     let expr = expr
         .replace("$__rate_interval", "1m")
         .replace("${__rate_interval}", "1m")
@@ -215,7 +225,11 @@ fn substitute(expr: &str, variables: &BTreeSet<String>) -> String {
             variables.contains(name),
             "${name} is not a template variable of the dashboard: {expr}"
         );
-        out.push_str(".*");
+        let value = chosen
+            .iter()
+            .find(|(v, _)| *v == name)
+            .map_or(".*", |c| c.1);
+        out.push_str(value);
         rest = &after[len..];
     }
     out.push_str(rest);
@@ -280,6 +294,8 @@ fn dashboard_queries() -> (Vec<Query>, Vec<(String, String, String)>) {
                         target["refId"].as_str().unwrap_or("")
                     ),
                     expr: substitute(expr, &variables),
+                    raw: expr.to_string(),
+                    variables: variables.clone(),
                 });
             }
         }
@@ -310,7 +326,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target_port: u16, rules: &[PathBuf]) -> Self {
+    /// Scrapes Periscope on `target_port` and kube-state-metrics (the test's stand-in) on
+    /// `kube_state_metrics_port`.
+    fn start(target_port: u16, kube_state_metrics_port: u16, rules: &[PathBuf]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let rule_list: String = rules
@@ -320,7 +338,8 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n{rule_list}\
-             scrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+             scrape_configs:\n  - job_name: periscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n\
+             \x20 - job_name: kube-state-metrics\n    static_configs:\n      - targets: ['127.0.0.1:{kube_state_metrics_port}']\n"
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
@@ -442,6 +461,66 @@ fn encode(s: &str) -> String {
 }
 
 // --- workloads -----------------------------------------------------------------------------
+
+/// The namespace, pod and owner the stand-in kube-state-metrics gives the test's pod.
+const POD_NAMESPACE: &str = "shop";
+const POD_OWNER: &str = "shop";
+
+/// A stand-in for kube-state-metrics (no Kubernetes API server, so no real one, can run here):
+/// `/metrics` answers the one `kube_pod_info` series of the test's pod, with the labels the
+/// real exporter gives it (namespace, pod, uid, node, created_by_kind, created_by_name).
+struct KubeStateMetrics {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KubeStateMetrics {
+    fn serve(pod_uid: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("address").port();
+        let body = format!(
+            "# HELP kube_pod_info Information about pod.\n# TYPE kube_pod_info gauge\n\
+             kube_pod_info{{namespace=\"{POD_NAMESPACE}\",pod=\"shop-0\",uid=\"{pod_uid}\",\
+             node=\"test-node\",created_by_kind=\"StatefulSet\",created_by_name=\"{POD_OWNER}\"}} 1\n"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request);
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for KubeStateMetrics {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// `kernel.bpf_stats_enabled=1` while it lives (the BPF run-time panels need it), then the
 /// previous value back.
@@ -630,16 +709,22 @@ fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
     step(started, "starting periscope");
     let daemon = Daemon::start(&config, &daemon_env);
     pids.lock().unwrap().push(daemon.pid());
+    // The HTTP server runs in a kubelet-shaped cgroup (a pod's container), and a stand-in for
+    // kube-state-metrics names that pod, so the namespace and workload variables have values.
+    let pod = KubeCgroup::burstable_containerd();
+    let kube_state_metrics = KubeStateMetrics::serve(&pod.pod_uid);
     step(started, "starting prometheus");
-    let prometheus = Prometheus::start(daemon.port, &rules);
+    let prometheus = Prometheus::start(daemon.port, kube_state_metrics.port, &rules);
     pids.lock().unwrap().push(prometheus.child.id());
     step(started, "starting workloads");
 
     let mut workloads = Workloads::new();
     // HTTP: a Python server and keep-alive client; the plan includes 404s and 500s.
-    let server = Server::python(free_port(), true, None, "dashboards-shop");
+    let http_port = free_port();
+    let mut command = Server::python_command(http_port, true, None, "dashboards-shop");
+    pod.place(&mut command);
+    let server = Server::spawn(command, http_port, None);
     pids.lock().unwrap().push(server.pid());
-    let http_port = server.port;
     workloads.spawn("http", Duration::from_millis(200), move || {
         let sent = python_client(http_port, true, &plan(3));
         assert!(sent.iter().any(|s| s.status == 500));
@@ -751,19 +836,32 @@ fn unix_now() -> f64 {
 
 /// The expression of the panel titled `title` in dashboard `file`, its range set to `window`.
 fn panel_expr(queries: &[Query], file: &str, title: &str, window: u64) -> String {
+    panel_expr_with(queries, file, title, window, &[])
+}
+
+/// As [`panel_expr`], with the variables of `chosen` set instead of "All".
+fn panel_expr_with(
+    queries: &[Query],
+    file: &str,
+    title: &str,
+    window: u64,
+    chosen: &[(&str, &str)],
+) -> String {
     let q = queries
         .iter()
         .find(|q| q.title == title && q.origin.starts_with(file))
         .unwrap_or_else(|| panic!("{file}: no panel {title:?}"));
     assert!(q.expr.contains("[1m]"), "{}: {}", q.origin, q.expr);
-    q.expr.replace("[1m]", &format!("[{window}s]"))
+    substitute_with(&q.raw, &q.variables, chosen).replace("[1m]", &format!("[{window}s]"))
 }
 
 /// Values, not only data: with the background workloads stopped (their counters flat), a known
 /// workload (6 rounds of the HTTP plan: 36 requests to the shop, 6 of them 500s; 200 O_DIRECT
 /// 4 KiB writes and 100 64 KiB reads on the test's disk) inside a window of `WINDOW` seconds,
 /// then three panels' own expressions, their range set to that window and evaluated at its end:
-/// requests/s, the server error ratio and IOPS by device and operation. Rates times the window
+/// requests/s and the server error ratio (the shop's service selected), and IOPS by device and
+/// operation; requests/s again with the namespace and workload filters set to the shop's pod,
+/// and to values that leave nothing (another namespace, an unknown workload). Rates times the window
 /// give the counts back within 20% (Prometheus extrapolates a rate to its range's edges from
 /// the first and last scrape inside it: up to one 1 s scrape interval in `WINDOW`, 5%). The
 /// workload runs between those two scrapes: it starts 2 s into the window and ends at least
@@ -793,7 +891,16 @@ fn panels_show_a_known_workload(
     let errors = sent.iter().filter(|s| s.status >= 500).count() as f64;
     let close = |shown: f64, expected: f64| shown >= 0.9 * expected && shown <= 1.2 * expected;
 
-    let expr = panel_expr(queries, "services.json", "Server: requests/s", WINDOW);
+    // The shop's service only: the test process itself serves HTTP too (the kube-state-metrics
+    // stand-in, scraped every second), and Periscope counts every server on the machine.
+    let shop = [("service", "dashboards-shop")];
+    let expr = panel_expr_with(
+        queries,
+        "services.json",
+        "Server: requests/s",
+        WINDOW,
+        &shop,
+    );
     let shown: f64 = prometheus
         .query_at(&expr, at)
         .expect("requests/s")
@@ -803,10 +910,50 @@ fn panels_show_a_known_workload(
     println!("Server: requests/s shows {shown}; sent {requests} in {WINDOW} s");
     assert!(
         close(shown * WINDOW as f64, requests),
-        "Server: requests/s {shown} for {requests} requests in {WINDOW} s: {expr}"
+        "Server: requests/s {shown} for {requests} requests in {WINDOW} s: {expr}\nscrapes: {}\nshop counts: {:?}",
+        scrape_health(prometheus),
+        prometheus.query_at(
+            r#"http_server_request_duration_seconds_count{service_name="dashboards-shop"}"#,
+            at
+        )
     );
 
-    let expr = panel_expr(queries, "services.json", "Server: error ratio", WINDOW);
+    // The namespace and workload filters: the shop's pod is all of it; another namespace
+    // has none of it (and no process outside a pod either).
+    for (namespace, workload, expected) in [
+        (POD_NAMESPACE, ".*", requests),
+        (POD_NAMESPACE, POD_OWNER, requests),
+        ("kube-system", ".*", 0.0),
+        (".*", "no-such-workload", 0.0),
+    ] {
+        let expr = panel_expr_with(
+            queries,
+            "services.json",
+            "Server: requests/s",
+            WINDOW,
+            &[("namespace", namespace), ("workload", workload)],
+        );
+        let shown: f64 = prometheus
+            .query_at(&expr, at)
+            .expect("requests/s")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        println!("Server: requests/s with namespace {namespace}, workload {workload}: {shown}");
+        if expected == 0.0 {
+            assert_eq!(shown, 0.0, "{expr}");
+        } else {
+            assert!(close(shown * WINDOW as f64, expected), "{shown}: {expr}");
+        }
+    }
+
+    let expr = panel_expr_with(
+        queries,
+        "services.json",
+        "Server: error ratio",
+        WINDOW,
+        &shop,
+    );
     let shown = prometheus
         .query_at(&expr, at)
         .expect("error ratio")

@@ -97,6 +97,16 @@ fn systemd_unit_verifies_and_its_privileges_run_the_daemon() {
 fn collector_config_pipelines_are_consistent() {
     let out = validate("collector", false);
     assert!(out.contains("traces -> Tempo"), "{out}");
+    assert!(
+        out.contains(
+            "k8sattributes associates by k8s.pod.uid then container.id, filtered to the node"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("read-only ClusterRole are valid and agree"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -13,7 +13,8 @@ use std::{fmt::Write, sync::Arc};
 
 use crate::{
     export::prometheus::{
-        SPARSE_CLASSIC, families, family_name, labels_of, target_info_labels, unit_suffix,
+        SPARSE_CLASSIC, TARGET_INFO, TARGET_INFO_HELP, families, family_name, labels_of,
+        target_infos, unit_suffix,
     },
     model::histogram::{Exemplar, Histogram, ValueUnit},
     model::layout::Layout,
@@ -23,14 +24,20 @@ use crate::{
 
 pub fn render(telemetry: &Arc<Telemetry>, snapshot: &[Metric]) -> String {
     let mut out = String::with_capacity(64 * 1024);
-    write_descriptor(&mut out, "target_info", "Target metadata", "gauge", None);
-    let labels = label_prefix(&target_info_labels(telemetry));
-    write_line(&mut out, "target_info", &labels, "1");
+    write_target_info(&mut out, &target_infos(&telemetry.resource, snapshot));
     for family in families(snapshot) {
         write_family(&mut out, &family, telemetry.layouts.of(family[0].name));
     }
     out.push_str("# EOF\n");
     out
+}
+
+/// The `target_info` family: one series of value 1 per resource (see `target_infos`).
+fn write_target_info(out: &mut String, infos: &[Vec<(String, String)>]) {
+    write_descriptor(out, TARGET_INFO, TARGET_INFO_HELP, "gauge", None);
+    for labels in infos {
+        write_line(out, TARGET_INFO, &label_prefix(labels), "1");
+    }
 }
 
 fn write_family(out: &mut String, group: &[&Metric], layout: &Layout) {
@@ -295,6 +302,22 @@ mod tests {
             out,
             "# HELP a_b What \\\\ it\\ncounts.\n# TYPE a_b counter\na_b_total{k=\"v\"} 2.0\n\
              # HELP c What \\\\ it\\ncounts.\n# TYPE c gauge\nc 1.5\nc{x=\"y\"} 3.0\n"
+        );
+    }
+
+    #[test]
+    fn target_info_is_one_family_with_a_series_per_resource() {
+        let agent = crate::model::metrics::Resource {
+            attributes: vec![("service.name".into(), "periscope".into())],
+        };
+        let process = crate::export::prometheus::tests::process_metric(Some((7, "6f0e")));
+        let mut out = String::new();
+        write_target_info(&mut out, &target_infos(&agent, &[process]));
+        assert_eq!(
+            out,
+            "# HELP target_info Target metadata\n# TYPE target_info gauge\n\
+             target_info{service_name=\"periscope\"} 1\n\
+             target_info{service_name=\"api\",service_instance_id=\"node-1:7\",k8s_pod_uid=\"6f0e\"} 1\n"
         );
     }
 

@@ -7,7 +7,7 @@
 //! at schema 4 with the classic buckets alongside. `GET /healthz` answers `ok`. Nothing else is
 //! served.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{collections::HashSet, convert::Infallible, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -19,7 +19,8 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     export::{openmetrics, protobuf},
-    model::metrics::{Metric, Points, sanitize},
+    model::metrics::{Metric, Points, Resource, sanitize},
+    model::resource::ProcessResource,
     telemetry::Telemetry,
 };
 
@@ -90,15 +91,33 @@ pub(crate) fn labels_of(
         .collect()
 }
 
-/// Resource attributes as `target_info` labels, per the OTel Prometheus compatibility spec.
-pub(crate) fn target_info_labels(telemetry: &Telemetry) -> Vec<(String, String)> {
-    telemetry
-        .resource
-        .attributes
+/// The label sets of the `target_info` series, per the OTel-to-Prometheus compatibility spec:
+/// the node agent's own resource first, then one per observed process resource that a series
+/// of `snapshot` belongs to, each resource attribute a label (`k8s.pod.uid` ->
+/// `k8s_pod_uid`). The scraper's `job` and `instance` name the Periscope endpoint, so a
+/// process's `service_name` and `service_instance_id` stay labels: they are the ones its series
+/// carry, the key to join on. Two resources with the same attributes (two families that read
+/// the same process) are one series: a scrape must not repeat a label set.
+pub(crate) fn target_infos(agent: &Resource, snapshot: &[Metric]) -> Vec<Vec<(String, String)>> {
+    let labels = |attributes: &[(String, String)]| {
+        attributes
+            .iter()
+            .map(|(k, v)| (sanitize(k), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut seen: HashSet<&ProcessResource> = HashSet::new();
+    let processes = snapshot
         .iter()
-        .map(|(k, v)| (sanitize(k), v.clone()))
+        .filter_map(|m| m.resource.as_deref())
+        .filter(|resource| seen.insert(resource))
+        .map(|resource| labels(&resource.attributes));
+    std::iter::once(labels(&agent.attributes))
+        .chain(processes)
         .collect()
 }
+
+pub(crate) const TARGET_INFO: &str = "target_info";
+pub(crate) const TARGET_INFO_HELP: &str = "Target metadata";
 
 /// Whether classic buckets are the pre-layout sparse kernel buckets: only for the benchmark,
 /// which measures both outputs in one run (`PERISCOPE_SPARSE_CLASSIC=1`). Never for real use:
@@ -245,8 +264,60 @@ async fn handle(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A metric of one observed process (pid, pod uid), or of the agent (`None`).
+    pub(crate) fn process_metric(process: Option<(u32, &str)>) -> Metric {
+        let resource = process.map(|(pid, pod)| {
+            Arc::new(ProcessResource {
+                service_name: "api".into(),
+                attributes: vec![
+                    ("service.name".into(), "api".into()),
+                    ("service.instance.id".into(), format!("node-1:{pid}")),
+                    ("k8s.pod.uid".into(), pod.into()),
+                ],
+            })
+        });
+        Metric {
+            name: crate::model::names::HTTP_SERVER_REQUEST_DURATION,
+            description: "d",
+            unit: "s",
+            points: Points::Counter(vec![]),
+            resource,
+        }
+    }
+
+    #[test]
+    fn one_target_info_per_distinct_process_resource_after_the_agents() {
+        let agent = Resource {
+            attributes: vec![("service.name".into(), "periscope".into())],
+        };
+        let a = process_metric(Some((10, "pod-a")));
+        let same_attributes_other_arc = process_metric(Some((10, "pod-a")));
+        let b = process_metric(Some((11, "pod-b")));
+        let kernel = process_metric(None);
+        let snapshot = [a.clone(), kernel, same_attributes_other_arc, b, a];
+        let infos = target_infos(&agent, &snapshot);
+        assert_eq!(infos.len(), 3, "{infos:?}");
+        assert_eq!(
+            infos[0],
+            [("service_name".to_string(), "periscope".to_string())]
+        );
+        let label = |i: usize, k: &str| {
+            infos[i]
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(label(1, "service_instance_id"), Some("node-1:10"));
+        assert_eq!(label(1, "k8s_pod_uid"), Some("pod-a"));
+        assert_eq!(label(2, "service_instance_id"), Some("node-1:11"));
+        assert_eq!(label(2, "k8s_pod_uid"), Some("pod-b"));
+        // The series of a process carry the join key with the same value.
+        let series = labels_of(&snapshot[4], &[]);
+        assert!(series.contains(&("service_instance_id".into(), "node-1:10".into())));
+    }
 
     #[test]
     fn protobuf_only_when_the_scraper_asks_for_it_first() {

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::{
-    export::prometheus::{SPARSE_CLASSIC, families, family_name, labels_of, target_info_labels},
+    export::prometheus::{
+        SPARSE_CLASSIC, TARGET_INFO, TARGET_INFO_HELP, families, family_name, labels_of,
+        target_infos,
+    },
     model::histogram::{Exemplar, Histogram, ValueUnit},
     model::layout::Layout,
     model::metrics::{Metric, Points},
@@ -36,17 +39,7 @@ pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
 
 pub fn render(telemetry: &Arc<Telemetry>, snapshot: &[Metric]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * 1024);
-    let target_info = MetricFamily {
-        name: Some("target_info".into()),
-        help: Some("Target metadata".into()),
-        r#type: Some(MetricType::Gauge as i32),
-        metric: vec![proto::Metric {
-            label: label_pairs(target_info_labels(telemetry)),
-            gauge: Some(Gauge { value: Some(1.0) }),
-            ..Default::default()
-        }],
-        unit: None,
-    };
+    let target_info = target_info(target_infos(&telemetry.resource, snapshot));
     // Writing into a Vec cannot fail.
     let _ = target_info.encode_length_delimited(&mut out);
     for group in families(snapshot) {
@@ -54,6 +47,24 @@ pub fn render(telemetry: &Arc<Telemetry>, snapshot: &[Metric]) -> Vec<u8> {
         let _ = family.encode_length_delimited(&mut out);
     }
     out
+}
+
+/// The `target_info` family: one gauge of value 1 per resource (see `target_infos`).
+fn target_info(infos: Vec<Vec<(String, String)>>) -> MetricFamily {
+    MetricFamily {
+        name: Some(TARGET_INFO.into()),
+        help: Some(TARGET_INFO_HELP.into()),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: infos
+            .into_iter()
+            .map(|labels| proto::Metric {
+                label: label_pairs(labels),
+                gauge: Some(Gauge { value: Some(1.0) }),
+                ..Default::default()
+            })
+            .collect(),
+        unit: None,
+    }
 }
 
 fn family(group: &[&Metric], layout: &Layout) -> MetricFamily {
@@ -232,6 +243,48 @@ mod tests {
             }]
         );
         assert!(empty.zero_threshold.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn target_info_has_a_gauge_per_resource_with_its_attributes_as_labels() {
+        let agent = crate::model::metrics::Resource {
+            attributes: vec![("service.name".into(), "periscope".into())],
+        };
+        let process = crate::export::prometheus::tests::process_metric(Some((7, "6f0e")));
+        let mut bytes = Vec::new();
+        target_info(target_infos(&agent, &[process]))
+            .encode_length_delimited(&mut bytes)
+            .unwrap();
+        let family = MetricFamily::decode_length_delimited(bytes.as_slice()).unwrap();
+        assert_eq!(family.name.as_deref(), Some("target_info"));
+        assert_eq!(family.r#type, Some(MetricType::Gauge as i32));
+        let series: Vec<(Vec<(String, String)>, f64)> = family
+            .metric
+            .iter()
+            .map(|m| {
+                let labels = m
+                    .label
+                    .iter()
+                    .map(|l| (l.name.clone().unwrap(), l.value.clone().unwrap()))
+                    .collect();
+                (labels, m.gauge.unwrap().value.unwrap())
+            })
+            .collect();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            series,
+            vec![
+                (vec![pair("service_name", "periscope")], 1.0),
+                (
+                    vec![
+                        pair("service_name", "api"),
+                        pair("service_instance_id", "node-1:7"),
+                        pair("k8s_pod_uid", "6f0e"),
+                    ],
+                    1.0
+                ),
+            ]
+        );
     }
 
     #[test]

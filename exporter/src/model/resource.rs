@@ -13,6 +13,32 @@ pub fn host_name() -> String {
     .clone()
 }
 
+/// Resource attribute names of the OpenTelemetry semantic conventions that Periscope sets
+/// (registry: `container`, `k8s`). `container.runtime.name` replaced `container.runtime`.
+pub mod attr {
+    pub const CONTAINER_ID: &str = "container.id";
+    pub const CONTAINER_RUNTIME_NAME: &str = "container.runtime.name";
+    pub const K8S_POD_UID: &str = "k8s.pod.uid";
+    pub const K8S_NODE_NAME: &str = "k8s.node.name";
+}
+
+/// The environment variable naming the Kubernetes node the agent runs on: the DaemonSet sets
+/// it from the downward API (`spec.nodeName`), the name the collector's `k8sattributes`
+/// filter reads too.
+pub const NODE_NAME_ENV: &str = "K8S_NODE_NAME";
+
+/// `k8s.node.name`: [`NODE_NAME_ENV`], read once; `None` when unset or empty (no Kubernetes).
+pub fn node_name() -> Option<String> {
+    static NODE: OnceLock<Option<String>> = OnceLock::new();
+    NODE.get_or_init(|| {
+        std::env::var(NODE_NAME_ENV)
+            .ok()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+    })
+    .clone()
+}
+
 /// Resource attributes of one observed process.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ProcessResource {
@@ -41,6 +67,9 @@ impl Resource {
             ("telemetry.sdk.name".into(), "periscope".into()),
             ("telemetry.sdk.language".into(), "rust".into()),
         ];
+        if let Some(node) = node_name() {
+            attributes.push((attr::K8S_NODE_NAME.into(), node));
+        }
         for (k, v) in extra {
             attributes.retain(|(existing, _)| existing != k);
             attributes.push((k.clone(), v.clone()));

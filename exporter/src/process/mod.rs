@@ -8,8 +8,9 @@ pub mod cgroup;
 
 use std::{sync::Arc, time::Duration};
 
-pub use self::cgroup::container_id;
+pub use self::cgroup::CgroupIdentity;
 pub use crate::model::resource::ProcessResource;
+use crate::model::resource::{attr, node_name};
 use serde::Deserialize;
 
 /// One process selector: a process (and connection) matches when every given field matches.
@@ -62,7 +63,8 @@ pub struct ProcessInfo {
     /// `process.executable.name`.
     pub exe_name: String,
     pub comm: String,
-    pub container_id: Option<String>,
+    /// The container and pod its cgroup path names (empty outside containers).
+    pub cgroup: CgroupIdentity,
     /// OTEL_SERVICE_NAME from the process environment.
     pub env_service_name: Option<String>,
     pub resource: Arc<ProcessResource>,
@@ -85,9 +87,9 @@ impl ProcessInfo {
             .and_then(|p| p.rsplit('/').next())
             .map(str::to_string)
             .unwrap_or_else(|| comm.clone());
-        let container_id = std::fs::read_to_string(format!("{proc}/cgroup"))
-            .ok()
-            .and_then(|c| c.lines().find_map(|l| container_id(l.rsplit(':').next()?)));
+        let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
+            .map(|text| CgroupIdentity::from_proc_cgroup(&text))
+            .unwrap_or_default();
         let env_service_name = std::fs::read(format!("{proc}/environ")).ok().and_then(|e| {
             e.split(|b| *b == 0)
                 .find_map(|kv| kv.strip_prefix(b"OTEL_SERVICE_NAME="))
@@ -99,7 +101,7 @@ impl ProcessInfo {
             exe_path,
             exe_name,
             comm,
-            container_id,
+            cgroup,
             env_service_name,
             resource: Arc::new(ProcessResource {
                 service_name: String::new(),
@@ -130,13 +132,23 @@ impl ProcessInfo {
         if let Some(path) = &self.exe_path {
             attributes.push(("process.executable.path".to_string(), path.clone()));
         }
-        if let Some(id) = &self.container_id {
-            attributes.push(("container.id".to_string(), id.clone()));
-        }
+        attributes.extend(self.cgroup_attributes(node_name()));
         ProcessResource {
             service_name,
             attributes,
         }
+    }
+
+    /// `container.id`, `container.runtime.name`, `k8s.pod.uid` where the cgroup names them,
+    /// and `k8s.node.name` (`node`) for every process on a Kubernetes node.
+    fn cgroup_attributes(&self, node: Option<String>) -> Vec<(String, String)> {
+        let node = node.map(|n| (attr::K8S_NODE_NAME, n));
+        self.cgroup
+            .attributes()
+            .into_iter()
+            .chain(node)
+            .map(|(key, value)| (key.to_string(), value))
+            .collect()
     }
 
     /// Whether `selector` picks this process for a connection on `port` (server: listening
@@ -152,7 +164,8 @@ impl ProcessInfo {
             .is_none_or(|n| *n == self.comm || *n == self.exe_name);
         let port_ok = selector.port.is_none_or(|p| Some(p) == port);
         let container_ok = selector.container_id.as_ref().is_none_or(|id| {
-            self.container_id
+            self.cgroup
+                .container_id
                 .as_deref()
                 .is_some_and(|c| !id.is_empty() && c.starts_with(id.as_str()))
         });
@@ -207,7 +220,10 @@ mod tests {
             exe_path: Some(exe.into()),
             exe_name: exe.rsplit('/').next().unwrap().into(),
             comm: comm.into(),
-            container_id: container.map(str::to_string),
+            cgroup: CgroupIdentity {
+                container_id: container.map(str::to_string),
+                ..Default::default()
+            },
             env_service_name: None,
             resource: Arc::new(ProcessResource {
                 service_name: String::new(),
@@ -239,5 +255,32 @@ mod tests {
         assert!(!info("/usr/bin/python3", "python3", None).matches(&by_container, None));
         assert_eq!(select(&[], &nginx, None), Some(None));
         assert!(select(std::slice::from_ref(&by_port), &nginx, Some(1)).is_none());
+    }
+
+    #[test]
+    fn cgroup_identity_becomes_semantic_convention_attributes() {
+        let mut pod = info("/app", "app", Some("abcdef"));
+        pod.cgroup.runtime = Some("containerd");
+        pod.cgroup.pod_uid = Some("6f0e1c2d-3b4a-4c5d-8e7f-9a0b1c2d3e4f".into());
+        let attributes = pod.cgroup_attributes(Some("node-1".into()));
+        let keys: Vec<(&str, &str)> = attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("container.id", "abcdef"),
+                ("container.runtime.name", "containerd"),
+                ("k8s.pod.uid", "6f0e1c2d-3b4a-4c5d-8e7f-9a0b1c2d3e4f"),
+                ("k8s.node.name", "node-1"),
+            ]
+        );
+        // A host process outside Kubernetes gets none of them.
+        assert!(
+            info("/bin/sh", "sh", None)
+                .cgroup_attributes(None)
+                .is_empty()
+        );
     }
 }

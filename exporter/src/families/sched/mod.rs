@@ -194,10 +194,10 @@ fn with_cgroup_attributes(series: Vec<(u64, Histogram)>) -> Vec<(Attributes, His
                     .cloned()
                     .unwrap_or_else(|| format!("id:{id}")),
             };
-            let mut attributes = vec![("cgroup.path", path.clone())];
-            if let Some(container) = crate::process::container_id(&path) {
-                attributes.push(("container.id", container));
-            }
+            // The container and pod of the cgroup, as point attributes of its series.
+            let identity = crate::process::cgroup::parse(&path).attributes();
+            let mut attributes = vec![("cgroup.path", path)];
+            attributes.extend(identity);
             (attributes, histogram)
         })
         .collect();
