@@ -134,7 +134,9 @@ pub fn run(config: &Config) -> bool {
         print_family_lines(&section);
     }
 
-    println!("\nAttach mechanisms on this kernel (kernel paths best first, then uprobe, perf_event)");
+    println!(
+        "\nAttach mechanisms on this kernel (kernel paths best first, then uprobe, perf_event)"
+    );
     for (mechanism, allowed) in &probes.kernel.mechanisms {
         match allowed {
             Ok(()) => line("ok", mechanism.name(), "available"),

@@ -205,7 +205,7 @@ fn parse_bpftrace_stacks(lines: &[String]) -> Vec<(Vec<String>, u64)> {
     stacks
 }
 
-const BURN_SECONDS: &str = "8";
+const BURN_SECONDS: &str = "12";
 
 #[test]
 fn on_cpu_shares_match_the_programs_own_and_bpftraces_and_name_main_above_them() {

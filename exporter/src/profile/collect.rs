@@ -90,9 +90,22 @@ impl Collector {
         }
     }
 
-    /// Reads the kernel's counts and names the stacks not seen before.
-    pub fn refresh(&mut self, reader: &ProfileReader) {
+    /// Reads the kernel's counts and names the stacks not seen before, for at most `budget`
+    /// (the rest wait for the next call); `None` names them all.
+    pub fn refresh(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
         self.counts = reader.counts();
+        self.name_new(reader, budget);
+    }
+
+    /// The final counts (read when sampling stopped); every stack not named yet is named.
+    pub fn finish(&mut self, reader: &ProfileReader, counts: Vec<StackCount>) {
+        self.counts = counts;
+        self.name_new(reader, None);
+    }
+
+    fn name_new(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
+        let started = std::time::Instant::now();
+        self.symbols.new_round();
         let new: Vec<ProfileKey> = self
             .counts
             .iter()
@@ -100,6 +113,9 @@ impl Collector {
             .filter(|key| !self.named.contains_key(key))
             .collect();
         for key in new {
+            if budget.is_some_and(|b| started.elapsed() > b) {
+                break;
+            }
             let frames = self.filter.keeps(&key).then(|| self.name(reader, &key));
             self.named.insert(key, frames);
         }

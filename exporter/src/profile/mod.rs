@@ -29,6 +29,9 @@ use output::Kind;
 
 /// How often the kernel's counts are read (and new stacks named).
 const REFRESH: Duration = Duration::from_secs(1);
+/// Time spent naming new stacks per refresh: the rest wait, so that a node full of new
+/// stacks (compilers...) cannot hold the end of the profile back.
+const NAMING_BUDGET: Duration = Duration::from_millis(300);
 /// How often a progress line is written on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -198,7 +201,10 @@ async fn profile(args: Args) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                collector.refresh(&reader);
+                collector.refresh(&reader, Some(NAMING_BUDGET));
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 if last_progress.elapsed() >= PROGRESS_EVERY {
                     eprintln!("{}", progress_line(&collector, &args, started.elapsed()));
                     last_progress = Instant::now();
@@ -209,10 +215,12 @@ async fn profile(args: Args) -> anyhow::Result<()> {
             _ = terminate.recv() => { interrupted = true; break }
         }
     }
-    collector.refresh(&reader);
+    // Sampling stops here (the programs detached); the stacks not named yet are named now.
+    let counts = reader.counts();
     let elapsed = started.elapsed();
     let lost = lost_stacks(&probes);
     drop(probes);
+    collector.finish(&reader, counts);
     write_profile(&args, &collector, elapsed)?;
     let (events, _, stacks) = collector.totals();
     let unit = if args.off_cpu { "blocks" } else { "samples" };
@@ -224,7 +232,7 @@ async fn profile(args: Args) -> anyhow::Result<()> {
     );
     if lost > 0 {
         summary.push_str(&format!(
-            "; {lost} stacks lost (kernel maps full: raise --max-stacks)"
+            "; {lost} stacks not kept (stack-map collisions or full maps: raise --max-stacks)"
         ));
     }
     if let Some(path) = &args.output {

@@ -4,11 +4,12 @@
 //! with `--perf-basic-prof`), and kernel addresses from `/proc/kallsyms`.
 //!
 //! Resolved frames are cached by what they are in the file, (device, inode, file offset), so a
-//! thousand processes of one binary cost one lookup per address, and the cache forgets
-//! everything past [`MAX_CACHED_FRAMES`]. blazesym keeps parsed files per process mapping; its
-//! symbolizer is rebuilt after [`PROCESSES_PER_SYMBOLIZER`] processes so that many short-lived
-//! processes cannot grow it without bound. An address no symbol covers (a stripped binary)
-//! becomes `[module+0xoffset]`, never an error.
+//! thousand processes of one binary cost one lookup per address; each file is parsed once
+//! whichever process maps it, opened through the `/proc/PID/root` of the first process seen
+//! with it. At most [`MAX_CACHED_FRAMES`] frames per cache and [`MAX_FILES`] parsed files are
+//! kept: past that the cache is cleared (the symbolizer, and the files it holds, replaced),
+//! so many short-lived processes cannot grow it without bound. An address no symbol covers
+//! (a stripped binary) becomes `[module+0xoffset]`, never an error.
 
 use std::{collections::HashMap, path::Path};
 
@@ -16,14 +17,14 @@ use blazesym::{
     MaybeDefault, Pid,
     symbolize::{
         Input, Symbolized, Symbolizer,
-        source::{Kernel, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 
 /// Frames kept in each cache (user, kernel) before it is cleared.
 pub const MAX_CACHED_FRAMES: usize = 200_000;
-/// Processes one blazesym symbolizer serves before it is replaced by a fresh one.
-pub const PROCESSES_PER_SYMBOLIZER: usize = 64;
+/// Files (device, inode) one blazesym symbolizer holds parsed before it is replaced.
+pub const MAX_FILES: usize = 256;
 
 /// One resolved frame.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,10 +81,12 @@ type FileAddr = (String, u64, u64);
 
 pub struct Symbols {
     blaze: Symbolizer,
-    /// Processes the current blazesym symbolizer has served.
-    served: usize,
+    /// The files the symbolizer holds, by (device, inode): the path it opened each one by.
+    files: HashMap<(String, u64), std::path::PathBuf>,
     user: HashMap<FileAddr, Frame>,
     kernel: HashMap<u64, Frame>,
+    /// Memory maps read in this round, per process.
+    maps: HashMap<u32, std::sync::Arc<Vec<Mapping>>>,
 }
 
 impl Default for Symbols {
@@ -96,9 +99,10 @@ impl Symbols {
     pub fn new() -> Self {
         Self {
             blaze: Symbolizer::new(),
-            served: 0,
+            files: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
+            maps: HashMap::new(),
         }
     }
 
@@ -107,83 +111,87 @@ impl Symbols {
         (self.user.len(), self.kernel.len())
     }
 
+    /// Forgets the processes' memory maps read so far: call once per round of naming, so a
+    /// process's map is read once per round, not once per stack.
+    pub fn new_round(&mut self) {
+        self.maps.clear();
+    }
+
+    fn maps_of(&mut self, pid: u32) -> std::sync::Arc<Vec<Mapping>> {
+        self.maps
+            .entry(pid)
+            .or_insert_with(|| {
+                let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+                std::sync::Arc::new(parse_maps(&text))
+            })
+            .clone()
+    }
+
     /// The frames of a user stack of process `pid` (`ips` innermost first, as the kernel gives
     /// them), innermost first.
     pub fn user_stack(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
-        if ips.is_empty() {
-            return Vec::new();
-        }
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map(|t| parse_maps(&t))
-            .unwrap_or_default();
+        let maps = self.maps_of(pid);
         // Callers' addresses are return addresses, one past the call: step back into it, or a
         // call that ends its function would be named after the next one.
-        let lookups: Vec<u64> = ips
-            .iter()
+        ips.iter()
             .enumerate()
             .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
-            .collect();
-        let keys: Vec<Option<FileAddr>> = lookups
-            .iter()
-            .map(|addr| {
-                let m = mapping_of(&maps, *addr).filter(|m| m.inode != 0)?;
-                Some((m.dev.clone(), m.inode, addr - m.start + m.offset))
-            })
-            .collect();
-        let missing: Vec<u64> = lookups
-            .iter()
-            .zip(&keys)
-            .filter(|(_, key)| key.as_ref().is_none_or(|k| !self.user.contains_key(k)))
-            .map(|(addr, _)| *addr)
-            .collect();
-        let resolved = self.resolve_user(pid, &missing, &maps);
-        let mut resolved = missing
-            .iter()
-            .copied()
-            .zip(resolved)
-            .collect::<HashMap<_, _>>();
-        lookups
-            .iter()
-            .zip(keys)
-            .map(|(addr, key)| match key {
-                Some(key) => match self.user.get(&key) {
-                    Some(frame) => frame.clone(),
-                    None => {
-                        let frame = resolved
-                            .remove(addr)
-                            .unwrap_or_else(|| unknown(*addr, &maps));
-                        remember(&mut self.user, key, frame.clone());
-                        frame
-                    }
+            .map(
+                |addr| match mapping_of(&maps, addr).filter(|m| in_file(m)) {
+                    Some(m) => self.file_frame(pid, m, addr),
+                    None => self.anonymous_frame(pid, addr, &maps),
                 },
-                // Anonymous memory (JIT code, perf map) is per process: not cached.
-                None => resolved
-                    .remove(addr)
-                    .unwrap_or_else(|| unknown(*addr, &maps)),
-            })
+            )
             .collect()
     }
 
-    fn resolve_user(&mut self, pid: u32, addrs: &[u64], maps: &[Mapping]) -> Vec<Frame> {
-        if addrs.is_empty() {
-            return Vec::new();
+    /// An address in a mapped file: named from the file itself (its ELF symbols and DWARF),
+    /// parsed once whichever process maps it, opened through `/proc/PID/root` so that a
+    /// container's file is the one read.
+    fn file_frame(&mut self, pid: u32, m: &Mapping, addr: u64) -> Frame {
+        let offset = addr - m.start + m.offset;
+        let key = (m.dev.clone(), m.inode, offset);
+        if let Some(frame) = self.user.get(&key) {
+            return frame.clone();
         }
-        self.served += 1;
-        if self.served > PROCESSES_PER_SYMBOLIZER {
+        let file = (m.dev.clone(), m.inode);
+        if !self.files.contains_key(&file) && self.files.len() >= MAX_FILES {
+            // A fresh symbolizer: the parsed files the old one held are freed.
             self.blaze = Symbolizer::new();
-            self.served = 1;
+            self.files.clear();
         }
+        let path = self
+            .files
+            .entry(file)
+            .or_insert_with(|| format!("/proc/{pid}/root{}", m.path).into())
+            .clone();
+        let source = Source::Elf(Elf::new(path));
+        let frame = match self
+            .blaze
+            .symbolize_single(&source, Input::FileOffset(offset))
+        {
+            Ok(Symbolized::Sym(sym)) => Frame {
+                name: sym.name.to_string(),
+                module: file_name(&m.path),
+                kernel: false,
+            },
+            _ => unknown(addr, std::slice::from_ref(m)),
+        };
+        remember(&mut self.user, key, frame.clone());
+        frame
+    }
+
+    /// An address outside any file (JIT code): named from the process's perf map, if it
+    /// writes one (`/tmp/perf-PID.map`).
+    fn anonymous_frame(&mut self, pid: u32, addr: u64, maps: &[Mapping]) -> Frame {
         let source = Source::Process(Process::new(Pid::from(pid)));
-        match self.blaze.symbolize(&source, Input::AbsAddr(addrs)) {
-            Ok(found) => found
-                .into_iter()
-                .zip(addrs)
-                .map(|(s, addr)| user_frame(s, *addr, maps))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(pid, error = %e, "symbolizing a user stack failed");
-                addrs.iter().map(|a| unknown(*a, maps)).collect()
-            }
+        match self.blaze.symbolize_single(&source, Input::AbsAddr(addr)) {
+            Ok(Symbolized::Sym(sym)) => Frame {
+                name: sym.name.to_string(),
+                module: "[perf-map]".into(),
+                kernel: false,
+            },
+            _ => unknown(addr, maps),
         }
     }
 
@@ -237,20 +245,10 @@ fn remember<K: std::hash::Hash + Eq>(cache: &mut HashMap<K, Frame>, key: K, fram
     cache.insert(key, frame);
 }
 
-fn user_frame(symbolized: Symbolized<'_>, addr: u64, maps: &[Mapping]) -> Frame {
-    match symbolized {
-        Symbolized::Sym(sym) => Frame {
-            name: sym.name.to_string(),
-            module: sym
-                .module
-                .as_deref()
-                .map(|m| file_name(&m.to_string_lossy()))
-                .or_else(|| mapping_of(maps, addr).map(|m| file_name(&m.path)))
-                .unwrap_or_else(|| "[unknown]".into()),
-            kernel: false,
-        },
-        Symbolized::Unknown(_) => unknown(addr, maps),
-    }
+/// Whether a mapping is backed by a file Periscope can open (not `[heap]`, `[vdso]`, JIT
+/// code or a deleted file).
+fn in_file(m: &Mapping) -> bool {
+    m.inode != 0 && m.path.starts_with('/') && !m.path.ends_with(" (deleted)")
 }
 
 /// `[module+0xoffset]` for an address no symbol covers, or `[unknown 0xaddr]` outside any file.
