@@ -39,8 +39,13 @@ struct Workload {
 
 impl Workload {
     fn spawn(binary: &Path, arg: &str) -> Self {
-        let mut child = Command::new(binary)
-            .arg(arg)
+        let mut command = Command::new(binary);
+        command.arg(arg);
+        Self::spawn_command(command)
+    }
+
+    fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -61,14 +66,20 @@ impl Workload {
 
     /// The numbers the workload printed when its work was done.
     fn measured(&mut self) -> Vec<u64> {
+        self.measured_line()
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect()
+    }
+
+    /// The line the workload printed when its work was done, as it is.
+    fn measured_line(&mut self) -> String {
         let stdout = self.child.stdout.as_mut().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the workload's result");
-        line.split_whitespace()
-            .map(|n| n.parse().expect("a number"))
-            .collect()
+        line
     }
 
     fn finish(mut self) {
@@ -577,5 +588,98 @@ fn a_stripped_binary_gives_module_and_offset_frames_and_no_crash() {
     assert!(
         in_module > 50,
         "no [oncpu-stripped+0x...] frames: {frames:#?}"
+    );
+}
+
+#[test]
+fn a_rust_binary_is_named_with_demangled_paths() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_profile-target"));
+    let mut workload = Workload::spawn(&binary, "3");
+    let pid = workload.pid().to_string();
+    let folded = dir.path().join("rust.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid,
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured_line();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let in_spin: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.ends_with("Spinner::spin_for")))
+        .map(|(_, n)| n)
+        .sum();
+    println!("Spinner::spin_for in {in_spin} of {total} samples");
+    // Built without frame pointers (a debug build of the test crate): a sample in a leaf
+    // without a frame skips its caller, so only some stacks reach spin_for.
+    assert!(in_spin > 0, "no demangled Spinner::spin_for: {stacks:#?}");
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|(f, _)| f)
+            .all(|f| !f.starts_with("_ZN") && !f.starts_with("_R")),
+        "a mangled name is left"
+    );
+}
+
+#[test]
+fn a_binary_only_in_another_mount_namespace_is_named_through_proc_root() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-work");
+    // An empty directory here; in the workload's own mount namespace, a tmpfs holding its
+    // binary: the path in its /proc/PID/maps names nothing in this namespace.
+    let hidden = dir.path().join("ns");
+    std::fs::create_dir(&hidden).unwrap();
+    let script = format!(
+        "mount -t tmpfs none {h} && cp {b} {h}/oncpu-ns && exec {h}/oncpu-ns 3",
+        h = hidden.display(),
+        b = binary.display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let mut workload = Workload::spawn_command(command);
+    let pid = workload.pid();
+    periscope_e2e::wait_for(
+        "the workload to run from its tmpfs",
+        Duration::from_secs(10),
+        || {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            exe.ends_with("oncpu-ns").then_some(())
+        },
+    );
+    assert!(
+        !hidden.join("oncpu-ns").exists(),
+        "the binary is visible outside its namespace"
+    );
+    let folded = dir.path().join("ns.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid.to_string(),
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let (a, b) = (total_with(&stacks, "burn_a"), total_with(&stacks, "burn_b"));
+    assert!(
+        a + b > 100,
+        "burn_a/burn_b not named from the other namespace: {stacks:#?}"
     );
 }
