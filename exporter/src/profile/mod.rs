@@ -29,9 +29,10 @@ use output::Kind;
 
 /// How often the kernel's counts are read (and new stacks named).
 const REFRESH: Duration = Duration::from_secs(1);
-/// Time spent naming new stacks per refresh: the rest wait, so that a node full of new
-/// stacks (compilers...) cannot hold the end of the profile back.
-const NAMING_BUDGET: Duration = Duration::from_millis(300);
+/// Time spent naming new stacks per refresh (once a second): the rest wait, so that a node
+/// full of new stacks (compilers...) neither holds the end of the profile back nor takes more
+/// than a tenth of a CPU from the workload being profiled.
+const NAMING_BUDGET: Duration = Duration::from_millis(100);
 /// How often a progress line is written on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
