@@ -7,6 +7,7 @@
 #   scrape.py         Prometheus scrape cost with 10,000 histogram series (text, protobuf; fixed vs sparse)
 #   accuracy.py       counts and log2 histograms vs biolatency, runqlat, bpftrace, syscount
 #   idle.py           daemon CPU per minute idle (default config), idle with scrapes, and busy
+#   profile_overhead.py  `periscope profile` at 99/19 Hz and --off-cpu vs none, bpftrace, offcputime
 #   report.py         reads their JSON (bench/out/*.json), writes report.md and the plots
 # Each script also writes its own bench/out/NAME.md and NAME.json.
 # usage: bench/run.sh [--quick]   (--quick: 1 round, short workloads; for development only)
@@ -44,7 +45,7 @@ mkdir -p bench/out
 # A benchmark that fails leaves no JSON: the report says so, the others still run, and the exit
 # status is non-zero.
 FAILED=()
-for script in overhead http_overhead families export scrape accuracy idle; do
+for script in overhead http_overhead families export scrape accuracy idle profile_overhead; do
   echo "[bench] $(date -u +%H:%M:%S) $script.py" >&2
   python3 "bench/$script.py" "${QUICK[@]}" || FAILED+=("$script")
 done

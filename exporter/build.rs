@@ -1,7 +1,8 @@
 //! Builds the eBPF object (ebpf/periscope-ebpf) for bpfel-unknown-none and lets
 //! `src/probes/mod.rs` embed it with `include_bytes_aligned!`; and generates the Prometheus
-//! protobuf exposition types (`proto/io/prometheus/client/metrics.proto`) with prost, compiled
-//! by protox (pure Rust: no protoc needed).
+//! protobuf exposition types (`proto/io/prometheus/client/metrics.proto`) and pprof's profile
+//! types (`proto/perftools/profiles/profile.proto`) with prost, compiled by protox (pure Rust:
+//! no protoc needed).
 //!
 //! bpf-linker links LLVM bitcode, so the compiler that builds the eBPF crate must use the same
 //! LLVM major as bpf-linker (22 here). The stable toolchain has LLVM 22 while the current nightly
@@ -20,7 +21,7 @@ use std::{
 };
 
 fn main() -> anyhow::Result<()> {
-    compile_prometheus_proto()?;
+    compile_protos()?;
     println!("cargo:rerun-if-env-changed=PERISCOPE_EBPF_TOOLCHAIN");
     println!("cargo:rerun-if-env-changed=PERISCOPE_BUILD_VERBOSE");
     let toolchain =
@@ -82,10 +83,16 @@ fn with_stdout_captured<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, Vec<Stri
     Ok((result, text.lines().map(str::to_string).collect()))
 }
 
-fn compile_prometheus_proto() -> anyhow::Result<()> {
+fn compile_protos() -> anyhow::Result<()> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
     println!("cargo:rerun-if-changed={dir}");
-    let descriptors = protox::compile(["io/prometheus/client/metrics.proto"], [dir])?;
+    let descriptors = protox::compile(
+        [
+            "io/prometheus/client/metrics.proto",
+            "perftools/profiles/profile.proto",
+        ],
+        [dir],
+    )?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())
 }

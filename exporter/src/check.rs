@@ -109,6 +109,11 @@ pub fn run(config: &Config) -> bool {
                     "no functions configured (probes.uprobe.functions)".to_string(),
                 )
             }
+            _ if status.family == "profile" && !status.enabled => (
+                "off",
+                "on demand: `periscope profile` (perf_event on-CPU, tracepoints off-CPU)"
+                    .to_string(),
+            ),
             _ if !status.enabled => ("off", "disabled in config".to_string()),
             (None, Some(m)) => (
                 "ok",
@@ -129,7 +134,9 @@ pub fn run(config: &Config) -> bool {
         print_family_lines(&section);
     }
 
-    println!("\nAttach mechanisms on this kernel (kernel paths best first, then uprobe)");
+    println!(
+        "\nAttach mechanisms on this kernel (kernel paths best first, then uprobe, perf_event)"
+    );
     for (mechanism, allowed) in &probes.kernel.mechanisms {
         match allowed {
             Ok(()) => line("ok", mechanism.name(), "available"),

@@ -10,5 +10,6 @@ pub mod families;
 pub mod kernel;
 pub mod model;
 pub mod process;
+pub mod profile;
 pub mod telemetry;
 pub mod triage;

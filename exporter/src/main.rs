@@ -13,6 +13,7 @@ use periscope::{
     families::{self, Probes, TaskContext},
     kernel::{privileges, tracefs},
     model::span::SpanQueue,
+    profile,
     telemetry::Telemetry,
     triage,
 };
@@ -26,7 +27,8 @@ use periscope::{
   periscope check                       # what can attach here, and why not\n  \
   periscope run                         # Prometheus on 127.0.0.1:9464/metrics\n  \
   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 periscope run\n  \
-  periscope run --config /etc/periscope/periscope.yaml --duration 5m")]
+  periscope run --config /etc/periscope/periscope.yaml --duration 5m\n  \
+  periscope profile --duration 30s -o cpu.svg   # a CPU flame graph of the node")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +55,9 @@ enum Command {
     /// The 60-second incident triage in the terminal: execs, run-queue, disk, TCP, syscalls
     /// and HTTP over a window, with a verdict naming the layer that stands out.
     Triage(triage::Args),
+    /// CPU or off-CPU flame graphs (SVG, folded stacks or pprof) of every process, or of one,
+    /// from stacks sampled and aggregated in the kernel.
+    Profile(profile::Args),
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
             run(c, duration)
         }),
         Command::Triage(args) => triage::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Check { config } => load_config(config.as_deref()).map(|c| {
             if !check::run(&c) {
                 std::process::exit(1);

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["families"],
     &["config", "telemetry"],
     &["export"],
-    &["triage", "check"],
+    &["triage", "check", "profile"],
 ];
 
 /// Per layer folder, the modules it must not name: every later layer, and its own peers.

@@ -30,8 +30,15 @@ pub const SYSCALL_LATENCY_FULL: u32 = 11;
 pub const SYSCALL_ERRORS_FULL: u32 = 12;
 /// The map of threads inside a syscall was full.
 pub const SYSCALL_START_FULL: u32 = 13;
+/// A stack could not be stored: the stack-trace map was full or its bucket held another
+/// stack (the sample is kept without that stack).
+pub const PROFILE_STACK_LOST: u32 = 14;
+/// A (process, stacks) entry could not be created: the sample or off-CPU map is full.
+pub const PROFILE_SAMPLE_MAP_FULL: u32 = 15;
+/// The map of threads blocked off-CPU was full.
+pub const PROFILE_START_MAP_FULL: u32 = 16;
 /// Number of counters.
-pub const COUNT: u32 = 14;
+pub const COUNT: u32 = 17;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -49,4 +56,7 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("syscall", "latency_map_full"),
     ("syscall", "error_map_full"),
     ("syscall", "start_map_full"),
+    ("profile", "stack_lost"),
+    ("profile", "sample_map_full"),
+    ("profile", "start_map_full"),
 ];

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod exec;
 pub mod hist;
 pub mod http;
+pub mod profile;
 pub mod sched;
 pub mod syscall;
 pub mod tcp;
@@ -57,6 +58,9 @@ mod pod {
     unsafe impl aya::Pod for super::tcp::TcpPeerKey {}
     unsafe impl aya::Pod for super::uprobe::UprobeFilter {}
     unsafe impl aya::Pod for super::syscall::SyscallKey {}
+    unsafe impl aya::Pod for super::profile::ProfileKey {}
+    unsafe impl aya::Pod for super::profile::OffCpuTime {}
+    unsafe impl aya::Pod for super::profile::OffCpuStart {}
 }
 
 /// How many processes a family can be told not to measure (`*_SKIP_TGIDS`): Periscope itself

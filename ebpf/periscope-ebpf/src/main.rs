@@ -6,6 +6,7 @@
 mod block;
 mod exec;
 mod http;
+mod profile;
 mod sched;
 mod shared;
 mod syscall;

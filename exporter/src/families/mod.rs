@@ -13,6 +13,7 @@ pub mod block;
 pub mod exec;
 pub mod http;
 mod probes;
+pub mod profile;
 pub mod sched;
 pub mod settings;
 pub mod syscall;
@@ -53,6 +54,10 @@ pub struct ProbesConfig {
     pub tcp: tcp::TcpConfig,
     pub uprobe: uprobe::UprobeConfig,
     pub syscall: syscall::SyscallConfig,
+    /// Set by `periscope profile` only: not a configuration key while the daemon does not
+    /// export profiles.
+    #[serde(skip)]
+    pub profile: profile::ProfileConfig,
     /// Other processes the HTTP and syscall families skip in the kernel, besides Periscope's
     /// own (`periscope triage` puts the daemon here); not a configuration key.
     #[serde(skip)]
@@ -67,7 +72,8 @@ impl ProbesConfig {
         self.http.validate()?;
         self.tcp.validate()?;
         self.uprobe.validate()?;
-        self.syscall.validate()
+        self.syscall.validate()?;
+        self.profile.validate()
     }
 }
 
@@ -163,4 +169,5 @@ pub const REGISTRY: &[Registration] = &[
     tcp::REGISTRATION,
     uprobe::REGISTRATION,
     syscall::REGISTRATION,
+    profile::REGISTRATION,
 ];

@@ -61,7 +61,11 @@ impl Probes {
         let preallocated = u32::from(super::attach::needs_preallocated_maps());
         loader.override_global("PREALLOCATED_HISTS", &preallocated, true);
         let skip = skip_tgids(&config.skip_pids);
-        for name in ["HTTP_SKIP_TGIDS", "SYSCALL_SKIP_TGIDS"] {
+        for name in [
+            "HTTP_SKIP_TGIDS",
+            "SYSCALL_SKIP_TGIDS",
+            "PROFILE_SKIP_TGIDS",
+        ] {
             loader.override_global(name, &skip, true);
         }
         for (_, plan) in &plans {
@@ -103,6 +107,11 @@ impl Probes {
             counters,
             swept: REGISTRY.iter().map(|r| (r.name, 0)).collect(),
         })
+    }
+
+    /// The profile's maps, when `profile` attached: taken out for the one who reads them.
+    pub fn take_profile(&mut self) -> Result<super::profile::ProfileReader, super::ProbeError> {
+        super::profile::ProfileReader::take(&mut self.ebpf)
     }
 
     /// Reads every attached family into metrics.

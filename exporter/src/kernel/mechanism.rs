@@ -24,6 +24,9 @@ pub enum Mechanism {
     Tracepoint,
     /// User-space probes (the `uprobe` family's only mechanism; not a kernel-path choice).
     Uprobe,
+    /// A program on a perf event (the CPU clock of each CPU): the on-CPU profile's only
+    /// mechanism.
+    PerfEvent,
 }
 
 impl Mechanism {
@@ -48,6 +51,7 @@ impl Mechanism {
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoint => "tracepoint",
             Self::Uprobe => "uprobe",
+            Self::PerfEvent => "perf_event",
         }
     }
 
@@ -140,6 +144,11 @@ impl KernelSupport {
         } else {
             Err("kernel without CONFIG_UPROBE_EVENTS (no uprobe PMU) and no tracefs".into())
         };
+        let perf_event = match aya::sys::is_program_supported(ProgramType::PerfEvent) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("perf_event programs do not load on this kernel".into()),
+            Err(e) => Err(format!("perf_event program probe failed: {e}")),
+        };
         Self {
             btf: std::sync::OnceLock::new(),
             mechanisms: vec![
@@ -150,6 +159,7 @@ impl KernelSupport {
                 (Mechanism::RawTracepoint, raw),
                 (Mechanism::Tracepoint, tracepoint),
                 (Mechanism::Uprobe, uprobe),
+                (Mechanism::PerfEvent, perf_event),
             ],
         }
     }

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Overhead of `periscope profile` vs no profiler vs bpftrace and offcputime, same workloads.
+
+Workloads (fixed work, scored by throughput; higher is better):
+  cpu:   `stress-ng --cpu 2 --cpu-method int64 --cpu-ops N`: both CPUs busy in user space, every
+         99 Hz sample lands in it (bogo ops per second of wall time).
+  sched: `perf bench sched pipe`: the context-switch storm, worst case for off-CPU tracing
+         (a sched_switch and a sched_wakeup per half operation).
+Configurations: none; `periscope profile -F 99` and bpftrace `profile:hz:99 { @[ustack] =
+count(); }` (both node-wide); `periscope profile -F 19` (the daemon's intended default); and
+on the sched workload `periscope profile --off-cpu` and libbpf-tools `offcputime`. Rounds are
+interleaved so drift hits all alike; figures are median (min - max) over the rounds.
+Writes bench/out/profile.md and bench/out/profile.json.
+"""
+import argparse, json, os, re, signal, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERISCOPE = os.environ.get("PERISCOPE_BIN", os.path.join(ROOT, "target/release/periscope"))
+OUT = os.path.join(ROOT, "bench/out")
+
+
+def cpu_workload(ops):
+    start = time.monotonic()
+    subprocess.run(["stress-ng", "--cpu", "2", "--cpu-method", "int64", "--cpu-ops", str(ops)],
+                   check=True, capture_output=True)
+    return ops / (time.monotonic() - start)
+
+
+def sched_workload(loops):
+    out = subprocess.run(["perf", "bench", "sched", "pipe", "-l", str(loops)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"(\d+)\s+ops/sec", out).group(1))
+
+
+def profiler(kind):
+    """Starts a profiler and returns its process once it is attached (None: no profiler)."""
+    if kind == "none":
+        return None
+    if kind.startswith("periscope"):
+        args = {"periscope-99": ["-F", "99"], "periscope-19": ["-F", "19"],
+                "periscope-offcpu": ["--off-cpu"]}[kind]
+        p = subprocess.Popen([PERISCOPE, "profile", "--duration", "1h", "--format", "folded",
+                              "-o", "/dev/null", *args], stderr=subprocess.PIPE, text=True)
+        for line in p.stderr:
+            if "sampling" in line:
+                return p
+        raise RuntimeError(f"{kind} did not start")
+    if kind == "bpftrace-99":
+        p = subprocess.Popen(["bpftrace", "-e", "profile:hz:99 { @[ustack] = count(); }"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in p.stdout:
+            if "Attaching" in line:
+                return p
+        raise RuntimeError("bpftrace did not start")
+    if kind == "offcputime":
+        p = subprocess.Popen(["/usr/sbin/offcputime"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(3)  # it prints nothing when attached
+        return p
+    raise ValueError(kind)
+
+
+def stop(p):
+    if p is None:
+        return
+    p.send_signal(signal.SIGINT)
+    try:
+        p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+
+
+def spread(values):
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f} - {max(values):,.0f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else 3
+    cpu_ops, loops = (20_000, 100_000) if args.quick else (100_000, 400_000)
+    plan = {
+        "cpu": (lambda: cpu_workload(cpu_ops), ["none", "periscope-99", "bpftrace-99", "periscope-19"]),
+        "sched": (lambda: sched_workload(loops), ["none", "periscope-99", "bpftrace-99",
+                                                  "periscope-offcpu", "offcputime"]),
+    }
+    scores = {w: {k: [] for k in kinds} for w, (_, kinds) in plan.items()}
+    for _ in range(rounds):
+        for workload, (run, kinds) in plan.items():
+            for kind in kinds:
+                p = profiler(kind)
+                try:
+                    scores[workload][kind].append(run())
+                finally:
+                    stop(p)
+    os.makedirs(OUT, exist_ok=True)
+    lines = ["# Profile overhead", "", f"{rounds} rounds, interleaved; throughput median (min - max),"
+             " and the slowdown of the median against no profiler.", ""]
+    summary = {}
+    for workload, by_kind in scores.items():
+        unit = "bogo ops/s" if workload == "cpu" else "ops/s"
+        base = statistics.median(by_kind["none"])
+        lines += [f"## {workload}", "", f"| profiler | {unit} | slowdown |", "|---|---|---|"]
+        for kind, values in by_kind.items():
+            slowdown = 1 - statistics.median(values) / base
+            summary.setdefault(workload, {})[kind] = slowdown
+            lines.append(f"| {kind} | {spread(values)} | {slowdown:+.1%} |")
+        lines.append("")
+    with open(os.path.join(OUT, "profile.md"), "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(OUT, "profile.json"), "w") as f:
+        json.dump({"scores": scores, "slowdown": summary, "rounds": rounds}, f, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+//! CPU and off-CPU profiles: the keys and values the `profile` programs aggregate into, per
+//! process, user stack and kernel stack. Stack ids index the programs' stack-trace map; a
+//! negative id is the helper's error (no user stack in a kernel thread, no kernel stack when
+//! the sample hit user mode).
+
+/// One aggregated stack: a process, its thread's name, and its two stack ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProfileKey {
+    /// The process (thread group) id.
+    pub tgid: u32,
+    /// `bpf_get_stackid(.., BPF_F_USER_STACK)`, or the negative error.
+    pub user_stack: i32,
+    /// `bpf_get_stackid(.., 0)`, or the negative error.
+    pub kernel_stack: i32,
+    /// Explicit padding: hash keys are compared byte for byte.
+    pub _pad: u32,
+    /// The thread's name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+impl ProfileKey {
+    pub const ZERO: Self = Self {
+        tgid: 0,
+        user_stack: -1,
+        kernel_stack: -1,
+        _pad: 0,
+        comm: [0; 16],
+    };
+}
+
+/// Time blocked off-CPU for one stack: the sum, and how many blocks it is the sum of.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuTime {
+    pub total_ns: u64,
+    pub count: u64,
+}
+
+/// A thread switched out while blocked: when, and the stacks it blocked in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuStart {
+    pub since_ns: u64,
+    pub key: ProfileKey,
+}

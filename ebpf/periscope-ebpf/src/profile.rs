@@ -1,0 +1,197 @@
+//! CPU and off-CPU profiles, aggregated in the kernel.
+//!
+//! On-CPU: `profile_cpu` runs on a perf event per CPU (the CPU clock at a frequency user space
+//! chooses) and counts one sample per (process, thread name, user stack, kernel stack) in
+//! `PROFILE_CPU_SAMPLES`; the stacks themselves live once each in `PROFILE_STACKS`. User space
+//! reads O(distinct stacks), never O(samples).
+//!
+//! Off-CPU: on `sched_switch` the task switched out while blocked (not preempted: a preempted
+//! task waits in the run queue, which the `sched` family measures) is stamped with the time and
+//! its stacks at that moment (it is still the current task there, so its stacks are the ones
+//! it blocked in); `sched_wakeup` ends the block, so run-queue wait is left out, and adds the
+//! blocked time to `PROFILE_OFFCPU` under those stacks when it reaches the minimum.
+//!
+//! Counts live in per-CPU maps: a program adds to its own CPU's value without a lock (this
+//! target has no atomic read-modify-write), and user space sums the CPUs when it reads. Every
+//! hash map is preallocated: a perf-event program runs in NMI context, where allocating is
+//! refused.
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, perf_event, tracepoint},
+    maps::{HashMap, PerCpuHashMap, StackTrace},
+    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
+};
+use periscope_common::{
+    SKIP_TGIDS, counters,
+    profile::{OffCpuStart, OffCpuTime, ProfileKey},
+    sched::TASK_REPORT_MASK,
+};
+
+use crate::shared::{count, global, skipped};
+
+/// Periscope itself and other Periscope processes: never profiled.
+#[unsafe(no_mangle)]
+static PROFILE_SKIP_TGIDS: [u32; SKIP_TGIDS] = [0; SKIP_TGIDS];
+/// The one process to profile (`--pid`), or 0 for every process.
+#[unsafe(no_mangle)]
+static PROFILE_TGID: u32 = 0;
+/// Blocks shorter than this many microseconds are not counted off-CPU.
+#[unsafe(no_mangle)]
+static PROFILE_OFFCPU_MIN_US: u32 = 1;
+/// `sched_switch.prev_state` and `sched_wakeup.pid`, from this kernel's format files.
+#[unsafe(no_mangle)]
+static PROFILE_SWITCH_PREV_STATE: u32 = 32;
+#[unsafe(no_mangle)]
+static PROFILE_WAKEUP_PID: u32 = 24;
+
+/// Every stack seen, by id. User space sizes it (and to 1 entry when profiling is off).
+#[map]
+static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// On-CPU samples per (process, stacks).
+#[map]
+static PROFILE_CPU_SAMPLES: PerCpuHashMap<ProfileKey, u64> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Blocked time per (process, stacks at switch-out).
+#[map]
+static PROFILE_OFFCPU: PerCpuHashMap<ProfileKey, OffCpuTime> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Threads blocked right now, by thread id.
+#[map]
+static PROFILE_OFFCPU_START: HashMap<u32, OffCpuStart> = HashMap::with_max_entries(32768, 0);
+
+/// Whether the current process is one to profile.
+#[inline(always)]
+fn selected(tgid: u32) -> bool {
+    let only = global(&PROFILE_TGID);
+    !skipped(&PROFILE_SKIP_TGIDS, tgid) && (only == 0 || only == tgid)
+}
+
+/// A stack id, or the helper's error. -EEXIST (bucket taken by another stack) and -ENOMEM
+/// (map full) mean a stack was lost and are counted; -EFAULT (no stack of that kind here, such
+/// as the kernel stack of a sample taken in user mode) is normal.
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    match ctx.get_stackid(&PROFILE_STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            if e == -17 || e == -12 {
+                count(counters::PROFILE_STACK_LOST);
+            }
+            e
+        }
+    }
+}
+
+/// The key of the current task's stacks.
+#[inline(always)]
+fn current_key<C: StackIdContext>(ctx: &C, tgid: u32) -> ProfileKey {
+    ProfileKey {
+        tgid,
+        user_stack: stack_id(ctx, BPF_F_USER_STACK as u64),
+        kernel_stack: stack_id(ctx, 0),
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Adds to this CPU's value of `key`, creating it from `zero` first; `false` when the map is
+/// full.
+#[inline(always)]
+fn add<V>(
+    map: &PerCpuHashMap<ProfileKey, V>,
+    key: &ProfileKey,
+    zero: &V,
+    add: impl Fn(*mut V),
+) -> bool {
+    if let Some(value) = map.get_ptr_mut(key) {
+        add(value);
+        return true;
+    }
+    // EEXIST (a program interrupting this one created it first) is fine: look it up again.
+    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
+    match map.get_ptr_mut(key) {
+        Some(value) => {
+            add(value);
+            true
+        }
+        None => false,
+    }
+}
+
+#[perf_event]
+pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // tid 0 is the idle task: a CPU doing nothing is not a stack to show.
+    if tid == 0 || !selected(tgid) {
+        return 0;
+    }
+    let key = current_key(&ctx, tgid);
+    // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
+    if !add(&PROFILE_CPU_SAMPLES, &key, &0, |n| unsafe { *n += 1 }) {
+        count(counters::PROFILE_SAMPLE_MAP_FULL);
+    }
+    0
+}
+
+/// `sched:sched_switch`: stamps the task switched out when it blocks.
+#[tracepoint]
+pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tid == 0 || !selected(tgid) {
+        return 0;
+    }
+    // SAFETY: the offset comes from this kernel's format file for sched_switch.
+    let Ok(state) = (unsafe { ctx.read_at::<u64>(global(&PROFILE_SWITCH_PREV_STATE) as usize) })
+    else {
+        return 0;
+    };
+    // Still runnable (preempted): it waits for a CPU, it is not blocked.
+    if state & TASK_REPORT_MASK == 0 {
+        return 0;
+    }
+    let start = OffCpuStart {
+        since_ns: unsafe { bpf_ktime_get_ns() },
+        key: current_key(&ctx, tgid),
+    };
+    if PROFILE_OFFCPU_START.insert(tid, start, 0).is_err() {
+        count(counters::PROFILE_START_MAP_FULL);
+    }
+    0
+}
+
+/// `sched:sched_wakeup`: the blocked task becomes runnable; its block ends here.
+#[tracepoint]
+pub fn profile_sched_wakeup(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file for sched_wakeup.
+    let Ok(tid) = (unsafe { ctx.read_at::<u32>(global(&PROFILE_WAKEUP_PID) as usize) }) else {
+        return 0;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { PROFILE_OFFCPU_START.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = PROFILE_OFFCPU_START.remove(tid);
+    let blocked = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.since_ns);
+    if blocked < u64::from(global(&PROFILE_OFFCPU_MIN_US)) * 1000 {
+        return 0;
+    }
+    let zero = OffCpuTime::default();
+    let added = add(&PROFILE_OFFCPU, &start.key, &zero, |time| {
+        // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
+        unsafe {
+            (*time).total_ns += blocked;
+            (*time).count += 1;
+        }
+    });
+    if !added {
+        count(counters::PROFILE_SAMPLE_MAP_FULL);
+    }
+    0
+}

@@ -1,0 +1,214 @@
+//! CPU and off-CPU profiles: the user-space half of `ebpf/periscope-ebpf/src/profile.rs`.
+//!
+//! On-CPU, `profile_cpu` is attached to a CPU-clock perf event on every online CPU, sampling at
+//! the configured frequency; off-CPU, `profile_sched_switch` and `profile_sched_wakeup` are
+//! attached to their tracepoints. Either way the kernel aggregates per (process, thread name,
+//! user stack, kernel stack), and [`ProfileReader`] reads O(distinct stacks). Profiles are not
+//! metrics: the family attaches through the registry (so its maps are sized, and tiny when it
+//! is off) and whoever asked for it takes the reader ([`super::Probes::take_profile`]).
+
+pub mod config;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap, StackTraceMap},
+    programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use periscope_common::profile::{OffCpuTime, ProfileKey};
+
+pub use self::config::ProfileConfig;
+use super::{
+    KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, Registration, Started,
+    start_family_with, tracepoint_plan,
+};
+use crate::kernel::{mechanism::MechanismChoice, programs::attach_tracepoints, tracefs::Tracefs};
+
+const FAMILY: &str = "profile";
+const CPU_PROGRAM: &str = "profile_cpu";
+const OFFCPU_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("profile_sched_switch", "sched", "sched_switch"),
+    ("profile_sched_wakeup", "sched", "sched_wakeup"),
+];
+const MAPS: [&str; 4] = [
+    "PROFILE_STACKS",
+    "PROFILE_CPU_SAMPLES",
+    "PROFILE_OFFCPU",
+    "PROFILE_OFFCPU_START",
+];
+/// Threads that can be blocked at once and still be timed.
+const MAX_BLOCKED_THREADS: u32 = 32768;
+
+pub fn plan(config: &ProfileConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
+    let mut settings = LoadSettings::default();
+    if !config.enabled {
+        // Nothing is profiled: the maps (a stack-trace map costs ~1 KiB per entry) stay tiny.
+        settings.max_entries.extend(MAPS.map(|m| (m, 1)));
+        return Plan::disabled(settings);
+    }
+    let (samples, offcpu, blocked) = if config.off_cpu {
+        (1, config.max_stacks, MAX_BLOCKED_THREADS)
+    } else {
+        (config.max_stacks, 1, 1)
+    };
+    settings.max_entries.extend([
+        ("PROFILE_STACKS", config.max_stacks),
+        ("PROFILE_CPU_SAMPLES", samples),
+        ("PROFILE_OFFCPU", offcpu),
+        ("PROFILE_OFFCPU_START", blocked),
+    ]);
+    settings.globals.extend([
+        ("PROFILE_TGID", config.tgid.unwrap_or(0)),
+        ("PROFILE_OFFCPU_MIN_US", config.min_block_us),
+    ]);
+    if config.off_cpu {
+        return tracepoint_plan(
+            FAMILY,
+            &[Mechanism::Tracepoint],
+            MechanismChoice::Auto,
+            kernel,
+            tracefs,
+            settings,
+            offcpu_offsets,
+        );
+    }
+    let mechanism = kernel
+        .allows(Mechanism::PerfEvent)
+        .map(|()| Mechanism::PerfEvent)
+        .map_err(|why| ProbeError::Mechanism(format!("{FAMILY}: {why}")));
+    Plan::single(settings, mechanism)
+}
+
+fn offcpu_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let switch = tracefs.format("sched", "sched_switch")?;
+    let wakeup = tracefs.format("sched", "sched_wakeup")?;
+    Ok(vec![
+        ("PROFILE_SWITCH_PREV_STATE", switch.offset("prev_state", 8)?),
+        ("PROFILE_WAKEUP_PID", wakeup.offset("pid", 4)?),
+    ])
+}
+
+pub const REGISTRATION: Registration = Registration {
+    name: FAMILY,
+    plan: |config, kernel, tracefs| plan(&config.profile, kernel, tracefs),
+    start: |ebpf, plan, config| {
+        let (_, status) = start(ebpf, plan, &config.profile);
+        Started {
+            family: None,
+            status,
+        }
+    },
+};
+
+/// Attaches the programs the plan's mechanism needs; the maps stay in the object for
+/// [`ProfileReader::take`].
+pub fn start(
+    ebpf: &mut Ebpf,
+    plan: Plan,
+    config: &ProfileConfig,
+) -> (Option<()>, super::ProbeStatus) {
+    let frequency = config.frequency;
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
+        if mechanism == Mechanism::Tracepoint {
+            attach_tracepoints(ebpf, OFFCPU_PROGRAMS)?;
+            return Ok(OFFCPU_PROGRAMS.iter().map(|p| p.0).collect());
+        }
+        attach_perf_events(ebpf, frequency)?;
+        Ok(vec![CPU_PROGRAM])
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |_| Ok(()))
+}
+
+/// `profile_cpu` on a CPU-clock event of every online CPU, `frequency` times a second.
+fn attach_perf_events(ebpf: &mut Ebpf, frequency: u64) -> Result<(), ProbeError> {
+    let program = CPU_PROGRAM;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| {
+        ProbeError::Mechanism(format!("{FAMILY}: reading {what} failed: {e}"))
+    })?;
+    let perf: &mut PerfEvent = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProbeError::missing_program(program))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { program, source })?;
+    perf.load()
+        .map_err(|source| ProbeError::Program { program, source })?;
+    for cpu in cpus {
+        perf.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(frequency),
+            false,
+        )
+        .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
+}
+
+/// One aggregated stack as the kernel has it: who, the two stack ids, and the value (samples
+/// on-CPU, nanoseconds blocked off-CPU) with how many events make it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackCount {
+    pub key: ProfileKey,
+    pub value: u64,
+    pub events: u64,
+}
+
+/// The profile's kernel maps.
+pub struct ProfileReader {
+    stacks: StackTraceMap<MapData>,
+    samples: PerCpuHashMap<MapData, ProfileKey, u64>,
+    offcpu: PerCpuHashMap<MapData, ProfileKey, OffCpuTime>,
+}
+
+impl ProfileReader {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let stacks = ebpf
+            .take_map("PROFILE_STACKS")
+            .ok_or_else(|| ProbeError::missing_map("PROFILE_STACKS"))?;
+        Ok(Self {
+            stacks: StackTraceMap::try_from(stacks).map_err(|e| ProbeError::Map {
+                map: "PROFILE_STACKS",
+                reason: e.to_string(),
+            })?,
+            samples: super::take_per_cpu_map(ebpf, "PROFILE_CPU_SAMPLES")?,
+            offcpu: super::take_per_cpu_map(ebpf, "PROFILE_OFFCPU")?,
+        })
+    }
+
+    /// Every stack counted so far, on-CPU and off-CPU alike (only one of them is attached),
+    /// the CPUs summed.
+    pub fn counts(&self) -> Vec<StackCount> {
+        let on_cpu = self.samples.iter().flatten().map(|(key, per_cpu)| {
+            let n = per_cpu.iter().sum();
+            StackCount {
+                key,
+                value: n,
+                events: n,
+            }
+        });
+        let off_cpu = self
+            .offcpu
+            .iter()
+            .flatten()
+            .map(|(key, per_cpu)| StackCount {
+                key,
+                value: per_cpu.iter().map(|t| t.total_ns).sum(),
+                events: per_cpu.iter().map(|t| t.count).sum(),
+            });
+        on_cpu.chain(off_cpu).collect()
+    }
+
+    /// The instruction pointers of a stack, innermost first; empty for a negative id (no stack
+    /// of that kind) or a stack no longer in the map.
+    pub fn stack(&self, id: i32) -> Vec<u64> {
+        let Ok(id) = u32::try_from(id) else {
+            return Vec::new();
+        };
+        self.stacks
+            .get(&id, 0)
+            .map(|trace| trace.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+}

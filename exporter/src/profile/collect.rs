@@ -1,0 +1,184 @@
+//! From the kernel's aggregated counts to named stacks. Each (process, stacks) key is
+//! symbolized once, the first time it is read, while the process is most likely still alive
+//! (its `/proc/PID/maps` is what turns addresses into functions); later reads only update the
+//! counts. `--comm` and `--container` are decided per process at first sight too.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::families::profile::{ProfileReader, StackCount};
+use periscope_common::profile::ProfileKey;
+
+use super::symbolize::{Frame, Symbols};
+
+/// Which processes a profile keeps besides the kernel-side `--pid` filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub comm: Option<String>,
+    pub container: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, key: &ProfileKey) -> bool {
+        if let Some(comm) = &self.comm {
+            let thread = comm_text(&key.comm);
+            let process =
+                std::fs::read_to_string(format!("/proc/{}/comm", key.tgid)).unwrap_or_default();
+            if thread != *comm && process.trim_end() != comm {
+                return false;
+            }
+        }
+        if let Some(id) = &self.container {
+            let cgroups =
+                std::fs::read_to_string(format!("/proc/{}/cgroup", key.tgid)).unwrap_or_default();
+            let inside = cgroups
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .filter_map(crate::process::container_id)
+                .any(|c| c.starts_with(id.as_str()));
+            if !inside {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Frames of the tracing machinery that runs the profile's own program.
+fn is_tracing_glue(name: &str) -> bool {
+    const PREFIXES: [&str; 6] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "perf_trace_",
+        "trace_call_bpf",
+        "__traceiter_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// One named stack, root first (the thread's name, then user frames outermost first, then
+/// kernel frames), and its value: samples on-CPU, nanoseconds off-CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    pub value: u64,
+    /// Samples (on-CPU) or blocks (off-CPU) the value is made of.
+    pub events: u64,
+}
+
+pub struct Collector {
+    filter: Filter,
+    symbols: Symbols,
+    /// Per key seen: its frames, or `None` when the filter drops it.
+    named: HashMap<ProfileKey, Option<Vec<Frame>>>,
+    /// The latest counts read.
+    counts: Vec<StackCount>,
+}
+
+impl Collector {
+    pub fn new(filter: Filter) -> Self {
+        Self {
+            filter,
+            symbols: Symbols::new(),
+            named: HashMap::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// Reads the kernel's counts and names the stacks not seen before, for at most `budget`
+    /// (the rest wait for the next call); `None` names them all.
+    pub fn refresh(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
+        self.counts = reader.counts();
+        self.name_new(reader, budget);
+    }
+
+    /// The final counts (read when sampling stopped); every stack not named yet is named.
+    pub fn finish(&mut self, reader: &ProfileReader, counts: Vec<StackCount>) {
+        self.counts = counts;
+        self.name_new(reader, None);
+    }
+
+    fn name_new(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
+        let started = std::time::Instant::now();
+        self.symbols.new_round();
+        let new: Vec<ProfileKey> = self
+            .counts
+            .iter()
+            .map(|c| c.key)
+            .filter(|key| !self.named.contains_key(key))
+            .collect();
+        for key in new {
+            if budget.is_some_and(|b| started.elapsed() > b) {
+                break;
+            }
+            let frames = self.filter.keeps(&key).then(|| self.name(reader, &key));
+            self.named.insert(key, frames);
+        }
+    }
+
+    fn name(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
+        let user = self
+            .symbols
+            .user_stack(key.tgid, &reader.stack(key.user_stack));
+        let mut kernel = self.symbols.kernel_stack(&reader.stack(key.kernel_stack));
+        // Off-CPU stacks are taken inside the sched_switch tracepoint: its own frames (the
+        // program, the tracepoint glue) are not where the task blocked.
+        let glue = kernel
+            .iter()
+            .take_while(|f| is_tracing_glue(&f.name))
+            .count();
+        kernel.drain(..glue);
+        let root = Frame {
+            name: comm_text(&key.comm),
+            module: String::new(),
+            kernel: false,
+        };
+        std::iter::once(root)
+            .chain(user.into_iter().rev())
+            .chain(kernel.into_iter().rev())
+            .collect()
+    }
+
+    /// Events (samples, or blocks off-CPU) and value over the kept stacks.
+    pub fn totals(&self) -> (u64, u64, usize) {
+        let kept = self.kept();
+        let events = kept.iter().map(|(c, _)| c.events).sum();
+        let value = kept.iter().map(|(c, _)| c.value).sum();
+        (events, value, kept.len())
+    }
+
+    fn kept(&self) -> Vec<(&StackCount, &Vec<Frame>)> {
+        self.counts
+            .iter()
+            .filter_map(|c| Some((c, self.named.get(&c.key)?.as_ref()?)))
+            .collect()
+    }
+
+    /// The named stacks, identical stacks merged, in a stable order.
+    pub fn stacks(&self) -> Vec<Stack> {
+        let mut merged: BTreeMap<Vec<Frame>, (u64, u64)> = BTreeMap::new();
+        for (count, frames) in self.kept() {
+            let entry = merged.entry(frames.clone()).or_default();
+            entry.0 += count.value;
+            entry.1 += count.events;
+        }
+        merged
+            .into_iter()
+            .map(|(frames, (value, events))| Stack {
+                frames,
+                value,
+                events,
+            })
+            .collect()
+    }
+
+    /// Frames the symbol caches hold (user, kernel).
+    pub fn cached_frames(&self) -> (usize, usize) {
+        self.symbols.cached()
+    }
+}

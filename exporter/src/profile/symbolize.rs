@@ -1,0 +1,314 @@
+//! Addresses to function names, with blazesym: ELF symbol tables and DWARF of each mapped
+//! file, read through `/proc/PID/map_files` (so binaries in another mount namespace, such as a
+//! container's, resolve), perf maps (`/tmp/perf-PID.map`, written by JIT runtimes such as Node
+//! with `--perf-basic-prof`), and kernel addresses from `/proc/kallsyms`.
+//!
+//! Resolved frames are cached by what they are in the file, (device, inode, file offset), so a
+//! thousand processes of one binary cost one lookup per address; each file is parsed once
+//! whichever process maps it, opened through the `/proc/PID/root` of the first process seen
+//! with it. At most [`MAX_CACHED_FRAMES`] frames per cache and [`MAX_FILES`] parsed files are
+//! kept: past that the cache is cleared (the symbolizer, and the files it holds, replaced),
+//! so many short-lived processes cannot grow it without bound. An address no symbol covers
+//! (a stripped binary) becomes `[module+0xoffset]`, never an error.
+
+use std::{collections::HashMap, path::Path};
+
+use blazesym::{
+    MaybeDefault, Pid,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Elf, Kernel, Process, Source},
+    },
+};
+
+/// Frames kept in each cache (user, kernel) before it is cleared.
+pub const MAX_CACHED_FRAMES: usize = 200_000;
+/// Files (device, inode) one blazesym symbolizer holds parsed before it is replaced.
+pub const MAX_FILES: usize = 256;
+
+/// One resolved frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frame {
+    /// The function (demangled), or `[module+0xoffset]` when no symbol covers the address.
+    pub name: String,
+    /// The file the code is in (its file name), `[kernel]`, or `[unknown]`.
+    pub module: String,
+    pub kernel: bool,
+}
+
+/// A file-backed mapping of a process, from `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    /// `major:minor` of the device, and the inode: the file's identity across processes.
+    pub dev: String,
+    pub inode: u64,
+    pub path: String,
+}
+
+/// The mappings of one `/proc/PID/maps` text; lines that do not parse are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let dev = fields.next()?;
+    let inode = fields.next()?.parse().ok()?;
+    let path = fields.collect::<Vec<_>>().join(" ");
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: dev.to_string(),
+        inode,
+        path,
+    })
+}
+
+/// The mapping that holds `addr`.
+pub fn mapping_of(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
+    maps.iter().find(|m| m.start <= addr && addr < m.end)
+}
+
+/// What an address is, independent of the process: the file and the offset in it.
+type FileAddr = (String, u64, u64);
+
+pub struct Symbols {
+    blaze: Symbolizer,
+    /// The files the symbolizer holds, by (device, inode): the path it opened each one by.
+    files: HashMap<(String, u64), std::path::PathBuf>,
+    user: HashMap<FileAddr, Frame>,
+    kernel: HashMap<u64, Frame>,
+    /// Memory maps read in this round, per process.
+    maps: HashMap<u32, std::sync::Arc<Vec<Mapping>>>,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbols {
+    pub fn new() -> Self {
+        Self {
+            blaze: Symbolizer::new(),
+            files: HashMap::new(),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            maps: HashMap::new(),
+        }
+    }
+
+    /// Frames cached right now (user, kernel): bounded by [`MAX_CACHED_FRAMES`] each.
+    pub fn cached(&self) -> (usize, usize) {
+        (self.user.len(), self.kernel.len())
+    }
+
+    /// Forgets the processes' memory maps read so far: call once per round of naming, so a
+    /// process's map is read once per round, not once per stack.
+    pub fn new_round(&mut self) {
+        self.maps.clear();
+    }
+
+    fn maps_of(&mut self, pid: u32) -> std::sync::Arc<Vec<Mapping>> {
+        self.maps
+            .entry(pid)
+            .or_insert_with(|| {
+                let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+                std::sync::Arc::new(parse_maps(&text))
+            })
+            .clone()
+    }
+
+    /// The frames of a user stack of process `pid` (`ips` innermost first, as the kernel gives
+    /// them), innermost first.
+    pub fn user_stack(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let maps = self.maps_of(pid);
+        // Callers' addresses are return addresses, one past the call: step back into it, or a
+        // call that ends its function would be named after the next one.
+        ips.iter()
+            .enumerate()
+            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+            .map(
+                |addr| match mapping_of(&maps, addr).filter(|m| in_file(m)) {
+                    Some(m) => self.file_frame(pid, m, addr),
+                    None => self.anonymous_frame(pid, addr, &maps),
+                },
+            )
+            .collect()
+    }
+
+    /// An address in a mapped file: named from the file itself (its ELF symbols and DWARF),
+    /// parsed once whichever process maps it, opened through `/proc/PID/root` so that a
+    /// container's file is the one read.
+    fn file_frame(&mut self, pid: u32, m: &Mapping, addr: u64) -> Frame {
+        let offset = addr - m.start + m.offset;
+        let key = (m.dev.clone(), m.inode, offset);
+        if let Some(frame) = self.user.get(&key) {
+            return frame.clone();
+        }
+        let file = (m.dev.clone(), m.inode);
+        if !self.files.contains_key(&file) && self.files.len() >= MAX_FILES {
+            // A fresh symbolizer: the parsed files the old one held are freed.
+            self.blaze = Symbolizer::new();
+            self.files.clear();
+        }
+        let path = self
+            .files
+            .entry(file)
+            .or_insert_with(|| format!("/proc/{pid}/root{}", m.path).into())
+            .clone();
+        let source = Source::Elf(Elf::new(path));
+        let frame = match self
+            .blaze
+            .symbolize_single(&source, Input::FileOffset(offset))
+        {
+            Ok(Symbolized::Sym(sym)) => Frame {
+                name: sym.name.to_string(),
+                module: file_name(&m.path),
+                kernel: false,
+            },
+            _ => unknown(addr, std::slice::from_ref(m)),
+        };
+        remember(&mut self.user, key, frame.clone());
+        frame
+    }
+
+    /// An address outside any file (JIT code): named from the process's perf map, if it
+    /// writes one (`/tmp/perf-PID.map`).
+    fn anonymous_frame(&mut self, pid: u32, addr: u64, maps: &[Mapping]) -> Frame {
+        let source = Source::Process(Process::new(Pid::from(pid)));
+        match self.blaze.symbolize_single(&source, Input::AbsAddr(addr)) {
+            Ok(Symbolized::Sym(sym)) => Frame {
+                name: sym.name.to_string(),
+                module: "[perf-map]".into(),
+                kernel: false,
+            },
+            _ => unknown(addr, maps),
+        }
+    }
+
+    /// The frames of a kernel stack, innermost first.
+    pub fn kernel_stack(&mut self, ips: &[u64]) -> Vec<Frame> {
+        let missing: Vec<u64> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !self.kernel.contains_key(ip))
+            .collect();
+        if !missing.is_empty() {
+            // /proc/kallsyms alone: searching for a vmlinux image costs more than it brings
+            // for function names.
+            let kernel = Kernel {
+                vmlinux: MaybeDefault::None,
+                ..Default::default()
+            };
+            let found = self
+                .blaze
+                .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&missing))
+                .unwrap_or_default();
+            for (i, ip) in missing.iter().enumerate() {
+                let name = match found.get(i) {
+                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                    _ => format!("[kernel 0x{ip:x}]"),
+                };
+                let frame = Frame {
+                    name,
+                    module: "[kernel]".into(),
+                    kernel: true,
+                };
+                remember(&mut self.kernel, *ip, frame);
+            }
+        }
+        ips.iter()
+            .map(|ip| {
+                self.kernel.get(ip).cloned().unwrap_or_else(|| Frame {
+                    name: format!("[kernel 0x{ip:x}]"),
+                    module: "[kernel]".into(),
+                    kernel: true,
+                })
+            })
+            .collect()
+    }
+}
+
+fn remember<K: std::hash::Hash + Eq>(cache: &mut HashMap<K, Frame>, key: K, frame: Frame) {
+    if cache.len() >= MAX_CACHED_FRAMES {
+        cache.clear();
+    }
+    cache.insert(key, frame);
+}
+
+/// Whether a mapping is backed by a file Periscope can open (not `[heap]`, `[vdso]`, JIT
+/// code or a deleted file).
+fn in_file(m: &Mapping) -> bool {
+    m.inode != 0 && m.path.starts_with('/') && !m.path.ends_with(" (deleted)")
+}
+
+/// `[module+0xoffset]` for an address no symbol covers, or `[unknown 0xaddr]` outside any file.
+fn unknown(addr: u64, maps: &[Mapping]) -> Frame {
+    match mapping_of(maps, addr).filter(|m| !m.path.is_empty()) {
+        Some(m) => {
+            let module = file_name(&m.path);
+            Frame {
+                name: format!("[{module}+0x{:x}]", addr - m.start + m.offset),
+                module,
+                kernel: false,
+            }
+        }
+        None => Frame {
+            name: format!("[unknown 0x{addr:x}]"),
+            module: "[unknown]".into(),
+            kernel: false,
+        },
+    }
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_give_the_file_and_offset_of_an_address() {
+        let maps = parse_maps(
+            "55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1234 /usr/bin/x y\n\
+             55d0c0a01000-55d0c0a05000 r-xp 00001000 08:01 1234 /usr/bin/x y\n\
+             7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n\
+             garbage\n",
+        );
+        assert_eq!(maps.len(), 3);
+        let m = mapping_of(&maps, 0x55d0c0a01234).expect("mapped");
+        assert_eq!((m.inode, m.path.as_str()), (1234, "/usr/bin/x y"));
+        assert_eq!(0x55d0c0a01234 - m.start + m.offset, 0x1234);
+        assert!(mapping_of(&maps, 0x1000).is_none());
+    }
+
+    #[test]
+    fn an_address_without_a_symbol_names_its_module_and_offset() {
+        let maps = parse_maps("1000-3000 r-xp 00002000 08:01 9 /opt/app/stripped\n");
+        assert_eq!(unknown(0x1010, &maps).name, "[stripped+0x2010]");
+        assert_eq!(unknown(0x9999, &maps).name, "[unknown 0x9999]");
+    }
+
+    #[test]
+    fn the_frame_cache_is_bounded() {
+        let mut cache = HashMap::new();
+        for i in 0..(MAX_CACHED_FRAMES as u64 + 10) {
+            remember(&mut cache, i, unknown(i, &[]));
+        }
+        assert!(cache.len() <= MAX_CACHED_FRAMES);
+    }
+}

@@ -1,0 +1,685 @@
+//! `periscope profile` against workloads whose answer is known: C programs built here with
+//! frame pointers and debug info (`tests/workloads/profile_*.c`) that measure themselves, with
+//! bpftrace's `profile:hz:99` and libbpf-tools' `offcputime` on the same run as references.
+//! Each workload waits for "go" on stdin, so every profiler is attached before it starts, and
+//! stays alive (idle) until its stdin closes, so its symbols can be read until the end.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use periscope_e2e::{exclusive, periscope_bin};
+
+/// `cc -O1 -g -fno-omit-frame-pointer` of `tests/workloads/<source>` into `dir`.
+fn build_c(source: &str, dir: &Path, name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(source);
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc (make test installs build-essential)");
+    assert!(status.success(), "cc {} failed", src.display());
+    out
+}
+
+/// A workload process: stdin to start and release it, its one result line on stdout.
+struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Workload {
+    fn spawn(binary: &Path, arg: &str) -> Self {
+        let mut command = Command::new(binary);
+        command.arg(arg);
+        Self::spawn_command(command)
+    }
+
+    fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the workload");
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(b"go\n").expect("start the workload");
+        stdin.flush().expect("flush");
+    }
+
+    /// The numbers the workload printed when its work was done.
+    fn measured(&mut self) -> Vec<u64> {
+        self.measured_line()
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect()
+    }
+
+    /// The line the workload printed when its work was done, as it is.
+    fn measured_line(&mut self) -> String {
+        let stdout = self.child.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the workload's result");
+        line
+    }
+
+    fn finish(mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A background process whose output lines are collected; stopped with SIGINT.
+struct Tool {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tool {
+    /// Starts `command` and waits for a line (stdout or stderr) containing `ready`.
+    fn start(command: Command, ready: &str) -> Self {
+        Self::start_until(command, |line, _| line.is_some_and(|l| l.contains(ready)))
+    }
+
+    /// Starts `command` and waits until `ready` says so, given each line it prints (stdout or
+    /// stderr) and, every 100 ms without one, `None`; with the child's pid.
+    fn start_until(mut command: Command, ready: impl Fn(Option<&str>, u32) -> bool) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the profiler");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut seen = Vec::new();
+        let started = std::time::Instant::now();
+        loop {
+            let line = lines.recv_timeout(Duration::from_millis(100)).ok();
+            if ready(line.as_deref(), child.id()) {
+                break;
+            }
+            seen.extend(line);
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the profiler did not get ready; it said: {seen:#?}");
+            }
+        }
+        Self { child, lines }
+    }
+
+    /// SIGINT, then every line it printed until it exited, and its exit status.
+    fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for the profiler");
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            out.push(line);
+        }
+        (status, out)
+    }
+}
+
+fn periscope_profile(args: &[&str]) -> Tool {
+    let mut command = Command::new(periscope_bin());
+    command.arg("profile").args(args);
+    Tool::start(command, "periscope profile: sampling")
+}
+
+/// Folded stacks: `frame;frame;... value` per line.
+fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .map(|line| {
+            let (stack, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("folded line without a value: {line:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("folded value not a number: {line:?}"));
+            (stack.split(';').map(str::to_string).collect(), value)
+        })
+        .collect()
+}
+
+/// Sum of the values of the stacks that contain `function` (as a frame, or `function+off` in
+/// bpftrace's form).
+fn total_with(stacks: &[(Vec<String>, u64)], function: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames
+                .iter()
+                .any(|f| f == function || f.starts_with(&format!("{function}+")))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn share(part: u64, of: u64) -> f64 {
+    100.0 * part as f64 / of.max(1) as f64
+}
+
+/// bpftrace's `@[ustack]: N` entries, innermost frame first within each stack.
+fn parse_bpftrace_stacks(lines: &[String]) -> Vec<(Vec<String>, u64)> {
+    let mut stacks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in lines {
+        let line = line.trim();
+        if line.starts_with("@[") {
+            current = Some(Vec::new());
+        } else if let Some(count) = line.strip_prefix("]: ") {
+            if let (Some(frames), Ok(n)) = (current.take(), count.parse()) {
+                stacks.push((frames, n));
+            }
+        } else if let Some(frames) = current.as_mut() {
+            frames.push(line.to_string());
+        }
+    }
+    stacks
+}
+
+const BURN_SECONDS: &str = "12";
+
+#[test]
+fn on_cpu_shares_match_the_programs_own_and_bpftraces_and_name_main_above_them() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-work");
+    let mut workload = Workload::spawn(&binary, BURN_SECONDS);
+    let pid = workload.pid().to_string();
+    let folded = dir.path().join("cpu.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid,
+        "--duration",
+        "5m",
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    let mut bpftrace = Command::new("bpftrace");
+    bpftrace.args([
+        "-e",
+        &format!("profile:hz:99 /pid == {pid}/ {{ @[ustack] = count(); }}"),
+    ]);
+    let bpftrace = Tool::start(bpftrace, "Attaching");
+    workload.go();
+    let measured = workload.measured();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    let (_, bpftrace_out) = bpftrace.interrupt();
+    workload.finish();
+
+    let (a_ns, b_ns) = (measured[0], measured[1]);
+    let truth = share(a_ns, a_ns + b_ns);
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let (a, b) = (total_with(&stacks, "burn_a"), total_with(&stacks, "burn_b"));
+    let ours = share(a, a + b);
+    println!(
+        "program: burn_a {truth:.1}% of {:.2} s; periscope: {ours:.1}% of {} samples",
+        (a_ns + b_ns) as f64 / 1e9,
+        a + b
+    );
+    assert!(
+        (truth - 70.0).abs() < 5.0,
+        "the workload itself burned {truth:.1}% in burn_a"
+    );
+    assert!(a + b > 300, "too few samples of the workload: {}", a + b);
+    assert!(
+        (ours - truth).abs() <= 5.0,
+        "periscope: burn_a {ours:.1}%, program {truth:.1}%"
+    );
+    assert!(
+        (ours - 70.0).abs() <= 5.0,
+        "periscope: burn_a {ours:.1}%, not 70 +- 5"
+    );
+    for function in ["burn_a", "burn_b"] {
+        let with_main = stacks.iter().any(|(frames, _)| {
+            let at = frames.iter().position(|f| f == function);
+            let main = frames.iter().position(|f| f == "main");
+            matches!((main, at), (Some(m), Some(f)) if m < f)
+        });
+        assert!(
+            with_main,
+            "no stack names main above {function}: {stacks:#?}"
+        );
+    }
+    assert!(
+        stacks.iter().all(|(frames, _)| frames[0] == "oncpu-work"),
+        "every stack starts with the process name"
+    );
+
+    let theirs = parse_bpftrace_stacks(&bpftrace_out);
+    let (ba, bb) = (total_with(&theirs, "burn_a"), total_with(&theirs, "burn_b"));
+    let reference = share(ba, ba + bb);
+    println!(
+        "bpftrace profile:hz:99: burn_a {reference:.1}% of {} samples",
+        ba + bb
+    );
+    assert!(
+        ba + bb > 300,
+        "bpftrace saw too few samples: {bpftrace_out:#?}"
+    );
+    assert!(
+        (ours - reference).abs() <= 5.0,
+        "periscope {ours:.1}% vs bpftrace {reference:.1}%"
+    );
+    // Same frequency, same window (both attached before "go"): similar sample counts.
+    let ratio = (a + b) as f64 / (ba + bb) as f64;
+    assert!(
+        (0.8..1.25).contains(&ratio),
+        "samples: periscope {} vs bpftrace {}",
+        a + b,
+        ba + bb
+    );
+}
+
+/// libbpf-tools `offcputime -p PID` output: per stack, kernel frames, user frames (`-`
+/// separated), `-  comm (tid)`, then the microseconds; summed per (tid, kernel function).
+fn parse_offcputime(text: &str) -> Vec<(u32, Vec<String>, u64)> {
+    let mut out = Vec::new();
+    let mut frames = Vec::new();
+    let mut tid = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            frames.clear();
+            tid = None;
+        } else if let Some(rest) = line.strip_prefix('-').filter(|r| r.contains('(')) {
+            tid = rest
+                .rsplit_once('(')
+                .and_then(|(_, t)| t.trim_end_matches(')').parse().ok());
+        } else if let (Some(t), Ok(us)) = (tid, line.parse::<u64>()) {
+            out.push((t, std::mem::take(&mut frames), us));
+            tid = None;
+        } else if line != "-" && line != "--" {
+            frames.push(line.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn off_cpu_time_per_stack_matches_what_the_program_and_offcputime_measured() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_offcpu.c", dir.path(), "offcpu-work");
+    let rounds = "15";
+    let mut workload = Workload::spawn(&binary, rounds);
+    let pid = workload.pid();
+    let folded = dir.path().join("offcpu.folded");
+    let periscope = periscope_profile(&[
+        "--off-cpu",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "5m",
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    let offcputime = std::path::Path::new("/usr/sbin/offcputime")
+        .exists()
+        .then(|| {
+            let mut command = Command::new("/usr/sbin/offcputime");
+            command.args(["-p", &pid.to_string()]);
+            // It says nothing when it starts: ready once it holds an attached program (a link).
+            Tool::start_until(command, |_, tool| {
+                !periscope_e2e::bpf_object_ids(tool, "link_id:").is_empty()
+            })
+        });
+    workload.go();
+    let measured = workload.measured();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    let reference = offcputime.map(|t| t.interrupt().1.join("\n"));
+    workload.finish();
+
+    let (slept_us, piped_us) = (measured[0] / 1000, measured[1] / 1000);
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let slept = total_with(&stacks, "sleep_200ms");
+    let piped = total_with(&stacks, "wait_on_pipe");
+    println!(
+        "program: nanosleep {slept_us} us, pipe read {piped_us} us; periscope: {slept} us, {piped} us"
+    );
+    for (name, ours, truth) in [
+        ("sleep_200ms", slept, slept_us),
+        ("wait_on_pipe", piped, piped_us),
+    ] {
+        assert!(
+            truth > 2_000_000,
+            "{name}: the program blocked only {truth} us"
+        );
+        let error = (ours as f64 - truth as f64).abs() / truth as f64;
+        assert!(
+            error <= 0.05,
+            "{name}: periscope {ours} us vs program {truth} us"
+        );
+    }
+    for (function, caller) in [("sleep_200ms", "sleeper"), ("wait_on_pipe", "reader")] {
+        let named = stacks.iter().any(|(frames, _)| {
+            let f = frames.iter().position(|x| x == function);
+            let c = frames.iter().position(|x| x == caller);
+            matches!((c, f), (Some(c), Some(f)) if c < f)
+        });
+        assert!(
+            named,
+            "no stack names {caller} above {function}: {stacks:#?}"
+        );
+    }
+    let kernel_side = |function: &str, kernel: &str| {
+        stacks
+            .iter()
+            .filter(|(frames, _)| frames.iter().any(|f| f == function))
+            .all(|(frames, _)| frames.iter().any(|f| f == &format!("{kernel}_[k]")))
+    };
+    assert!(kernel_side("sleep_200ms", "do_nanosleep"), "{stacks:#?}");
+    assert!(
+        kernel_side("wait_on_pipe", "anon_pipe_read") || kernel_side("wait_on_pipe", "pipe_read")
+    );
+
+    let Some(reference) = reference else {
+        println!("offcputime is not installed: reference comparison skipped");
+        return;
+    };
+    // offcputime names no user frames here (it cannot read them): its stacks are told apart
+    // by thread and kernel function; the main thread (tid == pid) also sleeps, to pace.
+    let theirs = parse_offcputime(&reference);
+    let sum = |kernel: &str| -> u64 {
+        theirs
+            .iter()
+            .filter(|(tid, frames, _)| *tid != pid && frames.iter().any(|f| f.ends_with(kernel)))
+            .map(|(_, _, us)| us)
+            .sum()
+    };
+    let (their_sleep, their_pipe) = (sum("do_nanosleep"), sum("pipe_read"));
+    println!("offcputime: nanosleep {their_sleep} us, pipe read {their_pipe} us");
+    for (name, ours, theirs) in [
+        ("nanosleep", slept, their_sleep),
+        ("pipe", piped, their_pipe),
+    ] {
+        let error = (ours as f64 - theirs as f64).abs() / theirs.max(1) as f64;
+        assert!(
+            error <= 0.10,
+            "{name}: periscope {ours} us vs offcputime {theirs} us"
+        );
+    }
+}
+
+/// Python's XML parser on an SVG file: `None` when it parses.
+fn xml_error(path: &Path) -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3");
+    (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+mod pprof {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
+}
+
+#[test]
+fn svg_is_valid_xml_naming_the_functions_and_pprof_decodes_with_profile_proto() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-work");
+    let mut workload = Workload::spawn(&binary, "3");
+    let pid = workload.pid().to_string();
+    let svg = dir.path().join("cpu.svg");
+    let pb = dir.path().join("cpu.pb.gz");
+    let as_svg = periscope_profile(&["--pid", &pid, "-o", svg.to_str().unwrap()]);
+    let as_pprof = periscope_profile(&[
+        "--pid",
+        &pid,
+        "--format",
+        "pprof",
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured();
+    for tool in [as_svg, as_pprof] {
+        let (status, said) = tool.interrupt();
+        assert!(status.success(), "periscope profile failed: {said:#?}");
+    }
+    workload.finish();
+
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("<svg"),
+        "not an SVG: {}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(xml_error(&svg), None, "the SVG does not parse as XML");
+    for function in ["burn_a", "burn_b", "main", "oncpu-work"] {
+        assert!(text.contains(function), "{function} is not in the SVG");
+    }
+
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&pb).unwrap())
+        .read_to_end(&mut bytes)
+        .expect("pprof output is gzip");
+    let profile = <pprof::Profile as prost::Message>::decode(bytes.as_slice())
+        .expect("pprof output decodes with profile.proto");
+    let strings = &profile.string_table;
+    assert_eq!(strings.first().map(String::as_str), Some(""));
+    let name_of = |location_id: u64| -> String {
+        let location = profile
+            .location
+            .iter()
+            .find(|l| l.id == location_id)
+            .unwrap();
+        let function = profile
+            .function
+            .iter()
+            .find(|f| f.id == location.line[0].function_id)
+            .unwrap();
+        strings[function.name as usize].clone()
+    };
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| strings[t.r#type as usize].as_str())
+        .collect();
+    assert_eq!(types, ["samples", "cpu"]);
+    let leaf_samples = |function: &str| -> i64 {
+        profile
+            .sample
+            .iter()
+            .filter(|s| name_of(s.location_id[0]) == function)
+            .map(|s| s.value[0])
+            .sum()
+    };
+    let (a, b) = (leaf_samples("burn_a"), leaf_samples("burn_b"));
+    assert!(a + b > 100, "pprof: {a} + {b} samples in burn_a and burn_b");
+    assert!(
+        profile
+            .sample
+            .iter()
+            .all(|s| s.value[1] == s.value[0] * (1_000_000_000 / 99)),
+        "cpu nanoseconds are samples times the period"
+    );
+}
+
+#[test]
+fn a_stripped_binary_gives_module_and_offset_frames_and_no_crash() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-stripped");
+    let status = Command::new("strip").arg(&binary).status().expect("strip");
+    assert!(status.success());
+    let mut workload = Workload::spawn(&binary, "2");
+    let pid = workload.pid().to_string();
+    let folded = dir.path().join("stripped.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid,
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let mut frames: BTreeMap<String, u64> = BTreeMap::new();
+    for (stack, n) in &stacks {
+        for frame in stack {
+            *frames.entry(frame.clone()).or_default() += n;
+        }
+    }
+    assert!(
+        !frames.contains_key("burn_a"),
+        "a stripped binary cannot name burn_a"
+    );
+    let in_module: u64 = frames
+        .iter()
+        .filter(|(f, _)| f.starts_with("[oncpu-stripped+0x"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        in_module > 50,
+        "no [oncpu-stripped+0x...] frames: {frames:#?}"
+    );
+}
+
+#[test]
+fn a_rust_binary_is_named_with_demangled_paths() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_profile-target"));
+    let mut workload = Workload::spawn(&binary, "3");
+    let pid = workload.pid().to_string();
+    let folded = dir.path().join("rust.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid,
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured_line();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let in_spin: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.ends_with("Spinner::spin_for")))
+        .map(|(_, n)| n)
+        .sum();
+    println!("Spinner::spin_for in {in_spin} of {total} samples");
+    // Built without frame pointers (a debug build of the test crate): a sample in a leaf
+    // without a frame skips its caller, so only some stacks reach spin_for.
+    assert!(in_spin > 0, "no demangled Spinner::spin_for: {stacks:#?}");
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|(f, _)| f)
+            .all(|f| !f.starts_with("_ZN") && !f.starts_with("_R")),
+        "a mangled name is left"
+    );
+}
+
+#[test]
+fn a_binary_only_in_another_mount_namespace_is_named_through_proc_root() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-work");
+    // An empty directory here; in the workload's own mount namespace, a tmpfs holding its
+    // binary: the path in its /proc/PID/maps names nothing in this namespace.
+    let hidden = dir.path().join("ns");
+    std::fs::create_dir(&hidden).unwrap();
+    let script = format!(
+        "mount -t tmpfs none {h} && cp {b} {h}/oncpu-ns && exec {h}/oncpu-ns 3",
+        h = hidden.display(),
+        b = binary.display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let mut workload = Workload::spawn_command(command);
+    let pid = workload.pid();
+    periscope_e2e::wait_for(
+        "the workload to run from its tmpfs",
+        Duration::from_secs(10),
+        || {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            exe.ends_with("oncpu-ns").then_some(())
+        },
+    );
+    assert!(
+        !hidden.join("oncpu-ns").exists(),
+        "the binary is visible outside its namespace"
+    );
+    let folded = dir.path().join("ns.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid.to_string(),
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    workload.measured();
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let (a, b) = (total_with(&stacks, "burn_a"), total_with(&stacks, "burn_b"));
+    assert!(
+        a + b > 100,
+        "burn_a/burn_b not named from the other namespace: {stacks:#?}"
+    );
+}
