@@ -30,11 +30,9 @@ impl Filter {
         if let Some(id) = &self.container {
             let cgroups =
                 std::fs::read_to_string(format!("/proc/{}/cgroup", key.tgid)).unwrap_or_default();
-            let inside = cgroups
-                .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .filter_map(crate::process::container_id)
-                .any(|c| c.starts_with(id.as_str()));
+            let inside = crate::process::cgroup::CgroupIdentity::from_proc_cgroup(&cgroups)
+                .container_id
+                .is_some_and(|c| c.starts_with(id.as_str()));
             if !inside {
                 return false;
             }
