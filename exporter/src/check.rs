@@ -111,7 +111,7 @@ pub fn run(config: &Config) -> bool {
             }
             _ if status.family == "profile" && !status.enabled => (
                 "off",
-                "on demand: `periscope profile` (perf_event on-CPU, tracepoints off-CPU)"
+                "on demand (`periscope profile`), or continuous with probes.profile.enabled"
                     .to_string(),
             ),
             _ if !status.enabled => ("off", "disabled in config".to_string()),

@@ -477,6 +477,9 @@ mod tests {
         assert_eq!(syscall.select[0].process_name.as_deref(), Some("postgres"));
         assert_eq!(syscall.rescan_interval, Duration::from_secs(5));
         assert_eq!(syscall.max_latency_entries, 32_768);
+        let profile = &config.probes.profile;
+        assert!(profile.enabled && !profile.off_cpu);
+        assert_eq!((profile.frequency, profile.min_block_us), (19, 1000));
         let uprobe = &config.probes.uprobe;
         assert_eq!((uprobe.max_in_flight, uprobe.max_series), (8192, 2048));
         assert_eq!(

@@ -144,16 +144,36 @@ fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<()> {
 async fn run_daemon(
     config: Config,
     duration: Option<Duration>,
-    probes: Probes,
+    mut probes: Probes,
     prometheus: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    let telemetry = Arc::new(Telemetry::new(
+    let profiler = continuous_profiler(&config, &mut probes);
+    let mut telemetry = Telemetry::new(
         probes,
         config.service.resource(),
         config.histograms.layouts(),
-    ));
+    );
+    telemetry.profiler = profiler.clone();
+    let telemetry = Arc::new(telemetry);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(profiler) = profiler {
+        let client = match &config.otlp.endpoint {
+            Some(_) => Some(export::otlp::OtlpClient::new(&config.otlp)?),
+            None => None,
+        };
+        tracing::info!(
+            otlp = client.is_some(),
+            interval = ?config.otlp.interval,
+            "continuous profiles on (pprof at /debug/pprof/profile)"
+        );
+        tasks.push(tokio::spawn(export::profiles::run(
+            profiler,
+            client,
+            config.otlp.interval,
+            stopped.clone(),
+        )));
+    }
 
     if let Some(listener) = prometheus {
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -241,6 +261,42 @@ async fn run_daemon(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The profile family's maps, when `probes.profile` is on and it attached.
+fn continuous_profiler(
+    config: &Config,
+    probes: &mut Probes,
+) -> Option<periscope::families::profile::continuous::Profiler> {
+    if !config.probes.profile.enabled {
+        return None;
+    }
+    if let Some(error) = probes
+        .statuses
+        .iter()
+        .find(|s| s.family == "profile")
+        .and_then(|s| s.error.as_ref())
+    {
+        tracing::warn!(%error, "continuous profiles are off: the profile family did not attach");
+        return None;
+    }
+    let spawned = probes
+        .take_profile()
+        .map_err(anyhow::Error::from)
+        .and_then(|reader| {
+            periscope::families::profile::continuous::Profiler::spawn(
+                reader,
+                &config.probes.profile,
+            )
+            .map_err(anyhow::Error::from)
+        });
+    match spawned {
+        Ok(profiler) => Some(profiler),
+        Err(e) => {
+            tracing::warn!(error = %e, "continuous profiles are off: the profile family did not attach");
+            None
+        }
+    }
 }
 
 /// How long shutdown may take beyond the final OTLP export's own timeout.

@@ -34,6 +34,8 @@ pub struct Telemetry {
     pub export: ExportStats,
     /// Span export outcomes (HTTP spans).
     pub spans: std::sync::Arc<crate::model::span::SpanStats>,
+    /// The continuous profiler, when `probes.profile` is on (pprof endpoint, OTLP profiles).
+    pub profiler: Option<crate::families::profile::continuous::Profiler>,
 }
 
 impl Telemetry {
@@ -45,6 +47,7 @@ impl Telemetry {
             start_time: SystemTime::now(),
             export: ExportStats::default(),
             spans: Default::default(),
+            profiler: None,
         }
     }
 

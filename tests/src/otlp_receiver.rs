@@ -1,6 +1,6 @@
 //! A real OTLP receiver built from the official protobuf definitions (opentelemetry-proto): tonic
-//! gRPC `MetricsService` and `TraceService`, and HTTP/protobuf `/v1/metrics` and `/v1/traces`
-//! endpoints. It records every request it accepts, can be told to refuse metrics requests
+//! gRPC `MetricsService`, `TraceService` and `ProfilesService` (v1development), and
+//! HTTP/protobuf `/v1/metrics` and `/v1/traces` endpoints. It records every request it accepts, can be told to refuse metrics requests
 //! (UNAVAILABLE / 503, HTTP 429 with Retry-After, RESOURCE_EXHAUSTED with RetryInfo), can listen
 //! on ports chosen beforehand (a collector that comes up late or restarts), and can serve gRPC
 //! over TLS.
@@ -23,6 +23,10 @@ use opentelemetry_proto::tonic::{
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
             metrics_service_server::{MetricsService, MetricsServiceServer},
         },
+        profiles::v1development::{
+            ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+            profiles_service_server::{ProfilesService, ProfilesServiceServer},
+        },
         trace::v1::{
             ExportTraceServiceRequest, ExportTraceServiceResponse,
             trace_service_server::{TraceService, TraceServiceServer},
@@ -37,6 +41,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 struct Shared {
     requests: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    profiles: Arc<Mutex<Vec<ExportProfilesServiceRequest>>>,
     /// Requests still to refuse, and how.
     refuse: Arc<AtomicU32>,
     refusal: Arc<Mutex<Refusal>>,
@@ -100,6 +105,19 @@ impl TraceService for Shared {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.traces.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl ProfilesService for Shared {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportProfilesServiceRequest>,
+    ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+        self.profiles.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(
+            ExportProfilesServiceResponse::default(),
+        ))
     }
 }
 
@@ -171,6 +189,7 @@ impl OtlpReceiver {
                 server
                     .add_service(MetricsServiceServer::new(shared.clone()))
                     .add_service(TraceServiceServer::new(shared.clone()))
+                    .add_service(ProfilesServiceServer::new(shared.clone()))
                     .serve_with_incoming(TcpListenerStream::new(grpc)),
             );
             tokio::spawn(serve_http(http, shared.clone()));
@@ -182,6 +201,11 @@ impl OtlpReceiver {
             shared,
             runtime,
         }
+    }
+
+    /// Every profiles request received so far (gRPC `ProfilesService`).
+    pub fn profiles(&self) -> Vec<ExportProfilesServiceRequest> {
+        self.shared.profiles.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> Vec<ExportMetricsServiceRequest> {

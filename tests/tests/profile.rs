@@ -683,3 +683,164 @@ fn a_binary_only_in_another_mount_namespace_is_named_through_proc_root() {
         "burn_a/burn_b not named from the other namespace: {stacks:#?}"
     );
 }
+
+/// The daemon with only the profile family on, at 99 Hz, exporting every 2 s to `endpoint`.
+fn profiling_daemon(endpoint: &str) -> periscope_e2e::daemon::Daemon {
+    let config = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n  uprobe:\n    enabled: false\n  profile:\n    enabled: true\n    frequency: 99\notlp:\n  interval: 2s\n";
+    periscope_e2e::daemon::Daemon::start(config, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)])
+}
+
+/// Per leaf function, the samples an OTLP profiles request holds for process `pid`, and
+/// whether every stack of the process has `main` above its leaf when the leaf is a burner.
+fn otlp_leaf_samples(
+    request: &opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest,
+    pid: &str,
+) -> (BTreeMap<String, i64>, bool) {
+    let dict = request.dictionary.as_ref().expect("a dictionary");
+    let name = |location: i32| -> String {
+        let line = &dict.location_table[location as usize].line[0];
+        let function = &dict.function_table[line.function_index as usize];
+        dict.string_table[function.name_strindex as usize].clone()
+    };
+    let mut leaves = BTreeMap::new();
+    let mut main_above = true;
+    for rp in &request.resource_profiles {
+        let attrs = &rp.resource.as_ref().expect("a resource").attributes;
+        let is_pid = attrs.iter().any(|kv| {
+            kv.key == "process.pid"
+                && matches!(
+                    &kv.value.as_ref().and_then(|v| v.value.clone()),
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)) if v == pid
+                )
+        });
+        if !is_pid {
+            continue;
+        }
+        for profile in rp.scope_profiles.iter().flat_map(|s| &s.profiles) {
+            for sample in &profile.sample {
+                let stack = &dict.stack_table[sample.stack_index as usize].location_indices;
+                let names: Vec<String> = stack.iter().map(|&l| name(l)).collect();
+                let Some(leaf) = names.iter().find(|n| n.starts_with("burn_")) else {
+                    continue;
+                };
+                if !names.iter().any(|n| n == "main") {
+                    main_above = false;
+                }
+                *leaves.entry(leaf.clone()).or_insert(0) += sample.values[0];
+            }
+        }
+    }
+    (leaves, main_above)
+}
+
+#[test]
+fn the_daemon_exports_each_window_once_over_otlp_and_serves_pprof() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-work");
+    let receiver = periscope_e2e::otlp_receiver::OtlpReceiver::start();
+    let daemon = profiling_daemon(&format!("http://127.0.0.1:{}", receiver.grpc_port));
+    let mut workload = Workload::spawn(&binary, "8");
+    let pid = workload.pid().to_string();
+    let port = daemon.port;
+    let pprof = std::thread::spawn(move || {
+        periscope_e2e::daemon::http_get_bytes(port, "/debug/pprof/profile?seconds=5", None)
+    });
+    workload.go();
+    let measured = workload.measured();
+    let body = pprof.join().unwrap().expect("GET /debug/pprof/profile");
+    // Two more windows after the burn: everything it counted has been exported by then.
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "the daemon failed: {log}");
+    workload.finish();
+
+    let (a_ns, b_ns) = (measured[0], measured[1]);
+    let truth = share(a_ns, a_ns + b_ns);
+    let mut leaves: BTreeMap<String, i64> = BTreeMap::new();
+    let requests = receiver.profiles();
+    assert!(
+        !requests.is_empty(),
+        "no profiles request reached the receiver: {log}"
+    );
+    for request in &requests {
+        let (per_leaf, main_above) = otlp_leaf_samples(request, &pid);
+        assert!(main_above, "a burner stack without main above it");
+        for (leaf, n) in per_leaf {
+            *leaves.entry(leaf).or_insert(0) += n;
+        }
+    }
+    let (a, b) = (
+        leaves.get("burn_a").copied().unwrap_or(0) as u64,
+        leaves.get("burn_b").copied().unwrap_or(0) as u64,
+    );
+    // 99 samples per CPU second: a window counted twice (or lost) moves this far off.
+    let expected = (a_ns + b_ns) as f64 / 1e9 * 99.0;
+    println!(
+        "OTLP: {} requests, burn_a {a} + burn_b {b} samples (expected about {expected:.0}); program burn_a {truth:.1}%",
+        requests.len()
+    );
+    let ratio = (a + b) as f64 / expected;
+    assert!(
+        (0.85..1.15).contains(&ratio),
+        "OTLP samples {} vs {expected:.0} expected from the program's CPU time",
+        a + b
+    );
+    let ours = share(a, a + b);
+    assert!(
+        (ours - truth).abs() <= 5.0,
+        "OTLP: burn_a {ours:.1}%, program {truth:.1}%"
+    );
+
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(body.as_slice())
+        .read_to_end(&mut bytes)
+        .expect("the pprof endpoint serves gzip");
+    let profile = <pprof::Profile as prost::Message>::decode(bytes.as_slice())
+        .expect("the pprof endpoint's profile decodes with profile.proto");
+    let strings = &profile.string_table;
+    let leaf = |s: &pprof::Sample| -> String {
+        let location = profile
+            .location
+            .iter()
+            .find(|l| l.id == s.location_id[0])
+            .unwrap();
+        let function = profile
+            .function
+            .iter()
+            .find(|f| f.id == location.line[0].function_id)
+            .unwrap();
+        strings[function.name as usize].clone()
+    };
+    let in_burners: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| leaf(s).starts_with("burn_"))
+        .map(|s| s.value[0])
+        .sum();
+    println!("pprof endpoint: {in_burners} samples in the burners over 5 s");
+    // 5 s of the 8 s burn at 99 Hz on one CPU: at most about 495 (fewer on a busy machine,
+    // where the burner gets less than a CPU); more would be counts taken twice.
+    assert!(
+        (150..=560).contains(&in_burners),
+        "pprof over 5 s: {in_burners} burner samples"
+    );
+}
+
+#[test]
+fn the_pprof_endpoint_says_how_to_turn_profiles_on_and_refuses_a_bad_duration() {
+    let _machine = exclusive();
+    let config = "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
+    let daemon = periscope_e2e::daemon::Daemon::start(config, &[]);
+    let off = periscope_e2e::daemon::http_get(daemon.port, "/debug/pprof/profile?seconds=1")
+        .unwrap_err()
+        .to_string();
+    assert!(off.contains("404"), "{off}");
+    drop(daemon);
+    let receiver = periscope_e2e::otlp_receiver::OtlpReceiver::start();
+    let daemon = profiling_daemon(&format!("http://127.0.0.1:{}", receiver.grpc_port));
+    let bad = periscope_e2e::daemon::http_get(daemon.port, "/debug/pprof/profile?seconds=0")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("400"), "{bad}");
+}

@@ -4,6 +4,8 @@
 pub mod delta;
 pub mod openmetrics;
 pub mod otlp;
+pub mod profile_formats;
+pub mod profiles;
 pub mod prometheus;
 pub mod protobuf;
 pub mod spans;

@@ -20,6 +20,9 @@ use std::{
 use opentelemetry_proto::tonic::{
     collector::{
         metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+        profiles::v1development::{
+            ExportProfilesServiceRequest, profiles_service_client::ProfilesServiceClient,
+        },
         trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     },
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -347,6 +350,7 @@ impl OtlpClient {
                 let base = base
                     .strip_suffix("/v1/metrics")
                     .or_else(|| base.strip_suffix("/v1/traces"))
+                    .or_else(|| base.strip_suffix("/v1development/profiles"))
                     .unwrap_or(base)
                     .to_string();
                 let client = http_tls(reqwest::Client::builder().timeout(config.timeout), config)?
@@ -434,6 +438,42 @@ impl OtlpClient {
                 self.post(
                     client,
                     &format!("{base}/v1/traces"),
+                    request.encode_to_vec(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Profiles (`v1development`): gRPC `ProfilesService`, or `/v1development/profiles` over
+    /// HTTP, the path collectors with profiles support serve.
+    pub async fn send_profiles(
+        &self,
+        request: &ExportProfilesServiceRequest,
+    ) -> Result<(), SendError> {
+        match &*self.transport {
+            Transport::Grpc(channel) => {
+                let mut client = ProfilesServiceClient::new(channel.clone());
+                match client.export(self.grpc_request(request.clone())).await {
+                    Ok(response) => {
+                        if let Some(partial) = response.into_inner().partial_success
+                            && partial.rejected_profiles > 0
+                        {
+                            tracing::warn!(
+                                rejected = partial.rejected_profiles,
+                                message = %partial.error_message,
+                                "collector rejected some profiles"
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(status) => Err(grpc_error(&status)),
+                }
+            }
+            Transport::Http { client, base } => {
+                self.post(
+                    client,
+                    &format!("{base}/v1development/profiles"),
                     request.encode_to_vec(),
                 )
                 .await

@@ -255,12 +255,81 @@ async fn handle(
             respond(StatusCode::OK, format.content_type(), body)
         }
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", Bytes::from("ok\n")),
+        (&Method::GET, PPROF_PATH) => {
+            let Some(profiler) = telemetry.profiler.clone() else {
+                return respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    Bytes::from("profiles are off: set probes.profile.enabled: true\n"),
+                );
+            };
+            match pprof_seconds(request.uri().query()) {
+                Ok(seconds) => {
+                    let body = pprof_over(profiler, seconds).await;
+                    respond(StatusCode::OK, "application/octet-stream", body)
+                }
+                Err(message) => {
+                    respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::from(message))
+                }
+            }
+        }
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from("not found: Periscope serves /metrics and /healthz\n"),
+            Bytes::from(format!(
+                "not found: Periscope serves /metrics, /healthz and {PPROF_PATH}\n"
+            )),
         ),
     }
+}
+
+/// Go's pprof path, where pull-based profilers (Parca, Pyroscope, `go tool pprof URL`) look.
+const PPROF_PATH: &str = "/debug/pprof/profile";
+/// The longest profile one request may ask for.
+const PPROF_MAX_SECONDS: u64 = 300;
+
+/// `?seconds=N` as Go's handler takes it: 30 when absent, 1 to 300.
+fn pprof_seconds(query: Option<&str>) -> Result<u64, String> {
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("seconds="));
+    let Some(value) = value else {
+        return Ok(30);
+    };
+    match value.parse::<u64>() {
+        Ok(n) if (1..=PPROF_MAX_SECONDS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "seconds={value}: must be a whole number from 1 to {PPROF_MAX_SECONDS}\n"
+        )),
+    }
+}
+
+/// What the kernel counts over the next `seconds`, named, as gzip-compressed pprof.
+async fn pprof_over(
+    profiler: crate::families::profile::continuous::Profiler,
+    seconds: u64,
+) -> Bytes {
+    let start = std::time::SystemTime::now();
+    let Some(before) = profiler.snapshot().await else {
+        return Bytes::new();
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let Some(window) = profiler.since(before, start).await else {
+        return Bytes::new();
+    };
+    tokio::task::spawn_blocking(move || {
+        let profile = crate::export::profile_formats::pprof_profile(
+            &window.all_stacks(),
+            window.kind,
+            window.duration().as_nanos() as i64,
+        );
+        let mut body = Vec::new();
+        let _ = crate::export::profile_formats::write_pprof(&profile, &mut body);
+        Bytes::from(body)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

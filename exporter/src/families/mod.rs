@@ -54,9 +54,6 @@ pub struct ProbesConfig {
     pub tcp: tcp::TcpConfig,
     pub uprobe: uprobe::UprobeConfig,
     pub syscall: syscall::SyscallConfig,
-    /// Set by `periscope profile` only: not a configuration key while the daemon does not
-    /// export profiles.
-    #[serde(skip)]
     pub profile: profile::ProfileConfig,
     /// Other processes the HTTP and syscall families skip in the kernel, besides Periscope's
     /// own (`periscope triage` puts the daemon here); not a configuration key.

@@ -10,22 +10,18 @@
 //! writes progress on stderr like `triage`, and on the end of `--duration` or on Ctrl-C
 //! writes what it has.
 
-pub mod collect;
-pub mod output;
-pub mod symbolize;
-
 use std::{
     io::Write,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
+use crate::export::profile_formats as output;
+use crate::families::profile::collect::{Collector, Filter, Kind};
 use crate::{
     families::{Probes, ProbesConfig, profile::ProfileConfig},
     kernel::{privileges, tracefs::Tracefs},
 };
-use collect::{Collector, Filter};
-use output::Kind;
 
 /// How often the kernel's counts are read (and new stacks named).
 const REFRESH: Duration = Duration::from_secs(1);

@@ -7,7 +7,10 @@
 //! metrics: the family attaches through the registry (so its maps are sized, and tiny when it
 //! is off) and whoever asked for it takes the reader ([`super::Probes::take_profile`]).
 
+pub mod collect;
 pub mod config;
+pub mod continuous;
+pub mod symbolize;
 
 use aya::{
     Ebpf,
@@ -198,6 +201,35 @@ impl ProfileReader {
                 events: per_cpu.iter().map(|t| t.count).sum(),
             });
         on_cpu.chain(off_cpu).collect()
+    }
+
+    /// How many keys the count map in use holds (the stack-trace map holds at most as many
+    /// stacks of each kind).
+    pub fn len(&self) -> usize {
+        self.samples.keys().count() + self.offcpu.keys().count()
+    }
+
+    /// Whether nothing has been counted since the start or the last [`ProfileReader::clear`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Empties the count maps, then the stack-trace map: a long-running daemon does when they
+    /// fill up, since a full map keeps no new stack. Counts the kernel adds to a key between
+    /// the last read and its removal are lost.
+    pub fn clear(&mut self) {
+        let on_cpu: Vec<ProfileKey> = self.samples.keys().flatten().collect();
+        for key in &on_cpu {
+            let _ = self.samples.remove(key);
+        }
+        let off_cpu: Vec<ProfileKey> = self.offcpu.keys().flatten().collect();
+        for key in &off_cpu {
+            let _ = self.offcpu.remove(key);
+        }
+        let ids: Vec<u32> = self.stacks.stack_ids().flatten().collect();
+        for id in &ids {
+            let _ = self.stacks.remove(id);
+        }
     }
 
     /// The instruction pointers of a stack, innermost first; empty for a negative id (no stack

@@ -54,6 +54,25 @@ fn is_tracing_glue(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// What the values of a profile are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Samples at this frequency (Hz) on every CPU.
+    OnCpu { frequency: u64 },
+    /// Nanoseconds blocked.
+    OffCpu,
+}
+
+impl Kind {
+    /// The value written in folded and SVG output: samples, or microseconds blocked.
+    pub fn folded_value(self, value: u64) -> u64 {
+        match self {
+            Kind::OnCpu { .. } => value,
+            Kind::OffCpu => value / 1000,
+        }
+    }
+}
+
 pub fn comm_text(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -173,6 +192,42 @@ impl Collector {
                 events,
             })
             .collect()
+    }
+
+    /// The named stacks of each process (tgid), identical stacks merged, processes in pid
+    /// order.
+    pub fn stacks_by_process(&self) -> Vec<(u32, Vec<Stack>)> {
+        let mut merged: BTreeMap<u32, BTreeMap<Vec<Frame>, (u64, u64)>> = BTreeMap::new();
+        for (count, frames) in self.kept() {
+            let entry = merged
+                .entry(count.key.tgid)
+                .or_default()
+                .entry(frames.clone())
+                .or_default();
+            entry.0 += count.value;
+            entry.1 += count.events;
+        }
+        merged
+            .into_iter()
+            .map(|(tgid, stacks)| {
+                let stacks = stacks
+                    .into_iter()
+                    .map(|(frames, (value, events))| Stack {
+                        frames,
+                        value,
+                        events,
+                    })
+                    .collect();
+                (tgid, stacks)
+            })
+            .collect()
+    }
+
+    /// Forgets every named key: after the kernel's maps were emptied, a stack id can come back
+    /// for another stack.
+    pub fn forget_keys(&mut self) {
+        self.named.clear();
+        self.counts.clear();
     }
 
     /// Frames the symbol caches hold (user, kernel).
