@@ -17,6 +17,7 @@ APT_PACKAGES=(
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
   qemu-system-x86 busybox-static xz-utils               # kernel matrix: other kernels in a VM (tests/kernels)
   gcc libc6-dev binutils python3                        # profile tests: C workloads built by the test (cc, strip), SVG checked as XML
+  nodejs                                                # profile tests: a JIT runtime named through its perf map
 )
 
 install_apt_packages() {

@@ -844,3 +844,53 @@ fn the_pprof_endpoint_says_how_to_turn_profiles_on_and_refuses_a_bad_duration() 
         .to_string();
     assert!(bad.contains("400"), "{bad}");
 }
+
+#[test]
+fn a_node_process_with_perf_basic_prof_is_named_from_its_perf_map() {
+    let _machine = exclusive();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads/profile_node.js");
+    let mut command = Command::new("node");
+    command.arg("--perf-basic-prof").arg(&script).arg("4");
+    let mut workload = Workload::spawn_command(command);
+    let pid = workload.pid();
+    let dir = tempfile::tempdir().unwrap();
+    let folded = dir.path().join("node.folded");
+    let periscope = periscope_profile(&[
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "5m",
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    let calls = workload.measured()[0];
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let hot = total_with_substring(&stacks, "periscopeHotLoop");
+    println!("node: {calls} calls; {hot} of {total} samples name periscopeHotLoop");
+    assert!(calls > 0 && total > 200, "too few samples: {total}");
+    // The loop is where the process spends its time: V8's JIT code, named only by the map.
+    assert!(
+        share(hot, total) >= 50.0,
+        "periscopeHotLoop in {hot} of {total} samples: {:#?}",
+        &stacks[..stacks.len().min(10)]
+    );
+}
+
+/// Samples of the stacks that have a frame containing `text` (perf-map names carry a prefix
+/// and the script's path: `JS:*periscopeHotLoop /path/profile_node.js:7:26`).
+fn total_with_substring(stacks: &[(Vec<String>, u64)], text: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f.contains(text)))
+        .map(|(_, n)| n)
+        .sum()
+}
