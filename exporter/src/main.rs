@@ -147,13 +147,15 @@ async fn run_daemon(
     mut probes: Probes,
     prometheus: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    let profiler = continuous_profiler(&config, &mut probes);
+    let profile_stats = Arc::new(periscope::families::profile::continuous::ProfileStats::default());
+    let profiler = continuous_profiler(&config, &mut probes, profile_stats.clone());
     let mut telemetry = Telemetry::new(
         probes,
         config.service.resource(),
         config.histograms.layouts(),
     );
     telemetry.profiler = profiler.clone();
+    telemetry.profiles = profile_stats;
     let telemetry = Arc::new(telemetry);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -169,6 +171,7 @@ async fn run_daemon(
         );
         tasks.push(tokio::spawn(export::profiles::run(
             profiler,
+            telemetry.profiles.clone(),
             client,
             config.otlp.interval,
             stopped.clone(),
@@ -267,6 +270,7 @@ async fn run_daemon(
 fn continuous_profiler(
     config: &Config,
     probes: &mut Probes,
+    stats: Arc<periscope::families::profile::continuous::ProfileStats>,
 ) -> Option<periscope::families::profile::continuous::Profiler> {
     if !config.probes.profile.enabled {
         return None;
@@ -287,6 +291,7 @@ fn continuous_profiler(
             periscope::families::profile::continuous::Profiler::spawn(
                 reader,
                 &config.probes.profile,
+                stats,
             )
             .map_err(anyhow::Error::from)
         });

@@ -36,6 +36,8 @@ pub struct Telemetry {
     pub spans: std::sync::Arc<crate::model::span::SpanStats>,
     /// The continuous profiler, when `probes.profile` is on (pprof endpoint, OTLP profiles).
     pub profiler: Option<crate::families::profile::continuous::Profiler>,
+    /// What became of the continuous profile's windows.
+    pub profiles: std::sync::Arc<crate::families::profile::continuous::ProfileStats>,
 }
 
 impl Telemetry {
@@ -48,6 +50,7 @@ impl Telemetry {
             export: ExportStats::default(),
             spans: Default::default(),
             profiler: None,
+            profiles: Default::default(),
         }
     }
 
@@ -203,11 +206,50 @@ impl Telemetry {
             points: Points::Counter(spans),
             resource: None,
         });
+        if self.profiler.is_some() {
+            self.profile_stats(out);
+        }
         out.push(Metric {
             name: names::PERISCOPE_EXPORT_REQUESTS,
             description: "OTLP export requests by outcome (a failure drops nothing: counts are cumulative).",
             unit: "1",
             points: Points::Counter(export),
+            resource: None,
+        });
+    }
+}
+
+impl Telemetry {
+    fn profile_stats(&self, out: &mut Vec<Metric>) {
+        let stats = &self.profiles;
+        let windows = [
+            ("exported", &stats.exported),
+            ("dropped_export_failed", &stats.export_failed),
+            ("empty", &stats.empty),
+        ]
+        .into_iter()
+        .map(|(outcome, n)| {
+            (
+                vec![("outcome", outcome.to_string())],
+                n.load(Ordering::Relaxed) as f64,
+            )
+        })
+        .collect();
+        out.push(Metric {
+            name: names::PERISCOPE_EXPORT_PROFILES,
+            description: "Continuous profile windows by outcome (a failed window is lost: profiles are not cumulative).",
+            unit: "1",
+            points: Points::Counter(windows),
+            resource: None,
+        });
+        out.push(Metric {
+            name: names::PERISCOPE_PROFILE_MAPS_EMPTIED,
+            description: "Times the profile's kernel maps were emptied because they were three-quarters full.",
+            unit: "1",
+            points: Points::Counter(vec![(
+                Vec::new(),
+                stats.maps_emptied.load(Ordering::Relaxed) as f64,
+            )]),
             resource: None,
         });
     }

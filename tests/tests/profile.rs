@@ -751,6 +751,20 @@ fn the_daemon_exports_each_window_once_over_otlp_and_serves_pprof() {
     let body = pprof.join().unwrap().expect("GET /debug/pprof/profile");
     // Two more windows after the burn: everything it counted has been exported by then.
     std::thread::sleep(Duration::from_secs(5));
+    let scrape = daemon.scrape();
+    let received = receiver.profiles().len() as f64;
+    let counted = |outcome: &str| {
+        scrape
+            .value("periscope_export_profiles_total", &[("outcome", outcome)])
+            .unwrap_or_else(|| panic!("no periscope_export_profiles_total{{outcome={outcome}}}"))
+    };
+    // Counted once the receiver answered: the receiver may be one ahead, never behind.
+    let exported = counted("exported");
+    assert!(
+        exported >= 1.0 && (received - exported) >= 0.0 && received - exported <= 1.0,
+        "exported windows {exported}, requests received {received}"
+    );
+    assert_eq!(counted("dropped_export_failed"), 0.0);
     let (status, log) = daemon.stop();
     assert!(status.success(), "the daemon failed: {log}");
     workload.finish();
@@ -828,7 +842,7 @@ fn the_daemon_exports_each_window_once_over_otlp_and_serves_pprof() {
 }
 
 #[test]
-fn the_pprof_endpoint_says_how_to_turn_profiles_on_and_refuses_a_bad_duration() {
+fn pprof_off_is_404_a_bad_duration_400_and_a_collector_down_drops_counted_windows() {
     let _machine = exclusive();
     let config = "probes:\n  sched:\n    enabled: false\n  http:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
     let daemon = periscope_e2e::daemon::Daemon::start(config, &[]);
@@ -843,6 +857,25 @@ fn the_pprof_endpoint_says_how_to_turn_profiles_on_and_refuses_a_bad_duration() 
         .unwrap_err()
         .to_string();
     assert!(bad.contains("400"), "{bad}");
+    // A collector that goes down: each window is dropped, counted, and the daemon goes on.
+    receiver.stop();
+    wait_for_value(&daemon, "dropped_export_failed", 2.0);
+    let alive = periscope_e2e::daemon::http_get(daemon.port, "/healthz");
+    assert!(alive.is_ok(), "the daemon stopped answering");
+}
+
+/// Waits (up to 20 s) until `periscope_export_profiles_total{outcome}` reaches `at_least`.
+fn wait_for_value(daemon: &periscope_e2e::daemon::Daemon, outcome: &str, at_least: f64) {
+    periscope_e2e::wait_for(
+        &format!("{at_least} profile windows {outcome}"),
+        Duration::from_secs(20),
+        || {
+            daemon
+                .scrape()
+                .value("periscope_export_profiles_total", &[("outcome", outcome)])
+                .filter(|v| *v >= at_least)
+        },
+    );
 }
 
 #[test]

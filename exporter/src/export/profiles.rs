@@ -25,7 +25,7 @@ use super::otlp::{OtlpClient, string_attr, unix_nanos};
 use crate::{
     families::profile::{
         collect::{Kind, Stack},
-        continuous::{NAME_EVERY, Profiler, Window},
+        continuous::{NAME_EVERY, ProfileStats, Profiler, Window},
         symbolize::Frame,
     },
     process::{ProcessInfo, ProcessResource},
@@ -239,6 +239,7 @@ pub fn build_request(
 /// fails is dropped (profiles are not cumulative): the next one starts where it ended.
 pub async fn run(
     profiler: Profiler,
+    stats: Arc<ProfileStats>,
     client: Option<OtlpClient>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -261,7 +262,12 @@ pub async fn run(
             return;
         };
         if let Some(client) = &client {
-            send(client, &window, &host).await;
+            let outcome = match send(client, &window, &host).await {
+                Sent::Exported => &stats.exported,
+                Sent::Failed => &stats.export_failed,
+                Sent::Empty => &stats.empty,
+            };
+            outcome.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if last {
             return;
@@ -269,7 +275,13 @@ pub async fn run(
     }
 }
 
-async fn send(client: &OtlpClient, window: &Window, host: &str) {
+enum Sent {
+    Exported,
+    Failed,
+    Empty,
+}
+
+async fn send(client: &OtlpClient, window: &Window, host: &str) -> Sent {
     let mut resources: HashMap<u32, Arc<ProcessResource>> = HashMap::new();
     let request = build_request(window, |tgid, comm| {
         resources
@@ -278,7 +290,7 @@ async fn send(client: &OtlpClient, window: &Window, host: &str) {
             .clone()
     });
     if request.resource_profiles.is_empty() {
-        return;
+        return Sent::Empty;
     }
     let samples: usize = request
         .resource_profiles
@@ -288,16 +300,22 @@ async fn send(client: &OtlpClient, window: &Window, host: &str) {
         .map(|p| p.sample.len())
         .sum();
     match client.send_profiles(&request).await {
-        Ok(()) => tracing::debug!(
-            processes = request.resource_profiles.len(),
-            samples,
-            "profiles exported"
-        ),
-        Err(e) => tracing::warn!(
-            endpoint = %client.endpoint,
-            error = %e.message,
-            "OTLP profiles export failed; this window's profiles are dropped"
-        ),
+        Ok(()) => {
+            tracing::debug!(
+                processes = request.resource_profiles.len(),
+                samples,
+                "profiles exported"
+            );
+            Sent::Exported
+        }
+        Err(e) => {
+            tracing::warn!(
+                endpoint = %client.endpoint,
+                error = %e.message,
+                "OTLP profiles export failed; this window's profiles are dropped"
+            );
+            Sent::Failed
+        }
     }
 }
 

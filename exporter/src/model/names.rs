@@ -38,6 +38,8 @@ pub const PERISCOPE_BPF_PROGRAM_RECURSION_MISSES: &str = "periscope.bpf.program.
 pub const PERISCOPE_BPF_PROGRAM_RUN_TIME: &str = "periscope.bpf.program.run_time";
 pub const PERISCOPE_BPF_PROGRAM_RUN_COUNT: &str = "periscope.bpf.program.run_count";
 pub const PERISCOPE_EXPORT_REQUESTS: &str = "periscope.export.requests";
+pub const PERISCOPE_EXPORT_PROFILES: &str = "periscope.export.profiles";
+pub const PERISCOPE_PROFILE_MAPS_EMPTIED: &str = "periscope.profile.maps_emptied";
 
 /// All of the above.
 pub const ALL: &[&str] = &[
@@ -70,4 +72,6 @@ pub const ALL: &[&str] = &[
     PERISCOPE_BPF_PROGRAM_RUN_TIME,
     PERISCOPE_BPF_PROGRAM_RUN_COUNT,
     PERISCOPE_EXPORT_REQUESTS,
+    PERISCOPE_EXPORT_PROFILES,
+    PERISCOPE_PROFILE_MAPS_EMPTIED,
 ];

@@ -11,6 +11,10 @@
 
 use std::{
     collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -53,6 +57,15 @@ impl Window {
     }
 }
 
+/// What became of the windows, for the `periscope.*` self-metrics.
+#[derive(Debug, Default)]
+pub struct ProfileStats {
+    pub exported: AtomicU64,
+    pub export_failed: AtomicU64,
+    pub empty: AtomicU64,
+    pub maps_emptied: AtomicU64,
+}
+
 /// Counts as of a read: value and events per key.
 pub type Snapshot = HashMap<ProfileKey, (u64, u64)>;
 
@@ -74,14 +87,18 @@ pub struct Profiler {
 }
 
 impl Profiler {
-    pub fn spawn(reader: ProfileReader, config: &ProfileConfig) -> std::io::Result<Self> {
+    pub fn spawn(
+        reader: ProfileReader,
+        config: &ProfileConfig,
+        stats: Arc<ProfileStats>,
+    ) -> std::io::Result<Self> {
         let (requests, inbox) = std::sync::mpsc::channel();
         let config = config.clone();
         let kind = kind_of(&config);
         std::thread::Builder::new()
             .name("profiler".into())
             .spawn(move || {
-                let mut profiler = Continuous::new(reader, &config);
+                let mut profiler = Continuous::new(reader, &config, stats);
                 for request in inbox {
                     match request {
                         Request::NameNewStacks => profiler.name_new_stacks(),
@@ -146,12 +163,11 @@ pub struct Continuous {
     /// Counts at the end of the previous window.
     previous: Snapshot,
     window_start: SystemTime,
-    /// Times the maps were emptied (a `periscope.profile.resets` later, if users ask).
-    pub resets: u64,
+    stats: Arc<ProfileStats>,
 }
 
 impl Continuous {
-    pub fn new(reader: ProfileReader, config: &ProfileConfig) -> Self {
+    pub fn new(reader: ProfileReader, config: &ProfileConfig, stats: Arc<ProfileStats>) -> Self {
         Self {
             reader,
             collector: Collector::new(Filter::default()),
@@ -159,7 +175,7 @@ impl Continuous {
             clear_at: (config.max_stacks as usize * 3 / 4).max(1),
             previous: Snapshot::new(),
             window_start: SystemTime::now(),
-            resets: 0,
+            stats,
         }
     }
 
@@ -193,7 +209,7 @@ impl Continuous {
             self.reader.clear();
             self.collector.forget_keys();
             self.previous.clear();
-            self.resets += 1;
+            self.stats.maps_emptied.fetch_add(1, Ordering::Relaxed);
         }
         window
     }
