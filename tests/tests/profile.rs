@@ -927,3 +927,68 @@ fn total_with_substring(stacks: &[(Vec<String>, u64)], text: &str) -> u64 {
         .map(|(_, n)| n)
         .sum()
 }
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hundreds_of_short_lived_processes_are_counted_under_their_name_in_bounded_memory() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build_c("profile_short.c", dir.path(), "short-work");
+    let mut workload = Workload::spawn_command({
+        let mut c = Command::new(&binary);
+        c.args(["400", "20"]);
+        c
+    });
+    let folded = dir.path().join("short.folded");
+    let periscope = periscope_profile(&[
+        "--comm",
+        "short-work",
+        "--duration",
+        "5m",
+        "--format",
+        "folded",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    workload.go();
+    let ran = workload.measured()[0];
+    let peak_kib = peak_rss_kib(periscope.child.id());
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+
+    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let samples: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| frames[0] == "short-work")
+        .map(|(_, n)| n)
+        .sum();
+    // 400 children of 20 ms of CPU at 99 Hz: about 790 samples, each under the process's name
+    // (the kernel's comm) even when the process was gone before its stack was named.
+    let expected = ran as f64 * 0.020 * 99.0;
+    // Named only when the stack was named while the process lived (see docs/profile.md).
+    let named = total_with(&stacks, "short_burn");
+    println!(
+        "{ran} children: {samples} samples (about {expected:.0} expected) in {} stacks, {named} naming short_burn; periscope peak RSS {} MiB",
+        stacks.len(),
+        peak_kib / 1024
+    );
+    assert_eq!(ran, 400, "the workload's children did not all run");
+    assert!(
+        (0.7..1.3).contains(&(samples as f64 / expected)),
+        "{samples} samples under short-work, about {expected:.0} expected"
+    );
+    assert!(
+        peak_kib > 0 && peak_kib < 256 * 1024,
+        "periscope profile peaked at {peak_kib} KiB"
+    );
+}
