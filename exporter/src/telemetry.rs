@@ -186,19 +186,11 @@ impl Telemetry {
             )
         })
         .collect();
-        let spans = [
+        let spans = by_outcome(&[
             ("exported", &self.spans.exported),
             ("dropped_queue_full", &self.spans.dropped_queue_full),
             ("dropped_export_failed", &self.spans.dropped_export_failed),
-        ]
-        .into_iter()
-        .map(|(outcome, n)| {
-            (
-                vec![("outcome", outcome.to_string())],
-                n.load(Ordering::Relaxed) as f64,
-            )
-        })
-        .collect();
+        ]);
         out.push(Metric {
             name: names::PERISCOPE_EXPORT_SPANS,
             description: "HTTP spans by outcome: exported, or dropped because the queue was full or the collector failed past the retry window.",
@@ -222,19 +214,11 @@ impl Telemetry {
 impl Telemetry {
     fn profile_stats(&self, out: &mut Vec<Metric>) {
         let stats = &self.profiles;
-        let windows = [
+        let windows = by_outcome(&[
             ("exported", &stats.exported),
             ("dropped_export_failed", &stats.export_failed),
             ("empty", &stats.empty),
-        ]
-        .into_iter()
-        .map(|(outcome, n)| {
-            (
-                vec![("outcome", outcome.to_string())],
-                n.load(Ordering::Relaxed) as f64,
-            )
-        })
-        .collect();
+        ]);
         out.push(Metric {
             name: names::PERISCOPE_EXPORT_PROFILES,
             description: "Continuous profile windows by outcome (a failed window is lost: profiles are not cumulative).",
@@ -253,6 +237,19 @@ impl Telemetry {
             resource: None,
         });
     }
+}
+
+/// Counter points, one per `outcome`.
+fn by_outcome(counters: &[(&str, &AtomicU64)]) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    counters
+        .iter()
+        .map(|(outcome, n)| {
+            (
+                vec![("outcome", outcome.to_string())],
+                n.load(Ordering::Relaxed) as f64,
+            )
+        })
+        .collect()
 }
 
 /// `kernel.bpf_stats_enabled`: the kernel keeps per-program run time and count only when on.

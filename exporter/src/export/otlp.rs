@@ -62,6 +62,27 @@ pub(crate) fn string_attr(key: &str, value: &str) -> KeyValue {
     }
 }
 
+/// A process's resource, as OTLP carries it.
+pub(crate) fn process_resource(resource: &crate::process::ProcessResource) -> OtlpResource {
+    OtlpResource {
+        attributes: resource
+            .attributes
+            .iter()
+            .map(|(k, v)| string_attr(k, v))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The instrumentation scope `name` at Periscope's version.
+pub(crate) fn scope(name: &str) -> InstrumentationScope {
+    InstrumentationScope {
+        name: name.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
 fn attrs(attributes: &[(&'static str, String)]) -> Vec<KeyValue> {
     attributes.iter().map(|(k, v)| string_attr(k, v)).collect()
 }
@@ -203,11 +224,7 @@ pub fn build_request(
                     ..Default::default()
                 }),
                 scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "periscope".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope("periscope")),
                     metrics,
                     ..Default::default()
                 }],

@@ -11,17 +11,16 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::profiles::v1development::ExportProfilesServiceRequest,
-    common::v1::{AnyValue, InstrumentationScope, any_value},
+    common::v1::{AnyValue, any_value},
     profiles::v1development::{
         Function, KeyValueAndUnit, Line, Location, Mapping, Profile, ProfilesDictionary,
         ResourceProfiles, Sample, ScopeProfiles, Stack as OtlpStack, ValueType,
     },
-    resource::v1::Resource as OtlpResource,
 };
 
 use tokio::sync::watch;
 
-use super::otlp::{OtlpClient, string_attr, unix_nanos};
+use super::otlp::{OtlpClient, process_resource, scope, unix_nanos};
 use crate::{
     families::profile::{
         collect::{Kind, Stack},
@@ -198,20 +197,9 @@ pub fn build_request(
                 .map(|stack| sample(&mut dict, &mut threads, stack, window.kind))
                 .collect();
             ResourceProfiles {
-                resource: Some(OtlpResource {
-                    attributes: resource
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| string_attr(k, v))
-                        .collect(),
-                    ..Default::default()
-                }),
+                resource: Some(process_resource(&resource)),
                 scope_profiles: vec![ScopeProfiles {
-                    scope: Some(InstrumentationScope {
-                        name: "periscope".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope("periscope")),
                     profiles: vec![Profile {
                         sample_type: Some(sample_type),
                         sample: samples,

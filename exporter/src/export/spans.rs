@@ -12,14 +12,13 @@ use std::{
 use opentelemetry::trace::SpanKind;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, InstrumentationScope, KeyValue as OtlpKeyValue, any_value},
-    resource::v1::Resource as OtlpResource,
+    common::v1::{AnyValue, KeyValue as OtlpKeyValue, any_value},
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status},
 };
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::otlp::{OtlpClient, string_attr};
+use super::otlp::{OtlpClient, process_resource, scope, string_attr};
 use crate::model::{
     resource::ProcessResource,
     span::{SpanRecord, SpanStats},
@@ -86,20 +85,9 @@ pub fn build_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
         resource_spans: by_resource
             .into_values()
             .map(|(resource, spans)| ResourceSpans {
-                resource: Some(OtlpResource {
-                    attributes: resource
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| string_attr(k, v))
-                        .collect(),
-                    ..Default::default()
-                }),
+                resource: Some(process_resource(&resource)),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE.into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope(SCOPE)),
                     spans,
                     ..Default::default()
                 }],
