@@ -7,12 +7,13 @@ Workloads (fixed work, scored by throughput; higher is better):
   sched: `perf bench sched pipe`: the context-switch storm, worst case for off-CPU tracing
          (a sched_switch and a sched_wakeup per half operation).
 Configurations: none; `periscope profile -F 99` and bpftrace `profile:hz:99 { @[ustack] =
-count(); }` (both node-wide); `periscope profile -F 19` (the daemon's intended default); and
-on the sched workload `periscope profile --off-cpu` and libbpf-tools `offcputime`. Rounds are
+count(); }` (both node-wide); `periscope profile -F 19`; `daemon-19`: `periscope run` with
+only `probes.profile` on at its default 19 Hz, every window taken and named (no collector:
+the OTLP send is the one step left out); and on the sched workload `periscope profile --off-cpu` and libbpf-tools `offcputime`. Rounds are
 interleaved so drift hits all alike; figures are median (min - max) over the rounds.
 Writes bench/out/profile.md and bench/out/profile.json.
 """
-import argparse, json, os, re, signal, statistics, subprocess, sys, time
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.environ.get("PERISCOPE_BIN", os.path.join(ROOT, "target/release/periscope"))
@@ -36,6 +37,8 @@ def profiler(kind):
     """Starts a profiler and returns its process once it is attached (None: no profiler)."""
     if kind == "none":
         return None
+    if kind == "daemon-19":
+        return continuous_profile_daemon()
     if kind.startswith("periscope"):
         args = {"periscope-99": ["-F", "99"], "periscope-19": ["-F", "19"],
                 "periscope-offcpu": ["--off-cpu"]}[kind]
@@ -60,6 +63,36 @@ def profiler(kind):
     raise ValueError(kind)
 
 
+DAEMON_CONFIG = """prometheus:
+  listen: ""
+probes:
+  block: {enabled: false}
+  sched: {enabled: false}
+  http: {enabled: false}
+  tcp: {enabled: false}
+  syscall: {enabled: false}
+  uprobe: {enabled: false}
+  profile: {enabled: true}
+"""
+
+
+def continuous_profile_daemon():
+    """`periscope run` with continuous profiles only, once it says they are on."""
+    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    config.write(DAEMON_CONFIG)
+    config.close()
+    env = dict(os.environ, PERISCOPE_LOG="info")
+    p = subprocess.Popen([PERISCOPE, "run", "--config", config.name], stderr=subprocess.PIPE,
+                         text=True, env=env)
+    for line in p.stderr:
+        if "continuous profiles on" in line:
+            # Keep draining its log so that it never blocks on a full pipe.
+            import threading
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p
+    raise RuntimeError("the daemon did not turn continuous profiles on")
+
+
 def stop(p):
     if p is None:
         return
@@ -82,7 +115,8 @@ def main():
     rounds = 1 if args.quick else 3
     cpu_ops, loops = (20_000, 100_000) if args.quick else (100_000, 400_000)
     plan = {
-        "cpu": (lambda: cpu_workload(cpu_ops), ["none", "periscope-99", "bpftrace-99", "periscope-19"]),
+        "cpu": (lambda: cpu_workload(cpu_ops), ["none", "periscope-99", "bpftrace-99", "periscope-19",
+                                                  "daemon-19"]),
         "sched": (lambda: sched_workload(loops), ["none", "periscope-99", "bpftrace-99",
                                                   "periscope-offcpu", "offcputime"]),
     }
