@@ -10,7 +10,7 @@ use periscope_e2e::{
     exclusive, free_port,
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, Sent, Server, client_counts, curl, node_client,
-        periscope_counts, plan, python_client,
+        periscope_counts, plan, python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
 };
@@ -487,7 +487,8 @@ fn garbage_and_truncated_traffic_is_counted_and_real_requests_stay_exact() {
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
         b"GET /trunc".to_vec(),
         b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec(),
-        b"NOTAMETHOD / HTTP/1.1\r\n\r\n".to_vec(),
+        // Not a method token ('@'): NOTAMETHOD would be a method (`_OTHER`).
+        b"NOT@METHOD / HTTP/1.1\r\n\r\n".to_vec(),
         format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100_000)).into_bytes(),
     ];
     for bytes in &hostile {
@@ -721,4 +722,95 @@ fn route_patterns_and_the_per_service_cap_bound_http_route() {
     })
     .collect();
     assert_counts(&daemon, SERVER, server.port, &expected);
+}
+
+/// `http.request.method` as Periscope reports it: the nine OTel methods, `_OTHER` for the rest.
+fn otel_counts(sent: &[Sent]) -> Counts {
+    let known = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let mut counts = Counts::new();
+    for ((method, route, status), n) in client_counts(sent) {
+        let method = if known.contains(&method.as_str()) {
+            method
+        } else {
+            "_OTHER".to_string()
+        };
+        *counts.entry((method, route, status)).or_default() += n;
+    }
+    counts
+}
+
+/// Methods outside the nine OTel names (a cache PURGE, WebDAV's PROPFIND and MKCOL) are
+/// requests like any other, counted as `_OTHER`; one first on a keep-alive connection does not
+/// make Periscope give up the connection: the GETs after it are counted too. Python, nginx and
+/// the Rust server, each under a keep-alive Python client and curl, exact on both sides.
+#[test]
+fn unknown_methods_count_as_other_and_the_connection_goes_on() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let mut requests: Vec<(String, String)> = vec![("PURGE".into(), "/users/1".into())];
+    requests.extend((0..11).map(|i| ("GET".to_string(), format!("/users/{}", 10 + i))));
+    requests.push(("PROPFIND".into(), "/users/2".into()));
+    requests.push(("MKCOL".into(), "/users/3".into()));
+    requests.push(("GET".into(), "/users/4".into()));
+    let python = Server::python(free_port(), true, None, "py-methods");
+    let nginx = Server::nginx(free_port());
+    let rust = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    for port in [python.port, nginx.port, rust.port] {
+        let mut sent = python_client(port, true, &requests);
+        let purges = vec![("PURGE".to_string(), "/users/5".to_string()); 2];
+        sent.extend(curl(port, true, &purges));
+        assert!(sent.iter().all(|s| s.status == 200), "{sent:?}");
+        let expected = otel_counts(&sent);
+        assert_eq!(expected.values().sum::<u64>(), 17);
+        assert_eq!(
+            expected.get(&("_OTHER".into(), "/users/{id}".into(), "200".into())),
+            Some(&5)
+        );
+        assert_counts(&daemon, SERVER, port, &expected);
+        assert_counts(&daemon, CLIENT, port, &expected);
+    }
+}
+
+/// Processes that exit right after an exchange: busybox `httpd` forks a child per connection
+/// that writes its 404 (no length: the close ends it) and exits, and `wget` exits as soon as it
+/// has read a 404's head. An exchange whose response status was seen is counted, on both sides:
+/// every 404 as exactly as every 200, none `dropped_process_exit`.
+#[test]
+fn exchanges_of_processes_that_exit_after_the_status_are_counted() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::busybox(free_port());
+    let dropped_before = daemon
+        .scrape()
+        .value(
+            "periscope_http_messages_total",
+            &[("outcome", "dropped_process_exit")],
+        )
+        .unwrap_or(0.0);
+    let mut sent = wget(server.port, "/missing/page", 7);
+    sent.extend(wget(server.port, "/index.html", 3));
+    let misses = vec![("GET".to_string(), "/missing/page".to_string()); 7];
+    sent.extend(curl(server.port, false, &misses));
+    let statuses: Vec<u16> = sent.iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 404).count(),
+        14,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    check(&daemon, server.port, &sent, true);
+    let dropped = daemon
+        .scrape()
+        .value(
+            "periscope_http_messages_total",
+            &[("outcome", "dropped_process_exit")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(dropped, dropped_before, "no exchange of theirs dropped");
 }

@@ -148,6 +148,8 @@ pub struct Connection {
     /// When the first bytes of a partial request head arrived.
     request_partial_start: u64,
     response_partial: Vec<u8>,
+    /// When the last bytes of a partial response head arrived.
+    response_partial_ns: u64,
     in_flight: VecDeque<Request>,
     open_response: Option<OpenResponse>,
     /// Whether a valid HTTP message was ever seen here.
@@ -163,6 +165,7 @@ impl Connection {
             request_partial: Vec::new(),
             request_partial_start: 0,
             response_partial: Vec::new(),
+            response_partial_ns: 0,
             in_flight: VecDeque::new(),
             open_response: None,
             seen_http: false,
@@ -189,23 +192,45 @@ impl Connection {
         }
     }
 
-    /// The connection closed: a response delimited by the close is complete; requests still
+    /// The connection closed: a response delimited by the close is complete, and so is one
+    /// whose status was seen (see [`Connection::complete_seen_response`]); requests still
     /// waiting are dropped.
     pub fn on_close(&mut self, out: &mut Vec<Outcome>) {
-        if let Some(open) = self.open_response.take() {
-            self.complete(open.status, open.last_ns, out);
-        }
+        self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("connection_closed"));
         }
     }
 
-    /// The process exited: nothing in flight will complete.
+    /// The process exited: a response whose status was seen is complete enough to count (a
+    /// fork-per-connection server's child writes a 404 without a length and exits; `wget` exits
+    /// after reading a 404's head); the rest in flight will never complete.
     pub fn on_exit(&mut self, out: &mut Vec<Outcome>) {
-        self.open_response = None;
+        self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("process_exit"));
         }
+    }
+
+    /// Ends the oldest request's exchange when its final response status was seen, at the last
+    /// response bytes seen: a response being sent or received, or a head still incomplete
+    /// (split over reads) whose status line is there.
+    fn complete_seen_response(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(open) = self.open_response.take() {
+            self.complete(open.status, open.last_ns, out);
+            self.responses = Stream::Lost;
+            return;
+        }
+        if self.response_partial.is_empty() || self.in_flight.is_empty() {
+            return;
+        }
+        if let Ok(head) = parse::response(&self.response_partial)
+            && head.status >= 200
+        {
+            self.complete(head.status, self.response_partial_ns, out);
+        }
+        self.response_partial.clear();
+        self.responses = Stream::Lost;
     }
 
     /// Records of this connection were lost: what is in flight cannot be matched any more, and
@@ -417,6 +442,7 @@ impl Connection {
         let earlier = self.response_partial.len();
         let input = with_partial(&self.response_partial, bytes);
         let rest_captured = offset + bytes.len() as u64 == io.len;
+        self.response_partial_ns = at_ns;
         let head = match parse::response(&input) {
             Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
                 self.response_partial = input.to_vec();
@@ -665,6 +691,44 @@ mod tests {
             &mut out,
         );
         assert_eq!(exchanges(&out), vec![("/split".into(), 200, 11, 20)]);
+    }
+
+    #[test]
+    fn an_unknown_method_first_on_a_keep_alive_connection_is_an_exchange() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(
+            &io(10, b"PURGE /cache/a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            &mut out,
+        );
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        // Split where it cannot tell yet.
+        c.on_read(&io(30, b"PROPFIND /d"), &mut out);
+        c.on_read(&io(32, b"av/ HTTP/1.1\r\nDepth: 1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(
+                40,
+                b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n",
+            ),
+            &mut out,
+        );
+        c.on_read(&io(50, b"GET /after HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(60, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert!(!out.contains(&Outcome::Invalid), "{out:?}");
+        assert_eq!(
+            exchanges(&out),
+            vec![
+                ("/cache/a".into(), 200, 11, 20),
+                ("/dav/".into(), 207, 31, 40),
+                ("/after".into(), 200, 51, 60)
+            ]
+        );
     }
 
     #[test]

@@ -578,10 +578,7 @@ impl Tracker {
         // The attributes are moved into the series; a span needs its own.
         let span_attributes = span.map(|_| request.to_attributes());
         // Built only for a span: the metrics need no name.
-        let name = span.map(|_| match role {
-            Role::Server => format!("{method} {}", request.route),
-            Role::Client => method.to_string(),
-        });
+        let name = span.map(|_| span_name(role, method, &request.route));
         self.stats.exchanges += 1;
         // A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
         let exemplar = span.map(|(ids, _)| Exemplar {
@@ -605,6 +602,9 @@ impl Tracker {
             return;
         };
         attributes.push(("url.path", e.request.path().to_string()));
+        if method == "_OTHER" {
+            attributes.push(("http.request.method_original", e.request.method.clone()));
+        }
         queue.push(SpanRecord {
             resource: info.resource.clone(),
             ids,
@@ -740,11 +740,14 @@ impl Tracker {
         let keys: Vec<(u32, u32)> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
         let mut outcomes = std::mem::take(&mut self.outcomes);
         for key in keys {
-            if let Some(mut tracked) = self.conns.remove(&key) {
-                tracked.conn.on_exit(&mut outcomes);
-                self.forget.push(conn_key(key.0, key.1));
-            }
+            let Some(tracked) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            tracked.conn.on_exit(&mut outcomes);
+            self.forget.push(conn_key(key.0, key.1));
+            // `record` needs the connection's port and role: it goes after its outcomes.
             self.finish(key, tgid, &mut outcomes);
+            self.conns.remove(&key);
         }
         self.outcomes = outcomes;
         self.listen_ports.retain(|k, _| k.0 != tgid);
@@ -901,13 +904,20 @@ fn host_without_port(host: &str) -> &str {
 
 /// `http.request.method`: the known methods, or `_OTHER` (semantic conventions).
 fn normalize_method(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    KNOWN
+    parse::KNOWN_METHODS
         .into_iter()
         .find(|known| *known == method)
         .unwrap_or("_OTHER")
+}
+
+/// A span's name: `{method} {route}` (server) or `{method}` (client), where an unknown method
+/// is `HTTP` (semantic conventions: the name never carries a method outside the known set).
+fn span_name(role: Role, method: &str, route: &str) -> String {
+    let method = if method == "_OTHER" { "HTTP" } else { method };
+    match role {
+        Role::Server => format!("{method} {route}"),
+        Role::Client => method.to_string(),
+    }
 }
 
 #[cfg(test)]
