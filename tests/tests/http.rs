@@ -814,3 +814,46 @@ fn exchanges_of_processes_that_exit_after_the_status_are_counted() {
         .unwrap_or(0.0);
     assert_eq!(dropped, dropped_before, "no exchange of theirs dropped");
 }
+
+/// A fork-per-connection server (busybox `httpd`: a child per connection, forked without exec,
+/// that answers and exits) is one service instance: every series of its requests carries the
+/// server's own `service.instance.id` (and resource: `process.pid`), not one per child.
+#[test]
+fn a_forking_servers_children_belong_to_its_service_instance() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::busybox(free_port());
+    let mut sent = wget(server.port, "/missing/page", 4);
+    let pages = vec![("GET".to_string(), "/index.html".to_string()); 8];
+    sent.extend(curl(server.port, false, &pages));
+    check(&daemon, server.port, &sent, true);
+    let scrape = daemon.scrape();
+    let port = server.port.to_string();
+    let label_values = |label: &str| -> std::collections::BTreeSet<String> {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.name == format!("{SERVER}_count"))
+            .filter(|s| s.labels.get("server_port") == Some(&port))
+            .map(|s| s.labels.get(label).cloned().unwrap_or_default())
+            .collect()
+    };
+    let instances = label_values("service_instance_id");
+    assert_eq!(instances.len(), 1, "one instance: {instances:?}");
+    let instance = instances.first().expect("one");
+    assert!(
+        instance.ends_with(&format!(":{}", server.pid())),
+        "the server's own instance ({}), not a child's: {instance}",
+        server.pid()
+    );
+    // Its resource, on target_info, is the server process's own.
+    let resource = scrape
+        .samples
+        .iter()
+        .find(|s| s.name == "target_info" && s.labels.get("service_instance_id") == Some(instance))
+        .expect("target_info of the instance");
+    assert_eq!(
+        resource.labels.get("process_pid"),
+        Some(&server.pid().to_string())
+    );
+}
