@@ -857,3 +857,85 @@ fn a_forking_servers_children_belong_to_its_service_instance() {
         Some(&server.pid().to_string())
     );
 }
+
+/// A WebSocket upgrade: the request answered `101 Switching Protocols` is one exchange (status
+/// 101) on both sides, and the frames that follow both ways (binary, some carrying text that
+/// looks like HTTP) are not parsed as HTTP: no invalid bytes, no unmatched responses, no drops.
+#[test]
+fn a_websocket_upgrade_is_one_exchange_and_its_frames_are_not_http() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let port = free_port();
+    // A WebSocket echo server: the handshake, then each frame back (unmasked), until close.
+    let server_script = format!(
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen()\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   head = b''\n\
+         \x20   while b'\\r\\n\\r\\n' not in head:\n\
+         \x20       chunk = c.recv(4096)\n\
+         \x20       if not chunk: break\n\
+         \x20       head += chunk\n\
+         \x20   if not head: c.close(); continue\n\
+         \x20   c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n'\n\
+         \x20             b'Connection: Upgrade\\r\\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\\r\\n\\r\\n')\n\
+         \x20   while True:\n\
+         \x20       hdr = c.recv(2)\n\
+         \x20       if len(hdr) < 2: break\n\
+         \x20       n = hdr[1] & 0x7f\n\
+         \x20       mask = c.recv(4)\n\
+         \x20       data = bytes(b ^ mask[i % 4] for i, b in enumerate(c.recv(n)))\n\
+         \x20       c.sendall(bytes([hdr[0], n]) + data)\n\
+         \x20       if hdr[0] & 0x0f == 8: break\n\
+         \x20   c.close()\n"
+    );
+    let _server = Server::spawn(
+        {
+            let mut c = std::process::Command::new("python3");
+            c.args(["-c", &server_script]);
+            c
+        },
+        port,
+        None,
+    );
+    let outcome = |outcome: &str| {
+        daemon
+            .scrape()
+            .value("periscope_http_messages_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    let noise = ["invalid", "unmatched_response", "dropped_connection_closed"];
+    let before: Vec<f64> = noise.iter().map(|o| outcome(o)).collect();
+    let client_script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'GET /ws HTTP/1.1\\r\\nHost: a\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n\
+         \x20         b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head:\n\
+         \x20   head += s.recv(4096)\n\
+         assert head.startswith(b'HTTP/1.1 101 '), head\n\
+         for i, text in enumerate([b'hello', b'GET / HTTP/1.1', b'HTTP/1.1 200 OK', b'\\x00\\xff' * 20, b'bye']):\n\
+         \x20   op = 0x88 if i == 4 else (0x81 if i < 3 else 0x82)\n\
+         \x20   mask = bytes([1, 2, 3, 4])\n\
+         \x20   s.sendall(bytes([op, 0x80 | len(text)]) + mask + bytes(b ^ mask[j % 4] for j, b in enumerate(text)))\n\
+         \x20   echo = b''\n\
+         \x20   while len(echo) < 2 + len(text):\n\
+         \x20       echo += s.recv(4096)\n\
+         \x20   assert echo[2:] == text, echo\n\
+         s.close()\n"
+    );
+    run_python(&client_script);
+    let sent = vec![Sent {
+        method: "GET".into(),
+        path: "/ws".into(),
+        status: 101,
+        seconds: f64::NAN,
+    }];
+    check(&daemon, port, &sent, true);
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<f64> = noise.iter().map(|o| outcome(o)).collect();
+    assert_eq!(after, before, "{noise:?}: the frames were taken for HTTP");
+}

@@ -109,6 +109,8 @@ enum Stream {
     UntilClose,
     /// Lost track (garbage, or a body of unknown length): wait for bytes starting a head.
     Lost,
+    /// The connection switched protocols (`101`: WebSocket, h2c): nothing after is HTTP/1.x.
+    Upgraded,
 }
 
 impl Stream {
@@ -275,7 +277,7 @@ impl Connection {
                     }
                     return;
                 }
-                Stream::UntilClose => return,
+                Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_request(io.captured) {
                         self.requests = Stream::Head;
@@ -408,7 +410,7 @@ impl Connection {
                     }
                     return;
                 }
-                Stream::UntilClose => return,
+                Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_response(io.captured) {
                         self.responses = Stream::Head;
@@ -462,6 +464,15 @@ impl Connection {
         }
         self.response_partial.clear();
         self.seen_http = true;
+        if head.status == 101 && !self.in_flight.is_empty() {
+            // Switching Protocols: the exchange is over, and the connection's later bytes both
+            // ways (WebSocket frames) are another protocol's.
+            self.requests = Stream::Upgraded;
+            self.responses = Stream::Upgraded;
+            self.request_partial.clear();
+            self.complete(head.status, at_ns, out);
+            return None;
+        }
         if head.status < 200 {
             // 100 Continue and friends: the final response is still to come.
             self.responses = if head.head.len.is_some() {
@@ -729,6 +740,54 @@ mod tests {
                 ("/after".into(), 200, 51, 60)
             ]
         );
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_one_exchange_and_its_frames_are_not_http() {
+        for role in [Role::Server, Role::Client] {
+            let mut c = Connection::new(role);
+            let mut out = Vec::new();
+            let (request, response): (fn(&mut Connection, &Io<'_>, &mut Vec<Outcome>), _) =
+                match role {
+                    Role::Server => (
+                        Connection::on_read,
+                        Connection::on_write as fn(&mut _, &_, &mut _),
+                    ),
+                    Role::Client => (
+                        Connection::on_write,
+                        Connection::on_read as fn(&mut _, &_, &mut _),
+                    ),
+                };
+            request(
+                &mut c,
+                &io(
+                    10,
+                    b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                ),
+                &mut out,
+            );
+            // The 101 and the server's first frame in one write.
+            response(
+                &mut c,
+                &io(
+                    20,
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+                ),
+                &mut out,
+            );
+            for t in 0..5 {
+                request(
+                    &mut c,
+                    &io(30 + t, b"\x82\x85\x01\x02\x03\x04GET / HTTP/1.1"),
+                    &mut out,
+                );
+                response(&mut c, &io(40 + t, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
+            }
+            c.on_close(&mut out);
+            assert_eq!(exchanges(&out).len(), 1, "{role:?}: {out:?}");
+            assert_eq!(exchanges(&out)[0].1, 101);
+            assert_eq!(out.len(), 1, "{role:?}: nothing else: {out:?}");
+        }
     }
 
     #[test]
