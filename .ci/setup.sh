@@ -12,10 +12,10 @@ APT_PACKAGES=(
   fio stress-ng util-linux iproute2 nftables curl openssl  # workloads and plumbing for tests
   libcap2-bin                                           # capsh: least-privilege tests
   prometheus                                            # real Prometheus + promtool
-  nginx wrk                                             # HTTP tests: a real server, a load generator
+  nginx wrk wget                                        # HTTP tests: a real server, a load generator, a client that exits early
   tmux                                                  # triage tests: a real terminal (send-keys, capture-pane)
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
-  qemu-system-x86 busybox-static xz-utils               # kernel matrix: other kernels in a VM (tests/kernels)
+  qemu-system-x86 busybox-static xz-utils               # kernel matrix VM (tests/kernels); busybox httpd: a forking HTTP server
   gcc libc6-dev binutils python3                        # profile tests: C workloads built by the test (cc, strip), SVG checked as XML
   nodejs                                                # profile tests: a JIT runtime named through its perf map
 )

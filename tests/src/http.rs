@@ -124,6 +124,20 @@ http {{
         Self::spawn(c, port, Some(dir))
     }
 
+    /// `busybox httpd` in the foreground serving `/index.html` (200, with a length; anything
+    /// else is a 404 without one, ended by the close): one child process forked per connection,
+    /// which answers and exits.
+    pub fn busybox(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("index.html"), "ok\n").expect("write index.html");
+        let mut c = Command::new("busybox");
+        c.args(["httpd", "-f", "-p"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-h")
+            .arg(dir.path());
+        Self::spawn(c, port, Some(dir))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -285,6 +299,33 @@ pub fn curl(port: u16, keepalive: bool, plan: &[(String, String)]) -> Vec<Sent> 
         }
     }
     sent
+}
+
+/// `wget` GETs of `path`, one process each; wget exits as soon as it has read a 404's head.
+pub fn wget(port: u16, path: &str, n: usize) -> Vec<Sent> {
+    (0..n)
+        .map(|_| {
+            let out = Command::new("wget")
+                .args(["-q", "-S", "-O", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{port}{path}"))
+                .output()
+                .expect("wget");
+            // -S prints the response head on stderr: "  HTTP/1.1 404 Not Found".
+            let head = String::from_utf8_lossy(&out.stderr);
+            let status = head
+                .split_whitespace()
+                .skip_while(|w| !w.starts_with("HTTP/1."))
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no status from wget: {head}"));
+            Sent {
+                method: "GET".into(),
+                path: path.into(),
+                status,
+                seconds: f64::NAN,
+            }
+        })
+        .collect()
 }
 
 /// Periscope's request counts per (method, route, status) for one server port.

@@ -10,7 +10,7 @@ use periscope_e2e::{
     exclusive, free_port,
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, Sent, Server, client_counts, curl, node_client,
-        periscope_counts, plan, python_client,
+        periscope_counts, plan, python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
 };
@@ -487,7 +487,8 @@ fn garbage_and_truncated_traffic_is_counted_and_real_requests_stay_exact() {
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
         b"GET /trunc".to_vec(),
         b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec(),
-        b"NOTAMETHOD / HTTP/1.1\r\n\r\n".to_vec(),
+        // Not a method token ('@'): NOTAMETHOD would be a method (`_OTHER`).
+        b"NOT@METHOD / HTTP/1.1\r\n\r\n".to_vec(),
         format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100_000)).into_bytes(),
     ];
     for bytes in &hostile {
@@ -721,4 +722,220 @@ fn route_patterns_and_the_per_service_cap_bound_http_route() {
     })
     .collect();
     assert_counts(&daemon, SERVER, server.port, &expected);
+}
+
+/// `http.request.method` as Periscope reports it: the nine OTel methods, `_OTHER` for the rest.
+fn otel_counts(sent: &[Sent]) -> Counts {
+    let known = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let mut counts = Counts::new();
+    for ((method, route, status), n) in client_counts(sent) {
+        let method = if known.contains(&method.as_str()) {
+            method
+        } else {
+            "_OTHER".to_string()
+        };
+        *counts.entry((method, route, status)).or_default() += n;
+    }
+    counts
+}
+
+/// Methods outside the nine OTel names (a cache PURGE, WebDAV's PROPFIND and MKCOL) are
+/// requests like any other, counted as `_OTHER`; one first on a keep-alive connection does not
+/// make Periscope give up the connection: the GETs after it are counted too. Python, nginx and
+/// the Rust server, each under a keep-alive Python client and curl, exact on both sides.
+#[test]
+fn unknown_methods_count_as_other_and_the_connection_goes_on() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let mut requests: Vec<(String, String)> = vec![("PURGE".into(), "/users/1".into())];
+    requests.extend((0..11).map(|i| ("GET".to_string(), format!("/users/{}", 10 + i))));
+    requests.push(("PROPFIND".into(), "/users/2".into()));
+    requests.push(("MKCOL".into(), "/users/3".into()));
+    requests.push(("GET".into(), "/users/4".into()));
+    let python = Server::python(free_port(), true, None, "py-methods");
+    let nginx = Server::nginx(free_port());
+    let rust = Server::rust(env!("CARGO_BIN_EXE_rust-http-server"), free_port());
+    for port in [python.port, nginx.port, rust.port] {
+        let mut sent = python_client(port, true, &requests);
+        let purges = vec![("PURGE".to_string(), "/users/5".to_string()); 2];
+        sent.extend(curl(port, true, &purges));
+        assert!(sent.iter().all(|s| s.status == 200), "{sent:?}");
+        let expected = otel_counts(&sent);
+        assert_eq!(expected.values().sum::<u64>(), 17);
+        assert_eq!(
+            expected.get(&("_OTHER".into(), "/users/{id}".into(), "200".into())),
+            Some(&5)
+        );
+        assert_counts(&daemon, SERVER, port, &expected);
+        assert_counts(&daemon, CLIENT, port, &expected);
+    }
+}
+
+/// Processes that exit right after an exchange: busybox `httpd` forks a child per connection
+/// that writes its 404 (no length: the close ends it) and exits, and `wget` exits as soon as it
+/// has read a 404's head. An exchange whose response status was seen is counted, on both sides:
+/// every 404 as exactly as every 200, none `dropped_process_exit`.
+#[test]
+fn exchanges_of_processes_that_exit_after_the_status_are_counted() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::busybox(free_port());
+    let dropped_before = daemon
+        .scrape()
+        .value(
+            "periscope_http_messages_total",
+            &[("outcome", "dropped_process_exit")],
+        )
+        .unwrap_or(0.0);
+    let mut sent = wget(server.port, "/missing/page", 7);
+    sent.extend(wget(server.port, "/index.html", 3));
+    let misses = vec![("GET".to_string(), "/missing/page".to_string()); 7];
+    sent.extend(curl(server.port, false, &misses));
+    let statuses: Vec<u16> = sent.iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 404).count(),
+        14,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    check(&daemon, server.port, &sent, true);
+    let dropped = daemon
+        .scrape()
+        .value(
+            "periscope_http_messages_total",
+            &[("outcome", "dropped_process_exit")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(dropped, dropped_before, "no exchange of theirs dropped");
+}
+
+/// A fork-per-connection server (busybox `httpd`: a child per connection, forked without exec,
+/// that answers and exits) is one service instance: every series of its requests carries the
+/// server's own `service.instance.id` (and resource: `process.pid`), not one per child.
+#[test]
+fn a_forking_servers_children_belong_to_its_service_instance() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::busybox(free_port());
+    let mut sent = wget(server.port, "/missing/page", 4);
+    let pages = vec![("GET".to_string(), "/index.html".to_string()); 8];
+    sent.extend(curl(server.port, false, &pages));
+    check(&daemon, server.port, &sent, true);
+    let scrape = daemon.scrape();
+    let port = server.port.to_string();
+    let label_values = |label: &str| -> std::collections::BTreeSet<String> {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.name == format!("{SERVER}_count"))
+            .filter(|s| s.labels.get("server_port") == Some(&port))
+            .map(|s| s.labels.get(label).cloned().unwrap_or_default())
+            .collect()
+    };
+    let instances = label_values("service_instance_id");
+    assert_eq!(instances.len(), 1, "one instance: {instances:?}");
+    let instance = instances.first().expect("one");
+    assert!(
+        instance.ends_with(&format!(":{}", server.pid())),
+        "the server's own instance ({}), not a child's: {instance}",
+        server.pid()
+    );
+    // Its resource, on target_info, is the server process's own.
+    let resource = scrape
+        .samples
+        .iter()
+        .find(|s| s.name == "target_info" && s.labels.get("service_instance_id") == Some(instance))
+        .expect("target_info of the instance");
+    assert_eq!(
+        resource.labels.get("process_pid"),
+        Some(&server.pid().to_string())
+    );
+}
+
+/// A WebSocket upgrade: the request answered `101 Switching Protocols` is one exchange (status
+/// 101) on both sides, and the frames that follow both ways (binary, some carrying text that
+/// looks like HTTP) are not parsed as HTTP: no invalid bytes, no unmatched responses, no drops.
+#[test]
+fn a_websocket_upgrade_is_one_exchange_and_its_frames_are_not_http() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let port = free_port();
+    // A WebSocket echo server: the handshake, then each frame back (unmasked), until close.
+    let server_script = format!(
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen()\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   head = b''\n\
+         \x20   while b'\\r\\n\\r\\n' not in head:\n\
+         \x20       chunk = c.recv(4096)\n\
+         \x20       if not chunk: break\n\
+         \x20       head += chunk\n\
+         \x20   if not head: c.close(); continue\n\
+         \x20   c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n'\n\
+         \x20             b'Connection: Upgrade\\r\\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\\r\\n\\r\\n')\n\
+         \x20   while True:\n\
+         \x20       hdr = c.recv(2)\n\
+         \x20       if len(hdr) < 2: break\n\
+         \x20       n = hdr[1] & 0x7f\n\
+         \x20       mask = c.recv(4)\n\
+         \x20       data = bytes(b ^ mask[i % 4] for i, b in enumerate(c.recv(n)))\n\
+         \x20       c.sendall(bytes([hdr[0], n]) + data)\n\
+         \x20       if hdr[0] & 0x0f == 8: break\n\
+         \x20   c.close()\n"
+    );
+    let _server = Server::spawn(
+        {
+            let mut c = std::process::Command::new("python3");
+            c.args(["-c", &server_script]);
+            c
+        },
+        port,
+        None,
+    );
+    let outcome = |outcome: &str| {
+        daemon
+            .scrape()
+            .value("periscope_http_messages_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    let noise = ["invalid", "unmatched_response", "dropped_connection_closed"];
+    let before: Vec<f64> = noise.iter().map(|o| outcome(o)).collect();
+    let client_script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'GET /ws HTTP/1.1\\r\\nHost: a\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n\
+         \x20         b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head:\n\
+         \x20   head += s.recv(4096)\n\
+         assert head.startswith(b'HTTP/1.1 101 '), head\n\
+         for i, text in enumerate([b'hello', b'GET / HTTP/1.1', b'HTTP/1.1 200 OK', b'\\x00\\xff' * 20, b'bye']):\n\
+         \x20   op = 0x88 if i == 4 else (0x81 if i < 3 else 0x82)\n\
+         \x20   mask = bytes([1, 2, 3, 4])\n\
+         \x20   s.sendall(bytes([op, 0x80 | len(text)]) + mask + bytes(b ^ mask[j % 4] for j, b in enumerate(text)))\n\
+         \x20   echo = b''\n\
+         \x20   while len(echo) < 2 + len(text):\n\
+         \x20       echo += s.recv(4096)\n\
+         \x20   assert echo[2:] == text, echo\n\
+         s.close()\n"
+    );
+    run_python(&client_script);
+    let sent = vec![Sent {
+        method: "GET".into(),
+        path: "/ws".into(),
+        status: 101,
+        seconds: f64::NAN,
+    }];
+    check(&daemon, port, &sent, true);
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<f64> = noise.iter().map(|o| outcome(o)).collect();
+    assert_eq!(after, before, "{noise:?}: the frames were taken for HTTP");
 }

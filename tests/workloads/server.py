@@ -1,7 +1,7 @@
 """A Python http.server with the routes the HTTP tests use.
 
 usage: server.py PORT keepalive|close [DOWNSTREAM_PORT]
-  GET|PUT|DELETE /users/<id> -> 200, POST /items -> 201, /fail... -> 500, anything else -> 404
+  GET|PUT|DELETE|PURGE|PROPFIND|MKCOL /users/<id> -> 200, POST /items -> 201, /fail... -> 500, anything else -> 404
   /chain -> calls GET /users/1 on 127.0.0.1:DOWNSTREAM_PORT from the serving thread, then 200
 """
 import http.client
@@ -45,7 +45,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    # Methods outside the nine OTel names (cache purges, WebDAV) are answered like the others.
     do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    do_PURGE = do_PROPFIND = do_MKCOL = handle_any
 
 
 http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

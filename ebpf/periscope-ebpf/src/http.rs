@@ -64,6 +64,9 @@ static HTTP_RET_OFFSET: u32 = 16;
 /// Periscope's own process and other Periscope processes: never captured (`shared::skipped`).
 #[unsafe(no_mangle)]
 static HTTP_SKIP_TGIDS: [u32; SKIP_TGIDS] = [0; SKIP_TGIDS];
+/// Offset of `tgid` in `struct task_struct`, from BTF (0: unknown, forks are not followed).
+#[unsafe(no_mangle)]
+static HTTP_TASK_TGID: u32 = 0;
 /// Records wake user space up only when the bytes a CPU sent cross a multiple of this (user
 /// space also drains on a short timer; see [`crosses_wakeup_step`]). A wakeup on every record
 /// once the unread bytes passed a threshold, as before, cost ~10% of the exit program's time
@@ -133,6 +136,14 @@ static HTTP_TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 
 /// no syscall inside OpenSSL calls: their connection is the socket the thread just read.
 #[map]
 static HTTP_TLS_LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes forked without exec since: child tgid -> the tgid that forked it (a copy of whose
+/// program the child runs). User space reads it when it first meets a process, so that a
+/// fork-per-connection server's children belong to the server's service instance. Deleted at
+/// exec, not at exit (the children of such servers are often gone before their records are
+/// read); LRU: the entries are read within seconds of the fork, or never.
+#[map]
+static HTTP_FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Where records are built before they go to the ring buffer (too big for the BPF stack).
 #[map]
@@ -781,6 +792,36 @@ pub fn http_process_exit(ctx: TracePointContext) -> u32 {
 pub fn http_process_exit_raw(ctx: RawTracePointContext) -> i32 {
     let _ = ctx.as_ptr();
     process_exit();
+    0
+}
+
+/// `raw_tp/sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the
+/// forking task: a new process (not a thread: its tgid is its own) runs a copy of the forker.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn http_process_fork_raw(ctx: RawTracePointContext) -> i32 {
+    let offset = global(&HTTP_TASK_TGID);
+    if offset == 0 {
+        return 0;
+    }
+    let child: u64 = ctx.arg(1);
+    // SAFETY: bpf_probe_read_kernel checks the address; the offset comes from this kernel's BTF.
+    let Ok(child_tgid) = (unsafe { bpf_probe_read_kernel((child + offset as u64) as *const u32) })
+    else {
+        return 0;
+    };
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if child_tgid != parent_tgid {
+        let _ = HTTP_FORKED.insert(child_tgid, parent_tgid, 0);
+    }
+    0
+}
+
+/// `raw_tp/sched_process_exec`: the process runs a program of its own now.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn http_process_exec_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = ctx.as_ptr();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = HTTP_FORKED.remove(tgid);
     0
 }
 

@@ -32,12 +32,15 @@ use crate::{
 const FAMILY: &str = "http";
 
 /// `(program, raw tracepoint)` on socket tracepoints: every send and receive on a socket (after
-/// it, in its task), every TCP state change (sides, closes), process exits.
+/// it, in its task), every TCP state change (sides, closes), process exits, and forks and execs
+/// (a child forked without exec belongs to its parent's service instance).
 const SOCKET_PROGRAMS: &[(&str, &str)] = &[
     ("http_sock_send", "sock_send_length"),
     ("http_sock_recv", "sock_recv_length"),
     ("http_sock_state", "inet_sock_set_state"),
     ("http_process_exit_raw", "sched_process_exit"),
+    ("http_process_fork_raw", "sched_process_fork"),
+    ("http_process_exec_raw", "sched_process_exec"),
 ];
 
 /// `(program, raw tracepoint)` beside the `fentry` programs ([`fentry_programs`]): TCP state
@@ -45,6 +48,8 @@ const SOCKET_PROGRAMS: &[(&str, &str)] = &[
 const FENTRY_RAW_PROGRAMS: &[(&str, &str)] = &[
     ("http_sock_state", "inet_sock_set_state"),
     ("http_process_exit_raw", "sched_process_exit"),
+    ("http_process_fork_raw", "sched_process_fork"),
+    ("http_process_exec_raw", "sched_process_exec"),
 ];
 
 /// `(program, raw tracepoint)`: one program on every syscall entry (write stamps, `close`),
@@ -53,6 +58,8 @@ const RAW_PROGRAMS: &[(&str, &str)] = &[
     ("http_sys_enter_raw", "sys_enter"),
     ("http_sys_exit_raw", "sys_exit"),
     ("http_process_exit_raw", "sched_process_exit"),
+    ("http_process_fork_raw", "sched_process_fork"),
+    ("http_process_exec_raw", "sched_process_exec"),
 ];
 
 /// What each syscall the raw programs handle is to them, by this architecture's numbers.
@@ -205,6 +212,7 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
         ("HTTP_REGS_CS", btf.offset("pt_regs", "cs")?),
         ("HTTP_REGS_WINDOW_NR", btf.offset("pt_regs", "orig_ax")?),
     ];
+    let task_tgid = ("HTTP_TASK_TGID", btf.offset("task_struct", "tgid")?);
     let base = fields.iter().map(|f| f.1).min().unwrap_or(0);
     let end = fields.iter().map(|f| f.1 + 8).max().unwrap_or(0);
     if (end - base) as usize > REGS_WINDOW {
@@ -220,6 +228,7 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
         ("HTTP_REGS_NR", btf.offset("pt_regs", "orig_ax")?),
     ];
     globals.extend(fields.iter().map(|(name, offset)| (*name, offset - base)));
+    globals.push(task_tgid);
     Ok(globals)
 }
 
@@ -378,6 +387,8 @@ pub struct Http {
     conns: aya::maps::HashMap<MapData, u64, u8>,
     /// Set while the capture loop sleeps until the next record (see `Cadence`).
     reader_parked: aya::maps::Array<MapData, u32>,
+    /// Processes forked without exec: child tgid -> forker (kernel side: `HTTP_FORKED`).
+    forked: aya::maps::HashMap<MapData, u32, u32>,
     /// Syscalls in flight (per-syscall tracepoints: every watched read and write, stamped at its
     /// entry); the daemon's sweeper removes entries older than a minute, of threads that never
     /// returned.
@@ -403,7 +414,9 @@ pub fn start(ebpf: &mut Ebpf, plan: Plan) -> (Option<Http>, ProbeStatus) {
             .ok_or_else(|| ProbeError::missing_map("HTTP_CONNS"))?;
         let pending = crate::families::take_hash_map(ebpf, "HTTP_PENDING")?;
         let reader_parked = crate::kernel::maps::take_reader_flag(ebpf, "HTTP_READER_PARKED")?;
+        let forked = crate::families::take_hash_map(ebpf, "HTTP_FORKED")?;
         Ok(Http {
+            forked,
             reader_parked,
             pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             events: RingBuf::try_from(events).map_err(|e| ProbeError::Map {
@@ -437,8 +450,10 @@ pub async fn run(http: Http, mut tracker: Tracker, mut shutdown: watch::Receiver
         events,
         mut conns,
         reader_parked,
+        forked,
         ..
     } = http;
+    tracker.set_forked(Box::new(move |tgid| forked.get(&tgid, 0).ok()));
     // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the map.
     let mut events = match unsafe { AsyncFd::register(events) } {
         Ok(fd) => fd,

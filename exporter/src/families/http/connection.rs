@@ -109,6 +109,8 @@ enum Stream {
     UntilClose,
     /// Lost track (garbage, or a body of unknown length): wait for bytes starting a head.
     Lost,
+    /// The connection switched protocols (`101`: WebSocket, h2c): nothing after is HTTP/1.x.
+    Upgraded,
 }
 
 impl Stream {
@@ -148,6 +150,8 @@ pub struct Connection {
     /// When the first bytes of a partial request head arrived.
     request_partial_start: u64,
     response_partial: Vec<u8>,
+    /// When the last bytes of a partial response head arrived.
+    response_partial_ns: u64,
     in_flight: VecDeque<Request>,
     open_response: Option<OpenResponse>,
     /// Whether a valid HTTP message was ever seen here.
@@ -163,6 +167,7 @@ impl Connection {
             request_partial: Vec::new(),
             request_partial_start: 0,
             response_partial: Vec::new(),
+            response_partial_ns: 0,
             in_flight: VecDeque::new(),
             open_response: None,
             seen_http: false,
@@ -189,23 +194,45 @@ impl Connection {
         }
     }
 
-    /// The connection closed: a response delimited by the close is complete; requests still
+    /// The connection closed: a response delimited by the close is complete, and so is one
+    /// whose status was seen (see [`Connection::complete_seen_response`]); requests still
     /// waiting are dropped.
     pub fn on_close(&mut self, out: &mut Vec<Outcome>) {
-        if let Some(open) = self.open_response.take() {
-            self.complete(open.status, open.last_ns, out);
-        }
+        self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("connection_closed"));
         }
     }
 
-    /// The process exited: nothing in flight will complete.
+    /// The process exited: a response whose status was seen is complete enough to count (a
+    /// fork-per-connection server's child writes a 404 without a length and exits; `wget` exits
+    /// after reading a 404's head); the rest in flight will never complete.
     pub fn on_exit(&mut self, out: &mut Vec<Outcome>) {
-        self.open_response = None;
+        self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("process_exit"));
         }
+    }
+
+    /// Ends the oldest request's exchange when its final response status was seen, at the last
+    /// response bytes seen: a response being sent or received, or a head still incomplete
+    /// (split over reads) whose status line is there.
+    fn complete_seen_response(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(open) = self.open_response.take() {
+            self.complete(open.status, open.last_ns, out);
+            self.responses = Stream::Lost;
+            return;
+        }
+        if self.response_partial.is_empty() || self.in_flight.is_empty() {
+            return;
+        }
+        if let Ok(head) = parse::response(&self.response_partial)
+            && head.status >= 200
+        {
+            self.complete(head.status, self.response_partial_ns, out);
+        }
+        self.response_partial.clear();
+        self.responses = Stream::Lost;
     }
 
     /// Records of this connection were lost: what is in flight cannot be matched any more, and
@@ -250,7 +277,7 @@ impl Connection {
                     }
                     return;
                 }
-                Stream::UntilClose => return,
+                Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_request(io.captured) {
                         self.requests = Stream::Head;
@@ -383,7 +410,7 @@ impl Connection {
                     }
                     return;
                 }
-                Stream::UntilClose => return,
+                Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_response(io.captured) {
                         self.responses = Stream::Head;
@@ -417,6 +444,7 @@ impl Connection {
         let earlier = self.response_partial.len();
         let input = with_partial(&self.response_partial, bytes);
         let rest_captured = offset + bytes.len() as u64 == io.len;
+        self.response_partial_ns = at_ns;
         let head = match parse::response(&input) {
             Err(ParseError::TooShort) if rest_captured && input.len() < MAX_PARTIAL_HEAD => {
                 self.response_partial = input.to_vec();
@@ -436,6 +464,15 @@ impl Connection {
         }
         self.response_partial.clear();
         self.seen_http = true;
+        if head.status == 101 && !self.in_flight.is_empty() {
+            // Switching Protocols: the exchange is over, and the connection's later bytes both
+            // ways (WebSocket frames) are another protocol's.
+            self.requests = Stream::Upgraded;
+            self.responses = Stream::Upgraded;
+            self.request_partial.clear();
+            self.complete(head.status, at_ns, out);
+            return None;
+        }
         if head.status < 200 {
             // 100 Continue and friends: the final response is still to come.
             self.responses = if head.head.len.is_some() {
@@ -665,6 +702,92 @@ mod tests {
             &mut out,
         );
         assert_eq!(exchanges(&out), vec![("/split".into(), 200, 11, 20)]);
+    }
+
+    #[test]
+    fn an_unknown_method_first_on_a_keep_alive_connection_is_an_exchange() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(
+            &io(10, b"PURGE /cache/a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            &mut out,
+        );
+        c.on_write(
+            &io(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        // Split where it cannot tell yet.
+        c.on_read(&io(30, b"PROPFIND /d"), &mut out);
+        c.on_read(&io(32, b"av/ HTTP/1.1\r\nDepth: 1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(
+                40,
+                b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n",
+            ),
+            &mut out,
+        );
+        c.on_read(&io(50, b"GET /after HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_write(
+            &io(60, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert!(!out.contains(&Outcome::Invalid), "{out:?}");
+        assert_eq!(
+            exchanges(&out),
+            vec![
+                ("/cache/a".into(), 200, 11, 20),
+                ("/dav/".into(), 207, 31, 40),
+                ("/after".into(), 200, 51, 60)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_one_exchange_and_its_frames_are_not_http() {
+        for role in [Role::Server, Role::Client] {
+            let mut c = Connection::new(role);
+            let mut out = Vec::new();
+            let (request, response): (fn(&mut Connection, &Io<'_>, &mut Vec<Outcome>), _) =
+                match role {
+                    Role::Server => (
+                        Connection::on_read,
+                        Connection::on_write as fn(&mut _, &_, &mut _),
+                    ),
+                    Role::Client => (
+                        Connection::on_write,
+                        Connection::on_read as fn(&mut _, &_, &mut _),
+                    ),
+                };
+            request(
+                &mut c,
+                &io(
+                    10,
+                    b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                ),
+                &mut out,
+            );
+            // The 101 and the server's first frame in one write.
+            response(
+                &mut c,
+                &io(
+                    20,
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+                ),
+                &mut out,
+            );
+            for t in 0..5 {
+                request(
+                    &mut c,
+                    &io(30 + t, b"\x82\x85\x01\x02\x03\x04GET / HTTP/1.1"),
+                    &mut out,
+                );
+                response(&mut c, &io(40 + t, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
+            }
+            c.on_close(&mut out);
+            assert_eq!(exchanges(&out).len(), 1, "{role:?}: {out:?}");
+            assert_eq!(exchanges(&out)[0].1, 101);
+            assert_eq!(out.len(), 1, "{role:?}: nothing else: {out:?}");
+        }
     }
 
     #[test]

@@ -104,21 +104,82 @@ fn first_chars(s: &str, max: usize) -> &str {
     s.char_indices().nth(max).map_or(s, |(end, _)| &s[..end])
 }
 
-/// Whether `bytes` can be the start of a request: a known method token then a space. Used
-/// before httparse so that binary garbage is rejected cheaply and unambiguously.
+/// The methods OTel names (`http.request.method`); any other token is a method too.
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Longest method token looked for (WebDAV's are at most 16 bytes: `VERSION-CONTROL`).
+const MAX_METHOD: usize = 32;
+
+/// What the first bytes of a read or write say about a request starting there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStart {
+    /// A request line: a known method and a space, or any method token (RFC 9110 §9.1), a
+    /// space, a request-target, a space and `HTTP/1.`.
+    Yes,
+    /// The bytes end before they can tell (a request line split across reads).
+    Maybe,
+    No,
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `bytes` start a request line. Known methods need only their space (so a request
+/// line longer than the capture is still one); other tokens need the whole line up to
+/// `HTTP/1.`, so that text protocols (`get key\r\n`, `EHLO host\r\n`) and binary data are not
+/// taken for requests.
+pub fn request_start(bytes: &[u8]) -> RequestStart {
+    let method_len = bytes
+        .iter()
+        .take(MAX_METHOD + 1)
+        .position(|b| !is_token_char(*b));
+    let Some(method_len) = method_len else {
+        return if bytes.len() <= MAX_METHOD {
+            RequestStart::Maybe
+        } else {
+            RequestStart::No
+        };
+    };
+    if method_len == 0 || bytes[method_len] != b' ' {
+        return RequestStart::No;
+    }
+    if KNOWN_METHODS
+        .iter()
+        .any(|m| m.as_bytes() == &bytes[..method_len])
+    {
+        return RequestStart::Yes;
+    }
+    let rest = &bytes[method_len + 1..];
+    let Some(target_len) = rest.iter().position(|b| *b == b' ' || b.is_ascii_control()) else {
+        return RequestStart::Maybe;
+    };
+    if target_len == 0 || rest[target_len] != b' ' {
+        return RequestStart::No;
+    }
+    let version = &rest[target_len + 1..];
+    let want = b"HTTP/1.";
+    if version.len() >= want.len() {
+        if version.starts_with(want) {
+            RequestStart::Yes
+        } else {
+            RequestStart::No
+        }
+    } else if want.starts_with(version) {
+        RequestStart::Maybe
+    } else {
+        RequestStart::No
+    }
+}
+
+/// Whether `bytes` certainly start a request (see [`request_start`]). Used where a stream is
+/// resynchronised and where a connection's side is guessed, before httparse, so that binary
+/// garbage is rejected cheaply and unambiguously.
 pub fn looks_like_request(bytes: &[u8]) -> bool {
-    const METHODS: [&[u8]; 9] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"DELETE ",
-        b"HEAD ",
-        b"PATCH ",
-        b"OPTIONS ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
-    METHODS.iter().any(|m| bytes.starts_with(m))
+    request_start(bytes) == RequestStart::Yes
 }
 
 pub fn looks_like_response(bytes: &[u8]) -> bool {
@@ -127,10 +188,8 @@ pub fn looks_like_response(bytes: &[u8]) -> bool {
 
 /// Parses the start of a request head.
 pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
-    if bytes.len() < 4 {
-        return Err(ParseError::TooShort);
-    }
-    if !looks_like_request(bytes) {
+    // Maybe: httparse says how far the line got (a line longer than the capture is kept).
+    if request_start(bytes) == RequestStart::No {
         return Err(ParseError::Invalid);
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -278,6 +337,38 @@ mod tests {
         let r = request(b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: very-lo").unwrap();
         assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/a"));
         assert_eq!(r.head.len, None);
+    }
+
+    #[test]
+    fn any_method_token_starts_a_request_when_its_line_says_http() {
+        use RequestStart::*;
+        for (bytes, want) in [
+            (&b"GET /"[..], Yes),
+            (b"PURGE /cache/x HTTP/1.1\r\n", Yes),
+            (b"PROPFIND /dav/ HTTP/1.1\r\n", Yes),
+            (b"M-SEARCH * HTTP/1.1\r\n", Yes),
+            (b"PURGE /cache/x HT", Maybe),
+            (b"PURGE /cache", Maybe),
+            (b"PURG", Maybe),
+            (b"", Maybe),
+            (b"get key\r\n", No),
+            (b"EHLO mail.example.org\r\n", No),
+            (b"PURGE /x SPDY/3\r\n", No),
+            (b"PURGE  / HTTP/1.1\r\n", No),
+            (b"\x16\x03\x01", No),
+            (b"GET\x00/ HTTP/1.1", No),
+        ] {
+            assert_eq!(request_start(bytes), want, "{}", bytes.escape_ascii());
+        }
+        let long_token = [b'A'; MAX_METHOD + 1];
+        assert_eq!(request_start(&long_token), No);
+        let r = request(b"MKCOL /dav/new HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str()),
+            ("MKCOL", "/dav/new")
+        );
+        assert_eq!(request(b"PURGE /x HT").map(|r| r.head.len), Ok(None));
+        assert_eq!(request(b"PURGE /cache"), Err(ParseError::TooShort));
     }
 
     #[test]

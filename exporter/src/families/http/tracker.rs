@@ -36,6 +36,8 @@ use super::{
 /// Connections followed in user space at once; beyond it the least recently active are
 /// forgotten (their state restarts from the next message head).
 const MAX_CONNECTIONS: usize = 65_536;
+/// Forks followed up from a process to the one whose instance it belongs to.
+const MAX_FORK_DEPTH: usize = 8;
 /// Threads with a server request in progress remembered for client-span parenting.
 const MAX_ACTIVE_THREADS: usize = 65_536;
 
@@ -152,6 +154,9 @@ fn realtime_offset_ns() -> i128 {
     now - crate::families::monotonic_ns() as i128
 }
 
+/// Who forked a process that has not exec'd since, by tgid.
+pub type ForkLookup = Box<dyn Fn(u32) -> Option<u32> + Send>;
+
 /// Consumes ring-buffer records and turns them into metrics and spans.
 pub struct Tracker {
     config: HttpConfig,
@@ -167,7 +172,11 @@ pub struct Tracker {
     /// Connections the last [`Tracker::reap_evicted`] found gone from the kernel map, with
     /// their last activity then (a descriptor number reused since is another connection).
     evicted: HashMap<(u32, u32), u64>,
+    /// Each process's instance: its own, or (forked without exec) the one of the process it is a
+    /// copy of, the same `Arc` (series are keyed by the resource's identity).
     processes: HashMap<u32, Arc<ProcessInfo>>,
+    /// The process that forked a process without exec since (the kernel's `HTTP_FORKED`).
+    forked: Option<ForkLookup>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
     /// Connections announced by the socket tracepoints without a side (established before
     /// Periscope started, or their side evicted from its kernel map): their ports, until their
@@ -208,6 +217,7 @@ impl Tracker {
             missing: foldhash::HashSet::default(),
             evicted: HashMap::new(),
             processes: HashMap::new(),
+            forked: None,
             listen_ports: HashMap::new(),
             unsided: HashMap::new(),
             active: HashMap::new(),
@@ -256,9 +266,38 @@ impl Tracker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Where to learn which processes were forked without exec, and by whom.
+    pub fn set_forked(&mut self, lookup: ForkLookup) {
+        self.forked = Some(lookup);
+    }
+
+    /// The process whose service instance `tgid` belongs to when it was forked without exec:
+    /// the furthest ancestor, up such forks, still alive (a daemon's intermediate fork that
+    /// exited is skipped). A fork-per-connection server's children are its instance, not one
+    /// instance per child.
+    fn instance_owner(&self, tgid: u32) -> Option<u32> {
+        let lookup = self.forked.as_ref()?;
+        let (mut pid, mut owner) = (tgid, None);
+        for _ in 0..MAX_FORK_DEPTH {
+            let Some(parent) = lookup(pid).filter(|p| *p != 0 && *p != pid && *p != tgid) else {
+                break;
+            };
+            if std::path::Path::new(&format!("/proc/{parent}")).exists() {
+                owner = Some(parent);
+            }
+            pid = parent;
+        }
+        owner
+    }
+
     fn process(&mut self, tgid: u32, comm: &str) -> Arc<ProcessInfo> {
         if let Some(p) = self.processes.get(&tgid) {
             return p.clone();
+        }
+        if let Some(owner) = self.instance_owner(tgid) {
+            let info = self.process(owner, comm);
+            self.processes.insert(tgid, info.clone());
+            return info;
         }
         let info = Arc::new(ProcessInfo::read(tgid, comm, &self.host, None));
         self.processes.insert(tgid, info.clone());
@@ -277,8 +316,19 @@ impl Tracker {
         if let Some(name) = name
             && info.resource.service_name != name
         {
-            let renamed = ProcessInfo::read(tgid, &info.comm, &self.host, Some(&name));
-            self.processes.insert(tgid, Arc::new(renamed));
+            // The instance's owner and its forked copies share the renamed resource.
+            let renamed = Arc::new(ProcessInfo::read(
+                info.pid,
+                &info.comm,
+                &self.host,
+                Some(&name),
+            ));
+            for held in self.processes.values_mut() {
+                if Arc::ptr_eq(held, &info) {
+                    *held = renamed.clone();
+                }
+            }
+            self.processes.insert(tgid, renamed);
         }
         true
     }
@@ -578,10 +628,7 @@ impl Tracker {
         // The attributes are moved into the series; a span needs its own.
         let span_attributes = span.map(|_| request.to_attributes());
         // Built only for a span: the metrics need no name.
-        let name = span.map(|_| match role {
-            Role::Server => format!("{method} {}", request.route),
-            Role::Client => method.to_string(),
-        });
+        let name = span.map(|_| span_name(role, method, &request.route));
         self.stats.exchanges += 1;
         // A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
         let exemplar = span.map(|(ids, _)| Exemplar {
@@ -605,6 +652,9 @@ impl Tracker {
             return;
         };
         attributes.push(("url.path", e.request.path().to_string()));
+        if method == "_OTHER" {
+            attributes.push(("http.request.method_original", e.request.method.clone()));
+        }
         queue.push(SpanRecord {
             resource: info.resource.clone(),
             ids,
@@ -740,17 +790,23 @@ impl Tracker {
         let keys: Vec<(u32, u32)> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
         let mut outcomes = std::mem::take(&mut self.outcomes);
         for key in keys {
-            if let Some(mut tracked) = self.conns.remove(&key) {
-                tracked.conn.on_exit(&mut outcomes);
-                self.forget.push(conn_key(key.0, key.1));
-            }
+            let Some(tracked) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            tracked.conn.on_exit(&mut outcomes);
+            self.forget.push(conn_key(key.0, key.1));
+            // `record` needs the connection's port and role: it goes after its outcomes.
             self.finish(key, tgid, &mut outcomes);
+            self.conns.remove(&key);
         }
         self.outcomes = outcomes;
         self.listen_ports.retain(|k, _| k.0 != tgid);
         self.aliases.retain(|k, _| k.0 != tgid);
         self.ignored.retain(|k| k.0 != tgid);
-        if let Some(info) = self.processes.remove(&tgid) {
+        // A forked copy leaving ends nothing of its instance's owner.
+        if let Some(info) = self.processes.remove(&tgid)
+            && info.pid == tgid
+        {
             self.state_mut().metrics.process_exited(&info.resource);
         }
     }
@@ -901,13 +957,20 @@ fn host_without_port(host: &str) -> &str {
 
 /// `http.request.method`: the known methods, or `_OTHER` (semantic conventions).
 fn normalize_method(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    KNOWN
+    parse::KNOWN_METHODS
         .into_iter()
         .find(|known| *known == method)
         .unwrap_or("_OTHER")
+}
+
+/// A span's name: `{method} {route}` (server) or `{method}` (client), where an unknown method
+/// is `HTTP` (semantic conventions: the name never carries a method outside the known set).
+fn span_name(role: Role, method: &str, route: &str) -> String {
+    let method = if method == "_OTHER" { "HTTP" } else { method };
+    match role {
+        Role::Server => format!("{method} {route}"),
+        Role::Client => method.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -1051,6 +1114,28 @@ mod tests {
         t.handle(&io(KIND_WRITE, 6, RESPONSE));
         assert_eq!(t.stats.exchanges, 2);
         assert!(t.stats.dropped.is_empty(), "{:?}", t.stats.dropped);
+    }
+
+    #[test]
+    fn a_process_forked_without_exec_is_the_instance_of_its_forker() {
+        let mut t = tracker();
+        let me = std::process::id();
+        // Pids no process has: a child gone before its records were read, and a forker gone.
+        let (child, orphan, gone) = (u32::MAX - 7, u32::MAX - 8, u32::MAX - 9);
+        t.set_forked(Box::new(move |tgid| match tgid {
+            t if t == child => Some(me),
+            t if t == orphan => Some(gone),
+            _ => None,
+        }));
+        let owner = t.process(me, "");
+        let copy = t.process(child, "httpd");
+        assert!(Arc::ptr_eq(&owner, &copy), "{:?}", copy.resource);
+        let alone = t.process(orphan, "httpd");
+        assert_eq!(alone.pid, orphan, "a forker that is gone owns nothing");
+        // The copy's exit leaves the owner's instance alone.
+        t.on_exit(child);
+        assert!(t.processes.contains_key(&me));
+        assert!(!t.processes.contains_key(&child));
     }
 
     #[test]
