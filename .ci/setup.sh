@@ -17,6 +17,7 @@ APT_PACKAGES=(
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
   qemu-system-x86 busybox-static xz-utils               # kernel matrix: other kernels in a VM (tests/kernels)
   gcc libc6-dev binutils python3                        # profile tests: C workloads built by the test (cc, strip), SVG checked as XML
+  systemtap-sdt-dev                                     # usdt tests: <sys/sdt.h> for the C program with probes
 )
 
 install_apt_packages() {

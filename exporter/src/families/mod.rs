@@ -19,6 +19,7 @@ pub mod settings;
 pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
+pub mod usdt;
 
 use std::{future::Future, pin::Pin};
 
@@ -53,6 +54,7 @@ pub struct ProbesConfig {
     pub http: http::HttpConfig,
     pub tcp: tcp::TcpConfig,
     pub uprobe: uprobe::UprobeConfig,
+    pub usdt: usdt::UsdtConfig,
     pub syscall: syscall::SyscallConfig,
     /// Set by `periscope profile` only: not a configuration key while the daemon does not
     /// export profiles.
@@ -72,6 +74,7 @@ impl ProbesConfig {
         self.http.validate()?;
         self.tcp.validate()?;
         self.uprobe.validate()?;
+        self.usdt.validate()?;
         self.syscall.validate()?;
         self.profile.validate()
     }
@@ -168,6 +171,7 @@ pub const REGISTRY: &[Registration] = &[
     http::REGISTRATION,
     tcp::REGISTRATION,
     uprobe::REGISTRATION,
+    usdt::REGISTRATION,
     syscall::REGISTRATION,
     profile::REGISTRATION,
 ];
