@@ -224,7 +224,12 @@ fn usdt_counts_arguments_and_semaphores_are_exact_and_match_bpftrace() {
     let config = usdt_config(&[
         entry(&built.target, "periscope_test", "tick", "        arg: 1\n"),
         entry(&built.target, "periscope_test", "guarded", ""),
-        entry(&built.target, "periscope_test", "req_start", ""),
+        entry(
+            &built.target,
+            "periscope_test",
+            "req_start",
+            "        done: req_done\n",
+        ),
         entry(&built.library, "periscope_lib", "hit", ""),
         entry(&built.target, "periscope_test", "no_such_probe", ""),
         entry(Path::new("/bin/true"), "periscope_test", "tick", ""),
@@ -267,6 +272,25 @@ fn usdt_counts_arguments_and_semaphores_are_exact_and_match_bpftrace() {
     let sum = scrape.value("process_usdt_argument_sum", &labels);
     assert_eq!(count, Some(TICKS as f64));
     assert_eq!(sum, Some((10 * TICKS * (TICKS + 1) / 2) as f64));
+
+    // Start to done, matched per thread: as many pairs as the program ran, and a mean within
+    // 10% of the one it measured around the same two probes.
+    let labels = [
+        ("service_instance_id", target.instance()),
+        ("usdt_name", "req_start".to_string()),
+        ("usdt_done", "req_done".to_string()),
+    ];
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let count = scrape.value("process_usdt_duration_seconds_count", &labels);
+    let sum = scrape.value("process_usdt_duration_seconds_sum", &labels);
+    assert_eq!(count, Some(PAIRS as f64));
+    let ours = sum.unwrap() / PAIRS as f64;
+    let measured = report.pairs_ns.iter().sum::<u64>() as f64 / 1e9 / PAIRS as f64;
+    eprintln!("mean pair latency: periscope {ours:.6} s, the program {measured:.6} s");
+    assert!(
+        (ours - measured).abs() <= 0.1 * measured,
+        "mean pair latency: periscope {ours} s, the program {measured} s"
+    );
 
     // The bad entries failed alone, each named with its reason.
     let log = daemon.log_so_far();

@@ -41,8 +41,10 @@ pub const PROFILE_START_MAP_FULL: u32 = 16;
 pub const USDT_COUNT_FULL: u32 = 17;
 /// A new (USDT probe, process) argument histogram could not be created: the map is full.
 pub const USDT_HIST_FULL: u32 = 18;
+/// A new (USDT pair, process) latency histogram could not be created: the map is full.
+pub const USDT_LATENCY_FULL: u32 = 19;
 /// Number of counters.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 20;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -65,4 +67,5 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("profile", "start_map_full"),
     ("usdt", "count_map_full"),
     ("usdt", "histogram_map_full"),
+    ("usdt", "latency_map_full"),
 ];

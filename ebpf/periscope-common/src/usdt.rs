@@ -23,6 +23,10 @@ pub mod mode {
     pub const COUNT: u32 = 0;
     /// One more firing, and the argument into the entry's histogram.
     pub const ARG: u32 = 1;
+    /// One more firing, and a start stamp for the calling thread (latency entries).
+    pub const START: u32 = 2;
+    /// The end of the thread's pair: the time since its stamp into the entry's histogram.
+    pub const DONE: u32 = 3;
 }
 
 /// Where one argument lives, as the note's spec says.
@@ -75,6 +79,12 @@ pub const fn narrow(raw: u64, size: u8, signed: bool) -> u64 {
 #[inline(always)]
 pub const fn series_key(entry: u32, tgid: u32) -> u64 {
     ((entry as u64) << 32) | tgid as u64
+}
+
+/// Key of a start stamp: the entry and the calling thread.
+#[inline(always)]
+pub const fn stamp_key(entry: u32, tid: u32) -> u64 {
+    ((entry as u64) << 32) | tid as u64
 }
 
 /// `(entry, tgid)` of a series key.

@@ -4,22 +4,25 @@
 //!
 //! Per firing it adds one to the (entry, process) count and, for entries that histogram an
 //! argument, reads that argument where the note's spec says (a register of `pt_regs`, a
-//! constant, or user memory at a register plus a displacement) and records it.
+//! constant, or user memory at a register plus a displacement) and records it. Latency entries
+//! stamp the thread at their start probe and record the time to their done probe, as
+//! `usdt:...:query__start { @s[tid] = nsecs; } usdt:...:query__done { ... }`.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
 };
 use periscope_common::{
     Hist, counters,
-    usdt::{UsdtArg, UsdtSpec, arg_kind, mode, narrow, series_key},
+    hist::ns_to_units,
+    usdt::{UsdtArg, UsdtSpec, arg_kind, mode, narrow, series_key, stamp_key},
 };
 
 use crate::shared::{count, series};
@@ -36,6 +39,16 @@ static USDT_COUNTS: PerCpuHashMap<u64, u64> =
 /// Argument values per (entry, process), for entries with `arg`. Sized like the counts.
 #[map]
 static USDT_ARGS: PerCpuHashMap<u64, Hist> =
+    PerCpuHashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Start stamps of latency entries, by (entry, thread). An LRU: a start whose done never comes
+/// (a thread that exited between them) is evicted rather than filling the map.
+#[map]
+static USDT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Start-to-done latency, in 2^-30 s units, per (entry, process). Sized like the counts.
+#[map]
+static USDT_LATENCY: PerCpuHashMap<u64, Hist> =
     PerCpuHashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// The all-zero value new series start from.
@@ -78,8 +91,17 @@ pub fn usdt_probe(ctx: ProbeContext) -> u32 {
     let Some(spec) = USDT_SPECS.get(cookie) else {
         return 0;
     };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let key = series_key(spec.entry, tgid);
+    if spec.mode == mode::DONE {
+        done(spec.entry, pid_tgid as u32, key);
+        return 0;
+    }
+    if spec.mode == mode::START {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = USDT_START.insert(stamp_key(spec.entry, pid_tgid as u32), now, 0);
+    }
     match USDT_COUNTS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
         Some(n) => unsafe { *n += 1 },
@@ -103,4 +125,20 @@ pub fn usdt_probe(ctx: ProbeContext) -> u32 {
         unsafe { (*hist).record(value) };
     }
     0
+}
+
+/// The done probe of a latency entry: the time since the thread's start stamp, if any.
+#[inline(always)]
+fn done(entry: u32, tid: u32, key: u64) {
+    let stamp = stamp_key(entry, tid);
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { USDT_START.get(stamp) }).copied() else {
+        return;
+    };
+    let _ = USDT_START.remove(stamp);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(hist) = series(&USDT_LATENCY, &key, &USDT_ZERO, counters::USDT_LATENCY_FULL) {
+        // SAFETY: this CPU's value of a per-CPU map.
+        unsafe { (*hist).record(ns_to_units(now.saturating_sub(start))) };
+    }
 }

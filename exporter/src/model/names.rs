@@ -26,6 +26,7 @@ pub const PROCESS_FUNCTION_DURATION: &str = "process.function.duration";
 // USDT probes
 pub const PROCESS_USDT_CALLS: &str = "process.usdt.calls";
 pub const PROCESS_USDT_ARGUMENT: &str = "process.usdt.argument";
+pub const PROCESS_USDT_DURATION: &str = "process.usdt.duration";
 
 // Periscope's own telemetry
 pub const PERISCOPE_UPROBE_ATTACHED: &str = "periscope.uprobe.attached";

@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
-/// USDT probes: `process.usdt.calls` per configured probe, and `process.usdt.argument` for
-/// entries with `arg`.
+/// USDT probes: `process.usdt.calls` per configured probe, `process.usdt.argument` for
+/// entries with `arg`, `process.usdt.duration` for entries with `done`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsdtConfig {
@@ -41,6 +41,9 @@ pub struct ProbeConfig {
     pub arg: Option<u8>,
     /// The unit of that argument (UCUM, e.g. `By`, `ms`, `1`); default `1`.
     pub unit: Option<String>,
+    /// The done probe (same file and provider) that ends what this one starts, matched per
+    /// thread: the time between them is exported as `process.usdt.duration`.
+    pub done: Option<String>,
 }
 
 /// Most probes one config may name: the entry index travels in the high half of kernel keys.
@@ -76,6 +79,14 @@ impl UsdtConfig {
                     "{at}.arg: {arg} is past the last argument ({})",
                     MAX_ARGS - 1
                 ));
+            }
+            if p.done.is_some() && p.arg.is_some() {
+                return Err(format!(
+                    "{at}: arg and done cannot be combined (two entries can)"
+                ));
+            }
+            if p.done.as_deref() == Some("") {
+                return Err(format!("{at}.done: must name the done probe"));
             }
             if p.unit.is_some() && p.arg.is_none() {
                 return Err(format!("{at}.unit: only meaningful with arg"));

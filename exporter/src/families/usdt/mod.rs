@@ -53,6 +53,7 @@ pub fn plan(config: &UsdtConfig, kernel: &KernelSupport) -> Plan {
             ("USDT_SPECS", MAX_ADDRESSES),
             ("USDT_COUNTS", config.max_series),
             ("USDT_ARGS", config.max_series),
+            ("USDT_LATENCY", config.max_series),
         ],
     };
     if !config.enabled || config.probes.is_empty() {
@@ -86,6 +87,8 @@ pub const REGISTRATION: Registration = Registration {
 pub struct Resolved {
     pub file: PathBuf,
     pub sites: Vec<UsdtProbe>,
+    /// The addresses of the done probe, for entries with `done`.
+    pub done_sites: Vec<UsdtProbe>,
 }
 
 /// What became of one entry of `probes.usdt.probes`.
@@ -96,6 +99,7 @@ pub struct EntryStatus {
     pub provider: String,
     pub name: String,
     pub arg: Option<u8>,
+    pub done: Option<String>,
     pub unit: &'static str,
     pub outcome: Result<Resolved, String>,
 }
@@ -122,13 +126,17 @@ pub fn list(path: &str) -> Result<(PathBuf, Vec<UsdtProbe>), String> {
     Ok((file, probes))
 }
 
-/// The addresses of `provider:name` in `path`; the error names what the file does ship.
-pub fn resolve(entry: &ProbeConfig) -> Result<Resolved, String> {
-    let (file, probes) = list(&entry.path)?;
+/// The addresses of `provider:name` in `probes`; the error names what the file does ship.
+fn sites_of(
+    file: &std::path::Path,
+    probes: &[UsdtProbe],
+    provider: &str,
+    name: &str,
+) -> Result<Vec<UsdtProbe>, String> {
     let total = probes.len();
     let sites: Vec<UsdtProbe> = probes
         .iter()
-        .filter(|p| p.provider == entry.provider && p.name == entry.name)
+        .filter(|p| p.provider == provider && p.name == name)
         .cloned()
         .collect();
     if sites.is_empty() {
@@ -139,13 +147,22 @@ pub fn resolve(entry: &ProbeConfig) -> Result<Resolved, String> {
         shipped.sort();
         shipped.dedup();
         return Err(format!(
-            "no probe {}:{} in {} ({total} probes: {})",
-            entry.provider,
-            entry.name,
+            "no probe {provider}:{name} in {} ({total} probes: {})",
             file.display(),
             shipped.join(", ")
         ));
     }
+    Ok(sites)
+}
+
+/// Every address of the entry's probe (and of its done probe) in its file.
+pub fn resolve(entry: &ProbeConfig) -> Result<Resolved, String> {
+    let (file, probes) = list(&entry.path)?;
+    let sites = sites_of(&file, &probes, &entry.provider, &entry.name)?;
+    let done_sites = match &entry.done {
+        Some(done) => sites_of(&file, &probes, &entry.provider, done)?,
+        None => Vec::new(),
+    };
     if let Some(arg) = entry.arg {
         for site in &sites {
             let args = site.args.as_ref().map_err(|why| {
@@ -166,7 +183,11 @@ pub fn resolve(entry: &ProbeConfig) -> Result<Resolved, String> {
             }
         }
     }
-    Ok(Resolved { file, sites })
+    Ok(Resolved {
+        file,
+        sites,
+        done_sites,
+    })
 }
 
 /// Attaches every configured probe it can. Returns the family (when at least one probe is
@@ -213,9 +234,14 @@ pub fn start(
         ));
         return (None, status, entries);
     }
-    let maps = take_per_cpu_map(ebpf, "USDT_COUNTS")
-        .and_then(|counts| Ok((counts, take_histogram_map(ebpf, "USDT_ARGS")?)));
-    let (counts, args) = match maps {
+    let maps = take_per_cpu_map(ebpf, "USDT_COUNTS").and_then(|counts| {
+        Ok((
+            counts,
+            take_histogram_map(ebpf, "USDT_ARGS")?,
+            take_histogram_map(ebpf, "USDT_LATENCY")?,
+        ))
+    });
+    let (counts, args, latency) = match maps {
         Ok(maps) => maps,
         Err(e) => {
             status.error = Some(e.to_string());
@@ -227,6 +253,7 @@ pub fn start(
     let usdt = Usdt {
         counts,
         args,
+        latency,
         entries: entries.clone(),
         _links: links,
         processes: HashMap::new(),
@@ -300,7 +327,16 @@ fn attach_all(
         .map(|(index, entry)| {
             let outcome = resolve(entry).and_then(|resolved| {
                 let mut attached = Vec::new();
-                for site in &resolved.sites {
+                let start_mode = if entry.done.is_some() {
+                    mode::START
+                } else if entry.arg.is_some() {
+                    mode::ARG
+                } else {
+                    mode::COUNT
+                };
+                let sites = resolved.sites.iter().map(|site| (site, start_mode));
+                let done_sites = resolved.done_sites.iter().map(|site| (site, mode::DONE));
+                for (site, what) in sites.chain(done_sites) {
                     if next_cookie >= MAX_ADDRESSES {
                         return Err(format!(
                             "more than {MAX_ADDRESSES} probe addresses configured in all"
@@ -308,11 +344,7 @@ fn attach_all(
                     }
                     let spec = UsdtSpec {
                         entry: index as u32,
-                        mode: if entry.arg.is_some() {
-                            mode::ARG
-                        } else {
-                            mode::COUNT
-                        },
+                        mode: what,
                         arg: entry
                             .arg
                             .and_then(|n| site.args.as_ref().ok()?.get(n as usize).copied())
@@ -343,6 +375,7 @@ fn attach_all(
                 provider: entry.provider.clone(),
                 name: entry.name.clone(),
                 arg: entry.arg,
+                done: entry.done.clone(),
                 unit: unit_of(entry),
                 outcome,
             }
@@ -438,6 +471,7 @@ fn entry_gauge(entries: &[EntryStatus]) -> Metric {
 pub struct Usdt {
     counts: PerCpuHashMap<MapData, u64, u64>,
     args: PerCpuHashMap<MapData, u64, Hist>,
+    latency: PerCpuHashMap<MapData, u64, Hist>,
     pub entries: Vec<EntryStatus>,
     /// The attached perf events: closing them detaches.
     _links: Vec<perf::Link>,
@@ -449,6 +483,7 @@ impl Family for Usdt {
     fn collect(&mut self, out: &mut Vec<Metric>) {
         self.collect_counts(out);
         self.collect_args(out);
+        self.collect_latency(out);
         out.push(entry_gauge(&self.entries));
     }
 
@@ -500,6 +535,43 @@ impl Usdt {
                 description: "Firings of configured USDT probes.",
                 unit: "1",
                 points: metrics::Points::Counter(points),
+                resource: Some(self.resource(tgid)),
+            });
+        }
+    }
+
+    /// `process.usdt.duration`: start-to-done latency per (entry, process), one metric per
+    /// process.
+    fn collect_latency(&mut self, out: &mut Vec<Metric>) {
+        let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
+            Histogram::from_kernel(per_cpu)
+        }) {
+            Ok(series) => series,
+            Err(e) => {
+                tracing::warn!(probe = FAMILY, error = %e, "reading usdt latency failed");
+                return;
+            }
+        };
+        let mut by_process: HashMap<u32, Vec<(Attributes, Histogram)>> = HashMap::new();
+        for (key, histogram) in series {
+            let (entry, tgid) = split_series_key(key);
+            let Some(status) = self.entries.get(entry as usize) else {
+                continue;
+            };
+            let mut attributes = status.attributes();
+            attributes.push(("usdt.done", status.done.clone().unwrap_or_default()));
+            by_process
+                .entry(tgid)
+                .or_default()
+                .push((attributes, histogram));
+        }
+        for (tgid, mut points) in by_process {
+            points.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(Metric {
+                name: names::PROCESS_USDT_DURATION,
+                description: "Time from a configured USDT start probe to its done probe, per thread.",
+                unit: "s",
+                points: metrics::Points::Histogram(ValueUnit::Seconds, points),
                 resource: Some(self.resource(tgid)),
             });
         }
