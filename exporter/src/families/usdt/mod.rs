@@ -16,8 +16,9 @@ pub mod perf;
 use std::{
     collections::HashMap,
     os::fd::{AsFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
+    time::Instant,
 };
 
 use aya::{
@@ -40,7 +41,7 @@ use crate::{
     model::histogram::{Histogram, ValueUnit, read_series},
     model::metrics::{self, Attributes, Metric},
     model::names,
-    process::{ProcessInfo, ProcessResource},
+    process::{EXITED_SERIES_TTL, ProcessInfo, ProcessResource},
 };
 
 const FAMILY: &str = "usdt";
@@ -257,6 +258,7 @@ pub fn start(
         entries: entries.clone(),
         _links: links,
         processes: HashMap::new(),
+        exited: HashMap::new(),
         host: crate::model::resource::host_name(),
     };
     (Some(usdt), status, entries)
@@ -476,6 +478,8 @@ pub struct Usdt {
     /// The attached perf events: closing them detaches.
     _links: Vec<perf::Link>,
     processes: HashMap<u32, Arc<ProcessResource>>,
+    /// When each process with series was first seen gone.
+    exited: HashMap<u32, Instant>,
     host: String,
 }
 
@@ -489,6 +493,54 @@ impl Family for Usdt {
 
     fn check_lines(&self) -> Option<CheckLines> {
         Some(check_lines(&self.entries))
+    }
+
+    /// Deletes the series of processes gone for more than [`EXITED_SERIES_TTL`], so the maps
+    /// do not fill up with the dead. Start stamps live in an LRU: none are stale to count.
+    fn sweep(&mut self) -> u64 {
+        let now = Instant::now();
+        let mut tgids: Vec<u32> = self
+            .counts
+            .keys()
+            .chain(self.args.keys())
+            .chain(self.latency.keys())
+            .filter_map(Result::ok)
+            .map(|k| split_series_key(k).1)
+            .collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        let mut expired = Vec::new();
+        for tgid in tgids {
+            if Path::new(&format!("/proc/{tgid}")).exists() {
+                self.exited.remove(&tgid);
+                continue;
+            }
+            let since = *self.exited.entry(tgid).or_insert(now);
+            if now.duration_since(since) > *EXITED_SERIES_TTL {
+                expired.push(tgid);
+            }
+        }
+        for tgid in expired {
+            self.exited.remove(&tgid);
+            self.processes.remove(&tgid);
+            let gone = |k: &u64| split_series_key(*k).1 == tgid;
+            let keys: Vec<u64> = self
+                .counts
+                .keys()
+                .filter_map(Result::ok)
+                .filter(gone)
+                .collect();
+            for key in keys {
+                let _ = self.counts.remove(&key);
+            }
+            for map in [&mut self.args, &mut self.latency] {
+                let keys: Vec<u64> = map.keys().filter_map(Result::ok).filter(gone).collect();
+                for key in keys {
+                    let _ = map.remove(&key);
+                }
+            }
+        }
+        0
     }
 }
 

@@ -459,6 +459,28 @@ mod tests {
         assert!(results[1].is_err());
     }
 
+    proptest::proptest! {
+        /// What the fuzz target `usdt_note` checks, on every `cargo test`: arbitrary note
+        /// sections and argument text never panic, and decoded arguments are in range.
+        #[test]
+        fn arbitrary_notes_and_specs_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            text in "[-@%$()0-9a-z, ]{0,40}",
+        ) {
+            for note in parse_notes(&bytes, true) {
+                let Ok(note) = note else { break };
+                let _ = parse_desc(note.desc, true, true);
+                let _ = parse_desc(note.desc, false, false);
+            }
+            let _ = probes("fuzz", &bytes);
+            if let Ok(args) = parse_args(&text) {
+                for arg in args {
+                    proptest::prop_assert!(matches!(arg.size, 1 | 2 | 4 | 8) && arg.reg <= 20);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_file_without_notes_names_the_file() {
         let exe = std::env::current_exe().unwrap();
