@@ -109,6 +109,15 @@ pub fn run(config: &Config) -> bool {
                     "no functions configured (probes.uprobe.functions)".to_string(),
                 )
             }
+            _ if status.family == "usdt"
+                && config.probes.usdt.enabled
+                && config.probes.usdt.probes.is_empty() =>
+            {
+                (
+                    "off",
+                    "no probes configured (probes.usdt.probes)".to_string(),
+                )
+            }
             _ if status.family == "profile" && !status.enabled => (
                 "off",
                 "on demand (`periscope profile`), or continuous with probes.profile.enabled"

@@ -531,6 +531,52 @@ mod tests {
     }
 
     #[test]
+    fn usdt_entries_are_checked_and_named() {
+        let config = parse(
+            "probes:\n  usdt:\n    probes:\n      - {path: /bin/app, provider: app, name: query__start, done: query__done}\n      - {path: /bin/app, provider: app, name: tick, arg: 1, unit: By}\n",
+        )
+        .unwrap();
+        let probes = &config.probes.usdt.probes;
+        assert_eq!(probes[0].done.as_deref(), Some("query__done"));
+        assert_eq!(
+            (probes[1].arg, probes[1].unit.as_deref()),
+            (Some(1), Some("By"))
+        );
+        let err = parse(
+            "probes:\n  usdt:\n    probes:\n      - {path: /bin/app, provider: app, name: tick, semaphore: 1}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "invalid config test.yaml: probes.usdt.probes[0]: unknown field `semaphore`"
+            ),
+            "{err}"
+        );
+        let err = parse("probes:\n  usdt:\n    probes:\n      - {path: /bin/app, name: tick}\n")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid config test.yaml: probes.usdt.probes[0]: path, provider and name are required"
+        );
+        let err = parse(
+            "probes:\n  usdt:\n    probes:\n      - {path: /bin/app, provider: a, name: b, arg: 0, done: c}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("probes.usdt.probes[0]: arg and done cannot be combined"),
+            "{err}"
+        );
+        let err = parse(
+            "probes:\n  usdt:\n    probes:\n      - {path: /bin/app, provider: a, name: b, arg: 12}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("probes.usdt.probes[0].arg: 12 is past the last argument"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bucket_layouts_are_read_and_checked_where_they_are_written() {
         let config =
             parse("histograms:\n  buckets:\n    kernel.block.io.duration: [0.001, 0.01, 0.1]\n")

@@ -58,6 +58,43 @@ enum Command {
     /// CPU or off-CPU flame graphs (SVG, folded stacks or pprof) of every process, or of one,
     /// from stacks sampled and aggregated in the kernel.
     Profile(profile::Args),
+    /// USDT probes (`.note.stapsdt`).
+    #[command(subcommand)]
+    Usdt(UsdtCommand),
+}
+
+#[derive(Subcommand)]
+enum UsdtCommand {
+    /// The USDT probes a binary or library ships: provider:name, address, semaphore and
+    /// argument specs (what `bpftrace -l 'usdt:PATH:*'` lists).
+    List {
+        /// The executable or shared library (a bare library name is looked up in the
+        /// standard library directories).
+        path: String,
+    },
+}
+
+/// `periscope usdt list PATH`: one line per probe address.
+fn usdt_list(path: &str) -> anyhow::Result<()> {
+    let (file, probes) = families::usdt::list(path).map_err(anyhow::Error::msg)?;
+    let file = file.display();
+    for p in &probes {
+        let semaphore = match (p.semaphore, p.semaphore_offset) {
+            (0, _) => "none".to_string(),
+            (addr, Some(offset)) => format!("{addr:#x} (file offset {offset:#x})"),
+            (addr, None) => format!("{addr:#x} (not in the file)"),
+        };
+        let args = if p.args_text.is_empty() {
+            "-"
+        } else {
+            &p.args_text
+        };
+        println!(
+            "usdt:{file}:{}:{}  address {:#x}  semaphore {semaphore}  args {args}",
+            p.provider, p.name, p.address
+        );
+    }
+    Ok(())
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -88,6 +125,7 @@ fn main() -> ExitCode {
         }),
         Command::Triage(args) => triage::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Usdt(UsdtCommand::List { path }) => usdt_list(&path),
         Command::Check { config } => load_config(config.as_deref()).map(|c| {
             if !check::run(&c) {
                 std::process::exit(1);

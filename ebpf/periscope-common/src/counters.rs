@@ -37,8 +37,14 @@ pub const PROFILE_STACK_LOST: u32 = 14;
 pub const PROFILE_SAMPLE_MAP_FULL: u32 = 15;
 /// The map of threads blocked off-CPU was full.
 pub const PROFILE_START_MAP_FULL: u32 = 16;
+/// A new (USDT probe, process) count could not be created: the count map is full.
+pub const USDT_COUNT_FULL: u32 = 17;
+/// A new (USDT probe, process) argument histogram could not be created: the map is full.
+pub const USDT_HIST_FULL: u32 = 18;
+/// A new (USDT pair, process) latency histogram could not be created: the map is full.
+pub const USDT_LATENCY_FULL: u32 = 19;
 /// Number of counters.
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 20;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -59,4 +65,7 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("profile", "stack_lost"),
     ("profile", "sample_map_full"),
     ("profile", "start_map_full"),
+    ("usdt", "count_map_full"),
+    ("usdt", "histogram_map_full"),
+    ("usdt", "latency_map_full"),
 ];

@@ -16,6 +16,7 @@ pub mod sched;
 pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
+pub mod usdt;
 
 /// One histogram series as the kernel keeps it: the count of each bucket slot (see
 /// [`hist::slot_of`]) and the sum of the recorded values. Maps hold it per CPU, so recording is
@@ -57,6 +58,7 @@ mod pod {
     unsafe impl aya::Pod for super::tcp::TcpEvent {}
     unsafe impl aya::Pod for super::tcp::TcpPeerKey {}
     unsafe impl aya::Pod for super::uprobe::UprobeFilter {}
+    unsafe impl aya::Pod for super::usdt::UsdtSpec {}
     unsafe impl aya::Pod for super::syscall::SyscallKey {}
     unsafe impl aya::Pod for super::profile::ProfileKey {}
     unsafe impl aya::Pod for super::profile::OffCpuTime {}

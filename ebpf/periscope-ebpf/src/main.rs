@@ -12,6 +12,7 @@ mod shared;
 mod syscall;
 mod tcp;
 mod uprobe;
+mod usdt;
 
 // Only for the BPF target: host builds (clippy over the workspace) get std's handler.
 #[cfg(target_arch = "bpf")]

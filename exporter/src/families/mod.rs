@@ -19,6 +19,7 @@ pub mod settings;
 pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
+pub mod usdt;
 
 use std::{future::Future, pin::Pin};
 
@@ -53,6 +54,7 @@ pub struct ProbesConfig {
     pub http: http::HttpConfig,
     pub tcp: tcp::TcpConfig,
     pub uprobe: uprobe::UprobeConfig,
+    pub usdt: usdt::UsdtConfig,
     pub syscall: syscall::SyscallConfig,
     pub profile: profile::ProfileConfig,
     /// Other processes the HTTP and syscall families skip in the kernel, besides Periscope's
@@ -69,6 +71,7 @@ impl ProbesConfig {
         self.http.validate()?;
         self.tcp.validate()?;
         self.uprobe.validate()?;
+        self.usdt.validate()?;
         self.syscall.validate()?;
         self.profile.validate()
     }
@@ -165,6 +168,7 @@ pub const REGISTRY: &[Registration] = &[
     http::REGISTRATION,
     tcp::REGISTRATION,
     uprobe::REGISTRATION,
+    usdt::REGISTRATION,
     syscall::REGISTRATION,
     profile::REGISTRATION,
 ];

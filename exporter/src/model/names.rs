@@ -23,8 +23,14 @@ pub const KERNEL_SYSCALL_ERRORS: &str = "kernel.syscall.errors";
 // User functions (uprobes)
 pub const PROCESS_FUNCTION_DURATION: &str = "process.function.duration";
 
+// USDT probes
+pub const PROCESS_USDT_CALLS: &str = "process.usdt.calls";
+pub const PROCESS_USDT_ARGUMENT: &str = "process.usdt.argument";
+pub const PROCESS_USDT_DURATION: &str = "process.usdt.duration";
+
 // Periscope's own telemetry
 pub const PERISCOPE_UPROBE_ATTACHED: &str = "periscope.uprobe.attached";
+pub const PERISCOPE_USDT_ATTACHED: &str = "periscope.usdt.attached";
 pub const PERISCOPE_HTTP_MESSAGES: &str = "periscope.http.messages";
 pub const PERISCOPE_HTTP_TLS_FILES: &str = "periscope.http.tls.files";
 pub const PERISCOPE_HTTP_CONNECTIONS: &str = "periscope.http.connections";
