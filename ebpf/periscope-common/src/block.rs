@@ -5,12 +5,16 @@
 pub const RECORD_WINDOW: usize = 64;
 
 /// Identity of an in-flight request as the `block:block_rq_issue` and `block:block_rq_complete`
-/// tracepoints both report it: device and starting sector.
+/// tracepoints both report it: device, operation and starting sector. The operation keeps two
+/// requests at one sector apart (a fresh device's first write and the probe read udev makes of
+/// the same sector): keyed by sector alone, the write's completion took the read's start and
+/// was counted as a read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRequest {
     pub dev: u32,
-    pub _pad: u32,
+    /// `OP_*`, from `rwbs`.
+    pub op: u32,
     pub sector: u64,
 }
 

@@ -46,6 +46,8 @@ static BLOCK_COMPLETE_BASE: u32 = 8;
 static BLOCK_COMPLETE_DEV: u32 = 0;
 #[unsafe(no_mangle)]
 static BLOCK_COMPLETE_SECTOR: u32 = 8;
+#[unsafe(no_mangle)]
+static BLOCK_COMPLETE_RWBS: u32 = 26;
 
 // Raw tracepoints: where the fields of `struct request` are (one window read at *_BASE), and
 // `request_queue.disk` and `gendisk.major` (with `first_minor` right after it), from BTF.
@@ -105,7 +107,7 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let request = BlockRequest {
         dev,
-        _pad: 0,
+        op: op_from_rwbs(rwbs),
         sector,
     };
     let start = BlockStart {
@@ -133,15 +135,16 @@ fn try_block_rq_complete(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let record: [u8; RECORD_WINDOW] =
         unsafe { ctx.read_at(global(&BLOCK_COMPLETE_BASE) as usize)? };
-    let (Some(dev), Some(sector)) = (
+    let (Some(dev), Some(sector), Some(rwbs)) = (
         bytes_at(&record, global(&BLOCK_COMPLETE_DEV)).map(u32::from_ne_bytes),
         bytes_at(&record, global(&BLOCK_COMPLETE_SECTOR)).map(u64::from_ne_bytes),
+        bytes_at::<2>(&record, global(&BLOCK_COMPLETE_RWBS)),
     ) else {
         return Ok(());
     };
     let request = BlockRequest {
         dev,
-        _pad: 0,
+        op: op_from_rwbs(rwbs),
         sector,
     };
     // SAFETY: the value is copied out before the entry is removed.

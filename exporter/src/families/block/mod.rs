@@ -109,6 +109,7 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, Pro
         &[
             ("BLOCK_COMPLETE_DEV", complete.offset("dev", 4)?, 4),
             ("BLOCK_COMPLETE_SECTOR", complete.offset("sector", 8)?, 8),
+            ("BLOCK_COMPLETE_RWBS", complete.offset("rwbs", 0)?, 2),
         ],
     )?);
     Ok(globals)
