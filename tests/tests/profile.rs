@@ -916,11 +916,16 @@ fn wait_for_value(daemon: &periscope_e2e::daemon::Daemon, outcome: &str, at_leas
 fn a_node_process_with_perf_basic_prof_is_named_from_its_perf_map() {
     let _machine = exclusive();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads/profile_node.js");
+    let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("node");
-    command.arg("--perf-basic-prof").arg(&script).arg("4");
+    // V8 writes its log (isolate-*.log) in the working directory: not in the repository.
+    command
+        .current_dir(dir.path())
+        .arg("--perf-basic-prof")
+        .arg(&script)
+        .arg("4");
     let mut workload = Workload::spawn_command(command);
     let pid = workload.pid();
-    let dir = tempfile::tempdir().unwrap();
     let folded = dir.path().join("node.folded");
     let periscope = periscope_profile(&[
         "--pid",
