@@ -10,6 +10,22 @@ use crate::kernel::{
     tracefs::Tracefs,
 };
 
+/// The error of a family none of whose configured entries (uprobe functions, USDT probes)
+/// attached: each entry's index and reason.
+pub fn none_attached<'a>(
+    family: &str,
+    what: &str,
+    entries: impl Iterator<Item = (usize, Option<&'a String>)>,
+) -> String {
+    let reasons: Vec<String> = entries
+        .filter_map(|(index, why)| Some(format!("[{index}] {}", why?)))
+        .collect();
+    format!(
+        "{family}: no configured {what} could be attached ({})",
+        reasons.join("; ")
+    )
+}
+
 /// The plan of an enabled tracepoint-based family: its mechanism, and the globals `offsets`
 /// derives from this kernel's tracepoint format files, added to `settings`.
 pub fn tracepoint_plan(

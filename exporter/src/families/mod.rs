@@ -30,8 +30,8 @@ use tokio::sync::watch;
 pub use self::{
     attach::{
         LoadSettings, Plan, ProbeStatus, STALE_AFTER, SWEEP_INTERVAL, candidates_plan,
-        histogram_map, needs_preallocated_maps, raw_or_tracepoint_plan, start_family,
-        start_family_with, start_raw_or_tracepoints, sweep_stale, tracepoint_plan,
+        histogram_map, needs_preallocated_maps, none_attached, raw_or_tracepoint_plan,
+        start_family, start_family_with, start_raw_or_tracepoints, sweep_stale, tracepoint_plan,
     },
     probes::Probes,
 };

@@ -299,17 +299,10 @@ pub fn start(
     };
     log_entries(&entries);
     if !entries.iter().any(EntryStatus::attached) {
-        status.error = Some(format!(
-            "{FAMILY}: no configured function could be attached ({})",
-            entries
-                .iter()
-                .filter_map(|e| e
-                    .outcome
-                    .as_ref()
-                    .err()
-                    .map(|why| format!("[{}] {why}", e.index)))
-                .collect::<Vec<_>>()
-                .join("; ")
+        status.error = Some(super::none_attached(
+            FAMILY,
+            "function",
+            entries.iter().map(|e| (e.index, e.outcome.as_ref().err())),
         ));
         return (None, status, entries);
     }
