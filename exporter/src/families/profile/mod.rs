@@ -203,17 +203,6 @@ impl ProfileReader {
         on_cpu.chain(off_cpu).collect()
     }
 
-    /// How many keys the count map in use holds (the stack-trace map holds at most as many
-    /// stacks of each kind).
-    pub fn len(&self) -> usize {
-        self.samples.keys().count() + self.offcpu.keys().count()
-    }
-
-    /// Whether nothing has been counted since the start or the last [`ProfileReader::clear`].
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Empties the count maps, then the stack-trace map: a long-running daemon does when they
     /// fill up, since a full map keeps no new stack. Counts the kernel adds to a key between
     /// the last read and its removal are lost.
