@@ -1,0 +1,281 @@
+//! Records to user space: the per-CPU scratch record, the copies of a transfer's leading and
+//! last bytes, and the ring buffer with its wakeup policy. Every mechanism sends through here.
+
+use super::tls::{HTTP_TLS_LAST_READ, note_tls_fd};
+use super::{HTTP_CONNS, stage, stop_after};
+use crate::shared::{count, global, ring_flags};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_EXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_probe_read_user as probe_read_user_raw,
+    helpers::{bpf_get_current_comm, bpf_probe_read_user},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use periscope_common::{
+    counters,
+    http::{
+        CAPTURE, HEADER_SIZE, HttpEvent, HttpEventHeader, HttpPending, KIND_READ, ROLE_LOST,
+        ROLE_TLS, TAIL, conn_key, crosses_wakeup_step,
+    },
+};
+
+/// Length of a task's comm.
+pub(super) const COMM: usize = 16;
+
+/// Records wake user space up only when the bytes a CPU sent cross a multiple of this (user
+/// space also drains on a short timer; see [`crosses_wakeup_step`]). A wakeup on every record
+/// once the unread bytes passed a threshold, as before, cost ~10% of the exit program's time
+/// under wrk: the buffer stays above any threshold between drains, and each wakeup is an IPI
+/// (on a VM, a trap to the hypervisor).
+#[unsafe(no_mangle)]
+pub(super) static HTTP_WAKEUP_BYTES: u32 = 65536;
+
+/// Where records are built before they go to the ring buffer (too big for the BPF stack).
+#[map]
+pub(super) static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records to user space; its size is set at load time.
+#[map]
+pub(super) static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// 1 while user space sleeps until the next record (see `shared::ring_flags`).
+#[map]
+pub(super) static HTTP_READER_PARKED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Bytes of records each CPU has sent (wakeups: [`crosses_wakeup_step`]).
+#[map]
+pub(super) static HTTP_SENT_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch record. Only programs of a process's own context use it (syscalls,
+/// socket sends and receives, uprobes), and these do not interrupt one another on a CPU; the
+/// socket-state program, which also runs in softirqs, builds its records on the stack.
+#[inline(always)]
+pub(super) fn scratch() -> Option<&'static mut HttpEvent> {
+    let event = HTTP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU value; programs do not migrate while running, and one program uses it
+    // at a time on a CPU (see above).
+    Some(unsafe { &mut *event })
+}
+
+/// Sends the record of a read/write on a watched connection that moved `transferred` (> 0)
+/// bytes, returning at `now` (callers check the result with [`op::exit_matters`]).
+#[inline(always)]
+pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u64) {
+    let Some(event) = scratch() else {
+        return;
+    };
+    fill_header(event, pending, tgid, tid, transferred, now);
+    if stop_after(stage::HEADER) {
+        return;
+    }
+    let mut want = transferred;
+    if pending.buf_len < want {
+        want = pending.buf_len;
+    }
+    let captured = copy_leading(event, pending.buf, want);
+    if stop_after(stage::COPY) {
+        return;
+    }
+    let mut role = pending.role;
+    // A TLS handshake record (22, version 3.x): from now on this connection's bytes are
+    // encrypted; stop capturing them (the OpenSSL probes send the plaintext). Flagged here, on
+    // this very connection, rather than by user space later, when the fd may name another.
+    let tls = captured >= 2 && matches!(event.data[0], 22 | 23) && event.data[1] == 3;
+    if tls && event.data[0] == 22 {
+        role |= ROLE_TLS;
+    }
+    if tls {
+        // Inside an OpenSSL call this is its connection's fd, before user space has even seen
+        // that the connection is TLS. Only TLS bytes need the lookup: plaintext skips it.
+        note_tls_fd(tid, pending.fd);
+    }
+    // The socket a runtime feeding OpenSSL from memory is about to decrypt (see HTTP_TLS_LAST_READ).
+    if pending.kind == KIND_READ && captured > 0 && matches!(event.data[0], 22 | 23) {
+        let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
+    }
+    copy_tail(event, pending, transferred, captured);
+    if stop_after(stage::TAIL) {
+        return;
+    }
+    let sent = submit(event, captured);
+    // Remember a loss on the connection until one of its records gets through.
+    let role = if sent {
+        role & !ROLE_LOST
+    } else {
+        role | ROLE_LOST
+    };
+    if role != pending.role {
+        let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
+    }
+}
+
+#[inline(always)]
+pub(super) fn fill_header(
+    event: &mut HttpEvent,
+    pending: &HttpPending,
+    tgid: u32,
+    tid: u32,
+    len: u64,
+    end_ns: u64,
+) {
+    let h = &mut event.header;
+    h.start_ns = pending.start_ns;
+    h.end_ns = end_ns;
+    h.len = len;
+    h.tgid = tgid;
+    h.tid = tid;
+    h.fd = pending.fd;
+    h.kind = pending.kind;
+    h.role = pending.role;
+    h.captured = 0;
+    h.tail_len = 0;
+}
+
+/// Copies up to CAPTURE bytes from `src`; returns how many.
+#[inline(always)]
+pub(super) fn copy_leading(event: &mut HttpEvent, src: u64, want: u64) -> u32 {
+    if src == 0 || want == 0 {
+        return 0;
+    }
+    let n = if want > CAPTURE as u64 {
+        CAPTURE as u32
+    } else {
+        want as u32
+    };
+    // SAFETY: n <= CAPTURE, the size of the destination.
+    let rc = unsafe {
+        probe_read_user_raw(
+            event.data.as_mut_ptr().cast(),
+            n,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    event.header.captured = n as u16;
+    n
+}
+
+/// The last TAIL bytes, when they were not among the captured ones.
+#[inline(always)]
+pub(super) fn copy_tail(
+    event: &mut HttpEvent,
+    pending: &HttpPending,
+    transferred: u64,
+    captured: u32,
+) {
+    if transferred <= captured as u64 {
+        return;
+    }
+    let (buf, end) = if pending.last_buf != 0 {
+        (pending.last_buf, pending.last_len)
+    } else if transferred <= pending.buf_len {
+        (pending.buf, transferred)
+    } else {
+        return;
+    };
+    if buf == 0 || end < TAIL as u64 {
+        return;
+    }
+    if let Ok(tail) = unsafe { bpf_probe_read_user((buf + end - TAIL as u64) as *const [u8; TAIL]) }
+    {
+        event.header.tail = tail;
+        event.header.tail_len = TAIL as u8;
+    }
+}
+
+/// Sends the record; false when the ring buffer was full (counted).
+#[inline(always)]
+pub(super) fn submit(event: &HttpEvent, captured: u32) -> bool {
+    let mut n = captured as usize;
+    if n > CAPTURE {
+        n = CAPTURE;
+    }
+    // SAFETY: HEADER_SIZE + n <= size_of::<HttpEvent>().
+    let bytes = unsafe {
+        core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
+    };
+    output(bytes)
+}
+
+/// Puts a record in the ring buffer, waking the reader once per step of this CPU's bytes;
+/// false when the buffer was full (counted).
+#[inline(always)]
+pub(super) fn output(bytes: &[u8]) -> bool {
+    let size = bytes.len() as u64;
+    let flags = match HTTP_SENT_BYTES.get_ptr_mut(0) {
+        Some(sent) => {
+            // SAFETY: this CPU's counter; a program runs to its end on one CPU.
+            let before = unsafe { *sent };
+            unsafe { *sent = before + size };
+            wakeup_flag(before, size, global(&HTTP_WAKEUP_BYTES) as u64)
+        }
+        None => BPF_RB_NO_WAKEUP,
+    };
+    let flags = ring_flags(&HTTP_READER_PARKED, flags as u64);
+    if HTTP_EVENTS.output::<[u8]>(bytes, flags).is_err() {
+        count(counters::HTTP_EVENTS_LOST);
+        return false;
+    }
+    true
+}
+
+/// The ring-buffer flag of a record: a wakeup only when it crosses a step
+/// ([`crosses_wakeup_step`]).
+#[inline(always)]
+pub(super) fn wakeup_flag(sent: u64, size: u64, step: u64) -> u32 {
+    if crosses_wakeup_step(sent, size, step) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// A record without payload (dup, close, exit, open's header) of something that happened at
+/// `now`. Built on the stack, not in the per-CPU scratch record: the socket-state program runs
+/// in softirqs too, which may interrupt a program filling that record on the same CPU.
+#[inline(always)]
+pub(super) fn send_bare(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, len: u64, now: u64) {
+    let header = HttpEventHeader {
+        start_ns: now,
+        end_ns: now,
+        len,
+        tgid,
+        tid,
+        fd,
+        kind,
+        role,
+        ..Default::default()
+    };
+    // SAFETY: HttpEventHeader is plain integers.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (&header as *const HttpEventHeader).cast::<u8>(),
+            HEADER_SIZE,
+        )
+    };
+    output(bytes);
+}
+
+/// Sends `event` with `fixed` (plain bytes) as its data, then the process name (for processes
+/// gone before user space reads /proc).
+#[inline(always)]
+pub(super) fn submit_with_comm<T: Copy>(event: &mut HttpEvent, fixed: &T) {
+    let size = core::mem::size_of::<T>();
+    if size + COMM > CAPTURE {
+        return;
+    }
+    // SAFETY: T is plain bytes, and size + COMM <= CAPTURE (checked above; constant per T).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (fixed as *const T).cast::<u8>(),
+            event.data.as_mut_ptr(),
+            size,
+        )
+    };
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    event.data[size..size + COMM].copy_from_slice(&comm);
+    event.header.captured = (size + COMM) as u16;
+    submit(event, (size + COMM) as u32);
+}

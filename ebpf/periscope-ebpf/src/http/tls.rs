@@ -1,0 +1,179 @@
+//! OpenSSL: uprobes on `SSL_read`/`SSL_write` (and `_ex`), `SSL_do_handshake` and `SSL_free`
+//! send the plaintext of TLS connections as read/write records of the connection's fd,
+//! flagged [`TLS_FD`]; the syscall mechanisms note which fd each `SSL *` uses.
+
+use super::record::{copy_leading, copy_tail, fill_header, scratch, submit};
+use super::{HTTP_CONNS, current};
+use crate::shared::count;
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+use periscope_common::{
+    counters,
+    http::{HttpPending, KIND_READ, KIND_WRITE, ROLE_MASK, ROLE_TLS, TLS_FD, TlsPending, conn_key},
+};
+
+/// The kind of a pending `SSL_do_handshake` (never sent).
+pub(super) const KIND_HANDSHAKE: u8 = 0;
+
+/// OpenSSL reads and writes in flight, by thread id (uprobe to uretprobe).
+#[map]
+pub(super) static HTTP_TLS_PENDING: HashMap<u32, TlsPending> = HashMap::with_max_entries(16384, 0);
+
+/// The socket fd of each `SSL *` seen doing a syscall, so that later calls served from
+/// OpenSSL's buffer (no syscall) still name their connection.
+#[map]
+pub(super) static HTTP_TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The last TLS-looking socket each thread read (by thread id). Runtimes that feed OpenSSL
+/// from memory (Node.js reads the socket itself, then calls `SSL_read` on what it read) make
+/// no syscall inside OpenSSL calls: their connection is the socket the thread just read.
+#[map]
+pub(super) static HTTP_TLS_LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.
+#[inline(always)]
+pub(super) fn note_tls_fd(tid: u32, fd: u32) {
+    if let Some(pending) = HTTP_TLS_PENDING.get_ptr_mut(tid) {
+        // SAFETY: this thread's own entry.
+        unsafe { (*pending).fd = fd };
+    }
+}
+
+/// Entry of `SSL_read(ssl, buf, num)`/`SSL_write(ssl, buf, num)` and their `_ex` forms (whose
+/// fourth argument receives the byte count).
+#[inline(always)]
+pub(super) fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
+    let Some((_, tid)) = current() else { return 0 };
+    let pending = TlsPending {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        ssl: ctx.arg(0).unwrap_or(0),
+        buf: ctx.arg(1).unwrap_or(0),
+        count_ptr: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        fd: u32::MAX,
+        kind,
+        _pad: [0; 3],
+    };
+    if HTTP_TLS_PENDING
+        .insert(tid, pending, BPF_ANY as u64)
+        .is_err()
+    {
+        count(counters::HTTP_PENDING_FULL);
+    }
+    0
+}
+
+/// `SSL_do_handshake(ssl)`: no data, but its syscalls tell the connection's fd before any read
+/// or write (whose first call may be served from OpenSSL's buffer without a syscall).
+#[uprobe]
+pub fn http_ssl_handshake(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_HANDSHAKE, false)
+}
+
+/// `SSL_free(ssl)`: the `SSL *` is gone, and its address may be reused by the next connection's
+/// (a remembered fd would then name the wrong socket).
+#[uprobe]
+pub fn http_ssl_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let _ = HTTP_TLS_FDS.remove(ssl);
+    }
+    0
+}
+
+#[uprobe]
+pub fn http_ssl_read(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_READ, false)
+}
+
+#[uprobe]
+pub fn http_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_READ, true)
+}
+
+#[uprobe]
+pub fn http_ssl_write(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_WRITE, false)
+}
+
+#[uprobe]
+pub fn http_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, KIND_WRITE, true)
+}
+
+/// The socket of an OpenSSL call's connection: the one a syscall inside the call used, else
+/// the one known for its `SSL *`, else (a read or handshake fed from memory) the TLS socket the
+/// thread read last. What is found is remembered for the `SSL *`.
+#[inline(always)]
+pub(super) fn tls_fd(pending: &TlsPending, tid: u32) -> Option<u32> {
+    let fd = if pending.fd != u32::MAX {
+        pending.fd
+    } else if let Some(fd) = unsafe { HTTP_TLS_FDS.get(pending.ssl) } {
+        return Some(*fd);
+    } else if pending.kind != KIND_WRITE {
+        *unsafe { HTTP_TLS_LAST_READ.get(tid) }?
+    } else {
+        return None;
+    };
+    let _ = HTTP_TLS_FDS.insert(pending.ssl, fd, BPF_ANY as u64);
+    Some(fd)
+}
+
+/// Return of any of the four: sends the plaintext as a read or write record of the connection.
+#[uretprobe]
+pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { HTTP_TLS_PENDING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = HTTP_TLS_PENDING.remove(tid);
+    if pending.kind == KIND_HANDSHAKE {
+        let _ = tls_fd(&pending, tid);
+        return 0;
+    }
+    // The functions return int: only the low 32 bits of the register are defined.
+    let rc = ctx.ret::<u64>() as u32 as i32;
+    let transferred = if pending.count_ptr != 0 {
+        if rc != 1 {
+            return 0;
+        }
+        unsafe { bpf_probe_read_user(pending.count_ptr as *const u64) }.unwrap_or(0)
+    } else if rc > 0 {
+        rc as u64
+    } else {
+        return 0;
+    };
+    if transferred == 0 {
+        return 0;
+    }
+    let fd = tls_fd(&pending, tid).unwrap_or(pending.ssl as u32 & !TLS_FD);
+    let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) })
+        .copied()
+        .unwrap_or(0)
+        & ROLE_MASK;
+    let Some(event) = scratch() else {
+        return 0;
+    };
+    let io = HttpPending {
+        start_ns: pending.start_ns,
+        buf: pending.buf,
+        buf_len: transferred,
+        fd: fd | TLS_FD,
+        kind: pending.kind,
+        role: role | ROLE_TLS,
+        ..Default::default()
+    };
+    fill_header(event, &io, tgid, tid, transferred, unsafe {
+        bpf_ktime_get_ns()
+    });
+    let captured = copy_leading(event, io.buf, transferred);
+    copy_tail(event, &io, transferred, captured);
+    submit(event, captured);
+    0
+}
