@@ -2,55 +2,161 @@
 //!
 //! The kernel side does not parse HTTP. It tracks which (process, fd) pairs are TCP connections
 //! (from the sockets they do I/O on, or from `accept`/`connect`), and for reads and writes on
-//! them sends one event per syscall: the
-//! timestamps, the byte count, and at most [`CAPTURE`] leading bytes (enough for a request or
-//! status line and the headers that matter), plus the last [`TAIL`] bytes so a chunked body's
-//! terminator is seen without copying the body. User space parses and matches.
+//! them sends one [`IoRecord`] per transfer: the timestamps, the byte count, and at most
+//! [`CAPTURE`] leading bytes (enough for a request or status line and the headers that matter),
+//! plus the last [`TAIL`] bytes so a chunked body's terminator is seen without copying the
+//! body. Connections opening, duplicated and closing and processes exiting have records of
+//! their own. Every record starts with a [`RecordHead`]; one struct per kind, no field whose
+//! meaning changes with the kind. User space parses and matches.
 
 /// Leading bytes copied per read/write. A power of two: the copy length is masked by it.
 pub const CAPTURE: usize = 512;
 /// Trailing bytes copied per read/write (the `0\r\n\r\n` of a chunked body).
 pub const TAIL: usize = 8;
 
-/// An accepted connection: `fd` is the new socket, `len` the listening fd.
-pub const KIND_ACCEPT: u8 = 1;
-/// A connected socket: `data` holds [`ConnectAddr`].
-pub const KIND_CONNECT: u8 = 2;
-/// Bytes received on a tracked connection.
-pub const KIND_READ: u8 = 3;
-/// Bytes sent on a tracked connection.
-pub const KIND_WRITE: u8 = 4;
-/// A tracked connection's fd was closed.
-pub const KIND_CLOSE: u8 = 5;
-/// A process (thread-group leader) exited.
-pub const KIND_EXIT: u8 = 6;
-/// A tracked connection's fd was duplicated (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`): `fd` is
-/// the new descriptor, `len` the original.
-pub const KIND_DUP: u8 = 7;
-/// Socket tracepoints: the first send or receive of a socket on a (process, fd) pair. `data`
-/// holds [`SockOpen`] and the comm; `role` is the side learned when the connection was
-/// established (0 when it was established before Periscope started). Whatever the pair named
-/// before is over.
-pub const KIND_OPEN: u8 = 8;
-/// `len` of a [`KIND_CLOSE`] record when the socket itself closed (socket tracepoints): every
-/// descriptor of it is over, not only `fd`.
-pub const CLOSE_SOCKET: u64 = 1;
+// Record kinds: the first byte of every record ([`RecordHead::kind`]), each with its own
+// struct below, decoded in one place in user space.
 
-/// The tracked side of a connection (value of the connection map).
+/// [`AcceptRecord`]: a server accepted a connection.
+pub const KIND_ACCEPT: u8 = 1;
+/// [`ConnectRecord`]: a client connected a socket.
+pub const KIND_CONNECT: u8 = 2;
+/// [`IoRecord`]: bytes received on a watched connection.
+pub const KIND_READ: u8 = 3;
+/// [`IoRecord`]: bytes sent on a watched connection.
+pub const KIND_WRITE: u8 = 4;
+/// [`CloseRecord`]: a watched connection's descriptor, or its socket, closed.
+pub const KIND_CLOSE: u8 = 5;
+/// [`ExitRecord`]: a process (its thread-group leader) exited.
+pub const KIND_EXIT: u8 = 6;
+/// [`DupRecord`]: a watched connection's descriptor was duplicated (`dup`, `dup2`, `dup3`,
+/// `fcntl(F_DUPFD*)`, or a second descriptor of one socket seen by the socket programs).
+pub const KIND_DUP: u8 = 7;
+/// [`OpenRecord`]: socket programs: the first send or receive of a socket on a (process, fd)
+/// pair. Whatever the pair named before is over.
+pub const KIND_OPEN: u8 = 8;
+
+/// The side of a connection ([`RecordHead::side`], and the low bits of the kernel's
+/// connection map values); 0 when unknown (established before Periscope started).
 pub const ROLE_SERVER: u8 = 1;
 pub const ROLE_CLIENT: u8 = 2;
-/// Set on a connection's role when one of its records was lost (ring buffer full), and carried
-/// by its next record: user space then restarts that conversation instead of mismatching it.
+/// Kernel-internal, on a connection map value: one of the connection's records was lost (ring
+/// buffer full); its next [`IoRecord`] carries [`IO_LOST`], and the flag is cleared.
 pub const ROLE_LOST: u8 = 0x80;
-/// On a connection's role: its bytes are TLS. The kernel stops capturing its (encrypted)
-/// syscalls and only notes the fd for the OpenSSL probes, whose records carry this flag too.
+/// Kernel-internal, on a connection map value: its bytes are TLS. The kernel stops capturing
+/// its (encrypted) syscalls and only notes the fd for the OpenSSL probes.
 pub const ROLE_TLS: u8 = 0x40;
-/// The role bits without the flags.
+/// The side bits of a connection map value, without the flags.
 pub const ROLE_MASK: u8 = 0x3f;
-/// Set on the `fd` of records from the OpenSSL probes: plaintext of the connection on that fd
-/// (or, when its fd is unknown, of the `SSL *` whose low bits are the rest), kept apart from
-/// the connection's encrypted bytes.
+
+/// [`IoRecord::flags`]: a record of this connection was lost before this one: user space
+/// restarts the conversation instead of mismatching it.
+pub const IO_LOST: u8 = 1;
+/// [`IoRecord::flags`]: the plaintext of a TLS connection, from the OpenSSL probes. Its `fd`
+/// is the connection's, or, when that is unknown, the low bits of the `SSL *`.
+pub const IO_TLS_PLAINTEXT: u8 = 2;
+/// User space keys a TLS connection's plaintext apart from its encrypted bytes by this bit on
+/// the fd (no descriptor number reaches it).
 pub const TLS_FD: u32 = 0x8000_0000;
+
+/// The first bytes of every record: what it is, and whose descriptor it is about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHead {
+    /// One of the `KIND_*` constants.
+    pub kind: u8,
+    /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or 0 (not known).
+    pub side: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// CLOCK_MONOTONIC when it happened (a transfer: when it returned).
+    pub time_ns: u64,
+}
+
+/// A read or write on a watched connection ([`KIND_READ`], [`KIND_WRITE`]); `captured`
+/// leading bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoRecord {
+    pub head: RecordHead,
+    /// CLOCK_MONOTONIC at syscall entry where a mechanism sees it (writes on syscall
+    /// tracepoints, OpenSSL calls); else the transfer's end, like `head.time_ns` (only when a
+    /// read returned matters).
+    pub start_ns: u64,
+    /// Bytes transferred.
+    pub len: u64,
+    /// [`IO_LOST`], [`IO_TLS_PLAINTEXT`].
+    pub flags: u8,
+    /// The last `tail_len` bytes transferred are in `tail`, when they lie beyond the captured
+    /// ones.
+    pub tail_len: u8,
+    /// Leading bytes that follow the record (<= [`CAPTURE`]).
+    pub captured: u16,
+    pub _pad: [u8; 4],
+    pub tail: [u8; TAIL],
+}
+
+/// An accepted connection ([`KIND_ACCEPT`]): `head.fd` is the new socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptRecord {
+    pub head: RecordHead,
+    pub listen_fd: u32,
+    pub _pad: u32,
+    /// The process name, for processes gone before user space reads /proc.
+    pub comm: [u8; COMM],
+}
+
+/// A connected socket ([`KIND_CONNECT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectRecord {
+    pub head: RecordHead,
+    pub peer: ConnectAddr,
+    pub comm: [u8; COMM],
+}
+
+/// A socket's first transfer on a (process, fd) pair ([`KIND_OPEN`]); `head.side` is the side
+/// learned when the connection was established (0 when that was before Periscope started).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenRecord {
+    pub head: RecordHead,
+    pub open: SockOpen,
+    pub comm: [u8; COMM],
+}
+
+/// A duplicated descriptor ([`KIND_DUP`]): `head.fd` is the new one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DupRecord {
+    pub head: RecordHead,
+    pub original_fd: u32,
+    pub _pad: u32,
+}
+
+/// A closed descriptor ([`KIND_CLOSE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub head: RecordHead,
+    /// 1 when the socket itself closed (socket programs): every descriptor of it is over, not
+    /// only `head.fd`.
+    pub whole_socket: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A process exit ([`KIND_EXIT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub head: RecordHead,
+}
+
+/// Length of a task's comm.
+pub const COMM: usize = 16;
 
 /// An OpenSSL read or write in flight, by thread id (uprobe to uretprobe).
 #[repr(C)]
@@ -68,41 +174,18 @@ pub struct TlsPending {
     pub _pad: [u8; 3],
 }
 
-/// Fixed part of every ring-buffer record; `captured` bytes of data follow it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HttpEventHeader {
-    /// CLOCK_MONOTONIC at syscall entry for writes; a read's record carries its exit time here
-    /// too (only when a read returned matters), except an OpenSSL read's (its call's entry).
-    pub start_ns: u64,
-    /// CLOCK_MONOTONIC at syscall exit.
-    pub end_ns: u64,
-    /// Bytes transferred (the syscall's return value); the listening fd for [`KIND_ACCEPT`].
-    pub len: u64,
-    pub tgid: u32,
-    pub tid: u32,
-    pub fd: u32,
-    pub kind: u8,
-    pub role: u8,
-    /// Leading bytes that follow the header (<= [`CAPTURE`]).
-    pub captured: u16,
-    /// The last `tail_len` bytes transferred, when they lie beyond the captured ones.
-    pub tail: [u8; TAIL],
-    pub tail_len: u8,
-    pub _pad: [u8; 7],
-}
-
-/// A record as the kernel builds it in its per-CPU scratch buffer.
+/// A transfer's record as the kernel builds it in its per-CPU scratch buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct HttpEvent {
-    pub header: HttpEventHeader,
+pub struct IoEvent {
+    pub record: IoRecord,
     pub data: [u8; CAPTURE],
 }
 
-pub const HEADER_SIZE: usize = core::mem::size_of::<HttpEventHeader>();
+/// Size of [`IoRecord`]: where the captured bytes start.
+pub const IO_RECORD_SIZE: usize = core::mem::size_of::<IoRecord>();
 
-/// The peer of a `connect`, in the data of a [`KIND_CONNECT`] event.
+/// The peer of a connection ([`ConnectRecord`], [`SockOpen`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectAddr {
@@ -115,7 +198,7 @@ pub struct ConnectAddr {
     pub addr: [u8; 16],
 }
 
-/// The data of a [`KIND_OPEN`] record (the process's comm follows it).
+/// A socket's peer and local port ([`OpenRecord`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOpen {

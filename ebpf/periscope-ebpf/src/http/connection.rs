@@ -2,33 +2,20 @@
 //! a (process, fd) pair, `dup*`/`fcntl` copies follow it, `close` ends it; each is told to user
 //! space. (The socket-tracepoint and fentry mechanisms learn the same from sockets: `socket.rs`.)
 
-use super::record::{fill_header, scratch, send_bare, submit_with_comm};
+use super::record::{send_accept, send_close, send_connect, send_dup};
 use super::{AF_INET, AF_INET6, HTTP_CONNS};
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
 };
-use periscope_common::http::{
-    ConnectAddr, HttpPending, KIND_ACCEPT, KIND_CLOSE, KIND_DUP, ROLE_CLIENT, ROLE_SERVER, conn_key,
-};
+use periscope_common::http::{ConnectAddr, HttpPending, ROLE_CLIENT, ROLE_SERVER, conn_key};
 
-/// An `accept` on `listen_fd` (entered at `start_ns`) returned `fd` at `now` (callers check it
-/// with [`op::exit_matters`]): watch it, and tell user space.
+/// An `accept` on `listen_fd` returned `fd` at `now` (callers check it with
+/// [`op::exit_matters`]): watch it, and tell user space.
 #[inline(always)]
-pub(super) fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: u32, start_ns: u64, now: u64) {
+pub(super) fn accepted(tgid: u32, tid: u32, listen_fd: u64, fd: u32, now: u64) {
     let _ = HTTP_CONNS.insert(conn_key(tgid, fd), ROLE_SERVER, BPF_ANY as u64);
-    let Some(event) = scratch() else {
-        return;
-    };
-    let accepted = HttpPending {
-        start_ns,
-        fd,
-        kind: KIND_ACCEPT,
-        role: ROLE_SERVER,
-        ..Default::default()
-    };
-    fill_header(event, &accepted, tgid, tid, listen_fd, now);
-    submit_with_comm(event, &());
+    send_accept(tgid, tid, fd, listen_fd as u32, now);
 }
 
 /// The peer a `connect` names: sockaddr_in / sockaddr_in6 (family at 0, port in network order
@@ -57,11 +44,7 @@ pub(super) fn connect_addr(sockaddr: u64) -> Option<ConnectAddr> {
 #[inline(always)]
 pub(super) fn connected(tgid: u32, tid: u32, pending: &HttpPending, now: u64) {
     let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), ROLE_CLIENT, BPF_ANY as u64);
-    let Some(event) = scratch() else {
-        return;
-    };
-    fill_header(event, pending, tgid, tid, 0, now);
-    submit_with_comm(event, &pending.addr);
+    send_connect(tgid, tid, pending.fd, &pending.addr, now);
 }
 
 pub(super) const F_DUPFD: u64 = 0;
@@ -78,10 +61,10 @@ pub(super) fn duplicated(tgid: u32, tid: u32, oldfd: u32, role: u8, newfd: i64) 
     let now = unsafe { bpf_ktime_get_ns() };
     // dup2/dup3 onto a watched connection closes that one first.
     if let Some(replaced) = (unsafe { HTTP_CONNS.get(key) }).copied() {
-        send_bare(KIND_CLOSE, replaced, tgid, tid, newfd, 0, now);
+        send_close(replaced, tgid, tid, newfd, false, now);
     }
     let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
-    send_bare(KIND_DUP, role, tgid, tid, newfd, oldfd as u64, now);
+    send_dup(role, tgid, tid, newfd, oldfd, now);
 }
 
 /// `close(fd)` entered: forget the connection (before the number can name another socket).
@@ -93,5 +76,5 @@ pub(super) fn closing(tgid: u32, tid: u32, fd: u32) {
     };
     let _ = HTTP_CONNS.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
-    send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
+    send_close(role, tgid, tid, fd, false, now);
 }

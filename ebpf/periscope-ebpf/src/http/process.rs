@@ -2,7 +2,7 @@
 //! its forker's service instance (`HTTP_FORKED`).
 
 use super::current;
-use super::record::send_bare;
+use super::record::send_exit;
 use crate::shared::global;
 use aya_ebpf::{
     EbpfContext,
@@ -11,7 +11,6 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{RawTracePointContext, TracePointContext},
 };
-use periscope_common::http::KIND_EXIT;
 
 /// Offset of `tgid` in `struct task_struct`, from BTF (0: unknown, forks are not followed).
 #[unsafe(no_mangle)]
@@ -80,5 +79,5 @@ pub(super) fn process_exit() {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    send_bare(KIND_EXIT, 0, tgid, tid, 0, 0, now);
+    send_exit(tgid, tid, now);
 }

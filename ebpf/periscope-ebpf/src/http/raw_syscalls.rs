@@ -73,7 +73,7 @@ pub fn http_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     match op {
         op::ACCEPT => {
             let now = unsafe { bpf_ktime_get_ns() };
-            accepted(tgid, tid, args[0], rc as u32, now, now);
+            accepted(tgid, tid, args[0], rc as u32, now);
         }
         op::CONNECT => {
             if let Some(addr) = connect_addr(args[1]) {

@@ -14,13 +14,13 @@ use aya_ebpf::{
 use periscope_common::{
     counters,
     http::{
-        CAPTURE, HEADER_SIZE, HttpEvent, HttpEventHeader, HttpPending, KIND_READ, ROLE_LOST,
-        ROLE_TLS, TAIL, conn_key, crosses_wakeup_step,
+        AcceptRecord, CAPTURE, COMM, CloseRecord, ConnectAddr, ConnectRecord, DupRecord,
+        ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IoEvent, KIND_ACCEPT, KIND_CLOSE,
+        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, OpenRecord, ROLE_CLIENT,
+        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen, TAIL, conn_key,
+        crosses_wakeup_step,
     },
 };
-
-/// Length of a task's comm.
-pub(super) const COMM: usize = 16;
 
 /// Records wake user space up only when the bytes a CPU sent cross a multiple of this (user
 /// space also drains on a short timer; see [`crosses_wakeup_step`]). A wakeup on every record
@@ -32,7 +32,7 @@ pub(super) static HTTP_WAKEUP_BYTES: u32 = 65536;
 
 /// Where records are built before they go to the ring buffer (too big for the BPF stack).
 #[map]
-pub(super) static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
+pub(super) static HTTP_SCRATCH: PerCpuArray<IoEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records to user space; its size is set at load time.
 #[map]
@@ -50,7 +50,7 @@ pub(super) static HTTP_SENT_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entr
 /// socket sends and receives, uprobes), and these do not interrupt one another on a CPU; the
 /// socket-state program, which also runs in softirqs, builds its records on the stack.
 #[inline(always)]
-pub(super) fn scratch() -> Option<&'static mut HttpEvent> {
+pub(super) fn scratch() -> Option<&'static mut IoEvent> {
     let event = HTTP_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU value; programs do not migrate while running, and one program uses it
     // at a time on a CPU (see above).
@@ -64,7 +64,7 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     let Some(event) = scratch() else {
         return;
     };
-    fill_header(event, pending, tgid, tid, transferred, now);
+    start_io(event, pending, tgid, tid, transferred, now);
     if stop_after(stage::HEADER) {
         return;
     }
@@ -97,7 +97,7 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if stop_after(stage::TAIL) {
         return;
     }
-    let sent = submit(event, captured);
+    let sent = submit_io(event, captured);
     // Remember a loss on the connection until one of its records gets through.
     let role = if sent {
         role & !ROLE_LOST
@@ -109,31 +109,46 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     }
 }
 
+/// Starts `event` as the record of a transfer of `len` bytes that returned at `end_ns`.
 #[inline(always)]
-pub(super) fn fill_header(
-    event: &mut HttpEvent,
+pub(super) fn start_io(
+    event: &mut IoEvent,
     pending: &HttpPending,
     tgid: u32,
     tid: u32,
     len: u64,
     end_ns: u64,
 ) {
-    let h = &mut event.header;
-    h.start_ns = pending.start_ns;
-    h.end_ns = end_ns;
-    h.len = len;
-    h.tgid = tgid;
-    h.tid = tid;
-    h.fd = pending.fd;
-    h.kind = pending.kind;
-    h.role = pending.role;
-    h.captured = 0;
-    h.tail_len = 0;
+    let r = &mut event.record;
+    r.head = head(pending.kind, pending.role, tgid, tid, pending.fd, end_ns);
+    r.start_ns = pending.start_ns;
+    r.len = len;
+    r.flags = if pending.role & ROLE_LOST != 0 {
+        IO_LOST
+    } else {
+        0
+    };
+    r.captured = 0;
+    r.tail_len = 0;
+}
+
+/// The head of a record of `kind` about (`tgid`, `fd`), whose connection map value is `role`.
+#[inline(always)]
+fn head(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, now: u64) -> RecordHead {
+    RecordHead {
+        kind,
+        side: role & ROLE_MASK,
+        tgid,
+        tid,
+        fd,
+        time_ns: now,
+        ..Default::default()
+    }
 }
 
 /// Copies up to CAPTURE bytes from `src`; returns how many.
 #[inline(always)]
-pub(super) fn copy_leading(event: &mut HttpEvent, src: u64, want: u64) -> u32 {
+pub(super) fn copy_leading(event: &mut IoEvent, src: u64, want: u64) -> u32 {
     if src == 0 || want == 0 {
         return 0;
     }
@@ -153,14 +168,14 @@ pub(super) fn copy_leading(event: &mut HttpEvent, src: u64, want: u64) -> u32 {
     if rc != 0 {
         return 0;
     }
-    event.header.captured = n as u16;
+    event.record.captured = n as u16;
     n
 }
 
 /// The last TAIL bytes, when they were not among the captured ones.
 #[inline(always)]
 pub(super) fn copy_tail(
-    event: &mut HttpEvent,
+    event: &mut IoEvent,
     pending: &HttpPending,
     transferred: u64,
     captured: u32,
@@ -180,21 +195,22 @@ pub(super) fn copy_tail(
     }
     if let Ok(tail) = unsafe { bpf_probe_read_user((buf + end - TAIL as u64) as *const [u8; TAIL]) }
     {
-        event.header.tail = tail;
-        event.header.tail_len = TAIL as u8;
+        event.record.tail = tail;
+        event.record.tail_len = TAIL as u8;
     }
 }
 
-/// Sends the record; false when the ring buffer was full (counted).
+/// Sends a transfer's record with its `captured` bytes; false when the ring buffer was full
+/// (counted).
 #[inline(always)]
-pub(super) fn submit(event: &HttpEvent, captured: u32) -> bool {
+pub(super) fn submit_io(event: &IoEvent, captured: u32) -> bool {
     let mut n = captured as usize;
     if n > CAPTURE {
         n = CAPTURE;
     }
-    // SAFETY: HEADER_SIZE + n <= size_of::<HttpEvent>().
+    // SAFETY: IO_RECORD_SIZE + n <= size_of::<IoEvent>().
     let bytes = unsafe {
-        core::slice::from_raw_parts((event as *const HttpEvent).cast::<u8>(), HEADER_SIZE + n)
+        core::slice::from_raw_parts((event as *const IoEvent).cast::<u8>(), IO_RECORD_SIZE + n)
     };
     output(bytes)
 }
@@ -232,50 +248,99 @@ pub(super) fn wakeup_flag(sent: u64, size: u64, step: u64) -> u32 {
     }
 }
 
-/// A record without payload (dup, close, exit, open's header) of something that happened at
-/// `now`. Built on the stack, not in the per-CPU scratch record: the socket-state program runs
-/// in softirqs too, which may interrupt a program filling that record on the same CPU.
+// The records of connections and processes. Those without a process name are built on the
+// stack, not in the per-CPU scratch record: the socket-state program, which sends closes, runs
+// in softirqs too, and may interrupt a program filling that record on the same CPU.
+
+/// Sends one fixed-size record; false when the ring buffer was full (counted).
 #[inline(always)]
-pub(super) fn send_bare(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, len: u64, now: u64) {
-    let header = HttpEventHeader {
-        start_ns: now,
-        end_ns: now,
-        len,
-        tgid,
-        tid,
-        fd,
-        kind,
-        role,
-        ..Default::default()
-    };
-    // SAFETY: HttpEventHeader is plain integers.
+fn send_record<T: Copy>(record: &T) -> bool {
+    // SAFETY: the record structs are `repr(C)` integers and byte arrays without padding.
     let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (&header as *const HttpEventHeader).cast::<u8>(),
-            HEADER_SIZE,
-        )
+        core::slice::from_raw_parts((record as *const T).cast::<u8>(), core::mem::size_of::<T>())
     };
-    output(bytes);
+    output(bytes)
 }
 
-/// Sends `event` with `fixed` (plain bytes) as its data, then the process name (for processes
-/// gone before user space reads /proc).
+/// The current process's name (for processes gone before user space reads /proc).
 #[inline(always)]
-pub(super) fn submit_with_comm<T: Copy>(event: &mut HttpEvent, fixed: &T) {
-    let size = core::mem::size_of::<T>();
-    if size + COMM > CAPTURE {
+fn comm() -> [u8; COMM] {
+    bpf_get_current_comm().unwrap_or_default()
+}
+
+/// This CPU's scratch record, as a fixed-size record `T` (`T` fits: checked at build time). For
+/// the records with a process name: too big for the stack of the programs that send them, all
+/// of which run in a process's context (see [`scratch`]).
+#[inline(always)]
+fn scratch_as<T: Copy>() -> Option<&'static mut T> {
+    const { assert!(core::mem::size_of::<T>() <= core::mem::size_of::<IoEvent>()) };
+    let event = scratch()?;
+    // SAFETY: T is plain integers and byte arrays, no larger than the scratch record (above),
+    // whose alignment (8) suits it.
+    Some(unsafe { &mut *(event as *mut IoEvent).cast::<T>() })
+}
+
+/// `fd` of (`tgid`) was accepted on `listen_fd` at `now`.
+#[inline(always)]
+pub(super) fn send_accept(tgid: u32, tid: u32, fd: u32, listen_fd: u32, now: u64) {
+    let Some(r) = scratch_as::<AcceptRecord>() else {
         return;
-    }
-    // SAFETY: T is plain bytes, and size + COMM <= CAPTURE (checked above; constant per T).
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            (fixed as *const T).cast::<u8>(),
-            event.data.as_mut_ptr(),
-            size,
-        )
     };
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    event.data[size..size + COMM].copy_from_slice(&comm);
-    event.header.captured = (size + COMM) as u16;
-    submit(event, (size + COMM) as u32);
+    r.head = head(KIND_ACCEPT, ROLE_SERVER, tgid, tid, fd, now);
+    r.listen_fd = listen_fd;
+    r._pad = 0;
+    r.comm = comm();
+    send_record(r);
+}
+
+/// `fd` of (`tgid`) connected to `peer` at `now`.
+#[inline(always)]
+pub(super) fn send_connect(tgid: u32, tid: u32, fd: u32, peer: &ConnectAddr, now: u64) {
+    let Some(r) = scratch_as::<ConnectRecord>() else {
+        return;
+    };
+    r.head = head(KIND_CONNECT, ROLE_CLIENT, tgid, tid, fd, now);
+    r.peer = *peer;
+    r.comm = comm();
+    send_record(r);
+}
+
+/// A new socket on (`tgid`, `fd`), of side `role` (0: not known), with its peer and local port.
+#[inline(always)]
+pub(super) fn send_open(tgid: u32, tid: u32, fd: u32, role: u8, open: &SockOpen, now: u64) {
+    let Some(r) = scratch_as::<OpenRecord>() else {
+        return;
+    };
+    r.head = head(KIND_OPEN, role, tgid, tid, fd, now);
+    r.open = *open;
+    r.comm = comm();
+    send_record(r);
+}
+
+/// `fd` of (`tgid`), a copy of `original_fd`, is watched too.
+#[inline(always)]
+pub(super) fn send_dup(role: u8, tgid: u32, tid: u32, fd: u32, original_fd: u32, now: u64) {
+    send_record(&DupRecord {
+        head: head(KIND_DUP, role, tgid, tid, fd, now),
+        original_fd,
+        _pad: 0,
+    });
+}
+
+/// (`tgid`, `fd`) closed; `whole_socket`: the socket itself, with every descriptor of it.
+#[inline(always)]
+pub(super) fn send_close(role: u8, tgid: u32, tid: u32, fd: u32, whole_socket: bool, now: u64) {
+    send_record(&CloseRecord {
+        head: head(KIND_CLOSE, role, tgid, tid, fd, now),
+        whole_socket: whole_socket as u8,
+        _pad: [0; 7],
+    });
+}
+
+/// Process `tgid` exited.
+#[inline(always)]
+pub(super) fn send_exit(tgid: u32, tid: u32, now: u64) {
+    send_record(&ExitRecord {
+        head: head(KIND_EXIT, 0, tgid, tid, 0, now),
+    });
 }

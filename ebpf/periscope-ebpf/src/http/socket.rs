@@ -6,7 +6,7 @@
 //! `inet_sock_set_state` saw it established as) and ends what the pair named before. A write's
 //! record carries its exit time as its start (there is no entry hook).
 
-use super::record::{fill_header, scratch, send_bare, send_io, submit_with_comm};
+use super::record::{send_close, send_dup, send_io, send_open};
 use super::regs::{io_shape, op_of, regs_syscall};
 use super::{AF_INET, AF_INET6, HTTP_CONNS, current, stage, stop_after, watched_io};
 use crate::shared::global;
@@ -19,8 +19,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use periscope_common::http::{
-    CLOSE_SOCKET, ConnectAddr, HttpPending, KIND_CLOSE, KIND_DUP, KIND_OPEN, KIND_READ, KIND_WRITE,
-    ROLE_CLIENT, ROLE_SERVER, SockId, SockOpen, conn_key,
+    ConnectAddr, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, SockId, SockOpen, conn_key,
 };
 
 /// Offsets in `struct sock` (from BTF): the port pair, family, IPv4 and IPv6 peer addresses,
@@ -163,7 +162,7 @@ pub(super) fn new_socket(tgid: u32, tid: u32, fd: u32, sock: &SockId) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(role) = unsafe { HTTP_CONNS.get(key) }.copied() {
         let _ = HTTP_CONNS.remove(key);
-        send_bare(KIND_CLOSE, role, tgid, tid, fd, 0, now);
+        send_close(role, tgid, tid, fd, false, now);
     }
     let _ = HTTP_FD_SOCKS.insert(key, *sock, BPF_ANY as u64);
     if let Some(first) = unsafe { HTTP_SOCK_FDS.get(sock.sk) }.copied()
@@ -176,7 +175,7 @@ pub(super) fn new_socket(tgid: u32, tid: u32, fd: u32, sock: &SockId) -> bool {
             return false;
         };
         let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
-        send_bare(KIND_DUP, role, tgid, tid, fd, first as u32 as u64, now);
+        send_dup(role, tgid, tid, fd, first as u32, now);
         return true;
     }
     let Some(open) = tcp_peer(sock) else {
@@ -241,23 +240,6 @@ pub(super) fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
         _ => return None,
     }
     Some(open)
-}
-
-/// Announces a new connection on (`tgid`, `fd`): its peer, local port and the process name.
-#[inline(always)]
-pub(super) fn send_open(tgid: u32, tid: u32, fd: u32, role: u8, open: &SockOpen, now: u64) {
-    let Some(event) = scratch() else {
-        return;
-    };
-    let pending = HttpPending {
-        start_ns: now,
-        fd,
-        kind: KIND_OPEN,
-        role,
-        ..Default::default()
-    };
-    fill_header(event, &pending, tgid, tid, 0, now);
-    submit_with_comm(event, open);
 }
 
 /// `raw_tp/inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: learns the
@@ -335,14 +317,6 @@ pub(super) fn sock_closed(sk: u64, gone: bool) {
     if let Some(role) = unsafe { HTTP_CONNS.get(key) }.copied() {
         let _ = HTTP_CONNS.remove(key);
         let now = unsafe { bpf_ktime_get_ns() };
-        send_bare(
-            KIND_CLOSE,
-            role,
-            (key >> 32) as u32,
-            0,
-            key as u32,
-            CLOSE_SOCKET,
-            now,
-        );
+        send_close(role, (key >> 32) as u32, 0, key as u32, true, now);
     }
 }

@@ -129,14 +129,7 @@ pub fn http_exit_accept(ctx: TracePointContext) -> u32 {
     let fd = ret(&ctx);
     if pending.kind == KIND_ACCEPT && op::exit_matters(op::ACCEPT, fd) {
         let now = unsafe { bpf_ktime_get_ns() };
-        accepted(
-            tgid,
-            tid,
-            pending.listen_fd,
-            fd as u32,
-            pending.start_ns,
-            now,
-        );
+        accepted(tgid, tid, pending.listen_fd, fd as u32, now);
     }
     0
 }

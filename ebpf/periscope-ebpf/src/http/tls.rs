@@ -1,8 +1,8 @@
 //! OpenSSL: uprobes on `SSL_read`/`SSL_write` (and `_ex`), `SSL_do_handshake` and `SSL_free`
 //! send the plaintext of TLS connections as read/write records of the connection's fd,
-//! flagged [`TLS_FD`]; the syscall mechanisms note which fd each `SSL *` uses.
+//! flagged [`IO_TLS_PLAINTEXT`]; the syscall mechanisms note which fd each `SSL *` uses.
 
-use super::record::{copy_leading, copy_tail, fill_header, scratch, submit};
+use super::record::{copy_leading, copy_tail, scratch, start_io, submit_io};
 use super::{HTTP_CONNS, current};
 use crate::shared::count;
 use aya_ebpf::{
@@ -14,7 +14,10 @@ use aya_ebpf::{
 };
 use periscope_common::{
     counters,
-    http::{HttpPending, KIND_READ, KIND_WRITE, ROLE_MASK, ROLE_TLS, TLS_FD, TlsPending, conn_key},
+    http::{
+        HttpPending, IO_TLS_PLAINTEXT, KIND_READ, KIND_WRITE, ROLE_MASK, TLS_FD, TlsPending,
+        conn_key,
+    },
 };
 
 /// The kind of a pending `SSL_do_handshake` (never sent).
@@ -164,16 +167,17 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
         start_ns: pending.start_ns,
         buf: pending.buf,
         buf_len: transferred,
-        fd: fd | TLS_FD,
+        fd,
         kind: pending.kind,
-        role: role | ROLE_TLS,
+        role,
         ..Default::default()
     };
-    fill_header(event, &io, tgid, tid, transferred, unsafe {
+    start_io(event, &io, tgid, tid, transferred, unsafe {
         bpf_ktime_get_ns()
     });
+    event.record.flags = IO_TLS_PLAINTEXT;
     let captured = copy_leading(event, io.buf, transferred);
     copy_tail(event, &io, transferred, captured);
-    submit(event, captured);
+    submit_io(event, captured);
     0
 }

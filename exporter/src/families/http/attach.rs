@@ -1,4 +1,4 @@
-//! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http.rs`. Attaches the socket
+//! HTTP capture: the user-space half of `ebpf/periscope-ebpf/src/http/`. Attaches the socket
 //! tracepoint programs (else the raw or per-syscall tracepoint ones), and runs the loop that drains the ring buffer into the
 //! [`Tracker`](super::Tracker).
 

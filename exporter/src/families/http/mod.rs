@@ -1,5 +1,5 @@
 //! HTTP RED metrics and spans from the kernel's capture of socket I/O (see
-//! `ebpf/periscope-ebpf/src/http.rs`): [`attach`] plans and attaches the programs and drains the
+//! `ebpf/periscope-ebpf/src/http/`): [`attach`] plans and attaches the programs and drains the
 //! ring buffer into the [`tracker`]; [`tls`] adds OpenSSL's plaintext (uprobes).
 
 pub mod aggregate;
@@ -7,6 +7,7 @@ pub mod attach;
 pub mod config;
 pub mod connection;
 pub mod parse;
+pub mod record;
 pub mod route;
 pub mod span;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! HTTPS through OpenSSL: uprobes on `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` and
 //! `SSL_do_handshake` (and a uretprobe on each), and `SSL_free` in every file that exports them, so processes using OpenSSL (its
 //! shared `libssl`, or a copy linked into the executable, as in Node.js) get the same HTTP
-//! capture as plaintext (`ebpf/periscope-ebpf/src/http.rs` sends their plaintext as records).
+//! capture as plaintext (`ebpf/periscope-ebpf/src/http/tls.rs` sends their plaintext as records).
 //!
 //! Files are found from `/proc/PID/maps` (through `/proc/PID/root`, so containers' own
 //! libraries count) plus the host's `libssl.so*`, and re-scanned periodically for processes

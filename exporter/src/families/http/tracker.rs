@@ -10,11 +10,7 @@ use std::{
 use foldhash::{HashMap, HashMapExt};
 use opentelemetry::trace::SpanKind;
 use periscope_common::hist::ns_to_units;
-use periscope_common::http::{
-    CLOSE_SOCKET, ConnectAddr, HEADER_SIZE, HttpEventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT,
-    KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_LOST, ROLE_MASK,
-    ROLE_SERVER, SockOpen, TLS_FD, conn_key,
-};
+use periscope_common::http::{ConnectAddr, SockOpen, TLS_FD, conn_key};
 
 use crate::{
     model::histogram::Exemplar,
@@ -28,6 +24,7 @@ use super::{
     config::HttpConfig,
     connection::{Connection, Exchange, Io, Outcome, Role},
     parse,
+    record::{self, Conn, Record, Transfer},
     route::Routes,
     span,
     span::{Sampling, TraceRef},
@@ -240,25 +237,39 @@ impl Tracker {
     }
 
     /// Handles one ring-buffer record.
-    pub fn handle(&mut self, record: &[u8]) {
-        let Some(header) = record.get(..HEADER_SIZE) else {
-            self.stats.malformed_records += 1;
-            return;
+    pub fn handle(&mut self, bytes: &[u8]) {
+        let record = match record::decode(bytes) {
+            Ok(record) => record,
+            Err(_) => {
+                self.stats.malformed_records += 1;
+                return;
+            }
         };
-        // SAFETY: HttpEventHeader is plain integers and `header` has its size.
-        let h: HttpEventHeader = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
-        let data = &record[HEADER_SIZE..];
-        let captured = &data[..(h.captured as usize).min(data.len())];
         self.stats.records += 1;
-        match h.kind {
-            KIND_ACCEPT => self.on_open(&h, Role::Server, captured),
-            KIND_CONNECT => self.on_open(&h, Role::Client, captured),
-            KIND_OPEN => self.on_socket_open(&h, captured),
-            KIND_READ | KIND_WRITE => self.on_io(&h, captured),
-            KIND_CLOSE => self.on_close(&h),
-            KIND_DUP => self.on_dup(h.tgid, h.len as u32, h.fd),
-            KIND_EXIT => self.on_exit(h.tgid),
-            _ => self.stats.malformed_records += 1,
+        tracing::trace!(?record, "http record");
+        match record {
+            Record::Accept {
+                conn,
+                listen_fd,
+                comm,
+            } => self.on_accept(conn, listen_fd, &comm),
+            Record::Connect { conn, peer, comm } => self.open_connection(
+                conn,
+                Role::Client,
+                Some(peer.port),
+                Some(ip_of(&peer)),
+                &comm,
+            ),
+            Record::Open {
+                conn,
+                side,
+                open,
+                comm,
+            } => self.on_socket_open(conn, side, open, &comm),
+            Record::Io(transfer) => self.on_io(&transfer),
+            Record::Close { conn, whole_socket } => self.on_close(conn.tgid, conn.fd, whole_socket),
+            Record::Dup { conn, original_fd } => self.on_dup(conn.tgid, original_fd, conn.fd),
+            Record::Exit { tgid } => self.on_exit(tgid),
         }
     }
 
@@ -333,80 +344,57 @@ impl Tracker {
         true
     }
 
-    fn on_open(&mut self, h: &HttpEventHeader, role: Role, data: &[u8]) {
-        let (port, peer, comm) = match role {
-            Role::Server => {
-                let listen_fd = h.len as u32;
-                let key = (h.tgid, listen_fd);
-                let port = match self.listen_ports.get(&key) {
-                    Some(p) => *p,
-                    None => {
-                        let p = process::listening_port(h.tgid, listen_fd);
-                        if self.listen_ports.len() > MAX_CONNECTIONS {
-                            self.listen_ports.clear();
-                        }
-                        self.listen_ports.insert(key, p);
-                        p
-                    }
-                };
-                (port, None, comm_of(data))
-            }
-            Role::Client => {
-                let size = std::mem::size_of::<ConnectAddr>();
-                let Some(addr) = data.get(..size) else {
-                    self.stats.malformed_records += 1;
-                    return;
-                };
-                // SAFETY: ConnectAddr is plain integers and `addr` has its size.
-                let addr: ConnectAddr = unsafe { std::ptr::read_unaligned(addr.as_ptr().cast()) };
-                (Some(addr.port), Some(ip_of(&addr)), comm_of(&data[size..]))
+    /// A server accepted `conn`: its port is the listening socket's.
+    fn on_accept(&mut self, conn: Conn, listen_fd: u32, comm: &str) {
+        let key = (conn.tgid, listen_fd);
+        let port = match self.listen_ports.get(&key) {
+            Some(p) => *p,
+            None => {
+                let p = process::listening_port(conn.tgid, listen_fd);
+                if self.listen_ports.len() > MAX_CONNECTIONS {
+                    self.listen_ports.clear();
+                }
+                self.listen_ports.insert(key, p);
+                p
             }
         };
-        self.open_connection(h, role, port, peer, &comm);
+        self.open_connection(conn, Role::Server, port, None, comm);
     }
 
-    /// A new socket on `h`'s (process, fd) pair (socket tracepoints), with its peer and local
-    /// port: a connection of the side the kernel saw it established as. One established before
-    /// Periscope started has no side yet: its first bytes will tell (see [`role_of`]).
-    fn on_socket_open(&mut self, h: &HttpEventHeader, data: &[u8]) {
-        let size = std::mem::size_of::<SockOpen>();
-        let Some(open) = data.get(..size) else {
-            self.stats.malformed_records += 1;
-            return;
-        };
-        // SAFETY: SockOpen is plain integers and `open` has its size.
-        let open: SockOpen = unsafe { std::ptr::read_unaligned(open.as_ptr().cast()) };
-        let Some(role) = kernel_role(h.role) else {
-            self.replace(h);
+    /// A new socket on `conn` (socket programs), with its peer and local port: a connection of
+    /// the side the kernel saw it established as. One established before Periscope started has
+    /// no side yet: its first bytes will tell (see [`role_of`]).
+    fn on_socket_open(&mut self, conn: Conn, side: Option<Role>, open: SockOpen, comm: &str) {
+        let Some(role) = side else {
+            self.replace((conn.tgid, conn.fd));
             if self.unsided.len() >= MAX_CONNECTIONS {
                 self.unsided.clear();
             }
-            self.unsided.insert((h.tgid, h.fd), open);
+            self.unsided.insert((conn.tgid, conn.fd), open);
             return;
         };
         let port = side_port(role, open.local_port, open.peer.port);
         let peer = (role == Role::Client).then(|| ip_of(&open.peer));
-        self.open_connection(h, role, Some(port), peer, &comm_of(&data[size..]));
+        self.open_connection(conn, role, Some(port), peer, comm);
     }
 
-    /// Starts following the connection on `h`'s (process, fd) pair, when its process is
-    /// selected.
+    /// Starts following `conn`, when its process is selected.
     fn open_connection(
         &mut self,
-        h: &HttpEventHeader,
+        conn: Conn,
         role: Role,
         port: Option<u16>,
         peer: Option<String>,
         comm: &str,
     ) {
-        let key = (h.tgid, h.fd);
-        self.replace(h);
-        if !self.selected(h.tgid, comm, port) {
+        let key = (conn.tgid, conn.fd);
+        self.replace(key);
+        if !self.selected(conn.tgid, comm, port) {
             self.stats.not_selected += 1;
             self.give_up(key);
             return;
         }
-        self.track(key, role, port, peer, h.end_ns);
+        self.track(key, role, port, peer, conn.time_ns);
     }
 
     /// Starts following a connection (making room first).
@@ -472,7 +460,8 @@ impl Tracker {
         }
     }
 
-    fn on_io(&mut self, h: &HttpEventHeader, captured: &[u8]) {
+    fn on_io(&mut self, h: &Transfer) {
+        let captured = h.captured;
         let key = self.resolve((h.tgid, h.fd));
         if self.ignored.contains(&key) {
             return;
@@ -487,7 +476,7 @@ impl Tracker {
         if !self.conns.contains_key(&key) {
             // Opened before Periscope started, forgotten, or the plaintext of a TLS connection
             // whose fd was not seen: follow it from here, with what /proc can still tell.
-            let Some(role) = role_of(h, captured) else {
+            let Some(role) = role_of(h) else {
                 self.give_up(key);
                 return;
             };
@@ -504,13 +493,12 @@ impl Tracker {
             }
             self.track(key, role, port, None, h.end_ns);
         }
-        let tail_len = (h.tail_len as usize).min(h.tail.len());
         let io = Io {
             start_ns: h.start_ns,
             end_ns: h.end_ns,
             len: h.len,
             captured,
-            tail: &h.tail[..tail_len],
+            tail: h.tail,
             tid: h.tid,
         };
         if h.fd & TLS_FD == 0 && is_tls_record(captured) && !self.conns[&key].conn.seen_http {
@@ -520,10 +508,10 @@ impl Tracker {
         let mut outcomes = std::mem::take(&mut self.outcomes);
         let tracked = self.conns.get_mut(&key).expect("inserted above");
         tracked.last_active = h.end_ns;
-        if h.role & ROLE_LOST != 0 {
+        if h.after_loss {
             tracked.conn.on_lost(&mut outcomes);
         }
-        if h.kind == KIND_READ {
+        if h.read {
             tracked.conn.on_read(&io, &mut outcomes);
         } else {
             tracked.conn.on_write(&io, &mut outcomes);
@@ -699,22 +687,18 @@ impl Tracker {
         );
     }
 
-    fn on_close(&mut self, h: &HttpEventHeader) {
-        let raw = (h.tgid, h.fd);
-        // Socket tracepoints: the socket itself closed, so every descriptor of it is over.
-        let socket_closed = h.len == CLOSE_SOCKET;
+    /// (`tgid`, `fd`) closed; `socket_closed` (socket programs): the socket itself, so every
+    /// descriptor of it is over.
+    fn on_close(&mut self, tgid: u32, fd: u32, socket_closed: bool) {
+        let raw = (tgid, fd);
         self.ignored.remove(&raw);
         self.unsided.remove(&raw);
         // The plaintext side of a TLS connection ends with it.
-        if h.fd & TLS_FD == 0
-            && let Some(tls) = self.conns.get(&(h.tgid, h.fd | TLS_FD))
+        if fd & TLS_FD == 0
+            && let Some(tls) = self.conns.get(&(tgid, fd | TLS_FD))
             && (tls.fds <= 1 || socket_closed)
         {
-            let closed = HttpEventHeader {
-                fd: h.fd | TLS_FD,
-                ..*h
-            };
-            self.on_close(&closed);
+            self.on_close(tgid, fd | TLS_FD, socket_closed);
         }
         let key = self.resolve(raw);
         self.aliases.remove(&raw);
@@ -741,7 +725,7 @@ impl Tracker {
         tracked.conn.on_close(&mut outcomes);
         // `record` needs the connection's port and role: put it back for the moment.
         self.conns.insert(key, tracked);
-        self.finish(key, h.tgid, &mut outcomes);
+        self.finish(key, tgid, &mut outcomes);
         self.conns.remove(&key);
         self.outcomes = outcomes;
     }
@@ -769,19 +753,13 @@ impl Tracker {
         }
     }
 
-    /// `h`'s (process, fd) pair names a new connection: whatever it named is over, as if closed
-    /// (the kernel says so first, unless that record or its map entry was lost), so that its
-    /// requests in flight are counted as dropped rather than forgotten.
-    fn replace(&mut self, h: &HttpEventHeader) {
-        let key = (h.tgid, h.fd);
+    /// The (process, fd) pair `key` names a new connection: whatever it named is over, as if
+    /// closed (the kernel says so first, unless that record or its map entry was lost), so that
+    /// its requests in flight are counted as dropped rather than forgotten.
+    fn replace(&mut self, key: (u32, u32)) {
         self.unsided.remove(&key);
         if self.conns.contains_key(&key) || self.aliases.contains_key(&key) {
-            let closed = HttpEventHeader {
-                kind: KIND_CLOSE,
-                len: 0,
-                ..*h
-            };
-            self.on_close(&closed);
+            self.on_close(key.0, key.1, false);
         }
         self.ignored.remove(&key);
     }
@@ -896,13 +874,13 @@ impl Tracker {
 /// connection established before Periscope started, seen on socket tracepoints, or the
 /// plaintext of a TLS connection whose fd was not seen) from what the bytes are. `None` when
 /// they do not say.
-fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
-    if let Some(role) = kernel_role(h.role) {
+fn role_of(h: &Transfer) -> Option<Role> {
+    if let Some(role) = h.side {
         return Some(role);
     }
-    let response = parse::looks_like_response(captured);
-    let request = !response && parse::looks_like_request(captured);
-    match (h.kind == KIND_READ, request, response) {
+    let response = parse::looks_like_response(h.captured);
+    let request = !response && parse::looks_like_request(h.captured);
+    match (h.read, request, response) {
         (true, true, _) | (false, _, true) => Some(Role::Server),
         (true, _, true) | (false, true, _) => Some(Role::Client),
         _ => None,
@@ -912,15 +890,6 @@ fn role_of(h: &HttpEventHeader, captured: &[u8]) -> Option<Role> {
 /// A TLS record header: handshake (22) or application data (23), version 3.x.
 fn is_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [22 | 23, 3, 0..=4, ..])
-}
-
-/// The side the kernel's role bits name, if any.
-fn kernel_role(role: u8) -> Option<Role> {
-    match role & ROLE_MASK {
-        ROLE_CLIENT => Some(Role::Client),
-        ROLE_SERVER => Some(Role::Server),
-        _ => None,
-    }
 }
 
 /// The port a connection's metrics name (`server.port`): a server's own, a client's the one it
@@ -940,12 +909,6 @@ fn ip_of(addr: &ConnectAddr) -> String {
     } else {
         Ipv6Addr::from(addr.addr).to_string()
     }
-}
-
-fn comm_of(data: &[u8]) -> String {
-    let comm = &data[..data.len().min(16)];
-    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 fn host_without_port(host: &str) -> &str {
@@ -977,8 +940,9 @@ fn span_name(role: Role, method: &str, route: &str) -> String {
 mod tests {
     //! The records the socket-tracepoint programs send, in the order they send them, through
     //! the tracker (no kernel: the e2e tests drive the real programs).
+    use super::record::build;
     use super::*;
-    use periscope_common::http::{CLOSE_SOCKET, KIND_OPEN, ROLE_CLIENT};
+    use periscope_common::http::{KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER};
 
     fn tracker() -> Tracker {
         let config = HttpConfig::default();
@@ -986,26 +950,8 @@ mod tests {
         Tracker::new(config, state, None).expect("tracker")
     }
 
-    /// A record of this process (so /proc has it) on `fd`.
-    fn record(kind: u8, role: u8, fd: u32, len: u64, data: &[u8]) -> Vec<u8> {
-        let header = HttpEventHeader {
-            start_ns: 1_000,
-            end_ns: 2_000,
-            len,
-            tgid: std::process::id(),
-            tid: std::process::id(),
-            fd,
-            kind,
-            role,
-            captured: data.len() as u16,
-            ..Default::default()
-        };
-        // SAFETY: HttpEventHeader is plain integers.
-        let bytes: [u8; HEADER_SIZE] = unsafe { std::mem::transmute(header) };
-        [&bytes[..], data].concat()
-    }
-
-    fn open(role: u8, fd: u32) -> Vec<u8> {
+    /// A new socket of this process (so /proc has it) on `fd`, established as `side`.
+    fn open(side: u8, fd: u32) -> Vec<u8> {
         let open = SockOpen {
             peer: ConnectAddr {
                 family: 2,
@@ -1016,13 +962,11 @@ mod tests {
             local_port: 40000,
             ..Default::default()
         };
-        // SAFETY: SockOpen is plain integers.
-        let bytes: [u8; std::mem::size_of::<SockOpen>()] = unsafe { std::mem::transmute(open) };
-        record(KIND_OPEN, role, fd, 0, &[&bytes[..], b"server\0"].concat())
+        build::open(side, fd, open)
     }
 
     fn io(kind: u8, fd: u32, bytes: &[u8]) -> Vec<u8> {
-        record(kind, 0, fd, bytes.len() as u64, bytes)
+        build::io(kind == KIND_READ, fd, bytes)
     }
 
     const REQUEST: &[u8] = b"GET /items HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -1039,12 +983,12 @@ mod tests {
         t.handle(&open(ROLE_SERVER, 5));
         t.handle(&io(KIND_READ, 5, REQUEST));
         // Rust's try_clone: the response goes out through another descriptor of the socket.
-        t.handle(&record(KIND_DUP, ROLE_SERVER, 6, 5, &[]));
+        t.handle(&build::dup(ROLE_SERVER, 6, 5));
         t.handle(&io(KIND_WRITE, 6, RESPONSE));
         assert_eq!(t.stats.exchanges, 1);
         assert_eq!(t.stats.unmatched_responses, 0);
         // The socket closes: both descriptors are over, whatever number the close names.
-        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, CLOSE_SOCKET, &[]));
+        t.handle(&build::close(ROLE_SERVER, 5, true));
         assert!(t.conns.is_empty(), "{:?}", t.conns.keys());
         assert!(t.aliases.is_empty(), "{:?}", t.aliases);
         // fd 6 now names a client connection of its own, not an alias of the old one.
@@ -1083,7 +1027,7 @@ mod tests {
         t.handle(&io(KIND_READ, 5, b"GET / HTTP/1.0\r\n\r\n"));
         t.handle(&io(KIND_WRITE, 5, b"HTTP/1.0 200 OK\r\n\r\nbody"));
         assert_eq!(t.stats.exchanges, 0, "the body may go on");
-        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, CLOSE_SOCKET, &[]));
+        t.handle(&build::close(ROLE_SERVER, 5, true));
         assert_eq!(t.stats.exchanges, 1);
     }
 
@@ -1094,17 +1038,17 @@ mod tests {
         // Rust's try_clone: the clone (6) reads first, the original (5) writes.
         t.handle(&open(ROLE_SERVER, 6));
         t.handle(&io(KIND_READ, 6, REQUEST));
-        t.handle(&record(KIND_DUP, ROLE_SERVER, 5, 6, &[]));
+        t.handle(&build::dup(ROLE_SERVER, 5, 6));
         t.handle(&io(KIND_WRITE, 5, RESPONSE));
         // The clone is dropped and 6 is reused at once by another connection (the kernel ends
         // what 6 named first); the old socket lives on through 5.
-        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 6, 0, &[]));
+        t.handle(&build::close(ROLE_SERVER, 6, false));
         t.handle(&open(ROLE_SERVER, 6));
         t.handle(&io(KIND_READ, 6, REQUEST));
         assert_eq!(t.conns.len(), 2, "{:?}", t.conns.keys());
         // 5 closes (its socket's close names 6, which now is another socket: the kernel says
         // nothing), then 5 is reused: the kernel ends what 5 named.
-        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, 0, &[]));
+        t.handle(&build::close(ROLE_SERVER, 5, false));
         assert!(
             t.conns.contains_key(&(pid, 6)),
             "the new connection on 6 lives"
@@ -1154,7 +1098,7 @@ mod tests {
         t.handle(&open(ROLE_SERVER, 5));
         t.handle(&io(KIND_READ, 5, REQUEST));
         // The kernel ends the old socket's connection before announcing the new one.
-        t.handle(&record(KIND_CLOSE, ROLE_SERVER, 5, 0, &[]));
+        t.handle(&build::close(ROLE_SERVER, 5, false));
         assert_eq!(t.stats.dropped.get("connection_closed"), Some(&1));
         t.handle(&open(ROLE_SERVER, 5));
         t.handle(&io(KIND_READ, 5, REQUEST));
