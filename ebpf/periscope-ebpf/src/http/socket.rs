@@ -37,6 +37,9 @@ pub(super) static HTTP_SK_PROTOCOL: u32 = 0;
 /// Offset of `sock.sk_shutdown`.
 #[unsafe(no_mangle)]
 pub(super) static HTTP_SK_SHUTDOWN: u32 = 0;
+/// Offset of `sock.sk_receive_queue.qlen`: the segments received and not read yet.
+#[unsafe(no_mangle)]
+pub(super) static HTTP_SK_RCV_QLEN: u32 = 0;
 /// Offsets of `sock.sk_socket` and `socket.file`: a kernel socket (NFS, CIFS, iSCSI, sending
 /// inside a process's write to a file) has no file.
 #[unsafe(no_mangle)]
@@ -289,10 +292,26 @@ pub(super) fn closed_by_process(sk: u64, old: u64, new: u64) -> bool {
         _ => new == old,
     };
     // `close` and `shutdown(SHUT_RDWR)` shut both ways before the change; a half-close only
-    // the sending side (a reset sets both only after it).
-    closing
-        && unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_SHUTDOWN) as u64) as *const u8) }
-            .is_ok_and(|shutdown| shutdown == SHUTDOWN_MASK)
+    // the sending side (a reset sets both only after it). But a half-close after the peer's
+    // FIN (CLOSE_WAIT -> LAST_ACK) has both shut too: what tells it from a close is that
+    // `close` empties the receive queue before the change, while a half-closing client may
+    // still have the whole response to read.
+    closing && shut_both_ways(sk) && nothing_to_read(sk)
+}
+
+#[inline(always)]
+fn shut_both_ways(sk: u64) -> bool {
+    unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_SHUTDOWN) as u64) as *const u8) }
+        .is_ok_and(|shutdown| shutdown == SHUTDOWN_MASK)
+}
+
+/// Whether the socket's receive queue is empty (or its length unknown: offset 0).
+#[inline(always)]
+fn nothing_to_read(sk: u64) -> bool {
+    let offset = global(&HTTP_SK_RCV_QLEN);
+    offset == 0
+        || unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u32) }
+            .is_ok_and(|queued| queued == 0)
 }
 
 /// Socket `sk` is closing (`gone`: closed): the pair that first used it, if it still names it,

@@ -233,8 +233,9 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
 }
 
 /// What the socket-tracepoint programs read: the saved registers (as the raw syscall programs)
-/// and, in `struct sock`, the port pair, family, peer addresses, protocol and socket (whose
-/// file tells a process's socket from a kernel one).
+/// and, in `struct sock`, the port pair, family, peer addresses, protocol, socket (whose file
+/// tells a process's socket from a kernel one), shutdown bits and receive-queue length (which
+/// together tell a process's close from a half-close).
 fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
     let mut globals = raw_tracepoint_offsets(kernel)?;
     let btf = kernel.btf()?;
@@ -252,6 +253,10 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
         ("HTTP_SK_PROTOCOL", btf.offset("sock", "sk_protocol")?),
         ("HTTP_SK_SOCKET", btf.offset("sock", "sk_socket")?),
         ("HTTP_SK_SHUTDOWN", btf.offset("sock", "sk_shutdown")?),
+        (
+            "HTTP_SK_RCV_QLEN",
+            btf.offset("sock", "sk_receive_queue")? + btf.offset("sk_buff_head", "qlen")?,
+        ),
         ("HTTP_SOCKET_FILE", btf.offset("socket", "file")?),
     ]);
     Ok(globals)
