@@ -1,5 +1,5 @@
-//! The HTTP head parser on arbitrary bytes: never panics, and a head it calls complete lies
-//! within the input.
+//! The HTTP head parser and the chunked-body decoder on arbitrary bytes: never panic, a head it
+//! calls complete lies within the input, and so does a chunked body's end.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,4 +15,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.body("GET");
     }
     let _ = parse::ends_chunked_body(data);
+    let mut chunked = parse::Chunked::START;
+    if let Ok(Some(end)) = chunked.feed(data) {
+        assert!(end <= data.len());
+    }
 });

@@ -248,10 +248,32 @@ pub fn python_client(port: u16, keepalive: bool, plan: &[(String, String)]) -> V
 }
 
 pub fn node_client(port: u16, keepalive: bool, plan: &[(String, String)]) -> Vec<Sent> {
+    node_client_with(port, keepalive, "length", plan)
+}
+
+/// How a client sends request bodies: `length` (Content-Length), `chunked` (Transfer-Encoding:
+/// chunked; Node: `req.write()` without a length), or for Node, `fetch` (a streamed body).
+pub fn node_client_with(
+    port: u16,
+    keepalive: bool,
+    bodies: &str,
+    plan: &[(String, String)],
+) -> Vec<Sent> {
     let mut c = Command::new("node");
     c.arg(workload("client.js"))
         .arg(port.to_string())
-        .arg(if keepalive { "keepalive" } else { "close" });
+        .arg(if keepalive { "keepalive" } else { "close" })
+        .arg(bodies);
+    run_plan_client(c, plan)
+}
+
+/// The Python client with `http.client`'s `encode_chunked=True` bodies, on one keep-alive
+/// connection.
+pub fn python_chunked_client(port: u16, plan: &[(String, String)]) -> Vec<Sent> {
+    let mut c = Command::new("python3");
+    c.arg(workload("client.py"))
+        .arg(port.to_string())
+        .args(["keepalive", "chunked"]);
     run_plan_client(c, plan)
 }
 

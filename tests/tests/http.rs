@@ -10,7 +10,7 @@ use periscope_e2e::{
     exclusive, free_port,
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, Sent, Server, client_counts, curl, node_client,
-        periscope_counts, plan, python_client, wget,
+        node_client_with, periscope_counts, plan, python_chunked_client, python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
 };
@@ -35,6 +35,45 @@ fn expect_continue(port: u16, n: usize) -> Vec<Sent> {
                 status,
                 seconds: f64::NAN,
             }
+        })
+        .collect()
+}
+
+/// One curl process, one keep-alive connection: per round, a POST /items whose body is sent
+/// chunked (`-H 'Transfer-Encoding: chunked'`), then a GET /users/<i>.
+fn curl_chunked(port: u16, rounds: usize) -> Vec<Sent> {
+    let mut command = std::process::Command::new("curl");
+    let mut expected = Vec::new();
+    for i in 0..rounds {
+        for (method, path) in [
+            ("POST", "/items".to_string()),
+            ("GET", format!("/users/{i}")),
+        ] {
+            if !expected.is_empty() {
+                command.arg("--next");
+            }
+            command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]);
+            if method == "POST" {
+                command.args(["-H", "Transfer-Encoding: chunked", "--data", "payload"]);
+            }
+            command.arg(format!("http://127.0.0.1:{port}{path}"));
+            expected.push((method, path));
+        }
+    }
+    let out = command.output().expect("curl");
+    let statuses: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.parse().expect("status"))
+        .collect();
+    assert_eq!(statuses.len(), expected.len(), "curl: {out:?}");
+    expected
+        .into_iter()
+        .zip(statuses)
+        .map(|((method, path), status)| Sent {
+            method: method.into(),
+            path,
+            status,
+            seconds: f64::NAN,
         })
         .collect()
 }
@@ -228,6 +267,23 @@ fn raw_tracepoint_mechanism_counts_the_same_requests_exactly() {
         sent.extend(curl(server.port, keepalive, &plan(3)));
         check(&daemon, server.port, &sent, true);
     }
+}
+
+/// Request bodies sent chunked (no Content-Length) on keep-alive connections, each followed by
+/// more requests on the same connection: Node `http` with `req.write()`, Node `fetch` with a
+/// streamed body, Python `http.client` with `encode_chunked=True`, and curl with
+/// `-H 'Transfer-Encoding: chunked'`, against the Node server. Exact on both sides: the end of
+/// a chunked request is where the next request can start.
+#[test]
+fn chunked_request_bodies_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::node(free_port(), true);
+    let mut sent = node_client_with(server.port, true, "chunked", &plan(3));
+    sent.extend(node_client_with(server.port, true, "fetch", &plan(3)));
+    sent.extend(python_chunked_client(server.port, &plan(3)));
+    sent.extend(curl_chunked(server.port, 3));
+    check(&daemon, server.port, &sent, true);
 }
 
 /// Clients that half-close (`shutdown(SHUT_WR)` after the request, then read the response to

@@ -1,6 +1,7 @@
 """Sends a request plan and reports what it sent and how long each request took.
 
-usage: client.py PORT keepalive|close < plan.json   (plan: [[method, path], ...])
+usage: client.py PORT keepalive|close [length|chunked] < plan.json   (plan: [[method, path], ...])
+  chunked: POST/PUT bodies sent with Transfer-Encoding: chunked (encode_chunked), in two chunks
 prints: JSON list of {method, path, status, seconds}
 """
 import http.client
@@ -10,6 +11,7 @@ import time
 
 port = int(sys.argv[1])
 keepalive = sys.argv[2] == "keepalive"
+chunked = len(sys.argv) > 3 and sys.argv[3] == "chunked"
 plan = json.load(sys.stdin)
 results = []
 conn = None
@@ -19,7 +21,11 @@ for method, path in plan:
         conn.connect()
     body = b"payload" if method in ("POST", "PUT") else None
     start = time.perf_counter()
-    conn.request(method, path, body=body)
+    if body and chunked:
+        conn.request(method, path, body=iter([body[:3], body[3:]]), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+    else:
+        conn.request(method, path, body=body)
     response = conn.getresponse()
     response.read()
     seconds = time.perf_counter() - start

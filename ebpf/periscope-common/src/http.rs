@@ -11,7 +11,8 @@
 
 /// Leading bytes copied per read/write. A power of two: the copy length is masked by it.
 pub const CAPTURE: usize = 512;
-/// Trailing bytes copied per read/write (the `0\r\n\r\n` of a chunked body).
+/// Trailing bytes copied per read/write, at most (the `0\r\n\r\n` of a chunked body); fewer when
+/// a vectored write's last buffer is shorter.
 pub const TAIL: usize = 8;
 
 // Record kinds: the first byte of every record ([`RecordHead::kind`]), each with its own

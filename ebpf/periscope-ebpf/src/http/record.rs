@@ -190,7 +190,27 @@ pub(super) fn copy_tail(
     } else {
         return;
     };
-    if buf == 0 || end < TAIL as u64 {
+    if buf == 0 || end == 0 {
+        return;
+    }
+    if end < TAIL as u64 {
+        // A last iovec shorter than the tail (`0\r\n\r\n` on its own: Node's `writev`, nginx's
+        // chunk filter) is the transfer's last bytes all the same. `& (TAIL - 1)` is the
+        // verifier's proof that the copy fits (end < TAIL, a power of two); the volatile read
+        // keeps the compiler from dropping it as redundant after the comparison above.
+        // SAFETY: a read of a local.
+        let n = (unsafe { core::ptr::read_volatile(&end) } & (TAIL as u64 - 1)) as u32;
+        // SAFETY: n < TAIL, the size of the destination.
+        let rc = unsafe {
+            probe_read_user_raw(
+                event.record.tail.as_mut_ptr().cast(),
+                n,
+                buf as *const core::ffi::c_void,
+            )
+        };
+        if rc == 0 {
+            event.record.tail_len = n as u8;
+        }
         return;
     }
     if let Ok(tail) = unsafe { bpf_probe_read_user((buf + end - TAIL as u64) as *const [u8; TAIL]) }

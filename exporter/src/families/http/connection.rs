@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::parse::{self, Body, ParseError};
+use super::parse::{self, Body, Chunked, ChunkedError, ParseError};
 
 /// Requests in flight on one connection (pipelining depth); older ones are dropped beyond it.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -105,7 +105,8 @@ enum Stream {
     Head,
     /// In a body with this many bytes left.
     Length(u64),
-    Chunked,
+    /// In a chunked body, followed by its chunk sizes.
+    Chunked(Chunked),
     UntilClose,
     /// Lost track (garbage, or a body of unknown length): wait for bytes starting a head.
     Lost,
@@ -118,10 +119,47 @@ impl Stream {
         match body {
             Body::None => Self::Head,
             Body::Length(n) => Self::Length(n),
-            Body::Chunked => Self::Chunked,
+            Body::Chunked => Self::Chunked(Chunked::START),
             Body::UntilClose => Self::UntilClose,
         }
     }
+}
+
+/// Follows a chunked body through `io` from `offset`: its captured bytes, then those not
+/// captured (skipped by count while they lie inside one chunk's data), then its last bytes.
+/// Where the body ends in this IO (`Some(offset)`), or `None`: it goes on. Once the sizes are
+/// lost (a chunk boundary among the bytes not captured) the end is guessed from the last bytes,
+/// as the only thing left to go on.
+fn follow_chunked(
+    decoder: &mut Chunked,
+    io: &Io<'_>,
+    offset: u64,
+) -> Result<Option<u64>, ChunkedError> {
+    let guess = |io: &Io<'_>| {
+        io.last_bytes()
+            .is_some_and(parse::ends_chunked_body)
+            .then_some(io.len)
+    };
+    if *decoder == Chunked::Blind {
+        return Ok(guess(io));
+    }
+    let captured = io.captured.len() as u64;
+    if let Some(bytes) = io.captured.get(offset as usize..)
+        && let Some(used) = decoder.feed(bytes)?
+    {
+        return Ok(Some(offset + used as u64));
+    }
+    let seen = offset.max(captured);
+    if seen >= io.len {
+        return Ok(None);
+    }
+    // The tail is the IO's last bytes; those of it already seen are not fed twice.
+    let tail_start = io.len.saturating_sub(io.tail.len() as u64).max(seen);
+    let tail = &io.tail[io.tail.len() - (io.len - tail_start) as usize..];
+    if !decoder.skip(tail_start - seen) {
+        return Ok(guess(io));
+    }
+    Ok(decoder.feed(tail)?.map(|used| tail_start + used as u64))
 }
 
 /// The response being sent/received for the oldest request.
@@ -271,12 +309,21 @@ impl Connection {
                         Stream::Length(left - take)
                     };
                 }
-                Stream::Chunked => {
-                    if io.last_bytes().is_some_and(parse::ends_chunked_body) {
+                Stream::Chunked(mut decoder) => match follow_chunked(&mut decoder, io, offset) {
+                    Ok(Some(end)) => {
+                        offset = end;
                         self.requests = Stream::Head;
                     }
-                    return;
-                }
+                    Ok(None) => {
+                        self.requests = Stream::Chunked(decoder);
+                        return;
+                    }
+                    Err(ChunkedError) => {
+                        out.push(Outcome::Invalid);
+                        self.requests = Stream::Lost;
+                        return;
+                    }
+                },
                 Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_request(io.captured) {
@@ -403,13 +450,22 @@ impl Connection {
                         self.responses = Stream::Length(left - take);
                     }
                 }
-                Stream::Chunked => {
-                    if io.last_bytes().is_some_and(parse::ends_chunked_body) {
+                Stream::Chunked(mut decoder) => match follow_chunked(&mut decoder, io, offset) {
+                    Ok(Some(end)) => {
+                        offset = end;
                         self.responses = Stream::Head;
                         self.finish_response(at_ns, out);
                     }
-                    return;
-                }
+                    Ok(None) => {
+                        self.responses = Stream::Chunked(decoder);
+                        return;
+                    }
+                    Err(ChunkedError) => {
+                        out.push(Outcome::Invalid);
+                        self.responses = Stream::Lost;
+                        return;
+                    }
+                },
                 Stream::UntilClose | Stream::Upgraded => return,
                 Stream::Lost => {
                     if offset == 0 && parse::looks_like_response(io.captured) {
@@ -653,6 +709,110 @@ mod tests {
         last.extend(b"0\r\n\r\n");
         c.on_write(&io(40, &last), &mut out);
         assert_eq!(exchanges(&out), vec![("/".into(), 200, 11, 40)]);
+    }
+
+    /// nginx answers a chunked POST before reading its body, then reads the body's end and the
+    /// next request in one read: the next request starts where the chunk sizes say the body
+    /// ends.
+    #[test]
+    fn a_request_after_a_chunked_body_in_the_same_read_is_seen() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        c.on_read(
+            &io(
+                10,
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            &mut out,
+        );
+        c.on_write(&io(20, ok), &mut out);
+        c.on_read(
+            &io(30, b"5\r\nhello\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+            &mut out,
+        );
+        c.on_write(&io(40, ok), &mut out);
+        assert_eq!(
+            exchanges(&out),
+            vec![("/a".into(), 200, 11, 20), ("/b".into(), 200, 31, 40)]
+        );
+    }
+
+    /// A body whose data ends like a chunked body's end (`0\r\n\r\n`, CSV rows) goes on: data
+    /// is skipped by its size.
+    #[test]
+    fn chunk_data_that_looks_like_the_end_does_not_end_the_body() {
+        let mut c = Connection::new(Role::Client);
+        let mut out = Vec::new();
+        c.on_write(
+            &io(
+                10,
+                b"POST /csv HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            &mut out,
+        );
+        // A 10-byte chunk: "b,0\r\n\r\nc,0", then its CRLF.
+        c.on_write(&io(20, b"a\r\nb,0\r\n\r\nc,0\r\n"), &mut out);
+        c.on_read(
+            &io(30, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(exchanges(&out), vec![("/csv".into(), 201, 10, 31)]);
+        c.on_write(&io(40, b"0\r\n\r\nGET /next HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_read(
+            &io(50, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(exchanges(&out)[1..], [("/next".into(), 200, 40, 51)]);
+    }
+
+    /// Node's chunked `req.write()`: one `writev` whose first iovec (the head and the first
+    /// chunk's size) is all that is captured and whose last (`0\r\n\r\n`) is shorter than the
+    /// usual tail. The sizes are lost between them; the last bytes still end the body.
+    #[test]
+    fn a_chunked_write_captured_in_part_ends_by_its_last_bytes() {
+        let mut c = Connection::new(Role::Client);
+        let mut out = Vec::new();
+        let head = b"POST /items HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3";
+        let write = Io {
+            len: head.len() as u64 + 17,
+            captured: head,
+            tail: b"0\r\n\r\n",
+            ..io(10, b"")
+        };
+        c.on_write(&write, &mut out);
+        c.on_read(
+            &io(20, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        c.on_write(&io(30, b"GET /users/1 HTTP/1.1\r\n\r\n"), &mut out);
+        c.on_read(
+            &io(40, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(
+            exchanges(&out),
+            vec![
+                ("/items".into(), 201, 10, 21),
+                ("/users/1".into(), 200, 30, 41)
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_chunk_framing_is_counted_and_the_next_request_resynchronises() {
+        let mut c = Connection::new(Role::Server);
+        let mut out = Vec::new();
+        c.on_read(
+            &io(
+                10,
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            ),
+            &mut out,
+        );
+        assert!(out.contains(&Outcome::Invalid));
+        c.on_read(&io(20, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
+        assert_eq!(c.in_flight(), 2, "the next request head is read again");
     }
 
     #[test]

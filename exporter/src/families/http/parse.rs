@@ -280,9 +280,124 @@ impl ResponseHead {
     }
 }
 
-/// Whether the bytes end a chunked body: the last chunk `0\r\n` and the final CRLF.
+/// Whether the bytes end a chunked body: the last chunk `0\r\n` and the final CRLF. Only a
+/// guess, for a body whose chunk sizes were lost (see [`Chunked::Blind`]): data may end so too.
 pub fn ends_chunked_body(last_bytes: &[u8]) -> bool {
     last_bytes.ends_with(b"0\r\n\r\n")
+}
+
+/// A chunked body followed by its chunk sizes (RFC 9112 §7.1): where a decoder is between the
+/// bytes it was given. Data is skipped by count, never looked into, so a body that merely ends
+/// in `0\r\n\r\n` does not end early, and the message after it starts where the body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// In a chunk-size line's hex digits: the size so far and how many digits.
+    Size { size: u64, digits: u8 },
+    /// In a chunk-size line after its digits (extensions, whitespace, CR), up to its LF.
+    SizeLine { size: u64 },
+    /// In a chunk's data, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk (size 0), at the start of a trailer line or the final CRLF.
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// The final CRLF's CR seen.
+    FinalLf,
+    /// The sizes were lost (bytes not captured across a chunk boundary): the body's end can only
+    /// be guessed from its last bytes ([`ends_chunked_body`]).
+    Blind,
+}
+
+/// Bytes that cannot be a chunked body's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkedError;
+
+/// Hex digits a chunk size may have (a u64).
+const MAX_SIZE_DIGITS: u8 = 16;
+
+impl Chunked {
+    /// At the start of a chunked body.
+    pub const START: Self = Self::Size { size: 0, digits: 0 };
+
+    /// Follows `bytes`: `Ok(Some(n))` when the body ends after its first `n` bytes, `Ok(None)`
+    /// when all of them belong to it.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ChunkedError> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if let Self::Data(left) = *self {
+                let take = left.min((bytes.len() - at) as u64);
+                at += take as usize;
+                *self = if take == left {
+                    Self::DataEnd
+                } else {
+                    Self::Data(left - take)
+                };
+                continue;
+            }
+            let byte = bytes[at];
+            at += 1;
+            if self.step(byte)? {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One framing byte; whether it ends the body.
+    fn step(&mut self, byte: u8) -> Result<bool, ChunkedError> {
+        *self = match (*self, byte) {
+            (Self::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+                if digits == MAX_SIZE_DIGITS {
+                    return Err(ChunkedError);
+                }
+                let digit = (byte as char).to_digit(16).expect("a hex digit") as u64;
+                Self::Size {
+                    size: size << 4 | digit,
+                    digits: digits + 1,
+                }
+            }
+            (Self::Size { digits: 0, .. }, _) => return Err(ChunkedError),
+            (Self::Size { size, .. } | Self::SizeLine { size }, b'\n') => match size {
+                0 => Self::TrailerStart,
+                n => Self::Data(n),
+            },
+            (Self::Size { size, .. }, b';' | b' ' | b'\t' | b'\r') => Self::SizeLine { size },
+            (Self::Size { .. }, _) => return Err(ChunkedError),
+            (Self::SizeLine { size }, _) => Self::SizeLine { size },
+            (Self::DataEnd, b'\r') => Self::DataEnd,
+            (Self::DataEnd, b'\n') => Self::START,
+            (Self::DataEnd, _) => return Err(ChunkedError),
+            (Self::TrailerStart, b'\r') => Self::FinalLf,
+            (Self::TrailerStart | Self::FinalLf, b'\n') => return Ok(true),
+            (Self::FinalLf, _) => return Err(ChunkedError),
+            (Self::Trailer, b'\n') => Self::TrailerStart,
+            (Self::TrailerStart | Self::Trailer, _) => Self::Trailer,
+            (Self::Data(_) | Self::Blind, _) => *self,
+        };
+        Ok(false)
+    }
+
+    /// `n` bytes went by unseen (not captured): fine inside one chunk's data; anywhere else the
+    /// sizes are lost and the decoder goes [`Chunked::Blind`]. Whether it still knows where it is.
+    pub fn skip(&mut self, n: u64) -> bool {
+        match *self {
+            _ if n == 0 => true,
+            Self::Data(left) if n <= left => {
+                *self = if n == left {
+                    Self::DataEnd
+                } else {
+                    Self::Data(left - n)
+                };
+                true
+            }
+            _ => {
+                *self = Self::Blind;
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,5 +514,76 @@ mod tests {
     fn chunked_terminator() {
         assert!(ends_chunked_body(b"5\r\nhello\r\n0\r\n\r\n"));
         assert!(!ends_chunked_body(b"5\r\nhello\r\n"));
+    }
+
+    /// Feeds `bytes` in pieces of `step` bytes; where the body ended, counted from the start.
+    fn chunked_end(bytes: &[u8], step: usize) -> Result<Option<usize>, ChunkedError> {
+        let mut decoder = Chunked::START;
+        for (i, piece) in bytes.chunks(step).enumerate() {
+            if let Some(n) = decoder.feed(piece)? {
+                return Ok(Some(i * step + n));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_their_sizes_say_in_any_split() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+        for step in 1..=body.len() {
+            assert_eq!(
+                chunked_end(body, step),
+                Ok(Some(body.len())),
+                "pieces of {step}"
+            );
+        }
+        // The next message starts right after: its bytes are not the body's.
+        let pipelined = [&body[..], b"GET /next HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(chunked_end(&pipelined, 7), Ok(Some(body.len())));
+        let trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n";
+        assert_eq!(chunked_end(trailers, 2), Ok(Some(trailers.len())));
+        assert_eq!(chunked_end(b"0\n\n", 1), Ok(Some(3)), "bare LFs");
+    }
+
+    #[test]
+    fn data_that_looks_like_the_end_is_data() {
+        // CSV rows whose last one ends in "0\r\n", in a chunk: not the end of the body.
+        let rows = b"a,10\r\nb,0\r\n\r\n";
+        let body = [format!("{:x}\r\n", rows.len()).as_bytes(), rows, b"\r\n"].concat();
+        assert!(
+            ends_chunked_body(&body[..body.len() - 2]),
+            "the suffix test is fooled"
+        );
+        assert_eq!(chunked_end(&body, 4), Ok(None), "the decoder is not");
+        let whole = [&body[..], b"0\r\n\r\n"].concat();
+        assert_eq!(chunked_end(&whole, 4), Ok(Some(whole.len())));
+    }
+
+    #[test]
+    fn unseen_bytes_inside_one_chunk_keep_the_place_and_elsewhere_lose_it() {
+        let mut decoder = Chunked::START;
+        assert_eq!(decoder.feed(b"2800\r\nxy"), Ok(None));
+        assert!(decoder.skip(0x2800 - 3), "inside the chunk's data");
+        assert_eq!(decoder, Chunked::Data(1));
+        assert_eq!(decoder.feed(b"z\r\n0\r\n\r\n"), Ok(Some(8)));
+        let mut decoder = Chunked::START;
+        assert!(!decoder.skip(5), "a size line went by unseen");
+        assert_eq!(decoder, Chunked::Blind);
+    }
+
+    #[test]
+    fn framing_that_is_not_chunked_is_an_error() {
+        assert_eq!(chunked_end(b"zz\r\n", 1), Err(ChunkedError));
+        assert_eq!(chunked_end(b"\r\n", 1), Err(ChunkedError), "no digits");
+        assert_eq!(
+            chunked_end(b"3\r\nabcX", 1),
+            Err(ChunkedError),
+            "no CRLF after data"
+        );
+        assert_eq!(
+            chunked_end(b"11111111111111111\r\n", 1),
+            Err(ChunkedError),
+            "too long"
+        );
     }
 }
