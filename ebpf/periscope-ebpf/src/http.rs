@@ -53,7 +53,10 @@ use periscope_common::{
     },
 };
 
-use crate::shared::{bytes_at, count, global, ring_flags, skipped};
+use crate::{
+    shared::{bytes_at, count, global, ring_flags, skipped},
+    sock::{SK_DADDR, SK_FAMILY, SK_PORTPAIR, SK_V6_DADDR},
+};
 
 /// Offset of the first syscall argument in a `sys_enter_*` record.
 #[unsafe(no_mangle)]
@@ -1034,16 +1037,8 @@ fn io_shape(op: u8) -> Option<(u8, Buffer)> {
 // `inet_sock_set_state` saw it established as) and ends what the pair named before. A write's
 // record carries its exit time as its start (there is no entry hook).
 
-/// Offsets in `struct sock` (from BTF): the port pair, family, IPv4 and IPv6 peer addresses,
-/// protocol.
-#[unsafe(no_mangle)]
-static HTTP_SK_PORTPAIR: u32 = 0;
-#[unsafe(no_mangle)]
-static HTTP_SK_FAMILY: u32 = 0;
-#[unsafe(no_mangle)]
-static HTTP_SK_DADDR: u32 = 0;
-#[unsafe(no_mangle)]
-static HTTP_SK_V6_DADDR: u32 = 0;
+/// Offset of `sock.sk_protocol` (the port pair, family and peer addresses are `crate::sock`'s,
+/// read in place here: the programs' stack is near its limit).
 #[unsafe(no_mangle)]
 static HTTP_SK_PROTOCOL: u32 = 0;
 /// Offset of `sock.sk_shutdown`.
@@ -1201,8 +1196,7 @@ fn sock_io(sk: u64, rc: i32, kind: u8) {
 #[inline(always)]
 fn sock_id(sk: u64) -> Option<SockId> {
     let ports =
-        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PORTPAIR) as u64) as *const u32) }
-            .ok()?;
+        unsafe { bpf_probe_read_kernel((sk + global(&SK_PORTPAIR) as u64) as *const u32) }.ok()?;
     Some(SockId {
         sk,
         ports,
@@ -1266,8 +1260,7 @@ fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
         unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PROTOCOL) as u64) as *const u16) }
             .ok()?;
     let family =
-        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_FAMILY) as u64) as *const u16) }
-            .ok()?;
+        unsafe { bpf_probe_read_kernel((sk + global(&SK_FAMILY) as u64) as *const u16) }.ok()?;
     if protocol != IPPROTO_TCP {
         return None;
     }
@@ -1282,15 +1275,14 @@ fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
     };
     match family {
         AF_INET => {
-            let addr = unsafe {
-                bpf_probe_read_kernel((sk + global(&HTTP_SK_DADDR) as u64) as *const [u8; 4])
-            }
-            .ok()?;
+            let addr =
+                unsafe { bpf_probe_read_kernel((sk + global(&SK_DADDR) as u64) as *const [u8; 4]) }
+                    .ok()?;
             open.peer.addr[..4].copy_from_slice(&addr);
         }
         AF_INET6 => {
             open.peer.addr = unsafe {
-                bpf_probe_read_kernel((sk + global(&HTTP_SK_V6_DADDR) as u64) as *const [u8; 16])
+                bpf_probe_read_kernel((sk + global(&SK_V6_DADDR) as u64) as *const [u8; 16])
             }
             .ok()?;
         }
