@@ -185,8 +185,35 @@ program_costs() {
   ' /tmp/metrics
 }
 
+# The cost per connection of each TCP mechanism: the run time of all its programs (bpf_stats)
+# over COST_CONNECTIONS connections, the two mechanisms alternating twice (the emulation's speed
+# drifts with the host's load).
+tcp_cost() {
+  mech=$1
+  printf 'probes:\n  tcp:\n    mechanism: %s\n  http:\n    enabled: false\n  sched:\n    enabled: false\n  block:\n    enabled: false\n' "$mech" > /tmp/tcp.yaml
+  start_daemon /tmp/tcp.yaml
+  kernel-workload tcp $COST_PORT $COST_CONNECTIONS
+  sleep 2
+  wget -q -O /tmp/metrics "$METRICS"
+  awk -v mech="$(mechanism tcp)" -v conns=$COST_CONNECTIONS '
+    !/program="tcp_/ { next }
+    /^periscope_bpf_program_run_time_seconds_total\{/ { t += $NF }
+    /^periscope_bpf_program_run_count_total\{/ { n += $NF }
+    END {
+      printf "MATRIX tcp %s info cost: %d ns of program run time per connection, %.1f runs per connection, %d ns per run (%d connections, bpf_stats, emulated)\n", mech, t * 1e9 / conns, n / conns, n ? t * 1e9 / n : 0, conns
+    }
+  ' /tmp/metrics
+  stop_daemon > /dev/null
+}
+
 tcp_smoke tracepoint
 tcp_smoke fentry
+COST_PORT=9092
+COST_CONNECTIONS=100
+for round in 1 2; do
+  tcp_cost tracepoint
+  tcp_cost fentry
+done
 
 # Block alone: the kernel skips a tracepoint program that fires while another one runs on the
 # CPU (a completion interrupt during a sched_switch program, on the one emulated CPU), so the
