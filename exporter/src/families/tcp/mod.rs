@@ -577,6 +577,57 @@ mod tests {
         );
     }
 
+    /// A kernel with this machine's BTF that allows exactly `allowed`.
+    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
+        KernelSupport::with_mechanisms(
+            Mechanism::PREFERENCE
+                .into_iter()
+                .map(|m| {
+                    let allows = if allowed.contains(&m) {
+                        Ok(())
+                    } else {
+                        Err(format!("{m} is not in this test kernel"))
+                    };
+                    (m, allows)
+                })
+                .collect(),
+        )
+    }
+
+    /// `auto` takes `fentry` where the kernel allows it (cheaper per connection in the kernel
+    /// matrix), with tracepoints behind it, and tracepoints alone elsewhere (this machine).
+    #[test]
+    fn auto_takes_fentry_first_and_tracepoints_behind_it() {
+        let tracefs = Tracefs::locate().expect("tracefs is mounted");
+        let config = TcpConfig::default();
+        let both = kernel(&[Mechanism::Fentry, Mechanism::Tracepoint]);
+        let planned = plan(&config, &both, Some(&tracefs));
+        assert_eq!(planned.mechanism.ok(), Some(Mechanism::Fentry));
+        assert_eq!(planned.fallbacks, vec![Mechanism::Tracepoint]);
+        let globals: Vec<&str> = planned.settings.globals.iter().map(|g| g.0).collect();
+        for global in [
+            "SK_STATE",
+            "SK_PORTPAIR",
+            "TCP_STATE_SKADDR",
+            "TCP_SEND_RESET_SKADDR",
+        ] {
+            assert!(globals.contains(&global), "{global} missing: {globals:?}");
+        }
+        let planned = plan(&config, &kernel(&[Mechanism::Tracepoint]), Some(&tracefs));
+        assert_eq!(planned.mechanism.ok(), Some(Mechanism::Tracepoint));
+        assert_eq!(planned.refused[0].0, Mechanism::Fentry);
+    }
+
+    /// This kernel's `tcp_set_state` has the parameters the `fentry` program reads.
+    #[test]
+    fn this_kernels_tcp_set_state_is_what_the_fentry_program_reads() {
+        let btf = KernelBtf::load().unwrap();
+        assert_eq!(
+            trampolines(&btf),
+            Ok(vec![("tcp_state_fentry", "tcp_set_state")])
+        );
+    }
+
     #[test]
     fn this_kernels_peer_tracepoints_have_a_known_layout() {
         let tracefs = Tracefs::locate().expect("tracefs is mounted");
