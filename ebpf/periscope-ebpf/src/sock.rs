@@ -1,5 +1,5 @@
 //! Reading a `struct sock` at offsets from the running kernel's BTF (set at load time by user
-//! space, `kernel::btf::sock_offsets`): what the programs on kernel functions, which get the
+//! space, `KernelBtf::sock_offsets`): what the programs on kernel functions, which get the
 //! socket and not a tracepoint record, know of a connection. Shared by the HTTP and TCP families.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
