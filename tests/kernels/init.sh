@@ -7,6 +7,7 @@ export PATH=/bin:/sbin
 
 HTTP_PORT=8080     # kernel-workload serve/get
 TCP_PORT=9090      # kernel-workload tcp
+RETRANSMIT_PORT=9091  # kernel-workload retransmit
 REQUESTS=20
 CONNECTIONS=15
 READS=32
@@ -19,6 +20,8 @@ mount -t devtmpfs dev /dev
 mkdir -p /tmp /sys/fs/cgroup && mount -t tmpfs tmp /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
+# Run time and run count per program (periscope_bpf_program_*): the TCP mechanisms' cost.
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
 for module in $(cat /modules/order 2>/dev/null); do insmod "/modules/$module" || echo "insmod $module failed"; done
 
 result() { echo "MATRIX $*"; }
@@ -136,6 +139,81 @@ if [ "$major" -gt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -ge 15 ]; }; then
 else
   result "http - ok fentry not tried: kernel $release has no bpf_task_pt_regs (5.15+)"
 fi
+
+# TCP alone, once per mechanism, each forced: the same workload must give the same exact counts
+# (connections, closes, bytes sent, and retransmits against the kernel's own count), and
+# each program's run time per run is printed (bpf_stats, under emulation: compare, don't
+# quote as hardware figures). Every kernel of the matrix has BPF trampolines (fentry).
+tcp_smoke() {
+  mech=$1
+  printf 'probes:\n  tcp:\n    mechanism: %s\n  http:\n    enabled: false\n  sched:\n    enabled: false\n  block:\n    enabled: false\n' "$mech" > /tmp/tcp.yaml
+  start_daemon /tmp/tcp.yaml
+  kernel-workload tcp $TCP_PORT $CONNECTIONS
+  kernel-workload retransmit $RETRANSMIT_PORT > /tmp/retransmit.txt
+  cat /tmp/retransmit.txt
+  retransmits=$(sed -n 's/^retransmits: //p' /tmp/retransmit.txt)
+  sleep 3
+  wget -q -O /tmp/metrics "$METRICS"
+  port="server_port=\"$TCP_PORT\""
+  out='direction="outbound"'
+  in='direction="inbound"'
+  expect tcp "outbound connections ($mech forced)" "$(metric kernel_tcp_connections_total "$out" "$port")" $CONNECTIONS
+  expect tcp "inbound connections ($mech forced)" "$(metric kernel_tcp_connections_total "$in" "$port")" $CONNECTIONS
+  expect tcp "outbound closes ($mech forced)" "$(metric kernel_tcp_connection_duration_seconds_count "$out" "$port")" $CONNECTIONS
+  expect tcp "inbound closes ($mech forced)" "$(metric kernel_tcp_connection_duration_seconds_count "$in" "$port")" $CONNECTIONS
+  # Not the bytes received inbound: the server closes first, and its orphaned socket can leave
+  # FIN_WAIT2 for a timewait socket before the client's FIN (docs/tcp.md, Limits).
+  expect tcp "bytes sent outbound ($mech forced)" "$(metric kernel_tcp_connection_sent_bytes_sum "$out" "$port")" $CONNECTIONS
+  expect tcp "retransmits ($mech forced)" "$(metric kernel_tcp_retransmits_total)" "${retransmits:-none}"
+  program_costs tcp_
+  echo "===== metrics"
+  grep -E '^(periscope_probe|periscope_bpf|kernel_tcp_)' /tmp/metrics
+  stop_daemon
+}
+
+# One info line per program named $1*: run time per run and runs, from bpf_stats.
+program_costs() {
+  awk -v prefix="program=\"$1" -v mech="$(mechanism tcp)" '
+    index($0, prefix) == 0 { next }
+    { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10) }
+    /^periscope_bpf_program_run_time_seconds_total\{/ { t[p] = $NF }
+    /^periscope_bpf_program_run_count_total\{/ { n[p] = $NF }
+    END {
+      for (p in n) if (n[p] > 0)
+        printf "MATRIX tcp %s info cost of %s: %d ns per run over %d runs (bpf_stats, emulated)\n", mech, p, t[p] * 1e9 / n[p], n[p]
+    }
+  ' /tmp/metrics
+}
+
+# The cost per connection of each TCP mechanism: the run time of all its programs (bpf_stats)
+# over COST_CONNECTIONS connections, the two mechanisms alternating twice (the emulation's speed
+# drifts with the host's load).
+tcp_cost() {
+  mech=$1
+  printf 'probes:\n  tcp:\n    mechanism: %s\n  http:\n    enabled: false\n  sched:\n    enabled: false\n  block:\n    enabled: false\n' "$mech" > /tmp/tcp.yaml
+  start_daemon /tmp/tcp.yaml
+  kernel-workload tcp $COST_PORT $COST_CONNECTIONS
+  sleep 2
+  wget -q -O /tmp/metrics "$METRICS"
+  awk -v mech="$(mechanism tcp)" -v conns=$COST_CONNECTIONS '
+    !/program="tcp_/ { next }
+    /^periscope_bpf_program_run_time_seconds_total\{/ { t += $NF }
+    /^periscope_bpf_program_run_count_total\{/ { n += $NF }
+    END {
+      printf "MATRIX tcp %s info cost: %d ns of program run time per connection, %.1f runs per connection, %d ns per run (%d connections, bpf_stats, emulated)\n", mech, t * 1e9 / conns, n / conns, n ? t * 1e9 / n : 0, conns
+    }
+  ' /tmp/metrics
+  stop_daemon > /dev/null
+}
+
+tcp_smoke tracepoint
+tcp_smoke fentry
+COST_PORT=9092
+COST_CONNECTIONS=100
+for round in 1 2; do
+  tcp_cost tracepoint
+  tcp_cost fentry
+done
 
 # Block alone: the kernel skips a tracepoint program that fires while another one runs on the
 # CPU (a completion interrupt during a sched_switch program, on the one emulated CPU), so the

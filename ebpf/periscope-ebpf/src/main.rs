@@ -9,6 +9,7 @@ mod http;
 mod profile;
 mod sched;
 mod shared;
+mod sock;
 mod syscall;
 mod tcp;
 mod uprobe;

@@ -10,15 +10,20 @@
 //!
 //! Byte counts come from `tcp_sock.bytes_acked`/`bytes_received` at close, at offsets user space
 //! reads from the kernel's BTF (no hot-path hook on sends and receives).
+//!
+//! The `fentry` mechanism does the same work from a BPF trampoline on `tcp_set_state` (state
+//! changes) and the raw `tcp_retransmit_skb` tracepoint, reading the socket at offsets from BTF
+//! (`crate::sock`) instead of a record the kernel assembles for every tracepoint hit. Resets
+//! stay on their tracepoints beside them.
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, RawTracePointContext, TracePointContext},
 };
 use periscope_common::{
     counters,
@@ -31,7 +36,10 @@ use periscope_common::{
     },
 };
 
-use crate::shared::{count, global, ring_flags};
+use crate::{
+    shared::{count, global, ring_flags},
+    sock,
+};
 
 // Field offsets, set at load time from the format files (these defaults are 6.x's).
 #[unsafe(no_mangle)]
@@ -150,19 +158,73 @@ fn remote_addr(ctx: &TracePointContext, family: u16, v4: &u32, v6: &u32) -> [u8;
     addr
 }
 
+/// A connection's endpoints as an event reports them: `(family, local port, remote port,
+/// remote address)`, ports in host order. Read only when an event is sent.
+trait Endpoints {
+    fn endpoints(&self) -> (u16, u16, u16, [u8; 16]);
+}
+
+/// From a `sock:inet_sock_set_state` record.
+struct StateRecord<'a>(&'a TracePointContext);
+
+impl Endpoints for StateRecord<'_> {
+    #[inline(always)]
+    fn endpoints(&self) -> (u16, u16, u16, [u8; 16]) {
+        let ctx = self.0;
+        let family = field::<u16>(ctx, &TCP_STATE_FAMILY).unwrap_or(0);
+        (
+            family,
+            field::<u16>(ctx, &TCP_STATE_SPORT).unwrap_or(0),
+            field::<u16>(ctx, &TCP_STATE_DPORT).unwrap_or(0),
+            remote_addr(ctx, family, &TCP_STATE_DADDR, &TCP_STATE_DADDR_V6),
+        )
+    }
+}
+
+/// From the socket itself (the `fentry` programs).
+struct Socket(u64);
+
+impl Endpoints for Socket {
+    #[inline(always)]
+    fn endpoints(&self) -> (u16, u16, u16, [u8; 16]) {
+        let family = sock::family(self.0).unwrap_or(0);
+        let (local, remote) = sock::ports(self.0);
+        let mut addr = [0u8; 16];
+        let _ = sock::peer_addr(self.0, family, &mut addr);
+        (family, local, remote, addr)
+    }
+}
+
 #[tracepoint]
 pub fn tcp_state(ctx: TracePointContext) -> u32 {
-    let _ = try_tcp_state(&ctx);
+    if field::<u16>(&ctx, &TCP_STATE_PROTOCOL) == Some(IPPROTO_TCP)
+        && let (Some(sk), Some(old), Some(new)) = (
+            field::<u64>(&ctx, &TCP_STATE_SKADDR),
+            field::<i32>(&ctx, &TCP_STATE_OLDSTATE),
+            field::<i32>(&ctx, &TCP_STATE_NEWSTATE),
+        )
+    {
+        let _ = state_change(&StateRecord(&ctx), sk, old, new);
+    }
     0
 }
 
-fn try_tcp_state(ctx: &TracePointContext) -> Option<()> {
-    if field::<u16>(ctx, &TCP_STATE_PROTOCOL)? != IPPROTO_TCP {
-        return None;
+/// `fentry/tcp_set_state(struct sock *sk, int state)`: every TCP state change this family acts
+/// on, before it is made (the socket still holds the old state). The two it does not see,
+/// LISTEN and a new child socket's SYN_RECV, are set by `inet_sk_set_state`.
+#[fentry(function = "tcp_set_state")]
+pub fn tcp_state_fentry(ctx: FEntryContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let new = ctx.arg::<u64>(1) as i32;
+    if let Some(old) = sock::state(sk) {
+        let _ = state_change(&Socket(sk), sk, i32::from(old), new);
     }
-    let sk = field::<u64>(ctx, &TCP_STATE_SKADDR)?;
-    let old = field::<i32>(ctx, &TCP_STATE_OLDSTATE)?;
-    let new = field::<i32>(ctx, &TCP_STATE_NEWSTATE)?;
+    0
+}
+
+/// A TCP socket `sk` going from state `old` to `new`.
+#[inline(always)]
+fn state_change(at: &impl Endpoints, sk: u64, old: i32, new: i32) -> Option<()> {
     let fins = fins_of(old, new);
     if fins != 0
         && let Some(sock) = TCP_SOCKS.get_ptr_mut(sk)
@@ -192,13 +254,13 @@ fn try_tcp_state(ctx: &TracePointContext) -> Option<()> {
                 ..TcpSock::default()
             };
             let _ = TCP_SOCKS.insert(sk, sock, 0);
-            emit(ctx, EVENT_OPEN, sk, &sock, (0, 0));
+            emit(at, EVENT_OPEN, sk, &sock, (0, 0));
         }
         TCP_ESTABLISHED if old == TCP_SYN_SENT => {
             let sock = TCP_SOCKS.get_ptr_mut(sk)?;
             // SAFETY: a live map value; only this socket's state changes touch it, under its lock.
             unsafe { (*sock).established = 1 };
-            emit(ctx, EVENT_OPEN, sk, unsafe { &*sock }, (0, 0));
+            emit(at, EVENT_OPEN, sk, unsafe { &*sock }, (0, 0));
         }
         TCP_CLOSE => {
             // SAFETY: copied out before the entry is removed.
@@ -208,9 +270,9 @@ fn try_tcp_state(ctx: &TracePointContext) -> Option<()> {
                 let (acked, received) = byte_counts(sk);
                 let outbound = sock.direction == DIRECTION_OUTBOUND;
                 let bytes = payload_bytes(acked, received, outbound, sock.fins | fins);
-                emit(ctx, EVENT_CLOSE, sk, &sock, bytes);
+                emit(at, EVENT_CLOSE, sk, &sock, bytes);
             } else if sock.direction == DIRECTION_OUTBOUND {
-                emit(ctx, EVENT_CONNECT_FAILED, sk, &sock, (0, 0));
+                emit(at, EVENT_CONNECT_FAILED, sk, &sock, (0, 0));
             }
         }
         _ => {}
@@ -235,8 +297,8 @@ fn byte_counts(sk: u64) -> (u64, u64) {
 }
 
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64, u64)) {
-    let family = field::<u16>(ctx, &TCP_STATE_FAMILY).unwrap_or(0);
+fn emit(at: &impl Endpoints, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64, u64)) {
+    let (family, local_port, remote_port, remote_addr) = at.endpoints();
     let event = TcpEvent {
         sk,
         start_ns: sock.start_ns,
@@ -247,10 +309,10 @@ fn emit(ctx: &TracePointContext, kind: u8, sk: u64, sock: &TcpSock, bytes: (u64,
         kind,
         direction: sock.direction,
         family,
-        local_port: field::<u16>(ctx, &TCP_STATE_SPORT).unwrap_or(0),
-        remote_port: field::<u16>(ctx, &TCP_STATE_DPORT).unwrap_or(0),
+        local_port,
+        remote_port,
         _pad: [0; 4],
-        remote_addr: remote_addr(ctx, family, &TCP_STATE_DADDR, &TCP_STATE_DADDR_V6),
+        remote_addr,
         comm: sock.comm,
     };
     if TCP_EVENTS
@@ -321,6 +383,31 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     count_peer_of(&ctx, &SEND_RESET, PEER_RESET_SENT);
     0
+}
+
+/// The raw `tcp_retransmit_skb` tracepoint (`sk`, `skb`): where `tcp:tcp_retransmit_skb` fires,
+/// without the record the kernel assembles for it. Beside the `fentry` program: the function
+/// that fires it, `__tcp_retransmit_skb`, is inlined into its caller on Debian's 6.1 (an
+/// `fexit` there saw no SYN retransmit), and a raw tracepoint is as cheap.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_raw(ctx: RawTracePointContext) -> i32 {
+    count_socket_peer(ctx.arg(0), PEER_RETRANSMIT);
+    0
+}
+
+/// Counts one event of kind `kind` on socket `sk`, its endpoints read from the socket.
+#[inline(always)]
+fn count_socket_peer(sk: u64, kind: u8) {
+    let (family, local_port, _, remote_addr) = Socket(sk).endpoints();
+    count_peer(&TcpPeerKey {
+        tgid: owner(sk),
+        local_port,
+        family,
+        kind,
+        has_socket: 1,
+        _pad: [0; 6],
+        remote_addr,
+    });
 }
 
 /// Counts one retransmit or reset of the record's socket and peer, whichever layout this

@@ -93,6 +93,19 @@ impl KernelBtf {
         }
     }
 
+    /// The globals of the eBPF `sock` module, which every program on a kernel function reads a
+    /// socket with: offsets in `struct sock_common` of the port pair, family, state and peer
+    /// addresses.
+    pub fn sock_offsets(&self) -> Result<Vec<(&'static str, u32)>, String> {
+        Ok(vec![
+            ("SK_PORTPAIR", self.offset("sock_common", "skc_portpair")?),
+            ("SK_FAMILY", self.offset("sock_common", "skc_family")?),
+            ("SK_STATE", self.offset("sock_common", "skc_state")?),
+            ("SK_DADDR", self.offset("sock_common", "skc_daddr")?),
+            ("SK_V6_DADDR", self.offset("sock_common", "skc_v6_daddr")?),
+        ])
+    }
+
     /// The parameter names of kernel function `name` (from its `FUNC_PROTO`), in order: what an
     /// `fexit` program's context holds before the return value. `None` when BTF has no such
     /// function (renamed, removed, or inlined everywhere).
@@ -332,6 +345,11 @@ mod tests {
             ("task_struct", "pid"),
             ("tcp_sock", "bytes_acked"),
             ("tcp_sock", "bytes_received"),
+            ("sock_common", "skc_portpair"),
+            ("sock_common", "skc_family"),
+            ("sock_common", "skc_state"),
+            ("sock_common", "skc_daddr"),
+            ("sock_common", "skc_v6_daddr"),
         ] {
             let id = theirs.id_of(name).unwrap();
             let Ok((_, btfparse::Offset::ByteOffset(expected))) = theirs.offset_of(id, member)

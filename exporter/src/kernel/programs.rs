@@ -69,20 +69,20 @@ fn try_attach_raw_tracepoints(
     Ok(())
 }
 
-/// Loads and attaches `fexit` programs, `(program, kernel function)`, against the running
-/// kernel's BTF; on any failure unloads the ones loaded.
-pub fn attach_fexits(
+/// Loads and attaches programs on BPF trampolines (`fentry` or `fexit`), `(program, kernel
+/// function)`, against the running kernel's BTF; on any failure unloads the ones loaded.
+pub fn attach_trampolines(
     ebpf: &mut Ebpf,
     programs: &[(&'static str, &'static str)],
 ) -> Result<(), ProbeError> {
-    let attached = try_attach_fexits(ebpf, programs);
+    let attached = try_attach_trampolines(ebpf, programs);
     if attached.is_err() {
         unload_programs(ebpf, programs.iter().map(|p| p.0));
     }
     attached
 }
 
-fn try_attach_fexits(
+fn try_attach_trampolines(
     ebpf: &mut Ebpf,
     programs: &[(&'static str, &'static str)],
 ) -> Result<(), ProbeError> {
@@ -93,17 +93,24 @@ fn try_attach_fexits(
         ))
     })?;
     for (program, function) in programs {
-        let fexit: &mut aya::programs::FExit = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::missing_program(program))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { program, source })?;
-        fexit
-            .load(function, &btf)
-            .map_err(|source| ProbeError::Program { program, source })?;
-        fexit
-            .attach()
-            .map_err(|source| ProbeError::Program { program, source })?;
+        let failed = |source| ProbeError::Program { program, source };
+        match ebpf.program_mut(program) {
+            Some(aya::programs::Program::FEntry(p)) => {
+                p.load(function, &btf).map_err(failed)?;
+                p.attach().map_err(failed)?;
+            }
+            Some(aya::programs::Program::FExit(p)) => {
+                p.load(function, &btf).map_err(failed)?;
+                p.attach().map_err(failed)?;
+            }
+            Some(_) => {
+                return Err(ProbeError::Map {
+                    map: program,
+                    reason: "not an fentry or fexit program".into(),
+                });
+            }
+            None => return Err(ProbeError::missing_program(program)),
+        }
     }
     Ok(())
 }
@@ -143,6 +150,8 @@ pub fn unload_programs<'a>(ebpf: &mut Ebpf, names: impl IntoIterator<Item = &'a 
         let unloaded = match ebpf.program_mut(name) {
             Some(aya::programs::Program::TracePoint(p)) => p.unload(),
             Some(aya::programs::Program::RawTracePoint(p)) => p.unload(),
+            Some(aya::programs::Program::FEntry(p)) => p.unload(),
+            Some(aya::programs::Program::FExit(p)) => p.unload(),
             _ => Ok(()),
         };
         if let Err(e) = unloaded {

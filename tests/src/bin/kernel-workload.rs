@@ -7,6 +7,8 @@
 //!   kernel-workload serve PORT               HTTP/1.1 server (200 for every request), forever
 //!   kernel-workload get PORT N               N GETs to 127.0.0.1:PORT, a new connection each
 //!   kernel-workload tcp PORT N               N TCP connections to a listener of its own on PORT
+//!   kernel-workload retransmit PORT          SYN retransmits (a full accept queue drops SYNs);
+//!                                            prints the kernel's own count of them (TCP_INFO)
 //!   kernel-workload read DEVICE N            N direct 4 KiB reads of DEVICE at distinct offsets
 //!   kernel-workload spin THREADS MILLIS      THREADS busy threads for MILLIS (run-queue waits)
 
@@ -26,11 +28,12 @@ fn main() {
         ["serve", port] => serve(parse(port)),
         ["get", port, n] => get(parse(port), parse(n)),
         ["tcp", port, n] => connect(parse(port), parse(n)),
+        ["retransmit", port] => retransmit(parse(port)),
         ["read", device, n] => read(device, parse(n)),
         ["spin", threads, millis] => spin(parse(threads), parse(millis)),
         _ => {
             eprintln!(
-                "usage: kernel-workload serve PORT | get PORT N | tcp PORT N | read DEVICE N | spin THREADS MILLIS"
+                "usage: kernel-workload serve PORT | get PORT N | tcp PORT N | retransmit PORT | read DEVICE N | spin THREADS MILLIS"
             );
             std::process::exit(2);
         }
@@ -135,6 +138,95 @@ fn connect(port: u16, n: u32) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::other("acceptor panicked"))??;
     println!("tcp: {n} connected, {accepted} accepted");
     Ok(())
+}
+
+/// Connections to a listener whose accept queue (backlog 1) is full: the kernel drops the third
+/// one's SYN, and the client retransmits it (after 1 s, then 3 s) until an accept makes room.
+/// The retransmits are counted by the kernel itself, per socket (`tcpi_total_retrans`), and
+/// printed as `retransmits: N`, the number a tracer must count.
+fn retransmit(port: u16) -> std::io::Result<()> {
+    let listener = listen(port, 1)?;
+    let queued: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)))
+        .collect::<std::io::Result<_>>()?;
+    let acceptor = std::thread::spawn(move || -> std::io::Result<()> {
+        // Past the first retransmit (1 s): the second one finds room.
+        std::thread::sleep(Duration::from_millis(1500));
+        for _ in 0..3 {
+            listener.accept()?;
+        }
+        Ok(())
+    });
+    let dropped = TcpStream::connect(("127.0.0.1", port))?;
+    acceptor
+        .join()
+        .map_err(|_| std::io::Error::other("acceptor panicked"))??;
+    let mut total = 0;
+    for stream in queued.iter().chain([&dropped]) {
+        total += total_retrans(stream)?;
+    }
+    println!("retransmits: {total}");
+    Ok(())
+}
+
+/// A listener on 127.0.0.1:`port` with accept queue `backlog` (std's is 128).
+fn listen(port: u16, backlog: i32) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let check = |rc: i32| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0))?;
+        let listener = TcpListener::from_raw_fd(fd);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // As std's bind: the port of the previous run may still have connections in TIME_WAIT.
+        let on: libc::c_int = 1;
+        let on_len = size_of::<libc::c_int>() as libc::socklen_t;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const on).cast(),
+            on_len,
+        ))?;
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        check(libc::bind(fd, (&raw const addr).cast(), len))?;
+        check(libc::listen(fd, backlog))?;
+        Ok(listener)
+    }
+}
+
+/// The retransmits the kernel counted on `stream` (`tcp_info.tcpi_total_retrans`).
+fn total_retrans(stream: &TcpStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers; the kernel writes at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.tcpi_total_retrans)
 }
 
 /// Direct (O_DIRECT) reads, so that each is one block request: no page cache, no readahead.

@@ -10,6 +10,7 @@ use super::record::{send_close, send_dup, send_io, send_open};
 use super::regs::{io_shape, op_of, regs_syscall};
 use super::{AF_INET, AF_INET6, HTTP_CONNS, current, stage, stop_after, watched_io};
 use crate::shared::global;
+use crate::sock::{SK_DADDR, SK_FAMILY, SK_PORTPAIR, SK_V6_DADDR};
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -22,16 +23,8 @@ use periscope_common::http::{
     ConnectAddr, KIND_READ, KIND_WRITE, ROLE_CLIENT, ROLE_SERVER, SockId, SockOpen, conn_key,
 };
 
-/// Offsets in `struct sock` (from BTF): the port pair, family, IPv4 and IPv6 peer addresses,
-/// protocol.
-#[unsafe(no_mangle)]
-pub(super) static HTTP_SK_PORTPAIR: u32 = 0;
-#[unsafe(no_mangle)]
-pub(super) static HTTP_SK_FAMILY: u32 = 0;
-#[unsafe(no_mangle)]
-pub(super) static HTTP_SK_DADDR: u32 = 0;
-#[unsafe(no_mangle)]
-pub(super) static HTTP_SK_V6_DADDR: u32 = 0;
+/// Offset of `sock.sk_protocol` (the port pair, family and peer addresses are `crate::sock`'s,
+/// read in place here: the programs' stack is near its limit).
 #[unsafe(no_mangle)]
 pub(super) static HTTP_SK_PROTOCOL: u32 = 0;
 /// Offset of `sock.sk_shutdown`.
@@ -147,8 +140,7 @@ pub(super) fn sock_io(sk: u64, rc: i32, kind: u8) {
 #[inline(always)]
 pub(super) fn sock_id(sk: u64) -> Option<SockId> {
     let ports =
-        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PORTPAIR) as u64) as *const u32) }
-            .ok()?;
+        unsafe { bpf_probe_read_kernel((sk + global(&SK_PORTPAIR) as u64) as *const u32) }.ok()?;
     Some(SockId {
         sk,
         ports,
@@ -212,8 +204,7 @@ pub(super) fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
         unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_PROTOCOL) as u64) as *const u16) }
             .ok()?;
     let family =
-        unsafe { bpf_probe_read_kernel((sk + global(&HTTP_SK_FAMILY) as u64) as *const u16) }
-            .ok()?;
+        unsafe { bpf_probe_read_kernel((sk + global(&SK_FAMILY) as u64) as *const u16) }.ok()?;
     if protocol != IPPROTO_TCP {
         return None;
     }
@@ -228,15 +219,14 @@ pub(super) fn tcp_peer(sock: &SockId) -> Option<SockOpen> {
     };
     match family {
         AF_INET => {
-            let addr = unsafe {
-                bpf_probe_read_kernel((sk + global(&HTTP_SK_DADDR) as u64) as *const [u8; 4])
-            }
-            .ok()?;
+            let addr =
+                unsafe { bpf_probe_read_kernel((sk + global(&SK_DADDR) as u64) as *const [u8; 4]) }
+                    .ok()?;
             open.peer.addr[..4].copy_from_slice(&addr);
         }
         AF_INET6 => {
             open.peer.addr = unsafe {
-                bpf_probe_read_kernel((sk + global(&HTTP_SK_V6_DADDR) as u64) as *const [u8; 16])
+                bpf_probe_read_kernel((sk + global(&SK_V6_DADDR) as u64) as *const [u8; 16])
             }
             .ok()?;
         }

@@ -24,7 +24,7 @@ use crate::{
     },
     kernel::{
         btf::KernelBtf,
-        programs::{attach_fexits, attach_raw_tracepoints, unload_programs},
+        programs::{attach_raw_tracepoints, attach_trampolines, unload_programs},
         tracefs::Tracefs,
     },
 };
@@ -233,23 +233,15 @@ fn raw_tracepoint_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u
 }
 
 /// What the socket-tracepoint programs read: the saved registers (as the raw syscall programs)
-/// and, in `struct sock`, the port pair, family, peer addresses, protocol, socket (whose file
-/// tells a process's socket from a kernel one), shutdown bits and receive-queue length (which
-/// together tell a process's close from a half-close).
+/// and, in `struct sock`, what every family reads of a socket ([`KernelBtf::sock_offsets`]),
+/// the protocol, the socket (whose file tells a process's socket from a kernel one), and the
+/// shutdown bits and receive-queue length (which together tell a process's close from a
+/// half-close).
 fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, String> {
     let mut globals = raw_tracepoint_offsets(kernel)?;
     let btf = kernel.btf()?;
+    globals.extend(btf.sock_offsets()?);
     globals.extend([
-        (
-            "HTTP_SK_PORTPAIR",
-            btf.offset("sock_common", "skc_portpair")?,
-        ),
-        ("HTTP_SK_FAMILY", btf.offset("sock_common", "skc_family")?),
-        ("HTTP_SK_DADDR", btf.offset("sock_common", "skc_daddr")?),
-        (
-            "HTTP_SK_V6_DADDR",
-            btf.offset("sock_common", "skc_v6_daddr")?,
-        ),
         ("HTTP_SK_PROTOCOL", btf.offset("sock", "sk_protocol")?),
         ("HTTP_SK_SOCKET", btf.offset("sock", "sk_socket")?),
         ("HTTP_SK_SHUTDOWN", btf.offset("sock", "sk_shutdown")?),
@@ -320,7 +312,7 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, ProbeError> {
     let btf = KernelBtf::load().map_err(ProbeError::Mechanism)?;
     let fexits = fentry_programs(&btf).map_err(ProbeError::Mechanism)?;
     drop(btf);
-    attach_fexits(ebpf, &fexits)?;
+    attach_trampolines(ebpf, &fexits)?;
     if let Err(e) = attach_raw_tracepoints(ebpf, FENTRY_RAW_PROGRAMS) {
         unload_programs(ebpf, fexits.iter().map(|p| p.0));
         return Err(e);

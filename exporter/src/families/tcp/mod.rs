@@ -1,6 +1,8 @@
 //! TCP connections, retransmits and resets: the user-space half of
 //! `ebpf/periscope-ebpf/src/tcp.rs` (tracepoints `sock:inet_sock_set_state`,
-//! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`).
+//! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`; or, with the
+//! `fentry` mechanism, a BPF trampoline on `tcp_set_state`, the raw `tcp_retransmit_skb`
+//! tracepoint and the two reset tracepoints).
 //!
 //! Connection events are drained from the ring buffer on a short timer and at every collect
 //! (so a scrape sees every connection closed before it); retransmit and reset counters are read
@@ -16,7 +18,7 @@ use periscope_common::tcp::{FIELD_ABSENT, PEER_KINDS, SOCKADDR_SIZE, TcpEvent, T
 
 use super::{
     Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, ProbeStatus, Registration,
-    Started, Task, TaskContext, start_family,
+    Started, Task, TaskContext, candidates_plan, start_family_with,
 };
 pub mod config;
 pub mod metrics;
@@ -24,15 +26,38 @@ pub mod metrics;
 pub use self::config::TcpConfig;
 use self::metrics::TcpMetrics;
 use crate::{
-    kernel::tracefs::{Tracefs, TracepointFormat},
+    kernel::{
+        btf::KernelBtf,
+        programs::{
+            attach_raw_tracepoints, attach_tracepoints, attach_trampolines, unload_programs,
+        },
+        tracefs::{Tracefs, TracepointFormat},
+    },
     model::metrics::Metric,
 };
 
 const FAMILY: &str = "tcp";
-const IMPLEMENTED: &[Mechanism] = &[Mechanism::Tracepoint];
+/// Best first (see `Mechanism::PREFERENCE`): `fentry` where the kernel has BPF trampolines
+/// (measured cheaper per event in the kernel matrix, docs/kernels.md), else tracepoints.
+const IMPLEMENTED: &[Mechanism] = &[Mechanism::Fentry, Mechanism::Tracepoint];
 pub const PROGRAMS: &[(&str, &str, &str)] = &[
     ("tcp_state", "sock", "inet_sock_set_state"),
     ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+];
+/// `(program, kernel function)` of the `fentry` mechanism, with the parameter names the
+/// programs expect (checked against this kernel's BTF before loading).
+const TRAMPOLINES: &[(&str, &str, &[&str])] =
+    &[("tcp_state_fentry", "tcp_set_state", &["sk", "state"])];
+/// `(program, raw tracepoint)` beside the `fentry` program: retransmits where the tracepoint
+/// fires (`__tcp_retransmit_skb`, which Debian's 6.1 inlines into its caller: no `fexit` there
+/// sees a SYN retransmit), without the tracepoint's record.
+const FENTRY_RAW: &[(&str, &str)] = &[("tcp_retransmit_raw", "tcp_retransmit_skb")];
+/// The tracepoint programs beside the `fentry` ones: resets are rare (nothing to save), and
+/// which of them the kernel reports has changed between releases (a reset for no socket, an
+/// active reset: since 6.10), where the tracepoint stays the same interface.
+const FENTRY_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
 ];
@@ -56,15 +81,80 @@ pub fn plan(config: &TcpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs
             "TCP byte counts per connection are off (kernel.tcp.connection.sent/received stay 0)"
         ),
     }
-    super::tracepoint_plan(
+    candidates_plan(
         FAMILY,
         IMPLEMENTED,
         config.mechanism,
         kernel,
-        tracefs,
         settings,
-        tracepoint_offsets,
+        |mechanism| {
+            let tracefs = tracefs.ok_or_else(|| "tracefs is not mounted".to_string())?;
+            match mechanism {
+                Mechanism::Fentry => fentry_globals(kernel, tracefs),
+                _ => tracepoint_offsets(tracefs).map_err(|e| e.to_string()),
+            }
+        },
     )
+}
+
+/// What the `fentry` mechanism needs: this kernel's functions with the parameters the programs
+/// read, the socket offsets from BTF, and the reset tracepoints' layouts.
+fn fentry_globals(
+    kernel: &KernelSupport,
+    tracefs: &Tracefs,
+) -> Result<Vec<(&'static str, u32)>, String> {
+    let btf = kernel.btf()?;
+    trampolines(&btf)?;
+    let mut globals = btf.sock_offsets()?;
+    for (name, fields) in PEER_TRACEPOINTS
+        .iter()
+        .filter(|(name, _)| *name != "tcp_retransmit_skb")
+    {
+        let format = tracefs.format("tcp", name).map_err(|e| e.to_string())?;
+        globals.extend(peer_offsets(&format, fields).map_err(|e| e.to_string())?);
+    }
+    Ok(globals)
+}
+
+/// The `fentry` mechanism's `(program, function)` pairs, when this kernel's BTF has each
+/// function with the parameters its program reads.
+fn trampolines(btf: &KernelBtf) -> Result<Vec<(&'static str, &'static str)>, String> {
+    TRAMPOLINES
+        .iter()
+        .map(|(program, function, expected)| {
+            let params = btf
+                .function_params(function)
+                .ok_or_else(|| format!("BTF has no function {function}"))?;
+            if params != *expected {
+                return Err(format!("{function}{params:?}: expected {expected:?}"));
+            }
+            Ok((*program, *function))
+        })
+        .collect()
+}
+
+/// Attaches the `fentry` mechanism: the trampoline programs, then the raw tracepoint and the
+/// reset tracepoints (all or none).
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, ProbeError> {
+    let btf = KernelBtf::load().map_err(ProbeError::Mechanism)?;
+    let programs = trampolines(&btf).map_err(ProbeError::Mechanism)?;
+    drop(btf);
+    attach_trampolines(ebpf, &programs)?;
+    let beside = attach_raw_tracepoints(ebpf, FENTRY_RAW).and_then(|()| {
+        attach_tracepoints(ebpf, FENTRY_TRACEPOINTS).inspect_err(|_| {
+            unload_programs(ebpf, FENTRY_RAW.iter().map(|p| p.0));
+        })
+    });
+    if let Err(e) = beside {
+        unload_programs(ebpf, programs.iter().map(|p| p.0));
+        return Err(e);
+    }
+    Ok(programs
+        .iter()
+        .chain(FENTRY_RAW)
+        .map(|p| p.0)
+        .chain(FENTRY_TRACEPOINTS.iter().map(|p| p.0))
+        .collect())
 }
 
 /// The programs' field-offset globals, from this kernel's format files.
@@ -236,7 +326,14 @@ pub struct Tcp {
 }
 
 pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &TcpConfig) -> (Option<Tcp>, ProbeStatus) {
-    start_family(ebpf, FAMILY, plan, PROGRAMS, |ebpf| {
+    let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| match mechanism {
+        Mechanism::Fentry => attach_fentry(ebpf),
+        _ => {
+            attach_tracepoints(ebpf, PROGRAMS)?;
+            Ok(PROGRAMS.iter().map(|p| p.0).collect())
+        }
+    };
+    start_family_with(ebpf, FAMILY, plan, attach, |ebpf| {
         let map_error = |map: &'static str| {
             move |e: aya::maps::MapError| ProbeError::Map {
                 map,
@@ -477,6 +574,57 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "tracepoint tcp:tcp_send_reset has no field \"sport\" on this kernel"
+        );
+    }
+
+    /// A kernel with this machine's BTF that allows exactly `allowed`.
+    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
+        KernelSupport::with_mechanisms(
+            Mechanism::PREFERENCE
+                .into_iter()
+                .map(|m| {
+                    let allows = if allowed.contains(&m) {
+                        Ok(())
+                    } else {
+                        Err(format!("{m} is not in this test kernel"))
+                    };
+                    (m, allows)
+                })
+                .collect(),
+        )
+    }
+
+    /// `auto` takes `fentry` where the kernel allows it (cheaper per connection in the kernel
+    /// matrix), with tracepoints behind it, and tracepoints alone elsewhere (this machine).
+    #[test]
+    fn auto_takes_fentry_first_and_tracepoints_behind_it() {
+        let tracefs = Tracefs::locate().expect("tracefs is mounted");
+        let config = TcpConfig::default();
+        let both = kernel(&[Mechanism::Fentry, Mechanism::Tracepoint]);
+        let planned = plan(&config, &both, Some(&tracefs));
+        assert_eq!(planned.mechanism.ok(), Some(Mechanism::Fentry));
+        assert_eq!(planned.fallbacks, vec![Mechanism::Tracepoint]);
+        let globals: Vec<&str> = planned.settings.globals.iter().map(|g| g.0).collect();
+        for global in [
+            "SK_STATE",
+            "SK_PORTPAIR",
+            "TCP_STATE_SKADDR",
+            "TCP_SEND_RESET_SKADDR",
+        ] {
+            assert!(globals.contains(&global), "{global} missing: {globals:?}");
+        }
+        let planned = plan(&config, &kernel(&[Mechanism::Tracepoint]), Some(&tracefs));
+        assert_eq!(planned.mechanism.ok(), Some(Mechanism::Tracepoint));
+        assert_eq!(planned.refused[0].0, Mechanism::Fentry);
+    }
+
+    /// This kernel's `tcp_set_state` has the parameters the `fentry` program reads.
+    #[test]
+    fn this_kernels_tcp_set_state_is_what_the_fentry_program_reads() {
+        let btf = KernelBtf::load().unwrap();
+        assert_eq!(
+            trampolines(&btf),
+            Ok(vec![("tcp_state_fentry", "tcp_set_state")])
         );
     }
 
