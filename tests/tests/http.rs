@@ -286,6 +286,36 @@ fn chunked_request_bodies_are_counted_on_both_sides() {
     check(&daemon, server.port, &sent, true);
 }
 
+/// Heads longer than the 512 bytes the kernel copies: an 8 KiB cookie, and a request line of
+/// 700 bytes (its target cut where the capture ends), each followed by ordinary requests on the
+/// same keep-alive connection, against the Python and Node servers. Exact on both sides.
+#[test]
+fn request_heads_longer_than_the_capture_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    for server in [
+        Server::python(free_port(), true, None, "py-long"),
+        Server::node(free_port(), true),
+    ] {
+        let script = format!(
+            "import http.client\n\
+             c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n\
+             def get(path, **headers):\n\
+             \x20   c.request('GET', path, headers=headers)\n\
+             \x20   r = c.getresponse(); r.read()\n\
+             \x20   assert r.status == 200, r.status\n\
+             for i in range(4):\n\
+             \x20   get(f'/users/{{i}}', Cookie='a=' + 'x' * 8192)\n\
+             \x20   get(f'/users/{{i}}')\n\
+             get('/users/' + '9' * 700)\n\
+             get('/users/5')\n",
+            port = server.port
+        );
+        run_python(&script);
+        check(&daemon, server.port, &user_gets(0..10), true);
+    }
+}
+
 /// Clients that half-close (`shutdown(SHUT_WR)` after the request, then read the response to
 /// its end, as HTTP/1.0 tools may): the half-close is not the end of the connection, nor is the
 /// server's FIN arriving before the client reads (its socket is closed in the kernel by then,

@@ -203,7 +203,7 @@ pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
         Err(_) if req.version.is_some() => None,
         Err(_) => return Err(ParseError::Invalid),
     };
-    let (Some(method), Some(target)) = (req.method, req.path) else {
+    let (Some(method), Some(target)) = (req.method, req.path.or_else(|| cut_target(bytes))) else {
         return Err(ParseError::TooShort);
     };
     let mut head = Head {
@@ -217,6 +217,24 @@ pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
         target: first_chars(target, 2048).to_string(),
         head,
     })
+}
+
+/// The request-target of a request line that `bytes` end inside of (cut by the capture, or
+/// split across reads), as far as it goes; `None` before its first byte. Only after a known
+/// method: [`request_start`] takes no other token without its whole line.
+fn cut_target(bytes: &[u8]) -> Option<&str> {
+    let space = bytes.iter().position(|b| *b == b' ')?;
+    if !KNOWN_METHODS
+        .iter()
+        .any(|m| m.as_bytes() == &bytes[..space])
+    {
+        return None;
+    }
+    let target = &bytes[space + 1..];
+    if target.is_empty() || !target.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    std::str::from_utf8(target).ok()
 }
 
 /// Parses the start of a response head.
@@ -584,6 +602,22 @@ mod tests {
             chunked_end(b"11111111111111111\r\n", 1),
             Err(ChunkedError),
             "too long"
+        );
+    }
+
+    #[test]
+    fn a_request_line_longer_than_the_capture_keeps_its_method_and_target_so_far() {
+        let line = format!("GET /users/{} HTTP/1.1\r\n", "9".repeat(700));
+        let cut = &line.as_bytes()[..512];
+        let head = request(cut).expect("a request");
+        assert_eq!((head.method.as_str(), head.head.len), ("GET", None));
+        assert_eq!(head.target.len(), 508);
+        assert!(head.target.starts_with("/users/999"));
+        assert_eq!(request(b"GET "), Err(ParseError::TooShort), "no target yet");
+        assert_eq!(
+            request(b"PURGE /x"),
+            Err(ParseError::TooShort),
+            "unknown: needs its line"
         );
     }
 }
