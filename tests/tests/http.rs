@@ -383,10 +383,22 @@ fn a_connection_opened_before_periscope_started_is_counted_from_then_on() {
     .expect("client output");
     assert_eq!(line.trim(), "connected");
     let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let followed = |seen: &str| {
+        daemon
+            .scrape()
+            .value(
+                "periscope_http_connections_followed_total",
+                &[("seen", seen)],
+            )
+            .expect("periscope_http_connections_followed_total")
+    };
+    let mid_stream = followed("mid_stream");
     std::io::Write::write_all(client.stdin.as_mut().expect("stdin"), b"go\n").expect("stdin");
     let status = client.wait().expect("client");
     assert!(status.success(), "client failed");
     check(&daemon, server.port, &user_gets(1..5), true);
+    // Both ends of the connection were found in the middle, and say so.
+    assert_eq!(followed("mid_stream") - mid_stream, 2.0);
 }
 
 /// Whether `counts` hold exactly `n` requests in total.

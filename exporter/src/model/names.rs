@@ -34,6 +34,7 @@ pub const PERISCOPE_USDT_ATTACHED: &str = "periscope.usdt.attached";
 pub const PERISCOPE_HTTP_MESSAGES: &str = "periscope.http.messages";
 pub const PERISCOPE_HTTP_TLS_FILES: &str = "periscope.http.tls.files";
 pub const PERISCOPE_HTTP_CONNECTIONS: &str = "periscope.http.connections";
+pub const PERISCOPE_HTTP_CONNECTIONS_FOLLOWED: &str = "periscope.http.connections.followed";
 pub const PERISCOPE_HTTP_SERIES: &str = "periscope.http.series";
 pub const PERISCOPE_HTTP_PROCESSES: &str = "periscope.http.processes";
 pub const PERISCOPE_TCP_SERIES: &str = "periscope.tcp.series";
@@ -72,6 +73,7 @@ pub const ALL: &[&str] = &[
     PERISCOPE_HTTP_MESSAGES,
     PERISCOPE_HTTP_TLS_FILES,
     PERISCOPE_HTTP_CONNECTIONS,
+    PERISCOPE_HTTP_CONNECTIONS_FOLLOWED,
     PERISCOPE_HTTP_SERIES,
     PERISCOPE_HTTP_PROCESSES,
     PERISCOPE_TCP_SERIES,

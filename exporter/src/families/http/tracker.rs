@@ -46,6 +46,11 @@ pub struct HttpStats {
     pub unmatched_responses: u64,
     pub dropped: HashMap<&'static str, u64>,
     pub not_selected: u64,
+    /// Connections followed from their establishment (accept, connect, or a socket whose
+    /// establishment the kernel saw), and from the middle (opened before Periscope started, or
+    /// forgotten): in the second, a message under way when they were found is not counted.
+    pub followed_from_start: u64,
+    pub followed_mid_stream: u64,
     pub records: u64,
     pub malformed_records: u64,
 }
@@ -105,6 +110,22 @@ impl HttpState {
             description: "What the HTTP capture made of the traffic: matched exchanges, bytes that were not HTTP, responses without a request, requests dropped (and why).",
             unit: "1",
             points: Points::Counter(points),
+            resource: None,
+        });
+        out.push(Metric {
+            name: names::PERISCOPE_HTTP_CONNECTIONS_FOLLOWED,
+            description: "Connections the HTTP capture started following: from their establishment, or found in the middle (opened before Periscope started, or forgotten), where a message under way is not counted.",
+            unit: "1",
+            points: Points::Counter(vec![
+                (
+                    vec![("seen", "from_start".to_string())],
+                    s.followed_from_start as f64,
+                ),
+                (
+                    vec![("seen", "mid_stream".to_string())],
+                    s.followed_mid_stream as f64,
+                ),
+            ]),
             resource: None,
         });
         out.push(Metric {
@@ -394,6 +415,7 @@ impl Tracker {
             self.give_up(key);
             return;
         }
+        self.stats.followed_from_start += 1;
         self.track(key, role, port, peer, conn.time_ns);
     }
 
@@ -491,6 +513,7 @@ impl Tracker {
                 self.give_up(key);
                 return;
             }
+            self.stats.followed_mid_stream += 1;
             self.track(key, role, port, None, h.end_ns);
         }
         let io = Io {
