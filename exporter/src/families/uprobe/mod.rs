@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     num::NonZeroU32,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Instant,
 };
 
@@ -39,8 +39,7 @@ use super::{
 use crate::{
     model::histogram::{Histogram, ValueUnit, read_series},
     model::metrics::{self, Attributes, Metric},
-    process::EXITED_SERIES_TTL,
-    process::{ProcessInfo, ProcessResource},
+    process::{ProcessCache, ProcessResource},
 };
 
 const FAMILY: &str = "uprobe";
@@ -252,21 +251,13 @@ fn resolve(function: &FunctionConfig) -> Result<Resolved, String> {
     resolve_symbol(&file, &function.symbol)
 }
 
-/// Series of one process: its resource, and how to tell it from a later process with its pid.
-struct Tracked {
-    resource: Arc<ProcessResource>,
-    start_time: Option<u64>,
-    exited_at: Option<Instant>,
-}
-
 pub struct Uprobe {
     latency: PerCpuHashMap<MapData, u64, Hist>,
     start: aya::maps::HashMap<MapData, u64, u64>,
     /// Process names the kernel recorded (LRU), for processes gone before /proc was read.
     comms: aya::maps::HashMap<MapData, u32, [u8; COMM_LEN]>,
     pub entries: Vec<EntryStatus>,
-    processes: Mutex<HashMap<u32, Tracked>>,
-    host: String,
+    processes: ProcessCache,
 }
 
 /// Attaches every configured function it can. Returns the family (when at least one function
@@ -322,14 +313,12 @@ pub fn start(
     };
     status.mechanism = Some(mechanism);
     status.programs = vec![ENTRY_PROGRAM, RETURN_PROGRAM];
-    let host = crate::model::resource::host_name();
     let uprobe = Uprobe {
         latency,
         start,
         comms,
         entries: entries.clone(),
-        processes: Mutex::new(HashMap::new()),
-        host,
+        processes: ProcessCache::new(),
     };
     (Some(uprobe), status, entries)
 }
@@ -465,18 +454,10 @@ fn attach_error(e: &anyhow::Error) -> String {
     }
 }
 
-/// Start time of a process (clock ticks since boot, field 22 of /proc/PID/stat): a pid reused by
-/// a later process has another one.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl Uprobe {
     /// Drops stamps of calls that never returned, and the series of processes that exited more
-    /// than [`EXITED_SERIES_TTL`] ago (kernel keys included, so the map does not fill up).
+    /// than [`crate::process::EXITED_SERIES_TTL`] ago (kernel keys included, so the map does
+    /// not fill up).
     fn sweep_entries(&mut self) -> u64 {
         let swept = sweep_stale(&mut self.start, |since| *since);
         let tgids = self.series_tgids();
@@ -509,52 +490,33 @@ impl Uprobe {
     }
 
     /// Marks processes gone (or replaced under their pid) and returns those past the TTL.
-    fn expire(&self, tgids: &[u32]) -> Vec<u32> {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+    fn expire(&mut self, tgids: &[u32]) -> Vec<u32> {
         for &tgid in tgids {
-            self.track(&mut processes, tgid);
+            self.track(tgid);
         }
         let now = Instant::now();
-        let mut expired = Vec::new();
-        for (tgid, tracked) in processes.iter_mut() {
-            if tracked.exited_at.is_none() && process_start_time(*tgid) != tracked.start_time {
-                tracked.exited_at = Some(now);
-            }
-            if tracked
-                .exited_at
-                .is_some_and(|at| now.duration_since(at) > *EXITED_SERIES_TTL)
-            {
-                expired.push(*tgid);
-            }
-        }
-        processes.retain(|tgid, _| !expired.contains(tgid));
-        expired
+        self.processes.mark_gone(now);
+        let expired = self.processes.expire(now);
+        expired.into_iter().map(|(tgid, _)| tgid).collect()
     }
 
     /// The resource of `tgid`, read from /proc the first time it is seen.
-    fn track(&self, processes: &mut HashMap<u32, Tracked>, tgid: u32) -> Arc<ProcessResource> {
-        let tracked = processes.entry(tgid).or_insert_with(|| {
-            // Gone before it was first seen: the name the kernel recorded stands in for it.
-            let comm = self
-                .comms
+    fn track(&mut self, tgid: u32) -> Arc<ProcessResource> {
+        // Gone before it was first seen: the name the kernel recorded stands in for it.
+        let comms = &self.comms;
+        let comm = || {
+            comms
                 .get(&tgid, 0)
                 .map(|c| {
                     String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
                 })
-                .unwrap_or_else(|_| "unknown".into());
-            let info = ProcessInfo::read(tgid, &comm, &self.host, None);
-            let start_time = process_start_time(tgid);
-            Tracked {
-                resource: info.resource,
-                exited_at: start_time.is_none().then(Instant::now),
-                start_time,
-            }
-        });
-        tracked.resource.clone()
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        self.processes.resource(tgid, comm)
     }
 
     /// One `process.function.duration` metric per process, one point per function.
-    fn collect_series(&self, out: &mut Vec<Metric>) {
+    fn collect_series(&mut self, out: &mut Vec<Metric>) {
         let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
             Histogram::from_kernel(per_cpu)
         }) {
@@ -579,7 +541,6 @@ impl Uprobe {
                 .or_default()
                 .push((attributes, histogram));
         }
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         for (tgid, mut points) in by_process {
             points.sort_by(|a, b| a.0.cmp(&b.0));
             out.push(Metric {
@@ -587,7 +548,7 @@ impl Uprobe {
                 description: "Duration of calls to configured user-space functions (uprobe to uretprobe).",
                 unit: "s",
                 points: metrics::Points::Histogram(ValueUnit::Seconds, points),
-                resource: Some(self.track(&mut processes, tgid)),
+                resource: Some(self.track(tgid)),
             });
         }
     }
@@ -645,13 +606,5 @@ mod tests {
                 .unwrap_err()
                 .starts_with("library libnope.so.9 not found")
         );
-    }
-
-    #[test]
-    fn start_time_tells_processes_apart() {
-        let me = std::process::id();
-        assert!(process_start_time(me).is_some());
-        assert_eq!(process_start_time(me), process_start_time(me));
-        assert_eq!(process_start_time(u32::MAX - 1), None);
     }
 }

@@ -16,7 +16,7 @@ pub mod perf;
 use std::{
     collections::HashMap,
     os::fd::{AsFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::Instant,
 };
@@ -41,7 +41,7 @@ use crate::{
     model::histogram::{Histogram, ValueUnit, read_series},
     model::metrics::{self, Attributes, Metric},
     model::names,
-    process::{EXITED_SERIES_TTL, ProcessInfo, ProcessResource},
+    process::{ProcessCache, ProcessResource},
 };
 
 const FAMILY: &str = "usdt";
@@ -250,9 +250,7 @@ pub fn start(
         latency,
         entries: entries.clone(),
         _links: links,
-        processes: HashMap::new(),
-        exited: HashMap::new(),
-        host: crate::model::resource::host_name(),
+        processes: ProcessCache::new(),
     };
     (Some(usdt), status, entries)
 }
@@ -470,10 +468,7 @@ pub struct Usdt {
     pub entries: Vec<EntryStatus>,
     /// The attached perf events: closing them detaches.
     _links: Vec<perf::Link>,
-    processes: HashMap<u32, Arc<ProcessResource>>,
-    /// When each process with series was first seen gone.
-    exited: HashMap<u32, Instant>,
-    host: String,
+    processes: ProcessCache,
 }
 
 impl Family for Usdt {
@@ -488,10 +483,10 @@ impl Family for Usdt {
         Some(check_lines(&self.entries))
     }
 
-    /// Deletes the series of processes gone for more than [`EXITED_SERIES_TTL`], so the maps
-    /// do not fill up with the dead. Start stamps live in an LRU: none are stale to count.
+    /// Deletes the series of processes gone for more than
+    /// [`crate::process::EXITED_SERIES_TTL`], so the maps do not fill up with the dead. Start
+    /// stamps live in an LRU: none are stale to count.
     fn sweep(&mut self) -> u64 {
-        let now = Instant::now();
         let mut tgids: Vec<u32> = self
             .counts
             .keys()
@@ -502,20 +497,12 @@ impl Family for Usdt {
             .collect();
         tgids.sort_unstable();
         tgids.dedup();
-        let mut expired = Vec::new();
         for tgid in tgids {
-            if Path::new(&format!("/proc/{tgid}")).exists() {
-                self.exited.remove(&tgid);
-                continue;
-            }
-            let since = *self.exited.entry(tgid).or_insert(now);
-            if now.duration_since(since) > *EXITED_SERIES_TTL {
-                expired.push(tgid);
-            }
+            self.resource(tgid);
         }
-        for tgid in expired {
-            self.exited.remove(&tgid);
-            self.processes.remove(&tgid);
+        let now = Instant::now();
+        self.processes.mark_gone(now);
+        for (tgid, _) in self.processes.expire(now) {
             let gone = |k: &u64| split_series_key(*k).1 == tgid;
             let keys: Vec<u64> = self
                 .counts
@@ -540,16 +527,8 @@ impl Family for Usdt {
 impl Usdt {
     /// The resource of `tgid`, read from /proc the first time it is seen.
     fn resource(&mut self, tgid: u32) -> Arc<ProcessResource> {
-        let host = &self.host;
-        self.processes
-            .entry(tgid)
-            .or_insert_with(|| {
-                let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "unknown".into());
-                ProcessInfo::read(tgid, &comm, host, None).resource
-            })
-            .clone()
+        // /proc/PID/comm is read for a live process anyway: the hint names a gone one.
+        self.processes.resource(tgid, || "unknown".into())
     }
 
     /// `process.usdt.calls`: firings per (probe, process), one metric per process.
