@@ -284,7 +284,7 @@ async fn send(client: &OtlpClient, window: &Window) -> Sent {
         .flat_map(|s| &s.profiles)
         .map(|p| p.sample.len())
         .sum();
-    match client.send_profiles(&request).await {
+    match client.send(&request).await {
         Ok(()) => {
             tracing::debug!(
                 processes = request.resource_profiles.len(),
