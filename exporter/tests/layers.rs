@@ -121,7 +121,13 @@ fn the_rule_catches_an_upward_import() {
 
 /// The probe families (folders, or single files, of `src/families/`).
 fn families(src: &Path) -> Vec<(String, Vec<PathBuf>)> {
-    let shared = ["mod.rs", "attach.rs", "probes.rs", "settings.rs"];
+    let shared = [
+        "mod.rs",
+        "attach.rs",
+        "probes.rs",
+        "settings.rs",
+        "user_probe.rs",
+    ];
     std::fs::read_dir(src.join("families"))
         .expect("read families")
         .flatten()

@@ -12,6 +12,7 @@ pub mod otlp_receiver;
 pub mod prometheus;
 pub mod reference;
 pub mod scrape;
+pub mod target;
 
 use std::{
     net::TcpListener,

@@ -164,6 +164,33 @@ fn periscope_profile(args: &[&str]) -> Tool {
     Tool::start(command, "periscope profile: sampling")
 }
 
+/// Folded stacks, as `periscope profile --format folded` writes them.
+type Stacks = Vec<(Vec<String>, u64)>;
+
+/// `periscope profile <args> --format folded`, into `dir`, while `workload` runs once: `run`
+/// gets the started workload and the profiler and returns what it measured (the workload's
+/// result line, read while the profiler still runs). Returns that and the folded stacks.
+fn profile_folded<T>(
+    args: &[&str],
+    dir: &Path,
+    mut workload: Workload,
+    run: impl FnOnce(&mut Workload, &Tool) -> T,
+) -> (T, Stacks) {
+    let folded = dir.join("profile.folded");
+    let mut args = args.to_vec();
+    args.extend(["--format", "folded", "-o", folded.to_str().unwrap()]);
+    let periscope = periscope_profile(&args);
+    workload.go();
+    let measured = run(&mut workload, &periscope);
+    let (status, said) = periscope.interrupt();
+    assert!(status.success(), "periscope profile failed: {said:#?}");
+    workload.finish();
+    (
+        measured,
+        parse_folded(&std::fs::read_to_string(&folded).unwrap()),
+    )
+}
+
 /// Folded stacks: `frame;frame;... value` per line.
 fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
     text.lines()
@@ -587,23 +614,9 @@ fn a_stripped_binary_gives_module_and_offset_frames_and_no_crash() {
     let binary = build_c("profile_oncpu.c", dir.path(), "oncpu-stripped");
     let status = Command::new("strip").arg(&binary).status().expect("strip");
     assert!(status.success());
-    let mut workload = Workload::spawn(&binary, "2");
+    let workload = Workload::spawn(&binary, "2");
     let pid = workload.pid().to_string();
-    let folded = dir.path().join("stripped.folded");
-    let periscope = periscope_profile(&[
-        "--pid",
-        &pid,
-        "--format",
-        "folded",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
-    workload.go();
-    workload.measured();
-    let (status, said) = periscope.interrupt();
-    assert!(status.success(), "periscope profile failed: {said:#?}");
-    workload.finish();
-    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let (_, stacks) = profile_folded(&["--pid", &pid], dir.path(), workload, |w, _| w.measured());
     let mut frames: BTreeMap<String, u64> = BTreeMap::new();
     for (stack, n) in &stacks {
         for frame in stack {
@@ -630,23 +643,11 @@ fn a_rust_binary_is_named_with_demangled_paths() {
     let _machine = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_profile-target"));
-    let mut workload = Workload::spawn(&binary, "3");
+    let workload = Workload::spawn(&binary, "3");
     let pid = workload.pid().to_string();
-    let folded = dir.path().join("rust.folded");
-    let periscope = periscope_profile(&[
-        "--pid",
-        &pid,
-        "--format",
-        "folded",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
-    workload.go();
-    workload.measured_line();
-    let (status, said) = periscope.interrupt();
-    assert!(status.success(), "periscope profile failed: {said:#?}");
-    workload.finish();
-    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let (_, stacks) = profile_folded(&["--pid", &pid], dir.path(), workload, |w, _| {
+        w.measured_line()
+    });
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
     let in_spin: u64 = stacks
         .iter()
@@ -682,7 +683,7 @@ fn a_binary_only_in_another_mount_namespace_is_named_through_proc_root() {
     );
     let mut command = Command::new("unshare");
     command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-    let mut workload = Workload::spawn_command(command);
+    let workload = Workload::spawn_command(command);
     let pid = workload.pid();
     periscope_e2e::wait_for(
         "the workload to run from its tmpfs",
@@ -696,21 +697,8 @@ fn a_binary_only_in_another_mount_namespace_is_named_through_proc_root() {
         !hidden.join("oncpu-ns").exists(),
         "the binary is visible outside its namespace"
     );
-    let folded = dir.path().join("ns.folded");
-    let periscope = periscope_profile(&[
-        "--pid",
-        &pid.to_string(),
-        "--format",
-        "folded",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
-    workload.go();
-    workload.measured();
-    let (status, said) = periscope.interrupt();
-    assert!(status.success(), "periscope profile failed: {said:#?}");
-    workload.finish();
-    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let pid = pid.to_string();
+    let (_, stacks) = profile_folded(&["--pid", &pid], dir.path(), workload, |w, _| w.measured());
     let (a, b) = (total_with(&stacks, "burn_a"), total_with(&stacks, "burn_b"));
     assert!(
         a + b > 100,
@@ -924,27 +912,12 @@ fn a_node_process_with_perf_basic_prof_is_named_from_its_perf_map() {
         .arg("--perf-basic-prof")
         .arg(&script)
         .arg("4");
-    let mut workload = Workload::spawn_command(command);
+    let workload = Workload::spawn_command(command);
     let pid = workload.pid();
-    let folded = dir.path().join("node.folded");
-    let periscope = periscope_profile(&[
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        "5m",
-        "--format",
-        "folded",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
-    workload.go();
-    let calls = workload.measured()[0];
-    let (status, said) = periscope.interrupt();
-    assert!(status.success(), "periscope profile failed: {said:#?}");
-    workload.finish();
+    let args = ["--pid", &pid.to_string(), "--duration", "5m"];
+    let (calls, stacks) = profile_folded(&args, dir.path(), workload, |w, _| w.measured()[0]);
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
 
-    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
     let hot = total_with_substring(&stacks, "periscopeHotLoop");
     println!("node: {calls} calls; {hot} of {total} samples name periscopeHotLoop");
@@ -982,30 +955,17 @@ fn hundreds_of_short_lived_processes_are_counted_under_their_name_in_bounded_mem
     let _machine = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let binary = build_c("profile_short.c", dir.path(), "short-work");
-    let mut workload = Workload::spawn_command({
+    let workload = Workload::spawn_command({
         let mut c = Command::new(&binary);
         c.args(["400", "20"]);
         c
     });
-    let folded = dir.path().join("short.folded");
-    let periscope = periscope_profile(&[
-        "--comm",
-        "short-work",
-        "--duration",
-        "5m",
-        "--format",
-        "folded",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
-    workload.go();
-    let ran = workload.measured()[0];
-    let peak_kib = peak_rss_kib(periscope.child.id());
-    let (status, said) = periscope.interrupt();
-    assert!(status.success(), "periscope profile failed: {said:#?}");
-    workload.finish();
+    let args = ["--comm", "short-work", "--duration", "5m"];
+    let ((ran, peak_kib), stacks) = profile_folded(&args, dir.path(), workload, |w, periscope| {
+        let ran = w.measured()[0];
+        (ran, peak_rss_kib(periscope.child.id()))
+    });
 
-    let stacks = parse_folded(&std::fs::read_to_string(&folded).unwrap());
     let samples: u64 = stacks
         .iter()
         .filter(|(frames, _)| frames[0] == "short-work")

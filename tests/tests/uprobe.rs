@@ -3,90 +3,26 @@
 //! bad entries fail alone with clear errors, and the process-name and pid filters exclude other
 //! processes running the very same binary.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, Command, Stdio},
-};
+use std::process::Command;
 
-use periscope_e2e::{daemon::Daemon, exclusive, periscope_bin, scrape::Scrape};
+use periscope_e2e::{daemon::Daemon, exclusive, periscope_bin, scrape::Scrape, target::Target};
 
 const DURATION: &str = "process_function_duration_seconds";
 const TARGET: &str = env!("CARGO_BIN_EXE_function-target");
 const CALLS: usize = 50;
 const SLEEP_MS: u64 = 20;
 
-/// A running `function-target`, stopped at its start line until `go`.
-struct Target {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
-    pid: u32,
+/// Starts `function-target` (or a link to it, whose name becomes the process name).
+fn start_target(program: &std::path::Path) -> Target {
+    Target::start(program, &[CALLS.to_string(), SLEEP_MS.to_string()])
 }
 
-impl Target {
-    /// Runs the binary through `program` (the binary itself, or a symlink to it whose name
-    /// becomes the process name).
-    fn start(program: &std::path::Path) -> Self {
-        let mut child = Command::new(program)
-            .args([CALLS.to_string(), SLEEP_MS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn function-target");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let pid = line
-            .trim()
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("expected `pid N`, got {line:?}"));
-        Self {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            pid,
-        }
-    }
-
-    fn go(&mut self) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "go").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for every call and returns the durations it measured itself, in seconds.
-    fn durations(&mut self) -> Vec<f64> {
-        let mut out = Vec::new();
-        for line in (&mut self.stdout).lines() {
-            let line = line.unwrap();
-            if line == "done" {
-                return out;
-            }
-            let ns: f64 = line.strip_prefix("call ").unwrap().parse().unwrap();
-            out.push(ns / 1e9);
-        }
-        panic!("function-target ended before `done`");
-    }
-
-    /// Closes stdin: the process exits.
-    fn finish(&mut self) -> std::process::ExitStatus {
-        self.stdin.take();
-        self.child.wait().unwrap()
-    }
-
-    fn instance(&self) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        format!("{}:{}", host.trim(), self.pid)
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for every call and returns the durations the target measured itself, in seconds.
+fn durations(target: &mut Target) -> Vec<f64> {
+    let calls = target.report().into_iter();
+    calls
+        .map(|line| line.strip_prefix("call ").unwrap().parse::<f64>().unwrap() / 1e9)
+        .collect()
 }
 
 fn function_config(entries: &[String]) -> String {
@@ -138,12 +74,12 @@ fn function_latency_is_exact_and_agrees_with_the_caller() {
     ]);
     let daemon = Daemon::start(&config, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let mut ours = Target::start(std::path::Path::new(TARGET));
-    let mut other = Target::start(&renamed_target(&dir));
+    let mut ours = start_target(std::path::Path::new(TARGET));
+    let mut other = start_target(&renamed_target(&dir));
     ours.go();
     other.go();
-    let mut measured = ours.durations();
-    assert_eq!(other.durations().len(), CALLS);
+    let mut measured = durations(&mut ours);
+    assert_eq!(durations(&mut other).len(), CALLS);
     let scrape = daemon.scrape();
 
     // Exact count for the selected process; nothing for the one running under another name.
@@ -264,8 +200,8 @@ fn check_lists_every_entry(config: &str) {
 #[test]
 fn pid_filter_times_only_that_process() {
     let _machine = exclusive();
-    let mut chosen = Target::start(std::path::Path::new(TARGET));
-    let mut other = Target::start(std::path::Path::new(TARGET));
+    let mut chosen = start_target(std::path::Path::new(TARGET));
+    let mut other = start_target(std::path::Path::new(TARGET));
     let config = function_config(&[entry(
         TARGET,
         "process_order",
@@ -274,8 +210,8 @@ fn pid_filter_times_only_that_process() {
     let daemon = Daemon::start(&config, &[]);
     chosen.go();
     other.go();
-    assert_eq!(chosen.durations().len(), CALLS);
-    assert_eq!(other.durations().len(), CALLS);
+    assert_eq!(durations(&mut chosen).len(), CALLS);
+    assert_eq!(durations(&mut other).len(), CALLS);
     // Exited before the first scrape: the name comes from what the kernel recorded.
     assert!(chosen.finish().success());
     let scrape = daemon.scrape();

@@ -5,13 +5,15 @@
 //! shared library, and bpftrace's counts of the same run; bad entries fail alone, by name.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use periscope_e2e::{daemon::Daemon, exclusive, periscope_bin, scrape::Scrape, wait_for};
+use periscope_e2e::{
+    daemon::Daemon, exclusive, periscope_bin, scrape::Scrape, target::Target, wait_for,
+};
 
 const CALLS: &str = "process_usdt_calls_total";
 const TICKS: u64 = 137;
@@ -62,80 +64,32 @@ fn build(dir: &Path) -> Built {
     Built { target, library }
 }
 
-/// A running target, stopped at its start line until `go`.
-struct Target {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
-    pid: u32,
-}
-
 /// What the target reports it did.
 struct Report {
     guarded: u64,
     pairs_ns: Vec<u64>,
 }
 
-impl Target {
-    fn start(binary: &Path) -> Self {
-        let mut child = Command::new(binary)
-            .args([TICKS.to_string(), PAIRS.to_string(), SLEEP_MS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn usdt-target");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let pid = line
-            .trim()
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("expected `pid N`, got {line:?}"));
-        Self {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            pid,
-        }
-    }
-
-    /// Fires every probe and returns what the program measured.
-    fn run(&mut self) -> Report {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "go").unwrap();
-        stdin.flush().unwrap();
-        let mut report = Report {
-            guarded: u64::MAX,
-            pairs_ns: Vec::new(),
-        };
-        for line in (&mut self.stdout).lines() {
-            let line = line.unwrap();
-            if line == "done" {
-                return report;
-            }
-            if let Some(n) = line.strip_prefix("guarded ") {
-                report.guarded = n.parse().unwrap();
-            } else if let Some(ns) = line.strip_prefix("pair ") {
-                report.pairs_ns.push(ns.parse().unwrap());
-            }
-        }
-        panic!("usdt-target ended before `done`");
-    }
-
-    fn instance(&self) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        format!("{}:{}", host.trim(), self.pid)
-    }
+fn start_target(binary: &Path) -> Target {
+    let args = [TICKS, PAIRS, SLEEP_MS].map(|n| n.to_string());
+    Target::start(binary, &args)
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Fires every probe and returns what the program measured.
+fn run(target: &mut Target) -> Report {
+    target.go();
+    let mut report = Report {
+        guarded: u64::MAX,
+        pairs_ns: Vec::new(),
+    };
+    for line in target.report() {
+        if let Some(n) = line.strip_prefix("guarded ") {
+            report.guarded = n.parse().unwrap();
+        } else if let Some(ns) = line.strip_prefix("pair ") {
+            report.pairs_ns.push(ns.parse().unwrap());
+        }
     }
+    report
 }
 
 fn entry(path: &Path, provider: &str, name: &str, extra: &str) -> String {
@@ -237,8 +191,8 @@ fn usdt_counts_arguments_and_semaphores_are_exact_and_match_bpftrace() {
     let daemon = Daemon::start(&config, &[]);
     let bpftrace = Bpftrace::start(&built);
     // Started after Periscope (and bpftrace): the uprobes are on the files, not on processes.
-    let mut target = Target::start(&built.target);
-    let report = target.run();
+    let mut target = start_target(&built.target);
+    let report = run(&mut target);
     let scrape = wait_for("usdt counts", Duration::from_secs(10), || {
         let scrape = daemon.scrape();
         calls(&scrape, &target, "periscope_lib", "hit").map(|_| scrape)

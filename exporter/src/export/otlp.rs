@@ -396,104 +396,23 @@ impl OtlpClient {
         req
     }
 
-    pub async fn send_metrics(
-        &self,
-        request: &ExportMetricsServiceRequest,
-    ) -> Result<(), SendError> {
+    /// Sends one request of any signal: to its gRPC service, or POSTed as protobuf to its
+    /// HTTP path. A partial success is logged and never retried, per the OTLP specification.
+    pub async fn send<S: Signal>(&self, request: &S) -> Result<(), SendError> {
         match &*self.transport {
             Transport::Grpc(channel) => {
-                let mut client = MetricsServiceClient::new(channel.clone());
-                match client.export(self.grpc_request(request.clone())).await {
-                    Ok(response) => {
-                        if let Some(partial) = response.into_inner().partial_success
-                            && partial.rejected_data_points > 0
-                        {
-                            // Never retried, per the OTLP specification.
-                            tracing::warn!(
-                                rejected = partial.rejected_data_points,
-                                message = %partial.error_message,
-                                "collector rejected some data points"
-                            );
-                        }
+                let request = self.grpc_request(request.clone());
+                match S::export(channel.clone(), request).await {
+                    Ok(rejected) => {
+                        warn_rejected(S::ITEMS, rejected);
                         Ok(())
                     }
                     Err(status) => Err(grpc_error(&status)),
                 }
             }
             Transport::Http { client, base } => {
-                self.post(
-                    client,
-                    &format!("{base}/v1/metrics"),
-                    request.encode_to_vec(),
-                )
-                .await
-            }
-        }
-    }
-
-    pub async fn send_traces(&self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
-        match &*self.transport {
-            Transport::Grpc(channel) => {
-                let mut client = TraceServiceClient::new(channel.clone());
-                match client.export(self.grpc_request(request.clone())).await {
-                    Ok(response) => {
-                        if let Some(partial) = response.into_inner().partial_success
-                            && partial.rejected_spans > 0
-                        {
-                            tracing::warn!(
-                                rejected = partial.rejected_spans,
-                                message = %partial.error_message,
-                                "collector rejected some spans"
-                            );
-                        }
-                        Ok(())
-                    }
-                    Err(status) => Err(grpc_error(&status)),
-                }
-            }
-            Transport::Http { client, base } => {
-                self.post(
-                    client,
-                    &format!("{base}/v1/traces"),
-                    request.encode_to_vec(),
-                )
-                .await
-            }
-        }
-    }
-
-    /// Profiles (`v1development`): gRPC `ProfilesService`, or `/v1development/profiles` over
-    /// HTTP, the path collectors with profiles support serve.
-    pub async fn send_profiles(
-        &self,
-        request: &ExportProfilesServiceRequest,
-    ) -> Result<(), SendError> {
-        match &*self.transport {
-            Transport::Grpc(channel) => {
-                let mut client = ProfilesServiceClient::new(channel.clone());
-                match client.export(self.grpc_request(request.clone())).await {
-                    Ok(response) => {
-                        if let Some(partial) = response.into_inner().partial_success
-                            && partial.rejected_profiles > 0
-                        {
-                            tracing::warn!(
-                                rejected = partial.rejected_profiles,
-                                message = %partial.error_message,
-                                "collector rejected some profiles"
-                            );
-                        }
-                        Ok(())
-                    }
-                    Err(status) => Err(grpc_error(&status)),
-                }
-            }
-            Transport::Http { client, base } => {
-                self.post(
-                    client,
-                    &format!("{base}/v1development/profiles"),
-                    request.encode_to_vec(),
-                )
-                .await
+                let url = format!("{base}{}", S::HTTP_PATH);
+                self.post(client, &url, request.encode_to_vec()).await
             }
         }
     }
@@ -535,6 +454,83 @@ impl OtlpClient {
     }
 }
 
+/// A partial success: what the collector rejected, and its message.
+pub struct Rejected {
+    pub count: i64,
+    pub message: String,
+}
+
+/// What tells one OTLP signal's send from another's: the request, the gRPC service that takes
+/// it, the HTTP path, and what its partial success counts.
+pub trait Signal: Message + Clone + Send + Sync + 'static {
+    /// What a partial success rejects, in its warning: `data points`, `spans`, `profiles`.
+    const ITEMS: &'static str;
+    /// The path under the endpoint that takes it over HTTP.
+    const HTTP_PATH: &'static str;
+
+    /// The service's `Export` call; its partial success, if it had one.
+    fn export(
+        channel: tonic::transport::Channel,
+        request: tonic::Request<Self>,
+    ) -> impl Future<Output = Result<Option<Rejected>, tonic::Status>> + Send;
+}
+
+/// The [`Signal`] of one OTLP service: its request, its gRPC client, its HTTP path, what its
+/// partial success rejects and the field that counts them.
+macro_rules! signal {
+    ($request:ty, $client:ident, $path:literal, $items:literal, $rejected:ident) => {
+        impl Signal for $request {
+            const ITEMS: &'static str = $items;
+            const HTTP_PATH: &'static str = $path;
+
+            async fn export(
+                channel: tonic::transport::Channel,
+                request: tonic::Request<Self>,
+            ) -> Result<Option<Rejected>, tonic::Status> {
+                let response = $client::new(channel).export(request).await?;
+                Ok(response.into_inner().partial_success.map(|p| Rejected {
+                    count: p.$rejected,
+                    message: p.error_message,
+                }))
+            }
+        }
+    };
+}
+
+signal!(
+    ExportMetricsServiceRequest,
+    MetricsServiceClient,
+    "/v1/metrics",
+    "data points",
+    rejected_data_points
+);
+signal!(
+    ExportTraceServiceRequest,
+    TraceServiceClient,
+    "/v1/traces",
+    "spans",
+    rejected_spans
+);
+// Profiles (`v1development`): the HTTP path collectors with profiles support serve.
+signal!(
+    ExportProfilesServiceRequest,
+    ProfilesServiceClient,
+    "/v1development/profiles",
+    "profiles",
+    rejected_profiles
+);
+
+/// Warns of a partial success that rejected anything.
+fn warn_rejected(items: &str, rejected: Option<Rejected>) {
+    if let Some(rejected) = rejected.filter(|r| r.count > 0) {
+        tracing::warn!(
+            rejected = rejected.count,
+            message = %rejected.message,
+            "collector rejected some {items}"
+        );
+    }
+}
+
 impl OtlpExporter {
     pub fn new(config: &OtlpConfig) -> anyhow::Result<Self> {
         let client = OtlpClient::new(config)?;
@@ -556,7 +552,7 @@ impl OtlpExporter {
     ) -> bool {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match self.client.send_metrics(request).await {
+            match self.client.send(request).await {
                 Ok(()) => {
                     telemetry.export.succeeded.fetch_add(1, Ordering::Relaxed);
                     return true;

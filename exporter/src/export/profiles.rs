@@ -27,7 +27,7 @@ use crate::{
         continuous::{NAME_EVERY, ProfileStats, Profiler, Window},
         symbolize::Frame,
     },
-    process::{ProcessInfo, ProcessResource},
+    process::{ProcessCache, ProcessResource},
 };
 
 /// The dictionary being built: every table starts with its zero value, as the protocol asks.
@@ -232,7 +232,6 @@ pub async fn run(
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let host = crate::model::resource::host_name();
     let mut naming = tokio::time::interval(NAME_EVERY);
     naming.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut windows = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -250,7 +249,7 @@ pub async fn run(
             return;
         };
         if let Some(client) = &client {
-            let outcome = match send(client, &window, &host).await {
+            let outcome = match send(client, &window).await {
                 Sent::Exported => &stats.exported,
                 Sent::Failed => &stats.export_failed,
                 Sent::Empty => &stats.empty,
@@ -269,13 +268,11 @@ enum Sent {
     Empty,
 }
 
-async fn send(client: &OtlpClient, window: &Window, host: &str) -> Sent {
-    let mut resources: HashMap<u32, Arc<ProcessResource>> = HashMap::new();
+async fn send(client: &OtlpClient, window: &Window) -> Sent {
+    // Read afresh each window: a window's processes are few, and none expire within one.
+    let mut resources = ProcessCache::new();
     let request = build_request(window, |tgid, comm| {
-        resources
-            .entry(tgid)
-            .or_insert_with(|| ProcessInfo::read(tgid, comm, host, None).resource)
-            .clone()
+        resources.resource(tgid, || comm.to_string())
     });
     if request.resource_profiles.is_empty() {
         return Sent::Empty;
@@ -287,7 +284,7 @@ async fn send(client: &OtlpClient, window: &Window, host: &str) -> Sent {
         .flat_map(|s| &s.profiles)
         .map(|p| p.sample.len())
         .sum();
-    match client.send_profiles(&request).await {
+    match client.send(&request).await {
         Ok(()) => {
             tracing::debug!(
                 processes = request.resource_profiles.len(),

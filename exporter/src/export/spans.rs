@@ -137,7 +137,7 @@ async fn send_batch(
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(200);
         loop {
-            match client.send_traces(&request).await {
+            match client.send(&request).await {
                 Ok(()) => {
                     stats
                         .exported

@@ -20,6 +20,7 @@ pub mod syscall;
 pub mod tcp;
 pub mod uprobe;
 pub mod usdt;
+pub mod user_probe;
 
 use std::{future::Future, pin::Pin};
 

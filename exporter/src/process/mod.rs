@@ -2,18 +2,19 @@
 //! and whether the configured selectors pick it.
 //!
 //! Read once per process from /proc. A process can be gone by the time its events are read
-//! (curl exits right after its request), so the kernel's `comm` is the fallback name.
+//! (curl exits right after its request), so the kernel's `comm` is the fallback name. The
+//! [`ProcessCache`] holds one resource per process, until a while after its exit.
 
+pub mod cache;
 pub mod cgroup;
 
 use std::{sync::Arc, time::Duration};
 
-pub use self::cgroup::CgroupIdentity;
+pub use self::{cache::ProcessCache, cgroup::CgroupIdentity};
 pub use crate::model::resource::ProcessResource;
 use crate::model::resource::{attr, node_name};
 use serde::Deserialize;
 
-/// One process selector: a process (and connection) matches when every given field matches.
 /// Series of an exited process are kept this long (so the last counts get exported), then
 /// removed: short-lived clients would otherwise grow the series set forever. 5 minutes, or
 /// `PERISCOPE_EXITED_SERIES_TTL` (a duration such as `30s`; the soak tests use a short one).
@@ -24,6 +25,7 @@ pub static EXITED_SERIES_TTL: std::sync::LazyLock<Duration> = std::sync::LazyLoc
         .unwrap_or(Duration::from_secs(300))
 });
 
+/// One process selector: a process (and connection) matches when every given field matches.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Selector {

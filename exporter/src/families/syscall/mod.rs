@@ -17,7 +17,7 @@ pub mod config;
 
 use crate::model::names;
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::Instant,
 };
@@ -39,7 +39,7 @@ use crate::{
     model::metrics::{Metric, Points},
     process::EXITED_SERIES_TTL,
     process::Selector,
-    process::{ProcessInfo, ProcessResource, select},
+    process::{ProcessCache, ProcessInfo, ProcessResource, select},
 };
 
 const FAMILY: &str = "syscall";
@@ -97,7 +97,7 @@ struct ProcessSeries {
 }
 
 /// A process seen in /proc: its resource, and whether the selectors pick it.
-struct Known {
+struct Identified {
     resource: Arc<ProcessResource>,
     selected: bool,
 }
@@ -122,11 +122,10 @@ pub struct Syscall {
     /// The kernel allow-map, when a selection is configured.
     selected: Option<aya::maps::HashMap<MapData, u32, u8>>,
     select: Vec<Selector>,
-    host: String,
-    known: HashMap<u32, Known>,
-    /// Resources of processes gone from /proc whose counts may still be in the kernel maps (until
-    /// the next collect folds them); bounded by dropping them after [`EXITED_SERIES_TTL`].
-    departed: HashMap<u32, (Arc<ProcessResource>, Instant)>,
+    /// Processes seen in /proc. One found gone by a rescan is marked exited but keeps its
+    /// resource until the next collect folds its counts (they may still be in the kernel
+    /// maps), or [`EXITED_SERIES_TTL`] when no collect comes.
+    processes: ProcessCache,
     exited: Vec<Exited>,
     /// Selected processes that did not fit in the allow-map (logged once each).
     not_fitting: HashSet<u32>,
@@ -149,9 +148,7 @@ pub fn start(
                 Some(take_hash_map(ebpf, "SYSCALL_SELECTED")?)
             },
             select: config.select.clone(),
-            host: crate::model::resource::host_name(),
-            known: HashMap::new(),
-            departed: HashMap::new(),
+            processes: ProcessCache::new(),
             exited: Vec::new(),
             not_fitting: HashSet::new(),
             rescan_interval: config.rescan_interval,
@@ -205,10 +202,9 @@ impl Syscall {
     pub fn rescan_processes(&mut self) {
         let live = live_processes();
         let gone: Vec<u32> = self
-            .known
-            .keys()
+            .processes
+            .live_pids()
             .filter(|pid| !live.contains(pid))
-            .copied()
             .collect();
         let now = Instant::now();
         for pid in gone {
@@ -216,19 +212,15 @@ impl Syscall {
                 let _ = map.remove(&pid);
             }
             self.not_fitting.remove(&pid);
-            // Keep the resource until collect folds the process's counts.
-            if let Some(known) = self.known.remove(&pid) {
-                self.departed.insert(pid, (known.resource, now));
-            }
+            self.processes.mark_exited(pid, now);
         }
-        self.departed
-            .retain(|_, (_, at)| now.duration_since(*at) <= *EXITED_SERIES_TTL);
+        self.processes.expire(now);
         for pid in live {
-            if pid == std::process::id() || self.known.contains_key(&pid) {
+            if pid == std::process::id() || self.processes.live(pid).is_some() {
                 continue;
             }
-            let known = self.identify(pid);
-            if known.selected
+            let identified = self.identify(pid);
+            if identified.selected
                 && let Some(map) = &mut self.selected
                 && let Err(e) = map.insert(pid, 1, 0)
                 && self.not_fitting.insert(pid)
@@ -236,24 +228,25 @@ impl Syscall {
                 tracing::warn!(probe = FAMILY, pid, error = %e,
                     "selected process not measured: probes.syscall.max_processes reached");
             }
-            self.known.insert(pid, known);
+            self.processes.insert(pid, identified.resource);
         }
     }
 
     /// Reads a process's resource from /proc and whether the selectors pick it.
-    fn identify(&self, pid: u32) -> Known {
-        let info = ProcessInfo::read(pid, "unknown_service", &self.host, None);
+    fn identify(&self, pid: u32) -> Identified {
+        let host = self.processes.host();
+        let info = ProcessInfo::read(pid, "unknown_service", host, None);
         let Some(selector) = select(&self.select, &info, None) else {
-            return Known {
+            return Identified {
                 resource: info.resource.clone(),
                 selected: false,
             };
         };
         let resource = match selector.and_then(|s| s.service_name.as_deref()) {
-            Some(name) => ProcessInfo::read(pid, &info.comm, &self.host, Some(name)).resource,
+            Some(name) => ProcessInfo::read(pid, &info.comm, host, Some(name)).resource,
             None => info.resource.clone(),
         };
-        Known {
+        Identified {
             resource,
             selected: true,
         }
@@ -310,12 +303,12 @@ impl Syscall {
                 live.push((resource, series));
                 continue;
             }
-            let resource = match self.departed.remove(&tgid) {
-                Some((resource, _)) => resource,
-                None => self.resource_of(tgid),
+            // Its counts are final: it leaves the cache and its resource goes with them.
+            let resource = match self.processes.forget(tgid) {
+                Some(resource) => resource,
+                None => self.identify(tgid).resource,
             };
             self.delete_kernel_entries(tgid, &series);
-            self.known.remove(&tgid);
             self.exited.push(Exited {
                 resource,
                 series,
@@ -323,7 +316,7 @@ impl Syscall {
             });
         }
         // Processes that exited with nothing left in the kernel are forgotten too.
-        self.departed.clear();
+        self.processes.forget_exited();
         live
     }
 
@@ -347,15 +340,14 @@ impl Syscall {
         }
     }
 
-    /// The resource of a process seen in the kernel maps: known from a rescan, else read now
-    /// (a process that is already gone gets `unknown_service` and its pid).
+    /// The resource of a live process seen in the kernel maps: known from a rescan, else read
+    /// now (one found gone by a rescan is another process now that its pid lives).
     fn resource_of(&mut self, tgid: u32) -> Arc<ProcessResource> {
-        if let Some(known) = self.known.get(&tgid) {
-            return known.resource.clone();
+        if let Some(resource) = self.processes.live(tgid) {
+            return resource;
         }
-        let known = self.identify(tgid);
-        let resource = known.resource.clone();
-        self.known.insert(tgid, known);
+        let resource = self.identify(tgid).resource;
+        self.processes.insert(tgid, resource.clone());
         resource
     }
 

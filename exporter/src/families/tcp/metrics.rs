@@ -29,8 +29,7 @@ use periscope_common::{
 use crate::{
     model::histogram::{Histogram, ValueUnit},
     model::metrics::{Attributes, Metric, Points},
-    process::EXITED_SERIES_TTL,
-    process::{ProcessInfo, ProcessResource},
+    process::{ProcessCache, ProcessResource},
 };
 
 /// A port whose listener was not found is looked up again after this long.
@@ -69,10 +68,7 @@ struct Value {
 /// Processes seen in TCP events, with their resources.
 #[derive(Debug, Default)]
 struct Processes {
-    host: String,
-    by_pid: HashMap<u32, Arc<ProcessResource>>,
-    /// Processes found gone, and since when.
-    exited: HashMap<u32, Instant>,
+    resources: ProcessCache,
     /// Local port to the process owning a listening socket on it.
     listeners: HashMap<u16, u32>,
     /// Ports that had no listener, and when that was found.
@@ -80,14 +76,6 @@ struct Processes {
 }
 
 impl Processes {
-    fn resource(&mut self, pid: u32, comm: &str) -> Arc<ProcessResource> {
-        let host = &self.host;
-        self.by_pid
-            .entry(pid)
-            .or_insert_with(|| ProcessInfo::read(pid, comm, host, None).resource)
-            .clone()
-    }
-
     /// The process listening on `port`, re-reading /proc when it is not known or the known one
     /// is gone (ports are reused). Only ports of established connections are looked up (a
     /// listener exists for them), and a port that found no listener is not retried for
@@ -119,26 +107,12 @@ impl Processes {
     /// Marks processes that are gone; returns those gone for longer than the TTL (forgotten).
     fn reap(&mut self) -> Vec<(u32, Arc<ProcessResource>)> {
         let now = Instant::now();
-        for pid in self.by_pid.keys() {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                self.exited.entry(*pid).or_insert(now);
-            }
+        self.resources.mark_gone(now);
+        let expired = self.resources.expire(now);
+        for (pid, _) in &expired {
+            self.listeners.retain(|_, p| p != pid);
         }
-        let expired: Vec<u32> = self
-            .exited
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) > *EXITED_SERIES_TTL)
-            .map(|(pid, _)| *pid)
-            .collect();
-        let mut out = Vec::new();
-        for pid in expired {
-            self.exited.remove(&pid);
-            self.listeners.retain(|_, p| *p != pid);
-            if let Some(resource) = self.by_pid.remove(&pid) {
-                out.push((pid, resource));
-            }
-        }
-        out
+        expired
     }
 }
 
@@ -152,14 +126,10 @@ pub struct TcpMetrics {
 
 impl TcpMetrics {
     pub fn new(max_series: usize) -> Self {
-        let host = crate::model::resource::host_name();
         Self {
             series: HashMap::new(),
             max_series,
-            processes: Processes {
-                host,
-                ..Processes::default()
-            },
+            processes: Processes::default(),
         }
     }
 
@@ -218,8 +188,11 @@ impl TcpMetrics {
             0 => self.processes.listener(local_port)?,
             pid => pid,
         };
-        let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or_default());
-        Some(Owner(self.processes.resource(pid, &comm)))
+        let comm = || {
+            let name = comm.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        };
+        Some(Owner(self.processes.resources.resource(pid, comm)))
     }
 
     fn add(

@@ -10,55 +10,37 @@ pub mod config;
 
 use crate::model::names;
 use std::{
-    collections::HashMap,
     num::NonZeroU32,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Instant,
+    sync::Arc,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuHashMap},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
+    maps::{MapData, PerCpuHashMap},
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use object::{Object, ObjectSymbol};
 use periscope_common::{
     Hist,
-    uprobe::{COMM_LEN, UprobeFilter, split_series_key},
+    uprobe::{COMM_LEN, UprobeFilter},
 };
 
 pub use self::config::{FunctionConfig, MAX_FUNCTIONS, UprobeConfig};
 use super::{
-    CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError,
-    ProbeStatus, Registration, Started, sweep_stale, take_hash_map, take_histogram_map,
+    CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Plan, ProbeError, Registration,
+    Started, sweep_stale, take_hash_map, take_histogram_map,
+    user_probe::{self, entry_array, load_uprobe, resolve_path, uprobe_program},
 };
 use crate::{
-    model::histogram::{Histogram, ValueUnit, read_series},
-    model::metrics::{self, Attributes, Metric},
-    process::EXITED_SERIES_TTL,
-    process::{ProcessInfo, ProcessResource},
+    model::histogram::{Histogram, ValueUnit},
+    model::metrics::{self, Metric},
+    process::{ProcessCache, ProcessResource},
 };
 
 const FAMILY: &str = "uprobe";
 const ENTRY_PROGRAM: &str = "uprobe_entry";
 const RETURN_PROGRAM: &str = "uprobe_return";
-
-/// Where a bare library name (`libc.so.6`) is looked for, in order (Debian multiarch first).
-const LIBRARY_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib/aarch64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-    "/usr/local/lib",
-];
 
 pub fn plan(config: &UprobeConfig, kernel: &KernelSupport) -> Plan {
     let settings = LoadSettings {
@@ -71,16 +53,8 @@ pub fn plan(config: &UprobeConfig, kernel: &KernelSupport) -> Plan {
         ],
     };
     // Nothing to time: the family stays off rather than reporting a failure.
-    if !config.enabled || config.functions.is_empty() {
-        return Plan::disabled(settings);
-    }
-    Plan::single(
-        settings,
-        kernel
-            .allows(Mechanism::Uprobe)
-            .map(|()| Mechanism::Uprobe)
-            .map_err(|why| ProbeError::Mechanism(format!("{FAMILY}: {why}"))),
-    )
+    let configured = config.enabled && !config.functions.is_empty();
+    user_probe::plan(FAMILY, configured, settings, kernel)
 }
 
 /// A configured function resolved to the place a uprobe attaches: the file and the offset of
@@ -97,22 +71,13 @@ pub struct Resolved {
 pub const REGISTRATION: Registration = Registration {
     name: FAMILY,
     plan: |config, kernel, _| plan(&config.uprobe, kernel),
-    start: |ebpf, plan, config| {
-        let (uprobe, status, entries) = start(ebpf, plan, &config.uprobe);
-        let family: Option<Box<dyn Family>> = match uprobe {
-            Some(uprobe) => Some(Box::new(uprobe)),
-            // Nothing attached: still report what became of each entry.
-            None if !entries.is_empty() => Some(Box::new(Unattached { entries })),
-            None => None,
-        };
-        Started { family, status }
-    },
+    start: |ebpf, plan, config| start(ebpf, plan, &config.uprobe),
 };
 
 impl Family for Uprobe {
     fn collect(&mut self, out: &mut Vec<Metric>) {
         self.collect_series(out);
-        out.push(Uprobe::entry_gauge(&self.entries));
+        out.push(user_probe::Entry::gauge(&self.entries));
     }
 
     fn sweep(&mut self) -> u64 {
@@ -120,53 +85,7 @@ impl Family for Uprobe {
     }
 
     fn check_lines(&self) -> Option<CheckLines> {
-        Some(check_lines(&self.entries))
-    }
-}
-
-/// The configured functions when none could be attached: only their statuses.
-struct Unattached {
-    entries: Vec<EntryStatus>,
-}
-
-impl Family for Unattached {
-    fn collect(&mut self, out: &mut Vec<Metric>) {
-        out.push(Uprobe::entry_gauge(&self.entries));
-    }
-
-    fn check_lines(&self) -> Option<CheckLines> {
-        Some(check_lines(&self.entries))
-    }
-}
-
-/// One `periscope check` line per entry: where it attached, or why it could not.
-fn check_lines(entries: &[EntryStatus]) -> CheckLines {
-    let lines = entries
-        .iter()
-        .map(|entry| {
-            let what = format!("[{}] {}", entry.index, entry.symbol);
-            match &entry.outcome {
-                Ok(r) => CheckLine {
-                    ok: true,
-                    what,
-                    detail: format!(
-                        "{}: address {:#x}, file offset {:#x}",
-                        r.file.display(),
-                        r.address,
-                        r.offset
-                    ),
-                },
-                Err(why) => CheckLine {
-                    ok: false,
-                    what,
-                    detail: format!("{}: {why}", entry.path),
-                },
-            }
-        })
-        .collect();
-    CheckLines {
-        title: "Functions (probes.uprobe.functions)",
-        lines,
+        Some(user_probe::Entry::check_lines(&self.entries))
     }
 }
 
@@ -185,27 +104,88 @@ impl EntryStatus {
     }
 }
 
-/// `path` as given when it names a file (absolute or relative), else a library file name looked
-/// up in [`LIBRARY_DIRS`].
-pub fn resolve_path(path: &str) -> Result<PathBuf, String> {
-    if path.contains('/') {
-        let p = PathBuf::from(path);
-        return match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => Ok(p),
-            Ok(_) => Err(format!("{path} is not a regular file")),
-            Err(e) => Err(format!("binary {path} cannot be opened: {e}")),
-        };
+impl user_probe::Entry for EntryStatus {
+    const FAMILY: &'static str = FAMILY;
+    const NOUN: &'static str = "function";
+
+    fn outcome(&self) -> (usize, Option<&String>) {
+        (self.index, self.outcome.as_ref().err())
     }
-    LIBRARY_DIRS
-        .iter()
-        .map(|dir| Path::new(dir).join(path))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "library {path} not found in {} (give an absolute path)",
-                LIBRARY_DIRS.join(", ")
-            )
-        })
+
+    /// `periscope.uprobe.attached`: 1 per function attached, 0 per function that is not.
+    fn gauge(entries: &[EntryStatus]) -> Metric {
+        let points = entries
+            .iter()
+            .map(|e| {
+                (
+                    vec![
+                        ("code.function.name", e.symbol.clone()),
+                        ("code.file.path", e.path.clone()),
+                    ],
+                    if e.attached() { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        Metric {
+            name: names::PERISCOPE_UPROBE_ATTACHED,
+            description: "1 per configured function whose uprobes are attached, 0 when its binary or symbol could not be resolved or attached.",
+            unit: "1",
+            points: metrics::Points::Gauge(points),
+            resource: None,
+        }
+    }
+
+    /// One `periscope check` line per entry: where it attached, or why it could not.
+    fn check_lines(entries: &[EntryStatus]) -> CheckLines {
+        let lines = entries
+            .iter()
+            .map(|entry| {
+                let what = format!("[{}] {}", entry.index, entry.symbol);
+                match &entry.outcome {
+                    Ok(r) => CheckLine {
+                        ok: true,
+                        what,
+                        detail: format!(
+                            "{}: address {:#x}, file offset {:#x}",
+                            r.file.display(),
+                            r.address,
+                            r.offset
+                        ),
+                    },
+                    Err(why) => CheckLine {
+                        ok: false,
+                        what,
+                        detail: format!("{}: {why}", entry.path),
+                    },
+                }
+            })
+            .collect();
+        CheckLines {
+            title: "Functions (probes.uprobe.functions)",
+            lines,
+        }
+    }
+
+    fn log(&self) {
+        match &self.outcome {
+            Ok(r) => tracing::info!(
+                probe = FAMILY,
+                entry = self.index,
+                symbol = %self.symbol,
+                file = %r.file.display(),
+                offset = format_args!("{:#x}", r.offset),
+                "function attached"
+            ),
+            Err(error) => tracing::warn!(
+                probe = FAMILY,
+                entry = self.index,
+                symbol = %self.symbol,
+                path = %self.path,
+                %error,
+                "function not attached"
+            ),
+        }
+    }
 }
 
 /// Finds `symbol` in the ELF symbol table (.symtab) or the dynamic one (.dynsym) of `file` and
@@ -252,122 +232,32 @@ fn resolve(function: &FunctionConfig) -> Result<Resolved, String> {
     resolve_symbol(&file, &function.symbol)
 }
 
-/// Series of one process: its resource, and how to tell it from a later process with its pid.
-struct Tracked {
-    resource: Arc<ProcessResource>,
-    start_time: Option<u64>,
-    exited_at: Option<Instant>,
-}
-
 pub struct Uprobe {
     latency: PerCpuHashMap<MapData, u64, Hist>,
     start: aya::maps::HashMap<MapData, u64, u64>,
     /// Process names the kernel recorded (LRU), for processes gone before /proc was read.
     comms: aya::maps::HashMap<MapData, u32, [u8; COMM_LEN]>,
     pub entries: Vec<EntryStatus>,
-    processes: Mutex<HashMap<u32, Tracked>>,
-    host: String,
+    processes: ProcessCache,
 }
 
-/// Attaches every configured function it can. Returns the family (when at least one function
-/// is attached), its status, and what became of each entry.
-pub fn start(
-    ebpf: &mut Ebpf,
-    plan: Plan,
-    config: &UprobeConfig,
-) -> (Option<Uprobe>, ProbeStatus, Vec<EntryStatus>) {
-    let mut status = ProbeStatus {
-        family: FAMILY,
-        enabled: plan.enabled,
-        mechanism: None,
-        error: None,
-        programs: Vec::new(),
-        refused: Vec::new(),
-    };
-    if !plan.enabled {
-        return (None, status, Vec::new());
-    }
-    let started = plan
-        .mechanism
-        .and_then(|mechanism| Ok((mechanism, attach_all(ebpf, &config.functions)?)));
-    let (mechanism, entries) = match started {
-        Ok(started) => started,
-        Err(e) => {
-            status.error = Some(e.to_string());
-            return (None, status, Vec::new());
-        }
-    };
-    log_entries(&entries);
-    if !entries.iter().any(EntryStatus::attached) {
-        status.error = Some(super::none_attached(
-            FAMILY,
-            "function",
-            entries.iter().map(|e| (e.index, e.outcome.as_ref().err())),
-        ));
-        return (None, status, entries);
-    }
-    let maps = take_histogram_map(ebpf, "UPROBE_LATENCY").and_then(|latency| {
-        Ok((
-            latency,
-            take_hash_map(ebpf, "UPROBE_START")?,
-            take_hash_map(ebpf, "UPROBE_COMM")?,
-        ))
-    });
-    let (latency, start, comms) = match maps {
-        Ok(maps) => maps,
-        Err(e) => {
-            status.error = Some(e.to_string());
-            return (None, status, entries);
-        }
-    };
-    status.mechanism = Some(mechanism);
-    status.programs = vec![ENTRY_PROGRAM, RETURN_PROGRAM];
-    let host = crate::model::resource::host_name();
-    let uprobe = Uprobe {
-        latency,
-        start,
-        comms,
-        entries: entries.clone(),
-        processes: Mutex::new(HashMap::new()),
-        host,
-    };
-    (Some(uprobe), status, entries)
-}
-
-fn log_entries(entries: &[EntryStatus]) {
-    for entry in entries {
-        match &entry.outcome {
-            Ok(r) => tracing::info!(
-                probe = FAMILY,
-                entry = entry.index,
-                symbol = %entry.symbol,
-                file = %r.file.display(),
-                offset = format_args!("{:#x}", r.offset),
-                "function attached"
-            ),
-            Err(error) => tracing::warn!(
-                probe = FAMILY,
-                entry = entry.index,
-                symbol = %entry.symbol,
-                path = %entry.path,
-                %error,
-                "function not attached"
-            ),
-        }
-    }
-}
-
-fn uprobe_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut UProbe, ProbeError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| ProbeError::missing_program(name))?;
-    program.try_into().map_err(|source| ProbeError::Program {
-        program: name,
-        source,
-    })
+/// Attaches every configured function it can (each fails alone), then takes the maps.
+pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &UprobeConfig) -> Started {
+    user_probe::start(
+        ebpf,
+        plan,
+        &[ENTRY_PROGRAM, RETURN_PROGRAM],
+        |ebpf| Ok((attach_all(ebpf, &config.functions)?, ())),
+        |ebpf, entries, ()| {
+            Ok(Uprobe {
+                latency: take_histogram_map(ebpf, "UPROBE_LATENCY")?,
+                start: take_hash_map(ebpf, "UPROBE_START")?,
+                comms: take_hash_map(ebpf, "UPROBE_COMM")?,
+                entries,
+                processes: ProcessCache::new(),
+            })
+        },
+    )
 }
 
 /// Loads both programs, writes the per-entry filters, and attaches every entry it can.
@@ -377,12 +267,7 @@ fn attach_all(
     functions: &[FunctionConfig],
 ) -> Result<Vec<EntryStatus>, ProbeError> {
     for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
-        uprobe_program(ebpf, name)?
-            .load()
-            .map_err(|source| ProbeError::Program {
-                program: name,
-                source,
-            })?;
+        load_uprobe(ebpf, name)?;
     }
     write_filters(ebpf, functions)?;
     Ok(functions
@@ -398,15 +283,7 @@ fn attach_all(
 }
 
 fn write_filters(ebpf: &mut Ebpf, functions: &[FunctionConfig]) -> Result<(), ProbeError> {
-    let map_error = |reason: String| ProbeError::Map {
-        map: "UPROBE_FILTER",
-        reason,
-    };
-    let map = ebpf
-        .map_mut("UPROBE_FILTER")
-        .ok_or_else(|| map_error("missing from the eBPF object".into()))?;
-    let mut filters: Array<&mut MapData, UprobeFilter> =
-        Array::try_from(map).map_err(|e| map_error(e.to_string()))?;
+    let mut filters = entry_array::<UprobeFilter>(ebpf, "UPROBE_FILTER")?;
     for (i, function) in functions.iter().enumerate() {
         let filter = function
             .process
@@ -415,7 +292,10 @@ fn write_filters(ebpf: &mut Ebpf, functions: &[FunctionConfig]) -> Result<(), Pr
             .unwrap_or_default();
         filters
             .set(i as u32, filter, 0)
-            .map_err(|e| map_error(e.to_string()))?;
+            .map_err(|e| ProbeError::Map {
+                map: "UPROBE_FILTER",
+                reason: e.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -465,155 +345,66 @@ fn attach_error(e: &anyhow::Error) -> String {
     }
 }
 
-/// Start time of a process (clock ticks since boot, field 22 of /proc/PID/stat): a pid reused by
-/// a later process has another one.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl Uprobe {
     /// Drops stamps of calls that never returned, and the series of processes that exited more
-    /// than [`EXITED_SERIES_TTL`] ago (kernel keys included, so the map does not fill up).
+    /// than [`crate::process::EXITED_SERIES_TTL`] ago (kernel keys included, so the map does
+    /// not fill up).
     fn sweep_entries(&mut self) -> u64 {
         let swept = sweep_stale(&mut self.start, |since| *since);
-        let tgids = self.series_tgids();
-        let expired = self.expire(&tgids);
-        let keys: Vec<u64> = self
-            .latency
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| expired.contains(&split_series_key(*k).1))
-            .collect();
-        for key in keys {
-            let _ = self.latency.remove(&key);
-        }
+        let tgids = user_probe::series_processes(self.latency.keys().filter_map(Result::ok));
+        let comms = &self.comms;
+        let expired = user_probe::expire_processes(&mut self.processes, &tgids, |tgid| {
+            kernel_comm(comms, tgid)
+        });
+        user_probe::delete_series(&mut self.latency, &expired);
         for tgid in expired {
             let _ = self.comms.remove(&tgid);
         }
         swept
     }
 
-    fn series_tgids(&self) -> Vec<u32> {
-        let mut tgids: Vec<u32> = self
-            .latency
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| split_series_key(k).1)
-            .collect();
-        tgids.sort_unstable();
-        tgids.dedup();
-        tgids
-    }
-
-    /// Marks processes gone (or replaced under their pid) and returns those past the TTL.
-    fn expire(&self, tgids: &[u32]) -> Vec<u32> {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        for &tgid in tgids {
-            self.track(&mut processes, tgid);
-        }
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        for (tgid, tracked) in processes.iter_mut() {
-            if tracked.exited_at.is_none() && process_start_time(*tgid) != tracked.start_time {
-                tracked.exited_at = Some(now);
-            }
-            if tracked
-                .exited_at
-                .is_some_and(|at| now.duration_since(at) > *EXITED_SERIES_TTL)
-            {
-                expired.push(*tgid);
-            }
-        }
-        processes.retain(|tgid, _| !expired.contains(tgid));
-        expired
-    }
-
     /// The resource of `tgid`, read from /proc the first time it is seen.
-    fn track(&self, processes: &mut HashMap<u32, Tracked>, tgid: u32) -> Arc<ProcessResource> {
-        let tracked = processes.entry(tgid).or_insert_with(|| {
-            // Gone before it was first seen: the name the kernel recorded stands in for it.
-            let comm = self
-                .comms
-                .get(&tgid, 0)
-                .map(|c| {
-                    String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
-                })
-                .unwrap_or_else(|_| "unknown".into());
-            let info = ProcessInfo::read(tgid, &comm, &self.host, None);
-            let start_time = process_start_time(tgid);
-            Tracked {
-                resource: info.resource,
-                exited_at: start_time.is_none().then(Instant::now),
-                start_time,
-            }
-        });
-        tracked.resource.clone()
+    fn track(&mut self, tgid: u32) -> Arc<ProcessResource> {
+        let comms = &self.comms;
+        self.processes.resource(tgid, || kernel_comm(comms, tgid))
     }
 
     /// One `process.function.duration` metric per process, one point per function.
-    fn collect_series(&self, out: &mut Vec<Metric>) {
-        let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
-            Histogram::from_kernel(per_cpu)
-        }) {
-            Ok(series) => series,
-            Err(e) => {
-                tracing::warn!(probe = FAMILY, error = %e, "reading function latency failed");
-                return;
-            }
-        };
-        let mut by_process: HashMap<u32, Vec<(Attributes, Histogram)>> = HashMap::new();
-        for (key, histogram) in series {
-            let (entry, tgid) = split_series_key(key);
-            let Some(status) = self.entries.get(entry as usize) else {
-                continue;
-            };
-            let attributes = vec![
-                ("code.function.name", status.symbol.clone()),
-                ("code.file.path", status.path.clone()),
-            ];
-            by_process
-                .entry(tgid)
-                .or_default()
-                .push((attributes, histogram));
-        }
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        for (tgid, mut points) in by_process {
-            points.sort_by(|a, b| a.0.cmp(&b.0));
+    fn collect_series(&mut self, out: &mut Vec<Metric>) {
+        let entries = &self.entries;
+        let by_process = user_probe::per_process(
+            FAMILY,
+            "function latency",
+            &self.latency,
+            |per_cpu: &[Hist]| Histogram::from_kernel(per_cpu),
+            |entry| {
+                let status = entries.get(entry as usize)?;
+                let attributes = vec![
+                    ("code.function.name", status.symbol.clone()),
+                    ("code.file.path", status.path.clone()),
+                ];
+                Some(((), attributes))
+            },
+        );
+        for ((tgid, ()), points) in by_process {
             out.push(Metric {
                 name: names::PROCESS_FUNCTION_DURATION,
                 description: "Duration of calls to configured user-space functions (uprobe to uretprobe).",
                 unit: "s",
                 points: metrics::Points::Histogram(ValueUnit::Seconds, points),
-                resource: Some(self.track(&mut processes, tgid)),
+                resource: Some(self.track(tgid)),
             });
         }
     }
+}
 
-    /// `periscope.uprobe.attached`: 1 per function attached, 0 per function that is not.
-    pub fn entry_gauge(entries: &[EntryStatus]) -> Metric {
-        let points = entries
-            .iter()
-            .map(|e| {
-                (
-                    vec![
-                        ("code.function.name", e.symbol.clone()),
-                        ("code.file.path", e.path.clone()),
-                    ],
-                    if e.attached() { 1.0 } else { 0.0 },
-                )
-            })
-            .collect();
-        Metric {
-            name: names::PERISCOPE_UPROBE_ATTACHED,
-            description: "1 per configured function whose uprobes are attached, 0 when its binary or symbol could not be resolved or attached.",
-            unit: "1",
-            points: metrics::Points::Gauge(points),
-            resource: None,
-        }
-    }
+/// The name the kernel recorded for `tgid`: it stands in for a process gone before it was
+/// first seen.
+fn kernel_comm(comms: &aya::maps::HashMap<MapData, u32, [u8; COMM_LEN]>, tgid: u32) -> String {
+    comms
+        .get(&tgid, 0)
+        .map(|c| String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or(&[])).into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]
@@ -645,13 +436,5 @@ mod tests {
                 .unwrap_err()
                 .starts_with("library libnope.so.9 not found")
         );
-    }
-
-    #[test]
-    fn start_time_tells_processes_apart() {
-        let me = std::process::id();
-        assert!(process_start_time(me).is_some());
-        assert_eq!(process_start_time(me), process_start_time(me));
-        assert_eq!(process_start_time(u32::MAX - 1), None);
     }
 }

@@ -14,38 +14,38 @@ pub mod note;
 pub mod perf;
 
 use std::{
-    collections::HashMap,
     os::fd::{AsFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
-    time::Instant,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuHashMap},
-    programs::UProbe,
+    maps::{MapData, PerCpuHashMap},
 };
 use periscope_common::{
     Hist,
-    usdt::{UsdtSpec, mode, split_series_key},
+    usdt::{UsdtSpec, mode},
 };
 
 pub use self::config::{MAX_ADDRESSES, ProbeConfig, UsdtConfig};
 use self::note::UsdtProbe;
 use super::{
-    CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Mechanism, Plan, ProbeError,
-    ProbeStatus, Registration, Started, take_histogram_map, take_per_cpu_map,
+    CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Plan, ProbeError, Registration,
+    Started, take_histogram_map, take_per_cpu_map,
+    user_probe::{self, entry_array, load_uprobe},
 };
 use crate::{
-    model::histogram::{Histogram, ValueUnit, read_series},
+    model::histogram::{Histogram, ValueUnit},
     model::metrics::{self, Attributes, Metric},
     model::names,
-    process::{EXITED_SERIES_TTL, ProcessInfo, ProcessResource},
+    process::{ProcessCache, ProcessResource},
 };
 
 const FAMILY: &str = "usdt";
 const PROGRAM: &str = "usdt_probe";
+/// The name of a process gone before /proc was read (/proc/PID/comm names a live one).
+const UNKNOWN: &str = "unknown";
 
 pub fn plan(config: &UsdtConfig, kernel: &KernelSupport) -> Plan {
     let settings = LoadSettings {
@@ -57,30 +57,14 @@ pub fn plan(config: &UsdtConfig, kernel: &KernelSupport) -> Plan {
             ("USDT_LATENCY", config.max_series),
         ],
     };
-    if !config.enabled || config.probes.is_empty() {
-        return Plan::disabled(settings);
-    }
-    Plan::single(
-        settings,
-        kernel
-            .allows(Mechanism::Uprobe)
-            .map(|()| Mechanism::Uprobe)
-            .map_err(|why| ProbeError::Mechanism(format!("{FAMILY}: {why}"))),
-    )
+    let configured = config.enabled && !config.probes.is_empty();
+    user_probe::plan(FAMILY, configured, settings, kernel)
 }
 
 pub const REGISTRATION: Registration = Registration {
     name: FAMILY,
     plan: |config, kernel, _| plan(&config.usdt, kernel),
-    start: |ebpf, plan, config| {
-        let (usdt, status, entries) = start(ebpf, plan, &config.usdt);
-        let family: Option<Box<dyn Family>> = match usdt {
-            Some(usdt) => Some(Box::new(usdt)),
-            None if !entries.is_empty() => Some(Box::new(Unattached { entries })),
-            None => None,
-        };
-        Started { family, status }
-    },
+    start: |ebpf, plan, config| start(ebpf, plan, &config.usdt),
 };
 
 /// A configured probe resolved in its file: every address it has there.
@@ -121,7 +105,7 @@ impl EntryStatus {
 
 /// The probes of `path` (resolved as `probes.uprobe` resolves paths), or why there are none.
 pub fn list(path: &str) -> Result<(PathBuf, Vec<UsdtProbe>), String> {
-    let file = super::uprobe::resolve_path(path)?;
+    let file = user_probe::resolve_path(path)?;
     let data = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let probes = note::probes(&file.display().to_string(), &data).map_err(|e| e.to_string())?;
     Ok((file, probes))
@@ -191,93 +175,24 @@ pub fn resolve(entry: &ProbeConfig) -> Result<Resolved, String> {
     })
 }
 
-/// Attaches every configured probe it can. Returns the family (when at least one probe is
-/// attached), its status, and what became of each entry.
-pub fn start(
-    ebpf: &mut Ebpf,
-    plan: Plan,
-    config: &UsdtConfig,
-) -> (Option<Usdt>, ProbeStatus, Vec<EntryStatus>) {
-    let mut status = ProbeStatus {
-        family: FAMILY,
-        enabled: plan.enabled,
-        mechanism: None,
-        error: None,
-        programs: Vec::new(),
-        refused: Vec::new(),
-    };
-    if !plan.enabled {
-        return (None, status, Vec::new());
-    }
-    let started = plan
-        .mechanism
-        .and_then(|mechanism| Ok((mechanism, attach_all(ebpf, &config.probes)?)));
-    let (mechanism, entries, links) = match started {
-        Ok((mechanism, (entries, links))) => (mechanism, entries, links),
-        Err(e) => {
-            status.error = Some(e.to_string());
-            return (None, status, Vec::new());
-        }
-    };
-    log_entries(&entries);
-    if !entries.iter().any(EntryStatus::attached) {
-        status.error = Some(super::none_attached(
-            FAMILY,
-            "probe",
-            entries.iter().map(|e| (e.index, e.outcome.as_ref().err())),
-        ));
-        return (None, status, entries);
-    }
-    let maps = take_per_cpu_map(ebpf, "USDT_COUNTS").and_then(|counts| {
-        Ok((
-            counts,
-            take_histogram_map(ebpf, "USDT_ARGS")?,
-            take_histogram_map(ebpf, "USDT_LATENCY")?,
-        ))
-    });
-    let (counts, args, latency) = match maps {
-        Ok(maps) => maps,
-        Err(e) => {
-            status.error = Some(e.to_string());
-            return (None, status, entries);
-        }
-    };
-    status.mechanism = Some(mechanism);
-    status.programs = vec![PROGRAM];
-    let usdt = Usdt {
-        counts,
-        args,
-        latency,
-        entries: entries.clone(),
-        _links: links,
-        processes: HashMap::new(),
-        exited: HashMap::new(),
-        host: crate::model::resource::host_name(),
-    };
-    (Some(usdt), status, entries)
-}
-
-fn log_entries(entries: &[EntryStatus]) {
-    for entry in entries {
-        match &entry.outcome {
-            Ok(r) => tracing::info!(
-                probe = FAMILY,
-                entry = entry.index,
-                usdt = %format_args!("{}:{}", entry.provider, entry.name),
-                file = %r.file.display(),
-                addresses = r.sites.len(),
-                "usdt probe attached"
-            ),
-            Err(error) => tracing::warn!(
-                probe = FAMILY,
-                entry = entry.index,
-                usdt = %format_args!("{}:{}", entry.provider, entry.name),
-                path = %entry.path,
-                %error,
-                "usdt probe not attached"
-            ),
-        }
-    }
+/// Attaches every configured probe it can (each fails alone), then takes the maps.
+pub fn start(ebpf: &mut Ebpf, plan: Plan, config: &UsdtConfig) -> Started {
+    user_probe::start(
+        ebpf,
+        plan,
+        &[PROGRAM],
+        |ebpf| attach_all(ebpf, &config.probes),
+        |ebpf, entries, links| {
+            Ok(Usdt {
+                counts: take_per_cpu_map(ebpf, "USDT_COUNTS")?,
+                args: take_histogram_map(ebpf, "USDT_ARGS")?,
+                latency: take_histogram_map(ebpf, "USDT_LATENCY")?,
+                entries,
+                _links: links,
+                processes: ProcessCache::new(),
+            })
+        },
+    )
 }
 
 /// Loads the program and attaches every entry it can, writing one `USDT_SPECS` slot per
@@ -286,18 +201,7 @@ fn attach_all(
     ebpf: &mut Ebpf,
     probes: &[ProbeConfig],
 ) -> Result<(Vec<EntryStatus>, Vec<perf::Link>), ProbeError> {
-    let program: &mut UProbe = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| ProbeError::missing_program(PROGRAM))?
-        .try_into()
-        .map_err(|source| ProbeError::Program {
-            program: PROGRAM,
-            source,
-        })?;
-    program.load().map_err(|source| ProbeError::Program {
-        program: PROGRAM,
-        source,
-    })?;
+    let program = load_uprobe(ebpf, PROGRAM)?;
     let program_fd: OwnedFd = program
         .fd()
         .and_then(|fd| Ok(fd.as_fd().try_clone_to_owned()?))
@@ -305,15 +209,7 @@ fn attach_all(
             program: PROGRAM,
             source,
         })?;
-    let map_error = |reason: String| ProbeError::Map {
-        map: "USDT_SPECS",
-        reason,
-    };
-    let map = ebpf
-        .map_mut("USDT_SPECS")
-        .ok_or_else(|| map_error("missing from the eBPF object".into()))?;
-    let mut specs: Array<&mut MapData, UsdtSpec> =
-        Array::try_from(map).map_err(|e| map_error(e.to_string()))?;
+    let mut specs = entry_array::<UsdtSpec>(ebpf, "USDT_SPECS")?;
     let mut links = Vec::new();
     let mut next_cookie = 0u32;
     let entries = probes
@@ -389,77 +285,93 @@ fn unit_of(entry: &ProbeConfig) -> &'static str {
     }
 }
 
-/// The configured probes when none could be attached: only their statuses.
-struct Unattached {
-    entries: Vec<EntryStatus>,
-}
+impl user_probe::Entry for EntryStatus {
+    const FAMILY: &'static str = FAMILY;
+    const NOUN: &'static str = "probe";
 
-impl Family for Unattached {
-    fn collect(&mut self, out: &mut Vec<Metric>) {
-        out.push(entry_gauge(&self.entries));
+    fn outcome(&self) -> (usize, Option<&String>) {
+        (self.index, self.outcome.as_ref().err())
     }
 
-    fn check_lines(&self) -> Option<CheckLines> {
-        Some(check_lines(&self.entries))
+    /// `periscope.usdt.attached`: 1 per probe attached at all its addresses, 0 otherwise.
+    fn gauge(entries: &[EntryStatus]) -> Metric {
+        let points = entries
+            .iter()
+            .map(|e| (e.attributes(), if e.attached() { 1.0 } else { 0.0 }))
+            .collect();
+        Metric {
+            name: names::PERISCOPE_USDT_ATTACHED,
+            description: "1 per configured USDT probe attached at all its addresses, 0 when its file or probe could not be resolved or attached.",
+            unit: "1",
+            points: metrics::Points::Gauge(points),
+            resource: None,
+        }
     }
-}
 
-/// One `periscope check` line per entry: its addresses and semaphore, or why it cannot attach.
-fn check_lines(entries: &[EntryStatus]) -> CheckLines {
-    let lines = entries
-        .iter()
-        .map(|entry| {
-            let what = format!("[{}] {}:{}", entry.index, entry.provider, entry.name);
-            match &entry.outcome {
-                Ok(r) => {
-                    let semaphores: Vec<String> = r
-                        .sites
-                        .iter()
-                        .filter(|s| s.semaphore != 0)
-                        .map(|s| format!("{:#x}", s.semaphore))
-                        .collect();
-                    CheckLine {
-                        ok: true,
-                        what,
-                        detail: format!(
-                            "{}: {} address{}, semaphore {}",
-                            r.file.display(),
-                            r.sites.len(),
-                            if r.sites.len() == 1 { "" } else { "es" },
-                            if semaphores.is_empty() {
-                                "none".to_string()
-                            } else {
-                                semaphores.join(",")
-                            }
-                        ),
+    /// One `periscope check` line per entry: its addresses and semaphore, or why it cannot
+    /// attach.
+    fn check_lines(entries: &[EntryStatus]) -> CheckLines {
+        let lines = entries
+            .iter()
+            .map(|entry| {
+                let what = format!("[{}] {}:{}", entry.index, entry.provider, entry.name);
+                match &entry.outcome {
+                    Ok(r) => {
+                        let semaphores: Vec<String> = r
+                            .sites
+                            .iter()
+                            .filter(|s| s.semaphore != 0)
+                            .map(|s| format!("{:#x}", s.semaphore))
+                            .collect();
+                        CheckLine {
+                            ok: true,
+                            what,
+                            detail: format!(
+                                "{}: {} address{}, semaphore {}",
+                                r.file.display(),
+                                r.sites.len(),
+                                if r.sites.len() == 1 { "" } else { "es" },
+                                if semaphores.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    semaphores.join(",")
+                                }
+                            ),
+                        }
                     }
+                    Err(why) => CheckLine {
+                        ok: false,
+                        what,
+                        detail: why.clone(),
+                    },
                 }
-                Err(why) => CheckLine {
-                    ok: false,
-                    what,
-                    detail: why.clone(),
-                },
-            }
-        })
-        .collect();
-    CheckLines {
-        title: "USDT probes (probes.usdt.probes)",
-        lines,
+            })
+            .collect();
+        CheckLines {
+            title: "USDT probes (probes.usdt.probes)",
+            lines,
+        }
     }
-}
 
-/// `periscope.usdt.attached`: 1 per probe attached at all its addresses, 0 otherwise.
-fn entry_gauge(entries: &[EntryStatus]) -> Metric {
-    let points = entries
-        .iter()
-        .map(|e| (e.attributes(), if e.attached() { 1.0 } else { 0.0 }))
-        .collect();
-    Metric {
-        name: names::PERISCOPE_USDT_ATTACHED,
-        description: "1 per configured USDT probe attached at all its addresses, 0 when its file or probe could not be resolved or attached.",
-        unit: "1",
-        points: metrics::Points::Gauge(points),
-        resource: None,
+    fn log(&self) {
+        match &self.outcome {
+            Ok(r) => tracing::info!(
+                probe = FAMILY,
+                entry = self.index,
+                usdt = %format_args!("{}:{}", self.provider, self.name),
+                file = %r.file.display(),
+                addresses = r.sites.len(),
+                "usdt probe attached"
+            ),
+            Err(error) => tracing::warn!(
+                probe = FAMILY,
+                entry = self.index,
+                usdt = %format_args!("{}:{}", self.provider, self.name),
+                path = %self.path,
+                %error,
+                "usdt probe not attached"
+            ),
+        }
     }
 }
 
@@ -470,69 +382,32 @@ pub struct Usdt {
     pub entries: Vec<EntryStatus>,
     /// The attached perf events: closing them detaches.
     _links: Vec<perf::Link>,
-    processes: HashMap<u32, Arc<ProcessResource>>,
-    /// When each process with series was first seen gone.
-    exited: HashMap<u32, Instant>,
-    host: String,
+    processes: ProcessCache,
 }
 
 impl Family for Usdt {
     fn collect(&mut self, out: &mut Vec<Metric>) {
         self.collect_counts(out);
-        self.collect_args(out);
-        self.collect_latency(out);
-        out.push(entry_gauge(&self.entries));
+        self.collect_histograms(HistogramKind::Argument, out);
+        self.collect_histograms(HistogramKind::Duration, out);
+        out.push(user_probe::Entry::gauge(&self.entries));
     }
 
     fn check_lines(&self) -> Option<CheckLines> {
-        Some(check_lines(&self.entries))
+        Some(user_probe::Entry::check_lines(&self.entries))
     }
 
-    /// Deletes the series of processes gone for more than [`EXITED_SERIES_TTL`], so the maps
-    /// do not fill up with the dead. Start stamps live in an LRU: none are stale to count.
+    /// Deletes the series of processes gone for more than
+    /// [`crate::process::EXITED_SERIES_TTL`], so the maps do not fill up with the dead. Start
+    /// stamps live in an LRU: none are stale to count.
     fn sweep(&mut self) -> u64 {
-        let now = Instant::now();
-        let mut tgids: Vec<u32> = self
-            .counts
-            .keys()
-            .chain(self.args.keys())
-            .chain(self.latency.keys())
-            .filter_map(Result::ok)
-            .map(|k| split_series_key(k).1)
-            .collect();
-        tgids.sort_unstable();
-        tgids.dedup();
-        let mut expired = Vec::new();
-        for tgid in tgids {
-            if Path::new(&format!("/proc/{tgid}")).exists() {
-                self.exited.remove(&tgid);
-                continue;
-            }
-            let since = *self.exited.entry(tgid).or_insert(now);
-            if now.duration_since(since) > *EXITED_SERIES_TTL {
-                expired.push(tgid);
-            }
-        }
-        for tgid in expired {
-            self.exited.remove(&tgid);
-            self.processes.remove(&tgid);
-            let gone = |k: &u64| split_series_key(*k).1 == tgid;
-            let keys: Vec<u64> = self
-                .counts
-                .keys()
-                .filter_map(Result::ok)
-                .filter(gone)
-                .collect();
-            for key in keys {
-                let _ = self.counts.remove(&key);
-            }
-            for map in [&mut self.args, &mut self.latency] {
-                let keys: Vec<u64> = map.keys().filter_map(Result::ok).filter(gone).collect();
-                for key in keys {
-                    let _ = map.remove(&key);
-                }
-            }
-        }
+        let keys = self.counts.keys().chain(self.args.keys());
+        let keys = keys.chain(self.latency.keys()).filter_map(Result::ok);
+        let tgids = user_probe::series_processes(keys);
+        let expired = user_probe::expire_processes(&mut self.processes, &tgids, |_| UNKNOWN.into());
+        user_probe::delete_series(&mut self.counts, &expired);
+        user_probe::delete_series(&mut self.args, &expired);
+        user_probe::delete_series(&mut self.latency, &expired);
         0
     }
 }
@@ -540,41 +415,20 @@ impl Family for Usdt {
 impl Usdt {
     /// The resource of `tgid`, read from /proc the first time it is seen.
     fn resource(&mut self, tgid: u32) -> Arc<ProcessResource> {
-        let host = &self.host;
-        self.processes
-            .entry(tgid)
-            .or_insert_with(|| {
-                let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_else(|_| "unknown".into());
-                ProcessInfo::read(tgid, &comm, host, None).resource
-            })
-            .clone()
+        self.processes.resource(tgid, || UNKNOWN.into())
     }
 
     /// `process.usdt.calls`: firings per (probe, process), one metric per process.
     fn collect_counts(&mut self, out: &mut Vec<Metric>) {
-        let series = match read_series(&self.counts, |per_cpu: &[u64]| {
-            per_cpu.iter().copied().fold(0u64, u64::wrapping_add)
-        }) {
-            Ok(series) => series,
-            Err(e) => {
-                tracing::warn!(probe = FAMILY, error = %e, "reading usdt counts failed");
-                return;
-            }
-        };
-        let mut by_process: HashMap<u32, Vec<(Attributes, f64)>> = HashMap::new();
-        for (key, n) in series {
-            let (entry, tgid) = split_series_key(key);
-            if let Some(status) = self.entries.get(entry as usize) {
-                by_process
-                    .entry(tgid)
-                    .or_default()
-                    .push((status.attributes(), n as f64));
-            }
-        }
-        for (tgid, mut points) in by_process {
-            points.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = &self.entries;
+        let by_process = user_probe::per_process(
+            FAMILY,
+            "usdt counts",
+            &self.counts,
+            |per_cpu: &[u64]| per_cpu.iter().copied().fold(0u64, u64::wrapping_add) as f64,
+            |entry| Some(((), entries.get(entry as usize)?.attributes())),
+        );
+        for ((tgid, ()), points) in by_process {
             out.push(Metric {
                 name: names::PROCESS_USDT_CALLS,
                 description: "Firings of configured USDT probes.",
@@ -585,78 +439,86 @@ impl Usdt {
         }
     }
 
-    /// `process.usdt.duration`: start-to-done latency per (entry, process), one metric per
-    /// process.
-    fn collect_latency(&mut self, out: &mut Vec<Metric>) {
-        let series = match read_series(&self.latency, |per_cpu: &[Hist]| {
-            Histogram::from_kernel(per_cpu)
-        }) {
-            Ok(series) => series,
-            Err(e) => {
-                tracing::warn!(probe = FAMILY, error = %e, "reading usdt latency failed");
-                return;
-            }
+    /// One `kind` histogram metric per (process, unit), one point per entry.
+    fn collect_histograms(&mut self, kind: HistogramKind, out: &mut Vec<Metric>) {
+        let map = match kind {
+            HistogramKind::Argument => &self.args,
+            HistogramKind::Duration => &self.latency,
         };
-        let mut by_process: HashMap<u32, Vec<(Attributes, Histogram)>> = HashMap::new();
-        for (key, histogram) in series {
-            let (entry, tgid) = split_series_key(key);
-            let Some(status) = self.entries.get(entry as usize) else {
-                continue;
-            };
-            let mut attributes = status.attributes();
-            attributes.push(("usdt.done", status.done.clone().unwrap_or_default()));
-            by_process
-                .entry(tgid)
-                .or_default()
-                .push((attributes, histogram));
+        let entries = &self.entries;
+        let by_process = user_probe::per_process(
+            FAMILY,
+            kind.what(),
+            map,
+            |per_cpu: &[Hist]| Histogram::from_kernel(per_cpu),
+            |entry| {
+                let status = entries.get(entry as usize)?;
+                let (unit, attribute) = kind.unit_and_attribute(status);
+                let mut attributes = status.attributes();
+                attributes.push(attribute);
+                Some((unit, attributes))
+            },
+        );
+        for ((tgid, unit), points) in by_process {
+            let mut metric = kind.metric(unit, points);
+            metric.resource = Some(self.resource(tgid));
+            out.push(metric);
         }
-        for (tgid, mut points) in by_process {
-            points.sort_by(|a, b| a.0.cmp(&b.0));
-            out.push(Metric {
-                name: names::PROCESS_USDT_DURATION,
-                description: "Time from a configured USDT start probe to its done probe, per thread.",
-                unit: "s",
-                points: metrics::Points::Histogram(ValueUnit::Seconds, points),
-                resource: Some(self.resource(tgid)),
-            });
+    }
+}
+
+/// The two histograms of USDT entries.
+#[derive(Clone, Copy)]
+enum HistogramKind {
+    /// `process.usdt.argument`: the configured argument's values per (probe, process).
+    Argument,
+    /// `process.usdt.duration`: start-to-done latency per (entry, process).
+    Duration,
+}
+
+impl HistogramKind {
+    /// What reading its map is, in a warning.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Argument => "usdt arguments",
+            Self::Duration => "usdt latency",
         }
     }
 
-    /// `process.usdt.argument`: the configured argument's values per (probe, process), one
-    /// metric per (process, unit).
-    fn collect_args(&mut self, out: &mut Vec<Metric>) {
-        let series = match read_series(&self.args, |per_cpu: &[Hist]| {
-            Histogram::from_kernel(per_cpu)
-        }) {
-            Ok(series) => series,
-            Err(e) => {
-                tracing::warn!(probe = FAMILY, error = %e, "reading usdt arguments failed");
-                return;
+    /// The unit of an entry's points, and the attribute they carry besides the entry's own.
+    fn unit_and_attribute(self, status: &EntryStatus) -> (&'static str, (&'static str, String)) {
+        match self {
+            Self::Argument => {
+                let arg = status.arg.unwrap_or(0).to_string();
+                (status.unit, ("usdt.argument", arg))
             }
-        };
-        let mut by_process: HashMap<(u32, &'static str), Vec<(Attributes, Histogram)>> =
-            HashMap::new();
-        for (key, histogram) in series {
-            let (entry, tgid) = split_series_key(key);
-            let Some(status) = self.entries.get(entry as usize) else {
-                continue;
-            };
-            let mut attributes = status.attributes();
-            attributes.push(("usdt.argument", status.arg.unwrap_or(0).to_string()));
-            by_process
-                .entry((tgid, status.unit))
-                .or_default()
-                .push((attributes, histogram));
+            Self::Duration => {
+                let done = status.done.clone().unwrap_or_default();
+                ("s", ("usdt.done", done))
+            }
         }
-        for ((tgid, unit), mut points) in by_process {
-            points.sort_by(|a, b| a.0.cmp(&b.0));
-            out.push(Metric {
-                name: names::PROCESS_USDT_ARGUMENT,
-                description: "Values of the configured argument of USDT probes.",
-                unit,
-                points: metrics::Points::Histogram(ValueUnit::Bytes, points),
-                resource: Some(self.resource(tgid)),
-            });
+    }
+
+    /// One process's metric (its resource is set by the caller).
+    fn metric(self, unit: &'static str, points: Vec<(Attributes, Histogram)>) -> Metric {
+        let (name, description, value_unit) = match self {
+            Self::Argument => (
+                names::PROCESS_USDT_ARGUMENT,
+                "Values of the configured argument of USDT probes.",
+                ValueUnit::Bytes,
+            ),
+            Self::Duration => (
+                names::PROCESS_USDT_DURATION,
+                "Time from a configured USDT start probe to its done probe, per thread.",
+                ValueUnit::Seconds,
+            ),
+        };
+        Metric {
+            name,
+            description,
+            unit,
+            points: metrics::Points::Histogram(value_unit, points),
+            resource: None,
         }
     }
 }
