@@ -310,8 +310,8 @@ async fn run_daemon(
 
 /// How long the daemon waits for the first list of this node's pods before it reads any
 /// process: a process whose resource is built before its pod is known keeps `k8s.pod.uid` only.
-/// An in-cluster list of a node's pods takes well under a second; the kernel buffers events
-/// meanwhile.
+/// The list of one node's pods is one small request; the ring buffers hold the kernel's events
+/// meanwhile (what overflows them is lost and counted, as at any stall).
 const FIRST_POD_LIST_WAIT: Duration = Duration::from_secs(2);
 
 /// `kubernetes.enabled`: starts the watch of this node's pods (not awaited at shutdown: it
