@@ -3,7 +3,7 @@
 //! pods of this node only (field selector `spec.nodeName`, the node named by `K8S_NODE_NAME`).
 //!
 //! kube's watcher lists, then watches from the list's resource version, and lists again when
-//! the watch expires (410 Gone) or fails, with backoff. A relist replaces the whole cache at its
+//! the watch expires (410 Gone) or fails, after a delay ([`Retry`]). A relist replaces the whole cache at its
 //! end, so a pod deleted while no watch was open goes too. Memory is bounded by the node: only
 //! its pods (the kubelet's `max-pods`, 110 by default), and of each only the few strings a
 //! resource needs; the full `Pod` objects are dropped as soon as they are read.
@@ -24,10 +24,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::runtime::{
-    WatchStreamExt,
-    watcher::{self, Event},
-};
+use kube::runtime::watcher::{self, Event};
 use serde::Deserialize;
 
 use crate::model::resource::attr;
@@ -245,30 +242,57 @@ impl Pods {
         }
     }
 
-    /// Watches the pods of `node` until dropped, retrying failures with kube's backoff (800 ms
-    /// doubling to 30 s). Every failure is counted; the first of a run of them is a warning.
+    /// Watches the pods of `node` until dropped, retrying failures after [`Retry`]'s delay.
+    /// Every failure is counted; the first of a run of them is a warning.
     pub async fn watch(self: Arc<Self>, client: kube::Client, node: String) {
         let pods: kube::Api<Pod> = kube::Api::all(client);
         let selector = format!("spec.nodeName={node}");
         let config = watcher::Config::default().fields(&selector);
-        let mut events = std::pin::pin!(watcher::watcher(pods, config).default_backoff());
-        let mut failing = false;
+        let mut events = std::pin::pin!(watcher::watcher(pods, config));
+        let mut retry = Retry::default();
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
-                    failing = false;
+                    // Each retry begins with `Init`, before its list can fail: not a recovery.
+                    if !matches!(event, Event::Init) {
+                        retry.failures = 0;
+                    }
                     self.apply(event);
                 }
                 Err(error) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
-                    if !std::mem::replace(&mut failing, true) {
+                    if retry.failures == 0 {
                         tracing::warn!(%error, %node, "Kubernetes pod watch failed; retrying (pod names stay as last known)");
                     } else {
                         tracing::debug!(%error, "Kubernetes pod watch failed again");
                     }
+                    tokio::time::sleep(retry.delay()).await;
                 }
             }
         }
+    }
+}
+
+/// Delays between failed lists and watches: 0.8 s doubling to 30 s, each cut by up to half at
+/// random so that the agents of every node do not retry together after an API server outage.
+/// Not kube's `default_backoff`: it restarts from its first delay at every `Ok` item, and each
+/// retry yields `Init` before its list fails, so an API server that is down was asked about
+/// once a second.
+#[derive(Debug, Default)]
+struct Retry {
+    failures: u32,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn delay(&mut self) -> Duration {
+        let full = Self::FIRST
+            .saturating_mul(1 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        full.mul_f64(rand::random_range(0.5..=1.0))
     }
 }
 

@@ -396,6 +396,20 @@ fn container_ids_lose_their_runtime_scheme() {
 }
 
 #[test]
+fn retries_back_off_to_30_s_with_jitter() {
+    let mut retry = Retry::default();
+    let delays: Vec<Duration> = (0..10).map(|_| retry.delay()).collect();
+    for (i, delay) in delays.iter().enumerate() {
+        let full = (Retry::FIRST * 2u32.pow(i as u32)).min(Retry::MAX);
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "retry {i}: {delay:?} for {full:?}"
+        );
+    }
+    assert!(delays[9] >= Duration::from_secs(15));
+}
+
+#[test]
 fn a_pod_with_init_containers_has_no_sole_container() {
     let mut pod: Pod = serde_json::from_value(db(false)).unwrap();
     assert_eq!(sole_container(&pod).as_deref(), Some("postgres"));
