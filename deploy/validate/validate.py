@@ -102,6 +102,9 @@ def by_kind(docs: list[dict]) -> dict[str, dict]:
     return out
 
 
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+
+
 def check_objects(docs: list[dict], origin: str) -> dict[str, dict]:
     """What the schemas cannot say: the objects fit together and give least privilege."""
     objs = by_kind(docs)
@@ -110,7 +113,7 @@ def check_objects(docs: list[dict], origin: str) -> dict[str, dict]:
     ds = objs["DaemonSet"]
     ns = ds["metadata"]["namespace"]
     for d in docs:
-        if d["kind"] != "Namespace":
+        if d["kind"] not in CLUSTER_SCOPED:
             check(d["metadata"].get("namespace") == ns, f"{origin}: {d['kind']} not in {ns}")
     if "Namespace" in objs:
         check(objs["Namespace"]["metadata"]["name"] == ns, f"{origin}: Namespace is not {ns}")
@@ -330,6 +333,46 @@ def helm() -> None:
             continue
         raise Failure(f"the chart rendered with invalid values {bad}")
     say("values.schema.json: Helm rejects a misspelt key, a bad enum and a wrong type")
+    helm_pod_names(default)
+
+
+def helm_pod_names(default: list[dict]) -> None:
+    """kubernetes.enabled: the RBAC to list and watch pods, the token and the daemon's switch,
+    all three only then."""
+    def agent(objs: dict) -> tuple[dict, dict]:
+        pod = objs["DaemonSet"]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        return pod, {e["name"]: e.get("value") for e in c["env"]}
+
+    off = by_kind(default)
+    pod, env = agent(off)
+    check(not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(off),
+          "the chart grants API access with kubernetes.enabled=false")
+    check(pod["automountServiceAccountToken"] is False, "the token is mounted with kubernetes.enabled=false")
+    check("PERISCOPE_KUBERNETES_ENABLED" not in env, "PERISCOPE_KUBERNETES_ENABLED set while off")
+
+    docs = helm_render({"kubernetes": {"enabled": True}}, name="agent", namespace="monitoring")
+    schema_validate(docs, "helm template (kubernetes.enabled)")
+    objs = check_objects(docs, "helm template (kubernetes.enabled)")
+    pod, env = agent(objs)
+    check(pod["automountServiceAccountToken"] is True, "kubernetes.enabled: the token is not mounted")
+    check(env.get("PERISCOPE_KUBERNETES_ENABLED") == "true", f"kubernetes.enabled: env {env}")
+    check(env.get("K8S_NODE_NAME") is None and "K8S_NODE_NAME" in env,
+          "kubernetes.enabled: the daemon needs K8S_NODE_NAME (from the downward API)")
+    role, binding = objs["ClusterRole"], objs["ClusterRoleBinding"]
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    check(granted == {("", "pods", "list"), ("", "pods", "watch")},
+          f"kubernetes.enabled: the ClusterRole should grant list and watch of pods only: {sorted(granted)}")
+    check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                 "name": role["metadata"]["name"]}, f"roleRef {binding['roleRef']}")
+    sa = objs["ServiceAccount"]["metadata"]
+    check(binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}],
+          f"the ClusterRoleBinding does not bind the agent's ServiceAccount: {binding['subjects']}")
+    cm = yaml.safe_load(objs["ConfigMap"]["data"]["periscope.yaml"])
+    check("kubernetes" not in cm, "the switch is the env var, not a second copy in the ConfigMap")
+    say("kubernetes.enabled renders a ClusterRole (list, watch pods), its binding to the agent's "
+        "ServiceAccount, the token mount and PERISCOPE_KUBERNETES_ENABLED; off, none of them")
 
 
 # -------------------------------------------------------------------- running the real daemon

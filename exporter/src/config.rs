@@ -22,7 +22,7 @@ pub use crate::{
         uprobe::{FunctionConfig, MAX_FUNCTIONS, UprobeConfig},
     },
     kernel::mechanism::MechanismChoice,
-    process::Selector,
+    process::{Selector, kubernetes::KubernetesConfig},
 };
 
 /// The default configuration, embedded so that `periscope run` works with no file at all.
@@ -50,6 +50,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub probes: ProbesConfig,
     pub histograms: HistogramsConfig,
+    /// Pod names from the API server (off by default).
+    pub kubernetes: KubernetesConfig,
     /// Log filter in `tracing` EnvFilter syntax (`info`, `periscope=debug`, ...).
     pub log: Option<String>,
 }
@@ -252,6 +254,23 @@ impl Config {
         }
         if let Some(v) = get("PERISCOPE_LOG") {
             self.log = Some(v);
+        }
+        if let Some(v) = get("PERISCOPE_KUBERNETES_ENABLED") {
+            self.kubernetes.enabled = v.trim().parse().map_err(|_| ConfigError::Env {
+                name: "PERISCOPE_KUBERNETES_ENABLED",
+                value: v.clone(),
+                reason: "expected true or false".into(),
+            })?;
+        }
+        let node = crate::model::resource::NODE_NAME_ENV;
+        if self.kubernetes.enabled && get(node).is_none() {
+            return Err(ConfigError::Env {
+                name: node,
+                value: String::new(),
+                reason: "kubernetes.enabled watches the pods of this node only, and this \
+                         variable names it: set it from the downward API (spec.nodeName)"
+                    .into(),
+            });
         }
         if let Some(v) = get("OTEL_TRACES_SAMPLER") {
             self.probes.http.sampler = v.trim().to_string();
@@ -470,6 +489,7 @@ mod tests {
             HistogramAggregation::Base2ExponentialBucketHistogram
         );
         assert_eq!(config.otlp.temporality, Temporality::Delta);
+        assert!(config.kubernetes.enabled);
         assert!(config.probes.sched.by_cgroup);
         assert_eq!(config.probes.sched.max_cgroups, 64);
         assert_eq!(config.probes.block.mechanism, MechanismChoice::Tracepoint);
@@ -681,6 +701,35 @@ mod tests {
         );
         assert_eq!(config.otlp.interval, Duration::from_millis(2500));
         assert_eq!(config.prometheus.listen, "", "empty disables the endpoint");
+    }
+
+    #[test]
+    fn kubernetes_enrichment_needs_the_node_name() {
+        let mut config = parse("kubernetes:\n  enabled: true\n").unwrap();
+        let err = config.apply_env(|_| None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid environment variable K8S_NODE_NAME"),
+            "{err}"
+        );
+        let env = BTreeMap::from([("K8S_NODE_NAME", "node-1")]);
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        let mut config = Config::default();
+        let env = BTreeMap::from([
+            ("PERISCOPE_KUBERNETES_ENABLED", "true"),
+            ("K8S_NODE_NAME", "node-1"),
+        ]);
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert!(config.kubernetes.enabled);
+        let err = config
+            .apply_env(|k| (k == "PERISCOPE_KUBERNETES_ENABLED").then(|| "yes".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("expected true or false"), "{err}");
+        let err = parse("kubernetes:\n  enable: true\n").unwrap_err();
+        assert!(err.contains("unknown field `enable`"), "{err}");
     }
 
     #[test]

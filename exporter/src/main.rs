@@ -12,7 +12,8 @@ use periscope::{
     export,
     families::{self, Probes, TaskContext},
     kernel::{privileges, tracefs},
-    model::span::SpanQueue,
+    model::{resource::node_name, span::SpanQueue},
+    process::kubernetes,
     profile,
     telemetry::Telemetry,
     triage,
@@ -185,6 +186,9 @@ async fn run_daemon(
     mut probes: Probes,
     prometheus: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
+    if config.kubernetes.enabled {
+        watch_pods().await;
+    }
     let profile_stats = Arc::new(periscope::families::profile::continuous::ProfileStats::default());
     let profiler = continuous_profiler(&config, &mut probes, profile_stats.clone());
     let mut telemetry = Telemetry::new(
@@ -302,6 +306,33 @@ async fn run_daemon(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the daemon waits for the first list of this node's pods before it reads any
+/// process: a process whose resource is built before its pod is known keeps `k8s.pod.uid` only.
+/// The list of one node's pods is one small request; the ring buffers hold the kernel's events
+/// meanwhile (what overflows them is lost and counted, as at any stall).
+const FIRST_POD_LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// `kubernetes.enabled`: starts the watch of this node's pods (not awaited at shutdown: it
+/// holds nothing to flush), then gives its first list a moment to land.
+async fn watch_pods() {
+    // The config was refused without a node name (Config::apply_env).
+    let Some(node) = node_name() else { return };
+    let Some(watch) = kubernetes::start(node).await else {
+        return;
+    };
+    tokio::spawn(watch);
+    let synced = match kubernetes::watched() {
+        Some(pods) => pods.wait_synced(FIRST_POD_LIST_WAIT).await,
+        None => false,
+    };
+    if !synced {
+        tracing::warn!(
+            wait = ?FIRST_POD_LIST_WAIT,
+            "no list of this node's pods yet; processes read before it lands keep k8s.pod.uid only"
+        );
+    }
 }
 
 /// The profile family's maps, when `probes.profile` is on and it attached.

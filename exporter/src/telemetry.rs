@@ -201,6 +201,9 @@ impl Telemetry {
         if self.profiler.is_some() {
             self.profile_stats(out);
         }
+        if let Some(pods) = crate::process::kubernetes::watched() {
+            pod_watch_stats(pods, out);
+        }
         out.push(Metric {
             name: names::PERISCOPE_EXPORT_REQUESTS,
             description: "OTLP export requests by outcome (a failure drops nothing: counts are cumulative).",
@@ -237,6 +240,24 @@ impl Telemetry {
             resource: None,
         });
     }
+}
+
+/// The pod watch of `kubernetes.enabled`: what it holds, and how often it failed.
+fn pod_watch_stats(pods: &crate::process::kubernetes::Pods, out: &mut Vec<Metric>) {
+    out.push(Metric {
+        name: names::PERISCOPE_KUBERNETES_PODS,
+        description: "Pods of this node whose names the daemon holds (kubernetes.enabled).",
+        unit: "1",
+        points: Points::Gauge(vec![(Vec::new(), pods.len() as f64)]),
+        resource: None,
+    });
+    out.push(Metric {
+        name: names::PERISCOPE_KUBERNETES_WATCH_ERRORS,
+        description: "Failed lists and watches of this node's pods (each retried with backoff), and a client that could not be made.",
+        unit: "1",
+        points: Points::Counter(vec![(Vec::new(), pods.errors() as f64)]),
+        resource: None,
+    });
 }
 
 /// Counter points, one per `outcome`.

@@ -65,6 +65,10 @@ fn helm_chart_renders_the_manifests_and_validates() {
     );
     assert!(out.contains("values land where they should"), "{out}");
     assert!(out.contains("Helm rejects a misspelt key"), "{out}");
+    assert!(
+        out.contains("kubernetes.enabled renders a ClusterRole (list, watch pods)"),
+        "{out}"
+    );
 }
 
 /// The ConfigMap's periscope.yaml, the container's environment (downward API values filled

@@ -6,7 +6,8 @@
 //! Prometheus endpoint the same attributes are the labels of the process's `target_info`
 //! series (text and protobuf), which a real Prometheus joins to the HTTP series on
 //! `service_instance_id`. No Kubernetes runs here: the path is all Periscope reads of a pod,
-//! and the path is real.
+//! and the path is real. With `kubernetes.enabled`, a stand-in for the API server lists that
+//! pod, and its names join the resource.
 
 use std::time::Duration;
 
@@ -244,4 +245,155 @@ fn prometheus_target_info_names_the_pod(
     let label = |k: &str| joined[0].labels.get(k).and_then(|v| v.as_str());
     assert_eq!(label("k8s_pod_uid"), Some(cgroup.pod_uid.as_str()));
     assert_eq!(label("container_id"), Some(cgroup.container_id.as_str()));
+}
+
+/// A stand-in for the API server (none is packaged for the test machines): it answers a list of
+/// pods with `pod_list` and keeps every watch open with no event; it records each request target.
+fn api_server(pod_list: String) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the API stand-in");
+    let port = listener.local_addr().expect("its address").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let (pod_list, requests) = (pod_list.clone(), requests.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let target = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let watch = target.contains("watch=true");
+                requests.lock().unwrap().push(target);
+                let common =
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n";
+                if watch {
+                    let _ = stream.write_all(
+                        format!("{common}Transfer-Encoding: chunked\r\n\r\n").as_bytes(),
+                    );
+                    // An open watch with nothing to say, until the test process ends.
+                    std::thread::sleep(Duration::from_secs(600));
+                } else {
+                    let response = format!(
+                        "{common}Content-Length: {}\r\n\r\n{pod_list}",
+                        pod_list.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// With `kubernetes.enabled`, the pod the API server lists for the server's cgroup names it:
+/// pod, namespace, container and Deployment on its resource (`target_info` here), from a list
+/// asked for this node's pods only.
+#[test]
+fn a_pod_the_api_server_lists_gets_its_names() {
+    let _machine = exclusive();
+    // Created before the daemon: its uid and container id go into the API's answer.
+    let cgroup = KubeCgroup::burstable_containerd();
+    let pod = serde_json::json!({
+        "metadata": {
+            "name": "pod-api-5f6d7c8b9a-q2w3e", "namespace": "shop", "uid": cgroup.pod_uid,
+            "resourceVersion": "7", "labels": {"pod-template-hash": "5f6d7c8b9a"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "pod-api-5f6d7c8b9a", "uid": "00000000-0000-4000-8000-000000000000",
+                "controller": true}]
+        },
+        "spec": {"nodeName": NODE, "containers": [{"name": "api"}, {"name": "sidecar"}]},
+        "status": {"containerStatuses": [
+            {"name": "api", "containerID": format!("containerd://{}", cgroup.container_id),
+             "image": "api", "imageID": "", "ready": true, "restartCount": 0}
+        ]}
+    });
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": "7"}, "items": [pod]});
+    let (api_port, requests) = api_server(list.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n\
+             clusters: [{{name: e2e, cluster: {{server: \"http://127.0.0.1:{api_port}\"}}}}]\n\
+             users: [{{name: e2e, user: {{token: e2e}}}}]\n\
+             contexts: [{{name: e2e, context: {{cluster: e2e, user: e2e}}}}]\n"
+        ),
+    )
+    .expect("write the kubeconfig");
+    let daemon = Daemon::start(
+        CONFIG,
+        &[
+            ("K8S_NODE_NAME", NODE),
+            ("PERISCOPE_KUBERNETES_ENABLED", "true"),
+            ("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path")),
+        ],
+    );
+    let port = free_port();
+    let mut command = Server::python_command(port, true, None, "pod-api");
+    cgroup.place(&mut command);
+    let server = Server::spawn(command, port, None);
+    let sent = python_client(port, true, &plan(2));
+    let expected = client_counts(&sent);
+    wait_for("every request counted", Duration::from_secs(15), || {
+        (periscope_counts(&daemon.scrape(), SERVER, port) == expected).then_some(())
+    });
+
+    let port_label = port.to_string();
+    let scrape = daemon.scrape_text();
+    let instance = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.name == format!("{SERVER}_count") && s.labels.get("server_port") == Some(&port_label)
+        })
+        .and_then(|s| s.labels.get("service_instance_id").cloned())
+        .expect("the server's series carry service_instance_id");
+    let info = scrape
+        .samples
+        .iter()
+        .find(|s| s.name == "target_info" && s.labels.get("service_instance_id") == Some(&instance))
+        .expect("the server's target_info");
+    let label = |k: &str| info.labels.get(k).map(String::as_str);
+    assert_eq!(label("k8s_pod_uid"), Some(cgroup.pod_uid.as_str()));
+    assert_eq!(
+        label("k8s_pod_name"),
+        Some("pod-api-5f6d7c8b9a-q2w3e"),
+        "{info:?}"
+    );
+    assert_eq!(label("k8s_namespace_name"), Some("shop"));
+    assert_eq!(label("k8s_container_name"), Some("api"));
+    assert_eq!(label("k8s_deployment_name"), Some("pod-api"));
+    assert_eq!(label("k8s_replicaset_name"), Some("pod-api-5f6d7c8b9a"));
+    let pods = scrape
+        .samples
+        .iter()
+        .find(|s| s.name == "periscope_kubernetes_pods")
+        .map(|s| s.value);
+    assert_eq!(pods, Some(1.0));
+
+    let requests = requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().all(|r| r
+            .replace("%3D", "=")
+            .contains(&format!("fieldSelector=spec.nodeName={NODE}"))),
+        "every list and watch asks for this node's pods only: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains("watch=true")),
+        "{requests:?}"
+    );
+    drop(server);
 }

@@ -47,6 +47,8 @@ pub const PERISCOPE_BPF_PROGRAM_RUN_COUNT: &str = "periscope.bpf.program.run_cou
 pub const PERISCOPE_EXPORT_REQUESTS: &str = "periscope.export.requests";
 pub const PERISCOPE_EXPORT_PROFILES: &str = "periscope.export.profiles";
 pub const PERISCOPE_PROFILE_MAPS_EMPTIED: &str = "periscope.profile.maps_emptied";
+pub const PERISCOPE_KUBERNETES_PODS: &str = "periscope.kubernetes.pods";
+pub const PERISCOPE_KUBERNETES_WATCH_ERRORS: &str = "periscope.kubernetes.watch.errors";
 
 /// All of the above.
 pub const ALL: &[&str] = &[
@@ -86,4 +88,6 @@ pub const ALL: &[&str] = &[
     PERISCOPE_EXPORT_REQUESTS,
     PERISCOPE_EXPORT_PROFILES,
     PERISCOPE_PROFILE_MAPS_EMPTIED,
+    PERISCOPE_KUBERNETES_PODS,
+    PERISCOPE_KUBERNETES_WATCH_ERRORS,
 ];

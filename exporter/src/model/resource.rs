@@ -20,6 +20,15 @@ pub mod attr {
     pub const CONTAINER_RUNTIME_NAME: &str = "container.runtime.name";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
     pub const K8S_NODE_NAME: &str = "k8s.node.name";
+    // From the API server, with `kubernetes.enabled` (process/kubernetes.rs).
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
+    pub const K8S_DEPLOYMENT_NAME: &str = "k8s.deployment.name";
+    pub const K8S_REPLICASET_NAME: &str = "k8s.replicaset.name";
+    pub const K8S_STATEFULSET_NAME: &str = "k8s.statefulset.name";
+    pub const K8S_DAEMONSET_NAME: &str = "k8s.daemonset.name";
+    pub const K8S_JOB_NAME: &str = "k8s.job.name";
 }
 
 /// The environment variable naming the Kubernetes node the agent runs on: the DaemonSet sets

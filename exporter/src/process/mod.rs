@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod cgroup;
+pub mod kubernetes;
 
 use std::{sync::Arc, time::Duration};
 
@@ -57,6 +58,9 @@ impl Selector {
         Ok(())
     }
 }
+
+/// Pod names by pod uid and container id (see [`kubernetes::attributes`]).
+type PodLookup<'a> = &'a dyn Fn(&str, Option<&str>) -> Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 pub struct ProcessInfo {
@@ -135,6 +139,7 @@ impl ProcessInfo {
             attributes.push(("process.executable.path".to_string(), path.clone()));
         }
         attributes.extend(self.cgroup_attributes(node_name()));
+        attributes.extend(self.pod_names(&kubernetes::attributes));
         ProcessResource {
             service_name,
             attributes,
@@ -149,6 +154,20 @@ impl ProcessInfo {
             .attributes()
             .into_iter()
             .chain(node)
+            .map(|(key, value)| (key.to_string(), value))
+            .collect()
+    }
+
+    /// `k8s.pod.name`, `k8s.namespace.name`, `k8s.container.name` and the workload of the
+    /// process's pod, as `lookup` (the watched pods) knows them when the resource is built: a
+    /// pod not known yet leaves the process with `k8s.pod.uid` only, for its lifetime (its
+    /// series keep one resource).
+    fn pod_names(&self, lookup: PodLookup) -> Vec<(String, String)> {
+        let Some(uid) = &self.cgroup.pod_uid else {
+            return Vec::new();
+        };
+        lookup(uid, self.cgroup.container_id.as_deref())
+            .into_iter()
             .map(|(key, value)| (key.to_string(), value))
             .collect()
     }
@@ -257,6 +276,26 @@ mod tests {
         assert!(!info("/usr/bin/python3", "python3", None).matches(&by_container, None));
         assert_eq!(select(&[], &nginx, None), Some(None));
         assert!(select(std::slice::from_ref(&by_port), &nginx, Some(1)).is_none());
+    }
+
+    #[test]
+    fn pod_names_are_looked_up_by_the_cgroups_pod_and_container() {
+        let mut pod = info("/app", "app", Some("abcdef"));
+        pod.cgroup.pod_uid = Some("6f0e1c2d-3b4a-4c5d-8e7f-9a0b1c2d3e4f".into());
+        let lookup = |uid: &str, container: Option<&str>| {
+            assert_eq!(
+                (uid, container),
+                ("6f0e1c2d-3b4a-4c5d-8e7f-9a0b1c2d3e4f", Some("abcdef"))
+            );
+            vec![(attr::K8S_POD_NAME, "web-1".to_string())]
+        };
+        assert_eq!(
+            pod.pod_names(&lookup),
+            [("k8s.pod.name".to_string(), "web-1".to_string())]
+        );
+        // No pod uid, no lookup (a container outside Kubernetes, a host process).
+        let docker = info("/app", "app", Some("abcdef"));
+        assert!(docker.pod_names(&|_, _| unreachable!()).is_empty());
     }
 
     #[test]
