@@ -359,23 +359,6 @@ pub fn histogram_map(
 mod tests {
     use super::*;
 
-    /// A kernel that allows `allowed` and refuses the rest.
-    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
-        KernelSupport::with_mechanisms(
-            Mechanism::PREFERENCE
-                .into_iter()
-                .map(|m| {
-                    let allows = if allowed.contains(&m) {
-                        Ok(())
-                    } else {
-                        Err(format!("{m} is not in this test kernel"))
-                    };
-                    (m, allows)
-                })
-                .collect(),
-        )
-    }
-
     const HTTP_LIKE: &[Mechanism] = &[
         Mechanism::SocketTracepoint,
         Mechanism::RawTracepoint,
@@ -392,7 +375,7 @@ mod tests {
 
     #[test]
     fn auto_keeps_every_usable_mechanism_in_order_and_says_why_better_ones_were_passed_over() {
-        let kernel = kernel(&[
+        let kernel = KernelSupport::allowing(&[
             Mechanism::SocketTracepoint,
             Mechanism::RawTracepoint,
             Mechanism::Tracepoint,
@@ -423,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_forced_mechanism_has_no_fallback() {
-        let kernel = kernel(&[Mechanism::RawTracepoint, Mechanism::Tracepoint]);
+        let kernel = KernelSupport::allowing(&[Mechanism::RawTracepoint, Mechanism::Tracepoint]);
         let plan = candidates_plan(
             "http",
             HTTP_LIKE,
@@ -454,7 +437,7 @@ mod tests {
 
     #[test]
     fn no_usable_mechanism_names_each_reason() {
-        let kernel = kernel(&[Mechanism::SocketTracepoint]);
+        let kernel = KernelSupport::allowing(&[Mechanism::SocketTracepoint]);
         let plan = candidates_plan(
             "http",
             HTTP_LIKE,

@@ -164,8 +164,20 @@ impl KernelSupport {
         }
     }
 
-    /// A kernel that allows exactly what `mechanisms` says (for tests of the planning).
-    pub fn with_mechanisms(mechanisms: Vec<(Mechanism, Result<(), String>)>) -> Self {
+    /// A kernel (with this machine's BTF) that allows exactly `allowed` and refuses the other
+    /// kernel-path mechanisms: for tests of the planning.
+    pub fn allowing(allowed: &[Mechanism]) -> Self {
+        let mechanisms = Mechanism::PREFERENCE
+            .into_iter()
+            .map(|m| {
+                let allows = if allowed.contains(&m) {
+                    Ok(())
+                } else {
+                    Err(format!("{m} is not in this test kernel"))
+                };
+                (m, allows)
+            })
+            .collect();
         Self {
             mechanisms,
             btf: std::sync::OnceLock::new(),

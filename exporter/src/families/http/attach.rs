@@ -543,29 +543,12 @@ pub fn state(config: &HttpConfig) -> Arc<Mutex<HttpState>> {
 mod tests {
     use super::*;
 
-    /// A kernel with this machine's BTF that allows exactly `allowed`.
-    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
-        KernelSupport::with_mechanisms(
-            Mechanism::PREFERENCE
-                .into_iter()
-                .map(|m| {
-                    let allows = if allowed.contains(&m) {
-                        Ok(())
-                    } else {
-                        Err(format!("{m} is not in this test kernel"))
-                    };
-                    (m, allows)
-                })
-                .collect(),
-        )
-    }
-
     /// Below 6.5 (no socket tracepoints), `auto` takes `fentry`, with the raw and per-syscall
     /// tracepoints behind it; above, socket tracepoints come first and `fentry` is a fallback.
     #[test]
     fn fentry_comes_after_socket_tracepoints_and_before_syscalls() {
         let config = HttpConfig::default();
-        let no_socket = kernel(&[
+        let no_socket = KernelSupport::allowing(&[
             Mechanism::Fentry,
             Mechanism::RawTracepoint,
             Mechanism::Tracepoint,
@@ -573,7 +556,7 @@ mod tests {
         let plan = plan(&config, &no_socket, None);
         assert_eq!(plan.mechanism.ok(), Some(Mechanism::Fentry));
         assert_eq!(plan.fallbacks, vec![Mechanism::RawTracepoint]);
-        let all = kernel(&[
+        let all = KernelSupport::allowing(&[
             Mechanism::SocketTracepoint,
             Mechanism::Fentry,
             Mechanism::RawTracepoint,

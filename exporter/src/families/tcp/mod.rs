@@ -577,30 +577,13 @@ mod tests {
         );
     }
 
-    /// A kernel with this machine's BTF that allows exactly `allowed`.
-    fn kernel(allowed: &[Mechanism]) -> KernelSupport {
-        KernelSupport::with_mechanisms(
-            Mechanism::PREFERENCE
-                .into_iter()
-                .map(|m| {
-                    let allows = if allowed.contains(&m) {
-                        Ok(())
-                    } else {
-                        Err(format!("{m} is not in this test kernel"))
-                    };
-                    (m, allows)
-                })
-                .collect(),
-        )
-    }
-
     /// `auto` takes `fentry` where the kernel allows it (cheaper per connection in the kernel
     /// matrix), with tracepoints behind it, and tracepoints alone elsewhere (this machine).
     #[test]
     fn auto_takes_fentry_first_and_tracepoints_behind_it() {
         let tracefs = Tracefs::locate().expect("tracefs is mounted");
         let config = TcpConfig::default();
-        let both = kernel(&[Mechanism::Fentry, Mechanism::Tracepoint]);
+        let both = KernelSupport::allowing(&[Mechanism::Fentry, Mechanism::Tracepoint]);
         let planned = plan(&config, &both, Some(&tracefs));
         assert_eq!(planned.mechanism.ok(), Some(Mechanism::Fentry));
         assert_eq!(planned.fallbacks, vec![Mechanism::Tracepoint]);
@@ -613,7 +596,11 @@ mod tests {
         ] {
             assert!(globals.contains(&global), "{global} missing: {globals:?}");
         }
-        let planned = plan(&config, &kernel(&[Mechanism::Tracepoint]), Some(&tracefs));
+        let planned = plan(
+            &config,
+            &KernelSupport::allowing(&[Mechanism::Tracepoint]),
+            Some(&tracefs),
+        );
         assert_eq!(planned.mechanism.ok(), Some(Mechanism::Tracepoint));
         assert_eq!(planned.refused[0].0, Mechanism::Fentry);
     }
