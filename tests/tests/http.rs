@@ -486,6 +486,117 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
     assert_eq!(hex(&traced.span.parent_span_id), parent);
 }
 
+/// The attributes, not only (method, route, status), on both sides: `error.type` on a server's
+/// 5xx and a client's 4xx and 5xx only, `network.protocol.version`, `server.port`, and
+/// `server.address` on the client; span names `{method} {route}` (server) and `{method}`
+/// (client); `url.path` without its query string, whose values reach no output (the privacy
+/// promise: the metrics, the spans and their attributes are all searched for them).
+#[test]
+fn attributes_follow_the_http_semantic_conventions() {
+    let _guard = exclusive();
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let daemon = Daemon::start(
+        HTTP_ONLY,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let server = Server::python(free_port(), true, None, "attr-api");
+    let plan: Vec<(String, String)> = [
+        "/users/7?token=secret-7",
+        "/missing/page?token=secret-8",
+        "/fail?token=secret-9",
+    ]
+    .iter()
+    .map(|path| ("GET".to_string(), path.to_string()))
+    .collect();
+    let sent = python_client(server.port, true, &plan);
+    check(&daemon, server.port, &sent, true);
+
+    let port = server.port.to_string();
+    let scrape = daemon.scrape();
+    let labels = |metric: &str, status: &str| {
+        let series: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == format!("{metric}_count")
+                    && s.labels.get("server_port") == Some(&port)
+                    && s.labels
+                        .get("http_response_status_code")
+                        .map(String::as_str)
+                        == Some(status)
+            })
+            .collect();
+        assert_eq!(series.len(), 1, "{metric} {status}: {series:?}");
+        series[0].labels.clone()
+    };
+    for (metric, status, error) in [
+        (SERVER, "200", None),
+        (SERVER, "404", None),
+        (SERVER, "500", Some("500")),
+        (CLIENT, "200", None),
+        (CLIENT, "404", Some("404")),
+        (CLIENT, "500", Some("500")),
+    ] {
+        let labels = labels(metric, status);
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        assert_eq!(label("error_type"), error, "{metric} {status}");
+        assert_eq!(label("network_protocol_version"), Some("1.1"));
+        let address = (metric == CLIENT).then_some("127.0.0.1");
+        assert_eq!(label("server_address"), address, "{metric} {status}");
+    }
+    assert!(
+        !daemon.scrape_text_raw().contains("secret-"),
+        "a query value in the metrics"
+    );
+
+    let spans = periscope_e2e::wait_for("six spans", Duration::from_secs(20), || {
+        let ours: Vec<_> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                s.span
+                    .attributes
+                    .iter()
+                    .any(|kv| kv.key == "server.port" && int_of(kv) == Some(server.port.into()))
+            })
+            .collect();
+        (ours.len() >= 6).then_some(ours)
+    });
+    assert_eq!(spans.len(), 6, "one span per request per side");
+    let mut names: Vec<(i32, String, String)> = spans
+        .iter()
+        .map(|s| (s.span.kind, s.span.name.clone(), path_of(&s.span)))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            (2, "GET /fail", "/fail"),
+            (2, "GET /missing/page", "/missing/page"),
+            (2, "GET /users/{id}", "/users/7"),
+            (3, "GET", "/fail"),
+            (3, "GET", "/missing/page"),
+            (3, "GET", "/users/7"),
+        ]
+        .map(|(kind, name, path)| (kind, name.to_string(), path.to_string()))
+    );
+    for s in &spans {
+        assert!(
+            !format!("{:?}", s.span).contains("secret-"),
+            "a query value in a span: {:?}",
+            s.span
+        );
+    }
+}
+
+fn int_of(kv: &opentelemetry_proto::tonic::common::v1::KeyValue) -> Option<i64> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(v) => Some(*v),
+        _ => None,
+    }
+}
+
 fn path_of(s: &opentelemetry_proto::tonic::trace::v1::Span) -> String {
     s.attributes
         .iter()
