@@ -316,6 +316,51 @@ fn request_heads_longer_than_the_capture_are_counted_on_both_sides() {
     }
 }
 
+/// Responses without a body whatever their headers say: `HEAD` (with a `Content-Length`), `204`
+/// and `304`, each followed by a response with a body. Pipelined (four requests in one write,
+/// the four responses read back to back), so that only the framing rules tell where each
+/// response ends; then one at a time from `http.client`. Exact on both sides.
+#[test]
+fn head_204_and_304_responses_end_at_their_head_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::python(free_port(), true, None, "py-nobody");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         for i in range(3):\n\
+         \x20   s.sendall(''.join(f'{{m}} {{p}} HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n' for m, p in\n\
+         \x20       [('HEAD', f'/users/{{i}}'), ('GET', '/empty'), ('GET', '/cached'), ('GET', f'/users/{{i}}')]).encode())\n\
+         \x20   data = b''\n\
+         \x20   while data.count(b'HTTP/1.1 ') < 4 or not data.endswith(b'ok\\n'):\n\
+         \x20       chunk = s.recv(65536)\n\
+         \x20       assert chunk, data\n\
+         \x20       data += chunk\n\
+         \x20   codes = [line.split(b' ')[1] for line in data.split(b'\\r\\n') if line.startswith(b'HTTP/1.1 ')]\n\
+         \x20   assert codes == [b'200', b'204', b'304', b'200'], data\n\
+         s.close()\n",
+        port = server.port
+    );
+    run_python(&script);
+    let mut plan = Vec::new();
+    for i in 0..3 {
+        for (method, path) in [
+            ("HEAD", format!("/users/{i}")),
+            ("GET", "/empty".to_string()),
+            ("GET", "/cached".to_string()),
+            ("GET", format!("/users/{i}")),
+        ] {
+            plan.push((method.to_string(), path));
+        }
+    }
+    let mut sent = python_client(server.port, true, &plan);
+    let statuses: Vec<u16> = sent.iter().map(|s| s.status).collect();
+    assert_eq!(statuses[..4], [200, 204, 304, 200], "the server's answers");
+    // The pipelined rounds sent the same requests and got the same answers.
+    sent.extend(sent.clone());
+    check(&daemon, server.port, &sent, true);
+}
+
 /// Clients that half-close (`shutdown(SHUT_WR)` after the request, then read the response to
 /// its end, as HTTP/1.0 tools may): the half-close is not the end of the connection, nor is the
 /// server's FIN arriving before the client reads (its socket is closed in the kernel by then,

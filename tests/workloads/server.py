@@ -1,7 +1,9 @@
 """A Python http.server with the routes the HTTP tests use.
 
 usage: server.py PORT keepalive|close [DOWNSTREAM_PORT]
-  GET|PUT|DELETE|PURGE|PROPFIND|MKCOL /users/<id> -> 200, POST /items -> 201, /fail... -> 500, anything else -> 404
+  GET|PUT|DELETE|PURGE|PROPFIND|MKCOL /users/<id> -> 200, POST /items -> 201, /fail... -> 500,
+  /empty -> 204 and /cached -> 304 (no body, no length), anything else -> 404; HEAD as GET,
+  with the length and without the body
   /chain -> calls GET /users/1 on 127.0.0.1:DOWNSTREAM_PORT from the serving thread, then 200
 """
 import http.client
@@ -38,15 +40,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        status = self.status_for(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        status = {"/empty": 204, "/cached": 304}.get(path) or self.status_for(path)
         body = b"ok\n"
         self.send_response(status)
+        if status in (204, 304):
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     # Methods outside the nine OTel names (cache purges, WebDAV) are answered like the others.
-    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = handle_any
     do_PURGE = do_PROPFIND = do_MKCOL = handle_any
 
 
