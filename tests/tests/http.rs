@@ -79,12 +79,19 @@ fn curl_chunked(port: u16, rounds: usize) -> Vec<Sent> {
 }
 
 /// Waits until Periscope's counts for `port` equal `expected` (events are processed
-/// asynchronously), then asserts equality.
+/// asynchronously), then checks that they stay so a while longer: a request counted twice,
+/// late, would otherwise pass.
 fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let got = periscope_counts(&daemon.scrape(), metric, port);
         if &got == expected {
+            std::thread::sleep(Duration::from_millis(300));
+            let later = periscope_counts(&daemon.scrape(), metric, port);
+            assert_eq!(
+                &later, expected,
+                "{metric} on port {port} changed after matching"
+            );
             return;
         }
         if std::time::Instant::now() > deadline {
@@ -873,19 +880,24 @@ fn a_server_that_exits_mid_request_drops_it_counted_and_leaks_nothing() {
             .value("periscope_http_messages_total", &[("outcome", outcome)])
             .unwrap_or(0.0)
     };
+    // Exactly one each: the server's request (its process exited) and the client's (its
+    // connection closed).
     periscope_e2e::wait_for("dropped requests", Duration::from_secs(10), || {
         let s = daemon.scrape();
-        (dropped(&s, "dropped_process_exit") >= 1.0
-            && dropped(&s, "dropped_connection_closed") >= 1.0)
+        (dropped(&s, "dropped_process_exit") == 1.0
+            && dropped(&s, "dropped_connection_closed") == 1.0)
             .then_some(())
     });
+    std::thread::sleep(Duration::from_millis(300));
     let scrape = daemon.scrape();
+    assert_eq!(dropped(&scrape, "dropped_process_exit"), 1.0);
+    assert_eq!(dropped(&scrape, "dropped_connection_closed"), 1.0);
     assert!(periscope_counts(&scrape, SERVER, port).is_empty());
     assert!(periscope_counts(&scrape, CLIENT, port).is_empty());
     // Both ends are forgotten: the only connection left is this scrape's own.
     let open = scrape
         .value("periscope_http_connections", &[])
-        .unwrap_or(-1.0);
+        .expect("periscope_http_connections");
     assert!(open <= 1.0, "connections still followed: {open}");
 }
 
