@@ -263,7 +263,8 @@ impl Config {
             })?;
         }
         let node = crate::model::resource::NODE_NAME_ENV;
-        if self.kubernetes.enabled && get(node).is_none() {
+        // Blank counts as unset, as `node_name()` reads it.
+        if self.kubernetes.enabled && get(node).is_none_or(|n| n.trim().is_empty()) {
             return Err(ConfigError::Env {
                 name: node,
                 value: String::new(),
@@ -710,6 +711,13 @@ mod tests {
         assert!(
             err.starts_with("invalid environment variable K8S_NODE_NAME"),
             "{err}"
+        );
+        let blank = BTreeMap::from([("K8S_NODE_NAME", "  ")]);
+        assert!(
+            config
+                .apply_env(|k| blank.get(k).map(|v| v.to_string()))
+                .is_err(),
+            "blank is unset: the watch would not start"
         );
         let env = BTreeMap::from([("K8S_NODE_NAME", "node-1")]);
         config

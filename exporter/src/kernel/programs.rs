@@ -103,12 +103,7 @@ fn try_attach_trampolines(
                 p.load(function, &btf).map_err(failed)?;
                 p.attach().map_err(failed)?;
             }
-            Some(_) => {
-                return Err(ProbeError::Map {
-                    map: program,
-                    reason: "not an fentry or fexit program".into(),
-                });
-            }
+            Some(_) => return Err(failed(aya::programs::ProgramError::UnexpectedProgramType)),
             None => return Err(ProbeError::missing_program(program)),
         }
     }

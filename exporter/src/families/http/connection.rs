@@ -24,7 +24,7 @@ pub enum Role {
 }
 
 /// The bytes of one read or write as the kernel reported them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Io<'a> {
     pub start_ns: u64,
     pub end_ns: u64,

@@ -9,7 +9,7 @@ use periscope_common::http::{
     SockOpen, TLS_FD,
 };
 
-use super::connection::Role;
+use super::connection::{Io, Role};
 
 /// One record from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +52,10 @@ pub struct Conn {
     pub time_ns: u64,
 }
 
-/// A read or write.
+/// A read or write: whose, and its bytes as the connection's parser takes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer<'a> {
     pub tgid: u32,
-    pub tid: u32,
     /// The descriptor; a TLS connection's plaintext has [`TLS_FD`] set, to keep it apart from
     /// the encrypted bytes of the same descriptor.
     pub fd: u32,
@@ -65,14 +64,7 @@ pub struct Transfer<'a> {
     pub side: Option<Role>,
     /// A record of this connection was lost before this one.
     pub after_loss: bool,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// Bytes transferred.
-    pub len: u64,
-    /// The leading bytes (all of them when `captured.len() == len`).
-    pub captured: &'a [u8],
-    /// The last bytes, when beyond the captured ones.
-    pub tail: &'a [u8],
+    pub io: Io<'a>,
 }
 
 /// Why a record could not be decoded.
@@ -146,7 +138,6 @@ fn transfer(bytes: &[u8]) -> Result<Transfer<'_>, Malformed> {
     let plaintext = r.flags & IO_TLS_PLAINTEXT != 0;
     Ok(Transfer {
         tgid: r.head.tgid,
-        tid: r.head.tid,
         fd: if plaintext {
             r.head.fd | TLS_FD
         } else {
@@ -155,11 +146,14 @@ fn transfer(bytes: &[u8]) -> Result<Transfer<'_>, Malformed> {
         read: r.head.kind == KIND_READ,
         side: side(r.head.side),
         after_loss: r.flags & IO_LOST != 0,
-        start_ns: r.start_ns,
-        end_ns: r.head.time_ns,
-        len: r.len,
-        captured,
-        tail: &bytes[tail_at..tail_at + tail_len],
+        io: Io {
+            start_ns: r.start_ns,
+            end_ns: r.head.time_ns,
+            len: r.len,
+            captured,
+            tail: &bytes[tail_at..tail_at + tail_len],
+            tid: r.head.tid,
+        },
     })
 }
 
@@ -183,7 +177,7 @@ fn conn(head: &RecordHead) -> Conn {
 }
 
 /// The side a record names, if any.
-pub fn side(side: u8) -> Option<Role> {
+fn side(side: u8) -> Option<Role> {
     match side {
         ROLE_CLIENT => Some(Role::Client),
         ROLE_SERVER => Some(Role::Server),
@@ -306,10 +300,10 @@ mod tests {
             panic!("not a transfer");
         };
         assert!(t.read && t.after_loss);
-        assert_eq!((t.fd, t.side, t.len), (5, Some(Role::Server), 4096));
-        assert_eq!((t.start_ns, t.end_ns), (1_000, 2_000));
-        assert_eq!(t.captured, b"GET / HTTP/1.1\r\n");
-        assert_eq!(t.tail, b"0\r\n\r\n");
+        assert_eq!((t.fd, t.side, t.io.len), (5, Some(Role::Server), 4096));
+        assert_eq!((t.io.start_ns, t.io.end_ns), (1_000, 2_000));
+        assert_eq!(t.io.captured, b"GET / HTTP/1.1\r\n");
+        assert_eq!(t.io.tail, b"0\r\n\r\n");
 
         let tls = build::with_io(build::io(false, 7, b"x"), |r| r.flags = IO_TLS_PLAINTEXT);
         let Record::Io(t) = decode(&tls).expect("decodes") else {
@@ -377,6 +371,6 @@ mod tests {
         let Ok(Record::Io(t)) = decode(&io) else {
             panic!("decodes");
         };
-        assert_eq!(t.captured, b"abc");
+        assert_eq!(t.io.captured, b"abc");
     }
 }

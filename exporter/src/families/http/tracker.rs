@@ -22,7 +22,7 @@ use crate::{
 use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
-    connection::{Connection, Exchange, Io, Outcome, Role},
+    connection::{Connection, Exchange, Outcome, Role},
     parse,
     record::{self, Conn, Record, Transfer},
     route::Routes,
@@ -483,7 +483,7 @@ impl Tracker {
     }
 
     fn on_io(&mut self, h: &Transfer) {
-        let captured = h.captured;
+        let (io, captured) = (h.io, h.io.captured);
         let key = self.resolve((h.tgid, h.fd));
         if self.ignored.contains(&key) {
             return;
@@ -514,23 +514,15 @@ impl Tracker {
                 return;
             }
             self.stats.followed_mid_stream += 1;
-            self.track(key, role, port, None, h.end_ns);
+            self.track(key, role, port, None, io.end_ns);
         }
-        let io = Io {
-            start_ns: h.start_ns,
-            end_ns: h.end_ns,
-            len: h.len,
-            captured,
-            tail: h.tail,
-            tid: h.tid,
-        };
         if h.fd & TLS_FD == 0 && is_tls_record(captured) && !self.conns[&key].conn.seen_http {
             self.switch_to_tls(key);
             return;
         }
         let mut outcomes = std::mem::take(&mut self.outcomes);
         let tracked = self.conns.get_mut(&key).expect("inserted above");
-        tracked.last_active = h.end_ns;
+        tracked.last_active = io.end_ns;
         if h.after_loss {
             tracked.conn.on_lost(&mut outcomes);
         }
@@ -901,8 +893,8 @@ fn role_of(h: &Transfer) -> Option<Role> {
     if let Some(role) = h.side {
         return Some(role);
     }
-    let response = parse::looks_like_response(h.captured);
-    let request = !response && parse::looks_like_request(h.captured);
+    let response = parse::looks_like_response(h.io.captured);
+    let request = !response && parse::looks_like_request(h.io.captured);
     match (h.read, request, response) {
         (true, true, _) | (false, _, true) => Some(Role::Server),
         (true, _, true) | (false, true, _) => Some(Role::Client),

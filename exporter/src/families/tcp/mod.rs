@@ -57,10 +57,8 @@ const FENTRY_RAW: &[(&str, &str)] = &[("tcp_retransmit_raw", "tcp_retransmit_skb
 /// The tracepoint programs beside the `fentry` ones: resets are rare (nothing to save), and
 /// which of them the kernel reports has changed between releases (a reset for no socket, an
 /// active reset: since 6.10), where the tracepoint stays the same interface.
-const FENTRY_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-];
+/// The reset programs: [`PROGRAMS`] after the state and retransmit ones.
+const FENTRY_TRACEPOINTS: &[(&str, &str, &str)] = PROGRAMS.split_at(2).1;
 
 pub fn plan(config: &TcpConfig, kernel: &KernelSupport, tracefs: Option<&Tracefs>) -> Plan {
     let mut settings = LoadSettings {
@@ -108,7 +106,7 @@ fn fentry_globals(
     let mut globals = btf.sock_offsets()?;
     for (name, fields) in PEER_TRACEPOINTS
         .iter()
-        .filter(|(name, _)| *name != "tcp_retransmit_skb")
+        .filter(|(name, _)| FENTRY_TRACEPOINTS.iter().any(|p| p.2 == *name))
     {
         let format = tracefs.format("tcp", name).map_err(|e| e.to_string())?;
         globals.extend(peer_offsets(&format, fields).map_err(|e| e.to_string())?);
