@@ -36,6 +36,21 @@ pub fn periscope_bin() -> PathBuf {
     path
 }
 
+/// `periscope check` on `config` (written to a temporary file): its report, once it exited 0.
+pub fn periscope_check(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("periscope.yaml");
+    std::fs::write(&path, config).expect("write the config");
+    let out = std::process::Command::new(periscope_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run periscope check");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    report
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use periscope_e2e::{daemon::Daemon, exclusive, periscope_bin, scrape::Scrape, target::Target};
+use periscope_e2e::{
+    daemon::Daemon, exclusive, periscope_bin, periscope_check, scrape::Scrape, target::Target,
+};
 
 const DURATION: &str = "process_function_duration_seconds";
 const TARGET: &str = env!("CARGO_BIN_EXE_function-target");
@@ -157,16 +159,7 @@ fn function_latency_is_exact_and_agrees_with_the_caller() {
 
 /// `periscope check` prints each entry: its file offset, or why it cannot attach.
 fn check_lists_every_entry(config: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("periscope.yaml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(periscope_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}");
+    let report = periscope_check(config);
     assert!(
         report.contains("ok    uprobe                       attached with uprobe"),
         "{report}"

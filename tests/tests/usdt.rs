@@ -12,7 +12,8 @@ use std::{
 };
 
 use periscope_e2e::{
-    daemon::Daemon, exclusive, periscope_bin, scrape::Scrape, target::Target, wait_for,
+    daemon::Daemon, exclusive, periscope_bin, periscope_check, scrape::Scrape, target::Target,
+    wait_for,
 };
 
 const CALLS: &str = "process_usdt_calls_total";
@@ -292,16 +293,7 @@ fn usdt_counts_arguments_and_semaphores_are_exact_and_match_bpftrace() {
 
 /// `periscope check` prints each entry: its address count and semaphore, or why not.
 fn check_lists_every_entry(config: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("periscope.yaml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(periscope_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}");
+    let report = periscope_check(config);
     assert!(
         report.contains("USDT probes (probes.usdt.probes)"),
         "{report}"
