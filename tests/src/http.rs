@@ -18,6 +18,14 @@ pub fn workload(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The files [`Server::nginx_sendfile`] serves under `/files/`, by name and size: one smaller
+/// than a capture, one a few segments long, one larger than a socket's send buffer.
+pub const STATIC_FILES: [(&str, usize); 3] = [
+    ("small.txt", 3),
+    ("medium.bin", 20_000),
+    ("large.bin", 3_000_000),
+];
+
 /// A server child process, killed on drop.
 pub struct Server {
     child: Child,
@@ -87,7 +95,35 @@ impl Server {
 
     /// nginx in the foreground with its own prefix, config and port.
     pub fn nginx(port: u16) -> Self {
+        Self::nginx_with(
+            port,
+            r#"location /users/ { return 200 "ok\n"; }
+    location = /items { return 201 "ok\n"; }
+    location /fail { return 500 "ok\n"; }
+    location / { return 404 "ok\n"; }"#,
+            |_| {},
+        )
+    }
+
+    /// nginx serving the files of [`STATIC_FILES`] under `/files/` with `sendfile on`: each
+    /// response's head leaves in a `writev`, its body in `sendfile` calls (no user buffer), several
+    /// for a file larger than the socket's send buffer.
+    pub fn nginx_sendfile(port: u16) -> Self {
+        Self::nginx_with(port, "sendfile on;\n    root {dir}/www;", |dir| {
+            let files = dir.join("www/files");
+            std::fs::create_dir_all(&files).expect("create www/files");
+            for (name, size) in STATIC_FILES {
+                std::fs::write(files.join(name), vec![b'x'; size]).expect("write static file");
+            }
+        })
+    }
+
+    /// nginx with `server` as its server block's body (after `listen`; `{dir}` is replaced by
+    /// its prefix), once `prepare` has filled the prefix.
+    fn nginx_with(port: u16, server: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
+        let server = server.replace("{dir}", &dir.path().display().to_string());
         let conf = dir.path().join("nginx.conf");
         std::fs::write(
             &conf,
@@ -108,10 +144,7 @@ http {{
   keepalive_requests 100000;
   server {{
     listen 127.0.0.1:{port};
-    location /users/ {{ return 200 "ok\n"; }}
-    location = /items {{ return 201 "ok\n"; }}
-    location /fail {{ return 500 "ok\n"; }}
-    location / {{ return 404 "ok\n"; }}
+    {server}
   }}
 }}
 "#,

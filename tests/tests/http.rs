@@ -9,8 +9,9 @@ use periscope_e2e::{
     daemon::Daemon,
     exclusive, free_port,
     http::{
-        CLIENT, Counts, HTTP_ONLY, SERVER, Sent, Server, client_counts, curl, node_client,
-        node_client_with, periscope_counts, plan, python_chunked_client, python_client, wget,
+        CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, client_counts, curl,
+        node_client, node_client_with, periscope_counts, plan, python_chunked_client,
+        python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
 };
@@ -183,6 +184,30 @@ fn nginx_with_curl_node_and_python_clients() {
     sent.extend(curl(server.port, true, &plan(4)));
     sent.extend(node_client(server.port, true, &plan(5)));
     sent.extend(python_client(server.port, false, &plan(5)));
+    check(&daemon, server.port, &sent, true);
+}
+
+/// nginx with `sendfile on`: a response's head leaves in a `writev`, its body in `sendfile`
+/// calls that have no user buffer (a record with a byte count only), several for the file
+/// larger than the socket's send buffer. Each response ends at its `Content-Length` on both
+/// sides, and the next request on the connection starts a new exchange.
+#[test]
+fn nginx_sendfile_responses_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::nginx_sendfile(free_port());
+    let mut plan = Vec::new();
+    for _ in 0..3 {
+        for (name, _) in STATIC_FILES {
+            plan.push(("GET".to_string(), format!("/files/{name}")));
+        }
+        plan.push(("GET".to_string(), "/files/missing.txt".to_string()));
+    }
+    let mut sent = curl(server.port, true, &plan);
+    sent.extend(python_client(server.port, true, &plan));
+    sent.extend(node_client(server.port, true, &plan));
+    let ok = sent.iter().filter(|s| s.status == 200).count();
+    assert_eq!(ok, 3 * 3 * STATIC_FILES.len(), "clients got {sent:?}");
     check(&daemon, server.port, &sent, true);
 }
 
