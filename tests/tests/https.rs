@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 use periscope_e2e::wait_for;
 use periscope_e2e::{
     daemon::Daemon,
-    free_port,
+    exclusive, free_port,
     http::{CLIENT, Counts, HTTP_ONLY, SERVER, expected_route, periscope_counts, workload},
     scrape::Scrape,
 };
@@ -234,6 +234,7 @@ fn tls_files(daemon: &Daemon) -> Vec<String> {
 
 #[test]
 fn python_https_server_and_clients() {
+    let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     let files = tls_files(&daemon);
     assert!(
@@ -248,6 +249,7 @@ fn python_https_server_and_clients() {
 
 #[test]
 fn node_https_server_with_its_own_openssl() {
+    let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     let (_dir, cert, key) = certificate();
     let port = free_port();
@@ -267,4 +269,127 @@ fn node_https_server_with_its_own_openssl() {
         || tls_files(&daemon).contains(&node).then_some(()),
     );
     check_server(&daemon, &server, port, false);
+}
+
+/// POSTs with chunked bodies over TLS: from curl, between GETs on one keep-alive connection
+/// (`--next` between requests), and pipelined, each POST and the GET after it in one write (so
+/// the body's last chunk and the next request arrive in one read). The plaintext's chunked
+/// framing is followed as on a plaintext connection: each POST ends at its last chunk, and the
+/// GET after it is an exchange of its own.
+#[test]
+fn chunked_posts_over_tls_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_dir, cert, key) = certificate();
+    let port = free_port();
+    let server = start_server("python3", "https_server.py", port, &cert, &key);
+    let mut expected = Counts::new();
+    for (method, path, status) in curl_chunked_posts(port).into_iter().chain(pipelined(port)) {
+        *expected
+            .entry((method, expected_route(&path), status))
+            .or_default() += 1;
+    }
+    let want = |method: &str, route: &str, status: &str| {
+        expected
+            .get(&(method.into(), route.into(), status.into()))
+            .copied()
+    };
+    assert_eq!(want("POST", "/items", "201"), Some(4 + 4), "{expected:?}");
+    assert_eq!(
+        want("GET", "/users/{id}", "200"),
+        Some(4 + 4),
+        "{expected:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let scrape = daemon.scrape();
+        let server_side = server_counts(&scrape, server.0.id());
+        let client_side = periscope_counts(&scrape, CLIENT, port);
+        if server_side == expected && client_side == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server {server_side:?}, client {client_side:?}, want {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing more arrives late (a double count).
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = daemon.scrape();
+    assert_eq!(server_counts(&scrape, server.0.id()), expected);
+    assert_eq!(periscope_counts(&scrape, CLIENT, port), expected);
+}
+
+/// One curl process, one TLS connection: 4 rounds of GET, a chunked POST and a 404 GET.
+/// (method, path, status) of each request.
+fn curl_chunked_posts(port: u16) -> Vec<(String, String, String)> {
+    let plan: Vec<(&str, String)> = (0..4)
+        .flat_map(|i| {
+            [
+                ("GET", format!("/users/{}", 100 + i)),
+                ("POST", "/items".to_string()),
+                ("GET", "/missing/page".to_string()),
+            ]
+        })
+        .collect();
+    let mut curl = Command::new("curl");
+    curl.arg("-s");
+    for (i, (method, path)) in plan.iter().enumerate() {
+        if i > 0 {
+            curl.arg("--next");
+        }
+        // `--next` resets per-request options: -k and the output go with each.
+        curl.args([
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\\n",
+        ]);
+        if *method == "POST" {
+            curl.args(["-H", "Transfer-Encoding: chunked", "--data", "payload"]);
+        }
+        curl.arg(format!("https://127.0.0.1:{port}{path}"));
+    }
+    let out = curl.output().expect("curl");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), plan.len(), "curl printed {lines:?}");
+    let connects: u32 = lines
+        .iter()
+        .filter_map(|l| l.split(' ').nth(1)?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(connects, 1, "one connection for every request: {lines:?}");
+    plan.iter()
+        .zip(&lines)
+        .map(|((method, path), line)| {
+            let status = line.split(' ').next().unwrap_or_default();
+            (method.to_string(), path.clone(), status.to_string())
+        })
+        .collect()
+}
+
+/// `https_pipelined.py`: 4 rounds of a chunked POST and a GET in one write.
+fn pipelined(port: u16) -> Vec<(String, String, String)> {
+    let out = Command::new("python3")
+        .arg(workload("https_pipelined.py"))
+        .args([&port.to_string(), "4"])
+        .output()
+        .expect("python client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            let text = |k: &str| v[k].as_str().expect("text").to_string();
+            (text("method"), text("path"), v["status"].to_string())
+        })
+        .collect()
 }

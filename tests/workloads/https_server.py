@@ -1,5 +1,6 @@
 """An HTTPS server on Python's ssl module (OpenSSL's SSL_read_ex/SSL_write_ex):
-https_server.py PORT CERT KEY. Answers 404 for paths containing "missing", else 200."""
+https_server.py PORT CERT KEY. Answers GETs 404 for paths containing "missing", else 200;
+POSTs 201 once their body (Content-Length or chunked) is read."""
 
 import http.server
 import ssl
@@ -12,6 +13,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = b"hello over tls\n"
         self.send_response(404 if "missing" in self.path else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                self.rfile.read(size + 2)  # the chunk and its CRLF
+                if size == 0:  # no trailers are sent: that was the final CRLF
+                    break
+        else:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b"created\n"
+        self.send_response(201)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
