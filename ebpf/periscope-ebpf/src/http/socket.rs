@@ -7,7 +7,7 @@
 //! record carries its exit time as its start (there is no entry hook).
 
 use super::record::{send_close, send_dup, send_io, send_open};
-use super::regs::{io_shape, op_of, regs_syscall};
+use super::regs::{io_shape, op_of, task_regs_syscall};
 use super::{AF_INET, AF_INET6, HTTP_CONNS, current, stage, stop_after, watched_io};
 use crate::shared::global;
 use crate::sock::{SK_DADDR, SK_FAMILY, SK_PORTPAIR, SK_V6_DADDR};
@@ -103,7 +103,7 @@ pub(super) fn sock_io(sk: u64, rc: i32, kind: u8) {
     if regs == 0 {
         return;
     }
-    let Some((nr, args)) = regs_syscall(regs) else {
+    let Some((nr, args)) = task_regs_syscall(regs) else {
         return;
     };
     // Only the syscall's own transfer: not a send made inside another syscall.

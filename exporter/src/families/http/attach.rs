@@ -251,7 +251,29 @@ fn socket_offsets(kernel: &KernelSupport) -> Result<Vec<(&'static str, u32)>, St
         ),
         ("HTTP_SOCKET_FILE", btf.offset("socket", "file")?),
     ]);
+    let in_place = registers_in_ptrace_layout(|field| btf.offset("pt_regs", field))?;
+    globals.push(("HTTP_REGS_IN_PLACE", in_place as u32));
     Ok(globals)
+}
+
+/// Whether `struct pt_regs` (its field offsets from `offset`) has x86_64's ptrace layout, which
+/// the socket programs then load in place (`HTTP_REGS_IN_PLACE`).
+fn registers_in_ptrace_layout(
+    offset: impl Fn(&str) -> Result<u32, String>,
+) -> Result<bool, String> {
+    const PTRACE: [(&str, u32); 5] = [
+        ("dx", 96),
+        ("si", 104),
+        ("di", 112),
+        ("orig_ax", 120),
+        ("cs", 136),
+    ];
+    for (field, expected) in PTRACE {
+        if offset(field)? != expected {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// What the `fentry` programs need: the socket programs' offsets, `bpf_task_pt_regs` (5.15+),
@@ -542,6 +564,24 @@ pub fn state(config: &HttpConfig) -> Arc<Mutex<HttpState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The socket programs load registers in place only at the ptrace layout's offsets.
+    #[test]
+    fn registers_load_in_place_only_in_the_ptrace_layout() {
+        let ptrace = |field: &str| -> Result<u32, String> {
+            Ok(match field {
+                "dx" => 96,
+                "si" => 104,
+                "di" => 112,
+                "orig_ax" => 120,
+                "cs" => 136,
+                _ => return Err(format!("no {field}")),
+            })
+        };
+        assert_eq!(registers_in_ptrace_layout(ptrace), Ok(true));
+        let moved = |field: &str| ptrace(field).map(|o| if field == "cs" { o + 8 } else { o });
+        assert_eq!(registers_in_ptrace_layout(moved), Ok(false));
+    }
 
     /// Below 6.5 (no socket tracepoints), `auto` takes `fentry`, with the raw and per-syscall
     /// tracepoints behind it; above, socket tracepoints come first and `fentry` is a fallback.
