@@ -6,34 +6,61 @@
 //!
 //! A process is told from a later one that took its pid by its start time (field 22 of
 //! /proc/PID/stat): a reused pid marks the earlier process exited, as its exit would.
+//!
+//! What is held per process is a resource for most; the HTTP tracker holds the whole
+//! [`ProcessInfo`] (its selectors match on the executable and environment), shared by the
+//! processes of one service instance, and forgets a process at its exit record rather than by
+//! expiry.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use super::{EXITED_SERIES_TTL, ProcessInfo, ProcessResource};
 
-/// The resources of the processes seen, per pid, and since when each is known to be gone.
+/// What is held for each process seen (`T`: its resource, or its [`ProcessInfo`]), per pid, and
+/// since when each is known to be gone.
 #[derive(Debug)]
-pub struct ProcessCache {
+pub struct ProcessCache<T = Arc<ProcessResource>> {
     /// `host.name`, read once.
     host: String,
-    processes: HashMap<u32, Cached>,
+    processes: HashMap<u32, Cached<T>>,
 }
 
 #[derive(Debug)]
-struct Cached {
-    resource: Arc<ProcessResource>,
+struct Cached<T> {
+    value: T,
     /// Its start time when first seen; `None`: it was gone by then.
     start_time: Option<u64>,
     exited_at: Option<Instant>,
 }
 
-impl Default for ProcessCache {
+impl<T: Clone> Default for ProcessCache<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ProcessCache {
+impl ProcessCache<Arc<ProcessResource>> {
+    /// The resource of `pid`, read from /proc the first time it is seen. `comm_hint` names a
+    /// process already gone by then (it is asked only then: it may cost a kernel-map lookup).
+    pub fn resource(
+        &mut self,
+        pid: u32,
+        comm_hint: impl FnOnce() -> String,
+    ) -> Arc<ProcessResource> {
+        if let Some(cached) = self.processes.get(&pid) {
+            return cached.value.clone();
+        }
+        let resource = ProcessInfo::read(pid, &comm_hint(), &self.host, None).resource;
+        self.insert(pid, resource.clone());
+        // Gone before it was first seen: its TTL starts now, not at the next `mark_gone`.
+        if self.processes[&pid].start_time.is_none() {
+            self.mark_exited(pid, Instant::now());
+        }
+        resource
+    }
+}
+
+impl<T: Clone> ProcessCache<T> {
     pub fn new() -> Self {
         Self {
             host: crate::model::resource::host_name(),
@@ -46,42 +73,52 @@ impl ProcessCache {
         &self.host
     }
 
-    /// The resource of `pid`, read from /proc the first time it is seen. `comm_hint` names a
-    /// process already gone by then (it is asked only then: it may cost a kernel-map lookup).
-    pub fn resource(
-        &mut self,
-        pid: u32,
-        comm_hint: impl FnOnce() -> String,
-    ) -> Arc<ProcessResource> {
-        if let Some(cached) = self.processes.get(&pid) {
-            return cached.resource.clone();
-        }
-        let resource = ProcessInfo::read(pid, &comm_hint(), &self.host, None).resource;
-        self.insert(pid, resource.clone());
-        // Gone before it was first seen: its TTL starts now, not at the next `mark_gone`.
-        if self.processes[&pid].start_time.is_none() {
-            self.mark_exited(pid, Instant::now());
-        }
-        resource
+    /// What is held for `pid`, exited or not.
+    pub fn get(&self, pid: u32) -> Option<&T> {
+        self.processes.get(&pid).map(|cached| &cached.value)
     }
 
-    /// Holds a resource the caller read (with a service name of its choosing) for `pid`, in
-    /// place of any it held, as a live process until it is marked exited.
-    pub fn insert(&mut self, pid: u32, resource: Arc<ProcessResource>) {
+    /// The pids held, exited or not.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes.keys().copied()
+    }
+
+    /// How many processes are held.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    /// Puts `new` in place of every value `same` matches (processes that share one value, such
+    /// as the HTTP tracker's service instances, change together).
+    pub fn replace_where(&mut self, same: impl Fn(&T) -> bool, new: &T) {
+        for cached in self.processes.values_mut() {
+            if same(&cached.value) {
+                cached.value = new.clone();
+            }
+        }
+    }
+
+    /// Holds a value the caller read (a resource with a service name of its choosing, say) for
+    /// `pid`, in place of any it held, as a live process until it is marked exited.
+    pub fn insert(&mut self, pid: u32, value: T) {
         let cached = Cached {
-            resource,
+            value,
             start_time: process_start_time(pid),
             exited_at: None,
         };
         self.processes.insert(pid, cached);
     }
 
-    /// The resource of `pid` unless it is known to have exited.
-    pub fn live(&self, pid: u32) -> Option<Arc<ProcessResource>> {
+    /// What is held for `pid` unless it is known to have exited.
+    pub fn live(&self, pid: u32) -> Option<T> {
         self.processes
             .get(&pid)
             .filter(|cached| cached.exited_at.is_none())
-            .map(|cached| cached.resource.clone())
+            .map(|cached| cached.value.clone())
     }
 
     /// The pids of the processes not known to have exited.
@@ -114,7 +151,7 @@ impl ProcessCache {
 
     /// Forgets the processes that exited more than [`EXITED_SERIES_TTL`] before `now`, and
     /// returns them (so their series and kernel entries can go too).
-    pub fn expire(&mut self, now: Instant) -> Vec<(u32, Arc<ProcessResource>)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(u32, T)> {
         let expired: Vec<u32> = self
             .processes
             .iter()
@@ -131,9 +168,9 @@ impl ProcessCache {
             .collect()
     }
 
-    /// Forgets `pid` now, exited or not; returns the resource it had.
-    pub fn forget(&mut self, pid: u32) -> Option<Arc<ProcessResource>> {
-        self.processes.remove(&pid).map(|cached| cached.resource)
+    /// Forgets `pid` now, exited or not; returns what it held.
+    pub fn forget(&mut self, pid: u32) -> Option<T> {
+        self.processes.remove(&pid).map(|cached| cached.value)
     }
 
     /// Forgets every process marked exited, whatever its TTL.

@@ -16,7 +16,7 @@ use crate::{
     model::histogram::Exemplar,
     model::metrics::{Metric, Points},
     model::span::{SpanQueue, SpanRecord},
-    process::{self, ProcessInfo, select},
+    process::{self, ProcessCache, ProcessInfo, select},
 };
 
 use super::{
@@ -178,7 +178,6 @@ pub type ForkLookup = Box<dyn Fn(u32) -> Option<u32> + Send>;
 /// Consumes ring-buffer records and turns them into metrics and spans.
 pub struct Tracker {
     config: HttpConfig,
-    host: String,
     conns: HashMap<(u32, u32), TrackedConnection>,
     /// Duplicated descriptors -> the descriptor their connection is tracked under.
     aliases: HashMap<(u32, u32), (u32, u32)>,
@@ -192,7 +191,7 @@ pub struct Tracker {
     evicted: HashMap<(u32, u32), u64>,
     /// Each process's instance: its own, or (forked without exec) the one of the process it is a
     /// copy of, the same `Arc` (series are keyed by the resource's identity).
-    processes: HashMap<u32, Arc<ProcessInfo>>,
+    processes: ProcessCache<Arc<ProcessInfo>>,
     /// The process that forked a process without exec since (the kernel's `HTTP_FORKED`).
     forked: Option<ForkLookup>,
     listen_ports: HashMap<(u32, u32), Option<u16>>,
@@ -221,20 +220,18 @@ impl Tracker {
         state: Arc<Mutex<HttpState>>,
         spans: Option<SpanQueue>,
     ) -> anyhow::Result<Self> {
-        let host = crate::model::resource::host_name();
         Ok(Self {
             routes: Routes::new(&config.routes, config.max_routes_per_service)
                 .map_err(anyhow::Error::msg)?,
             sampling: Sampling::parse(&config.sampler, config.sampler_arg)
                 .map_err(anyhow::Error::msg)?,
             config,
-            host,
             conns: HashMap::new(),
             aliases: HashMap::new(),
             ignored: foldhash::HashSet::default(),
             missing: foldhash::HashSet::default(),
             evicted: HashMap::new(),
-            processes: HashMap::new(),
+            processes: ProcessCache::new(),
             forked: None,
             listen_ports: HashMap::new(),
             unsided: HashMap::new(),
@@ -323,7 +320,7 @@ impl Tracker {
     }
 
     fn process(&mut self, tgid: u32, comm: &str) -> Arc<ProcessInfo> {
-        if let Some(p) = self.processes.get(&tgid) {
+        if let Some(p) = self.processes.get(tgid) {
             return p.clone();
         }
         if let Some(owner) = self.instance_owner(tgid) {
@@ -331,7 +328,7 @@ impl Tracker {
             self.processes.insert(tgid, info.clone());
             return info;
         }
-        let info = Arc::new(ProcessInfo::read(tgid, comm, &self.host, None));
+        let info = Arc::new(ProcessInfo::read(tgid, comm, self.processes.host(), None));
         self.processes.insert(tgid, info.clone());
         info
     }
@@ -352,14 +349,11 @@ impl Tracker {
             let renamed = Arc::new(ProcessInfo::read(
                 info.pid,
                 &info.comm,
-                &self.host,
+                self.processes.host(),
                 Some(&name),
             ));
-            for held in self.processes.values_mut() {
-                if Arc::ptr_eq(held, &info) {
-                    *held = renamed.clone();
-                }
-            }
+            self.processes
+                .replace_where(|held| Arc::ptr_eq(held, &info), &renamed);
             self.processes.insert(tgid, renamed);
         }
         true
@@ -797,7 +791,7 @@ impl Tracker {
         self.aliases.retain(|k, _| k.0 != tgid);
         self.ignored.retain(|k| k.0 != tgid);
         // A forked copy leaving ends nothing of its instance's owner.
-        if let Some(info) = self.processes.remove(&tgid)
+        if let Some(info) = self.processes.forget(tgid)
             && info.pid == tgid
         {
             self.state_mut().metrics.process_exited(&info.resource);
@@ -867,7 +861,7 @@ impl Tracker {
     /// A process is forgotten on the second call that finds it gone, so that every record it
     /// wrote before exiting has been drained by then.
     pub fn reap_exited(&mut self) {
-        let mut tgids: Vec<u32> = self.processes.keys().copied().collect();
+        let mut tgids: Vec<u32> = self.processes.pids().collect();
         tgids.extend(self.conns.keys().map(|k| k.0));
         tgids.extend(self.ignored.iter().map(|k| k.0));
         tgids.sort_unstable();
@@ -1093,8 +1087,8 @@ mod tests {
         assert_eq!(alone.pid, orphan, "a forker that is gone owns nothing");
         // The copy's exit leaves the owner's instance alone.
         t.on_exit(child);
-        assert!(t.processes.contains_key(&me));
-        assert!(!t.processes.contains_key(&child));
+        assert!(t.processes.get(me).is_some());
+        assert!(t.processes.get(child).is_none());
     }
 
     #[test]
