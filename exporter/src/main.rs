@@ -319,15 +319,11 @@ const FIRST_POD_LIST_WAIT: Duration = Duration::from_secs(2);
 async fn watch_pods() {
     // The config was refused without a node name (Config::apply_env).
     let Some(node) = node_name() else { return };
-    let Some(watch) = kubernetes::start(node).await else {
+    let Some((pods, watch)) = kubernetes::start(node).await else {
         return;
     };
     tokio::spawn(watch);
-    let synced = match kubernetes::watched() {
-        Some(pods) => pods.wait_synced(FIRST_POD_LIST_WAIT).await,
-        None => false,
-    };
-    if !synced {
+    if !pods.wait_synced(FIRST_POD_LIST_WAIT).await {
         tracing::warn!(
             wait = ?FIRST_POD_LIST_WAIT,
             "no list of this node's pods yet; processes read before it lands keep k8s.pod.uid only"

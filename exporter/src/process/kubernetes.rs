@@ -314,13 +314,13 @@ pub fn watched() -> Option<&'static Arc<Pods>> {
 
 /// Starts the watch of `node`'s pods: the in-cluster service account (or `KUBECONFIG`). A
 /// client that cannot be made leaves the enrichment off with a warning and a counted error:
-/// every other signal goes on. Returns the watch to spawn.
-pub async fn start(node: String) -> Option<impl Future<Output = ()> + Send + 'static> {
+/// every other signal goes on. Returns the pods being watched and the watch to spawn.
+pub async fn start(node: String) -> Option<(Arc<Pods>, impl Future<Output = ()> + Send + 'static)> {
     let pods = PODS.get_or_init(Default::default).clone();
     match client().await {
         Ok(client) => {
             tracing::info!(%node, "Kubernetes pod names on: watching this node's pods");
-            Some(pods.watch(client, node))
+            Some((pods.clone(), pods.watch(client, node)))
         }
         Err(error) => {
             pods.errors.fetch_add(1, Ordering::Relaxed);
