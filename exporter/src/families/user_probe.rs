@@ -100,6 +100,21 @@ pub fn uprobe_program<'a>(
     })
 }
 
+/// An attach error of a uprobe or USDT probe, with the fix when it is the usual one: the
+/// kernel's uprobe PMU (what `perf_event_open` uses) requires CAP_SYS_ADMIN; CAP_BPF and CAP_PERFMON are not enough.
+pub fn attach_error(e: &anyhow::Error) -> String {
+    let text = format!("attach failed: {e:#}");
+    let denied = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+    if denied || text.contains("Permission denied") {
+        format!("{text} (attaching uprobes needs CAP_SYS_ADMIN)")
+    } else {
+        text
+    }
+}
+
 /// Loads the uprobe program `name` into the kernel.
 pub fn load_uprobe<'a>(
     ebpf: &'a mut Ebpf,
@@ -134,8 +149,32 @@ pub trait Entry: Clone + Send + 'static {
     /// Its place in the configured list, and why it is not attached (`None`: it is).
     fn outcome(&self) -> (usize, Option<&String>);
 
+    /// The family's `periscope.<family>.attached` gauge, and its description.
+    const ATTACHED: &'static str;
+    const ATTACHED_DESCRIPTION: &'static str;
+
+    /// Whether it is attached.
+    fn attached(&self) -> bool {
+        self.outcome().1.is_none()
+    }
+
+    /// What names it on the attached gauge.
+    fn attributes(&self) -> Attributes;
+
     /// The family's `periscope.<family>.attached` gauge: 1 per entry attached, 0 per entry not.
-    fn gauge(entries: &[Self]) -> Metric;
+    fn gauge(entries: &[Self]) -> Metric {
+        let points = entries
+            .iter()
+            .map(|e| (e.attributes(), if e.attached() { 1.0 } else { 0.0 }))
+            .collect();
+        Metric {
+            name: Self::ATTACHED,
+            description: Self::ATTACHED_DESCRIPTION,
+            unit: "1",
+            points: crate::model::metrics::Points::Gauge(points),
+            resource: None,
+        }
+    }
 
     /// One `periscope check` line per entry: where it attached, or why it could not.
     fn check_lines(entries: &[Self]) -> CheckLines;

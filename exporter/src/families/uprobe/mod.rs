@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     model::histogram::{Histogram, ValueUnit},
-    model::metrics::{self, Metric},
+    model::metrics::{self, Attributes, Metric},
     process::{ProcessCache, ProcessResource},
 };
 
@@ -98,41 +98,22 @@ pub struct EntryStatus {
     pub outcome: Result<Resolved, String>,
 }
 
-impl EntryStatus {
-    pub fn attached(&self) -> bool {
-        self.outcome.is_ok()
-    }
-}
-
 impl user_probe::Entry for EntryStatus {
     const FAMILY: &'static str = FAMILY;
     const NOUN: &'static str = "function";
+    /// 1 per function attached, 0 per function that is not.
+    const ATTACHED: &'static str = names::PERISCOPE_UPROBE_ATTACHED;
+    const ATTACHED_DESCRIPTION: &'static str = "1 per configured function whose uprobes are attached, 0 when its binary or symbol could not be resolved or attached.";
 
     fn outcome(&self) -> (usize, Option<&String>) {
         (self.index, self.outcome.as_ref().err())
     }
 
-    /// `periscope.uprobe.attached`: 1 per function attached, 0 per function that is not.
-    fn gauge(entries: &[EntryStatus]) -> Metric {
-        let points = entries
-            .iter()
-            .map(|e| {
-                (
-                    vec![
-                        ("code.function.name", e.symbol.clone()),
-                        ("code.file.path", e.path.clone()),
-                    ],
-                    if e.attached() { 1.0 } else { 0.0 },
-                )
-            })
-            .collect();
-        Metric {
-            name: names::PERISCOPE_UPROBE_ATTACHED,
-            description: "1 per configured function whose uprobes are attached, 0 when its binary or symbol could not be resolved or attached.",
-            unit: "1",
-            points: metrics::Points::Gauge(points),
-            resource: None,
-        }
+    fn attributes(&self) -> Attributes {
+        vec![
+            ("code.function.name", self.symbol.clone()),
+            ("code.file.path", self.path.clone()),
+        ]
     }
 
     /// One `periscope check` line per entry: where it attached, or why it could not.
@@ -315,7 +296,8 @@ fn attach_entry(
         location: UProbeAttachLocation::AbsoluteOffset(resolved.offset),
         cookie: Some(index as u64),
     };
-    let describe = |e: aya::programs::ProgramError| attach_error(&anyhow::Error::from(e));
+    let describe =
+        |e: aya::programs::ProgramError| user_probe::attach_error(&anyhow::Error::from(e));
     let entry = uprobe_program(ebpf, ENTRY_PROGRAM).map_err(|e| e.to_string())?;
     let entry_link = entry
         .attach(point(), &resolved.file, scope)
@@ -328,21 +310,6 @@ fn attach_entry(
         return Err(describe(e));
     }
     Ok(resolved)
-}
-
-/// The attach error, with the fix when it is the usual one: the kernel's uprobe PMU (what
-/// `perf_event_open` uses) requires CAP_SYS_ADMIN; CAP_BPF and CAP_PERFMON are not enough.
-fn attach_error(e: &anyhow::Error) -> String {
-    let text = format!("attach failed: {e:#}");
-    let denied = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
-    if denied || text.contains("Permission denied") {
-        format!("{text} (attaching uprobes needs CAP_SYS_ADMIN)")
-    } else {
-        text
-    }
 }
 
 impl Uprobe {

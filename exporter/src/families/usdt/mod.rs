@@ -33,7 +33,7 @@ use self::note::UsdtProbe;
 use super::{
     CheckLine, CheckLines, Family, KernelSupport, LoadSettings, Plan, ProbeError, Registration,
     Started, take_histogram_map, take_per_cpu_map,
-    user_probe::{self, entry_array, load_uprobe},
+    user_probe::{self, Entry as _, entry_array, load_uprobe},
 };
 use crate::{
     model::histogram::{Histogram, ValueUnit},
@@ -87,20 +87,6 @@ pub struct EntryStatus {
     pub done: Option<String>,
     pub unit: &'static str,
     pub outcome: Result<Resolved, String>,
-}
-
-impl EntryStatus {
-    pub fn attached(&self) -> bool {
-        self.outcome.is_ok()
-    }
-
-    fn attributes(&self) -> Attributes {
-        vec![
-            ("usdt.provider", self.provider.clone()),
-            ("usdt.name", self.name.clone()),
-            ("code.file.path", self.path.clone()),
-        ]
-    }
 }
 
 /// The probes of `path` (resolved as `probes.uprobe` resolves paths), or why there are none.
@@ -252,7 +238,10 @@ fn attach_all(
                         entry.pid,
                         next_cookie.into(),
                     )
-                    .map_err(|e| format!("attach at {:#x} failed: {e}", site.address))?;
+                    .map_err(|e| {
+                        let error = user_probe::attach_error(&anyhow::Error::from(e));
+                        format!("at {:#x}: {error}", site.address)
+                    })?;
                     attached.push(link);
                     next_cookie += 1;
                 }
@@ -288,24 +277,20 @@ fn unit_of(entry: &ProbeConfig) -> &'static str {
 impl user_probe::Entry for EntryStatus {
     const FAMILY: &'static str = FAMILY;
     const NOUN: &'static str = "probe";
+    /// 1 per probe attached at all its addresses, 0 otherwise.
+    const ATTACHED: &'static str = names::PERISCOPE_USDT_ATTACHED;
+    const ATTACHED_DESCRIPTION: &'static str = "1 per configured USDT probe attached at all its addresses, 0 when its file or probe could not be resolved or attached.";
 
     fn outcome(&self) -> (usize, Option<&String>) {
         (self.index, self.outcome.as_ref().err())
     }
 
-    /// `periscope.usdt.attached`: 1 per probe attached at all its addresses, 0 otherwise.
-    fn gauge(entries: &[EntryStatus]) -> Metric {
-        let points = entries
-            .iter()
-            .map(|e| (e.attributes(), if e.attached() { 1.0 } else { 0.0 }))
-            .collect();
-        Metric {
-            name: names::PERISCOPE_USDT_ATTACHED,
-            description: "1 per configured USDT probe attached at all its addresses, 0 when its file or probe could not be resolved or attached.",
-            unit: "1",
-            points: metrics::Points::Gauge(points),
-            resource: None,
-        }
+    fn attributes(&self) -> Attributes {
+        vec![
+            ("usdt.provider", self.provider.clone()),
+            ("usdt.name", self.name.clone()),
+            ("code.file.path", self.path.clone()),
+        ]
     }
 
     /// One `periscope check` line per entry: its addresses and semaphore, or why it cannot
