@@ -132,11 +132,13 @@ fn trampolines(btf: &KernelBtf) -> Result<Vec<(&'static str, &'static str)>, Str
 }
 
 /// Attaches the `fentry` mechanism: the trampoline programs, then the raw tracepoint and the
-/// reset tracepoints (all or none).
+/// reset tracepoints (all or none). The plan checked each function's parameters against this
+/// kernel's BTF ([`fentry_globals`]): a plan for `fentry` exists only if they matched.
 fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, ProbeError> {
-    let btf = KernelBtf::load().map_err(ProbeError::Mechanism)?;
-    let programs = trampolines(&btf).map_err(ProbeError::Mechanism)?;
-    drop(btf);
+    let programs: Vec<(&'static str, &'static str)> = TRAMPOLINES
+        .iter()
+        .map(|(program, function, _)| (*program, *function))
+        .collect();
     attach_trampolines(ebpf, &programs)?;
     let beside = attach_raw_tracepoints(ebpf, FENTRY_RAW).and_then(|()| {
         attach_tracepoints(ebpf, FENTRY_TRACEPOINTS).inspect_err(|_| {
