@@ -7,6 +7,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERISCOPE = os.path.join(ROOT, "target/release/periscope")
 OUT = os.path.join(ROOT, "bench/out")
 FAMILIES = ("block", "sched", "http", "tcp", "syscall")
+SINK = os.path.join(ROOT, "target/release/otlp-sink")
+
+
+class Sink:
+    """The tests' `otlp-sink` (a real OTLP/gRPC receiver from the official protobuf definitions)
+    on a free port: `stats()` returns what it decoded so far (spans, data points, bytes)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([SINK, "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.port = json.loads(self.proc.stdout.readline())["grpc_port"]
+
+    def stats(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
 def free_port():

@@ -15,32 +15,16 @@ Writes bench/out/export.md and bench/out/export.json (bench/report.py).
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 
-from common import ROOT, Daemon, write
+from common import Daemon, Sink, write
 import http_overhead
 
 
 def fnum(x):
     return "" if x != x else f"{x:,.1f}"
 
-SINK = os.path.join(ROOT, "target/release/otlp-sink")
 # nginx on the benchmark's own port only: other nginx servers on the machine make no spans here.
 CONFIG = ("probes:\n  syscall:\n    enabled: false\n  http:\n    enabled: true\n    select:\n"
           f"      - process_name: nginx\n        port: {http_overhead.HTTP_PORT}\n")
-
-
-class Sink:
-    def __init__(self):
-        self.proc = subprocess.Popen([SINK, "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.port = json.loads(self.proc.stdout.readline())["grpc_port"]
-
-    def stats(self):
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def stop(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
 
 
 def phase(daemon, sink, seconds, load, connections):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, then one report: bench/out/report.md with SVG plots in bench/out/plots/.
 #   overhead.py       scheduler- and IO-heavy workloads: no tracer, Periscope, runqlat+biolatency
-#   http_overhead.py  nginx under wrk: no tracer, Periscope (HTTP of all / nginx only / no HTTP)
+#   http_overhead.py  nginx under wrk: no tracer, Periscope (HTTP of all / with spans / nginx only / no HTTP)
 #   families.py       TCP, syscall, uprobe families vs tcplife, syscount -L, bpftrace
 #   export.py         OTLP export throughput into a real OTLP/gRPC receiver (tests' otlp-sink)
 #   scrape.py         Prometheus scrape cost with 10,000 histogram series (text, protobuf; fixed vs sparse)
