@@ -180,6 +180,11 @@ impl Decoder {
         self.table.complete
     }
 
+    /// Bytes the table holds (RFC 7541 sizes, lower bounds where a name is unknown).
+    pub fn table_size(&self) -> usize {
+        self.table.size
+    }
+
     /// The decoding peer advertised SETTINGS_HEADER_TABLE_SIZE: the encoder may grow its
     /// table up to it (with a size update), so a known bound rises to it.
     pub fn allow_table_size(&mut self, size: u32) {

@@ -368,4 +368,6 @@ impl Block {
 }
 
 #[cfg(test)]
+mod testenc;
+#[cfg(test)]
 mod tests;
