@@ -243,6 +243,11 @@ impl Framer {
         self.max_frame = self.max_frame.max(size.min(0xff_ffff));
     }
 
+    /// Payload bytes kept of the frame being read.
+    pub fn buffered(&self) -> usize {
+        self.payload.len()
+    }
+
     pub fn in_sync(&self) -> bool {
         self.state != State::OutOfSync
     }

@@ -103,6 +103,19 @@ impl Connection {
         self.streams.open()
     }
 
+    /// Bytes held for partial frames, header blocks and tables (bounded by the limits of
+    /// [`hpack`] and [`frame`]).
+    pub fn buffered(&self) -> usize {
+        [&self.client, &self.server]
+            .iter()
+            .map(|d| {
+                d.framer.buffered()
+                    + d.block.as_ref().map_or(0, |b| b.bytes.len())
+                    + d.decoder.table_size()
+            })
+            .sum()
+    }
+
     /// Whether `from`'s frame boundaries are known.
     pub fn in_sync(&self, from: Side) -> bool {
         self.direction(from).framer.in_sync()
