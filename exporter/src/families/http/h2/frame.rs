@@ -107,7 +107,7 @@ impl FrameHeader {
             Kind::Headers => (END_STREAM | END_HEADERS | PADDED | PRIORITY, true, true),
             Kind::Priority => (0, true, self.len == 5),
             Kind::RstStream => (0, true, self.len == 4),
-            Kind::Settings => (ACK, false, self.len % 6 == 0),
+            Kind::Settings => (ACK, false, self.len.is_multiple_of(6)),
             Kind::PushPromise => (END_HEADERS | PADDED, true, self.len >= 4),
             Kind::Ping => (ACK, false, self.len == 8),
             Kind::GoAway => (0, false, self.len >= 8),

@@ -215,8 +215,7 @@ impl Decoder {
         while let Some(&first) = rest.first() {
             if first & 0x80 != 0 {
                 let index = integer(&mut rest, 7)?;
-                let (name, value) = self.lookup(index)?;
-                field(Field { name, value });
+                field(self.lookup(index)?);
             } else if first & 0xc0 == 0x40 {
                 self.literal(&mut rest, 6, true, field)?;
             } else if first & 0xe0 == 0x20 {
@@ -242,7 +241,7 @@ impl Decoder {
         let name: Option<Box<[u8]>> = if index == 0 {
             Some(string(rest)?.into())
         } else {
-            self.lookup(index)?.0.map(Box::from)
+            self.lookup(index)?.name.map(Box::from)
         };
         let value: Box<[u8]> = string(rest)?.into();
         field(Field {
@@ -256,17 +255,26 @@ impl Decoder {
     }
 
     /// The name and value at `index`: static, dynamic and known, or unknown (`None`s).
-    fn lookup(&self, index: usize) -> Result<(Option<&[u8]>, Option<&[u8]>), HpackError> {
+    fn lookup(&self, index: usize) -> Result<Field<'_>, HpackError> {
         match index {
             0 => Err(HpackError::Index),
             1..=61 => {
                 let (name, value) = STATIC_TABLE[index - 1];
-                Ok((Some(name.as_bytes()), Some(value.as_bytes())))
+                Ok(Field {
+                    name: Some(name.as_bytes()),
+                    value: Some(value.as_bytes()),
+                })
             }
             _ => match self.table.entries.get(index - 62) {
-                Some(entry) => Ok((entry.name.as_deref(), Some(&entry.value))),
+                Some(entry) => Ok(Field {
+                    name: entry.name.as_deref(),
+                    value: Some(&entry.value),
+                }),
                 None if self.table.complete => Err(HpackError::Index),
-                None => Ok((None, None)),
+                None => Ok(Field {
+                    name: None,
+                    value: None,
+                }),
             },
         }
     }

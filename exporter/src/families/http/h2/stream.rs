@@ -232,7 +232,8 @@ impl Exchange {
 /// What following streams produced (besides exchanges, what the tracker counts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Exchange(Exchange),
+    /// Boxed: an exchange is large, the other outcomes tiny.
+    Exchange(Box<Exchange>),
     /// Bytes that break HTTP/2 framing or HPACK; or a header block over the size limit.
     Invalid(&'static str),
     /// A stream that will never complete (connection closed before its status, stream cap).
@@ -274,7 +275,7 @@ impl Streams {
         time_ns: u64,
         out: &mut Vec<Outcome>,
     ) {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             // Server-initiated (pushed) streams are not requests of the client's.
             return;
         }
@@ -392,7 +393,7 @@ impl Streams {
         let Some(open) = self.open.remove(&id) else {
             return;
         };
-        out.push(Outcome::Exchange(Exchange {
+        out.push(Outcome::Exchange(Box::new(Exchange {
             stream_id: id,
             request: open.request,
             response: open.response,
@@ -400,6 +401,6 @@ impl Streams {
             start_ns: open.start_ns,
             end_ns: time_ns.max(open.start_ns),
             end,
-        }));
+        })));
     }
 }

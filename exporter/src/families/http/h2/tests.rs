@@ -50,7 +50,7 @@ fn run(start: Start, chunks: &[(Side, Vec<u8>)]) -> Vec<Outcome> {
 fn exchanges(out: &[Outcome]) -> Vec<&Exchange> {
     out.iter()
         .filter_map(|o| match o {
-            Outcome::Exchange(e) => Some(e),
+            Outcome::Exchange(e) => Some(&**e),
             _ => None,
         })
         .collect()
