@@ -193,12 +193,16 @@ impl Connection {
         }
     }
 
-    /// The client preface went by: whatever came before, both tables start empty now (a
-    /// server sends no header block before the first request).
+    /// The client preface went by: a table not known before is known empty now (a server
+    /// sends no header block before the first request). One known already is kept, with the
+    /// table sizes its peer's settings allowed.
     fn on_preface(&mut self) {
-        self.client.decoder = Decoder::at_start();
-        self.server.decoder = Decoder::at_start();
-        self.client.block = None;
+        for direction in [&mut self.client, &mut self.server] {
+            if !direction.decoder.is_complete() {
+                direction.decoder = Decoder::at_start();
+                direction.block = None;
+            }
+        }
     }
 
     /// Bytes or frames of `from` were missed: its table and any block being assembled are

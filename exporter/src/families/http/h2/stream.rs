@@ -286,8 +286,9 @@ impl Streams {
     }
 
     fn on_request(&mut self, id: u32, headers: Headers, time_ns: u64, out: &mut Vec<Outcome>) {
-        if id <= self.highest {
-            // Request trailers of an open stream, or a stray block: no new exchange.
+        if id <= self.highest || headers.get(&headers.method) == Value::Absent {
+            // Request trailers (of an open stream, or of one begun before Periscope joined: a
+            // request always has `:method`), or a stray block: no new exchange.
             return;
         }
         self.highest = id;

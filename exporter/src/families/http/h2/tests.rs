@@ -435,6 +435,39 @@ fn reset_goaway_and_close_end_streams() {
     assert_eq!(c.open_streams(), 0);
 }
 
+/// Joined midway, a client block without `:method` is the trailers of a request begun
+/// before: no exchange, and the next request still opens one.
+#[test]
+fn request_trailers_seen_first_do_not_open_a_stream() {
+    let mut c = Connection::new(Start::Midway);
+    let mut out = Vec::new();
+    let mut enc = Encoder::default();
+    let trailers = headers(3, true, &enc.block(&[("x-checksum", "1")]));
+    transfer(&mut c, Side::Client, 10, &trailers, &mut out);
+    let request = headers(5, true, &enc.block(&[(":method", "GET"), (":path", "/")]));
+    transfer(&mut c, Side::Client, 20, &request, &mut out);
+    transfer(
+        &mut c,
+        Side::Server,
+        30,
+        &headers(3, true, &[0x88]),
+        &mut out,
+    );
+    transfer(
+        &mut c,
+        Side::Server,
+        40,
+        &headers(5, true, &[0x88]),
+        &mut out,
+    );
+    assert_eq!(out[0], Outcome::Unmatched);
+    let got: Vec<_> = exchanges(&out)
+        .iter()
+        .map(|e| (e.stream_id, e.target()))
+        .collect();
+    assert_eq!(got, vec![(5, Value::Known("/"))]);
+}
+
 #[test]
 fn a_close_drops_streams_without_a_status() {
     let mut out = Vec::new();

@@ -280,6 +280,22 @@ proptest::proptest! {
         }
     }
 
+    /// Arbitrary Huffman-coded strings (the crate's decoder on hostile input) never panic; a
+    /// value that decodes is what the crate's encoder gives back for it.
+    #[test]
+    fn arbitrary_huffman_strings_never_panic(
+        coded in proptest::collection::vec(proptest::num::u8::ANY, 0..100),
+    ) {
+        let mut block = Vec::new();
+        crate::families::http::h2::testenc::integer(coded.len(), 7, 0x80, &mut block);
+        block.extend(&coded);
+        if let Ok(value) = string(&mut &block[..]) {
+            let mut again = Vec::new();
+            httlib_huffman::encode(&value, &mut again).expect("encode");
+            proptest::prop_assert!(again.len() <= coded.len());
+        }
+    }
+
     /// Arbitrary bytes never panic and never grow the table past its bound.
     #[test]
     fn arbitrary_blocks_are_bounded(
