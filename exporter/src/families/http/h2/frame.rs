@@ -397,14 +397,17 @@ impl Framer {
     }
 }
 
-/// Whether `captured` (the first bytes of a `len`-byte transfer) starts with a chain of
-/// plausible frame headers: every whole header within it passes [`FrameHeader::plausible`],
-/// no frame claims to end past the transfer's last byte unless it is the transfer's last
-/// frame, and the first header is whole.
+/// Whether `captured` (the first bytes of a `len`-byte transfer) is a chain of plausible
+/// frame headers: walking from frame to frame, every whole header within the captured bytes
+/// passes [`FrameHeader::plausible`], there is at least one, and when the whole transfer was
+/// captured its frames end exactly at its end. A transfer that starts inside a payload (a
+/// large frame written in pieces) would need its bytes to pass all of that by chance; one
+/// whose last frame goes on into the next transfer is passed over too, which only delays the
+/// resync to a later transfer.
 pub fn plausible_frames(captured: &[u8], len: u64, max_frame: u32) -> bool {
-    let mut at = 0usize;
+    let mut at = 0u64;
     let mut headers = 0;
-    while let Some(bytes) = captured.get(at..at + HEADER_LEN) {
+    while let Some(bytes) = captured.get(at as usize..at as usize + HEADER_LEN) {
         let Ok(head) = <&[u8; HEADER_LEN]>::try_from(bytes) else {
             return false;
         };
@@ -413,12 +416,13 @@ pub fn plausible_frames(captured: &[u8], len: u64, max_frame: u32) -> bool {
             return false;
         }
         headers += 1;
-        at += HEADER_LEN + header.len as usize;
-        if at as u64 >= len {
+        at += (HEADER_LEN as u64) + u64::from(header.len);
+        if at >= len {
             break;
         }
     }
-    headers > 0
+    let whole = captured.len() as u64 == len;
+    headers > 0 && (!whole || at == len)
 }
 
 #[cfg(test)]

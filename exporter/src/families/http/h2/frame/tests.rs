@@ -104,6 +104,41 @@ fn a_gap_over_a_frame_header_desyncs_until_a_plausible_transfer() {
     assert_eq!(got, vec!["Desync", "Resync", "Headers s3 f5 [88]"]);
 }
 
+/// A whole transfer whose frames do not end at its end (it starts inside a payload, or its
+/// last frame goes on) is not where frames are found again; one whose frames end exactly is,
+/// and so is one cut by the capture whose captured headers are plausible.
+#[test]
+fn resync_needs_frames_that_end_with_a_whole_transfer() {
+    let data = testenc::data(1, false, &[0; 100]);
+    let short = &data[..40];
+    assert!(!plausible_frames(
+        short,
+        short.len() as u64,
+        DEFAULT_MAX_FRAME
+    ));
+    assert!(plausible_frames(
+        &data,
+        data.len() as u64,
+        DEFAULT_MAX_FRAME
+    ));
+    assert!(plausible_frames(
+        short,
+        data.len() as u64,
+        DEFAULT_MAX_FRAME
+    ));
+    // A gRPC message (flag, length 1, one byte) read as a frame header: length 0, DATA,
+    // flags 1, then the next "header" is the rest of the payload.
+    let message = [0, 0, 0, 0, 1, 0x2a, 0, 0, 1, 0x08, 0x96, 0x01];
+    assert!(!plausible_frames(
+        &message,
+        message.len() as u64,
+        DEFAULT_MAX_FRAME
+    ));
+    let mut framer = Framer::midway();
+    let got = events(&mut framer, &[whole(short), whole(&message), whole(&data)]);
+    assert_eq!(got, vec!["Resync".to_string(), format!("Data s1 f0 []")]);
+}
+
 #[test]
 fn midway_joins_at_the_first_plausible_transfer_or_the_preface() {
     let mut framer = Framer::midway();
