@@ -7,6 +7,8 @@ use testenc::{Encoder, data, frame, headers, settings};
 /// - `nginx_nghttp.txt`: nginx 1.22 (`listen 127.0.0.1:18080 http2`, plaintext) and
 ///   `nghttp -n -H 'traceparent: ...' /users/42 /missing /users/43` (nghttp2 1.52) on one
 ///   connection: nghttp's PRIORITY frames, Huffman strings, dynamic-table references.
+/// - `nginx_h2load.txt`: the same nginx and `h2load -n 24 -c 1 -m 8` over /users/1, /missing
+///   and /other: 24 requests, 8 streams in flight at once on one connection.
 /// - `grpc_python.txt`: Python `grpcio` 1.85 server and client (generic handlers, see
 ///   `record.py`'s header): SayHello OK, SayHello NOT_FOUND (trailers-only), ListFeatures
 ///   (server streaming, three messages), Fail INTERNAL, SayHello OK.
@@ -29,7 +31,9 @@ fn fixture(text: &str) -> Vec<(Side, Vec<u8>)> {
 }
 
 const NGHTTP: &str = include_str!("testdata/nginx_nghttp.txt");
+const H2LOAD: &str = include_str!("testdata/nginx_h2load.txt");
 const GRPC: &str = include_str!("testdata/grpc_python.txt");
+const RECORDINGS: [&str; 3] = [NGHTTP, H2LOAD, GRPC];
 
 /// Feeds chunks as whole transfers, chunk `i` at time `(i + 1) * 100`.
 fn run(start: Start, chunks: &[(Side, Vec<u8>)]) -> Vec<Outcome> {
@@ -119,6 +123,27 @@ fn nginx_answers_nghttp_on_one_connection() {
     assert_eq!(out.len(), 3, "{out:?}");
 }
 
+/// Eight streams in flight at once: every request is matched to its own response.
+#[test]
+fn nginx_answers_multiplexed_h2load_streams_exactly() {
+    let out = run(Start::Beginning, &fixture(H2LOAD));
+    assert_eq!(out.len(), 24, "{out:?}");
+    let mut counts = std::collections::BTreeMap::new();
+    for e in exchanges(&out) {
+        assert_eq!(e.method(), Value::Known("GET"));
+        assert_eq!(e.end, End::Stream);
+        *counts
+            .entry((e.target().known(), e.status().known()))
+            .or_insert(0) += 1;
+    }
+    let expected = [
+        ((Some("/missing"), Some(404)), 8),
+        ((Some("/other"), Some(200)), 8),
+        ((Some("/users/1"), Some(200)), 8),
+    ];
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), expected);
+}
+
 #[test]
 fn grpc_calls_are_one_exchange_each_with_their_status() {
     let out = run(Start::Beginning, &fixture(GRPC));
@@ -204,10 +229,10 @@ proptest::proptest! {
     /// Any split of each direction's bytes into transfers gives the same outcomes.
     #[test]
     fn any_split_gives_the_same_exchanges(
-        cuts in proptest::collection::vec(0usize..600, 0..6),
-        grpc in proptest::bool::ANY,
+        cuts in proptest::collection::vec(0usize..1100, 0..6),
+        recording in 0usize..3,
     ) {
-        let chunks = fixture(if grpc { GRPC } else { NGHTTP });
+        let chunks = fixture(RECORDINGS[recording]);
         let whole = run(Start::Beginning, &chunks);
         let mut sorted = cuts.clone();
         sorted.sort_unstable();
@@ -219,10 +244,10 @@ proptest::proptest! {
     /// recording says or unknown.
     #[test]
     fn joined_midway_every_later_stream_counts_and_nothing_is_wrong(
-        join in 0usize..16,
-        grpc in proptest::bool::ANY,
+        join in 0usize..17,
+        recording in 0usize..3,
     ) {
-        let chunks = fixture(if grpc { GRPC } else { NGHTTP });
+        let chunks = fixture(RECORDINGS[recording]);
         let join = join.min(chunks.len());
         let full = run(Start::Beginning, &chunks);
         let mut late = chunks.clone();
