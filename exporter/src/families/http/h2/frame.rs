@@ -17,6 +17,9 @@ pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY: u8 = 0x20;
 
+/// Payload buffer capacity a framer keeps between frames.
+const IDLE_CAPACITY: usize = 1024;
+
 /// SETTINGS identifiers read here.
 pub const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
@@ -373,6 +376,10 @@ impl Framer {
                 payload: &self.payload,
                 missing,
             });
+            if self.payload.capacity() > IDLE_CAPACITY {
+                // A large header frame went by: an idle connection keeps no large buffer.
+                self.payload = Vec::new();
+            }
         }
     }
 
