@@ -55,8 +55,9 @@ struct Block {
     end_stream: bool,
     start_ns: u64,
     bytes: Vec<u8>,
-    /// Some of its bytes were not captured, or it is over [`MAX_HEADER_BLOCK`].
+    /// Some of its bytes were not captured (or its frame was malformed): not decodable.
     missing: bool,
+    /// Over [`MAX_HEADER_BLOCK`]: not decoded, and counted invalid.
     oversized: bool,
 }
 
@@ -69,6 +70,7 @@ struct Direction {
     block: Option<Block>,
 }
 
+/// One HTTP/2 connection: both directions' framing and tables, and its streams.
 #[derive(Debug, Clone)]
 pub struct Connection {
     client: Direction,
