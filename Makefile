@@ -53,6 +53,8 @@ fuzz: setup
 	cd fuzz && cargo +nightly fuzz run http_connection -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run cgroup_path -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run usdt_note -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run h2_connection -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run h2_hpack -- -max_total_time=60
 
 clean:
 	$(CARGO) clean

@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod attach;
 pub mod config;
 pub mod connection;
+pub mod h2;
 pub mod parse;
 pub mod record;
 pub mod route;
