@@ -6,13 +6,13 @@
 
 use std::{process::Command, time::Duration};
 
-use periscope_e2e::{periscope_check, wait_for};
 use periscope_e2e::{
     daemon::Daemon,
     free_port,
     http::{CLIENT, Counts, HTTP_ONLY, SERVER, expected_route, periscope_counts, workload},
     scrape::Scrape,
 };
+use periscope_e2e::{periscope_check, wait_for};
 
 /// A self-signed certificate and key in a temporary directory.
 fn certificate() -> (tempfile::TempDir, String, String) {
@@ -304,17 +304,33 @@ fn curl_keepalive(port: u16, gets: &[String], posts: usize) -> Vec<(String, Stri
         args.extend(["-o".into(), "/dev/null".into(), url(p)]);
     }
     for _ in 0..posts {
-        args.extend(["--next", "-sk", "--http1.1", "-w", "%{http_code} %{num_connects}\\n"].map(String::from));
+        args.extend(
+            [
+                "--next",
+                "-sk",
+                "--http1.1",
+                "-w",
+                "%{http_code} %{num_connects}\\n",
+            ]
+            .map(String::from),
+        );
         args.extend(["-o", "/dev/null", "--data-binary", "a body of some bytes"].map(String::from));
         args.push(url("/echo"));
     }
     let out = Command::new("curl").args(&args).output().expect("curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<(u16, u32)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
             let (code, connects) = l.split_once(' ').expect("code connects");
-            (code.parse().expect("status"), connects.parse().expect("connects"))
+            (
+                code.parse().expect("status"),
+                connects.parse().expect("connects"),
+            )
         })
         .collect();
     assert_eq!(lines.len(), gets.len() + posts, "{lines:?}");
@@ -342,11 +358,9 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
     let (_cert_dir, cert, key) = certificate();
     let port = free_port();
     let server = start_server_binary(&binary, port, &cert, &key);
-    wait_for(
-        "the Go executable probed",
-        Duration::from_secs(15),
-        || tls_files(&daemon).contains(&binary).then_some(()),
-    );
+    wait_for("the Go executable probed", Duration::from_secs(15), || {
+        tls_files(&daemon).contains(&binary).then_some(())
+    });
     let gets: Vec<String> = (0..9)
         .map(|i| match i % 3 {
             0 => format!("/users/{}", 100 + i),
@@ -372,7 +386,12 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
             .sum::<u64>()
     };
     assert_eq!(
-        [by_status("200"), by_status("404"), by_status("500"), by_status("201")],
+        [
+            by_status("200"),
+            by_status("404"),
+            by_status("500"),
+            by_status("201")
+        ],
         [9, 9, 9, 6],
         "what the server answered: {expected:?}"
     );

@@ -81,7 +81,7 @@ fn go_enter(ctx: &ProbeContext, kind: u8) -> u32 {
     };
     // A stack growth re-enters the function from its start: the second entry replaces the first.
     if HTTP_GO_TLS_PENDING
-        .insert(&key, &pending, BPF_ANY as u64)
+        .insert(key, pending, BPF_ANY as u64)
         .is_err()
     {
         count(counters::HTTP_PENDING_FULL);
@@ -142,10 +142,10 @@ pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
         goroutine: reg(&ctx, R14),
     };
     // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { HTTP_GO_TLS_PENDING.get(&key) }).copied() else {
+    let Some(pending) = (unsafe { HTTP_GO_TLS_PENDING.get(key) }).copied() else {
         return 0;
     };
-    let _ = HTTP_GO_TLS_PENDING.remove(&key);
+    let _ = HTTP_GO_TLS_PENDING.remove(key);
     let n = reg(&ctx, RAX) as i64;
     if n <= 0 || n as u64 > pending.buf_len {
         return 0;

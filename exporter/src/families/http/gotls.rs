@@ -98,9 +98,14 @@ pub enum Inspected {
     /// No Go build info.
     NotGo,
     /// A Go executable that does not link `crypto/tls`.
-    NoTls { version: String },
+    NoTls {
+        version: String,
+    },
     /// A Go executable with `crypto/tls` that cannot be probed, and why.
-    Refused { version: String, reason: String },
+    Refused {
+        version: String,
+        reason: String,
+    },
     Probe(GoBinary),
 }
 
@@ -173,10 +178,7 @@ fn read_at<'data, R: ReadRef<'data>>(
     let section = elf.sections().find(|s| {
         s.address() <= address && address + len as u64 <= s.address() + s.size() && s.size() > 0
     })?;
-    let data = section
-        .data_range(address, len as u64)
-        .ok()
-        .flatten()?;
+    let data = section.data_range(address, len as u64).ok().flatten()?;
     Some(data.to_vec())
 }
 
@@ -316,11 +318,9 @@ pub fn pclntab_functions(data: &[u8], text: u64, wanted: &[&str; 2]) -> Result<R
     let mut out: Ranges = [None, None];
     for i in 0..nfunc {
         let entry_at = functab + 8 * i;
-        let (Some(entry), Some(func_off), Some(next)) = (
-            u32_at(entry_at),
-            u32_at(entry_at + 4),
-            u32_at(entry_at + 8),
-        ) else {
+        let (Some(entry), Some(func_off), Some(next)) =
+            (u32_at(entry_at), u32_at(entry_at + 4), u32_at(entry_at + 8))
+        else {
             return Err(format!(".gopclntab: functab entry {i} out of bounds"));
         };
         let Some(name_off) = u32_at(functab + func_off as usize + 4) else {
@@ -403,7 +403,9 @@ fn dwarf_offsets<'data, R: ReadRef<'data>>(
     let mut found: [Option<u64>; 4] = [None; 4];
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else { continue };
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
         let mut entries = unit.entries();
         let mut current: Option<&str> = None;
         let mut struct_depth = 0isize;
@@ -418,14 +420,14 @@ fn dwarf_offsets<'data, R: ReadRef<'data>>(
                     .map(|s| s.to_string_lossy().into_owned())
             };
             if entry.tag() == gimli::DW_TAG_structure_type {
-                current = name(entry).and_then(|n| {
-                    WANTED.iter().map(|w| w.0).find(|w| *w == n)
-                });
+                current = name(entry).and_then(|n| WANTED.iter().map(|w| w.0).find(|w| *w == n));
                 struct_depth = depth;
             } else if entry.tag() == gimli::DW_TAG_member
                 && let Some(structure) = current
                 && let Some(member) = name(entry)
-                && let Some(i) = WANTED.iter().position(|w| *w == (structure, member.as_str()))
+                && let Some(i) = WANTED
+                    .iter()
+                    .position(|w| *w == (structure, member.as_str()))
                 && let Some(gimli::AttributeValue::Udata(at)) =
                     entry.attr_value(gimli::DW_AT_data_member_location)
             {
@@ -478,7 +480,9 @@ fn debug_section<'data, R: ReadRef<'data>>(
         let size = u64::from_be_bytes(data[4..12].try_into().unwrap_or_default());
         (&data[12..], size)
     } else if compressed && data.len() >= 24 {
-        if u32::from_le_bytes(data[0..4].try_into().unwrap_or_default()) != object::elf::ELFCOMPRESS_ZLIB {
+        if u32::from_le_bytes(data[0..4].try_into().unwrap_or_default())
+            != object::elf::ELFCOMPRESS_ZLIB
+        {
             return Err(format!("{name}: compressed with other than zlib"));
         }
         let size = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
@@ -544,7 +548,8 @@ mod go_binaries {
     use std::path::PathBuf;
 
     fn build(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/go_https_server");
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/go_https_server");
         let out = dir.join(name);
         let status = std::process::Command::new("go")
             .args(["build", "-trimpath", &format!("-ldflags={ldflags}"), "-o"])
@@ -574,13 +579,20 @@ mod go_binaries {
         let full = build(&dir, "full", "");
         let stripped = build(&dir, "stripped", "-s -w");
         let go = String::from_utf8(
-            std::process::Command::new("go").arg("version").output().unwrap().stdout,
+            std::process::Command::new("go")
+                .arg("version")
+                .output()
+                .unwrap()
+                .stdout,
         )
         .unwrap();
         let full_binary = probe(&full);
         assert!(go.contains(&full_binary.version), "{go} vs {full_binary:?}");
         assert_eq!(full_binary.symbols_from, ".symtab");
-        assert_eq!(full_binary.offsets_from, "DWARF", "DWARF matches the known offsets");
+        assert_eq!(
+            full_binary.offsets_from, "DWARF",
+            "DWARF matches the known offsets"
+        );
         assert!(!full_binary.read.rets.is_empty() && !full_binary.write.rets.is_empty());
         let stripped_binary = probe(&stripped);
         assert_eq!(stripped_binary.symbols_from, ".gopclntab");
@@ -596,8 +608,8 @@ mod go_binaries {
         let elf = object::File::parse(&*file).unwrap();
         let pcln = elf.section_by_name(".gopclntab").unwrap();
         let text = elf.section_by_name(".text").unwrap().address();
-        let from_pcln = pclntab_functions(pcln.data().unwrap(), text, &[READ_SYMBOL, WRITE_SYMBOL])
-            .unwrap();
+        let from_pcln =
+            pclntab_functions(pcln.data().unwrap(), text, &[READ_SYMBOL, WRITE_SYMBOL]).unwrap();
         let from_symtab = symtab_functions(&elf).unwrap();
         for i in 0..2 {
             let (p, s) = (from_pcln[i].unwrap(), from_symtab[i].unwrap());

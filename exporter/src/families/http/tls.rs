@@ -183,10 +183,19 @@ impl Tls {
         match gotls::inspect(&path) {
             gotls::Inspected::NotGo => {}
             gotls::Inspected::NoTls { version } => {
-                tracing::debug!(path = shown(&path), version, "Go executable without crypto/tls");
+                tracing::debug!(
+                    path = shown(&path),
+                    version,
+                    "Go executable without crypto/tls"
+                );
             }
             gotls::Inspected::Refused { version, reason } => {
-                tracing::warn!(path = shown(&path), version, reason, "HTTPS: cannot probe Go's crypto/tls");
+                tracing::warn!(
+                    path = shown(&path),
+                    version,
+                    reason,
+                    "HTTPS: cannot probe Go's crypto/tls"
+                );
                 self.errors
                     .push(format!("{} (Go {version}): {reason}", shown(&path)));
             }
