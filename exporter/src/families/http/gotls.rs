@@ -616,6 +616,23 @@ mod go_binaries {
             assert_eq!(p.0, s.0, "entry");
             assert!(p.1 >= s.1, "the next function starts at or after the end");
         }
+        // The errors `check` shows: a release whose offsets are not known, without DWARF to read
+        // them from, and one from before the register ABI.
+        let file = std::fs::read(&stripped).unwrap();
+        let elf = object::File::parse(&*file).unwrap();
+        let unknown = probe_plan(&elf, "go1.99.1").unwrap_err();
+        assert_eq!(
+            unknown,
+            "go1.99.1: no DWARF, and the offsets of tls.Conn, net.netFD and poll.FD are known \
+             for go1.17-go1.25 only (build without -w to keep DWARF)"
+        );
+        let old = probe_plan(&elf, "go1.16.15").unwrap_err();
+        assert!(old.contains("registers since 1.17"), "{old}");
+        // With DWARF, the version does not matter: the offsets are read, not assumed.
+        let file = std::fs::read(&full).unwrap();
+        let elf = object::File::parse(&*file).unwrap();
+        assert!(probe_plan(&elf, "go1.99.1").unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempfile_dir() -> PathBuf {
