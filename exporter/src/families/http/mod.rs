@@ -50,7 +50,7 @@ pub const REGISTRATION: Registration = Registration {
     },
 };
 
-/// How often processes started since the last scan are checked for OpenSSL.
+/// How often processes started since the last scan are checked for OpenSSL and Go TLS.
 const TLS_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct HttpFamily {

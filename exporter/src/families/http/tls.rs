@@ -7,7 +7,9 @@
 //! libraries count) plus the host's `libssl.so*`, and re-scanned periodically for processes
 //! started later. A uprobe is on a file, not a process: attaching once covers every process
 //! that maps that file, now or later. Symbol offsets are read from the ELF dynamic symbol
-//! table with reads of only the parts needed (executables can be 100 MB).
+//! table with reads of only the parts needed (executables can be 100 MB). A mapped file that is
+//! not OpenSSL may be a Go executable: [`super::gotls`] looks at it, and its `crypto/tls` gets
+//! the Go probes from here (same scan, same attach bookkeeping, same `check` section).
 
 use std::{
     collections::{HashMap, HashSet},
