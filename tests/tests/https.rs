@@ -350,7 +350,8 @@ fn curl_keepalive(port: u16, gets: &[String], posts: usize) -> Vec<(String, Stri
 }
 
 /// A Go `net/http` HTTPS server (Go's crypto/tls, no OpenSSL) counted on the server side exactly:
-/// 200s, 404s, 500s and POSTs with a body, over HTTP/1.1 keep-alive connections from curl.
+/// 200s (one of them a 100 KB chunked body), 404s, 500s and POSTs with a body, over HTTP/1.1
+/// keep-alive connections from curl.
 fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let binary = build_go_server(dir.path(), "go_https_server", ldflags);
@@ -361,10 +362,11 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
     wait_for("the Go executable probed", Duration::from_secs(15), || {
         tls_files(&daemon).contains(&binary).then_some(())
     });
-    let gets: Vec<String> = (0..9)
-        .map(|i| match i % 3 {
+    let gets: Vec<String> = (0..12)
+        .map(|i| match i % 4 {
             0 => format!("/users/{}", 100 + i),
             1 => "/missing/page".to_string(),
+            2 => "/big".to_string(),
             _ => "/fail".to_string(),
         })
         .collect();
@@ -392,7 +394,7 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
             by_status("500"),
             by_status("201")
         ],
-        [9, 9, 9, 6],
+        [18, 9, 9, 6],
         "what the server answered: {expected:?}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

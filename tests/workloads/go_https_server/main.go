@@ -1,6 +1,6 @@
 // An HTTPS server on Go's net/http and crypto/tls (no OpenSSL): go_https_server PORT CERT KEY.
-// HTTP/1.1 only (no "h2" in ALPN). Routes: /users/<n> 200, /fail 500, POST /echo 201 with the
-// body's length, anything else 404.
+// HTTP/1.1 only (no "h2" in ALPN). Routes: /users/<n> 200, /big 200 with a 100 KB chunked body,
+// /fail 500, POST /echo 201 with the body's length, anything else 404.
 package main
 
 import (
@@ -16,6 +16,13 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/users/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "user %s\n", strings.TrimPrefix(r.URL.Path, "/users/"))
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		// No Content-Length and more than the response buffer: chunked, over many TLS writes.
+		piece := []byte(strings.Repeat("x", 1000) + "\n")
+		for i := 0; i < 100; i++ {
+			w.Write(piece)
+		}
 	})
 	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "failed on purpose", http.StatusInternalServerError)
