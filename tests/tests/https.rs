@@ -270,15 +270,15 @@ fn node_https_server_with_its_own_openssl() {
     check_server(&daemon, &server, port, false);
 }
 
-/// Builds `tests/workloads/go_https_server` into `dir` with the Debian Go toolchain: standard
-/// library only, nothing fetched (`GOPROXY=off`), its caches in `dir`.
-fn build_go_server(dir: &std::path::Path, name: &str, ldflags: &str) -> String {
+/// Builds `tests/workloads/<name>` into `dir` with the Debian Go toolchain: standard library
+/// only, nothing fetched (`GOPROXY=off`), its caches in `dir`.
+fn build_go(dir: &std::path::Path, name: &str, ldflags: &str) -> String {
     let out = dir.join(name);
     let build = Command::new("go")
         .args(["build", &format!("-ldflags={ldflags}"), "-o"])
         .arg(&out)
         .arg(".")
-        .current_dir(workload("go_https_server"))
+        .current_dir(workload(name))
         .env("GOPROXY", "off")
         .env("GOFLAGS", "")
         .env("GOCACHE", dir.join("gocache"))
@@ -354,7 +354,7 @@ fn curl_keepalive(port: u16, gets: &[String], posts: usize) -> Vec<(String, Stri
 /// keep-alive connections from curl.
 fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let binary = build_go_server(dir.path(), "go_https_server", ldflags);
+    let binary = build_go(dir.path(), "go_https_server", ldflags);
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     let (_cert_dir, cert, key) = certificate();
     let port = free_port();
@@ -452,4 +452,104 @@ fn go_https_server_with_symbols_and_dwarf() {
 #[test]
 fn go_https_server_stripped() {
     go_server_counted_exactly("-s -w", "from .gopclntab, offsets known for go1.");
+}
+
+/// A Go `net/http` client against the Go server, both on Go's crypto/tls: both sides exact. The
+/// client's reads park its goroutines (the transport reads on a goroutine of its own), which
+/// resume on whatever thread: calls are matched by goroutine, not thread.
+#[test]
+fn go_https_client_and_server() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_binary = build_go(dir.path(), "go_https_server", "");
+    let client_binary = build_go(dir.path(), "go_https_client", "-s -w");
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_cert_dir, cert, key) = certificate();
+    let port = free_port();
+    let server = start_server_binary(&server_binary, port, &cert, &key);
+    let mut paths: Vec<String> = Vec::new();
+    for i in 0..5 {
+        paths.extend([
+            format!("/users/{}", 200 + i),
+            "/missing/page".into(),
+            "/fail".into(),
+            "/big".into(),
+            "POST /echo".into(),
+        ]);
+    }
+    let mut client = Command::new(&client_binary)
+        .arg(port.to_string())
+        .args(&paths)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("go client");
+    wait_for(
+        "both Go executables probed",
+        Duration::from_secs(15),
+        || {
+            let files = tls_files(&daemon);
+            (files.contains(&server_binary) && files.contains(&client_binary)).then_some(())
+        },
+    );
+    client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("start the client");
+    let out = client.wait_with_output().expect("go client");
+    assert!(out.status.success());
+    let mut expected = Counts::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split(' ');
+        let (method, path, status) = (
+            fields.next().unwrap().to_string(),
+            fields.next().unwrap(),
+            fields.next().unwrap().to_string(),
+        );
+        *expected
+            .entry((method, expected_route(path), status))
+            .or_default() += 1;
+    }
+    assert_eq!(expected.values().sum::<u64>(), 25, "{expected:?}");
+    let client_counts = |scrape: &Scrape| {
+        let only = Scrape {
+            samples: scrape
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.labels.get("service_name").map(String::as_str) == Some("go_https_client")
+                })
+                .cloned()
+                .collect(),
+            ..Scrape::default()
+        };
+        periscope_counts(&only, CLIENT, port)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        let s = daemon.scrape();
+        let done = server_counts(&s, server.0.id()) == expected && client_counts(&s) == expected;
+        if done || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let messages: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
+        .collect();
+    assert_eq!(
+        server_counts(&scrape, server.0.id()),
+        expected,
+        "Go server; messages {messages:?}"
+    );
+    assert_eq!(
+        client_counts(&scrape),
+        expected,
+        "Go client; messages {messages:?}"
+    );
 }

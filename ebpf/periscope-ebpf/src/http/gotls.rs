@@ -4,11 +4,17 @@
 //! programs and user space treat both alike.
 //!
 //! Go moves goroutine stacks, so there are no uretprobes (they rewrite the return address on
-//! the stack): user space attaches [`http_go_tls_return`] at every `RET` instruction of the two
-//! functions instead. Go's register ABI (amd64, Go 1.17+): at entry the receiver `*tls.Conn` is
-//! in RAX and `b []byte` in RBX (pointer) and RCX (length); at a `RET`, the result `n` is in
-//! RAX. The goroutine (`g`) is in R14: a call that blocks parks its goroutine, which may resume
-//! on another thread, so calls in flight are keyed by (tgid, goroutine).
+//! the stack): user space attaches [`http_go_tls_return`] at every `RET` instruction of `Read`
+//! instead. Go's register ABI (amd64, Go 1.17+): at entry the receiver `*tls.Conn` is in RAX and
+//! `b []byte` in RBX (pointer) and RCX (length); at a `RET`, the result `n` is in RAX. The
+//! goroutine (`g`) is in R14: a call that blocks parks its goroutine, which may resume on
+//! another thread, so reads in flight are keyed by (tgid, goroutine).
+//!
+//! A write is sent at its entry, all of `b` (Go's `Write` writes it all or fails): Go reads and
+//! writes a connection on different goroutines, and the response to a client's request can be
+//! read, and its record sent, before the writing goroutine reaches a `RET`; user space would
+//! then see the response before the request. The entry probes sit past the prologue's stack
+//! check, so a call that grows its stack (and restarts the function) is seen once.
 //!
 //! The fd: `tls.Conn.conn` is a `net.Conn` interface (itab, data) whose data is a
 //! `*net.TCPConn`, whose `conn.fd` is a `*netFD`, whose `pfd poll.FD` has `Sysfd` after its
@@ -49,7 +55,7 @@ const RBX: usize = 5;
 const RAX: usize = 10;
 const RCX: usize = 11;
 
-/// Go TLS reads and writes in flight, by (tgid, goroutine). LRU: a call whose `RET` is never
+/// Go TLS reads in flight, by (tgid, goroutine). LRU: a call whose `RET` is never
 /// seen (the process exited inside it) ages out.
 #[map]
 static HTTP_GO_TLS_PENDING: LruHashMap<GoTlsKey, GoTlsPending> =
@@ -79,7 +85,6 @@ fn go_enter(ctx: &ProbeContext, kind: u8) -> u32 {
         kind,
         _pad: [0; 7],
     };
-    // A stack growth re-enters the function from its start: the second entry replaces the first.
     if HTTP_GO_TLS_PENDING
         .insert(key, pending, BPF_ANY as u64)
         .is_err()
@@ -89,16 +94,38 @@ fn go_enter(ctx: &ProbeContext, kind: u8) -> u32 {
     0
 }
 
-/// Entry of `crypto/tls.(*Conn).Read(b []byte) (int, error)`.
+/// Entry of `crypto/tls.(*Conn).Read(b []byte) (int, error)`: noted until one of its `RET`s.
 #[uprobe]
 pub fn http_go_tls_read(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, KIND_READ)
 }
 
-/// Entry of `crypto/tls.(*Conn).Write(b []byte) (int, error)`.
+/// Entry of `crypto/tls.(*Conn).Write(b []byte) (int, error)`: sends all of `b` at once.
 #[uprobe]
 pub fn http_go_tls_write(ctx: ProbeContext) -> u32 {
-    go_enter(&ctx, KIND_WRITE)
+    let Some((tgid, tid)) = current() else {
+        return 0;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = reg(&ctx, RCX);
+    if len == 0 || len > i64::MAX as u64 {
+        return 0;
+    }
+    send(
+        tgid,
+        tid,
+        &GoTlsPending {
+            start_ns: now,
+            conn: reg(&ctx, RAX),
+            buf: reg(&ctx, RBX),
+            buf_len: len,
+            kind: KIND_WRITE,
+            _pad: [0; 7],
+        },
+        len,
+        now,
+    );
+    0
 }
 
 /// The socket fd under a `*tls.Conn` (see the module's doc), or `None` when a pointer on the
@@ -129,8 +156,8 @@ fn go_sysfd(conn: u64) -> Option<u32> {
     Some(sysfd as u32)
 }
 
-/// A `RET` of either function: sends the plaintext (`n` bytes of `b`, RAX) as a read or write
-/// record of the connection's fd.
+/// A `RET` of `Read`: sends the plaintext (`n` bytes of `b`, RAX) as a read record of the
+/// connection's fd.
 #[uprobe]
 pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
     let Some((tgid, tid)) = current() else {
@@ -150,16 +177,22 @@ pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
     if n <= 0 || n as u64 > pending.buf_len {
         return 0;
     }
-    let transferred = n as u64;
+    send(tgid, tid, &pending, n as u64, unsafe { bpf_ktime_get_ns() });
+    0
+}
+
+/// Sends `transferred` bytes of `pending`'s buffer as a record of its connection, ended at `now`.
+#[inline(always)]
+fn send(tgid: u32, tid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
     let Some(fd) = go_sysfd(pending.conn) else {
-        return 0;
+        return;
     };
     let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) })
         .copied()
         .unwrap_or(0)
         & ROLE_MASK;
     let Some(event) = scratch() else {
-        return 0;
+        return;
     };
     let io = HttpPending {
         start_ns: pending.start_ns,
@@ -174,12 +207,9 @@ pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
         role,
         ..Default::default()
     };
-    start_io(event, &io, tgid, tid, transferred, unsafe {
-        bpf_ktime_get_ns()
-    });
+    start_io(event, &io, tgid, tid, transferred, now);
     event.record.flags = IO_TLS_PLAINTEXT;
     let captured = copy_leading(event, io.buf, transferred);
     copy_tail(event, &io, transferred, captured);
     submit_io(event, captured);
-    0
 }

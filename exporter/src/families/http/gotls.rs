@@ -1,8 +1,12 @@
-//! HTTPS through Go's own TLS (`crypto/tls`): Go executables are recognised by their build info,
-//! and `crypto/tls.(*Conn).Read` and `crypto/tls.(*Conn).Write` get a uprobe at their entry and
-//! one at every `RET` instruction of their body (`ebpf/periscope-ebpf/src/http/gotls.rs` sends
-//! their plaintext as records, like OpenSSL's). No uretprobes: a uretprobe rewrites the return
-//! address on the stack, and Go's runtime moves goroutine stacks.
+//! HTTPS through Go's own TLS (`crypto/tls`): Go executables are recognised by their build info;
+//! `crypto/tls.(*Conn).Read` gets a uprobe at its entry and one at every `RET` instruction of its
+//! body, `crypto/tls.(*Conn).Write` one at its entry (`ebpf/periscope-ebpf/src/http/gotls.rs`
+//! sends their plaintext as records, like OpenSSL's). No uretprobes: a uretprobe rewrites the
+//! return address on the stack, and Go's runtime moves goroutine stacks. A write is sent at its
+//! entry, not its return: Go reads and writes a connection on different goroutines, and a
+//! client's response can be read (and its record sent) before the goroutine that wrote the
+//! request reaches its `RET`; user space would then see the response first and match it to no
+//! request. Entry probes go past the prologue's stack check ([`after_stack_check`]).
 //!
 //! What a binary needs: Go 1.17 or later on amd64 (the register ABI the programs read), the two
 //! functions found in `.symtab` or, in a stripped binary, in `.gopclntab` (Go 1.18+ layout), and
@@ -58,7 +62,8 @@ pub const KNOWN: Offsets = Offsets {
 /// Go minor releases whose offsets are [`KNOWN`] without DWARF to check them against.
 pub const KNOWN_RELEASES: std::ops::RangeInclusive<u32> = 17..=25;
 
-/// One probed function: the file offsets of its entry and of each `RET` in its body.
+/// One probed function: the file offsets of its entry probe (past the prologue's stack check:
+/// [`after_stack_check`]) and of each `RET` in its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     pub entry: u64,
@@ -82,10 +87,9 @@ impl GoBinary {
     /// One line for `check` and the log.
     pub fn describe(&self) -> String {
         format!(
-            "{}: Read (entry + {} RET) and Write (entry + {} RET) from {}, offsets {}",
+            "{}: Read (entry + {} RET) and Write (entry) from {}, offsets {}",
             self.version,
             self.read.rets.len(),
-            self.write.rets.len(),
             self.symbols_from,
             self.offsets_from
         )
@@ -259,8 +263,8 @@ fn probe_plan<'data, R: ReadRef<'data>>(
     };
     Ok(Some(GoBinary {
         version: version.to_string(),
-        read: function(elf, READ_SYMBOL, read)?,
-        write: function(elf, WRITE_SYMBOL, write)?,
+        read: function(elf, READ_SYMBOL, read, true)?,
+        write: function(elf, WRITE_SYMBOL, write, false)?,
         symbols_from,
         offsets_from,
     }))
@@ -338,11 +342,13 @@ pub fn pclntab_functions(data: &[u8], text: u64, wanted: &[&str; 2]) -> Result<R
     Ok(out)
 }
 
-/// A function's entry and `RET`s as file offsets, from its body disassembled.
+/// A function's entry probe and (`with_rets`) `RET`s as file offsets, from its body
+/// disassembled.
 fn function<'data, R: ReadRef<'data>>(
     elf: &object::File<'data, R>,
     name: &str,
     (start, end): (u64, u64),
+    with_rets: bool,
 ) -> Result<Function, String> {
     let section = elf
         .sections()
@@ -357,14 +363,39 @@ fn function<'data, R: ReadRef<'data>>(
         .flatten()
         .ok_or_else(|| format!("{name}: cannot read its code"))?;
     let to_file = |address: u64| address - section.address() + file_offset;
-    let rets = ret_addresses(code, start);
-    if rets.is_empty() {
+    let rets = if with_rets {
+        ret_addresses(code, start)
+    } else {
+        Vec::new()
+    };
+    if with_rets && rets.is_empty() {
         return Err(format!("{name}: no RET instruction found in its body"));
     }
     Ok(Function {
-        entry: to_file(start),
+        entry: to_file(after_stack_check(code, start)),
         rets: rets.into_iter().map(to_file).collect(),
     })
+}
+
+/// Where a function's entry probe goes: right after its prologue's stack-bound check
+/// (`CMPQ SP, 16(R14); JBE morestack`, or through R12 for a large frame), when it has one,
+/// else its first instruction. A goroutine whose stack must grow takes the `JBE` to
+/// `runtime.morestack`, which copies the stack and jumps back to the function's first
+/// instruction: a probe there would fire twice for that call (a write sent twice), one past the
+/// check fires once. The check leaves the argument registers and R14 as they were.
+pub fn after_stack_check(code: &[u8], address: u64) -> u64 {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut compared = false;
+    for instruction in decoder.iter().take(3) {
+        match instruction.mnemonic() {
+            Mnemonic::Cmp if instruction.memory_base() == Register::R14 => compared = true,
+            Mnemonic::Jbe if compared => return instruction.next_ip(),
+            Mnemonic::Lea | Mnemonic::Cmp => {}
+            _ => break,
+        }
+    }
+    address
 }
 
 /// The address of every `RET` in `code` (at `address`), decoded instruction by instruction from
@@ -524,6 +555,26 @@ mod tests {
     }
 
     #[test]
+    fn entry_probes_go_past_the_stack_check() {
+        // cmp 0x10(%r14),%rsp; jbe +0x3c2; sub $0x68,%rsp (crypto/tls.(*Conn).Read, Go 1.19).
+        let small = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xc2, 0x03, 0x00, 0x00, 0x48, 0x83, 0xec, 0x68,
+        ];
+        assert_eq!(after_stack_check(&small, 0x1000), 0x100a);
+        // lea -0x68(%rsp),%r12; cmp 0x10(%r14),%r12; jbe +0x764 (a large frame: Write).
+        let large = [
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x64, 0x07, 0x00,
+            0x00, 0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(after_stack_check(&large, 0x2000), 0x200f);
+        // No check (a NOSPLIT function): its first instruction.
+        assert_eq!(
+            after_stack_check(&[0x48, 0x83, 0xec, 0x68, 0xc3], 0x3000),
+            0x3000
+        );
+    }
+
+    #[test]
     fn pclntab_rejects_other_layouts() {
         let mut data = vec![0u8; 64];
         data[0..4].copy_from_slice(&0xffff_fffau32.to_le_bytes());
@@ -593,7 +644,7 @@ mod go_binaries {
             full_binary.offsets_from, "DWARF",
             "DWARF matches the known offsets"
         );
-        assert!(!full_binary.read.rets.is_empty() && !full_binary.write.rets.is_empty());
+        assert!(!full_binary.read.rets.is_empty() && full_binary.write.rets.is_empty());
         let stripped_binary = probe(&stripped);
         assert_eq!(stripped_binary.symbols_from, ".gopclntab");
         assert!(stripped_binary.offsets_from.starts_with("known for go1."));

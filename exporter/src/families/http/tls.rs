@@ -263,7 +263,7 @@ impl Tls {
 }
 
 /// Go's `crypto/tls.(*Conn).Read`/`Write`: an entry program each, and the return program at
-/// every `RET` of both. All or nothing: a failure detaches nothing already attached (aya keeps
+/// every `RET` of `Read` (a write is sent at its entry: [`gotls`]). All or nothing: a failure detaches nothing already attached (aya keeps
 /// the links), but the file is reported as refused.
 fn attach_go(ebpf: &mut Ebpf, path: &Path, binary: &gotls::GoBinary) -> Result<(), ProbeError> {
     let mut points: Vec<(&'static str, u64)> = vec![
@@ -275,7 +275,6 @@ fn attach_go(ebpf: &mut Ebpf, path: &Path, binary: &gotls::GoBinary) -> Result<(
             .read
             .rets
             .iter()
-            .chain(&binary.write.rets)
             .map(|ret| (gotls::RETURN_PROGRAM, *ret)),
     );
     for (program, offset) in points {
