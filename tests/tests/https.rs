@@ -2,7 +2,8 @@
 //! linked into the node executable) servers, Python and curl (SSL_read/SSL_write) clients over
 //! TLS with a certificate the test makes; request counts compared exactly with what the clients
 //! got, as for plaintext. And Go's own TLS: a `net/http` server built here by the Debian Go
-//! toolchain, with and without symbols and DWARF, driven by curl over HTTP/1.1 keep-alive.
+//! toolchain, with and without symbols and DWARF, driven by curl over HTTP/1.1 keep-alive, and
+//! a Go `net/http` client against it.
 
 use std::{process::Command, time::Duration};
 
