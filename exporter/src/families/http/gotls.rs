@@ -225,7 +225,11 @@ fn probe_plan<'data, R: ReadRef<'data>>(
     }
     let (ranges, symbols_from) = match symtab_functions(elf) {
         Some(found) => (found, ".symtab"),
-        None => match elf.section_by_name(".gopclntab") {
+        // A position-independent executable keeps it in `.data.rel.ro.gopclntab`.
+        None => match elf
+            .section_by_name(".gopclntab")
+            .or_else(|| elf.section_by_name(".data.rel.ro.gopclntab"))
+        {
             Some(section) => {
                 let data = section
                     .data()
@@ -667,6 +671,52 @@ mod go_binaries {
             assert_eq!(p.0, s.0, "entry");
             assert!(p.1 >= s.1, "the next function starts at or after the end");
         }
+        // A position-independent executable: the same, addresses relative to its load address.
+        let pie = build(&dir, "pie", "-s -w");
+        let pie_full = build(&dir, "pie_full", "");
+        for path in [&pie, &pie_full] {
+            let status = std::process::Command::new("go")
+                .args(["build", "-buildmode=pie", "-o"])
+                .arg(path)
+                .arg(if path == &pie {
+                    "-ldflags=-s -w"
+                } else {
+                    "-ldflags="
+                })
+                .arg(".")
+                .current_dir(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../tests/workloads/go_https_server"),
+                )
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "")
+                .env("GOCACHE", dir.join("cache"))
+                .env("GOPATH", dir.join("gopath"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let (pie, pie_full) = (probe(&pie), probe(&pie_full));
+        assert_eq!(pie.symbols_from, ".gopclntab");
+        assert_eq!(pie_full.symbols_from, ".symtab");
+        assert_eq!(pie.read.rets.len(), full_binary.read.rets.len());
+        let file = std::fs::read(dir.join("pie_full")).unwrap();
+        let elf = object::File::parse(&*file).unwrap();
+        let pcln = elf.section_by_name(".data.rel.ro.gopclntab").unwrap();
+        let text = elf.section_by_name(".text").unwrap().address();
+        let from_pcln =
+            pclntab_functions(pcln.data().unwrap(), text, &[READ_SYMBOL, WRITE_SYMBOL]).unwrap();
+        let from_symtab = symtab_functions(&elf).unwrap();
+        assert_eq!(
+            from_pcln[0].unwrap().0,
+            from_symtab[0].unwrap().0,
+            "PIE: Read's entry"
+        );
+        assert_eq!(
+            from_pcln[1].unwrap().0,
+            from_symtab[1].unwrap().0,
+            "PIE: Write's entry"
+        );
         // The errors `check` shows: a release whose offsets are not known, without DWARF to read
         // them from, and one from before the register ABI.
         let file = std::fs::read(&stripped).unwrap();
