@@ -18,6 +18,7 @@ APT_PACKAGES=(
   qemu-system-x86 busybox-static xz-utils               # kernel matrix VM (tests/kernels); busybox httpd: a forking HTTP server
   gcc libc6-dev binutils python3                        # profile tests: C workloads built by the test (cc, strip), SVG checked as XML
   nodejs                                                # profile tests: a JIT runtime named through its perf map
+  golang-go                                             # HTTPS tests: a Go net/http server on Go's own crypto/tls
   systemtap-sdt-dev                                     # usdt tests: <sys/sdt.h> for the C program with probes
 )
 

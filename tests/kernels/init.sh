@@ -67,6 +67,13 @@ check_rc=$?
 cat /tmp/check.txt
 echo "===== check exit $check_rc"
 result "check - $([ $check_rc = 0 ] && echo ok || echo FAIL) exit status $check_rc"
+# The HTTPS uprobe programs (OpenSSL's and Go's crypto/tls) load with the HTTP family, whether
+# or not a process uses them: the verifier of this kernel accepted them when check lists them.
+if grep -q 'http_ssl_return' /tmp/check.txt && grep -q 'http_go_tls_return' /tmp/check.txt; then
+  result "http - ok TLS uprobe programs loaded (OpenSSL, Go crypto/tls)"
+else
+  result "http - FAIL TLS uprobe programs not loaded: $(grep -E 'Go crypto/tls|OpenSSL probes' /tmp/check.txt | head -3)"
+fi
 
 # Starts the daemon with config $1 (empty: the embedded default) and waits for its endpoint.
 start_daemon() {

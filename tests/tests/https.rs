@@ -1,17 +1,19 @@
 //! HTTPS through OpenSSL: real Python (libssl's SSL_read_ex/SSL_write_ex) and Node.js (OpenSSL
 //! linked into the node executable) servers, Python and curl (SSL_read/SSL_write) clients over
 //! TLS with a certificate the test makes; request counts compared exactly with what the clients
-//! got, as for plaintext.
+//! got, as for plaintext. And Go's own TLS: a `net/http` server built here by the Debian Go
+//! toolchain, with and without symbols and DWARF, driven by curl over HTTP/1.1 keep-alive, and
+//! a Go `net/http` client against it.
 
 use std::{process::Command, time::Duration};
 
-use periscope_e2e::wait_for;
 use periscope_e2e::{
     daemon::Daemon,
     exclusive, free_port,
     http::{CLIENT, Counts, HTTP_ONLY, SERVER, expected_route, periscope_counts, workload},
     scrape::Scrape,
 };
+use periscope_e2e::{periscope_check, wait_for};
 
 /// A self-signed certificate and key in a temporary directory.
 fn certificate() -> (tempfile::TempDir, String, String) {
@@ -392,4 +394,287 @@ fn pipelined(port: u16) -> Vec<(String, String, String)> {
             (text("method"), text("path"), v["status"].to_string())
         })
         .collect()
+}
+/// Builds `tests/workloads/<name>` into `dir` with the Debian Go toolchain: standard library
+/// only, nothing fetched (`GOPROXY=off`), its caches in `dir`.
+fn build_go(dir: &std::path::Path, name: &str, ldflags: &str) -> String {
+    let out = dir.join(name);
+    let build = Command::new("go")
+        .args(["build", &format!("-ldflags={ldflags}"), "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(workload(name))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .output()
+        .expect("go (bash .ci/setup.sh installs golang-go)");
+    assert!(
+        build.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    out.display().to_string()
+}
+
+/// One curl process, one keep-alive HTTP/1.1 connection: the GETs, then (`--next`, same
+/// connection) POSTs of a body to /echo. The (method, path, status) of each, as curl got them.
+fn curl_keepalive(port: u16, gets: &[String], posts: usize) -> Vec<(String, String, u16)> {
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let mut args: Vec<String> = ["-sk", "--http1.1", "-w", "%{http_code} %{num_connects}\\n"]
+        .map(String::from)
+        .to_vec();
+    for p in gets {
+        args.extend(["-o".into(), "/dev/null".into(), url(p)]);
+    }
+    for _ in 0..posts {
+        args.extend(
+            [
+                "--next",
+                "-sk",
+                "--http1.1",
+                "-w",
+                "%{http_code} %{num_connects}\\n",
+            ]
+            .map(String::from),
+        );
+        args.extend(["-o", "/dev/null", "--data-binary", "a body of some bytes"].map(String::from));
+        args.push(url("/echo"));
+    }
+    let out = Command::new("curl").args(&args).output().expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<(u16, u32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (code, connects) = l.split_once(' ').expect("code connects");
+            (
+                code.parse().expect("status"),
+                connects.parse().expect("connects"),
+            )
+        })
+        .collect();
+    assert_eq!(lines.len(), gets.len() + posts, "{lines:?}");
+    assert_eq!(
+        lines.iter().map(|l| l.1).sum::<u32>(),
+        1,
+        "every request on the first connection (keep-alive): {lines:?}"
+    );
+    let requests = gets
+        .iter()
+        .map(|p| ("GET".to_string(), p.clone()))
+        .chain((0..posts).map(|_| ("POST".to_string(), "/echo".to_string())));
+    requests
+        .zip(lines)
+        .map(|((method, path), (status, _))| (method, path, status))
+        .collect()
+}
+
+/// A Go `net/http` HTTPS server (Go's crypto/tls, no OpenSSL) counted on the server side exactly:
+/// 200s (one of them a 100 KB chunked body), 404s, 500s and POSTs with a body, over HTTP/1.1
+/// keep-alive connections from curl.
+fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = build_go(dir.path(), "go_https_server", ldflags);
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_cert_dir, cert, key) = certificate();
+    let port = free_port();
+    let server = start_server_binary(&binary, port, &cert, &key);
+    wait_for("the Go executable probed", Duration::from_secs(15), || {
+        tls_files(&daemon).contains(&binary).then_some(())
+    });
+    let gets: Vec<String> = (0..12)
+        .map(|i| match i % 4 {
+            0 => format!("/users/{}", 100 + i),
+            1 => "/missing/page".to_string(),
+            2 => "/big".to_string(),
+            _ => "/fail".to_string(),
+        })
+        .collect();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.extend(curl_keepalive(port, &gets, 2));
+    }
+    let mut expected = Counts::new();
+    for (method, path, status) in &got {
+        *expected
+            .entry((method.clone(), expected_route(path), status.to_string()))
+            .or_default() += 1;
+    }
+    let by_status = |status: &str| {
+        expected
+            .iter()
+            .filter(|(k, _)| k.2 == status)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        [
+            by_status("200"),
+            by_status("404"),
+            by_status("500"),
+            by_status("201")
+        ],
+        [18, 9, 9, 6],
+        "what the server answered: {expected:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        let s = daemon.scrape();
+        if server_counts(&s, server.0.id()) == expected || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let messages: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
+        .collect();
+    assert_eq!(
+        server_counts(&scrape, server.0.id()),
+        expected,
+        "Go server; messages {messages:?}"
+    );
+    assert_eq!(
+        periscope_counts(&scrape, SERVER, port),
+        expected,
+        "server.port: the fd read from the *tls.Conn is the connection's"
+    );
+    // `periscope check` names the executable, its Go version and where its symbols came from.
+    let check = periscope_check(HTTP_ONLY);
+    let line = check
+        .lines()
+        .find(|l| l.contains("Go crypto/tls") && l.contains(&binary))
+        .unwrap_or_else(|| panic!("no Go line for {binary} in:\n{check}"));
+    assert!(
+        line.trim_start().starts_with("ok") && line.contains("go1.") && line.contains(found_in),
+        "{line}"
+    );
+}
+
+fn start_server_binary(binary: &str, port: u16, cert: &str, key: &str) -> Server {
+    let child = Command::new(binary)
+        .args([&port.to_string(), cert, key])
+        .spawn()
+        .unwrap_or_else(|e| panic!("{binary}: {e}"));
+    wait_for("Go HTTPS server listening", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Server(child)
+}
+
+#[test]
+fn go_https_server_with_symbols_and_dwarf() {
+    go_server_counted_exactly("", "from .symtab, offsets DWARF");
+}
+
+#[test]
+fn go_https_server_stripped() {
+    go_server_counted_exactly("-s -w", "from .gopclntab, offsets known for go1.");
+}
+
+/// A Go `net/http` client against the Go server, both on Go's crypto/tls: both sides exact. The
+/// client's reads park its goroutines (the transport reads on a goroutine of its own), which
+/// resume on whatever thread: calls are matched by goroutine, not thread.
+#[test]
+fn go_https_client_and_server() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_binary = build_go(dir.path(), "go_https_server", "");
+    let client_binary = build_go(dir.path(), "go_https_client", "-s -w");
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_cert_dir, cert, key) = certificate();
+    let port = free_port();
+    let server = start_server_binary(&server_binary, port, &cert, &key);
+    let mut paths: Vec<String> = Vec::new();
+    for i in 0..5 {
+        paths.extend([
+            format!("/users/{}", 200 + i),
+            "/missing/page".into(),
+            "/fail".into(),
+            "/big".into(),
+            "POST /echo".into(),
+        ]);
+    }
+    let mut client = Command::new(&client_binary)
+        .arg(port.to_string())
+        .args(&paths)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("go client");
+    wait_for(
+        "both Go executables probed",
+        Duration::from_secs(15),
+        || {
+            let files = tls_files(&daemon);
+            (files.contains(&server_binary) && files.contains(&client_binary)).then_some(())
+        },
+    );
+    client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("start the client");
+    let out = client.wait_with_output().expect("go client");
+    assert!(out.status.success());
+    let mut expected = Counts::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split(' ');
+        let (method, path, status) = (
+            fields.next().unwrap().to_string(),
+            fields.next().unwrap(),
+            fields.next().unwrap().to_string(),
+        );
+        *expected
+            .entry((method, expected_route(path), status))
+            .or_default() += 1;
+    }
+    assert_eq!(expected.values().sum::<u64>(), 25, "{expected:?}");
+    let client_counts = |scrape: &Scrape| {
+        let only = Scrape {
+            samples: scrape
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.labels.get("service_name").map(String::as_str) == Some("go_https_client")
+                })
+                .cloned()
+                .collect(),
+            ..Scrape::default()
+        };
+        periscope_counts(&only, CLIENT, port)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        let s = daemon.scrape();
+        let done = server_counts(&s, server.0.id()) == expected && client_counts(&s) == expected;
+        if done || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let messages: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
+        .collect();
+    assert_eq!(
+        server_counts(&scrape, server.0.id()),
+        expected,
+        "Go server; messages {messages:?}"
+    );
+    assert_eq!(
+        client_counts(&scrape),
+        expected,
+        "Go client; messages {messages:?}"
+    );
 }

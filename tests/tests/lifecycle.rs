@@ -94,8 +94,8 @@ fn sigterm_flushes_and_detaches_every_program() {
     let ids = program_ids(daemon.pid());
     assert_eq!(
         ids.len(),
-        24,
-        "block (2), sched (3), http (4 socket tracepoint programs, 2 on fork and exec, 7 for HTTPS), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
+        27,
+        "block (2), sched (3), http (4 socket tracepoint programs, 2 on fork and exec, 7 for HTTPS through OpenSSL, 3 through Go's crypto/tls), tcp (4) and uprobe (2) programs loaded (syscall is off by default): {ids:?}"
     );
     // The kernel's count of skipped runs is exported for every loaded program.
     let misses = daemon

@@ -175,6 +175,31 @@ pub struct TlsPending {
     pub _pad: [u8; 3],
 }
 
+/// A Go `crypto/tls.(*Conn).Read` or `Write` in flight, from its entry to one of its `RET`s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoTlsPending {
+    pub start_ns: u64,
+    /// The `*tls.Conn` (the receiver, in RAX at entry).
+    pub conn: u64,
+    /// `b`'s data pointer (RBX at entry) and length (RCX).
+    pub buf: u64,
+    pub buf_len: u64,
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// What a [`GoTlsPending`] is keyed by: a call that blocks parks its goroutine, which may resume
+/// on another thread, so the key is the goroutine (the `g` pointer, R14 in Go's register ABI),
+/// not the thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub goroutine: u64,
+}
+
 /// A transfer's record as the kernel builds it in its per-CPU scratch buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -59,7 +59,7 @@ pub fn still_needed(attaches_later: bool, kernel_release: &str) -> CapsHashSet {
         .into_iter()
         .collect();
     if attaches_later {
-        // HTTPS: processes started later get OpenSSL uprobes attached as they appear.
+        // HTTPS: processes started later get OpenSSL or Go TLS uprobes attached as they appear.
         keep.extend([
             Capability::CAP_BPF,
             Capability::CAP_PERFMON,

@@ -30,12 +30,14 @@
 //!
 //! One file per concern: `syscalls.rs`, `raw_syscalls.rs`, `socket.rs` and `fentry.rs` hold
 //! each mechanism's programs; `regs.rs` reads a syscall from saved registers, `connection.rs`
-//! and `process.rs` follow connections and processes, `tls.rs` the OpenSSL probes, and
+//! and `process.rs` follow connections and processes, `tls.rs` the OpenSSL probes, `gotls.rs`
+//! Go's `crypto/tls`, and
 //! `record.rs` builds and sends every record. This file: what they all share (the watched
 //! connections, a transfer's buffer, the benchmark's cost stages).
 
 mod connection;
 mod fentry;
+mod gotls;
 mod process;
 mod raw_syscalls;
 mod record;

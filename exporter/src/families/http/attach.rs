@@ -140,6 +140,10 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
         globals: vec![
             ("HTTP_WAKEUP_BYTES", wakeup_step(config.ring_buffer_size)),
             ("HTTP_COST_STAGE", cost_stage()),
+            // Go TLS: the path from a *tls.Conn to its fd (gotls.rs; checked per binary).
+            super::gotls::KNOWN.globals()[0],
+            super::gotls::KNOWN.globals()[1],
+            super::gotls::KNOWN.globals()[2],
         ],
         max_entries: vec![
             ("HTTP_CONNS", config.max_connections),

@@ -1,11 +1,13 @@
 //! HTTP RED metrics and spans from the kernel's capture of socket I/O (see
 //! `ebpf/periscope-ebpf/src/http/`): [`attach`] plans and attaches the programs and drains the
-//! ring buffer into the [`tracker`]; [`tls`] adds OpenSSL's plaintext (uprobes).
+//! ring buffer into the [`tracker`]; [`tls`] adds OpenSSL's plaintext and [`gotls`] Go's
+//! `crypto/tls` (uprobes).
 
 pub mod aggregate;
 pub mod attach;
 pub mod config;
 pub mod connection;
+pub mod gotls;
 pub mod h2;
 pub mod parse;
 pub mod record;
@@ -49,7 +51,7 @@ pub const REGISTRATION: Registration = Registration {
     },
 };
 
-/// How often processes started since the last scan are checked for OpenSSL.
+/// How often processes started since the last scan are checked for OpenSSL and Go TLS.
 const TLS_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct HttpFamily {
@@ -72,11 +74,12 @@ impl Family for HttpFamily {
         if let Some(tls) = &self.tls {
             out.push(Metric {
                 name: names::PERISCOPE_HTTP_TLS_FILES,
-                description: "Files (libssl, or executables with OpenSSL linked in) whose SSL_read/SSL_write carry the HTTPS probes.",
+                description: "Files whose TLS plaintext is captured: libssl or executables with OpenSSL linked in (SSL_read/SSL_write), and Go executables (crypto/tls).",
                 unit: "1",
                 points: Points::Gauge(
                     tls.attached
                         .iter()
+                        .chain(tls.go_attached.iter().map(|(path, _)| path))
                         .map(|path| (vec![("file.path", tls::shown(path))], 1.0))
                         .collect(),
                 ),
@@ -102,6 +105,10 @@ impl Family for HttpFamily {
 
     fn attaches_later(&self) -> bool {
         self.tls.is_some()
+    }
+
+    fn check_lines(&self) -> Option<super::CheckLines> {
+        self.tls.as_ref().map(tls::Tls::check_lines)
     }
 
     fn tasks(&mut self, ctx: &TaskContext<'_>) -> anyhow::Result<Vec<Task>> {

@@ -7,7 +7,9 @@
 //! libraries count) plus the host's `libssl.so*`, and re-scanned periodically for processes
 //! started later. A uprobe is on a file, not a process: attaching once covers every process
 //! that maps that file, now or later. Symbol offsets are read from the ELF dynamic symbol
-//! table with reads of only the parts needed (executables can be 100 MB).
+//! table with reads of only the parts needed (executables can be 100 MB). A mapped file that is
+//! not OpenSSL may be a Go executable: [`super::gotls`] looks at it, and its `crypto/tls` gets
+//! the Go probes from here (same scan, same attach bookkeeping, same `check` section).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +27,8 @@ use aya::{
 };
 use object::{Object, ObjectSymbol, ReadCache};
 
-use crate::families::ProbeError;
+use super::gotls;
+use crate::families::{CheckLine, CheckLines, ProbeError};
 
 /// (symbol, entry program); all but `SSL_free` also get [`RETURN_PROGRAM`].
 pub const SYMBOLS: [(&str, &str); 6] = [
@@ -45,7 +48,8 @@ const FULL_RESCAN: Duration = Duration::from_secs(60);
 /// A file's identity: (device major, device minor, inode).
 type FileId = (u64, u64, u64);
 
-/// The OpenSSL probes: which files were examined and which carry them.
+/// The TLS plaintext probes (OpenSSL's, and Go's `crypto/tls`: [`super::gotls`]): which files
+/// were examined and which carry them.
 pub struct Tls {
     examined: HashSet<FileId>,
     /// Processes whose maps were read, with their mapped size (pages) at that read.
@@ -53,8 +57,12 @@ pub struct Tls {
     last_full_scan: Option<Instant>,
     /// The last pid the kernel handed out, at the last scan (`/proc/loadavg`).
     last_pid: Option<u32>,
-    /// Files the probes are attached to.
+    /// Files the OpenSSL probes are attached to.
     pub attached: Vec<PathBuf>,
+    /// Go executables the Go TLS probes are attached to, with what was found in each.
+    pub go_attached: Vec<(PathBuf, gotls::GoBinary)>,
+    /// Why the Go TLS programs did not load (they are then not attached anywhere).
+    pub go_unavailable: Option<String>,
     /// Attach failures (file: reason), reported by `check`.
     pub errors: Vec<String>,
 }
@@ -67,6 +75,9 @@ pub fn start(ebpf: &mut Ebpf, status: &mut crate::families::ProbeStatus) -> Opti
             tls.scan(ebpf);
             status.programs.extend(SYMBOLS.iter().map(|s| s.1));
             status.programs.push(RETURN_PROGRAM);
+            if tls.go_unavailable.is_none() {
+                status.programs.extend(gotls::PROGRAMS);
+            }
             Some(tls)
         }
         Err(e) => {
@@ -76,12 +87,18 @@ pub fn start(ebpf: &mut Ebpf, status: &mut crate::families::ProbeStatus) -> Opti
     }
 }
 
-/// Loads the programs (the HTTP family's plan decided it can run).
+/// Loads the programs (the HTTP family's plan decided it can run): the OpenSSL ones must load;
+/// the Go ones are loaded too, even before any Go executable runs (so that `check` and the
+/// kernel matrix see the verifier accept them), and their failure only turns Go TLS off.
 pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
     for program in SYMBOLS.iter().map(|s| s.1).chain([RETURN_PROGRAM]) {
         uprobe(ebpf, program)?
             .load()
             .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    let go_unavailable = load_go(ebpf).err().map(|e| e.to_string());
+    if let Some(e) = &go_unavailable {
+        tracing::warn!(error = %e, "HTTPS capture of Go's crypto/tls is off");
     }
     Ok(Tls {
         examined: HashSet::new(),
@@ -89,8 +106,24 @@ pub fn load(ebpf: &mut Ebpf) -> Result<Tls, ProbeError> {
         last_full_scan: None,
         last_pid: None,
         attached: Vec::new(),
+        go_attached: Vec::new(),
+        go_unavailable,
         errors: Vec::new(),
     })
+}
+
+fn load_go(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(ProbeError::Mechanism(
+            "the Go TLS probes read Go's amd64 register ABI only".into(),
+        ));
+    }
+    for program in gotls::PROGRAMS {
+        uprobe(ebpf, program)?
+            .load()
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProbeError> {
@@ -127,6 +160,9 @@ impl Tls {
                 continue;
             }
             let Some(offsets) = ssl_offsets(&path) else {
+                if self.go_unavailable.is_none() {
+                    self.go(ebpf, path);
+                }
                 continue;
             };
             match attach(ebpf, &path, &offsets) {
@@ -141,6 +177,116 @@ impl Tls {
             }
         }
     }
+}
+
+impl Tls {
+    /// A file that is not OpenSSL: when it is a Go executable with `crypto/tls`, the Go probes.
+    fn go(&mut self, ebpf: &mut Ebpf, path: PathBuf) {
+        match gotls::inspect(&path) {
+            gotls::Inspected::NotGo => {}
+            gotls::Inspected::NoTls { version } => {
+                tracing::debug!(
+                    path = shown(&path),
+                    version,
+                    "Go executable without crypto/tls"
+                );
+            }
+            gotls::Inspected::Refused { version, reason } => {
+                tracing::warn!(
+                    path = shown(&path),
+                    version,
+                    reason,
+                    "HTTPS: cannot probe Go's crypto/tls"
+                );
+                self.errors
+                    .push(format!("{} (Go {version}): {reason}", shown(&path)));
+            }
+            gotls::Inspected::Probe(binary) => match attach_go(ebpf, &path, &binary) {
+                Ok(()) => {
+                    tracing::info!(
+                        path = shown(&path),
+                        found = binary.describe(),
+                        "HTTPS: Go crypto/tls probes attached"
+                    );
+                    self.go_attached.push((path, binary));
+                }
+                Err(e) => {
+                    tracing::warn!(path = shown(&path), error = %e, "HTTPS: cannot probe Go's crypto/tls");
+                    self.errors
+                        .push(format!("{} (Go {}): {e}", shown(&path), binary.version));
+                }
+            },
+        }
+    }
+
+    /// `periscope check`'s lines: every file probed (OpenSSL or Go), and every one refused.
+    pub fn check_lines(&self) -> CheckLines {
+        let mut lines: Vec<CheckLine> = self
+            .attached
+            .iter()
+            .map(|path| CheckLine {
+                ok: true,
+                what: "OpenSSL".into(),
+                detail: shown(path),
+            })
+            .collect();
+        lines.extend(self.go_attached.iter().map(|(path, binary)| CheckLine {
+            ok: true,
+            what: "Go crypto/tls".into(),
+            detail: format!("{}: {}", shown(path), binary.describe()),
+        }));
+        if let Some(why) = &self.go_unavailable {
+            lines.push(CheckLine {
+                ok: false,
+                what: "Go crypto/tls".into(),
+                detail: format!("programs not loaded: {why}"),
+            });
+        }
+        lines.extend(self.errors.iter().map(|e| CheckLine {
+            ok: false,
+            what: "TLS probe".into(),
+            detail: e.clone(),
+        }));
+        if lines.is_empty() {
+            lines.push(CheckLine {
+                ok: true,
+                what: "TLS libraries".into(),
+                detail: "none running now: processes started later are probed as they appear"
+                    .into(),
+            });
+        }
+        CheckLines {
+            title: "HTTPS plaintext probes (OpenSSL, Go crypto/tls)",
+            lines,
+        }
+    }
+}
+
+/// Go's `crypto/tls.(*Conn).Read`/`Write`: an entry program each, and the return program at
+/// every `RET` of `Read` (a write is sent at its entry: [`gotls`]). All or nothing: a failure detaches nothing already attached (aya keeps
+/// the links), but the file is reported as refused.
+fn attach_go(ebpf: &mut Ebpf, path: &Path, binary: &gotls::GoBinary) -> Result<(), ProbeError> {
+    let mut points: Vec<(&'static str, u64)> = vec![
+        (gotls::READ_PROGRAM, binary.read.entry),
+        (gotls::WRITE_PROGRAM, binary.write.entry),
+    ];
+    points.extend(
+        binary
+            .read
+            .rets
+            .iter()
+            .map(|ret| (gotls::RETURN_PROGRAM, *ret)),
+    );
+    for (program, offset) in points {
+        uprobe(ebpf, program)?
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|source| ProbeError::Program { program, source })?;
+    }
+    Ok(())
 }
 
 /// A probed file's path as its processes see it (without the `/proc/PID/root` it was opened by).

@@ -1,0 +1,3 @@
+module periscope/go_https_server
+
+go 1.19
