@@ -115,7 +115,9 @@ for suite in "${suites[@]}"; do
     continue
   fi
   tr -d '\r' < "$log" | awk -v k="$release" '/^MATRIX / { $1 = k; print }' >> "$summary"
-  if tr -d '\r' < "$log" | grep -q '^MATRIX .* FAIL '; then
+  # Not `grep -q`: it quits at the first match, `tr` then dies of SIGPIPE, and under pipefail
+  # the pipeline's failure would hide the match.
+  if tr -d '\r' < "$log" | grep '^MATRIX .* FAIL ' > /dev/null; then
     failed=1
     echo "== $release: periscope check FAIL lines" >&2
     tr -d '\r' < "$log" | sed -n '/^===== periscope check/,/^===== check exit/p' | grep -A3 -E '^\s+FAIL|^Result' >&2 || true

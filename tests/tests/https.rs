@@ -395,6 +395,7 @@ fn pipelined(port: u16) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
 /// Builds `tests/workloads/<name>` into `dir` with the Debian Go toolchain: standard library
 /// only, nothing fetched (`GOPROXY=off`), its caches in `dir`.
 fn build_go(dir: &std::path::Path, name: &str, ldflags: &str) -> String {
