@@ -195,12 +195,7 @@ fn check_server(daemon: &Daemon, server: &Server, port: u16, port_always_known: 
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let messages: Vec<String> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
-        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
-        .collect();
+    let messages = messages(&scrape);
     assert_eq!(
         server_counts(&scrape, server.0.id()),
         both,
@@ -222,6 +217,17 @@ fn check_server(daemon: &Daemon, server: &Server, port: u16, port_always_known: 
         "python client; messages {messages:?}; client series {clients:#?}"
     );
     assert_eq!(client(&scrape, &["curl"]), expected(&paths), "curl clients");
+}
+
+/// What the HTTP capture made of the traffic (`periscope.http.messages` outcomes seen), for
+/// failure messages.
+fn messages(scrape: &Scrape) -> Vec<String> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
+        .collect()
 }
 
 fn tls_files(daemon: &Daemon) -> Vec<String> {
@@ -531,12 +537,7 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let messages: Vec<String> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
-        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
-        .collect();
+    let messages = messages(&scrape);
     assert_eq!(
         server_counts(&scrape, server.0.id()),
         expected,
@@ -662,12 +663,7 @@ fn go_https_client_and_server() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let messages: Vec<String> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
-        .map(|s| format!("{:?}={}", s.labels.get("outcome"), s.value))
-        .collect();
+    let messages = messages(&scrape);
     assert_eq!(
         server_counts(&scrape, server.0.id()),
         expected,
