@@ -2,6 +2,7 @@
 //! the OTLP push exporter.
 
 pub mod delta;
+pub mod exposition;
 pub mod openmetrics;
 pub mod otlp;
 pub mod profile_formats;

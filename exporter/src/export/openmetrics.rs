@@ -12,8 +12,8 @@
 use std::{fmt::Write, sync::Arc};
 
 use crate::{
-    export::prometheus::{
-        SPARSE_CLASSIC, TARGET_INFO, TARGET_INFO_HELP, families, family_name, labels_of,
+    export::exposition::{
+        SPARSE_CLASSIC, TARGET_INFO, TARGET_INFO_HELP, families, family_name, hex, labels_of,
         target_infos, unit_suffix,
     },
     model::histogram::{Exemplar, Histogram, ValueUnit},
@@ -168,13 +168,6 @@ fn write_exemplar(out: &mut String, exemplar: &Exemplar, unit: ValueUnit) {
         exemplar.time_unix_ns / 1_000_000_000,
         exemplar.time_unix_ns % 1_000_000_000
     );
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Numbers as OpenMetrics writes them: the shortest text that reads back to the same double

@@ -7,7 +7,7 @@
 //! at schema 4 with the classic buckets alongside. `GET /healthz` answers `ok`. Nothing else is
 //! served.
 
-use std::{collections::HashSet, convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -19,8 +19,6 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     export::{openmetrics, protobuf},
-    model::metrics::{Metric, Points, Resource, sanitize},
-    model::resource::ProcessResource,
     telemetry::Telemetry,
 };
 
@@ -33,97 +31,6 @@ pub fn render(telemetry: &Arc<Telemetry>) -> String {
 pub fn render_protobuf(telemetry: &Arc<Telemetry>) -> Vec<u8> {
     protobuf::render(telemetry, &telemetry.snapshot())
 }
-
-/// Metrics of several processes share a name: one family each, in first-seen order.
-pub(crate) fn families(snapshot: &[Metric]) -> Vec<Vec<&Metric>> {
-    let mut families: Vec<Vec<&Metric>> = Vec::new();
-    for metric in snapshot {
-        match families
-            .iter_mut()
-            .find(|group| group[0].name == metric.name)
-        {
-            Some(group) => group.push(metric),
-            None => families.push(vec![metric]),
-        }
-    }
-    families
-}
-
-/// The family name: the OTel name with dots as underscores, the unit appended (`_seconds`,
-/// `_bytes`), and `_total` for counters when `counter_total` (the protobuf format names the
-/// counter family with it, the text format only its sample).
-pub(crate) fn family_name(metric: &Metric, counter_total: bool) -> String {
-    let mut name = metric.prometheus_name();
-    if let Some(unit) = unit_suffix(metric.unit) {
-        name.push('_');
-        name.push_str(unit);
-    }
-    if counter_total && matches!(metric.points, Points::Counter(_)) {
-        name.push_str("_total");
-    }
-    name
-}
-
-pub(crate) fn unit_suffix(unit: &str) -> Option<&'static str> {
-    match unit {
-        "s" => Some("seconds"),
-        "By" => Some("bytes"),
-        _ => None,
-    }
-}
-
-/// Resource attributes of an observed process that become labels (the rest stay in OTLP):
-/// enough to tell services and their instances apart.
-const RESOURCE_LABELS: [&str; 2] = ["service.name", "service.instance.id"];
-
-pub(crate) fn labels_of(
-    metric: &Metric,
-    attributes: &[(&'static str, String)],
-) -> Vec<(String, String)> {
-    let resource = metric.resource.iter().flat_map(|r| {
-        r.attributes
-            .iter()
-            .filter(|(k, _)| RESOURCE_LABELS.contains(&k.as_str()))
-            .map(|(k, v)| (sanitize(k), v.clone()))
-    });
-    resource
-        .chain(attributes.iter().map(|(k, v)| (sanitize(k), v.clone())))
-        .collect()
-}
-
-/// The label sets of the `target_info` series, per the OTel-to-Prometheus compatibility spec:
-/// the node agent's own resource first, then one per observed process resource that a series
-/// of `snapshot` belongs to, each resource attribute a label (`k8s.pod.uid` ->
-/// `k8s_pod_uid`). The scraper's `job` and `instance` name the Periscope endpoint, so a
-/// process's `service_name` and `service_instance_id` stay labels: they are the ones its series
-/// carry, the key to join on. Two resources with the same attributes (two families that read
-/// the same process) are one series: a scrape must not repeat a label set.
-pub(crate) fn target_infos(agent: &Resource, snapshot: &[Metric]) -> Vec<Vec<(String, String)>> {
-    let labels = |attributes: &[(String, String)]| {
-        attributes
-            .iter()
-            .map(|(k, v)| (sanitize(k), v.clone()))
-            .collect::<Vec<_>>()
-    };
-    let mut seen: HashSet<&ProcessResource> = HashSet::new();
-    let processes = snapshot
-        .iter()
-        .filter_map(|m| m.resource.as_deref())
-        .filter(|resource| seen.insert(resource))
-        .map(|resource| labels(&resource.attributes));
-    std::iter::once(labels(&agent.attributes))
-        .chain(processes)
-        .collect()
-}
-
-pub(crate) const TARGET_INFO: &str = "target_info";
-pub(crate) const TARGET_INFO_HELP: &str = "Target metadata";
-
-/// Whether classic buckets are the pre-layout sparse kernel buckets: only for the benchmark,
-/// which measures both outputs in one run (`PERISCOPE_SPARSE_CLASSIC=1`). Never for real use:
-/// series would get different `le` sets, which is what the fixed layouts fix.
-pub(crate) static SPARSE_CLASSIC: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("PERISCOPE_SPARSE_CLASSIC").is_ok_and(|v| v == "1"));
 
 /// The scrape formats the endpoint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +242,11 @@ async fn pprof_over(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::{
+        export::exposition::{labels_of, target_infos},
+        model::metrics::{Metric, Points, Resource},
+        model::resource::ProcessResource,
+    };
 
     /// A metric of one observed process (pid, pod uid), or of the agent (`None`).
     pub(crate) fn process_metric(process: Option<(u32, &str)>) -> Metric {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::{
-    export::prometheus::{
+    export::exposition::{
         SPARSE_CLASSIC, TARGET_INFO, TARGET_INFO_HELP, families, family_name, labels_of,
         target_infos,
     },
@@ -177,7 +177,7 @@ fn classic_buckets(h: &Histogram, unit: ValueUnit, layout: &Layout) -> Vec<Bucke
 }
 
 fn exemplar(e: &Exemplar, unit: ValueUnit) -> proto::Exemplar {
-    use crate::export::openmetrics::hex;
+    use crate::export::exposition::hex;
     proto::Exemplar {
         label: label_pairs(vec![
             ("trace_id".into(), hex(&e.trace_id)),
