@@ -30,8 +30,8 @@
 //!
 //! One file per concern: `syscalls.rs`, `raw_syscalls.rs`, `socket.rs` and `fentry.rs` hold
 //! each mechanism's programs; `regs.rs` reads a syscall from saved registers, `connection.rs`
-//! and `process.rs` follow connections and processes, `tls.rs` the OpenSSL probes, `gotls.rs`
-//! Go's `crypto/tls`, and
+//! and `process.rs` follow connections and processes, `tls.rs` the OpenSSL probes
+//! (`tls_socket.rs`: which socket each OpenSSL call is on), `gotls.rs` Go's `crypto/tls`, and
 //! `record.rs` builds and sends every record. This file: what they all share (the watched
 //! connections, a transfer's buffer, the benchmark's cost stages).
 
@@ -45,8 +45,9 @@ mod regs;
 mod socket;
 mod syscalls;
 mod tls;
+mod tls_socket;
 
-use self::tls::{HTTP_TLS_LAST_READ, note_tls_fd};
+use self::tls_socket::{HTTP_TLS_LAST_READ, note_tls_fd};
 use crate::shared::{global, skipped};
 use aya_ebpf::{
     bindings::BPF_ANY,

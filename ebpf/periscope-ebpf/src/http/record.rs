@@ -1,7 +1,7 @@
 //! Records to user space: the per-CPU scratch record, the copies of a transfer's leading and
 //! last bytes, and the ring buffer with its wakeup policy. Every mechanism sends through here.
 
-use super::tls::{HTTP_TLS_LAST_READ, note_tls_fd};
+use super::tls_socket::{HTTP_TLS_LAST_READ, note_tls_fd};
 use super::{HTTP_CONNS, stage, stop_after};
 use crate::shared::{count, global, ring_flags};
 use aya_ebpf::{

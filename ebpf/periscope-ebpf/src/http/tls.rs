@@ -3,13 +3,14 @@
 //! flagged [`IO_TLS_PLAINTEXT`]; the syscall mechanisms note which fd each `SSL *` uses.
 
 use super::record::{copy_leading, copy_tail, scratch, start_io, submit_io};
+use super::tls_socket::{HTTP_TLS_LAST_READ, HTTP_TLS_PENDING};
 use super::{HTTP_CONNS, current};
 use crate::shared::count;
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use periscope_common::{
@@ -23,29 +24,10 @@ use periscope_common::{
 /// The kind of a pending `SSL_do_handshake` (never sent).
 pub(super) const KIND_HANDSHAKE: u8 = 0;
 
-/// OpenSSL reads and writes in flight, by thread id (uprobe to uretprobe).
-#[map]
-pub(super) static HTTP_TLS_PENDING: HashMap<u32, TlsPending> = HashMap::with_max_entries(16384, 0);
-
 /// The socket fd of each `SSL *` seen doing a syscall, so that later calls served from
 /// OpenSSL's buffer (no syscall) still name their connection.
 #[map]
 pub(super) static HTTP_TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
-
-/// The last TLS-looking socket each thread read (by thread id). Runtimes that feed OpenSSL
-/// from memory (Node.js reads the socket itself, then calls `SSL_read` on what it read) make
-/// no syscall inside OpenSSL calls: their connection is the socket the thread just read.
-#[map]
-pub(super) static HTTP_TLS_LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
-
-/// A syscall on a TLS connection made inside an OpenSSL call: that call's connection.
-#[inline(always)]
-pub(super) fn note_tls_fd(tid: u32, fd: u32) {
-    if let Some(pending) = HTTP_TLS_PENDING.get_ptr_mut(tid) {
-        // SAFETY: this thread's own entry.
-        unsafe { (*pending).fd = fd };
-    }
-}
 
 /// Entry of `SSL_read(ssl, buf, num)`/`SSL_write(ssl, buf, num)` and their `_ex` forms (whose
 /// fourth argument receives the byte count).
