@@ -56,7 +56,9 @@ const RAX: usize = 10;
 const RCX: usize = 11;
 
 /// Go TLS reads in flight, by (tgid, goroutine). LRU: a call whose `RET` is never
-/// seen (the process exited inside it) ages out.
+/// seen (the process exited inside it) ages out. Every idle keep-alive connection keeps one
+/// `Read` waiting here: user space sizes it as the connections followed
+/// (`probes.http.max_connections`); past that the oldest waits are evicted and their data lost.
 #[map]
 static HTTP_GO_TLS_PENDING: LruHashMap<GoTlsKey, GoTlsPending> =
     LruHashMap::with_max_entries(16384, 0);
@@ -103,7 +105,7 @@ pub fn http_go_tls_read(ctx: ProbeContext) -> u32 {
 /// Entry of `crypto/tls.(*Conn).Write(b []byte) (int, error)`: sends all of `b` at once.
 #[uprobe]
 pub fn http_go_tls_write(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current() else {
+    let Some((tgid, _)) = current() else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -113,7 +115,6 @@ pub fn http_go_tls_write(ctx: ProbeContext) -> u32 {
     }
     send(
         tgid,
-        tid,
         &GoTlsPending {
             start_ns: now,
             conn: reg(&ctx, RAX),
@@ -160,7 +161,7 @@ fn go_sysfd(conn: u64) -> Option<u32> {
 /// connection's fd.
 #[uprobe]
 pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = current() else {
+    let Some((tgid, _)) = current() else {
         return 0;
     };
     let key = GoTlsKey {
@@ -177,20 +178,22 @@ pub fn http_go_tls_return(ctx: ProbeContext) -> u32 {
     if n <= 0 || n as u64 > pending.buf_len {
         return 0;
     }
-    send(tgid, tid, &pending, n as u64, unsafe { bpf_ktime_get_ns() });
+    send(tgid, &pending, n as u64, unsafe { bpf_ktime_get_ns() });
     0
 }
 
 /// Sends `transferred` bytes of `pending`'s buffer as a record of its connection, ended at `now`.
 #[inline(always)]
-fn send(tgid: u32, tid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
+fn send(tgid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
     let Some(fd) = go_sysfd(pending.conn) else {
         return;
     };
-    let role = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) })
-        .copied()
-        .unwrap_or(0)
-        & ROLE_MASK;
+    // The fd is exact (read from the connection itself), unlike an OpenSSL call's: a socket that
+    // is not followed (not TCP, or given up by user space: not HTTP/1) sends nothing.
+    let Some(role) = (unsafe { HTTP_CONNS.get(conn_key(tgid, fd)) }).copied() else {
+        return;
+    };
+    let role = role & ROLE_MASK;
     let Some(event) = scratch() else {
         return;
     };
@@ -207,7 +210,11 @@ fn send(tgid: u32, tid: u32, pending: &GoTlsPending, transferred: u64, now: u64)
         role,
         ..Default::default()
     };
-    start_io(event, &io, tgid, tid, transferred, now);
+    // Thread 0 (no user thread has it): Go moves goroutines between threads, and its HTTP
+    // client writes a request from another goroutine than the handler that made it, so the
+    // thread says nothing of which request a call belongs to. User space then gives these
+    // requests no thread-based span parent, rather than a wrong one.
+    start_io(event, &io, tgid, 0, transferred, now);
     event.record.flags = IO_TLS_PLAINTEXT;
     let captured = copy_leading(event, io.buf, transferred);
     copy_tail(event, &io, transferred, captured);

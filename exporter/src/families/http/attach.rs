@@ -150,6 +150,9 @@ pub fn plan(config: &HttpConfig, kernel: &KernelSupport, tracefs: Option<&Tracef
             ("HTTP_FD_SOCKS", config.max_connections),
             ("HTTP_SOCK_FDS", config.max_connections),
             ("HTTP_SOCK_ROLES", config.max_connections),
+            // One blocked `Read` per open Go TLS connection (an idle keep-alive connection
+            // waits in one): as many as the connections followed.
+            ("HTTP_GO_TLS_PENDING", config.max_connections),
             ("HTTP_EVENTS", config.ring_buffer_size),
         ],
     };

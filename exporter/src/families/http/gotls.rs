@@ -240,7 +240,9 @@ fn probe_plan<'data, R: ReadRef<'data>>(
                     ".gopclntab",
                 )
             }
-            None => return Err("no .symtab and no .gopclntab to find functions in".into()),
+            None => {
+                return Err("neither .symtab nor a .gopclntab names crypto/tls's functions".into());
+            }
         },
     };
     let (Some(read), Some(write)) = (ranges[0], ranges[1]) else {
@@ -277,7 +279,8 @@ fn probe_plan<'data, R: ReadRef<'data>>(
 /// [address, end) of each wanted function.
 type Ranges = [Option<(u64, u64)>; 2];
 
-/// The two functions from `.symtab`; `None` when it has neither (stripped).
+/// The two functions from `.symtab`; `None` unless it has both (stripped, or stripped of some
+/// symbols only: `.gopclntab` still names every function).
 fn symtab_functions<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<Ranges> {
     let mut out: Ranges = [None, None];
     for symbol in elf.symbols() {
@@ -291,15 +294,19 @@ fn symtab_functions<'data, R: ReadRef<'data>>(elf: &object::File<'data, R>) -> O
             out[slot] = Some((symbol.address(), symbol.address() + symbol.size()));
         }
     }
-    (out[0].is_some() || out[1].is_some() || elf.symbols().next().is_some()).then_some(out)
+    (out[0].is_some() && out[1].is_some()).then_some(out)
 }
 
 /// Functions by name from a Go 1.18+ `.gopclntab` (`runtime/symtab.go`'s `pcHeader`,
 /// `functab` and `_func`): [entry, next function's entry) of each of `wanted`. `text` is the
 /// `.text` address, used when the header's `textStart` is 0 (filled by a relocation).
 pub fn pclntab_functions(data: &[u8], text: u64, wanted: &[&str; 2]) -> Result<Ranges, String> {
+    // Every offset is the file's (untrusted: any process's executable): sums are checked, and
+    // names are compared in place rather than searched for their end.
     let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+        Some(u32::from_le_bytes(
+            data.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
     };
     let magic = u32_at(0).ok_or(".gopclntab: too short")?;
     if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
@@ -323,24 +330,44 @@ pub fn pclntab_functions(data: &[u8], text: u64, wanted: &[&str; 2]) -> Result<R
     };
     let funcnames = word(3).ok_or_else(bad)? as usize;
     let functab = word(7).ok_or_else(bad)? as usize;
+    // A function table longer than the section cannot be: refuse it before looping over it.
+    if nfunc > data.len() / 8 {
+        return Err(format!(
+            ".gopclntab: {nfunc} functions in {} bytes",
+            data.len()
+        ));
+    }
+    let is_named = |at: usize, name: &str| {
+        let end = at.checked_add(name.len());
+        end.and_then(|end| data.get(at..=end))
+            .is_some_and(|bytes| &bytes[..name.len()] == name.as_bytes() && bytes[name.len()] == 0)
+    };
     let mut out: Ranges = [None, None];
     for i in 0..nfunc {
-        let entry_at = functab + 8 * i;
-        let (Some(entry), Some(func_off), Some(next)) =
-            (u32_at(entry_at), u32_at(entry_at + 4), u32_at(entry_at + 8))
-        else {
-            return Err(format!(".gopclntab: functab entry {i} out of bounds"));
+        let out_of_bounds = || format!(".gopclntab: functab entry {i} out of bounds");
+        let entry_at = functab.checked_add(8 * i).ok_or_else(out_of_bounds)?;
+        let (Some(entry), Some(func_off), Some(next)) = (
+            u32_at(entry_at),
+            entry_at.checked_add(4).and_then(u32_at),
+            entry_at.checked_add(8).and_then(u32_at),
+        ) else {
+            return Err(out_of_bounds());
         };
-        let Some(name_off) = u32_at(functab + func_off as usize + 4) else {
+        let name_off = functab
+            .checked_add(func_off as usize)
+            .and_then(|at| at.checked_add(4))
+            .and_then(u32_at);
+        let Some(name_at) = name_off.and_then(|off| funcnames.checked_add(off as usize)) else {
             continue;
         };
-        let name_at = funcnames + name_off as usize;
-        let Some(rest) = data.get(name_at..) else {
-            continue;
-        };
-        let name = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
-        if let Some(slot) = wanted.iter().position(|w| w.as_bytes() == name) {
-            out[slot] = Some((text_start + entry as u64, text_start + next as u64));
+        if let Some(slot) = wanted.iter().position(|w| is_named(name_at, w))
+            && let (Some(start), Some(end)) = (
+                text_start.checked_add(entry as u64),
+                text_start.checked_add(next as u64),
+            )
+            && start < end
+        {
+            out[slot] = Some((start, end));
         }
     }
     Ok(out)
@@ -425,7 +452,14 @@ fn dwarf_offsets<'data, R: ReadRef<'data>>(
     {
         return Ok(None);
     }
-    let load = |id: gimli::SectionId| -> Result<Vec<u8>, String> { debug_section(elf, id.name()) };
+    // Not the location lists, which the struct lookup never reads and which are among a large
+    // binary's biggest sections (the line program is read: gimli parses its header per unit).
+    let load = |id: gimli::SectionId| -> Result<Vec<u8>, String> {
+        match id {
+            gimli::SectionId::DebugLoc | gimli::SectionId::DebugLocLists => Ok(Vec::new()),
+            _ => debug_section(elf, id.name()),
+        }
+    };
     let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
     // (struct, member) -> offset.
@@ -525,12 +559,29 @@ fn debug_section<'data, R: ReadRef<'data>>(
     } else {
         return Ok(data.to_vec());
     };
-    let mut out = Vec::with_capacity(size.min(1 << 28) as usize);
+    // The file is untrusted (any process's executable): a size field that lies, or a zlib bomb,
+    // must not take the daemon's memory. Past the cap the binary is refused.
+    if size > MAX_DEBUG_SECTION {
+        return Err(format!(
+            "{name}: {size} bytes uncompressed, over the {MAX_DEBUG_SECTION}-byte cap"
+        ));
+    }
+    let mut out = Vec::with_capacity(size as usize);
     flate2::read::ZlibDecoder::new(stream)
+        .take(MAX_DEBUG_SECTION + 1)
         .read_to_end(&mut out)
         .map_err(|e| format!("{name}: {e}"))?;
+    if out.len() as u64 > MAX_DEBUG_SECTION {
+        return Err(format!(
+            "{name}: decompresses past the {MAX_DEBUG_SECTION}-byte cap"
+        ));
+    }
     Ok(out)
 }
+
+/// The largest debug section decompressed: far more than the type information of a Go program
+/// needs; a larger one is refused, with the reason in `periscope check`.
+const MAX_DEBUG_SECTION: u64 = 64 << 20;
 
 #[cfg(test)]
 mod tests {

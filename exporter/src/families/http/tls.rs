@@ -263,28 +263,39 @@ impl Tls {
 }
 
 /// Go's `crypto/tls.(*Conn).Read`/`Write`: an entry program each, and the return program at
-/// every `RET` of `Read` (a write is sent at its entry: [`gotls`]). All or nothing: a failure detaches nothing already attached (aya keeps
-/// the links), but the file is reported as refused.
+/// every `RET` of `Read` (a write is sent at its entry: [`gotls`]). All or nothing: the `RET`s
+/// first, then the entries (a `RET` without its entry sends nothing), and on a failure every
+/// link already made is detached, so a refused file leaves no probe behind.
 fn attach_go(ebpf: &mut Ebpf, path: &Path, binary: &gotls::GoBinary) -> Result<(), ProbeError> {
-    let mut points: Vec<(&'static str, u64)> = vec![
-        (gotls::READ_PROGRAM, binary.read.entry),
-        (gotls::WRITE_PROGRAM, binary.write.entry),
-    ];
-    points.extend(
-        binary
-            .read
-            .rets
-            .iter()
-            .map(|ret| (gotls::RETURN_PROGRAM, *ret)),
-    );
+    let mut points: Vec<(&'static str, u64)> = binary
+        .read
+        .rets
+        .iter()
+        .map(|ret| (gotls::RETURN_PROGRAM, *ret))
+        .collect();
+    points.push((gotls::READ_PROGRAM, binary.read.entry));
+    points.push((gotls::WRITE_PROGRAM, binary.write.entry));
+    let mut attached = Vec::new();
     for (program, offset) in points {
-        uprobe(ebpf, program)?
-            .attach(
+        let link = uprobe(ebpf, program).and_then(|p| {
+            p.attach(
                 UProbeAttachLocation::AbsoluteOffset(offset),
                 path,
                 UProbeScope::AllProcesses,
             )
-            .map_err(|source| ProbeError::Program { program, source })?;
+            .map_err(|source| ProbeError::Program { program, source })
+        });
+        match link {
+            Ok(link) => attached.push((program, link)),
+            Err(e) => {
+                for (program, link) in attached {
+                    if let Ok(p) = uprobe(ebpf, program) {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

@@ -175,6 +175,9 @@ fn realtime_offset_ns() -> i128 {
 /// Who forked a process that has not exec'd since, by tgid.
 pub type ForkLookup = Box<dyn Fn(u32) -> Option<u32> + Send>;
 
+/// The thread of records not tied to one (Go's TLS probes): no user thread has id 0.
+const NO_THREAD: u32 = 0;
+
 /// Consumes ring-buffer records and turns them into metrics and spans.
 pub struct Tracker {
     config: HttpConfig,
@@ -452,7 +455,9 @@ impl Tracker {
 
     /// Stops following a descriptor: in the kernel (its entry is deleted) and here.
     fn give_up(&mut self, key: (u32, u32)) {
-        self.forget.push(conn_key(key.0, key.1));
+        // The kernel follows a TLS connection under its socket's fd: forgetting that stops
+        // the Go probes too, whose records name the socket exactly.
+        self.forget.push(conn_key(key.0, key.1 & !TLS_FD));
         self.conns.remove(&key);
         if self.ignored.len() >= MAX_CONNECTIONS {
             self.ignored.clear();
@@ -555,11 +560,14 @@ impl Tracker {
                         .and_then(span::parse_traceparent),
                     SpanKind::Server,
                 ),
+                // Thread 0: a runtime whose requests are not tied to a thread (Go's records
+                // name none): no parent rather than a wrong one.
+                Role::Client if request.tid == NO_THREAD => (None, SpanKind::Client),
                 Role::Client => (self.active.get(&request.tid).copied(), SpanKind::Client),
             };
             let ids = span::new_span(&self.sampling, parent, kind);
             request.span = Some((ids, parent.map(|p| p.span_id)));
-            if role == Role::Server {
+            if role == Role::Server && request.tid != NO_THREAD {
                 if self.active.len() >= MAX_ACTIVE_THREADS {
                     self.active.clear();
                 }
