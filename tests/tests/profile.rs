@@ -432,11 +432,13 @@ fn off_cpu_time_per_stack_matches_what_the_program_and_offcputime_measured() {
     );
     // A switch or wakeup that comes while another tracing program runs on that CPU (a timer
     // interrupt inside one) is skipped by the kernel and counted as a recursion miss: each
-    // loses at most one block (200 ms asleep, 250 ms on the pipe). Besides those, one CI run in
-    // about six lost exactly one 200 ms sleep of the 15 with no miss counted; it has not been
-    // reproduced since (docs/profile.md): one block is allowed, and where the time went is
-    // printed below, so the next occurrence says more.
-    let lost_at_most = (missed + 1) * 260_000;
+    // loses at most one block (200 ms asleep, 250 ms on the pipe). A wakeup the kernel does
+    // not trace at all (no miss counted: about one run in six lost a 200 ms sleep that way,
+    // bpftrace on sched_wakeup missing it too) is no loss: the block ends at the switch-in.
+    let lost_at_most = missed * 260_000;
+    if let Some(unseen) = said.iter().find(|l| l.contains("did not trace")) {
+        println!("{unseen}");
+    }
     for (frames, us) in stacks.iter().filter(|(frames, _)| {
         frames.iter().any(|f| f == "do_nanosleep_[k]") && !frames.iter().any(|f| f == "sleep_200ms")
     }) {

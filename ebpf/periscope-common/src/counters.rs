@@ -46,8 +46,11 @@ pub const USDT_LATENCY_FULL: u32 = 19;
 /// A process event of the profile was dropped: the ring buffer was full (user space fell
 /// behind), so that process's memory maps are read only when its stacks are named.
 pub const PROFILE_PROCESS_LOST: u32 = 20;
+/// Off-CPU: a blocked thread was switched back in without its wakeup having been seen (the
+/// kernel did not run the wakeup program): its block ended there, run-queue wait included.
+pub const PROFILE_WAKEUP_UNSEEN: u32 = 21;
 /// Number of counters.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 22;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -72,4 +75,5 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("usdt", "histogram_map_full"),
     ("usdt", "latency_map_full"),
     ("profile", "process_events_lost"),
+    ("profile", "wakeup_unseen"),
 ];

@@ -63,3 +63,7 @@ pub struct ProcessEvent {
     /// [`process_event::SEEN`] or [`process_event::EXITED`].
     pub kind: u32,
 }
+
+/// `prev_state` bits (`TASK_REPORT` order) of a task's last switch-out as it exits (dead,
+/// zombie): no wakeup follows, so it is not a block.
+pub const EXIT_STATES: u64 = 0x10 | 0x20;

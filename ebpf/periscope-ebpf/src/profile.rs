@@ -9,7 +9,9 @@
 //! task waits in the run queue, which the `sched` family measures) is stamped with the time and
 //! its stacks at that moment (it is still the current task there, so its stacks are the ones
 //! it blocked in); `sched_wakeup` ends the block, so run-queue wait is left out, and adds the
-//! blocked time to `PROFILE_OFFCPU` under those stacks when it reaches the minimum.
+//! blocked time to `PROFILE_OFFCPU` under those stacks when it reaches the minimum. A thread
+//! switched back in while still stamped was woken without `sched_wakeup` reaching the program
+//! (it happens: see `PROFILE_WAKEUP_UNSEEN`); its block ends at the switch-in instead.
 //!
 //! Processes: the first time a process is sampled (or blocks), `PROFILE_PROCESSES` tells user
 //! space, which reads its memory maps at once (and again at its second sample, when the loader
@@ -35,7 +37,7 @@ use aya_ebpf::{
 };
 use periscope_common::{
     SKIP_TGIDS, counters,
-    profile::{OffCpuStart, OffCpuTime, ProcessEvent, ProfileKey, process_event},
+    profile::{EXIT_STATES, OffCpuStart, OffCpuTime, ProcessEvent, ProfileKey, process_event},
     sched::TASK_REPORT_MASK,
 };
 
@@ -55,6 +57,9 @@ static PROFILE_OFFCPU_MIN_US: u32 = 1;
 static PROFILE_SWITCH_PREV_STATE: u32 = 32;
 #[unsafe(no_mangle)]
 static PROFILE_WAKEUP_PID: u32 = 24;
+/// `sched_switch.next_pid`, from this kernel's format file.
+#[unsafe(no_mangle)]
+static PROFILE_SWITCH_NEXT_PID: u32 = 56;
 
 /// Every stack seen, by id. User space sizes it (and to 1 entry when profiling is off).
 #[map]
@@ -231,9 +236,18 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// `sched:sched_switch`: stamps the task switched out when it blocks.
+/// `sched:sched_switch`: stamps the task switched out when it blocks, and ends the block of
+/// the task switched in if its wakeup was not seen.
 #[tracepoint]
 pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file for sched_switch.
+    if let Ok(next) = unsafe { ctx.read_at::<u32>(global(&PROFILE_SWITCH_NEXT_PID) as usize) }
+        && end_block(next)
+    {
+        // The kernel woke it without running `profile_sched_wakeup`: seen about once in a few
+        // hundred hrtimer wakeups here, by bpftrace on the same tracepoint too.
+        count(counters::PROFILE_WAKEUP_UNSEEN);
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tid == 0 || !selected(tgid) {
@@ -244,8 +258,9 @@ pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
     else {
         return 0;
     };
-    // Still runnable (preempted): it waits for a CPU, it is not blocked.
-    if state & TASK_REPORT_MASK == 0 {
+    // Still runnable (preempted): it waits for a CPU, it is not blocked. Exiting: nothing
+    // wakes it again.
+    if state & TASK_REPORT_MASK == 0 || state & EXIT_STATES != 0 {
         return 0;
     }
     announce(tgid);
@@ -263,17 +278,26 @@ pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn profile_sched_wakeup(ctx: TracePointContext) -> u32 {
     // SAFETY: the offset comes from this kernel's format file for sched_wakeup.
-    let Ok(tid) = (unsafe { ctx.read_at::<u32>(global(&PROFILE_WAKEUP_PID) as usize) }) else {
-        return 0;
-    };
+    if let Ok(tid) = unsafe { ctx.read_at::<u32>(global(&PROFILE_WAKEUP_PID) as usize) } {
+        end_block(tid);
+    }
+    0
+}
+
+/// Ends the block of thread `tid`, if it is blocked: adds its length to the stacks it blocked
+/// in. `true` when it was; whoever removes the stamp counts the block, so it is counted once.
+#[inline(always)]
+fn end_block(tid: u32) -> bool {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(start) = (unsafe { PROFILE_OFFCPU_START.get(tid) }).copied() else {
-        return 0;
+        return false;
     };
-    let _ = PROFILE_OFFCPU_START.remove(tid);
+    if PROFILE_OFFCPU_START.remove(tid).is_err() {
+        return false;
+    }
     let blocked = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.since_ns);
     if blocked < u64::from(global(&PROFILE_OFFCPU_MIN_US)) * 1000 {
-        return 0;
+        return true;
     }
     let zero = OffCpuTime::default();
     let added = add(&PROFILE_OFFCPU, &start.key, &zero, |time| {
@@ -286,5 +310,5 @@ pub fn profile_sched_wakeup(ctx: TracePointContext) -> u32 {
     if !added {
         count(counters::PROFILE_SAMPLE_MAP_FULL);
     }
-    0
+    true
 }

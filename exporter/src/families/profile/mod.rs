@@ -109,6 +109,7 @@ fn offcpu_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeEr
     Ok(vec![
         ("PROFILE_SWITCH_PREV_STATE", switch.offset("prev_state", 8)?),
         ("PROFILE_WAKEUP_PID", wakeup.offset("pid", 4)?),
+        ("PROFILE_SWITCH_NEXT_PID", switch.offset("next_pid", 4)?),
     ])
 }
 
