@@ -432,11 +432,13 @@ fn off_cpu_time_per_stack_matches_what_the_program_and_offcputime_measured() {
     );
     // A switch or wakeup that comes while another tracing program runs on that CPU (a timer
     // interrupt inside one) is skipped by the kernel and counted as a recursion miss: each
-    // loses at most one block (200 ms asleep, 250 ms on the pipe). Besides those, one CI run in
-    // about six lost exactly one 200 ms sleep of the 15 with no miss counted; it has not been
-    // reproduced since (docs/profile.md): one block is allowed, and where the time went is
-    // printed below, so the next occurrence says more.
-    let lost_at_most = (missed + 1) * 260_000;
+    // loses at most one block (200 ms asleep, 250 ms on the pipe). A wakeup the kernel does
+    // not trace at all (no miss counted: about one run in six lost a 200 ms sleep that way,
+    // bpftrace on sched_wakeup missing it too) is no loss: the block ends at the switch-in.
+    let lost_at_most = missed * 260_000;
+    if let Some(unseen) = said.iter().find(|l| l.contains("did not trace")) {
+        println!("{unseen}");
+    }
     for (frames, us) in stacks.iter().filter(|(frames, _)| {
         frames.iter().any(|f| f == "do_nanosleep_[k]") && !frames.iter().any(|f| f == "sleep_200ms")
     }) {
@@ -974,17 +976,37 @@ fn hundreds_of_short_lived_processes_are_counted_under_their_name_in_bounded_mem
     // 400 children of 20 ms of CPU at 99 Hz: about 790 samples, each under the process's name
     // (the kernel's comm) even when the process was gone before its stack was named.
     let expected = ran as f64 * 0.020 * 99.0;
-    // Named only when the stack was named while the process lived (see docs/profile.md).
-    let named = total_with(&stacks, "short_burn");
+    // Each child is gone long before its stacks are named: its user frames are named from the
+    // maps read when the kernel first sampled it. A frame left unnamed reads `[unknown 0x..]`
+    // (or `[module+0x..]`); samples whose user stack the kernel could not keep have none.
+    let user_frames = |frames: &[String]| frames[1..].iter().any(|f| !f.ends_with("_[k]"));
+    let with_user: Vec<&(Vec<String>, u64)> = stacks
+        .iter()
+        .filter(|(frames, _)| frames[0] == "short-work" && user_frames(frames))
+        .collect();
+    let in_user: u64 = with_user.iter().map(|(_, n)| n).sum();
+    let named: u64 = with_user
+        .iter()
+        .filter(|(frames, _)| !frames.iter().any(|f| f.starts_with('[')))
+        .map(|(_, n)| n)
+        .sum();
     println!(
-        "{ran} children: {samples} samples (about {expected:.0} expected) in {} stacks, {named} naming short_burn; periscope peak RSS {} MiB",
+        "{ran} children: {samples} samples (about {expected:.0} expected) in {} stacks; {named} of the {in_user} with user frames have them all named, {} name short_burn; periscope peak RSS {} MiB",
         stacks.len(),
+        total_with(&stacks, "short_burn"),
         peak_kib / 1024
     );
     assert_eq!(ran, 400, "the workload's children did not all run");
     assert!(
         (0.7..1.3).contains(&(samples as f64 / expected)),
         "{samples} samples under short-work, about {expected:.0} expected"
+    );
+    // Measured: 97.7-98.5% (the rest: samples a child took between its fork and its exec,
+    // in the parent's code, which the maps read after the exec do not cover); 1% before the
+    // maps were read at the first samples.
+    assert!(
+        share(named, in_user) >= 95.0 && in_user as f64 >= samples as f64 * 0.5,
+        "{named} of {in_user} samples with user frames named: {with_user:#?}"
     );
     assert!(
         peak_kib > 0 && peak_kib < 256 * 1024,

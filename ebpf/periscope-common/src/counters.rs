@@ -43,8 +43,14 @@ pub const USDT_COUNT_FULL: u32 = 17;
 pub const USDT_HIST_FULL: u32 = 18;
 /// A new (USDT pair, process) latency histogram could not be created: the map is full.
 pub const USDT_LATENCY_FULL: u32 = 19;
+/// A process event of the profile was dropped: the ring buffer was full (user space fell
+/// behind), so that process's memory maps are read only when its stacks are named.
+pub const PROFILE_PROCESS_LOST: u32 = 20;
+/// Off-CPU: a blocked thread was switched back in without its wakeup having been seen (the
+/// kernel did not run the wakeup program): its block ended there, run-queue wait included.
+pub const PROFILE_WAKEUP_UNSEEN: u32 = 21;
 /// Number of counters.
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 22;
 
 /// (probe, what) of each counter, as exported.
 pub const NAMES: [(&str, &str); COUNT as usize] = [
@@ -68,4 +74,6 @@ pub const NAMES: [(&str, &str); COUNT as usize] = [
     ("usdt", "count_map_full"),
     ("usdt", "histogram_map_full"),
     ("usdt", "latency_map_full"),
+    ("profile", "process_events_lost"),
+    ("profile", "wakeup_unseen"),
 ];

@@ -44,3 +44,26 @@ pub struct OffCpuStart {
     pub since_ns: u64,
     pub key: ProfileKey,
 }
+
+/// What `PROFILE_PROCESSES` tells user space about a process.
+pub mod process_event {
+    /// First sampled (or first blocked) since Periscope started or since its last exec: read
+    /// its memory maps now, while it lives.
+    pub const SEEN: u32 = 1;
+    /// The program of a process announced as seen is gone (it exited, or exec'd another): the
+    /// maps read are needed only until its stacks are named.
+    pub const EXITED: u32 = 2;
+}
+
+/// One record of `PROFILE_PROCESSES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub tgid: u32,
+    /// [`process_event::SEEN`] or [`process_event::EXITED`].
+    pub kind: u32,
+}
+
+/// `prev_state` bits (`TASK_REPORT` order) of a task's last switch-out as it exits (dead,
+/// zombie): no wakeup follows, so it is not a block.
+pub const EXIT_STATES: u64 = 0x10 | 0x20;

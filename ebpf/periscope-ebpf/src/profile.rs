@@ -9,7 +9,16 @@
 //! task waits in the run queue, which the `sched` family measures) is stamped with the time and
 //! its stacks at that moment (it is still the current task there, so its stacks are the ones
 //! it blocked in); `sched_wakeup` ends the block, so run-queue wait is left out, and adds the
-//! blocked time to `PROFILE_OFFCPU` under those stacks when it reaches the minimum.
+//! blocked time to `PROFILE_OFFCPU` under those stacks when it reaches the minimum. A thread
+//! switched back in while still stamped was woken without `sched_wakeup` reaching the program
+//! (it happens: see `PROFILE_WAKEUP_UNSEEN`); its block ends at the switch-in instead.
+//!
+//! Processes: the first time a process is sampled (or blocks), `PROFILE_PROCESSES` tells user
+//! space, which reads its memory maps at once (and again at its second sample, when the loader
+//! is done): a process that exits within the second before its stacks are read would leave no
+//! maps to name its user frames from. `PROFILE_SEEN` keeps it to two records per process; an
+//! exec or exit of a process announced is told too (its maps are new, or gone), so user space
+//! knows when the maps it read can go.
 //!
 //! Counts live in per-CPU maps: a program adds to its own CPU's value without a lock (this
 //! target has no atomic read-modify-write), and user space sums the CPUs when it reads. Every
@@ -17,15 +26,18 @@
 //! refused.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, perf_event, tracepoint},
-    maps::{HashMap, PerCpuHashMap, StackTrace},
-    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
+    macros::{map, perf_event, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{
+        PerfEventContext, RawTracePointContext, TracePointContext, tracing::StackIdContext,
+    },
 };
 use periscope_common::{
     SKIP_TGIDS, counters,
-    profile::{OffCpuStart, OffCpuTime, ProfileKey},
+    profile::{EXIT_STATES, OffCpuStart, OffCpuTime, ProcessEvent, ProfileKey, process_event},
     sched::TASK_REPORT_MASK,
 };
 
@@ -45,6 +57,9 @@ static PROFILE_OFFCPU_MIN_US: u32 = 1;
 static PROFILE_SWITCH_PREV_STATE: u32 = 32;
 #[unsafe(no_mangle)]
 static PROFILE_WAKEUP_PID: u32 = 24;
+/// `sched_switch.next_pid`, from this kernel's format file.
+#[unsafe(no_mangle)]
+static PROFILE_SWITCH_NEXT_PID: u32 = 56;
 
 /// Every stack seen, by id. User space sizes it (and to 1 entry when profiling is off).
 #[map]
@@ -63,6 +78,19 @@ static PROFILE_OFFCPU: PerCpuHashMap<ProfileKey, OffCpuTime> =
 /// Threads blocked right now, by thread id.
 #[map]
 static PROFILE_OFFCPU_START: HashMap<u32, OffCpuStart> = HashMap::with_max_entries(32768, 0);
+
+/// Processes announced in `PROFILE_PROCESSES` and not exited or exec'd since, and how many
+/// times they were. LRU: a process
+/// evicted is announced again when next sampled, which costs user space one more read of its
+/// maps, nothing else.
+#[map]
+static PROFILE_SEEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+/// How many times a process is announced (see [`announce`]).
+const ANNOUNCEMENTS: u32 = 2;
+
+/// Process events ([`ProcessEvent`]) for user space. User space sizes it.
+#[map]
+static PROFILE_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Whether the current process is one to profile.
 #[inline(always)]
@@ -123,6 +151,74 @@ fn add<V>(
     }
 }
 
+/// Tells user space about `tgid` at its first two samples (or blocks): the first often comes
+/// right after an exec, while the loader is still mapping the libraries, so the maps are read
+/// once more at the next.
+#[inline(always)]
+fn announce(tgid: u32) {
+    match PROFILE_SEEN.get_ptr_mut(&tgid) {
+        // SAFETY: the entry's value; a race with another CPU costs one more read, no more.
+        Some(times) => unsafe {
+            if *times >= ANNOUNCEMENTS {
+                return;
+            }
+            *times += 1;
+        },
+        None => {
+            // EEXIST: a program on another CPU announced it first.
+            if PROFILE_SEEN.insert(&tgid, &1, BPF_NOEXIST as u64).is_err() {
+                return;
+            }
+        }
+    }
+    let event = ProcessEvent {
+        tgid,
+        kind: process_event::SEEN,
+    };
+    if PROFILE_PROCESSES.output::<ProcessEvent>(&event, 0).is_err() {
+        count(counters::PROFILE_PROCESS_LOST);
+        // Not announced after all: the next sample tries again.
+        let _ = PROFILE_SEEN.remove(&tgid);
+    }
+}
+
+/// Tells user space that the program of an announced process `tgid` is gone (the process
+/// exited, or exec'd another program), and announces it again when next sampled.
+#[inline(always)]
+fn forget(tgid: u32) {
+    if PROFILE_SEEN.remove(&tgid).is_err() {
+        return;
+    }
+    let event = ProcessEvent {
+        tgid,
+        kind: process_event::EXITED,
+    };
+    if PROFILE_PROCESSES.output::<ProcessEvent>(&event, 0).is_err() {
+        count(counters::PROFILE_PROCESS_LOST);
+    }
+}
+
+/// `raw_tp/sched_process_exec`: the process runs a new program, with new maps.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn profile_process_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = ctx.as_ptr();
+    forget((bpf_get_current_pid_tgid() >> 32) as u32);
+    0
+}
+
+/// `raw_tp/sched_process_exit`, in the exiting thread: the thread-group leader leaving is the
+/// process gone.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn profile_process_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = ctx.as_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tgid == tid {
+        forget(tgid);
+    }
+    0
+}
+
 #[perf_event]
 pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -131,6 +227,7 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     if tid == 0 || !selected(tgid) {
         return 0;
     }
+    announce(tgid);
     let key = current_key(&ctx, tgid);
     // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
     if !add(&PROFILE_CPU_SAMPLES, &key, &0, |n| unsafe { *n += 1 }) {
@@ -139,9 +236,18 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// `sched:sched_switch`: stamps the task switched out when it blocks.
+/// `sched:sched_switch`: stamps the task switched out when it blocks, and ends the block of
+/// the task switched in if its wakeup was not seen.
 #[tracepoint]
 pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file for sched_switch.
+    if let Ok(next) = unsafe { ctx.read_at::<u32>(global(&PROFILE_SWITCH_NEXT_PID) as usize) }
+        && end_block(next)
+    {
+        // The kernel woke it without running `profile_sched_wakeup`: seen about once in a few
+        // hundred hrtimer wakeups here, by bpftrace on the same tracepoint too.
+        count(counters::PROFILE_WAKEUP_UNSEEN);
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tid == 0 || !selected(tgid) {
@@ -152,10 +258,12 @@ pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
     else {
         return 0;
     };
-    // Still runnable (preempted): it waits for a CPU, it is not blocked.
-    if state & TASK_REPORT_MASK == 0 {
+    // Still runnable (preempted): it waits for a CPU, it is not blocked. Exiting: nothing
+    // wakes it again.
+    if state & TASK_REPORT_MASK == 0 || state & EXIT_STATES != 0 {
         return 0;
     }
+    announce(tgid);
     let start = OffCpuStart {
         since_ns: unsafe { bpf_ktime_get_ns() },
         key: current_key(&ctx, tgid),
@@ -170,17 +278,26 @@ pub fn profile_sched_switch(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn profile_sched_wakeup(ctx: TracePointContext) -> u32 {
     // SAFETY: the offset comes from this kernel's format file for sched_wakeup.
-    let Ok(tid) = (unsafe { ctx.read_at::<u32>(global(&PROFILE_WAKEUP_PID) as usize) }) else {
-        return 0;
-    };
+    if let Ok(tid) = unsafe { ctx.read_at::<u32>(global(&PROFILE_WAKEUP_PID) as usize) } {
+        end_block(tid);
+    }
+    0
+}
+
+/// Ends the block of thread `tid`, if it is blocked: adds its length to the stacks it blocked
+/// in. `true` when it was; whoever removes the stamp counts the block, so it is counted once.
+#[inline(always)]
+fn end_block(tid: u32) -> bool {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(start) = (unsafe { PROFILE_OFFCPU_START.get(tid) }).copied() else {
-        return 0;
+        return false;
     };
-    let _ = PROFILE_OFFCPU_START.remove(tid);
+    if PROFILE_OFFCPU_START.remove(tid).is_err() {
+        return false;
+    }
     let blocked = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.since_ns);
     if blocked < u64::from(global(&PROFILE_OFFCPU_MIN_US)) * 1000 {
-        return 0;
+        return true;
     }
     let zero = OffCpuTime::default();
     let added = add(&PROFILE_OFFCPU, &start.key, &zero, |time| {
@@ -193,5 +310,5 @@ pub fn profile_sched_wakeup(ctx: TracePointContext) -> u32 {
     if !added {
         count(counters::PROFILE_SAMPLE_MAP_FULL);
     }
-    0
+    true
 }

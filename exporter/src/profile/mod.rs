@@ -215,7 +215,8 @@ async fn profile(args: Args) -> anyhow::Result<()> {
     // Sampling stops here (the programs detached); the stacks not named yet are named now.
     let counts = reader.counts();
     let elapsed = started.elapsed();
-    let lost = lost_stacks(&probes);
+    let lost = profile_counter(&probes, &["stack_lost", "sample_map_full"]);
+    let unseen = profile_counter(&probes, &["wakeup_unseen"]);
     drop(probes);
     collector.finish(&reader, counts);
     write_profile(&args, &collector, elapsed)?;
@@ -230,6 +231,11 @@ async fn profile(args: Args) -> anyhow::Result<()> {
     if lost > 0 {
         summary.push_str(&format!(
             "; {lost} stacks not kept (stack-map collisions or full maps: raise --max-stacks)"
+        ));
+    }
+    if unseen > 0 {
+        summary.push_str(&format!(
+            "; {unseen} wakeups the kernel did not trace (those blocks end at the switch-in)"
         ));
     }
     if let Some(path) = &args.output {
@@ -254,14 +260,12 @@ fn progress_line(collector: &Collector, args: &Args, elapsed: Duration) -> Strin
     )
 }
 
-/// Stacks the kernel could not keep (its maps full), from the self-telemetry counters.
-fn lost_stacks(probes: &Probes) -> u64 {
+/// The sum of the profile's self-telemetry counters `kinds`.
+fn profile_counter(probes: &Probes, kinds: &[&str]) -> u64 {
     probes
         .counters()
         .iter()
-        .filter(|(probe, kind, _)| {
-            *probe == "profile" && matches!(*kind, "stack_lost" | "sample_map_full")
-        })
+        .filter(|(probe, kind, _)| *probe == "profile" && kinds.contains(kind))
         .map(|(_, _, n)| n)
         .sum()
 }

@@ -1,9 +1,11 @@
 //! From the kernel's aggregated counts to named stacks. Each (process, stacks) key is
 //! symbolized once, the first time it is read, while the process is most likely still alive
-//! (its `/proc/PID/maps` is what turns addresses into functions); later reads only update the
-//! counts. `--comm` and `--container` are decided per process at first sight too.
+//! (its `/proc/PID/maps` is what turns addresses into functions; for a process gone by then,
+//! the maps read when the kernel first announced it, see [`super::process_maps`]); later reads
+//! only update the counts. `--comm` and `--container` are decided per process at first sight
+//! too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::families::profile::{ProfileReader, StackCount};
 use periscope_common::profile::ProfileKey;
@@ -129,19 +131,23 @@ impl Collector {
             .map(|c| c.key)
             .filter(|key| !self.named.contains_key(key))
             .collect();
+        let mut pending = HashSet::new();
         for key in new {
             if budget.is_some_and(|b| started.elapsed() > b) {
-                break;
+                pending.insert(key.tgid);
+                continue;
             }
             let frames = self.filter.keeps(&key).then(|| self.name(reader, &key));
             self.named.insert(key, frames);
         }
+        // The maps read of a process gone are needed until its last stacks are named.
+        reader.processes().expire(reader.counted_at(), &pending);
     }
 
     fn name(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
-        let user = self
-            .symbols
-            .user_stack(key.tgid, &reader.stack(key.user_stack));
+        let user =
+            self.symbols
+                .user_stack(key.tgid, &reader.stack(key.user_stack), reader.processes());
         let mut kernel = self.symbols.kernel_stack(&reader.stack(key.kernel_stack));
         // Off-CPU stacks are taken inside the sched_switch tracepoint: its own frames (the
         // program, the tracepoint glue) are not where the task blocked.

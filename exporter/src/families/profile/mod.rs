@@ -2,19 +2,24 @@
 //!
 //! On-CPU, `profile_cpu` is attached to a CPU-clock perf event on every online CPU, sampling at
 //! the configured frequency; off-CPU, `profile_sched_switch` and `profile_sched_wakeup` are
-//! attached to their tracepoints. Either way the kernel aggregates per (process, thread name,
-//! user stack, kernel stack), and [`ProfileReader`] reads O(distinct stacks). Profiles are not
+//! attached to their tracepoints; with either, `profile_process_exec` and `profile_process_exit`
+//! (raw tracepoints) follow the processes announced to [`process_maps`]. Either way the kernel
+//! aggregates per (process, thread name, user stack, kernel stack), and [`ProfileReader`] reads
+//! O(distinct stacks). Profiles are not
 //! metrics: the family attaches through the registry (so its maps are sized, and tiny when it
 //! is off) and whoever asked for it takes the reader ([`super::Probes::take_profile`]).
 
 pub mod collect;
 pub mod config;
 pub mod continuous;
+pub mod process_maps;
 pub mod symbolize;
+
+use std::{cell::Cell, sync::Arc, time::Instant};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap, StackTraceMap},
+    maps::{MapData, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -23,11 +28,16 @@ use aya::{
 use periscope_common::profile::{OffCpuTime, ProfileKey};
 
 pub use self::config::ProfileConfig;
+use self::process_maps::{ProcessMaps, Watcher};
 use super::{
     KernelSupport, LoadSettings, Mechanism, Plan, ProbeError, Registration, Started,
     start_family_with, tracepoint_plan,
 };
-use crate::kernel::{mechanism::MechanismChoice, programs::attach_tracepoints, tracefs::Tracefs};
+use crate::kernel::{
+    mechanism::MechanismChoice,
+    programs::{attach_raw_tracepoints, attach_tracepoints},
+    tracefs::Tracefs,
+};
 
 const FAMILY: &str = "profile";
 const CPU_PROGRAM: &str = "profile_cpu";
@@ -35,12 +45,20 @@ const OFFCPU_PROGRAMS: &[(&str, &str, &str)] = &[
     ("profile_sched_switch", "sched", "sched_switch"),
     ("profile_sched_wakeup", "sched", "sched_wakeup"),
 ];
-const MAPS: [&str; 4] = [
+/// Raw tracepoints (no tracefs needed) that follow the processes announced.
+const PROCESS_PROGRAMS: &[(&str, &str)] = &[
+    ("profile_process_exec", "sched_process_exec"),
+    ("profile_process_exit", "sched_process_exit"),
+];
+const MAPS: [&str; 5] = [
     "PROFILE_STACKS",
     "PROFILE_CPU_SAMPLES",
     "PROFILE_OFFCPU",
     "PROFILE_OFFCPU_START",
+    "PROFILE_SEEN",
 ];
+/// The process events' ring buffer: a page when profiling is off (its least size).
+const PROCESS_EVENTS: &str = "PROFILE_PROCESSES";
 /// Threads that can be blocked at once and still be timed.
 const MAX_BLOCKED_THREADS: u32 = 32768;
 
@@ -49,6 +67,7 @@ pub fn plan(config: &ProfileConfig, kernel: &KernelSupport, tracefs: Option<&Tra
     if !config.enabled {
         // Nothing is profiled: the maps (a stack-trace map costs ~1 KiB per entry) stay tiny.
         settings.max_entries.extend(MAPS.map(|m| (m, 1)));
+        settings.max_entries.push((PROCESS_EVENTS, 4096));
         return Plan::disabled(settings);
     }
     let (samples, offcpu, blocked) = if config.off_cpu {
@@ -90,6 +109,7 @@ fn offcpu_offsets(tracefs: &Tracefs) -> Result<Vec<(&'static str, u32)>, ProbeEr
     Ok(vec![
         ("PROFILE_SWITCH_PREV_STATE", switch.offset("prev_state", 8)?),
         ("PROFILE_WAKEUP_PID", wakeup.offset("pid", 4)?),
+        ("PROFILE_SWITCH_NEXT_PID", switch.offset("next_pid", 4)?),
     ])
 }
 
@@ -114,12 +134,22 @@ pub fn start(
 ) -> (Option<()>, super::ProbeStatus) {
     let frequency = config.frequency;
     let attach = |ebpf: &mut Ebpf, mechanism: Mechanism| {
-        if mechanism == Mechanism::Tracepoint {
+        let mut programs = if mechanism == Mechanism::Tracepoint {
             attach_tracepoints(ebpf, OFFCPU_PROGRAMS)?;
-            return Ok(OFFCPU_PROGRAMS.iter().map(|p| p.0).collect());
+            OFFCPU_PROGRAMS.iter().map(|p| p.0).collect()
+        } else {
+            attach_perf_events(ebpf, frequency)?;
+            vec![CPU_PROGRAM]
+        };
+        // Without them the maps read for a process are kept until the cap pushes them out, and
+        // an exec'd process is named from its maps as they are when its stacks are named.
+        match attach_raw_tracepoints(ebpf, PROCESS_PROGRAMS) {
+            Ok(()) => programs.extend(PROCESS_PROGRAMS.iter().map(|p| p.0)),
+            Err(e) => {
+                tracing::warn!(probe = FAMILY, error = %e, "process exec and exit not followed")
+            }
         }
-        attach_perf_events(ebpf, frequency)?;
-        Ok(vec![CPU_PROGRAM])
+        Ok(programs)
     };
     start_family_with(ebpf, FAMILY, plan, attach, |_| Ok(()))
 }
@@ -158,31 +188,60 @@ pub struct StackCount {
     pub events: u64,
 }
 
-/// The profile's kernel maps.
+/// The profile's kernel maps, and the memory maps of the processes they count.
 pub struct ProfileReader {
     stacks: StackTraceMap<MapData>,
     samples: PerCpuHashMap<MapData, ProfileKey, u64>,
     offcpu: PerCpuHashMap<MapData, ProfileKey, OffCpuTime>,
+    processes: Arc<ProcessMaps>,
+    _watcher: Watcher,
+    /// When [`ProfileReader::counts`] last read the kernel's counts.
+    counted_at: Cell<Instant>,
 }
 
 impl ProfileReader {
+    /// Takes the maps and starts reading the processes the kernel announces.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let stacks = ebpf
-            .take_map("PROFILE_STACKS")
-            .ok_or_else(|| ProbeError::missing_map("PROFILE_STACKS"))?;
-        Ok(Self {
-            stacks: StackTraceMap::try_from(stacks).map_err(|e| ProbeError::Map {
-                map: "PROFILE_STACKS",
+        let map_error = |map: &'static str| {
+            move |e: aya::maps::MapError| ProbeError::Map {
+                map,
                 reason: e.to_string(),
-            })?,
+            }
+        };
+        let mut take = |map: &'static str| ebpf.take_map(map).ok_or(ProbeError::missing_map(map));
+        let stacks = StackTraceMap::try_from(take("PROFILE_STACKS")?)
+            .map_err(map_error("PROFILE_STACKS"))?;
+        let events = RingBuf::try_from(take(PROCESS_EVENTS)?).map_err(map_error(PROCESS_EVENTS))?;
+        let processes = Arc::new(ProcessMaps::default());
+        let watcher =
+            process_maps::watch(events, processes.clone()).map_err(|e| ProbeError::Map {
+                map: PROCESS_EVENTS,
+                reason: format!("starting its reader thread failed: {e}"),
+            })?;
+        Ok(Self {
+            stacks,
             samples: super::take_per_cpu_map(ebpf, "PROFILE_CPU_SAMPLES")?,
             offcpu: super::take_per_cpu_map(ebpf, "PROFILE_OFFCPU")?,
+            processes,
+            _watcher: watcher,
+            counted_at: Cell::new(Instant::now()),
         })
+    }
+
+    /// The memory maps read of the processes announced.
+    pub fn processes(&self) -> &ProcessMaps {
+        &self.processes
+    }
+
+    /// When the kernel's counts were last read.
+    pub fn counted_at(&self) -> Instant {
+        self.counted_at.get()
     }
 
     /// Every stack counted so far, on-CPU and off-CPU alike (only one of them is attached),
     /// the CPUs summed.
     pub fn counts(&self) -> Vec<StackCount> {
+        self.counted_at.set(Instant::now());
         let on_cpu = self.samples.iter().flatten().map(|(key, per_cpu)| {
             let n = per_cpu.iter().sum();
             StackCount {

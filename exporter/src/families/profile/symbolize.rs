@@ -1,7 +1,9 @@
 //! Addresses to function names, with blazesym: ELF symbol tables and DWARF of each mapped
-//! file, read through `/proc/PID/map_files` (so binaries in another mount namespace, such as a
-//! container's, resolve), perf maps (`/tmp/perf-PID.map`, written by JIT runtimes such as Node
-//! with `--perf-basic-prof`), and kernel addresses from `/proc/kallsyms`.
+//! file, read through `/proc/PID/root` (so binaries in another mount namespace, such as a
+//! container's, resolve) or the descriptor [`ProcessMaps`] holds, perf maps
+//! (`/tmp/perf-PID.map`, written by JIT runtimes such as Node with `--perf-basic-prof`), the
+//! vDSO from Periscope's own, and kernel addresses from `/proc/kallsyms`. A process's maps are
+//! read when its stacks are named, or, once it is gone, taken from [`ProcessMaps`].
 //!
 //! Resolved frames are cached by what they are in the file, (device, inode, file offset), so a
 //! thousand processes of one binary cost one lookup per address; each file is parsed once
@@ -11,7 +13,12 @@
 //! so many short-lived processes cannot grow it without bound. An address no symbol covers
 //! (a stripped binary) becomes `[module+0xoffset]`, never an error.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use blazesym::{
     MaybeDefault, Pid,
@@ -20,6 +27,11 @@ use blazesym::{
         source::{Elf, Kernel, Process, Source},
     },
 };
+
+use super::process_maps::{FileId, ProcessMaps};
+
+/// How `/proc/PID/maps` names the vDSO.
+pub const VDSO: &str = "[vdso]";
 
 /// Frames kept in each cache (user, kernel) before it is cleared.
 pub const MAX_CACHED_FRAMES: usize = 200_000;
@@ -42,6 +54,8 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
+    /// Mapped executable (`x` in its permissions): where code runs.
+    pub executable: bool,
     /// `major:minor` of the device, and the inode: the file's identity across processes.
     pub dev: String,
     pub inode: u64,
@@ -56,7 +70,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 fn parse_maps_line(line: &str) -> Option<Mapping> {
     let mut fields = line.split_ascii_whitespace();
     let (start, end) = fields.next()?.split_once('-')?;
-    let _perms = fields.next()?;
+    let perms = fields.next()?;
     let offset = fields.next()?;
     let dev = fields.next()?;
     let inode = fields.next()?.parse().ok()?;
@@ -65,6 +79,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        executable: perms.contains('x'),
         dev: dev.to_string(),
         inode,
         path,
@@ -82,11 +97,22 @@ type FileAddr = (String, u64, u64);
 pub struct Symbols {
     blaze: Symbolizer,
     /// The files the symbolizer holds, by (device, inode): the path it opened each one by.
-    files: HashMap<(String, u64), std::path::PathBuf>,
+    files: HashMap<FileId, OpenedFile>,
     user: HashMap<FileAddr, Frame>,
     kernel: HashMap<u64, Frame>,
     /// Memory maps read in this round, per process.
-    maps: HashMap<u32, std::sync::Arc<Vec<Mapping>>>,
+    maps: HashMap<u32, Arc<Vec<Mapping>>>,
+    /// Where Periscope's own vDSO is mapped, once looked up.
+    own_vdso: Option<Option<u64>>,
+}
+
+/// A file the symbolizer opened, and what keeps its path valid.
+struct OpenedFile {
+    path: PathBuf,
+    /// The file as [`ProcessMaps`] opened it, when the path is its descriptor
+    /// (`/proc/self/fd/N`): held as long as the symbolizer may open that path again, so that
+    /// the number is not reused for another file meanwhile.
+    _held: Option<Arc<File>>,
 }
 
 impl Default for Symbols {
@@ -98,11 +124,12 @@ impl Default for Symbols {
 impl Symbols {
     pub fn new() -> Self {
         Self {
-            blaze: Symbolizer::new(),
+            blaze: symbolizer(),
             files: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             maps: HashMap::new(),
+            own_vdso: None,
         }
     }
 
@@ -117,20 +144,25 @@ impl Symbols {
         self.maps.clear();
     }
 
-    fn maps_of(&mut self, pid: u32) -> std::sync::Arc<Vec<Mapping>> {
+    /// The maps of `pid` now, or, once it is gone, those read when the kernel announced it.
+    fn maps_of(&mut self, pid: u32, processes: &ProcessMaps) -> Arc<Vec<Mapping>> {
         self.maps
             .entry(pid)
             .or_insert_with(|| {
                 let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-                std::sync::Arc::new(parse_maps(&text))
+                let live = parse_maps(&text);
+                match processes.maps(pid) {
+                    Some(read) if live.is_empty() => read,
+                    _ => Arc::new(live),
+                }
             })
             .clone()
     }
 
     /// The frames of a user stack of process `pid` (`ips` innermost first, as the kernel gives
     /// them), innermost first.
-    pub fn user_stack(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
-        let maps = self.maps_of(pid);
+    pub fn user_stack(&mut self, pid: u32, ips: &[u64], processes: &ProcessMaps) -> Vec<Frame> {
+        let maps = self.maps_of(pid, processes);
         // Callers' addresses are return addresses, one past the call: step back into it, or a
         // call that ends its function would be named after the next one.
         ips.iter()
@@ -138,7 +170,7 @@ impl Symbols {
             .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
             .map(
                 |addr| match mapping_of(&maps, addr).filter(|m| in_file(m)) {
-                    Some(m) => self.file_frame(pid, m, addr),
+                    Some(m) => self.file_frame(pid, m, addr, processes),
                     None => self.anonymous_frame(pid, addr, &maps),
                 },
             )
@@ -146,9 +178,9 @@ impl Symbols {
     }
 
     /// An address in a mapped file: named from the file itself (its ELF symbols and DWARF),
-    /// parsed once whichever process maps it, opened through `/proc/PID/root` so that a
-    /// container's file is the one read.
-    fn file_frame(&mut self, pid: u32, m: &Mapping, addr: u64) -> Frame {
+    /// parsed once whichever process maps it, opened as [`ProcessMaps`] holds it open, else
+    /// through `/proc/PID/root` (so that a container's file is the one read).
+    fn file_frame(&mut self, pid: u32, m: &Mapping, addr: u64, processes: &ProcessMaps) -> Frame {
         let offset = addr - m.start + m.offset;
         let key = (m.dev.clone(), m.inode, offset);
         if let Some(frame) = self.user.get(&key) {
@@ -157,13 +189,23 @@ impl Symbols {
         let file = (m.dev.clone(), m.inode);
         if !self.files.contains_key(&file) && self.files.len() >= MAX_FILES {
             // A fresh symbolizer: the parsed files the old one held are freed.
-            self.blaze = Symbolizer::new();
+            self.blaze = symbolizer();
             self.files.clear();
         }
         let path = self
             .files
             .entry(file)
-            .or_insert_with(|| format!("/proc/{pid}/root{}", m.path).into())
+            .or_insert_with_key(|id| match processes.file(id) {
+                Some((held, path)) => OpenedFile {
+                    path,
+                    _held: Some(held),
+                },
+                None => OpenedFile {
+                    path: format!("/proc/{pid}/root{}", m.path).into(),
+                    _held: None,
+                },
+            })
+            .path
             .clone();
         let source = Source::Elf(Elf::new(path));
         let frame = match self
@@ -175,15 +217,27 @@ impl Symbols {
                 module: file_name(&m.path),
                 kernel: false,
             },
-            _ => unknown(addr, std::slice::from_ref(m)),
+            // No symbol there (a stripped file): that will not change.
+            Ok(Symbolized::Unknown(_)) => unknown(addr, std::slice::from_ref(m)),
+            Err(_) => {
+                // The file could not be read by that path (its process gone): the next
+                // address in it tries again, perhaps through another process or one held open.
+                self.files.remove(&(m.dev.clone(), m.inode));
+                return unknown(addr, std::slice::from_ref(m));
+            }
         };
         remember(&mut self.user, key, frame.clone());
         frame
     }
 
-    /// An address outside any file (JIT code): named from the process's perf map, if it
-    /// writes one (`/tmp/perf-PID.map`).
+    /// An address outside any file: in the vDSO, or JIT code named from the process's perf
+    /// map, if it writes one (`/tmp/perf-PID.map`).
     fn anonymous_frame(&mut self, pid: u32, addr: u64, maps: &[Mapping]) -> Frame {
+        if let Some(m) = mapping_of(maps, addr).filter(|m| m.path == VDSO)
+            && let Some(frame) = self.vdso_frame(addr - m.start)
+        {
+            return frame;
+        }
         let source = Source::Process(Process::new(Pid::from(pid)));
         match self.blaze.symbolize_single(&source, Input::AbsAddr(addr)) {
             Ok(Symbolized::Sym(sym)) => Frame {
@@ -193,6 +247,37 @@ impl Symbols {
             },
             _ => unknown(addr, maps),
         }
+    }
+
+    /// The function at `offset` in the vDSO, read from Periscope's own: every (64-bit)
+    /// process has the same image from this kernel, and the one of a process gone can no
+    /// longer be read.
+    fn vdso_frame(&mut self, offset: u64) -> Option<Frame> {
+        let key = (VDSO.to_string(), 0, offset);
+        if let Some(frame) = self.user.get(&key) {
+            return Some(frame.clone());
+        }
+        let own = *self.own_vdso.get_or_insert_with(|| {
+            let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            parse_maps(&text)
+                .iter()
+                .find(|m| m.path == VDSO)
+                .map(|m| m.start)
+        });
+        let source = Source::Process(Process::new(Pid::Slf));
+        let Ok(Symbolized::Sym(sym)) = self
+            .blaze
+            .symbolize_single(&source, Input::AbsAddr(own? + offset))
+        else {
+            return None;
+        };
+        let frame = Frame {
+            name: sym.name.to_string(),
+            module: VDSO.into(),
+            kernel: false,
+        };
+        remember(&mut self.user, key, frame.clone());
+        Some(frame)
     }
 
     /// The frames of a kernel stack, innermost first.
@@ -238,6 +323,13 @@ impl Symbols {
     }
 }
 
+/// A symbolizer that keeps each file it parsed without looking at its path again: files are
+/// told apart by (device, inode) here, and the path they were opened by (through a process's
+/// root) stops working when that process exits.
+fn symbolizer() -> Symbolizer {
+    Symbolizer::builder().enable_auto_reload(false).build()
+}
+
 fn remember<K: std::hash::Hash + Eq>(cache: &mut HashMap<K, Frame>, key: K, frame: Frame) {
     if cache.len() >= MAX_CACHED_FRAMES {
         cache.clear();
@@ -247,7 +339,7 @@ fn remember<K: std::hash::Hash + Eq>(cache: &mut HashMap<K, Frame>, key: K, fram
 
 /// Whether a mapping is backed by a file Periscope can open (not `[heap]`, `[vdso]`, JIT
 /// code or a deleted file).
-fn in_file(m: &Mapping) -> bool {
+pub(super) fn in_file(m: &Mapping) -> bool {
     m.inode != 0 && m.path.starts_with('/') && !m.path.ends_with(" (deleted)")
 }
 
