@@ -156,7 +156,7 @@ fn add<V>(
 /// once more at the next.
 #[inline(always)]
 fn announce(tgid: u32) {
-    match PROFILE_SEEN.get_ptr_mut(&tgid) {
+    match PROFILE_SEEN.get_ptr_mut(tgid) {
         // SAFETY: the entry's value; a race with another CPU costs one more read, no more.
         Some(times) => unsafe {
             if *times >= ANNOUNCEMENTS {
@@ -166,7 +166,7 @@ fn announce(tgid: u32) {
         },
         None => {
             // EEXIST: a program on another CPU announced it first.
-            if PROFILE_SEEN.insert(&tgid, &1, BPF_NOEXIST as u64).is_err() {
+            if PROFILE_SEEN.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
                 return;
             }
         }
@@ -178,7 +178,7 @@ fn announce(tgid: u32) {
     if PROFILE_PROCESSES.output::<ProcessEvent>(&event, 0).is_err() {
         count(counters::PROFILE_PROCESS_LOST);
         // Not announced after all: the next sample tries again.
-        let _ = PROFILE_SEEN.remove(&tgid);
+        let _ = PROFILE_SEEN.remove(tgid);
     }
 }
 
@@ -186,7 +186,7 @@ fn announce(tgid: u32) {
 /// exited, or exec'd another program), and announces it again when next sampled.
 #[inline(always)]
 fn forget(tgid: u32) {
-    if PROFILE_SEEN.remove(&tgid).is_err() {
+    if PROFILE_SEEN.remove(tgid).is_err() {
         return;
     }
     let event = ProcessEvent {
