@@ -1,6 +1,6 @@
 //! Go's own TLS (`crypto/tls`, not OpenSSL): uprobes on `crypto/tls.(*Conn).Read` and
 //! `crypto/tls.(*Conn).Write` send the plaintext as read/write records of the connection's fd,
-//! flagged [`IO_TLS_PLAINTEXT`], exactly as the OpenSSL probes do (`tls.rs`), so the socket
+//! flagged `IO_TLS_PLAINTEXT`, exactly as the OpenSSL probes do (`tls.rs`), so the socket
 //! programs and user space treat both alike.
 //!
 //! Go moves goroutine stacks, so there are no uretprobes (they rewrite the return address on
@@ -21,7 +21,7 @@
 //! 16-byte `fdMutex`. The offsets are load-time constants (user space refuses a binary whose
 //! DWARF says otherwise; see `exporter/src/families/http/gotls.rs`).
 
-use super::record::{copy_leading, copy_tail, scratch, start_io, submit_io};
+use super::record::send_plaintext;
 use super::{HTTP_CONNS, current};
 use crate::shared::{count, global};
 use aya_ebpf::{
@@ -33,10 +33,7 @@ use aya_ebpf::{
 };
 use periscope_common::{
     counters,
-    http::{
-        GoTlsKey, GoTlsPending, HttpPending, IO_TLS_PLAINTEXT, KIND_READ, KIND_WRITE, ROLE_MASK,
-        conn_key,
-    },
+    http::{GoTlsKey, GoTlsPending, HttpPending, KIND_READ, KIND_WRITE, ROLE_MASK, conn_key},
 };
 
 /// Offset of the `net.Conn` interface's data word in `crypto/tls.Conn` (`conn` + 8).
@@ -194,9 +191,6 @@ fn send(tgid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
         return;
     };
     let role = role & ROLE_MASK;
-    let Some(event) = scratch() else {
-        return;
-    };
     let io = HttpPending {
         start_ns: pending.start_ns,
         buf: pending.buf,
@@ -214,9 +208,5 @@ fn send(tgid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
     // client writes a request from another goroutine than the handler that made it, so the
     // thread says nothing of which request a call belongs to. User space then gives these
     // requests no thread-based span parent, rather than a wrong one.
-    start_io(event, &io, tgid, 0, transferred, now);
-    event.record.flags = IO_TLS_PLAINTEXT;
-    let captured = copy_leading(event, io.buf, transferred);
-    copy_tail(event, &io, transferred, captured);
-    submit_io(event, captured);
+    send_plaintext(tgid, 0, &io, transferred, now);
 }

@@ -15,10 +15,10 @@ use periscope_common::{
     counters,
     http::{
         AcceptRecord, CAPTURE, COMM, CloseRecord, ConnectAddr, ConnectRecord, DupRecord,
-        ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IoEvent, KIND_ACCEPT, KIND_CLOSE,
-        KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, OpenRecord, ROLE_CLIENT,
-        ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen, TAIL, conn_key,
-        crosses_wakeup_step,
+        ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoEvent, KIND_ACCEPT,
+        KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, OpenRecord,
+        ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen, TAIL,
+        conn_key, crosses_wakeup_step,
     },
 };
 
@@ -107,6 +107,21 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if role != pending.role {
         let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
     }
+}
+
+/// Sends the plaintext a TLS library read or wrote (`io`: its buffer and socket) as a transfer
+/// record of `transferred` bytes flagged [`IO_TLS_PLAINTEXT`], ended at `now`: the OpenSSL and
+/// Go probes' one way out.
+#[inline(always)]
+pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred: u64, now: u64) {
+    let Some(event) = scratch() else {
+        return;
+    };
+    start_io(event, io, tgid, tid, transferred, now);
+    event.record.flags = IO_TLS_PLAINTEXT;
+    let captured = copy_leading(event, io.buf, transferred);
+    copy_tail(event, io, transferred, captured);
+    submit_io(event, captured);
 }
 
 /// Starts `event` as the record of a transfer of `len` bytes that returned at `end_ns`.

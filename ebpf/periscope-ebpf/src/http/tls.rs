@@ -1,8 +1,8 @@
 //! OpenSSL: uprobes on `SSL_read`/`SSL_write` (and `_ex`), `SSL_do_handshake` and `SSL_free`
 //! send the plaintext of TLS connections as read/write records of the connection's fd,
-//! flagged [`IO_TLS_PLAINTEXT`]; the syscall mechanisms note which fd each `SSL *` uses.
+//! flagged `IO_TLS_PLAINTEXT`; the syscall mechanisms note which fd each `SSL *` uses.
 
-use super::record::{copy_leading, copy_tail, scratch, start_io, submit_io};
+use super::record::send_plaintext;
 use super::tls_socket::{HTTP_TLS_LAST_READ, HTTP_TLS_PENDING};
 use super::{HTTP_CONNS, current};
 use crate::shared::count;
@@ -15,10 +15,7 @@ use aya_ebpf::{
 };
 use periscope_common::{
     counters,
-    http::{
-        HttpPending, IO_TLS_PLAINTEXT, KIND_READ, KIND_WRITE, ROLE_MASK, TLS_FD, TlsPending,
-        conn_key,
-    },
+    http::{HttpPending, KIND_READ, KIND_WRITE, ROLE_MASK, TLS_FD, TlsPending, conn_key},
 };
 
 /// The kind of a pending `SSL_do_handshake` (never sent).
@@ -142,9 +139,6 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
         .copied()
         .unwrap_or(0)
         & ROLE_MASK;
-    let Some(event) = scratch() else {
-        return 0;
-    };
     let io = HttpPending {
         start_ns: pending.start_ns,
         buf: pending.buf,
@@ -154,12 +148,6 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
         role,
         ..Default::default()
     };
-    start_io(event, &io, tgid, tid, transferred, unsafe {
-        bpf_ktime_get_ns()
-    });
-    event.record.flags = IO_TLS_PLAINTEXT;
-    let captured = copy_leading(event, io.buf, transferred);
-    copy_tail(event, &io, transferred, captured);
-    submit_io(event, captured);
+    send_plaintext(tgid, tid, &io, transferred, unsafe { bpf_ktime_get_ns() });
     0
 }
