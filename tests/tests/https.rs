@@ -82,23 +82,29 @@ fn expected(paths: &[String]) -> Counts {
 
 /// Python client: one keep-alive connection for all the paths; the statuses it got.
 fn python_client(port: u16, paths: &[String]) -> Vec<u16> {
+    let mut args = vec![port.to_string()];
+    args.extend_from_slice(paths);
+    python_json_lines("https_client.py", &args)
+        .iter()
+        .map(|v| v["status"].as_u64().expect("status") as u16)
+        .collect()
+}
+
+/// Runs a Python workload with `args` and reads the JSON object it prints per line.
+fn python_json_lines(script: &str, args: &[String]) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
-        .arg(workload("https_client.py"))
-        .arg(port.to_string())
-        .args(paths)
+        .arg(workload(script))
+        .args(args)
         .output()
-        .expect("python client");
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
     assert!(
         out.status.success(),
-        "{}",
+        "{script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            v["status"].as_u64().expect("status") as u16
-        })
+        .map(|l| serde_json::from_str(l).expect("json line"))
         .collect()
 }
 
@@ -382,20 +388,9 @@ fn curl_chunked_posts(port: u16) -> Vec<(String, String, String)> {
 
 /// `https_pipelined.py`: 4 rounds of a chunked POST and a GET in one write.
 fn pipelined(port: u16) -> Vec<(String, String, String)> {
-    let out = Command::new("python3")
-        .arg(workload("https_pipelined.py"))
-        .args([&port.to_string(), "4"])
-        .output()
-        .expect("python client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+    python_json_lines("https_pipelined.py", &[port.to_string(), "4".into()])
+        .iter()
+        .map(|v| {
             let text = |k: &str| v[k].as_str().expect("text").to_string();
             (text("method"), text("path"), v["status"].to_string())
         })
