@@ -18,6 +18,12 @@ pub fn workload(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The routes of [`Server::nginx`]: what [`plan`] asks for, with its statuses.
+const NGINX_ROUTES: &str = r#"location /users/ { return 200 "ok\n"; }
+    location = /items { return 201 "ok\n"; }
+    location /fail { return 500 "ok\n"; }
+    location / { return 404 "ok\n"; }"#;
+
 /// The files [`Server::nginx_sendfile`] serves under `/files/`, by name and size: one smaller
 /// than a capture, one a few segments long, one larger than a socket's send buffer.
 pub const STATIC_FILES: [(&str, usize); 3] = [
@@ -95,21 +101,19 @@ impl Server {
 
     /// nginx in the foreground with its own prefix, config and port.
     pub fn nginx(port: u16) -> Self {
-        Self::nginx_with(
-            port,
-            r#"location /users/ { return 200 "ok\n"; }
-    location = /items { return 201 "ok\n"; }
-    location /fail { return 500 "ok\n"; }
-    location / { return 404 "ok\n"; }"#,
-            |_| {},
-        )
+        Self::nginx_with(port, "", NGINX_ROUTES, |_| {})
+    }
+
+    /// [`Server::nginx`] speaking HTTP/2 without TLS (h2c, prior knowledge only).
+    pub fn nginx_h2c(port: u16) -> Self {
+        Self::nginx_with(port, " http2", NGINX_ROUTES, |_| {})
     }
 
     /// nginx serving the files of [`STATIC_FILES`] under `/files/` with `sendfile on`: each
     /// response's head leaves in a `writev`, its body in `sendfile` calls (no user buffer), several
     /// for a file larger than the socket's send buffer.
     pub fn nginx_sendfile(port: u16) -> Self {
-        Self::nginx_with(port, "sendfile on;\n    root {dir}/www;", |dir| {
+        Self::nginx_with(port, "", "sendfile on;\n    root {dir}/www;", |dir| {
             let files = dir.join("www/files");
             std::fs::create_dir_all(&files).expect("create www/files");
             for (name, size) in STATIC_FILES {
@@ -118,9 +122,14 @@ impl Server {
         })
     }
 
-    /// nginx with `server` as its server block's body (after `listen`; `{dir}` is replaced by
-    /// its prefix), once `prepare` has filled the prefix.
-    fn nginx_with(port: u16, server: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
+    /// nginx with `server` as its server block's body (after `listen` with `listen_options`;
+    /// `{dir}` is replaced by its prefix), once `prepare` has filled the prefix.
+    fn nginx_with(
+        port: u16,
+        listen_options: &str,
+        server: &str,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
         let server = server.replace("{dir}", &dir.path().display().to_string());
@@ -143,7 +152,7 @@ http {{
   scgi_temp_path {dir};
   keepalive_requests 100000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen_options};
     {server}
   }}
 }}

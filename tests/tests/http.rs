@@ -211,6 +211,103 @@ fn nginx_sendfile_responses_are_counted_on_both_sides() {
     check(&daemon, server.port, &sent, true);
 }
 
+/// HTTP/2 without TLS (h2c, prior knowledge) against nginx: nghttp multiplexes GETs of several
+/// routes on one connection, then POSTs on another, and curl makes one request per
+/// connection. Every stream is an exchange on both sides, with `network.protocol.version="2"`.
+#[test]
+fn http2_cleartext_streams_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::nginx_h2c(free_port());
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.port);
+    let gets: Vec<String> = (0..6)
+        .flat_map(|i| {
+            [
+                format!("/users/{}", 100 + i),
+                "/fail".into(),
+                "/missing/page".into(),
+            ]
+        })
+        .collect();
+    let mut sent = nghttp(&gets.iter().map(|p| url(p)).collect::<Vec<_>>(), None);
+    let payload = tempfile::NamedTempFile::new().expect("payload file");
+    std::fs::write(payload.path(), "payload").expect("write payload");
+    sent.extend(nghttp(&vec![url("/items"); 3], Some(payload.path())));
+    for path in ["/users/7", "/missing/page", "/fail"] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(url(path))
+            .output()
+            .expect("curl");
+        sent.push(Sent {
+            method: "GET".into(),
+            path: path.into(),
+            status: String::from_utf8_lossy(&out.stdout)
+                .parse()
+                .expect("status"),
+            seconds: f64::NAN,
+        });
+    }
+    assert_eq!(sent.len(), 18 + 3 + 3, "{sent:?}");
+    check(&daemon, server.port, &sent, true);
+    let scrape = daemon.scrape();
+    let versions: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("server_port") == Some(&server.port.to_string()))
+        .filter(|s| s.name.ends_with("request_duration_seconds_count"))
+        .map(|s| s.labels.get("network_protocol_version").cloned())
+        .collect();
+    assert!(!versions.is_empty());
+    assert!(
+        versions.iter().all(|v| v.as_deref() == Some("2")),
+        "{versions:?}"
+    );
+}
+
+/// `nghttp -n -s` (statistics on) with every URL on one connection, POSTing `data` when given:
+/// what each stream got, from its statistics table (`id responseEnd requestStart process code
+/// size request path`).
+fn nghttp(urls: &[String], data: Option<&std::path::Path>) -> Vec<Sent> {
+    let mut c = std::process::Command::new("nghttp");
+    c.args(["-n", "-s"]);
+    if let Some(data) = data {
+        c.arg("-d").arg(data);
+    }
+    let out = c
+        .args(urls)
+        .output()
+        .expect("nghttp (make test installs nghttp2-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let method = if data.is_some() { "POST" } else { "GET" };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, _, _, _, code, _, path] = fields.as_slice() else {
+                return None;
+            };
+            Some(Sent {
+                method: method.into(),
+                path: path.to_string(),
+                status: code.parse().ok()?,
+                seconds: f64::NAN,
+            })
+        })
+        .collect()
+}
+
 /// Asserts which mechanism the HTTP family attached with.
 fn assert_mechanism(daemon: &Daemon, expected: &str) {
     assert_eq!(

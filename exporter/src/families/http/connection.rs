@@ -10,7 +10,10 @@
 
 use std::collections::VecDeque;
 
-use super::parse::{self, Body, Chunked, ChunkedError, ParseError};
+use super::{
+    http2::{self, Http2},
+    parse::{self, Body, Chunked, ChunkedError, ParseError},
+};
 
 /// Requests in flight on one connection (pipelining depth); older ones are dropped beyond it.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -54,12 +57,40 @@ impl Io<'_> {
     }
 }
 
+/// The HTTP version a request was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+    Http2,
+}
+
+impl Version {
+    /// HTTP/1.`minor`.
+    fn http1(minor: u8) -> Self {
+        if minor == 0 {
+            Self::Http10
+        } else {
+            Self::Http11
+        }
+    }
+
+    /// `network.protocol.version`.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Self::Http10 => "1.0",
+            Self::Http11 => "1.1",
+            Self::Http2 => "2",
+        }
+    }
+}
+
 /// A request whose response is not complete yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
     pub target: String,
-    pub minor_version: u8,
+    pub version: Version,
     pub traceparent: Option<String>,
     pub host: Option<String>,
     pub start_ns: u64,
@@ -194,6 +225,8 @@ pub struct Connection {
     open_response: Option<OpenResponse>,
     /// Whether a valid HTTP message was ever seen here.
     pub seen_http: bool,
+    /// HTTP/2, from the client preface on: every later byte goes to it.
+    http2: Option<Box<Http2>>,
 }
 
 impl Connection {
@@ -209,6 +242,7 @@ impl Connection {
             in_flight: VecDeque::new(),
             open_response: None,
             seen_http: false,
+            http2: None,
         }
     }
 
@@ -218,6 +252,9 @@ impl Connection {
 
     /// Bytes read from the socket.
     pub fn on_read(&mut self, io: &Io<'_>, out: &mut Vec<Outcome>) {
+        if self.follow_http2(io, true, out) {
+            return;
+        }
         match self.role {
             Role::Server => self.on_request_bytes(io, io.end_ns, out),
             Role::Client => self.on_response_bytes(io, io.end_ns, out),
@@ -226,16 +263,38 @@ impl Connection {
 
     /// Bytes written to the socket.
     pub fn on_write(&mut self, io: &Io<'_>, out: &mut Vec<Outcome>) {
+        if self.follow_http2(io, false, out) {
+            return;
+        }
         match self.role {
             Role::Server => self.on_response_bytes(io, io.start_ns, out),
             Role::Client => self.on_request_bytes(io, io.start_ns, out),
         }
     }
 
+    /// Whether the transfer belongs to HTTP/2 (this one starts it with the client preface, or
+    /// an earlier one did), and went to its decoder.
+    fn follow_http2(&mut self, io: &Io<'_>, read: bool, out: &mut Vec<Outcome>) -> bool {
+        if self.http2.is_none() {
+            if self.seen_http || !http2::starts(self.role, read, io.captured) {
+                return false;
+            }
+            self.seen_http = true;
+            self.http2 = Some(Box::default());
+        }
+        if let Some(http2) = &mut self.http2 {
+            http2.on_io(self.role, read, io, out);
+        }
+        true
+    }
+
     /// The connection closed: a response delimited by the close is complete, and so is one
     /// whose status was seen (see [`Connection::complete_seen_response`]); requests still
     /// waiting are dropped.
     pub fn on_close(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(http2) = &mut self.http2 {
+            http2.on_close(false, out);
+        }
         self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("connection_closed"));
@@ -246,6 +305,9 @@ impl Connection {
     /// fork-per-connection server's child writes a 404 without a length and exits; `wget` exits
     /// after reading a 404's head); the rest in flight will never complete.
     pub fn on_exit(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(http2) = &mut self.http2 {
+            http2.on_close(true, out);
+        }
         self.complete_seen_response(out);
         for _ in self.in_flight.drain(..) {
             out.push(Outcome::Dropped("process_exit"));
@@ -276,6 +338,9 @@ impl Connection {
     /// Records of this connection were lost: what is in flight cannot be matched any more, and
     /// both streams wait for the next message head.
     pub fn on_lost(&mut self, out: &mut Vec<Outcome>) {
+        if let Some(http2) = &mut self.http2 {
+            http2.on_lost(out);
+        }
         self.open_response = None;
         self.request_partial.clear();
         self.response_partial.clear();
@@ -424,7 +489,7 @@ impl Connection {
         self.in_flight.push_back(Request {
             method: head.method,
             target: head.target,
-            minor_version: head.head.minor_version.unwrap_or(1),
+            version: Version::http1(head.head.minor_version.unwrap_or(1)),
             traceparent: head.head.traceparent,
             host: head.head.host,
             start_ns,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod gotls;
 pub mod h2;
+pub mod http2;
 pub mod parse;
 pub mod record;
 pub mod route;

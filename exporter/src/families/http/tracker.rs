@@ -99,6 +99,8 @@ impl HttpState {
             "process_exit",
             "pipeline_overflow",
             "events_lost",
+            "stream_overflow",
+            "http2_undecoded",
         ] {
             points.push((
                 vec![("outcome", format!("dropped_{reason}"))],
@@ -611,11 +613,7 @@ impl Tracker {
             Role::Server => e.status >= 500,
             Role::Client => e.status >= 400,
         };
-        let version = if e.request.minor_version == 0 {
-            "1.0"
-        } else {
-            "1.1"
-        };
+        let version = e.request.version.attribute();
         let request = RequestAttributes {
             method,
             status: e.status,
