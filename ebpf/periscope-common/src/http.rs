@@ -47,8 +47,11 @@ pub const ROLE_LOST: u8 = 0x80;
 /// Kernel-internal, on a connection map value: its bytes are TLS. The kernel stops capturing
 /// its (encrypted) syscalls and only notes the fd for the OpenSSL probes.
 pub const ROLE_TLS: u8 = 0x40;
+/// Kernel-internal, on a connection map value: the connection speaks HTTP/2 (its client preface
+/// went through it); its transfers are walked frame by frame ([`H2Walk`]).
+pub const ROLE_H2: u8 = 0x20;
 /// The side bits of a connection map value, without the flags.
-pub const ROLE_MASK: u8 = 0x3f;
+pub const ROLE_MASK: u8 = 0x1f;
 
 /// [`IoRecord::flags`]: a record of this connection was lost before this one: user space
 /// restarts the conversation instead of mismatching it.
@@ -56,6 +59,19 @@ pub const IO_LOST: u8 = 1;
 /// [`IoRecord::flags`]: the plaintext of a TLS connection, from the OpenSSL probes. Its `fd`
 /// is the connection's, or, when that is unknown, the low bits of the `SSL *`.
 pub const IO_TLS_PLAINTEXT: u8 = 2;
+/// [`IoRecord::flags`]: the captured bytes are HTTP/2 frames, walked by the kernel: each frame's
+/// 9-byte header, followed by its payload unless [`h2_payload_elided`] (DATA, or too large).
+/// Frames run on across a connection's records in each direction (a header or payload may be
+/// cut by a record's end and go on in the next); a transfer that only carries elided payload
+/// sends no record.
+pub const IO_H2: u8 = 4;
+/// [`IoRecord::flags`] with [`IO_H2`]: the client preface was the transfer's first 24 bytes (not
+/// among the captured ones): the connection's HTTP/2 starts here.
+pub const IO_H2_PREFACE: u8 = 8;
+/// [`IoRecord::flags`] with [`IO_H2`]: the walk lost its place in this transfer (more frames
+/// than [`H2_STEPS`] allows, bytes it could not read): the frames before are good, and the
+/// connection's later transfers are captured as plain ones.
+pub const IO_H2_CUT: u8 = 16;
 /// User space keys a TLS connection's plaintext apart from its encrypted bytes by this bit on
 /// the fd (no descriptor number reaches it).
 pub const TLS_FD: u32 = 0x8000_0000;
@@ -200,6 +216,56 @@ pub struct GoTlsKey {
     pub goroutine: u64,
 }
 
+/// The length of an HTTP/2 frame header, and of the client preface.
+pub const H2_FRAME_HEADER: usize = 9;
+pub const H2_PREFACE_LEN: u64 = 24;
+/// The HTTP/2 frame type DATA.
+pub const H2_DATA: u8 = 0;
+/// Frames whose payload is longer than this are sent without it (the largest header block
+/// the user-space decoder takes is this size too).
+pub const H2_MAX_KEPT: u32 = 16384;
+/// Bytes of frames per HTTP/2 record (a power of two); a walk that fills it sends it and goes on.
+pub const H2_CAPTURE: usize = 4096;
+/// Bytes of a payload copied per step of the walk (a power of two).
+pub const H2_CHUNK: usize = 512;
+/// Steps of the walk per transfer. A step takes the next iovec when the current one is done,
+/// reads a frame header when one is due, and skips or copies what the buffer holds of its
+/// payload (copies at most [`H2_CHUNK`]): a frame inside one buffer takes one step, a frame
+/// whose header and payload are iovecs of their own two. A transfer that needs more is cut
+/// ([`IO_H2_CUT`]).
+pub const H2_STEPS: u32 = 64;
+
+/// Whether a frame's payload is left out of an HTTP/2 record: DATA (the body), and payloads
+/// over [`H2_MAX_KEPT`].
+#[inline(always)]
+pub const fn h2_payload_elided(kind: u8, len: u32) -> bool {
+    kind == H2_DATA || len > H2_MAX_KEPT
+}
+
+/// Where one direction of an HTTP/2 connection is, between its transfers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct H2Direction {
+    /// Payload bytes of the current frame still to come.
+    pub remaining: u32,
+    /// Whether they are copied (else skipped).
+    pub keep: u8,
+    /// Bytes of the next frame header already seen (a transfer ended inside it).
+    pub header_len: u8,
+    pub _pad: [u8; 2],
+    /// Those bytes (32 rather than 9: the verifier bounds a copy's offset and length apart).
+    pub header: [u8; 32],
+}
+
+/// An HTTP/2 connection's walk: one [`H2Direction`] per direction, by the record kind of its
+/// transfers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct H2Walk {
+    pub sent: H2Direction,
+    pub received: H2Direction,
+}
+
 /// A transfer's record as the kernel builds it in its per-CPU scratch buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -296,6 +362,9 @@ pub struct HttpPending {
     pub kind: u8,
     pub role: u8,
     pub _pad: [u8; 2],
+    /// A vectored transfer's iovec array and count (0: one buffer, `buf`).
+    pub iov: u64,
+    pub iov_count: u64,
 }
 
 /// What a syscall is to the raw tracepoint programs (`raw_syscalls:sys_enter`/`sys_exit` see

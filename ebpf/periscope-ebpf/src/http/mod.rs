@@ -30,7 +30,8 @@
 //!
 //! One file per concern: `syscalls.rs`, `raw_syscalls.rs`, `socket.rs` and `fentry.rs` hold
 //! each mechanism's programs; `regs.rs` reads a syscall from saved registers, `connection.rs`
-//! and `process.rs` follow connections and processes, `tls.rs` the OpenSSL probes
+//! and `process.rs` follow connections and processes, `h2.rs` walks HTTP/2 connections' frames,
+//! `tls.rs` the OpenSSL probes
 //! (`tls_socket.rs`: which socket each OpenSSL call is on), `gotls.rs` Go's `crypto/tls`, and
 //! `record.rs` builds and sends every record. This file: what they all share (the watched
 //! connections, a transfer's buffer, the benchmark's cost stages).
@@ -38,6 +39,7 @@
 mod connection;
 mod fentry;
 mod gotls;
+mod h2;
 mod process;
 mod raw_syscalls;
 mod record;
@@ -184,6 +186,8 @@ pub(super) fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bo
     if iov == 0 || iovcnt == 0 {
         return;
     }
+    pending.iov = iov;
+    pending.iov_count = iovcnt;
     // struct iovec: base at 0, len at 8.
     if let Ok(first) = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
         pending.buf = first[0];

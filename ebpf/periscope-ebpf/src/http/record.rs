@@ -1,6 +1,7 @@
 //! Records to user space: the per-CPU scratch record, the copies of a transfer's leading and
 //! last bytes, and the ring buffer with its wakeup policy. Every mechanism sends through here.
 
+use super::h2;
 use super::tls_socket::{HTTP_TLS_LAST_READ, note_tls_fd};
 use super::{HTTP_CONNS, stage, stop_after};
 use crate::shared::{count, global, ring_flags};
@@ -17,8 +18,8 @@ use periscope_common::{
         AcceptRecord, CAPTURE, COMM, CloseRecord, ConnectAddr, ConnectRecord, DupRecord,
         ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoEvent, KIND_ACCEPT,
         KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, OpenRecord,
-        ROLE_CLIENT, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen, TAIL,
-        conn_key, crosses_wakeup_step,
+        ROLE_CLIENT, ROLE_H2, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen,
+        TAIL, TLS_FD, conn_key, crosses_wakeup_step,
     },
 };
 
@@ -68,6 +69,9 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if stop_after(stage::HEADER) {
         return;
     }
+    if pending.role & ROLE_H2 != 0 && h2::walk(&event.record, pending, pending.fd, transferred) {
+        return;
+    }
     let mut want = transferred;
     if pending.buf_len < want {
         want = pending.buf_len;
@@ -76,7 +80,15 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if stop_after(stage::COPY) {
         return;
     }
-    let mut role = pending.role;
+    if h2::starts_with_preface(&event.data, captured) {
+        // HTTP/2 from here on (a lost record before is of no matter: this is its beginning).
+        let role = (pending.role & !ROLE_LOST) | ROLE_H2;
+        let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
+        h2::start(&event.record, pending, pending.fd, transferred);
+        return;
+    }
+    // Not (or no longer: its walk aged out) HTTP/2.
+    let mut role = pending.role & !ROLE_H2;
     // A TLS handshake record (22, version 3.x): from now on this connection's bytes are
     // encrypted; stop capturing them (the OpenSSL probes send the plaintext). Flagged here, on
     // this very connection, rather than by user space later, when the fd may name another.
@@ -119,7 +131,16 @@ pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred:
     };
     start_io(event, io, tgid, tid, transferred, now);
     event.record.flags = IO_TLS_PLAINTEXT;
+    // Plaintext has no connection map value to say it is HTTP/2: its walk is looked up.
+    let key_fd = io.fd | TLS_FD;
+    if h2::walk(&event.record, io, key_fd, transferred) {
+        return;
+    }
     let captured = copy_leading(event, io.buf, transferred);
+    if h2::starts_with_preface(&event.data, captured) {
+        h2::start(&event.record, io, key_fd, transferred);
+        return;
+    }
     copy_tail(event, io, transferred, captured);
     submit_io(event, captured);
 }
@@ -365,6 +386,7 @@ pub(super) fn send_dup(role: u8, tgid: u32, tid: u32, fd: u32, original_fd: u32,
 /// (`tgid`, `fd`) closed; `whole_socket`: the socket itself, with every descriptor of it.
 #[inline(always)]
 pub(super) fn send_close(role: u8, tgid: u32, tid: u32, fd: u32, whole_socket: bool, now: u64) {
+    h2::forget(tgid, fd, role & ROLE_H2 != 0, role & ROLE_TLS != 0);
     send_record(&CloseRecord {
         head: head(KIND_CLOSE, role, tgid, tid, fd, now),
         whole_socket: whole_socket as u8,

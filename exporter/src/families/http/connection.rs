@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::{
-    http2::{self, Http2},
+    http2::Http2,
     parse::{self, Body, Chunked, ChunkedError, ParseError},
 };
 
@@ -38,6 +38,19 @@ pub struct Io<'a> {
     /// The last bytes, when beyond the captured ones.
     pub tail: &'a [u8],
     pub tid: u32,
+    /// What `captured` holds.
+    pub capture: Capture,
+}
+
+/// How the kernel captured a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Its leading bytes (and its last ones in `tail`).
+    Plain,
+    /// An HTTP/2 connection's frames, walked by the kernel (`IO_H2`): `preface`, the client
+    /// preface opened the connection in this transfer; `cut`, the walk lost its place in it, so
+    /// the connection's later transfers come [`Capture::Plain`].
+    Frames { preface: bool, cut: bool },
 }
 
 impl Io<'_> {
@@ -276,11 +289,12 @@ impl Connection {
     /// an earlier one did), and went to its decoder.
     fn follow_http2(&mut self, io: &Io<'_>, read: bool, out: &mut Vec<Outcome>) -> bool {
         if self.http2.is_none() {
-            if self.seen_http || !http2::starts(self.role, read, io.captured) {
+            // The kernel walks a connection's frames from its client preface on.
+            let Capture::Frames { preface, .. } = io.capture else {
                 return false;
-            }
+            };
             self.seen_http = true;
-            self.http2 = Some(Box::default());
+            self.http2 = Some(Box::new(Http2::new(preface)));
         }
         if let Some(http2) = &mut self.http2 {
             http2.on_io(self.role, read, io, out);
@@ -663,6 +677,7 @@ mod tests {
                 &[]
             },
             tid: 7,
+            capture: Capture::Plain,
         }
     }
 
@@ -688,6 +703,7 @@ mod tests {
                     captured,
                     tail: &[],
                     tid: 1,
+                    capture: Capture::Plain,
                 };
                 if *read { c.on_read(&io, &mut out) } else { c.on_write(&io, &mut out) }
                 proptest::prop_assert!(c.in_flight() <= MAX_IN_FLIGHT);

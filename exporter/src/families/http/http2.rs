@@ -2,38 +2,41 @@
 //! transfers from the client preface on, its per-stream exchanges handed back as the HTTP/1
 //! connection's outcomes, so that routes, series and self-metrics are the same for both.
 //!
-//! A connection is HTTP/2 when the client's first bytes are the preface (h2c with prior
-//! knowledge; HTTP/2 over TLS through the OpenSSL probes, whose plaintext starts the same way).
-//! A stream whose method, path or status could not be decoded (bytes beyond the capture) is
-//! counted as dropped (`http2_undecoded`), never under a guessed route. Not yet: connections
-//! first seen mid-stream, h2c upgrades from HTTP/1.1, spans, gRPC's own metrics.
+//! A connection is HTTP/2 from the transfer whose first bytes are the client preface (h2c with
+//! prior knowledge; HTTP/2 over TLS through the OpenSSL and Go probes, whose plaintext starts
+//! the same way): the kernel sees it and walks the connection's frames from there. A stream
+//! whose method, path or status could not be decoded is counted as dropped
+//! (`http2_undecoded`), never under a guessed route. Not yet: connections first seen
+//! mid-stream, h2c upgrades from HTTP/1.1, spans.
 
 use super::{
-    connection::{Exchange, Io, Outcome, Request, Role, Version},
+    connection::{Capture, Exchange, Io, Outcome, Request, Role, Version},
     h2,
 };
 
-/// One HTTP/2 connection's decoder and the last time it saw bytes (an exit ends its streams
-/// then).
+/// One HTTP/2 connection's decoder, the last time it saw bytes (an exit ends its streams
+/// then), and, per direction, whether the kernel's walk lost its place (its transfers then
+/// come plain, and the decoder finds frames in them as best it can).
 #[derive(Debug)]
 pub struct Http2 {
     conn: h2::Connection,
     last_ns: u64,
-}
-
-/// Whether a transfer that `read` (else wrote) on a connection of `role` is the start of the
-/// client preface: a server reads it, a client writes it.
-pub fn starts(role: Role, read: bool, captured: &[u8]) -> bool {
-    let from_client = matches!((role, read), (Role::Server, true) | (Role::Client, false));
-    // The preface's first line is enough to tell (a capture may end inside the rest).
-    from_client && captured.starts_with(&h2::PREFACE[..16])
+    plain: [bool; 2],
 }
 
 impl Http2 {
-    pub fn new() -> Self {
+    /// A connection whose frames the kernel walks; `preface`: from its start (else it was
+    /// joined midway: its tables are unknown).
+    pub fn new(preface: bool) -> Self {
+        let start = if preface {
+            h2::Start::Beginning
+        } else {
+            h2::Start::Midway
+        };
         Self {
-            conn: h2::Connection::new(h2::Start::Beginning),
+            conn: h2::Connection::new(start),
             last_ns: 0,
+            plain: [false; 2],
         }
     }
 
@@ -46,13 +49,31 @@ impl Http2 {
             (Role::Server, true) | (Role::Client, false) => h2::Side::Client,
             _ => h2::Side::Server,
         };
+        let plain = &mut self.plain[from as usize];
         let mut decoded = Vec::new();
-        let transfer = h2::Transfer {
-            time_ns,
-            len: io.len,
-            captured: io.captured,
-        };
-        self.conn.on_transfer(from, transfer, &mut decoded);
+        match io.capture {
+            Capture::Frames { cut, .. } => {
+                *plain = false;
+                self.conn
+                    .on_walked(from, time_ns, io.captured, &mut decoded);
+                if cut {
+                    self.conn.on_lost(from, &mut decoded);
+                }
+            }
+            Capture::Plain => {
+                if !*plain {
+                    // The walk's end was not seen (its record was lost, or its state aged out).
+                    *plain = true;
+                    self.conn.on_lost(from, &mut decoded);
+                }
+                let transfer = h2::Transfer {
+                    time_ns,
+                    len: io.len,
+                    captured: io.captured,
+                };
+                self.conn.on_transfer(from, transfer, &mut decoded);
+            }
+        }
         out.extend(decoded.into_iter().map(|o| outcome(o, io.tid)));
     }
 
@@ -73,12 +94,6 @@ impl Http2 {
             Outcome::Dropped("connection_closed") if exited => Outcome::Dropped("process_exit"),
             other => other,
         }));
-    }
-}
-
-impl Default for Http2 {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -112,19 +127,4 @@ fn exchange(e: &h2::Exchange, tid: u32) -> Option<Exchange> {
         status: e.status().known()?,
         end_ns: e.end_ns,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_preface_starts_http2_only_in_the_clients_direction() {
-        let preface = h2::PREFACE;
-        assert!(starts(Role::Server, true, preface));
-        assert!(starts(Role::Client, false, preface));
-        assert!(!starts(Role::Server, false, preface));
-        assert!(!starts(Role::Client, true, preface));
-        assert!(!starts(Role::Server, true, b"GET / HTTP/1.1\r\n\r\n"));
-    }
 }

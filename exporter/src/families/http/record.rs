@@ -3,13 +3,13 @@
 //! transfer's captured bytes) is bounded by the record's own length.
 
 use periscope_common::http::{
-    AcceptRecord, CloseRecord, ConnectAddr, ConnectRecord, DupRecord, ExitRecord, IO_LOST,
-    IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoRecord, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP,
-    KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, OpenRecord, ROLE_CLIENT, ROLE_SERVER, RecordHead,
-    SockOpen, TLS_FD,
+    AcceptRecord, CloseRecord, ConnectAddr, ConnectRecord, DupRecord, ExitRecord, IO_H2, IO_H2_CUT,
+    IO_H2_PREFACE, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoRecord, KIND_ACCEPT, KIND_CLOSE,
+    KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, OpenRecord, ROLE_CLIENT,
+    ROLE_SERVER, RecordHead, SockOpen, TLS_FD,
 };
 
-use super::connection::{Io, Role};
+use super::connection::{Capture, Io, Role};
 
 /// One record from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,8 +153,20 @@ fn transfer(bytes: &[u8]) -> Result<Transfer<'_>, Malformed> {
             captured,
             tail: &bytes[tail_at..tail_at + tail_len],
             tid: r.head.tid,
+            capture: capture(r.flags),
         },
     })
+}
+
+/// What a transfer record's bytes are, from its flags.
+fn capture(flags: u8) -> Capture {
+    if flags & IO_H2 == 0 {
+        return Capture::Plain;
+    }
+    Capture::Frames {
+        preface: flags & IO_H2_PREFACE != 0,
+        cut: flags & IO_H2_CUT != 0,
+    }
 }
 
 /// The kernel struct `T` at the start of `bytes`.

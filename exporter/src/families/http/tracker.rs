@@ -22,7 +22,7 @@ use crate::{
 use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
-    connection::{Connection, Exchange, Outcome, Role},
+    connection::{Capture, Connection, Exchange, Outcome, Role},
     parse,
     record::{self, Conn, Record, Transfer},
     route::Routes,
@@ -517,7 +517,11 @@ impl Tracker {
             self.stats.followed_mid_stream += 1;
             self.track(key, role, port, None, io.end_ns);
         }
-        if h.fd & TLS_FD == 0 && is_tls_record(captured) && !self.conns[&key].conn.seen_http {
+        if h.fd & TLS_FD == 0
+            && io.capture == Capture::Plain
+            && is_tls_record(captured)
+            && !self.conns[&key].conn.seen_http
+        {
             self.switch_to_tls(key);
             return;
         }
@@ -892,6 +896,10 @@ impl Tracker {
 fn role_of(h: &Transfer) -> Option<Role> {
     if let Some(role) = h.side {
         return Some(role);
+    }
+    if let Capture::Frames { preface: true, .. } = h.io.capture {
+        // The client preface: a client writes it, a server reads it.
+        return Some(if h.read { Role::Server } else { Role::Client });
     }
     let response = parse::looks_like_response(h.io.captured);
     let request = !response && parse::looks_like_request(h.io.captured);

@@ -4,6 +4,8 @@
 //! (a transfer longer than its capture) by count, and resynchronises conservatively when a
 //! gap swallowed a frame header.
 
+use periscope_common::http::h2_payload_elided;
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes of a frame header.
@@ -200,6 +202,54 @@ enum State {
         missing: bool,
     },
     OutOfSync,
+}
+
+/// Frames from a frame-walking capture (the kernel's HTTP/2 records): each frame's header
+/// followed by its payload, unless the capture left the payload out (`h2_payload_elided`:
+/// DATA, or a payload too large to be a header block), running on across records. Holds at
+/// most one frame's header and kept payload between records.
+#[derive(Debug, Clone, Default)]
+pub struct Walked {
+    pending: Vec<u8>,
+}
+
+impl Walked {
+    /// The next bytes of the capture: calls `on` with each frame they complete (its header, and
+    /// its payload, empty when left out).
+    pub fn feed(&mut self, bytes: &[u8], on: &mut impl FnMut(FrameHeader, &[u8])) {
+        self.pending.extend_from_slice(bytes);
+        let mut at = 0;
+        while let Some((header, end)) = walked_frame(&self.pending[at..]) {
+            on(header, &self.pending[at + HEADER_LEN..at + end]);
+            at += end;
+        }
+        self.pending.drain(..at);
+        if self.pending.is_empty() && self.pending.capacity() > IDLE_CAPACITY {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Forgets a frame in progress (the capture lost its place).
+    pub fn clear(&mut self) {
+        self.pending = Vec::new();
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The frame at the start of walked bytes, and where it ends in them, when they hold all of it.
+fn walked_frame(bytes: &[u8]) -> Option<(FrameHeader, usize)> {
+    let head: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+    let header = FrameHeader::parse(head);
+    let kept = if h2_payload_elided(head[3], header.len) {
+        0
+    } else {
+        header.len as usize
+    };
+    let end = HEADER_LEN + kept;
+    (bytes.len() >= end).then_some((header, end))
 }
 
 /// Cuts one direction's bytes into frames.

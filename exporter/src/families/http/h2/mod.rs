@@ -3,10 +3,11 @@
 //! dynamic table per direction ([`hpack`]), and follows client-initiated streams into one
 //! [`Exchange`] each ([`stream`]).
 //!
-//! Pure and below the tracker: it is fed either raw transfers ([`Connection::on_transfer`]:
-//! the bytes of a read or write, of which only the first may be captured) or frames already
-//! cut by someone else ([`Connection::on_frame`]), never both on one connection. Not yet fed
-//! by the kernel (docs/http.md).
+//! Pure and below the tracker: it is fed the kernel's frame walk ([`Connection::on_walked`]:
+//! every frame header, and every payload but DATA's), raw transfers
+//! ([`Connection::on_transfer`]: the bytes of a read or write, of which only the first may be
+//! captured; what the kernel sends once a walk has lost its place, after
+//! [`Connection::on_lost`]), or frames cut by someone else ([`Connection::on_frame`]).
 
 pub mod frame;
 pub mod hpack;
@@ -15,7 +16,7 @@ pub mod stream;
 pub use frame::{FrameHeader, PREFACE};
 pub use stream::{End, Exchange, Headers, Outcome, Side, Value};
 
-use frame::{Event, Framer, Kind};
+use frame::{Event, Framer, Kind, Walked};
 use hpack::{Decoder, MAX_HEADER_BLOCK};
 use stream::Streams;
 
@@ -65,6 +66,8 @@ struct Block {
 #[derive(Debug, Clone)]
 struct Direction {
     framer: Framer,
+    /// Frames from a frame-walking capture ([`Connection::on_walked`]).
+    walked: Walked,
     /// Decodes the blocks this side sends.
     decoder: Decoder,
     block: Option<Block>,
@@ -90,6 +93,7 @@ impl Connection {
         };
         let direction = |framer| Direction {
             framer,
+            walked: Walked::default(),
             decoder: decoder.clone(),
             block: None,
         };
@@ -112,6 +116,7 @@ impl Connection {
             .iter()
             .map(|d| {
                 d.framer.buffered()
+                    + d.walked.buffered()
                     + d.block.as_ref().map_or(0, |b| b.bytes.len())
                     + d.decoder.table_size()
             })
@@ -150,8 +155,27 @@ impl Connection {
         );
     }
 
+    /// The next bytes `from` sent, as a frame-walking capture gives them (see [`Walked`]),
+    /// stamped `time_ns`.
+    pub fn on_walked(&mut self, from: Side, time_ns: u64, bytes: &[u8], out: &mut Vec<Outcome>) {
+        let mut walked = std::mem::take(&mut self.direction_mut(from).walked);
+        walked.feed(bytes, &mut |header, payload| {
+            self.on_frame(
+                from,
+                FrameRecord {
+                    time_ns,
+                    header,
+                    payload,
+                },
+                out,
+            )
+        });
+        self.direction_mut(from).walked = walked;
+    }
+
     /// Records of `from`'s bytes or frames were lost: what they said is unknown.
     pub fn on_lost(&mut self, from: Side, out: &mut Vec<Outcome>) {
+        self.direction_mut(from).walked.clear();
         let mut framer = std::mem::replace(&mut self.direction_mut(from).framer, Framer::midway());
         framer.lose(&mut |event| self.on_event(from, 0, event, out));
         self.direction_mut(from).framer = framer;

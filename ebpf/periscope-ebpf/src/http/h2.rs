@@ -1,0 +1,409 @@
+//! HTTP/2 frames out of a connection's transfers. A connection is HTTP/2 from the transfer whose
+//! first bytes are the client preface (a client writes it, a server reads it; in plaintext, or
+//! through the TLS probes). From then on each of its transfers is walked frame by frame, and
+//! what user space needs is copied: every frame header, and every payload but DATA's (and
+//! those too large to be header blocks). So a response's body costs nothing to copy however
+//! large, many streams multiplexed in one write are all seen, and a frame cut by a transfer's
+//! end goes on in the next: each direction's place (the rest of a payload, a partial header)
+//! is kept between transfers in [`HTTP_H2_WALKS`].
+//!
+//! The walk is [`H2_STEPS`] small steps, unrolled, whose state lives in map memory, not in
+//! registers: the verifier then sees the same state at the top of each step whatever path led
+//! there, and checks the walk in time linear in its length. (As a loop, the states of its
+//! iterations differ by the counter, the verifier's heuristics drop them, and the paths
+//! through the steps multiply past its limit; Linux 5.10 has no `bpf_loop`.)
+
+use super::HTTP_CONNS;
+use super::record::output;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_EXIST},
+    helpers::bpf_probe_read_user,
+    helpers::generated::bpf_probe_read_user as probe_read_user_raw,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use periscope_common::http::{
+    H2_CAPTURE, H2_CHUNK, H2_FRAME_HEADER, H2_PREFACE_LEN, H2_STEPS, H2Direction, H2Walk,
+    HttpPending, IO_H2, IO_H2_CUT, IO_H2_PREFACE, IO_RECORD_SIZE, IoRecord, KIND_WRITE, ROLE_H2,
+    TLS_FD, conn_key, h2_payload_elided,
+};
+
+/// Repeats its tokens twice.
+macro_rules! twice {
+    ($($body:tt)*) => {
+        $($body)*
+        $($body)*
+    };
+}
+
+/// Each HTTP/2 connection's place in its two directions, by (process, fd) (the fd with
+/// `TLS_FD` for TLS plaintext). LRU: a connection whose close was not seen ages out.
+#[map]
+pub(super) static HTTP_H2_WALKS: LruHashMap<u64, H2Walk> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where a walk is inside the transfer it walks, kept in map memory (see the module's doc).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Cursor {
+    /// The current buffer: where its unwalked bytes start, and how many there are.
+    base: u64,
+    base_left: u64,
+    /// The next iovec to take (vectored transfers).
+    next_iov: u64,
+    /// Bytes of the transfer not walked yet.
+    left: u64,
+    /// Bytes of frames in the record being built.
+    out: u64,
+    /// How the walk ended: [`WALKING`], [`DONE`] or [`CUT`].
+    state: u64,
+}
+
+/// [`Cursor::state`]s.
+const WALKING: u64 = 0;
+const DONE: u64 = 1;
+const CUT: u64 = 2;
+
+/// An HTTP/2 record being built: the walk's cursor, then the record as it is sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct H2Event {
+    cursor: Cursor,
+    record: IoRecord,
+    /// At most [`H2_CAPTURE`] bytes of frames (a step that starts below it may pass it by up to
+    /// a header and a chunk: room for that, and for the verifier's bounds).
+    data: [u8; H2_CAPTURE + 2 * H2_CHUNK],
+}
+
+#[map]
+static HTTP_H2_SCRATCH: PerCpuArray<H2Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// The client preface, as the three words it is compared by.
+const PREFACE: [u64; 3] = [
+    u64::from_ne_bytes(*b"PRI * HT"),
+    u64::from_ne_bytes(*b"TP/2.0\r\n"),
+    u64::from_ne_bytes(*b"\r\nSM\r\n\r\n"),
+];
+
+/// Whether a transfer's first `captured` bytes, `data`, start with the client preface.
+#[inline(always)]
+pub(super) fn starts_with_preface(data: &[u8], captured: u32) -> bool {
+    if captured < H2_PREFACE_LEN as u32 || data.len() < 24 {
+        return false;
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&data[8 * i..8 * i + 8]);
+        u64::from_ne_bytes(w)
+    };
+    word(0) == PREFACE[0] && word(1) == PREFACE[1] && word(2) == PREFACE[2]
+}
+
+/// The transfer `pending` (of `transferred` bytes), whose record is `record`, opens HTTP/2 on
+/// (`tgid`, `key_fd`) with the client preface: starts the connection's walk past the preface
+/// and walks the rest. (The caller marks the connection map value, when there is one, with
+/// `ROLE_H2` first, so that its later transfers are walked.)
+#[inline(always)]
+pub(super) fn start(record: &IoRecord, pending: &HttpPending, key_fd: u32, transferred: u64) {
+    let mut walk = H2Walk::default();
+    // The preface is skipped like an elided payload.
+    let skip_preface = H2Direction {
+        remaining: H2_PREFACE_LEN as u32,
+        ..Default::default()
+    };
+    if pending.kind == KIND_WRITE {
+        walk.sent = skip_preface;
+    } else {
+        walk.received = skip_preface;
+    }
+    let key = conn_key(record.head.tgid, key_fd);
+    if HTTP_H2_WALKS.insert(key, walk, BPF_ANY as u64).is_ok() {
+        walk_transfer(record, pending, key, transferred, IO_H2_PREFACE);
+    }
+}
+
+/// A connection's walks are over (it closed): `plain` and `tls` say which it may have.
+#[inline(always)]
+pub(super) fn forget(tgid: u32, fd: u32, plain: bool, tls: bool) {
+    if plain {
+        let _ = HTTP_H2_WALKS.remove(conn_key(tgid, fd));
+    }
+    if tls {
+        let _ = HTTP_H2_WALKS.remove(conn_key(tgid, fd | TLS_FD));
+    }
+}
+
+/// Walks a transfer of an HTTP/2 connection, sending its frames. False when the connection has
+/// no walk (its state aged out): the caller captures the transfer as a plain one.
+#[inline(always)]
+pub(super) fn walk(
+    record: &IoRecord,
+    pending: &HttpPending,
+    key_fd: u32,
+    transferred: u64,
+) -> bool {
+    walk_transfer(
+        record,
+        pending,
+        conn_key(record.head.tgid, key_fd),
+        transferred,
+        0,
+    )
+}
+
+/// Walks `transferred` bytes of `pending`'s buffers on the connection whose walk is at `key`,
+/// sending records like `record` (its head, times and length) flagged [`IO_H2`] and `flags`.
+#[inline(always)]
+fn walk_transfer(
+    record: &IoRecord,
+    pending: &HttpPending,
+    key: u64,
+    transferred: u64,
+    flags: u8,
+) -> bool {
+    let Some(walk) = HTTP_H2_WALKS.get_ptr_mut(key) else {
+        return false;
+    };
+    let Some(event) = HTTP_H2_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a map value (its entry may be removed meanwhile; the memory stays valid for the
+    // program's run) and this CPU's scratch record, used by one program at a time.
+    let (walk, event) = unsafe { (&mut *walk, &mut *event) };
+    let dir = if pending.kind == KIND_WRITE {
+        &mut walk.sent
+    } else {
+        &mut walk.received
+    };
+    event.record = *record;
+    event.record.flags |= IO_H2 | flags;
+    event.record.captured = 0;
+    event.record.tail_len = 0;
+    let cursor = &mut event.cursor;
+    set(&mut cursor.left, transferred);
+    set(&mut cursor.out, 0);
+    set(&mut cursor.next_iov, 0);
+    if pending.iov != 0 {
+        set(&mut cursor.base, 0);
+        set(&mut cursor.base_left, 0);
+    } else {
+        set(&mut cursor.base, pending.buf);
+        set(&mut cursor.base_left, pending.buf_len.min(transferred));
+    }
+    set(&mut cursor.state, WALKING);
+    // H2_STEPS steps, unrolled (see the module's doc).
+    'walk: {
+        twice! { twice! { twice! { twice! { twice! { twice! {
+            if !step(event, dir, pending) {
+                break 'walk;
+            }
+        } } } } } }
+    }
+    // Out of steps with bytes left is a cut too.
+    let cut = get(&event.cursor.state) != DONE;
+    if cut {
+        // Its place is lost: later transfers are captured plainly, from which user space
+        // finds frames again as best it can.
+        event.record.flags |= IO_H2_CUT;
+        let _ = HTTP_H2_WALKS.remove(key);
+        let fd_key = conn_key(record.head.tgid, pending.fd);
+        if let Some(role) = unsafe { HTTP_CONNS.get(fd_key) }.copied()
+            && role & ROLE_H2 != 0
+        {
+            let _ = HTTP_CONNS.insert(fd_key, role & !ROLE_H2, BPF_EXIST as u64);
+        }
+    }
+    if get(&event.cursor.out) != 0 || event.record.flags & (IO_H2_PREFACE | IO_H2_CUT) != 0 {
+        let _ = flush(event);
+    }
+    true
+}
+
+const _: () = assert!(H2_STEPS == 64, "the walk is unrolled 2^6 times");
+
+/// One step of a walk: takes the next buffer if the current one is done, reads (the rest of)
+/// a frame header if one is due, and skips or copies a run of payload. False when the walk of
+/// this transfer is over ([`Cursor::state`] says how). A function of its own (a BPF-to-BPF
+/// call): unrolled, its 64 inlined copies would not fit the 16-bit jump offsets of one program.
+#[inline(never)]
+fn step(event: &mut H2Event, dir: &mut H2Direction, pending: &HttpPending) -> bool {
+    let left = get(&event.cursor.left);
+    if left == 0 {
+        return end(event, DONE);
+    }
+    // A step adds at most a header and a chunk: the record is sent here, before, if they
+    // might not fit (one place that sends keeps the step's paths few for the verifier).
+    if get(&event.cursor.out) > (H2_CAPTURE - H2_CHUNK - H2_FRAME_HEADER) as u64 && !flush(event) {
+        return end(event, CUT);
+    }
+    if get(&event.cursor.base_left) == 0 && !next_buffer(event, pending, left) {
+        return end(event, CUT);
+    }
+    if get(&dir.remaining) == 0 {
+        // A frame header, or the rest of one a transfer ended inside.
+        if !read_header(event, dir) {
+            return end(event, CUT);
+        }
+        if get(&dir.header_len) != 0 {
+            // The buffer ended inside it.
+            return true;
+        }
+    }
+    let remaining = get(&dir.remaining) as u64;
+    let base_left = get(&event.cursor.base_left);
+    if remaining == 0 || base_left == 0 {
+        return true;
+    }
+    let mut take = remaining.min(base_left);
+    if get(&dir.keep) != 0 {
+        take = take.min(H2_CHUNK as u64);
+        if !copy_out(event, get(&event.cursor.base), take) {
+            return end(event, CUT);
+        }
+    }
+    set(&mut dir.remaining, (remaining - take) as u32);
+    advance(event, take);
+    true
+}
+
+/// Reads what the current buffer holds of the next frame header; when that completes it,
+/// copies it into the record and starts the frame's payload. False when it could not.
+#[inline(always)]
+fn read_header(event: &mut H2Event, dir: &mut H2Direction) -> bool {
+    let have = get(&dir.header_len) as u64 & 15;
+    if have >= H2_FRAME_HEADER as u64 {
+        return false;
+    }
+    let take = (H2_FRAME_HEADER as u64 - have).min(get(&event.cursor.base_left)) & 15;
+    // SAFETY: have + take <= 9 (checked above), inside the header's 32 bytes.
+    let rc = unsafe {
+        probe_read_user_raw(
+            dir.header.as_mut_ptr().add(have as usize).cast(),
+            take as u32,
+            get(&event.cursor.base) as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    advance(event, take);
+    let have = have + take;
+    if have < H2_FRAME_HEADER as u64 {
+        set(&mut dir.header_len, have as u8);
+        return true;
+    }
+    set(&mut dir.header_len, 0);
+    // Read in place: the step's stack is what is left of its caller's 512 bytes.
+    let h = &dir.header;
+    let len = u32::from_be_bytes([0, get(&h[0]), get(&h[1]), get(&h[2])]);
+    let kind = get(&h[3]);
+    if !copy_header(event, h) {
+        return false;
+    }
+    set(&mut dir.remaining, len);
+    set(&mut dir.keep, !h2_payload_elided(kind, len) as u8);
+    true
+}
+
+/// Takes the transfer's next buffer: its next iovec (a transfer of one buffer has no other:
+/// it was longer than the buffer said, and the walk is lost). False when there is none.
+#[inline(always)]
+fn next_buffer(event: &mut H2Event, pending: &HttpPending, left: u64) -> bool {
+    let index = get(&event.cursor.next_iov);
+    if pending.iov == 0 || index >= pending.iov_count || index >= 1024 {
+        return false;
+    }
+    // struct iovec: base at 0, len at 8.
+    let Ok(iov) = (unsafe { bpf_probe_read_user((pending.iov + 16 * index) as *const [u64; 2]) })
+    else {
+        return false;
+    };
+    set(&mut event.cursor.next_iov, index + 1);
+    set(&mut event.cursor.base, iov[0]);
+    set(&mut event.cursor.base_left, iov[1].min(left));
+    true
+}
+
+/// Ends the walk of this transfer (`how`: [`DONE`] or [`CUT`]); false, for [`step`].
+#[inline(always)]
+fn end(event: &mut H2Event, how: u64) -> bool {
+    set(&mut event.cursor.state, how);
+    false
+}
+
+/// Moves the cursor `n` bytes on in the current buffer.
+#[inline(always)]
+fn advance(event: &mut H2Event, n: u64) {
+    let c = &mut event.cursor;
+    let (base, base_left, left) = (get(&c.base), get(&c.base_left), get(&c.left));
+    set(&mut c.base, base + n);
+    set(&mut c.base_left, base_left - n);
+    set(&mut c.left, left - n);
+}
+
+/// Copies `n` (<= [`H2_CHUNK`]) payload bytes from user memory at `src` into the record.
+#[inline(always)]
+fn copy_out(event: &mut H2Event, src: u64, n: u64) -> bool {
+    let out = get(&event.cursor.out) & (H2_CAPTURE as u64 - 1);
+    let n = n & (2 * H2_CHUNK as u64 - 1);
+    // SAFETY: out < H2_CAPTURE and n < 2 * H2_CHUNK: inside `data`.
+    let rc = unsafe {
+        probe_read_user_raw(
+            event.data.as_mut_ptr().add(out as usize).cast(),
+            n as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    set(&mut event.cursor.out, out + n);
+    rc == 0
+}
+
+/// Copies a frame header into the record.
+#[inline(always)]
+fn copy_header(event: &mut H2Event, header: &[u8; 32]) -> bool {
+    let out = get(&event.cursor.out) & (H2_CAPTURE as u64 - 1);
+    let dst = &mut event.data[out as usize..];
+    if dst.len() < H2_FRAME_HEADER {
+        return false;
+    }
+    dst[..H2_FRAME_HEADER].copy_from_slice(&header[..H2_FRAME_HEADER]);
+    set(&mut event.cursor.out, out + H2_FRAME_HEADER as u64);
+    true
+}
+
+/// Sends the record built so far, and starts the next one of the same transfer; false when
+/// the ring buffer was full (counted).
+#[inline(always)]
+fn flush(event: &mut H2Event) -> bool {
+    let out = get(&event.cursor.out) & (H2_CAPTURE as u64 * 2 - 1);
+    let n = if out > H2_CAPTURE as u64 {
+        H2_CAPTURE as u64
+    } else {
+        out
+    };
+    event.record.captured = n as u16;
+    // SAFETY: IO_RECORD_SIZE + n <= the record and its data.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (&event.record as *const IoRecord).cast::<u8>(),
+            IO_RECORD_SIZE + n as usize,
+        )
+    };
+    let sent = output(bytes);
+    // The preface flag belongs to the transfer's first record only.
+    event.record.flags &= !IO_H2_PREFACE;
+    set(&mut event.cursor.out, 0);
+    sent
+}
+
+/// A load the compiler keeps in place (see the module's doc: loop state stays in memory).
+#[inline(always)]
+fn get<T: Copy>(at: &T) -> T {
+    // SAFETY: a read of a valid reference.
+    unsafe { core::ptr::read_volatile(at) }
+}
+
+#[inline(always)]
+fn set<T: Copy>(at: &mut T, value: T) {
+    // SAFETY: a write through a valid reference.
+    unsafe { core::ptr::write_volatile(at, value) }
+}
