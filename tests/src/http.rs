@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{scrape::Scrape, wait_for};
+use crate::{daemon::Daemon, scrape::Scrape, wait_for};
 
 pub fn workload(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -107,6 +107,13 @@ impl Server {
     /// [`Server::nginx`] speaking HTTP/2 without TLS (h2c, prior knowledge only).
     pub fn nginx_h2c(port: u16) -> Self {
         Self::nginx_with(port, " http2", NGINX_ROUTES, |_| {})
+    }
+
+    /// [`Server::nginx`] speaking HTTP/2 over TLS (ALPN `h2`) with `cert` and `key`.
+    pub fn nginx_h2_tls(port: u16, cert: &str, key: &str) -> Self {
+        let server =
+            format!("ssl_certificate {cert};\n    ssl_certificate_key {key};\n    {NGINX_ROUTES}");
+        Self::nginx_with(port, " ssl http2", &server, |_| {})
     }
 
     /// nginx serving the files of [`STATIC_FILES`] under `/files/` with `sendfile on`: each
@@ -417,3 +424,26 @@ pub const CLIENT: &str = "http_client_request_duration_seconds";
 
 /// HTTP-only daemon config (the kernel families off, so that nothing else competes).
 pub const HTTP_ONLY: &str = "probes:\n  block:\n    enabled: false\n  sched:\n    enabled: false\n  syscall:\n    enabled: false\n  tcp:\n    enabled: false\n";
+
+/// Waits until Periscope's counts for `port` equal `expected` (events are processed
+/// asynchronously), then checks that they stay so a while longer: a request counted twice,
+/// late, would otherwise pass.
+pub fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = periscope_counts(&daemon.scrape(), metric, port);
+        if &got == expected {
+            std::thread::sleep(Duration::from_millis(300));
+            let later = periscope_counts(&daemon.scrape(), metric, port);
+            assert_eq!(
+                &later, expected,
+                "{metric} on port {port} changed after matching"
+            );
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{metric} on port {port}:\n periscope: {got:?}\n client:    {expected:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -9,9 +9,9 @@ use periscope_e2e::{
     daemon::Daemon,
     exclusive, free_port,
     http::{
-        CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, client_counts, curl,
-        node_client, node_client_with, periscope_counts, plan, python_chunked_client,
-        python_client, wget,
+        CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, assert_counts,
+        client_counts, curl, node_client, node_client_with, periscope_counts, plan,
+        python_chunked_client, python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
 };
@@ -77,29 +77,6 @@ fn curl_chunked(port: u16, rounds: usize) -> Vec<Sent> {
             seconds: f64::NAN,
         })
         .collect()
-}
-
-/// Waits until Periscope's counts for `port` equal `expected` (events are processed
-/// asynchronously), then checks that they stay so a while longer: a request counted twice,
-/// late, would otherwise pass.
-fn assert_counts(daemon: &Daemon, metric: &str, port: u16, expected: &Counts) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = periscope_counts(&daemon.scrape(), metric, port);
-        if &got == expected {
-            std::thread::sleep(Duration::from_millis(300));
-            let later = periscope_counts(&daemon.scrape(), metric, port);
-            assert_eq!(
-                &later, expected,
-                "{metric} on port {port} changed after matching"
-            );
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!("{metric} on port {port}:\n periscope: {got:?}\n client:    {expected:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `GET /users/{i}` for each `i`, answered 200 (what the scripted Python clients below send).

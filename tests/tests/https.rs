@@ -10,7 +10,10 @@ use std::{process::Command, time::Duration};
 use periscope_e2e::{
     daemon::Daemon,
     exclusive, free_port,
-    http::{CLIENT, Counts, HTTP_ONLY, SERVER, expected_route, periscope_counts, workload},
+    http::{
+        CLIENT, Counts, HTTP_ONLY, SERVER, assert_counts, expected_route, periscope_counts,
+        workload,
+    },
     scrape::Scrape,
 };
 use periscope_e2e::{periscope_check, wait_for};
@@ -669,4 +672,42 @@ fn go_https_client_and_server() {
         expected,
         "Go client; messages {messages:?}"
     );
+}
+
+/// HTTP/2 over OpenSSL: nginx (TLS, ALPN `h2`) and one curl fetching every path in parallel
+/// (`-Z`), so that its streams are multiplexed on one connection. The kernel sees the client
+/// preface in the plaintext the OpenSSL probes capture, and walks the frames from there:
+/// counted exactly on both sides.
+#[test]
+fn http2_over_openssl_is_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let (_dir, cert, key) = certificate();
+    let port = free_port();
+    let _server = periscope_e2e::http::Server::nginx_h2_tls(port, &cert, &key);
+    let mut paths = paths();
+    paths.extend(["/fail".to_string(), "/fail/again".to_string()]);
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--http2", "-Z", "--parallel-max", "20"])
+        .args(["-w", "%{http_code} %{http_version} %{url_effective}\n"]);
+    for p in &paths {
+        curl.args(["-o", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{port}{p}"));
+    }
+    let out = curl.output().expect("curl");
+    let mut got = Counts::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split_whitespace();
+        let (status, version, url) = (fields.next(), fields.next(), fields.next());
+        assert_eq!(version, Some("2"), "curl spoke HTTP/2: {line}");
+        let path = url
+            .and_then(|u| u.split_once(&port.to_string()))
+            .map(|(_, p)| p);
+        let route = expected_route(path.expect("path"));
+        *got.entry(("GET".into(), route, status.expect("status").into()))
+            .or_default() += 1;
+    }
+    assert_eq!(got.values().sum::<u64>(), paths.len() as u64, "{out:?}");
+    assert_counts(&daemon, SERVER, port, &got);
+    assert_counts(&daemon, CLIENT, port, &got);
 }

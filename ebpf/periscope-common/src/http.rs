@@ -68,6 +68,10 @@ pub const IO_H2: u8 = 4;
 /// [`IoRecord::flags`] with [`IO_H2`]: the client preface was the transfer's first 24 bytes (not
 /// among the captured ones): the connection's HTTP/2 starts here.
 pub const IO_H2_PREFACE: u8 = 8;
+/// [`IoRecord::flags`] with [`IO_H2`]: a server's SETTINGS frame was the transfer's first bytes,
+/// written before the client preface was read (the server learned the protocol from TLS's
+/// ALPN): the connection's HTTP/2 starts here, and the preface will be skipped when read.
+pub const IO_H2_SETTINGS: u8 = 32;
 /// [`IoRecord::flags`] with [`IO_H2`]: the walk lost its place in this transfer (more frames
 /// than [`H2_STEPS`] allows, bytes it could not read): the frames before are good, and the
 /// connection's later transfers are captured as plain ones.

@@ -1,6 +1,7 @@
 //! HTTP/2 frames out of a connection's transfers. A connection is HTTP/2 from the transfer whose
 //! first bytes are the client preface (a client writes it, a server reads it; in plaintext, or
-//! through the TLS probes). From then on each of its transfers is walked frame by frame, and
+//! through the TLS probes), or, on a server, its SETTINGS frame written before it (ALPN told the
+//! server the protocol). From then on each of its transfers is walked frame by frame, and
 //! what user space needs is copied: every frame header, and every payload but DATA's (and
 //! those too large to be header blocks). So a response's body costs nothing to copy however
 //! large, many streams multiplexed in one write are all seen, and a frame cut by a transfer's
@@ -24,8 +25,8 @@ use aya_ebpf::{
 };
 use periscope_common::http::{
     H2_CAPTURE, H2_CHUNK, H2_FRAME_HEADER, H2_PREFACE_LEN, H2_STEPS, H2Direction, H2Walk,
-    HttpPending, IO_H2, IO_H2_CUT, IO_H2_PREFACE, IO_RECORD_SIZE, IoRecord, KIND_WRITE, ROLE_H2,
-    TLS_FD, conn_key, h2_payload_elided,
+    HttpPending, IO_H2, IO_H2_CUT, IO_H2_PREFACE, IO_H2_SETTINGS, IO_RECORD_SIZE, IoRecord,
+    KIND_WRITE, ROLE_H2, ROLE_SERVER, TLS_FD, conn_key, h2_payload_elided,
 };
 
 /// Repeats its tokens twice.
@@ -84,40 +85,73 @@ const PREFACE: [u64; 3] = [
     u64::from_ne_bytes(*b"\r\nSM\r\n\r\n"),
 ];
 
-/// Whether a transfer's first `captured` bytes, `data`, start with the client preface.
+/// How a transfer whose first `captured` bytes are `data`, of kind `kind` on a connection of
+/// side `side`, opens HTTP/2: [`IO_H2_PREFACE`] (the client preface), [`IO_H2_SETTINGS`] (a
+/// server's SETTINGS frame, which a server that learned the protocol from TLS's ALPN writes
+/// before it reads the preface), or 0 (it does not).
 #[inline(always)]
-pub(super) fn starts_with_preface(data: &[u8], captured: u32) -> bool {
-    if captured < H2_PREFACE_LEN as u32 || data.len() < 24 {
+pub(super) fn opener(data: &[u8], captured: u32, kind: u8, side: u8) -> u8 {
+    if captured >= H2_PREFACE_LEN as u32 && starts_with_preface(data) {
+        return IO_H2_PREFACE;
+    }
+    if kind == KIND_WRITE && side == ROLE_SERVER && captured >= 9 && server_settings(data) {
+        return IO_H2_SETTINGS;
+    }
+    0
+}
+
+fn starts_with_preface(data: &[u8]) -> bool {
+    data.len() >= 24
+        && word(data, 0) == PREFACE[0]
+        && word(data, 8) == PREFACE[1]
+        && word(data, 16) == PREFACE[2]
+}
+
+/// A SETTINGS frame (not an acknowledgement) of whole settings, at most 16 of them, on stream 0:
+/// what an HTTP/1 response (`HTTP/1.`) or TLS record never starts with.
+fn server_settings(data: &[u8]) -> bool {
+    if data.len() < 9 {
         return false;
     }
-    let word = |i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&data[8 * i..8 * i + 8]);
-        u64::from_ne_bytes(w)
-    };
-    word(0) == PREFACE[0] && word(1) == PREFACE[1] && word(2) == PREFACE[2]
+    let len = u32::from_be_bytes([0, data[0], data[1], data[2]]);
+    len.is_multiple_of(6) && len <= 96 && data[3] == 4 && data[4] == 0 && data[5..9] == [0; 4]
+}
+
+#[inline(always)]
+fn word(data: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&data[at..at + 8]);
+    u64::from_ne_bytes(w)
 }
 
 /// The transfer `pending` (of `transferred` bytes), whose record is `record`, opens HTTP/2 on
-/// (`tgid`, `key_fd`) with the client preface: starts the connection's walk past the preface
-/// and walks the rest. (The caller marks the connection map value, when there is one, with
-/// `ROLE_H2` first, so that its later transfers are walked.)
+/// (`tgid`, `key_fd`) as `opener` says ([`opener`]): starts the connection's walk, with the
+/// client preface to skip in the direction it goes (this transfer's, or, after a server's
+/// SETTINGS, the one it will be read from), and walks the rest. (The caller marks the
+/// connection map value, when there is one, with `ROLE_H2` first, so that its later transfers
+/// are walked.)
 #[inline(always)]
-pub(super) fn start(record: &IoRecord, pending: &HttpPending, key_fd: u32, transferred: u64) {
+pub(super) fn start(
+    record: &IoRecord,
+    pending: &HttpPending,
+    key_fd: u32,
+    transferred: u64,
+    opener: u8,
+) {
     let mut walk = H2Walk::default();
     // The preface is skipped like an elided payload.
     let skip_preface = H2Direction {
         remaining: H2_PREFACE_LEN as u32,
         ..Default::default()
     };
-    if pending.kind == KIND_WRITE {
+    if (pending.kind == KIND_WRITE) == (opener == IO_H2_PREFACE) {
         walk.sent = skip_preface;
     } else {
         walk.received = skip_preface;
     }
     let key = conn_key(record.head.tgid, key_fd);
     if HTTP_H2_WALKS.insert(key, walk, BPF_ANY as u64).is_ok() {
-        walk_transfer(record, pending, key, transferred, IO_H2_PREFACE);
+        walk_transfer(record, pending, key, transferred, opener);
     }
 }
 
@@ -212,7 +246,9 @@ fn walk_transfer(
             let _ = HTTP_CONNS.insert(fd_key, role & !ROLE_H2, BPF_EXIST as u64);
         }
     }
-    if get(&event.cursor.out) != 0 || event.record.flags & (IO_H2_PREFACE | IO_H2_CUT) != 0 {
+    if get(&event.cursor.out) != 0
+        || event.record.flags & (IO_H2_PREFACE | IO_H2_SETTINGS | IO_H2_CUT) != 0
+    {
         let _ = flush(event);
     }
     true
@@ -273,7 +309,10 @@ fn read_header(event: &mut H2Event, dir: &mut H2Direction) -> bool {
     if have >= H2_FRAME_HEADER as u64 {
         return false;
     }
-    let take = (H2_FRAME_HEADER as u64 - have).min(get(&event.cursor.base_left)) & 15;
+    let take = masked(
+        (H2_FRAME_HEADER as u64 - have).min(get(&event.cursor.base_left)),
+        15,
+    );
     // SAFETY: have + take <= 9 (checked above), inside the header's 32 bytes.
     let rc = unsafe {
         probe_read_user_raw(
@@ -344,7 +383,7 @@ fn advance(event: &mut H2Event, n: u64) {
 #[inline(always)]
 fn copy_out(event: &mut H2Event, src: u64, n: u64) -> bool {
     let out = get(&event.cursor.out) & (H2_CAPTURE as u64 - 1);
-    let n = n & (2 * H2_CHUNK as u64 - 1);
+    let n = masked(n, 2 * H2_CHUNK as u64 - 1);
     // SAFETY: out < H2_CAPTURE and n < 2 * H2_CHUNK: inside `data`.
     let rc = unsafe {
         probe_read_user_raw(
@@ -389,10 +428,18 @@ fn flush(event: &mut H2Event) -> bool {
         )
     };
     let sent = output(bytes);
-    // The preface flag belongs to the transfer's first record only.
-    event.record.flags &= !IO_H2_PREFACE;
+    // The opening flags belong to the transfer's first record only.
+    event.record.flags &= !(IO_H2_PREFACE | IO_H2_SETTINGS);
     set(&mut event.cursor.out, 0);
     sent
+}
+
+/// `value & mask`, with the mask kept: the compiler would drop it where it knows the value
+/// fits, but older verifiers (5.10, 6.1) cannot bound a helper's size argument without it.
+#[inline(always)]
+fn masked(value: u64, mask: u64) -> u64 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&value) & mask }
 }
 
 /// A load the compiler keeps in place (see the module's doc: loop state stays in memory).

@@ -80,11 +80,17 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if stop_after(stage::COPY) {
         return;
     }
-    if h2::starts_with_preface(&event.data, captured) {
+    let opener = h2::opener(
+        &event.data,
+        captured,
+        pending.kind,
+        pending.role & ROLE_MASK,
+    );
+    if opener != 0 {
         // HTTP/2 from here on (a lost record before is of no matter: this is its beginning).
         let role = (pending.role & !ROLE_LOST) | ROLE_H2;
         let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
-        h2::start(&event.record, pending, pending.fd, transferred);
+        h2::start(&event.record, pending, pending.fd, transferred, opener);
         return;
     }
     // Not (or no longer: its walk aged out) HTTP/2.
@@ -137,8 +143,9 @@ pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred:
         return;
     }
     let captured = copy_leading(event, io.buf, transferred);
-    if h2::starts_with_preface(&event.data, captured) {
-        h2::start(&event.record, io, key_fd, transferred);
+    let opener = h2::opener(&event.data, captured, io.kind, io.role & ROLE_MASK);
+    if opener != 0 {
+        h2::start(&event.record, io, key_fd, transferred, opener);
         return;
     }
     copy_tail(event, io, transferred, captured);

@@ -47,10 +47,19 @@ pub struct Io<'a> {
 pub enum Capture {
     /// Its leading bytes (and its last ones in `tail`).
     Plain,
-    /// An HTTP/2 connection's frames, walked by the kernel (`IO_H2`): `preface`, the client
-    /// preface opened the connection in this transfer; `cut`, the walk lost its place in it, so
-    /// the connection's later transfers come [`Capture::Plain`].
-    Frames { preface: bool, cut: bool },
+    /// An HTTP/2 connection's frames, walked by the kernel (`IO_H2`): `opener`, what opened the
+    /// connection's HTTP/2 in this transfer; `cut`, the walk lost its place in it, so the
+    /// connection's later transfers come [`Capture::Plain`].
+    Frames { opener: Option<Opener>, cut: bool },
+}
+
+/// What showed the kernel that a connection speaks HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// The client preface, written by a client or read by a server.
+    ClientPreface,
+    /// A server's SETTINGS frame, written before it read the preface (TLS's ALPN told it).
+    ServerSettings,
 }
 
 impl Io<'_> {
@@ -290,11 +299,11 @@ impl Connection {
     fn follow_http2(&mut self, io: &Io<'_>, read: bool, out: &mut Vec<Outcome>) -> bool {
         if self.http2.is_none() {
             // The kernel walks a connection's frames from its client preface on.
-            let Capture::Frames { preface, .. } = io.capture else {
+            let Capture::Frames { opener, .. } = io.capture else {
                 return false;
             };
             self.seen_http = true;
-            self.http2 = Some(Box::new(Http2::new(preface)));
+            self.http2 = Some(Box::new(Http2::new(opener.is_some())));
         }
         if let Some(http2) = &mut self.http2 {
             http2.on_io(self.role, read, io, out);

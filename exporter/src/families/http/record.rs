@@ -4,12 +4,12 @@
 
 use periscope_common::http::{
     AcceptRecord, CloseRecord, ConnectAddr, ConnectRecord, DupRecord, ExitRecord, IO_H2, IO_H2_CUT,
-    IO_H2_PREFACE, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoRecord, KIND_ACCEPT, KIND_CLOSE,
-    KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE, OpenRecord, ROLE_CLIENT,
-    ROLE_SERVER, RecordHead, SockOpen, TLS_FD,
+    IO_H2_PREFACE, IO_H2_SETTINGS, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoRecord,
+    KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE,
+    OpenRecord, ROLE_CLIENT, ROLE_SERVER, RecordHead, SockOpen, TLS_FD,
 };
 
-use super::connection::{Capture, Io, Role};
+use super::connection::{Capture, Io, Opener, Role};
 
 /// One record from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,8 +163,15 @@ fn capture(flags: u8) -> Capture {
     if flags & IO_H2 == 0 {
         return Capture::Plain;
     }
+    let opener = if flags & IO_H2_PREFACE != 0 {
+        Some(Opener::ClientPreface)
+    } else if flags & IO_H2_SETTINGS != 0 {
+        Some(Opener::ServerSettings)
+    } else {
+        None
+    };
     Capture::Frames {
-        preface: flags & IO_H2_PREFACE != 0,
+        opener,
         cut: flags & IO_H2_CUT != 0,
     }
 }

@@ -22,7 +22,7 @@ use crate::{
 use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
-    connection::{Capture, Connection, Exchange, Outcome, Role},
+    connection::{Capture, Connection, Exchange, Opener, Outcome, Role},
     parse,
     record::{self, Conn, Record, Transfer},
     route::Routes,
@@ -897,9 +897,17 @@ fn role_of(h: &Transfer) -> Option<Role> {
     if let Some(role) = h.side {
         return Some(role);
     }
-    if let Capture::Frames { preface: true, .. } = h.io.capture {
+    match h.io.capture {
         // The client preface: a client writes it, a server reads it.
-        return Some(if h.read { Role::Server } else { Role::Client });
+        Capture::Frames {
+            opener: Some(Opener::ClientPreface),
+            ..
+        } => return Some(if h.read { Role::Server } else { Role::Client }),
+        Capture::Frames {
+            opener: Some(Opener::ServerSettings),
+            ..
+        } => return Some(Role::Server),
+        _ => {}
     }
     let response = parse::looks_like_response(h.io.captured);
     let request = !response && parse::looks_like_request(h.io.captured);

@@ -619,3 +619,90 @@ fn garbage_inside_valid_frames_is_invalid_not_a_panic() {
         (Value::Unknown, Value::Known(200))
     );
 }
+
+/// What the kernel's frame walk sends of each chunk (`IO_H2` records): the frames of each
+/// direction, past the client preface, with their payloads unless elided (DATA, or too large),
+/// each byte in the record of the chunk it came in. Chunks that carried only elided payload
+/// send nothing.
+fn walked(chunks: &[(Side, Vec<u8>)]) -> Vec<(Side, Vec<u8>, u64)> {
+    let mut kept: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
+    for side in [Side::Client, Side::Server] {
+        let bytes: Vec<(usize, u8)> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| *s == side)
+            .flat_map(|(i, (_, b))| b.iter().map(move |x| (i, *x)))
+            .collect();
+        let plain: Vec<u8> = bytes.iter().map(|b| b.1).collect();
+        let mut at = if plain.starts_with(PREFACE) { 24 } else { 0 };
+        while at + frame::HEADER_LEN <= bytes.len() {
+            let header = FrameHeader::parse(plain[at..at + 9].try_into().unwrap());
+            let elided = periscope_common::http::h2_payload_elided(plain[at + 3], header.len);
+            let end = (at + 9 + header.len as usize).min(bytes.len());
+            let copied = if elided { at + 9 } else { end };
+            for &(chunk, byte) in &bytes[at..copied] {
+                kept[chunk].push(byte);
+            }
+            at = end;
+        }
+    }
+    chunks
+        .iter()
+        .zip(kept)
+        .enumerate()
+        .filter(|(_, (_, k))| !k.is_empty())
+        .map(|(i, ((side, _), k))| (*side, k, (i as u64 + 1) * 100))
+        .collect()
+}
+
+proptest::proptest! {
+    /// The kernel's walked frames, however its records cut them, give the same exchanges as
+    /// the whole bytes.
+    #[test]
+    fn walked_frames_give_the_same_exchanges_as_bytes(
+        cuts in proptest::collection::vec(0usize..600, 0..6),
+        recording in 0usize..3,
+    ) {
+        let chunks = fixture(RECORDINGS[recording]);
+        let whole = run(Start::Beginning, &chunks);
+        let mut sorted = cuts.clone();
+        sorted.sort_unstable();
+        let records: Vec<(Side, Vec<u8>)> =
+            walked(&chunks).into_iter().map(|(s, b, _)| (s, b)).collect();
+        // Times: each record keeps its chunk's (split() stamps pieces by record index, so
+        // stamp them again from the walk).
+        let times: Vec<u64> = walked(&chunks).into_iter().map(|(_, _, t)| t).collect();
+        let mut c = Connection::new(Start::Beginning);
+        let mut out = Vec::new();
+        for (side, bytes, record) in split(&records, &sorted) {
+            let time_ns = times[(record / 100 - 1) as usize];
+            c.on_walked(side, time_ns, &bytes, &mut out);
+        }
+        c.on_close(1_000_000, &mut out);
+        proptest::prop_assert_eq!(out, whole);
+    }
+}
+
+#[test]
+fn walked_frames_leave_data_payloads_out() {
+    let chunks = fixture(GRPC);
+    let sent: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+    let kept: usize = walked(&chunks).iter().map(|(_, b, _)| b.len()).sum();
+    assert!(kept < sent, "{kept} of {sent}");
+    let mut w = frame::Walked::default();
+    let mut seen = Vec::new();
+    // A DATA frame of 5 bytes (header only), then a HEADERS frame cut after 4 bytes of its
+    // payload, completed by the next record.
+    let data_header = [0, 0, 5, 0, 1, 0, 0, 0, 1];
+    let headers = [
+        0, 0, 6, 1, 4, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 0x8a, 0x08,
+    ];
+    let mut first = data_header.to_vec();
+    first.extend_from_slice(&headers[..13]);
+    w.feed(&first, &mut |h, p| seen.push((h.kind, p.to_vec())));
+    assert_eq!(seen, [(frame::Kind::Data, vec![])]);
+    assert_eq!(w.buffered(), 13);
+    w.feed(&headers[13..], &mut |h, p| seen.push((h.kind, p.to_vec())));
+    assert_eq!(seen[1], (frame::Kind::Headers, headers[9..].to_vec()));
+    assert_eq!(w.buffered(), 0);
+}
