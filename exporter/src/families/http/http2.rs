@@ -5,12 +5,13 @@
 //! A connection is HTTP/2 when the client's first bytes are the preface (h2c with prior
 //! knowledge; HTTP/2 over TLS through the OpenSSL probes, whose plaintext starts the same way).
 //! A stream whose method, path or status could not be decoded (bytes beyond the capture) is
-//! counted as dropped (`http2_undecoded`), never under a guessed route. Not yet: connections
-//! first seen mid-stream, h2c upgrades from HTTP/1.1, spans, gRPC's own metrics.
+//! counted as dropped (`http2_undecoded`), never under a guessed route. A gRPC stream
+//! (`content-type: application/grpc*`) is an RPC call instead ([`grpc`]). Not yet: connections
+//! first seen mid-stream, h2c upgrades from HTTP/1.1, spans.
 
 use super::{
     connection::{Exchange, Io, Outcome, Request, Role, Version},
-    h2,
+    grpc, h2,
 };
 
 /// One HTTP/2 connection's decoder and the last time it saw bytes (an exit ends its streams
@@ -83,9 +84,13 @@ impl Default for Http2 {
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it (spans are not made for HTTP/2 yet).
+/// ended it (spans are not made for HTTP/2 yet). A gRPC stream is a call (RPC metrics), any
+/// other an HTTP exchange.
 fn outcome(decoded: h2::Outcome, tid: u32) -> Outcome {
     match decoded {
+        h2::Outcome::Exchange(e) if grpc::is_call(&e) => grpc::call(&e)
+            .map(Outcome::Call)
+            .unwrap_or(Outcome::Dropped("http2_undecoded")),
         h2::Outcome::Exchange(e) => exchange(&e, tid)
             .map(Outcome::Exchange)
             .unwrap_or(Outcome::Dropped("http2_undecoded")),
