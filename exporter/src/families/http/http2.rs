@@ -5,13 +5,12 @@
 //! A connection is HTTP/2 when the client's first bytes are the preface (h2c with prior
 //! knowledge; HTTP/2 over TLS through the OpenSSL probes, whose plaintext starts the same way).
 //! A stream whose method, path or status could not be decoded (bytes beyond the capture) is
-//! counted as dropped (`http2_undecoded`), never under a guessed route. A gRPC stream
-//! (`content-type: application/grpc*`) is an RPC call instead ([`grpc`]). Not yet: connections
-//! first seen mid-stream, h2c upgrades from HTTP/1.1, spans.
+//! counted as dropped (`http2_undecoded`), never under a guessed route. Not yet: connections
+//! first seen mid-stream, h2c upgrades from HTTP/1.1, spans, gRPC's own metrics.
 
 use super::{
     connection::{Exchange, Io, Outcome, Request, Role, Version},
-    grpc, h2,
+    h2,
 };
 
 /// One HTTP/2 connection's decoder and the last time it saw bytes (an exit ends its streams
@@ -84,9 +83,10 @@ impl Default for Http2 {
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it (spans are not made for HTTP/2 yet). A gRPC stream is a call (RPC metrics), any
-/// other an HTTP exchange.
+/// ended it (spans are not made for HTTP/2 yet). A gRPC stream (`content-type:
+/// application/grpc*`) is an RPC call (`super::grpc`), any other an HTTP exchange.
 fn outcome(decoded: h2::Outcome, tid: u32) -> Outcome {
+    use super::grpc;
     match decoded {
         h2::Outcome::Exchange(e) if grpc::is_call(&e) => grpc::call(&e)
             .map(Outcome::Call)
