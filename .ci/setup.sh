@@ -97,6 +97,25 @@ install_triage_python() {
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade --target "$TRIAGE_PYTHON" "${TRIAGE_PACKAGES[@]}"
 }
 
+# gRPC tests (tests/tests/http.rs): the real Python peers of tests/workloads/grpc_*.py are
+# PyPI grpcio (a compiled wheel), pinned with its one dependency, in a directory of their own
+# (PYTHONPATH), like the triage tests' packages.
+GRPC_PYTHON="$(cd "$(dirname "$0")/.." && pwd)/target/grpc-python"
+GRPC_VERSION=1.85.4
+GRPC_PACKAGES=("grpcio==$GRPC_VERSION" typing-extensions==4.15.0)
+install_grpc_python() {
+  # -S: without site-packages, so that a grpcio installed elsewhere does not count.
+  if [ "$(PYTHONPATH="$GRPC_PYTHON" python3 -S -c 'import grpc; print(grpc.__version__)' 2>/dev/null)" = "$GRPC_VERSION" ]; then
+    say "grpcio (gRPC tests): $GRPC_VERSION"; return
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    say "python3-pip: installing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  say "grpcio (gRPC tests): installing into $GRPC_PYTHON"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade --target "$GRPC_PYTHON" "${GRPC_PACKAGES[@]}"
+}
+
 # deploy/validate/validate.py: Kubernetes schemas and Helm's Go SDK (PyPI), pinned, in a venv.
 DEPLOY_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/deploy-venv"
 DEPLOY_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/deploy/validate/requirements.txt"
@@ -117,4 +136,5 @@ mount_tracefs
 install_grafana_sdk
 install_deploy_python
 install_triage_python
+install_grpc_python
 say "ready"

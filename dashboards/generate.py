@@ -474,7 +474,123 @@ def services():
             ],
         ]
 
-    items = side(server, "Server", False) + side(client, "Client", True)
+    def grpc_side(metric, name):
+        sel = 'instance=~"$host",service_name=~"$service"'
+        err = f'{sel},error_type!=""'
+        by = "service_name, rpc_service, rpc_method"
+        errors_doc = (
+            "UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE or DATA_LOSS "
+            "(error.type, set by Periscope per the gRPC conventions for servers)"
+            if name == "Server"
+            else "any status but OK (error.type, set by Periscope)"
+        )
+        unknown_doc = (
+            " Calls whose status was not seen have no rpc_grpc_status_code and no error_type: "
+            "they count in the total, never as errors."
+        )
+        low = name.lower()
+        return [
+            [row(f"gRPC {low} side ({metric})")],
+            [
+                stat(
+                    f"gRPC {low}: calls/s",
+                    f"All {low}-side gRPC calls per second of the selected services (a streaming "
+                    "call counts once).",
+                    "reqps",
+                    targets((f"sum(rate({metric}_count{{{sel}}}[{RATE}]))", "calls/s")),
+                ),
+                stat(
+                    f"gRPC {low}: error ratio",
+                    f"Share of calls that failed: {errors_doc}.{unknown_doc}",
+                    "percentunit",
+                    targets(
+                        (
+                            f"(sum(rate({metric}_count{{{err}}}[{RATE}])) or vector(0))"
+                            f" / sum(rate({metric}_count{{{sel}}}[{RATE}]))",
+                            "error ratio",
+                        )
+                    ),
+                    steps=red_green(0.001, 0.01),
+                ),
+                stat(
+                    f"gRPC {low}: p99 duration",
+                    "99th percentile of call duration over every selected service and method.",
+                    "s",
+                    targets(
+                        (
+                            f"histogram_quantile(0.99, sum by (le) (rate({metric}_bucket{{{sel}}}[{RATE}])))",
+                            "p99",
+                        )
+                    ),
+                    steps=red_green(0.25, 1),
+                ),
+            ],
+            [
+                timeseries(
+                    f"gRPC {low}: call rate by method",
+                    "Calls per second by service, rpc.service and rpc.method (the count of the "
+                    "duration histogram; methods beyond the per-service cap are _OTHER).",
+                    "reqps",
+                    targets(
+                        (
+                            f"sum by ({by}) (rate({metric}_count{{{sel}}}[{RATE}]))",
+                            "{{service_name}} {{rpc_service}}/{{rpc_method}}",
+                        )
+                    ),
+                ),
+                timeseries(
+                    f"gRPC {low}: error ratio by status code",
+                    f"Failed / all calls per service, by rpc.grpc.status_code: {errors_doc}. "
+                    f"Empty while no call failed.{unknown_doc}",
+                    "percentunit",
+                    targets(
+                        (
+                            f"sum by (service_name, rpc_grpc_status_code) (rate({metric}_count{{{err}}}[{RATE}]))"
+                            f" / ignoring (rpc_grpc_status_code) group_left"
+                            f" sum by (service_name) (rate({metric}_count{{{sel}}}[{RATE}]))",
+                            "{{service_name}} {{rpc_grpc_status_code}}",
+                        )
+                    ),
+                ),
+            ],
+            [
+                timeseries(
+                    f"gRPC {low}: p99 duration by method",
+                    "99th percentile of call duration per service and method, from the duration "
+                    "histograms summed by le (the same 5 ms to 10 s buckets on every series).",
+                    "s",
+                    targets(
+                        *quantiles(
+                            metric,
+                            by,
+                            sel,
+                            qs=(0.99,),
+                            legend="{{service_name}} {{rpc_service}}/{{rpc_method}}",
+                        )
+                    ),
+                ),
+                timeseries(
+                    f"gRPC {low}: calls by status code",
+                    "Calls per second by service and rpc.grpc.status_code (empty code: not seen).",
+                    "reqps",
+                    targets(
+                        (
+                            f"sum by (service_name, rpc_grpc_status_code) "
+                            f"(rate({metric}_count{{{sel}}}[{RATE}]))",
+                            "{{service_name}} {{rpc_grpc_status_code}}",
+                        )
+                    ),
+                    stack=True,
+                ),
+            ],
+        ]
+
+    items = (
+        side(server, "Server", False)
+        + side(client, "Client", True)
+        + grpc_side("rpc_server_call_duration_seconds", "Server")
+        + grpc_side("rpc_client_call_duration_seconds", "Client")
+    )
     for line in items:
         for panel in line:
             for t in panel.get("targets", []):
@@ -486,7 +602,7 @@ def services():
         query_var(
             "service",
             "Service",
-            'label_values({__name__=~"http_server_request_duration_seconds_count|http_client_request_duration_seconds_count",instance=~"$host"}, service_name)',
+            'label_values({__name__=~"http_server_request_duration_seconds_count|http_client_request_duration_seconds_count|rpc_server_call_duration_seconds_count|rpc_client_call_duration_seconds_count",instance=~"$host"}, service_name)',
         ),
         query_var(
             "route",
@@ -497,9 +613,9 @@ def services():
     return dashboard(
         "periscope-services",
         "Periscope / Services (RED)",
-        "HTTP rate, errors and duration per service and route, server and client side, as "
-        "Periscope sees them from the kernel (no instrumentation).",
-        ["http", "red"],
+        "HTTP rate, errors and duration per service and route, and gRPC per service and method, "
+        "server and client side, as Periscope sees them from the kernel (no instrumentation).",
+        ["http", "grpc", "red"],
         variables,
         items,
     )

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod daemon;
+pub mod grpc;
 pub mod http;
 pub mod loopdev;
 pub mod netns;

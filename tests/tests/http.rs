@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use periscope_e2e::{
     daemon::Daemon,
-    exclusive, free_port,
+    exclusive, free_port, grpc,
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, assert_counts,
         client_counts, curl, node_client, node_client_with, periscope_counts, plan,
@@ -255,6 +255,75 @@ fn http2_cleartext_streams_are_counted_on_both_sides() {
         versions.iter().all(|v| v.as_deref() == Some("2")),
         "{versions:?}"
     );
+}
+
+/// gRPC over h2c between real Python `grpcio` peers (generic handlers): unary and
+/// server-streaming calls ending OK, NOT_FOUND and INTERNAL one after another, then 100 unary
+/// calls in flight at once on one connection. Each call is one RPC on both sides, per (service,
+/// method, status) exactly as the client counted them, and none is an HTTP request.
+#[test]
+fn grpc_calls_are_counted_per_method_and_status_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    for mode in ["mixed", "concurrent"] {
+        let server = grpc::server(free_port());
+        let run = grpc::client(server.port, mode);
+        assert_eq!(run.connections, 1, "{mode}: one connection");
+        let total: u64 = run.calls.values().sum();
+        match mode {
+            "mixed" => {
+                assert_eq!(total, 10, "{run:?}");
+                assert_eq!(run.messages, 12, "three replies per streaming call");
+            }
+            _ => {
+                assert_eq!(total, 100, "{run:?}");
+                // 100 calls held 200 ms each: in flight together, not one after another.
+                assert!(run.elapsed_s < 5.0, "{run:?}");
+            }
+        }
+        for metric in [grpc::SERVER, grpc::CLIENT] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let got = grpc::periscope_counts(&daemon.scrape(), metric, server.port);
+                if got == run.calls {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let later = grpc::periscope_counts(&daemon.scrape(), metric, server.port);
+                    assert_eq!(later, run.calls, "{mode}: {metric} changed after matching");
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let client =
+                        grpc::periscope_counts(&daemon.scrape(), grpc::CLIENT, server.port);
+                    panic!(
+                        "{mode}: {metric} on port {}:\n periscope: {got:?}\n client:    {:?}\n \
+                         (client side: {client:?}; HTTP capture: {:?})",
+                        server.port,
+                        run.calls,
+                        messages(&daemon.scrape())
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let scrape = daemon.scrape();
+        for metric in [SERVER, CLIENT] {
+            let http = periscope_counts(&scrape, metric, server.port);
+            assert!(
+                http.is_empty(),
+                "{mode}: gRPC calls counted as HTTP: {http:?}"
+            );
+        }
+    }
+}
+
+/// `periscope_http_messages_total` by outcome (what the HTTP capture made of the traffic).
+fn messages(scrape: &periscope_e2e::scrape::Scrape) -> Vec<(String, u64)> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == "periscope_http_messages_total" && s.value > 0.0)
+        .map(|s| (s.labels["outcome"].clone(), s.value as u64))
+        .collect()
 }
 
 /// `nghttp -n -s` (statistics on) with every URL on one connection, POSTing `data` when given:

@@ -91,7 +91,8 @@ fn powers_of_two(from: i32, to: i32) -> Vec<f64> {
 }
 
 /// The OTel semantic-convention advice for `http.server.request.duration` and
-/// `http.client.request.duration` (seconds).
+/// `http.client.request.duration` (seconds), and the same for `rpc.server.call.duration` and
+/// `rpc.client.call.duration`.
 pub const HTTP_DURATION_BOUNDS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
@@ -99,9 +100,10 @@ pub const HTTP_DURATION_BOUNDS: [f64; 14] = [
 /// Every histogram metric Periscope exports, with its default layout and why.
 pub fn default_bounds(metric: &str) -> Option<Vec<f64>> {
     Some(match metric {
-        names::HTTP_SERVER_REQUEST_DURATION | names::HTTP_CLIENT_REQUEST_DURATION => {
-            HTTP_DURATION_BOUNDS.to_vec()
-        }
+        names::HTTP_SERVER_REQUEST_DURATION
+        | names::HTTP_CLIENT_REQUEST_DURATION
+        | names::RPC_SERVER_CALL_DURATION
+        | names::RPC_CLIENT_CALL_DURATION => HTTP_DURATION_BOUNDS.to_vec(),
         // Device and scheduler latencies: 1 µs (a fast NVMe completion, an idle CPU's wakeup)
         // to 10 s (a stalled disk), 1-2-5 steps: 22 bounds.
         names::KERNEL_BLOCK_IO_DURATION | names::KERNEL_SCHED_RUNQUEUE_LATENCY => {
@@ -124,9 +126,11 @@ pub fn default_bounds(metric: &str) -> Option<Vec<f64>> {
 }
 
 /// The OTel names of every histogram metric (the keys `histograms.buckets` accepts).
-pub const HISTOGRAM_METRICS: [&str; 10] = [
+pub const HISTOGRAM_METRICS: [&str; 12] = [
     names::HTTP_SERVER_REQUEST_DURATION,
     names::HTTP_CLIENT_REQUEST_DURATION,
+    names::RPC_SERVER_CALL_DURATION,
+    names::RPC_CLIENT_CALL_DURATION,
     names::KERNEL_BLOCK_IO_DURATION,
     names::KERNEL_BLOCK_IO_SIZE,
     names::KERNEL_SCHED_RUNQUEUE_LATENCY,

@@ -6,6 +6,11 @@
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http.client.request.duration";
 
+// gRPC (OpenTelemetry semantic conventions for RPC: the current names, in seconds like HTTP;
+// docs/http.md says why not the older `rpc.server.duration` in milliseconds)
+pub const RPC_SERVER_CALL_DURATION: &str = "rpc.server.call.duration";
+pub const RPC_CLIENT_CALL_DURATION: &str = "rpc.client.call.duration";
+
 // Kernel (Periscope's own namespace: no semantic convention exists)
 pub const KERNEL_BLOCK_IO_DURATION: &str = "kernel.block.io.duration";
 pub const KERNEL_BLOCK_IO_SIZE: &str = "kernel.block.io.size";
@@ -57,6 +62,8 @@ pub const ALL: &[&str] = &[
     KERNEL_SCHED_RUNQUEUE_LATENCY,
     HTTP_SERVER_REQUEST_DURATION,
     HTTP_CLIENT_REQUEST_DURATION,
+    RPC_SERVER_CALL_DURATION,
+    RPC_CLIENT_CALL_DURATION,
     KERNEL_TCP_CONNECTIONS,
     KERNEL_TCP_CONNECTION_DURATION,
     KERNEL_TCP_CONNECTION_SENT,

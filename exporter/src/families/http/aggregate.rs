@@ -1,7 +1,9 @@
 //! HTTP RED metrics: one duration histogram per (process, side, method, route, status, ...),
-//! with the same 4.4%-wide exponential buckets the kernel histograms use. The number of series
-//! is capped; beyond the cap new series are counted in one overflow series marked
-//! `otel.metric.overflow=true`, as the OTel SDK specification prescribes.
+//! with the same 4.4%-wide exponential buckets the kernel histograms use; and gRPC calls
+//! (see [`super::grpc`]) the same way in the RPC metrics, per (process, side, service, method,
+//! status, ...). The number of series (HTTP and RPC together) is capped; beyond the cap new
+//! series are counted in one overflow series per metric marked `otel.metric.overflow=true`, as
+//! the OTel SDK specification prescribes.
 //!
 //! Each series keeps exemplars of its sampled spans: the latest per power of two of duration,
 //! so the slow buckets keep a link to a slow trace however many fast requests follow.
@@ -12,7 +14,7 @@ use std::{hash::Hash, sync::Arc, time::Instant};
 use foldhash::{HashMap, HashMapExt};
 use periscope_common::hist::{index_of_slot, ns_to_units, slot_of};
 
-use super::connection::Role;
+use super::{connection::Role, grpc::CallAttributes};
 use crate::{
     model::histogram::{Exemplar, Histogram, ValueUnit},
     model::metrics::{self, Attributes, Metric},
@@ -69,13 +71,46 @@ impl RequestAttributes {
     }
 }
 
+/// Which metric a series belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    /// `http.{server,client}.request.duration`
+    Http,
+    /// `rpc.{server,client}.call.duration`
+    Rpc,
+}
+
+/// A series' attributes, typed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Series {
+    Http(RequestAttributes),
+    Rpc(CallAttributes),
+}
+
+impl Series {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Http(_) => Kind::Http,
+            Self::Rpc(_) => Kind::Rpc,
+        }
+    }
+
+    fn to_attributes(&self) -> Attributes {
+        match self {
+            Self::Http(request) => request.to_attributes(),
+            Self::Rpc(call) => call.to_attributes(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
     /// `None`: the overflow series.
     resource: Option<ResourceKey>,
     role: Role,
+    kind: Kind,
     /// `None`: the overflow series.
-    request: Option<RequestAttributes>,
+    series: Option<Series>,
 }
 
 const OVERFLOW: (&str, &str) = ("otel.metric.overflow", "true");
@@ -104,16 +139,41 @@ impl HttpMetrics {
         duration_ns: u64,
         exemplar: Option<Exemplar>,
     ) {
+        self.add(resource, role, Series::Http(request), duration_ns, exemplar);
+    }
+
+    /// One gRPC call (no spans for them yet, so no exemplar).
+    pub fn record_call(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        role: Role,
+        call: CallAttributes,
+        duration_ns: u64,
+    ) {
+        self.add(resource, role, Series::Rpc(call), duration_ns, None);
+    }
+
+    fn add(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        role: Role,
+        series: Series,
+        duration_ns: u64,
+        exemplar: Option<Exemplar>,
+    ) {
+        let kind = series.kind();
         let mut key = SeriesKey {
             resource: Some(ResourceKey(resource.clone())),
             role,
-            request: Some(request),
+            kind,
+            series: Some(series),
         };
         if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
             key = SeriesKey {
                 resource: None,
                 role,
-                request: None,
+                kind,
+                series: None,
             };
         }
         let units = ns_to_units(duration_ns);
@@ -150,31 +210,39 @@ impl HttpMetrics {
         self.series.len()
     }
 
-    /// One metric per (process, side), cumulative.
+    /// One metric per (process, side, HTTP or RPC), cumulative.
     pub fn collect(&self, out: &mut Vec<Metric>) {
-        let mut grouped: HashMap<(Option<ResourceKey>, Role), Points> = HashMap::new();
+        let mut grouped: HashMap<(Option<ResourceKey>, Role, Kind), Points> = HashMap::new();
         for (key, h) in &self.series {
             grouped
-                .entry((key.resource.clone(), key.role))
+                .entry((key.resource.clone(), key.role, key.kind))
                 .or_default()
                 .push((
-                    key.request.as_ref().map_or_else(
+                    key.series.as_ref().map_or_else(
                         || vec![(OVERFLOW.0, OVERFLOW.1.to_string())],
-                        RequestAttributes::to_attributes,
+                        Series::to_attributes,
                     ),
                     h.clone(),
                 ));
         }
-        for ((resource, role), mut points) in grouped {
+        for ((resource, role, kind), mut points) in grouped {
             points.sort_by(|a, b| a.0.cmp(&b.0));
-            let (name, description) = match role {
-                Role::Server => (
+            let (name, description) = match (kind, role) {
+                (Kind::Http, Role::Server) => (
                     names::HTTP_SERVER_REQUEST_DURATION,
                     "Duration of HTTP server requests, measured from the kernel.",
                 ),
-                Role::Client => (
+                (Kind::Http, Role::Client) => (
                     names::HTTP_CLIENT_REQUEST_DURATION,
                     "Duration of HTTP client requests, measured from the kernel.",
+                ),
+                (Kind::Rpc, Role::Server) => (
+                    names::RPC_SERVER_CALL_DURATION,
+                    "Duration of gRPC server calls, measured from the kernel.",
+                ),
+                (Kind::Rpc, Role::Client) => (
+                    names::RPC_CLIENT_CALL_DURATION,
+                    "Duration of gRPC client calls, measured from the kernel.",
                 ),
             };
             out.push(Metric {
@@ -278,6 +346,61 @@ mod tests {
             }
             _ => panic!(),
         }
+    }
+
+    fn call(method: &str) -> CallAttributes {
+        CallAttributes {
+            service: "demo.Greeter".into(),
+            method: method.into(),
+            status: Some(0),
+            error: None,
+            port: Some(50051),
+            address: None,
+        }
+    }
+
+    /// The cap is shared by HTTP and RPC series; each metric keeps its own overflow series.
+    #[test]
+    fn rpc_calls_are_their_own_metric_under_the_same_cap() {
+        let mut m = HttpMetrics::new(2);
+        let r = resource("a");
+        m.record(&r, Role::Server, get("/1"), 1_000_000, None);
+        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000);
+        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000);
+        m.record_call(&r, Role::Server, call("Other"), 2_000_000);
+        m.record(&r, Role::Server, get("/2"), 1_000_000, None);
+        let mut out = Vec::new();
+        m.collect(&mut out);
+        type Summary = (&'static str, bool, Vec<(Attributes, u64)>);
+        let mut got: Vec<Summary> = out
+            .iter()
+            .map(|m| {
+                let metrics::Points::Histogram(_, points) = &m.points else {
+                    panic!()
+                };
+                let points = points.iter().map(|(a, h)| (a.clone(), h.count())).collect();
+                (m.name, m.resource.is_some(), points)
+            })
+            .collect();
+        got.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let overflow = vec![(vec![("otel.metric.overflow", "true".to_string())], 1)];
+        assert_eq!(
+            got,
+            vec![
+                (names::HTTP_SERVER_REQUEST_DURATION, false, overflow.clone()),
+                (
+                    names::HTTP_SERVER_REQUEST_DURATION,
+                    true,
+                    vec![(get("/1").to_attributes(), 1)]
+                ),
+                (names::RPC_SERVER_CALL_DURATION, false, overflow),
+                (
+                    names::RPC_SERVER_CALL_DURATION,
+                    true,
+                    vec![(call("SayHello").to_attributes(), 2)]
+                ),
+            ]
+        );
     }
 
     #[test]

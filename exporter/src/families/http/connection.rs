@@ -149,6 +149,8 @@ pub enum Outcome {
     Dropped(&'static str),
     /// A response without a request (Periscope attached mid-conversation).
     Unmatched,
+    /// An HTTP/2 stream that is a gRPC call: counted in the RPC metrics, not as a request.
+    Call(super::grpc::Call),
 }
 
 /// Where a byte stream (requests or responses) is.

@@ -98,9 +98,14 @@ impl Http2 {
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it (spans are not made for HTTP/2 yet).
+/// ended it (spans are not made for HTTP/2 yet). A gRPC stream (`content-type:
+/// application/grpc*`) is an RPC call (`super::grpc`), any other an HTTP exchange.
 fn outcome(decoded: h2::Outcome, tid: u32) -> Outcome {
+    use super::grpc;
     match decoded {
+        h2::Outcome::Exchange(e) if grpc::is_call(&e) => grpc::call(&e)
+            .map(Outcome::Call)
+            .unwrap_or(Outcome::Dropped("http2_undecoded")),
         h2::Outcome::Exchange(e) => exchange(&e, tid)
             .map(Outcome::Exchange)
             .unwrap_or(Outcome::Dropped("http2_undecoded")),

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod config;
 pub mod connection;
 pub mod gotls;
+pub mod grpc;
 pub mod h2;
 pub mod http2;
 pub mod parse;

@@ -23,6 +23,7 @@ use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
     connection::{Capture, Connection, Exchange, Opener, Outcome, Role},
+    grpc::{self, Methods},
     parse,
     record::{self, Conn, Record, Transfer},
     route::Routes,
@@ -207,6 +208,8 @@ pub struct Tracker {
     /// Server span each thread is serving (parent of its client calls).
     active: HashMap<u32, TraceRef>,
     routes: Routes,
+    /// gRPC's `rpc.service`/`rpc.method`, bounded per service like routes.
+    methods: Methods,
     sampling: Sampling,
     spans: Option<SpanQueue>,
     state: Arc<Mutex<HttpState>>,
@@ -228,6 +231,7 @@ impl Tracker {
         Ok(Self {
             routes: Routes::new(&config.routes, config.max_routes_per_service)
                 .map_err(anyhow::Error::msg)?,
+            methods: Methods::new(config.max_routes_per_service),
             sampling: Sampling::parse(&config.sampler, config.sampler_arg)
                 .map_err(anyhow::Error::msg)?,
             config,
@@ -586,6 +590,7 @@ impl Tracker {
         for outcome in outcomes.drain(..) {
             match outcome {
                 Outcome::Exchange(e) => self.record(key, tgid, e),
+                Outcome::Call(call) => self.record_call(key, tgid, call),
                 Outcome::Invalid => self.stats.invalid += 1,
                 Outcome::Unmatched => self.stats.unmatched_responses += 1,
                 Outcome::Dropped(reason) => *self.stats.dropped.entry(reason).or_default() += 1,
@@ -686,6 +691,40 @@ impl Tracker {
             .collect(),
             error,
         });
+    }
+
+    /// A gRPC call: the RPC metrics, with the same port, peer and process as an HTTP request.
+    fn record_call(&mut self, key: (u32, u32), tgid: u32, call: grpc::Call) {
+        let Some(tracked) = self.conns.get(&key) else {
+            return;
+        };
+        let role = tracked.conn.role();
+        let port = tracked.port;
+        let address = match role {
+            Role::Server => None,
+            Role::Client => call
+                .authority
+                .as_deref()
+                .map(|host| host_without_port(host).to_string())
+                .or_else(|| tracked.peer.clone()),
+        };
+        let info = self.process(tgid, "");
+        let (service, method) = self.methods.name(&info.resource.service_name, &call.path);
+        let attributes = grpc::CallAttributes {
+            service,
+            method,
+            status: call.status,
+            error: grpc::error_type(role, call.status),
+            port,
+            address,
+        };
+        self.stats.exchanges += 1;
+        self.state_mut().metrics.record_call(
+            &info.resource,
+            role,
+            attributes,
+            call.end_ns.saturating_sub(call.start_ns),
+        );
     }
 
     /// A connection whose bytes are TLS records: its plaintext will come from the OpenSSL
