@@ -19,7 +19,7 @@ use super::record::output;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_EXIST},
     helpers::bpf_probe_read_user,
-    helpers::generated::bpf_probe_read_user as probe_read_user_raw,
+    helpers::generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
@@ -57,6 +57,9 @@ pub struct Cursor {
     out: u64,
     /// How the walk ended: [`WALKING`], [`DONE`] or [`CUT`].
     state: u64,
+    /// The transfer's iovec array and count (0: one buffer, the first `base`).
+    iov: u64,
+    iov_count: u64,
 }
 
 /// [`Cursor::state`]s.
@@ -69,6 +72,9 @@ const CUT: u64 = 2;
 #[derive(Clone, Copy)]
 pub struct H2Event {
     cursor: Cursor,
+    /// The walked direction's place, copied in for the walk and back after it (the steps then
+    /// need no other pointer than this record's: a `bpf_loop` callback gets none).
+    dir: H2Direction,
     record: IoRecord,
     /// At most [`H2_CAPTURE`] bytes of frames (a step that starts below it may pass it by up to
     /// a header and a chunk: room for that, and for the verifier's bounds).
@@ -131,7 +137,7 @@ fn word(data: &[u8], at: usize) -> u64 {
 /// connection map value, when there is one, with `ROLE_H2` first, so that its later transfers
 /// are walked.)
 #[inline(always)]
-pub(super) fn start(
+pub(super) fn start<const LOOP: bool>(
     record: &IoRecord,
     pending: &HttpPending,
     key_fd: u32,
@@ -151,7 +157,7 @@ pub(super) fn start(
     }
     let key = conn_key(record.head.tgid, key_fd);
     if HTTP_H2_WALKS.insert(key, walk, BPF_ANY as u64).is_ok() {
-        walk_transfer(record, pending, key, transferred, opener);
+        walk_transfer::<LOOP>(record, pending, key, transferred, opener);
     }
 }
 
@@ -169,13 +175,13 @@ pub(super) fn forget(tgid: u32, fd: u32, plain: bool, tls: bool) {
 /// Walks a transfer of an HTTP/2 connection, sending its frames. False when the connection has
 /// no walk (its state aged out): the caller captures the transfer as a plain one.
 #[inline(always)]
-pub(super) fn walk(
+pub(super) fn walk<const LOOP: bool>(
     record: &IoRecord,
     pending: &HttpPending,
     key_fd: u32,
     transferred: u64,
 ) -> bool {
-    walk_transfer(
+    walk_transfer::<LOOP>(
         record,
         pending,
         conn_key(record.head.tgid, key_fd),
@@ -186,8 +192,11 @@ pub(super) fn walk(
 
 /// Walks `transferred` bytes of `pending`'s buffers on the connection whose walk is at `key`,
 /// sending records like `record` (its head, times and length) flagged [`IO_H2`] and `flags`.
+/// `LOOP`: with `bpf_loop` (Linux 5.17+: the socket-tracepoint and fentry programs), up to
+/// [`H2_LOOP_STEPS`] steps; else [`H2_STEPS`], unrolled (a program that merely contains a
+/// `bpf_loop` callback does not load on older kernels).
 #[inline(always)]
-fn walk_transfer(
+fn walk_transfer<const LOOP: bool>(
     record: &IoRecord,
     pending: &HttpPending,
     key: u64,
@@ -212,10 +221,13 @@ fn walk_transfer(
     event.record.flags |= IO_H2 | flags;
     event.record.captured = 0;
     event.record.tail_len = 0;
+    event.dir = *dir;
     let cursor = &mut event.cursor;
     set(&mut cursor.left, transferred);
     set(&mut cursor.out, 0);
     set(&mut cursor.next_iov, 0);
+    set(&mut cursor.iov, pending.iov);
+    set(&mut cursor.iov_count, pending.iov_count);
     if pending.iov != 0 {
         set(&mut cursor.base, 0);
         set(&mut cursor.base_left, 0);
@@ -224,14 +236,28 @@ fn walk_transfer(
         set(&mut cursor.base_left, pending.buf_len.min(transferred));
     }
     set(&mut cursor.state, WALKING);
-    // H2_STEPS steps, unrolled (see the module's doc).
-    'walk: {
-        twice! { twice! { twice! { twice! { twice! { twice! {
-            if !step(event, dir, pending) {
-                break 'walk;
-            }
-        } } } } } }
+    if LOOP {
+        // SAFETY: a callback of the helper's signature; no context (it finds the scratch
+        // record itself).
+        unsafe {
+            bpf_loop(
+                H2_LOOP_STEPS,
+                loop_step as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    } else {
+        // H2_STEPS steps, unrolled (see the module's doc).
+        'walk: {
+            twice! { twice! { twice! { twice! { twice! { twice! {
+                if !step(event) {
+                    break 'walk;
+                }
+            } } } } } }
+        }
     }
+    *dir = event.dir;
     // Out of steps with bytes left is a cut too.
     let cut = get(&event.cursor.state) != DONE;
     if cut {
@@ -256,12 +282,25 @@ fn walk_transfer(
 
 const _: () = assert!(H2_STEPS == 64, "the walk is unrolled 2^6 times");
 
+/// Steps of a walk with `bpf_loop`.
+const H2_LOOP_STEPS: u32 = 2048;
+
+/// `bpf_loop`'s callback: one step of the walk this CPU's scratch record holds; 1 stops the loop.
+#[inline(never)]
+extern "C" fn loop_step(_index: u64, _context: *mut core::ffi::c_void) -> i64 {
+    let Some(event) = HTTP_H2_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch record, which the walking program set up.
+    if step(unsafe { &mut *event }) { 0 } else { 1 }
+}
+
 /// One step of a walk: takes the next buffer if the current one is done, reads (the rest of)
 /// a frame header if one is due, and skips or copies a run of payload. False when the walk of
 /// this transfer is over ([`Cursor::state`] says how). A function of its own (a BPF-to-BPF
 /// call): unrolled, its 64 inlined copies would not fit the 16-bit jump offsets of one program.
 #[inline(never)]
-fn step(event: &mut H2Event, dir: &mut H2Direction, pending: &HttpPending) -> bool {
+fn step(event: &mut H2Event) -> bool {
     let left = get(&event.cursor.left);
     if left == 0 {
         return end(event, DONE);
@@ -271,32 +310,32 @@ fn step(event: &mut H2Event, dir: &mut H2Direction, pending: &HttpPending) -> bo
     if get(&event.cursor.out) > (H2_CAPTURE - H2_CHUNK - H2_FRAME_HEADER) as u64 && !flush(event) {
         return end(event, CUT);
     }
-    if get(&event.cursor.base_left) == 0 && !next_buffer(event, pending, left) {
+    if get(&event.cursor.base_left) == 0 && !next_buffer(event, left) {
         return end(event, CUT);
     }
-    if get(&dir.remaining) == 0 {
+    if get(&event.dir.remaining) == 0 {
         // A frame header, or the rest of one a transfer ended inside.
-        if !read_header(event, dir) {
+        if !read_header(event) {
             return end(event, CUT);
         }
-        if get(&dir.header_len) != 0 {
+        if get(&event.dir.header_len) != 0 {
             // The buffer ended inside it.
             return true;
         }
     }
-    let remaining = get(&dir.remaining) as u64;
+    let remaining = get(&event.dir.remaining) as u64;
     let base_left = get(&event.cursor.base_left);
     if remaining == 0 || base_left == 0 {
         return true;
     }
     let mut take = remaining.min(base_left);
-    if get(&dir.keep) != 0 {
+    if get(&event.dir.keep) != 0 {
         take = take.min(H2_CHUNK as u64);
         if !copy_out(event, get(&event.cursor.base), take) {
             return end(event, CUT);
         }
     }
-    set(&mut dir.remaining, (remaining - take) as u32);
+    set(&mut event.dir.remaining, (remaining - take) as u32);
     advance(event, take);
     true
 }
@@ -304,8 +343,8 @@ fn step(event: &mut H2Event, dir: &mut H2Direction, pending: &HttpPending) -> bo
 /// Reads what the current buffer holds of the next frame header; when that completes it,
 /// copies it into the record and starts the frame's payload. False when it could not.
 #[inline(always)]
-fn read_header(event: &mut H2Event, dir: &mut H2Direction) -> bool {
-    let have = get(&dir.header_len) as u64 & 15;
+fn read_header(event: &mut H2Event) -> bool {
+    let have = get(&event.dir.header_len) as u64 & 15;
     if have >= H2_FRAME_HEADER as u64 {
         return false;
     }
@@ -316,7 +355,7 @@ fn read_header(event: &mut H2Event, dir: &mut H2Direction) -> bool {
     // SAFETY: have + take <= 9 (checked above), inside the header's 32 bytes.
     let rc = unsafe {
         probe_read_user_raw(
-            dir.header.as_mut_ptr().add(have as usize).cast(),
+            event.dir.header.as_mut_ptr().add(have as usize).cast(),
             take as u32,
             get(&event.cursor.base) as *const core::ffi::c_void,
         )
@@ -327,33 +366,33 @@ fn read_header(event: &mut H2Event, dir: &mut H2Direction) -> bool {
     advance(event, take);
     let have = have + take;
     if have < H2_FRAME_HEADER as u64 {
-        set(&mut dir.header_len, have as u8);
+        set(&mut event.dir.header_len, have as u8);
         return true;
     }
-    set(&mut dir.header_len, 0);
+    set(&mut event.dir.header_len, 0);
     // Read in place: the step's stack is what is left of its caller's 512 bytes.
-    let h = &dir.header;
+    let h = &event.dir.header;
     let len = u32::from_be_bytes([0, get(&h[0]), get(&h[1]), get(&h[2])]);
     let kind = get(&h[3]);
-    if !copy_header(event, h) {
+    if !copy_header(event) {
         return false;
     }
-    set(&mut dir.remaining, len);
-    set(&mut dir.keep, !h2_payload_elided(kind, len) as u8);
+    set(&mut event.dir.remaining, len);
+    set(&mut event.dir.keep, !h2_payload_elided(kind, len) as u8);
     true
 }
 
 /// Takes the transfer's next buffer: its next iovec (a transfer of one buffer has no other:
 /// it was longer than the buffer said, and the walk is lost). False when there is none.
 #[inline(always)]
-fn next_buffer(event: &mut H2Event, pending: &HttpPending, left: u64) -> bool {
+fn next_buffer(event: &mut H2Event, left: u64) -> bool {
     let index = get(&event.cursor.next_iov);
-    if pending.iov == 0 || index >= pending.iov_count || index >= 1024 {
+    let vector = get(&event.cursor.iov);
+    if vector == 0 || index >= get(&event.cursor.iov_count) || index >= 1024 {
         return false;
     }
     // struct iovec: base at 0, len at 8.
-    let Ok(iov) = (unsafe { bpf_probe_read_user((pending.iov + 16 * index) as *const [u64; 2]) })
-    else {
+    let Ok(iov) = (unsafe { bpf_probe_read_user((vector + 16 * index) as *const [u64; 2]) }) else {
         return false;
     };
     set(&mut event.cursor.next_iov, index + 1);
@@ -396,15 +435,15 @@ fn copy_out(event: &mut H2Event, src: u64, n: u64) -> bool {
     rc == 0
 }
 
-/// Copies a frame header into the record.
+/// Copies the frame header just read into the record.
 #[inline(always)]
-fn copy_header(event: &mut H2Event, header: &[u8; 32]) -> bool {
+fn copy_header(event: &mut H2Event) -> bool {
     let out = get(&event.cursor.out) & (H2_CAPTURE as u64 - 1);
     let dst = &mut event.data[out as usize..];
     if dst.len() < H2_FRAME_HEADER {
         return false;
     }
-    dst[..H2_FRAME_HEADER].copy_from_slice(&header[..H2_FRAME_HEADER]);
+    dst[..H2_FRAME_HEADER].copy_from_slice(&event.dir.header[..H2_FRAME_HEADER]);
     set(&mut event.cursor.out, out + H2_FRAME_HEADER as u64);
     true
 }

@@ -61,7 +61,13 @@ pub(super) fn scratch() -> Option<&'static mut IoEvent> {
 /// Sends the record of a read/write on a watched connection that moved `transferred` (> 0)
 /// bytes, returning at `now` (callers check the result with [`op::exit_matters`]).
 #[inline(always)]
-pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u64, now: u64) {
+pub(super) fn send_io<const LOOP: bool>(
+    tgid: u32,
+    tid: u32,
+    pending: &HttpPending,
+    transferred: u64,
+    now: u64,
+) {
     let Some(event) = scratch() else {
         return;
     };
@@ -69,7 +75,9 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
     if stop_after(stage::HEADER) {
         return;
     }
-    if pending.role & ROLE_H2 != 0 && h2::walk(&event.record, pending, pending.fd, transferred) {
+    if pending.role & ROLE_H2 != 0
+        && h2::walk::<LOOP>(&event.record, pending, pending.fd, transferred)
+    {
         return;
     }
     let mut want = transferred;
@@ -90,7 +98,7 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
         // HTTP/2 from here on (a lost record before is of no matter: this is its beginning).
         let role = (pending.role & !ROLE_LOST) | ROLE_H2;
         let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
-        h2::start(&event.record, pending, pending.fd, transferred, opener);
+        h2::start::<LOOP>(&event.record, pending, pending.fd, transferred, opener);
         return;
     }
     // Not (or no longer: its walk aged out) HTTP/2.
@@ -131,7 +139,13 @@ pub(super) fn send_io(tgid: u32, tid: u32, pending: &HttpPending, transferred: u
 /// record of `transferred` bytes flagged [`IO_TLS_PLAINTEXT`], ended at `now`: the OpenSSL and
 /// Go probes' one way out.
 #[inline(always)]
-pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred: u64, now: u64) {
+pub(super) fn send_plaintext<const LOOP: bool>(
+    tgid: u32,
+    tid: u32,
+    io: &HttpPending,
+    transferred: u64,
+    now: u64,
+) {
     let Some(event) = scratch() else {
         return;
     };
@@ -139,13 +153,13 @@ pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred:
     event.record.flags = IO_TLS_PLAINTEXT;
     // Plaintext has no connection map value to say it is HTTP/2: its walk is looked up.
     let key_fd = io.fd | TLS_FD;
-    if h2::walk(&event.record, io, key_fd, transferred) {
+    if h2::walk::<LOOP>(&event.record, io, key_fd, transferred) {
         return;
     }
     let captured = copy_leading(event, io.buf, transferred);
     let opener = h2::opener(&event.data, captured, io.kind, io.role & ROLE_MASK);
     if opener != 0 {
-        h2::start(&event.record, io, key_fd, transferred, opener);
+        h2::start::<LOOP>(&event.record, io, key_fd, transferred, opener);
         return;
     }
     copy_tail(event, io, transferred, captured);

@@ -133,7 +133,9 @@ pub(super) fn sock_io(sk: u64, rc: i32, kind: u8) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     pending.start_ns = now;
-    send_io(tgid, tid, &pending, rc as u64, now);
+    // Linux 6.5+ (socket tracepoints) or 5.15+ (fentry: bpf_loop from 5.17; older kernels
+    // fall back to the raw tracepoints).
+    send_io::<true>(tgid, tid, &pending, rc as u64, now);
 }
 
 /// The identity of socket `sk`.
