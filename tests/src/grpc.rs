@@ -2,7 +2,7 @@
 //! `tests/workloads/grpc_*.py` (generic handlers, h2c), what the client counted, and Periscope's
 //! RPC counts from a scrape.
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
 use crate::{
     http::{Server, workload},
@@ -47,9 +47,15 @@ pub struct ClientRun {
 
 /// `grpc_client.py PORT MODE` (`mixed` or `concurrent`), to its end.
 pub fn client(port: u16, mode: &str) -> ClientRun {
+    client_for(port, mode, Duration::ZERO)
+}
+
+/// [`client`], repeating its calls on its one channel until `at_least` has passed (`mixed`).
+pub fn client_for(port: u16, mode: &str, at_least: Duration) -> ClientRun {
     let out = python("grpc_client.py")
         .arg(port.to_string())
         .arg(mode)
+        .arg(at_least.as_secs_f64().to_string())
         .output()
         .expect("python3 grpc_client.py (make test installs grpcio into target/grpc-python)");
     assert!(

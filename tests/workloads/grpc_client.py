@@ -1,8 +1,10 @@
 """A gRPC client (Python grpcio, no generated code) for grpc_server.py.
 
-usage: grpc_client.py PORT mixed|concurrent
+usage: grpc_client.py PORT mixed|concurrent [SECONDS]
   mixed       on one channel, one call after another: SayHello OK x3, NOT_FOUND x2,
-              INTERNAL x1; ListFeatures (server streaming) OK x2, NOT_FOUND x1, INTERNAL x1
+              INTERNAL x1; ListFeatures (server streaming) OK x2, NOT_FOUND x1, INTERNAL x1;
+              with SECONDS, again and again on that channel until they have passed (a
+              long-lived client, whose series a scraper sees grow)
   concurrent  100 SayHello calls started together on one channel (one HTTP/2 connection,
               100 streams in flight), each held 200 ms by the server: 60 OK, 25 NOT_FOUND,
               15 INTERNAL
@@ -20,6 +22,7 @@ import grpc
 
 PORT = int(sys.argv[1])
 MODE = sys.argv[2]
+SECONDS = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 SERVICE = "demo.Greeter"
 CODES = {code: code.value[0] for code in grpc.StatusCode}
 
@@ -78,11 +81,15 @@ def streaming(outcome):
 start = time.monotonic()
 connections = 0
 if MODE == "mixed":
-    for outcome in ["ok"] * 3 + ["not_found"] * 2 + ["internal"]:
-        unary(outcome)
-    for outcome in ["ok"] * 2 + ["not_found", "internal"]:
-        streaming(outcome)
-    connections = server_port_connections()
+    while True:
+        for outcome in ["ok"] * 3 + ["not_found"] * 2 + ["internal"]:
+            unary(outcome)
+        for outcome in ["ok"] * 2 + ["not_found", "internal"]:
+            streaming(outcome)
+        connections = server_port_connections()
+        if time.monotonic() - start >= SECONDS:
+            break
+        time.sleep(0.2)
 elif MODE == "concurrent":
     outcomes = ["ok"] * 60 + ["not_found"] * 25 + ["internal"] * 15
     started = [say_hello.future(f"{o}:200".encode(), timeout=30) for o in outcomes]
