@@ -261,13 +261,15 @@ mod tests {
     use crate::{
         families::http::{
             config::HttpConfig,
-            h2::{Connection, Side, Start, Transfer},
+            h2::{self, Connection, Side, Start, Transfer},
             record::build,
             tracker::{HttpState, Tracker},
         },
         model::{metrics::Points, names},
     };
-    use periscope_common::http::{ConnectAddr, ROLE_CLIENT, ROLE_SERVER, SockOpen};
+    use periscope_common::http::{
+        ConnectAddr, IO_H2, IO_H2_PREFACE, ROLE_CLIENT, ROLE_SERVER, SockOpen,
+    };
 
     /// Python `grpcio` 1.85 server and client on one connection (see `h2/tests.rs`):
     /// SayHello OK, SayHello NOT_FOUND (trailers-only), ListFeatures (server streaming, three
@@ -403,10 +405,29 @@ mod tests {
                 ..Default::default()
             };
             tracker.handle(&build::open(side, 5, open));
-            for (from_client, bytes) in chunks() {
+            // What the kernel sends: the walked frames, the client's first record flagged
+            // with the preface it went past.
+            let sides: Vec<_> = chunks()
+                .into_iter()
+                .map(|(from_client, bytes)| {
+                    let side = if from_client {
+                        Side::Client
+                    } else {
+                        Side::Server
+                    };
+                    (side, bytes)
+                })
+                .collect();
+            let mut preface = IO_H2_PREFACE;
+            for (from, bytes, _) in h2::testenc::walked(&sides) {
                 // A server reads what the client sent; a client writes it.
-                let read = from_client == (role == Role::Server);
-                tracker.handle(&build::io(read, 5, &bytes));
+                let read = (from == Side::Client) == (role == Role::Server);
+                let flags = IO_H2 | if from == Side::Client { preface } else { 0 };
+                if from == Side::Client {
+                    preface = 0;
+                }
+                let record = build::with_io(build::io(read, 5, &bytes), |r| r.flags = flags);
+                tracker.handle(&record);
             }
             tracker.handle(&build::close(side, 5, true));
             let mut out = Vec::new();

@@ -411,6 +411,6 @@ impl Block {
 }
 
 #[cfg(test)]
-mod testenc;
+pub(crate) mod testenc;
 #[cfg(test)]
 mod tests;

@@ -189,3 +189,42 @@ pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
         .collect();
     frame(4, 0, 0, &payload)
 }
+
+/// What the kernel's frame walk sends of each chunk (`IO_H2` records): the frames of each
+/// direction, past the client preface, with their payloads unless elided (DATA, or too large),
+/// each byte in the record of the chunk it came in. Chunks that carried only elided payload
+/// send nothing.
+pub fn walked(chunks: &[(super::Side, Vec<u8>)]) -> Vec<(super::Side, Vec<u8>, u64)> {
+    let mut kept: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
+    for side in [super::Side::Client, super::Side::Server] {
+        let bytes: Vec<(usize, u8)> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| *s == side)
+            .flat_map(|(i, (_, b))| b.iter().map(move |x| (i, *x)))
+            .collect();
+        let plain: Vec<u8> = bytes.iter().map(|b| b.1).collect();
+        let mut at = if plain.starts_with(super::PREFACE) {
+            24
+        } else {
+            0
+        };
+        while at + super::frame::HEADER_LEN <= bytes.len() {
+            let header = super::FrameHeader::parse(plain[at..at + 9].try_into().unwrap());
+            let elided = periscope_common::http::h2_payload_elided(plain[at + 3], header.len);
+            let end = (at + 9 + header.len as usize).min(bytes.len());
+            let copied = if elided { at + 9 } else { end };
+            for &(chunk, byte) in &bytes[at..copied] {
+                kept[chunk].push(byte);
+            }
+            at = end;
+        }
+    }
+    chunks
+        .iter()
+        .zip(kept)
+        .enumerate()
+        .filter(|(_, (_, k))| !k.is_empty())
+        .map(|(i, ((side, _), k))| (*side, k, (i as u64 + 1) * 100))
+        .collect()
+}

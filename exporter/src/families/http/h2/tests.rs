@@ -1,5 +1,5 @@
 use super::*;
-use testenc::{Encoder, data, frame, headers, settings};
+use testenc::{Encoder, data, frame, headers, settings, walked};
 
 /// A recorded connection (`testdata/record.py`): each line one chunk, `c HEX` sent by the
 /// client, `s HEX` by the server.
@@ -618,41 +618,6 @@ fn garbage_inside_valid_frames_is_invalid_not_a_panic() {
         (e.method(), e.status()),
         (Value::Unknown, Value::Known(200))
     );
-}
-
-/// What the kernel's frame walk sends of each chunk (`IO_H2` records): the frames of each
-/// direction, past the client preface, with their payloads unless elided (DATA, or too large),
-/// each byte in the record of the chunk it came in. Chunks that carried only elided payload
-/// send nothing.
-fn walked(chunks: &[(Side, Vec<u8>)]) -> Vec<(Side, Vec<u8>, u64)> {
-    let mut kept: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
-    for side in [Side::Client, Side::Server] {
-        let bytes: Vec<(usize, u8)> = chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, (s, _))| *s == side)
-            .flat_map(|(i, (_, b))| b.iter().map(move |x| (i, *x)))
-            .collect();
-        let plain: Vec<u8> = bytes.iter().map(|b| b.1).collect();
-        let mut at = if plain.starts_with(PREFACE) { 24 } else { 0 };
-        while at + frame::HEADER_LEN <= bytes.len() {
-            let header = FrameHeader::parse(plain[at..at + 9].try_into().unwrap());
-            let elided = periscope_common::http::h2_payload_elided(plain[at + 3], header.len);
-            let end = (at + 9 + header.len as usize).min(bytes.len());
-            let copied = if elided { at + 9 } else { end };
-            for &(chunk, byte) in &bytes[at..copied] {
-                kept[chunk].push(byte);
-            }
-            at = end;
-        }
-    }
-    chunks
-        .iter()
-        .zip(kept)
-        .enumerate()
-        .filter(|(_, (_, k))| !k.is_empty())
-        .map(|(i, ((side, _), k))| (*side, k, (i as u64 + 1) * 100))
-        .collect()
 }
 
 proptest::proptest! {
