@@ -1,5 +1,5 @@
-// An HTTPS server on Go's net/http and crypto/tls (no OpenSSL): go_https_server PORT CERT KEY.
-// HTTP/1.1 only (no "h2" in ALPN). Routes: /users/<n> 200, /big 200 with a 100 KB chunked body,
+// An HTTPS server on Go's net/http and crypto/tls (no OpenSSL): go_https_server PORT CERT KEY [h2].
+// HTTP/1.1 only (no "h2" in ALPN), or with "h2" HTTP/2 too (net/http's own, offered first). Routes: /users/<n> 200, /big 200 with a 100 KB chunked body,
 // /fail 500, POST /echo 201 with the body's length, anything else 404.
 package main
 
@@ -44,6 +44,9 @@ func main() {
 		Handler: mux,
 		// A non-nil, empty map turns HTTP/2 off: HTTP/1.1 over TLS only.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	if len(os.Args) > 4 && os.Args[4] == "h2" {
+		server.TLSNextProto = nil
 	}
 	if err := server.ListenAndServeTLS(os.Args[2], os.Args[3]); err != nil {
 		fmt.Fprintln(os.Stderr, err)
