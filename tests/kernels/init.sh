@@ -6,6 +6,7 @@
 export PATH=/bin:/sbin
 
 HTTP_PORT=8080     # kernel-workload serve/get
+H2_PORT=8082       # kernel-workload serve2/get2 (HTTP/2, the kernel's frame walk)
 TCP_PORT=9090      # kernel-workload tcp
 RETRANSMIT_PORT=9091  # kernel-workload retransmit
 REQUESTS=20
@@ -102,10 +103,13 @@ stop_daemon() {
 start_daemon ""
 kernel-workload serve $HTTP_PORT &
 server=$!
+kernel-workload serve2 $H2_PORT &
+server2=$!
 kernel-workload get $HTTP_PORT $REQUESTS
+kernel-workload get2 $H2_PORT $REQUESTS
 kernel-workload tcp $TCP_PORT $CONNECTIONS
 kernel-workload spin 3 300
-kill $server
+kill $server $server2
 # The HTTP and TCP loops drain their ring buffers every 25 ms and on wakeups; give them
 # (slowly emulated) time to.
 sleep 3
@@ -113,6 +117,9 @@ wget -q -O /tmp/metrics "$METRICS"
 port="server_port=\"$HTTP_PORT\""
 expect http "server requests" "$(metric http_server_request_duration_seconds_count "$port")" $REQUESTS
 expect http "client requests" "$(metric http_client_request_duration_seconds_count "$port")" $REQUESTS
+port="server_port=\"$H2_PORT\" network_protocol_version=\"2\""
+expect http "HTTP/2 server streams (one write of $REQUESTS requests)" "$(metric http_server_request_duration_seconds_count "$port")" $REQUESTS
+expect http "HTTP/2 client streams" "$(metric http_client_request_duration_seconds_count "$port")" $REQUESTS
 port="server_port=\"$TCP_PORT\""
 expect tcp "outbound connections" "$(metric kernel_tcp_connections_total 'direction="outbound"' "$port")" $CONNECTIONS
 expect tcp "inbound connections" "$(metric kernel_tcp_connections_total 'direction="inbound"' "$port")" $CONNECTIONS
@@ -133,13 +140,19 @@ if [ "$major" -gt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -ge 15 ]; }; then
   start_daemon /tmp/fentry.yaml
   kernel-workload serve $HTTP_PORT &
   server=$!
+  kernel-workload serve2 $H2_PORT &
+  server2=$!
   kernel-workload get $HTTP_PORT $REQUESTS
-  kill $server
+  kernel-workload get2 $H2_PORT $REQUESTS
+  kill $server $server2
   sleep 3
   wget -q -O /tmp/metrics "$METRICS"
   port="server_port=\"$HTTP_PORT\""
   expect http "server requests (fentry forced)" "$(metric http_server_request_duration_seconds_count "$port")" $REQUESTS
   expect http "client requests (fentry forced)" "$(metric http_client_request_duration_seconds_count "$port")" $REQUESTS
+  port="server_port=\"$H2_PORT\" network_protocol_version=\"2\""
+  expect http "HTTP/2 server streams (fentry forced)" "$(metric http_server_request_duration_seconds_count "$port")" $REQUESTS
+  expect http "HTTP/2 client streams (fentry forced)" "$(metric http_client_request_duration_seconds_count "$port")" $REQUESTS
   echo "===== metrics"
   grep -E '^(periscope_probe|http_)' /tmp/metrics
   stop_daemon

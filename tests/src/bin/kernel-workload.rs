@@ -6,6 +6,9 @@
 //! usage:
 //!   kernel-workload serve PORT               HTTP/1.1 server (200 for every request), forever
 //!   kernel-workload get PORT N               N GETs to 127.0.0.1:PORT, a new connection each
+//!   kernel-workload serve2 PORT              HTTP/2 server, cleartext with prior knowledge
+//!                                            (200 for every stream), forever
+//!   kernel-workload get2 PORT N              N HTTP/2 GETs on one connection, all written at once
 //!   kernel-workload tcp PORT N               N TCP connections to a listener of its own on PORT
 //!   kernel-workload retransmit PORT          SYN retransmits (a full accept queue drops SYNs);
 //!                                            prints the kernel's own count of them (TCP_INFO)
@@ -27,13 +30,15 @@ fn main() {
     let result = match words.as_slice() {
         ["serve", port] => serve(parse(port)),
         ["get", port, n] => get(parse(port), parse(n)),
+        ["serve2", port] => serve2(parse(port)),
+        ["get2", port, n] => get2(parse(port), parse(n)),
         ["tcp", port, n] => connect(parse(port), parse(n)),
         ["retransmit", port] => retransmit(parse(port)),
         ["read", device, n] => read(device, parse(n)),
         ["spin", threads, millis] => spin(parse(threads), parse(millis)),
         _ => {
             eprintln!(
-                "usage: kernel-workload serve PORT | get PORT N | tcp PORT N | retransmit PORT | read DEVICE N | spin THREADS MILLIS"
+                "usage: kernel-workload serve PORT | get PORT N | serve2 PORT | get2 PORT N | tcp PORT N | retransmit PORT | read DEVICE N | spin THREADS MILLIS"
             );
             std::process::exit(2);
         }
@@ -96,6 +101,108 @@ fn get(port: u16, n: u32) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::other("not every request answered 200"))
+    }
+}
+
+// A minimal HTTP/2 (RFC 9113) on both sides, enough for the matrix to see the kernel's frame
+// walk count streams: header blocks use only HPACK's static table and literals without
+// indexing, so neither side keeps a dynamic table.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+/// A frame's type, flags, stream and payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+/// One frame; `None` at the end of the stream.
+fn read_frame(stream: &mut impl Read) -> std::io::Result<Option<Frame>> {
+    let mut head = [0u8; 9];
+    match stream.read_exact(&mut head) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload)?;
+    Ok(Some((head[3], head[4], id, payload)))
+}
+
+/// Answers every stream's request with 200 and a 3-byte body, until killed.
+fn serve2(port: u16) -> std::io::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    println!("serve2: listening on {port}");
+    for stream in listener.incoming() {
+        let stream = stream?;
+        std::thread::spawn(move || {
+            let _ = answer2(stream);
+        });
+    }
+    Ok(())
+}
+
+fn answer2(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut preface = [0u8; 24];
+    stream.read_exact(&mut preface)?;
+    stream.write_all(&frame(4, 0, 0, &[]))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    while let Some((kind, flags, id, _)) = read_frame(&mut reader)? {
+        if kind == HEADERS && flags & END_STREAM != 0 {
+            // `:status: 200` is static entry 8.
+            let mut response = frame(HEADERS, END_HEADERS, id, &[0x88]);
+            response.extend(frame(DATA, END_STREAM, id, b"ok\n"));
+            stream.write_all(&response)?;
+        }
+    }
+    Ok(())
+}
+
+/// N GETs on one connection, every request written in one write (N streams in flight), each
+/// checked for a 200.
+fn get2(port: u16, n: u32) -> std::io::Result<()> {
+    let mut stream = connect_retrying(port)?;
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    for i in 0..n {
+        // :method GET (2), :scheme http (6), then :path (4) and :authority (1) as literals
+        // without indexing.
+        let path = format!("/items/{i}");
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend(path.as_bytes());
+        block.extend([0x01, 9]);
+        block.extend(b"127.0.0.1");
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block));
+    }
+    stream.write_all(&out)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let (mut ok, mut ended) = (0, 0);
+    while ended < n {
+        let Some((kind, flags, _, payload)) = read_frame(&mut reader)? else {
+            break;
+        };
+        if kind == HEADERS && payload.first() == Some(&0x88) {
+            ok += 1;
+        }
+        if kind == DATA && flags & END_STREAM != 0 {
+            ended += 1;
+        }
+    }
+    println!("get2: {ok} of {n} streams answered 200");
+    if ok == n {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not every stream answered 200"))
     }
 }
 

@@ -2,13 +2,16 @@
 //! a (process, fd) pair, `dup*`/`fcntl` copies follow it, `close` ends it; each is told to user
 //! space. (The socket-tracepoint and fentry mechanisms learn the same from sockets: `socket.rs`.)
 
+use super::h2;
 use super::record::{send_accept, send_close, send_connect, send_dup};
 use super::{AF_INET, AF_INET6, HTTP_CONNS};
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
 };
-use periscope_common::http::{ConnectAddr, HttpPending, ROLE_CLIENT, ROLE_SERVER, conn_key};
+use periscope_common::http::{
+    ConnectAddr, HttpPending, ROLE_CLIENT, ROLE_H2, ROLE_SERVER, conn_key,
+};
 
 /// An `accept` on `listen_fd` returned `fd` at `now` (callers check it with
 /// [`op::exit_matters`]): watch it, and tell user space.
@@ -64,6 +67,11 @@ pub(super) fn duplicated(tgid: u32, tid: u32, oldfd: u32, role: u8, newfd: i64) 
         send_close(replaced, tgid, tid, newfd, false, now);
     }
     let _ = HTTP_CONNS.insert(key, role, BPF_ANY as u64);
+    if role & ROLE_H2 != 0 {
+        // Both descriptors walk the one connection's frames (a server may read on one and
+        // write on the other).
+        h2::alias(key, conn_key(tgid, oldfd));
+    }
     send_dup(role, tgid, tid, newfd, oldfd, now);
 }
 

@@ -42,6 +42,11 @@ macro_rules! twice {
 #[map]
 pub(super) static HTTP_H2_WALKS: LruHashMap<u64, H2Walk> = LruHashMap::with_max_entries(16384, 0);
 
+/// Descriptors duplicated from an HTTP/2 connection's (by `dup`/`fcntl`, on the syscall
+/// programs, whose walks are keyed by (process, fd)): the key of the walk they share.
+#[map]
+static HTTP_H2_ALIASES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Where a walk is inside the transfer it walks, kept in map memory (see the module's doc).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -131,7 +136,7 @@ fn word(data: &[u8], at: usize) -> u64 {
 }
 
 /// The transfer `pending` (of `transferred` bytes), whose record is `record`, opens HTTP/2 on
-/// (`tgid`, `key_fd`) as `opener` says ([`opener`]): starts the connection's walk, with the
+/// the connection whose walk is keyed `key` ([`walk_key`]) as `opener` says ([`opener`]): starts the connection's walk, with the
 /// client preface to skip in the direction it goes (this transfer's, or, after a server's
 /// SETTINGS, the one it will be read from), and walks the rest. (The caller marks the
 /// connection map value, when there is one, with `ROLE_H2` first, so that its later transfers
@@ -140,7 +145,7 @@ fn word(data: &[u8], at: usize) -> u64 {
 pub(super) fn start<const LOOP: bool>(
     record: &IoRecord,
     pending: &HttpPending,
-    key_fd: u32,
+    key: u64,
     transferred: u64,
     opener: u8,
 ) {
@@ -155,7 +160,6 @@ pub(super) fn start<const LOOP: bool>(
     } else {
         walk.received = skip_preface;
     }
-    let key = conn_key(record.head.tgid, key_fd);
     if HTTP_H2_WALKS.insert(key, walk, BPF_ANY as u64).is_ok() {
         walk_transfer::<LOOP>(record, pending, key, transferred, opener);
     }
@@ -166,28 +170,46 @@ pub(super) fn start<const LOOP: bool>(
 pub(super) fn forget(tgid: u32, fd: u32, plain: bool, tls: bool) {
     if plain {
         let _ = HTTP_H2_WALKS.remove(conn_key(tgid, fd));
+        let _ = HTTP_H2_ALIASES.remove(conn_key(tgid, fd));
     }
     if tls {
         let _ = HTTP_H2_WALKS.remove(conn_key(tgid, fd | TLS_FD));
     }
 }
 
-/// Walks a transfer of an HTTP/2 connection, sending its frames. False when the connection has
-/// no walk (its state aged out): the caller captures the transfer as a plain one.
+/// Walks a transfer of the HTTP/2 connection whose walk is keyed `key` ([`walk_key`]), sending
+/// its frames. False when the connection has no walk (its state aged out): the caller captures
+/// the transfer as a plain one.
 #[inline(always)]
 pub(super) fn walk<const LOOP: bool>(
     record: &IoRecord,
     pending: &HttpPending,
-    key_fd: u32,
+    key: u64,
     transferred: u64,
 ) -> bool {
-    walk_transfer::<LOOP>(
-        record,
-        pending,
-        conn_key(record.head.tgid, key_fd),
-        transferred,
-        0,
-    )
+    walk_transfer::<LOOP>(record, pending, key, transferred, 0)
+}
+
+/// What a connection's walk is keyed by: its socket's address where the programs know it (the
+/// socket and fentry programs: every descriptor of a socket, a `dup` or Rust's `try_clone`
+/// reading on one and writing on the other, shares one walk), else (`sock` 0) the (process,
+/// fd) pair, `fd` carrying `TLS_FD` for TLS plaintext. (A kernel address never looks like a
+/// pair: those are below 2^54.)
+#[inline(always)]
+pub(super) fn walk_key(sock: u64, tgid: u32, fd: u32) -> u64 {
+    if sock != 0 { sock } else { conn_key(tgid, fd) }
+}
+
+/// The descriptor keyed `key` is a copy of the one keyed `original`: it walks that one's frames.
+#[inline(always)]
+pub(super) fn alias(key: u64, original: u64) {
+    let _ = HTTP_H2_ALIASES.insert(key, original, BPF_ANY as u64);
+}
+
+/// Socket `sk` closed: its walk, if it had one, is over.
+#[inline(always)]
+pub(super) fn forget_socket(sk: u64) {
+    let _ = HTTP_H2_WALKS.remove(sk);
 }
 
 /// Walks `transferred` bytes of `pending`'s buffers on the connection whose walk is at `key`,
@@ -203,8 +225,17 @@ fn walk_transfer<const LOOP: bool>(
     transferred: u64,
     flags: u8,
 ) -> bool {
-    let Some(walk) = HTTP_H2_WALKS.get_ptr_mut(key) else {
-        return false;
+    let (walk, key) = match HTTP_H2_WALKS.get_ptr_mut(key) {
+        Some(walk) => (walk, key),
+        None => {
+            let Some(original) = (unsafe { HTTP_H2_ALIASES.get(key) }).copied() else {
+                return false;
+            };
+            let Some(walk) = HTTP_H2_WALKS.get_ptr_mut(original) else {
+                return false;
+            };
+            (walk, original)
+        }
     };
     let Some(event) = HTTP_H2_SCRATCH.get_ptr_mut(0) else {
         return true;

@@ -122,5 +122,5 @@ pub(super) fn io_exit_raw(tgid: u32, tid: u32, op: u8, args: [u64; 3], rc: i64) 
     } else {
         now
     };
-    send_io::<false>(tgid, tid, &pending, rc as u64, now);
+    send_io::<false>(tgid, tid, &pending, 0, rc as u64, now);
 }

@@ -59,24 +59,27 @@ pub(super) fn scratch() -> Option<&'static mut IoEvent> {
 }
 
 /// Sends the record of a read/write on a watched connection that moved `transferred` (> 0)
-/// bytes, returning at `now` (callers check the result with [`op::exit_matters`]).
+/// bytes, returning at `now` (callers check the result with [`op::exit_matters`]); `sock`: the
+/// socket's address where the program knows it, else 0 (it keys an HTTP/2 walk).
 #[inline(always)]
 pub(super) fn send_io<const LOOP: bool>(
     tgid: u32,
     tid: u32,
     pending: &HttpPending,
+    sock: u64,
     transferred: u64,
     now: u64,
 ) {
     let Some(event) = scratch() else {
         return;
     };
+    let walk_key = h2::walk_key(sock, tgid, pending.fd);
     start_io(event, pending, tgid, tid, transferred, now);
     if stop_after(stage::HEADER) {
         return;
     }
     if pending.role & ROLE_H2 != 0
-        && h2::walk::<LOOP>(&event.record, pending, pending.fd, transferred)
+        && h2::walk::<LOOP>(&event.record, pending, walk_key, transferred)
     {
         return;
     }
@@ -98,7 +101,7 @@ pub(super) fn send_io<const LOOP: bool>(
         // HTTP/2 from here on (a lost record before is of no matter: this is its beginning).
         let role = (pending.role & !ROLE_LOST) | ROLE_H2;
         let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
-        h2::start::<LOOP>(&event.record, pending, pending.fd, transferred, opener);
+        h2::start::<LOOP>(&event.record, pending, walk_key, transferred, opener);
         return;
     }
     // Not (or no longer: its walk aged out) HTTP/2.
@@ -152,14 +155,14 @@ pub(super) fn send_plaintext<const LOOP: bool>(
     start_io(event, io, tgid, tid, transferred, now);
     event.record.flags = IO_TLS_PLAINTEXT;
     // Plaintext has no connection map value to say it is HTTP/2: its walk is looked up.
-    let key_fd = io.fd | TLS_FD;
-    if h2::walk::<LOOP>(&event.record, io, key_fd, transferred) {
+    let key = h2::walk_key(0, tgid, io.fd | TLS_FD);
+    if h2::walk::<LOOP>(&event.record, io, key, transferred) {
         return;
     }
     let captured = copy_leading(event, io.buf, transferred);
     let opener = h2::opener(&event.data, captured, io.kind, io.role & ROLE_MASK);
     if opener != 0 {
-        h2::start::<LOOP>(&event.record, io, key_fd, transferred, opener);
+        h2::start::<LOOP>(&event.record, io, key, transferred, opener);
         return;
     }
     copy_tail(event, io, transferred, captured);

@@ -6,6 +6,7 @@
 //! `inet_sock_set_state` saw it established as) and ends what the pair named before. A write's
 //! record carries its exit time as its start (there is no entry hook).
 
+use super::h2;
 use super::record::{send_close, send_dup, send_io, send_open};
 use super::regs::{io_shape, op_of, task_regs_syscall};
 use super::{AF_INET, AF_INET6, HTTP_CONNS, current, stage, stop_after, watched_io};
@@ -135,7 +136,7 @@ pub(super) fn sock_io(sk: u64, rc: i32, kind: u8) {
     pending.start_ns = now;
     // Linux 6.5+ (socket tracepoints) or 5.15+ (fentry: bpf_loop from 5.17; older kernels
     // fall back to the raw tracepoints).
-    send_io::<true>(tgid, tid, &pending, rc as u64, now);
+    send_io::<true>(tgid, tid, &pending, sock.sk, rc as u64, now);
 }
 
 /// The identity of socket `sk`.
@@ -310,6 +311,7 @@ fn nothing_to_read(sk: u64) -> bool {
 /// is over, with every other descriptor of the socket.
 #[inline(always)]
 pub(super) fn sock_closed(sk: u64, gone: bool) {
+    h2::forget_socket(sk);
     let Some(key) = unsafe { HTTP_SOCK_FDS.get(sk) }.copied() else {
         return;
     };

@@ -72,7 +72,7 @@ pub(super) fn exit_io(ctx: &TracePointContext) {
     if pending.kind == KIND_READ {
         pending.start_ns = now;
     }
-    send_io::<false>(tgid, tid, &pending, rc as u64, now);
+    send_io::<false>(tgid, tid, &pending, 0, rc as u64, now);
 }
 
 macro_rules! io_programs {
