@@ -21,8 +21,12 @@ Targets (issue 18): throughput >= 0.95 of uninstrumented, p99 <= 1.10x, eBPF <= 
 and <= 2.5x the floor, daemon CPU <= 400 ns per request with spans off (printed with spans on),
 RSS < 30 MB. Beyla's published figures: ~500 ns per request, ~75 MB.
 Writes bench/out/http.md and bench/out/http.json (bench/report.py).
+
+With `--protocol h2` (issue 19's benchmark): the same configurations against nginx speaking
+HTTP/2 in cleartext (h2c, prior knowledge), driven by `h2load -c N -m 16` (16 streams in flight
+per connection); p99 from h2load's per-request log. Writes bench/out/http2.md and http2.json.
 """
-import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 from common import Sink, bpf_stats_on, bpf_stats_restore, free_port, map_memory_kib, spread
 from floor import Floor
@@ -32,6 +36,9 @@ PERISCOPE = os.path.join(ROOT, "target/release/periscope")
 # Fixed ports may be taken by other daemons on a shared machine.
 PROM = free_port()
 HTTP_PORT = free_port()
+
+
+PROTOCOL = "h1"
 
 
 def nginx(tmp):
@@ -45,12 +52,12 @@ def nginx(tmp):
 error_log {tmp}/error.log; events {{ worker_connections 1024; }}
 http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {tmp};
   proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  server {{ listen 127.0.0.1:{HTTP_PORT}; root {root}; }} }}
+  server {{ listen 127.0.0.1:{HTTP_PORT}{" http2" if PROTOCOL == "h2" else ""}; root {root}; }} }}
 """)
     p = subprocess.Popen(["nginx", "-c", conf, "-p", tmp])
     for _ in range(100):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/index.html", timeout=1)
+            socket.create_connection(("127.0.0.1", HTTP_PORT), timeout=1).close()
             return p
         except OSError:
             time.sleep(0.05)
@@ -63,6 +70,26 @@ def busy_ns():
         ticks = [int(v) for v in f.readline().split()[1:]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks[:8]) - idle) * 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def load(seconds, connections):
+    """The load generator of the protocol under test: see wrk and h2load."""
+    return h2load(seconds, connections) if PROTOCOL == "h2" else wrk(seconds, connections)
+
+
+def h2load(seconds, connections):
+    """As wrk, over HTTP/2: h2load with 16 streams in flight per connection; the p99 from its
+    per-request log (h2load prints only mean and deviation)."""
+    busy0 = busy_ns()
+    with tempfile.NamedTemporaryFile("r", suffix=".tsv") as log:
+        out = subprocess.run(["h2load", f"-c{connections}", "-m16", f"-D{seconds}", f"--log-file={log.name}",
+                              f"http://127.0.0.1:{HTTP_PORT}/index.html"],
+                             capture_output=True, text=True, check=True).stdout
+        micros = sorted(int(line.split("\t")[2]) for line in log if line.count("\t") >= 2)
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+    total = int(re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out).group(1))
+    p99 = micros[int(0.99 * (len(micros) - 1))] * 1e-6 if micros else float("nan")
+    return rps, p99, total, (busy_ns() - busy0) / total
 
 
 def wrk(seconds, connections):
@@ -170,11 +197,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=30)
-    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--connections", type=int, help="wrk connections (default 16), or h2load's (default 4)")
+    ap.add_argument("--protocol", choices=["h1", "h2"], default="h1",
+                    help="h1: nginx + wrk (default); h2: nginx h2c + h2load, 16 streams per connection")
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s (development only)")
     ap.add_argument("--kinds", help="comma-separated configurations to run (besides none), e.g. "
                     "floor-raw,floor-sock; the report then covers only those")
     args = ap.parse_args()
+    global PROTOCOL
+    PROTOCOL = args.protocol
+    if args.connections is None:
+        args.connections = 4 if PROTOCOL == "h2" else 16
     if args.quick:
         args.rounds, args.seconds = 1, 3
     if os.geteuid() != 0:
@@ -197,18 +230,18 @@ def main():
             for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
                 print(f"[bench http] round {r + 1}/{args.rounds}: {kind}", file=sys.stderr, flush=True)
                 if kind == "none":
-                    a, b, _, busy = wrk(args.seconds, args.connections)
+                    a, b, _, busy = load(args.seconds, args.connections)
                 elif kind.startswith("floor-"):
                     with Floor(kind.removeprefix("floor-")) as floor:
                         before = floor.run_time_ns()
-                        a, b, total, busy = wrk(args.seconds, args.connections)
+                        a, b, total, busy = load(args.seconds, args.connections)
                         after = floor.run_time_ns()
                         ns_per_req[kind].append((after[0] - before[0]) / total)
                         runs_per_req[kind].append((after[1] - before[1]) / total)
                 else:
                     with Periscope(kind) as p:
                         (before, runs0), cpu0 = p.http_ebpf(), p.cpu()
-                        a, b, total, busy = wrk(args.seconds, args.connections)
+                        a, b, total, busy = load(args.seconds, args.connections)
                         steady_rss.append((kind, p.rss_kb()))
                         time.sleep(1)
                         if kind != "periscope-no-http":
@@ -229,8 +262,9 @@ def main():
 
     med = {k: (statistics.median(rps[k]), statistics.median(p99[k])) for k in kinds}
     base_rps, base_p99 = med["none"]
-    lines = ["# HTTP capture overhead (nginx + wrk)", "",
-             f"{args.rounds} interleaved rounds of {args.seconds}s, wrk -t1 -c{args.connections}, 550-byte file; median (min - max). "
+    loader = f"h2load -c{args.connections} -m16 (h2c)" if PROTOCOL == "h2" else f"wrk -t1 -c{args.connections}"
+    lines = [f"# HTTP capture overhead (nginx + {loader.split()[0]}{', HTTP/2' if PROTOCOL == 'h2' else ''})", "",
+             f"{args.rounds} interleaved rounds of {args.seconds}s, {loader}, 550-byte file; median (min - max). "
              f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}.", "",
              "Machine CPU per request: busy CPU time of the whole machine (/proc/stat, both CPUs: wrk, nginx, the "
              "kernel, the tracer) over the requests completed; the extra over `none` is what tracing cost each request.", "",
@@ -248,7 +282,7 @@ def main():
               "the end of each wrk run; peak RSS: VmHWM at the end of the round (usually the startup peak: loading the "
               "eBPF object, whose memory is returned before serving); eBPF maps: the kernel memory of the maps the "
               "daemon holds (memlock), outside its RSS. MiB.", "",
-              "| configuration | eBPF ns per request | program runs per request | daemon CPU ns per request | RSS under load | peak RSS | eBPF maps | counted / completed by wrk |",
+              "| configuration | eBPF ns per request | program runs per request | daemon CPU ns per request | RSS under load | peak RSS | eBPF maps | counted / completed by the load generator |",
               "|---|---|---|---|---|---|---|---|"]
     floors = [k for k in kinds if k.startswith("floor-")]
     traced = [k for k in TRACED_KINDS if k in kinds]
@@ -285,7 +319,7 @@ def main():
     lines.append("")
     report = "\n".join(lines) + "\n"
     data = {
-        "rounds": args.rounds, "quick": args.quick, "seconds": args.seconds, "connections": args.connections,
+        "protocol": PROTOCOL, "rounds": args.rounds, "quick": args.quick, "seconds": args.seconds, "connections": args.connections,
         "cpus": os.cpu_count(), "kernel": os.uname().release,
         "rps": rps, "p99_s": p99, "ebpf_ns_per_request": ns_per_req, "cpu_ns_per_request": cpu_per_req,
         "program_runs_per_request": runs_per_req, "machine_cpu_ns_per_request": busy_per_req,
@@ -296,9 +330,10 @@ def main():
     }
     out = os.path.join(ROOT, "bench/out")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "http.md"), "w") as f:
+    name = "http2" if PROTOCOL == "h2" else "http"
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write(report)
-    with open(os.path.join(out, "http.json"), "w") as f:
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump(data, f, indent=1)
     print(report)
 
