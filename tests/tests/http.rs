@@ -257,6 +257,59 @@ fn http2_cleartext_streams_are_counted_on_both_sides() {
     );
 }
 
+/// HTTP/2 streams make spans as HTTP/1 requests do: nginx h2c answering curl, a request with a
+/// `traceparent` makes a server span of that trace, child of its parent, and the client's
+/// stream a client span; both say `network.protocol.version` 2.
+#[test]
+fn http2_streams_make_spans_and_follow_traceparent() {
+    let _guard = exclusive();
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let _daemon = Daemon::start(
+        HTTP_ONLY,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let server = Server::nginx_h2c(free_port());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-H"])
+        .arg(format!("traceparent: 00-{trace_id}-{parent}-01"))
+        .arg(format!("http://127.0.0.1:{}/users/traced", server.port))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let span_of = |kind: i32| {
+        periscope_e2e::wait_for("the stream's span", Duration::from_secs(20), || {
+            receiver
+                .spans()
+                .into_iter()
+                .find(|s| s.span.kind == kind && path_of(&s.span) == "/users/traced")
+        })
+    };
+    let served = span_of(2);
+    assert_eq!(hex(&served.span.trace_id), trace_id);
+    assert_eq!(hex(&served.span.parent_span_id), parent);
+    let called = span_of(3);
+    assert!(
+        called.span.parent_span_id.is_empty(),
+        "no parent for a client stream"
+    );
+    for s in [&served, &called] {
+        let version = s
+            .span
+            .attributes
+            .iter()
+            .find(|a| a.key == "network.protocol.version")
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{v:?}"));
+        assert!(
+            version.as_deref().is_some_and(|v| v.contains("\"2\"")),
+            "{version:?}"
+        );
+    }
+}
+
 /// gRPC over h2c between real Python `grpcio` peers (generic handlers): unary and
 /// server-streaming calls ending OK, NOT_FOUND and INTERNAL one after another, then 100 unary
 /// calls in flight at once on one connection. Each call is one RPC on both sides, per (service,

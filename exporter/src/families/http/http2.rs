@@ -6,8 +6,9 @@
 //! prior knowledge; HTTP/2 over TLS through the OpenSSL and Go probes, whose plaintext starts
 //! the same way): the kernel sees it and walks the connection's frames from there. A stream
 //! whose method, path or status could not be decoded is counted as dropped
-//! (`http2_undecoded`), never under a guessed route. Not yet: connections first seen
-//! mid-stream, h2c upgrades from HTTP/1.1, spans.
+//! (`http2_undecoded`), never under a guessed route. Spans are given when a stream ends (the
+//! tracker's `stream_span`). Not yet: connections first seen mid-stream, h2c upgrades from
+//! HTTP/1.1.
 
 use super::{
     connection::{Capture, Exchange, Io, Outcome, Request, Role, Version},

@@ -22,7 +22,7 @@ use crate::{
 use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
-    connection::{Capture, Connection, Exchange, Opener, Outcome, Role},
+    connection::{Capture, Connection, Exchange, Opener, Outcome, Role, Version},
     grpc::{self, Methods},
     parse,
     record::{self, Conn, Record, Transfer},
@@ -598,11 +598,14 @@ impl Tracker {
         }
     }
 
-    fn record(&mut self, key: (u32, u32), tgid: u32, e: Exchange) {
+    fn record(&mut self, key: (u32, u32), tgid: u32, mut e: Exchange) {
         let Some(tracked) = self.conns.get(&key) else {
             return;
         };
         let role = tracked.conn.role();
+        if e.request.version == Version::Http2 && e.request.span.is_none() && self.spans.is_some() {
+            e.request.span = Some(stream_span(&self.sampling, role, &e));
+        }
         let port = tracked.port;
         // Clients name the server they called; the peer is the fallback for a missing Host.
         let address = match role {
@@ -926,6 +929,27 @@ impl Tracker {
         }
         self.missing = gone.into_iter().collect();
     }
+}
+
+/// An HTTP/2 stream's span ids, given when the stream ends (its request's span is not needed
+/// before: no thread is known to be serving a stream): a server stream is a child of its
+/// `traceparent`; a client stream has no parent (its transfers' threads say nothing of which
+/// server request made it, so none rather than a wrong one).
+fn stream_span(sampling: &Sampling, role: Role, e: &Exchange) -> (TraceRef, Option<[u8; 8]>) {
+    let (parent, kind) = match role {
+        Role::Server => (
+            e.request
+                .traceparent
+                .as_deref()
+                .and_then(span::parse_traceparent),
+            SpanKind::Server,
+        ),
+        Role::Client => (None, SpanKind::Client),
+    };
+    (
+        span::new_span(sampling, parent, kind),
+        parent.map(|p| p.span_id),
+    )
 }
 
 /// The side of a connection first seen in the middle: from the kernel's role, else (a
