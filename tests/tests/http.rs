@@ -263,34 +263,13 @@ fn http2_cleartext_streams_are_counted_on_both_sides() {
 #[test]
 fn http2_streams_make_spans_and_follow_traceparent() {
     let _guard = exclusive();
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let _daemon = Daemon::start(
-        HTTP_ONLY,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    );
+    let (receiver, _daemon) = daemon_with_spans();
     let server = Server::nginx_h2c(free_port());
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-H"])
-        .arg(format!("traceparent: 00-{trace_id}-{parent}-01"))
-        .arg(format!("http://127.0.0.1:{}/users/traced", server.port))
-        .output()
-        .expect("curl");
-    assert!(out.status.success());
-    let span_of = |kind: i32| {
-        periscope_e2e::wait_for("the stream's span", Duration::from_secs(20), || {
-            receiver
-                .spans()
-                .into_iter()
-                .find(|s| s.span.kind == kind && path_of(&s.span) == "/users/traced")
-        })
-    };
-    let served = span_of(2);
-    assert_eq!(hex(&served.span.trace_id), trace_id);
-    assert_eq!(hex(&served.span.parent_span_id), parent);
-    let called = span_of(3);
+    curl_traced(server.port, &["--http2-prior-knowledge"]);
+    let served = traced_span(&receiver, 2);
+    assert_eq!(hex(&served.span.trace_id), TRACE_ID);
+    assert_eq!(hex(&served.span.parent_span_id), PARENT_SPAN_ID);
+    let called = traced_span(&receiver, 3);
     assert!(
         called.span.parent_span_id.is_empty(),
         "no parent for a client stream"
@@ -733,12 +712,7 @@ fn wrk_against_nginx_and_rust_counts_what_wrk_completed() {
 #[test]
 fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
     let _guard = exclusive();
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let _daemon = Daemon::start(
-        HTTP_ONLY,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    );
+    let (receiver, _daemon) = daemon_with_spans();
     // Python server and client, then Node.js server and client.
     let python = Server::python(free_port(), true, None, "span-api");
     let sent = python_client(python.port, true, &plan(5));
@@ -748,23 +722,48 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
     server_spans_within_client_times(&receiver, "node", &sent);
 
     // An incoming traceparent makes the server span a child of that trace.
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent = "00f067aa0ba902b7";
+    curl_traced(python.port, &[]);
+    let traced = traced_span(&receiver, 2);
+    assert_eq!(hex(&traced.span.trace_id), TRACE_ID);
+    assert_eq!(hex(&traced.span.parent_span_id), PARENT_SPAN_ID);
+}
+
+/// A daemon capturing HTTP only, sending spans over OTLP/gRPC to a receiver of its own.
+fn daemon_with_spans() -> (OtlpReceiver, Daemon) {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let daemon = Daemon::start(
+        HTTP_ONLY,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    (receiver, daemon)
+}
+
+/// The trace and parent span of the `traceparent` [`curl_traced`] sends.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// curl (with `args`) GETs `/users/traced` on `port` with a `traceparent` of [`TRACE_ID`].
+fn curl_traced(port: u16, args: &[&str]) {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-H"])
-        .arg(format!("traceparent: 00-{trace_id}-{parent}-01"))
-        .arg(format!("http://127.0.0.1:{}/users/traced", python.port))
+        .args(["-s", "-o", "/dev/null"])
+        .args(args)
+        .arg("-H")
+        .arg(format!("traceparent: 00-{TRACE_ID}-{PARENT_SPAN_ID}-01"))
+        .arg(format!("http://127.0.0.1:{port}/users/traced"))
         .output()
         .expect("curl");
     assert!(out.status.success());
-    let traced = periscope_e2e::wait_for("the traced span", Duration::from_secs(20), || {
+}
+
+/// The span of `kind` (2 server, 3 client) for `/users/traced`, once the receiver has it.
+fn traced_span(receiver: &OtlpReceiver, kind: i32) -> periscope_e2e::otlp_receiver::ReceivedSpan {
+    periscope_e2e::wait_for("the traced span", Duration::from_secs(20), || {
         receiver
             .spans()
             .into_iter()
-            .find(|s| s.span.kind == 2 && path_of(&s.span) == "/users/traced")
-    });
-    assert_eq!(hex(&traced.span.trace_id), trace_id);
-    assert_eq!(hex(&traced.span.parent_span_id), parent);
+            .find(|s| s.span.kind == kind && path_of(&s.span) == "/users/traced")
+    })
 }
 
 /// The attributes, not only (method, route, status), on both sides: `error.type` on a server's
@@ -775,12 +774,7 @@ fn server_spans_fit_inside_client_timings_and_follow_traceparent() {
 #[test]
 fn attributes_follow_the_http_semantic_conventions() {
     let _guard = exclusive();
-    let receiver = OtlpReceiver::start();
-    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let daemon = Daemon::start(
-        HTTP_ONLY,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    );
+    let (receiver, daemon) = daemon_with_spans();
     let server = Server::python(free_port(), true, None, "attr-api");
     let plan: Vec<(String, String)> = [
         "/users/7?token=secret-7",

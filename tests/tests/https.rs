@@ -489,17 +489,8 @@ fn go_server_counted_exactly(ldflags: &str, found_in: &str) {
     let (_cert_dir, cert, key) = certificate();
     let port = free_port();
     let server = start_server_binary(&binary, port, &cert, &key);
-    wait_for("the Go executable probed", Duration::from_secs(15), || {
-        tls_files(&daemon).contains(&binary).then_some(())
-    });
-    let gets: Vec<String> = (0..12)
-        .map(|i| match i % 4 {
-            0 => format!("/users/{}", 100 + i),
-            1 => "/missing/page".to_string(),
-            2 => "/big".to_string(),
-            _ => "/fail".to_string(),
-        })
-        .collect();
+    wait_for_go_probes(&daemon, &binary);
+    let gets = go_paths();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.extend(curl_keepalive(port, &gets, 2));
@@ -736,17 +727,28 @@ fn go_https_server_serves_http2_counted_exactly() {
     let (_cert_dir, cert, key) = certificate();
     let port = free_port();
     let _server = start_server_binary_with(&binary, &[&port.to_string(), &cert, &key, "h2"], port);
+    wait_for_go_probes(&daemon, &binary);
+    let got = curl_http2_parallel(port, &go_paths());
+    assert_counts(&daemon, SERVER, port, &got);
+}
+
+/// Waits until the daemon has probed the Go executable `binary`.
+fn wait_for_go_probes(daemon: &Daemon, binary: &str) {
     wait_for("the Go executable probed", Duration::from_secs(15), || {
-        tls_files(&daemon).contains(&binary).then_some(())
+        tls_files(daemon)
+            .contains(&binary.to_string())
+            .then_some(())
     });
-    let paths: Vec<String> = (0..12)
+}
+
+/// 12 GETs to the Go test server: 200s (/users/<n>, and /big with a 100 KB body), 404s, 500s.
+fn go_paths() -> Vec<String> {
+    (0..12)
         .map(|i| match i % 4 {
             0 => format!("/users/{}", 100 + i),
             1 => "/missing/page".to_string(),
             2 => "/big".to_string(),
             _ => "/fail".to_string(),
         })
-        .collect();
-    let got = curl_http2_parallel(port, &paths);
-    assert_counts(&daemon, SERVER, port, &got);
+        .collect()
 }
