@@ -208,5 +208,5 @@ fn send(tgid: u32, pending: &GoTlsPending, transferred: u64, now: u64) {
     // client writes a request from another goroutine than the handler that made it, so the
     // thread says nothing of which request a call belongs to. User space then gives these
     // requests no thread-based span parent, rather than a wrong one.
-    send_plaintext::<false>(tgid, 0, &io, transferred, now);
+    send_plaintext(tgid, 0, &io, transferred, now);
 }

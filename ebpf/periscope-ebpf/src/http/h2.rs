@@ -8,11 +8,12 @@
 //! end goes on in the next: each direction's place (the rest of a payload, a partial header)
 //! is kept between transfers in [`HTTP_H2_WALKS`].
 //!
-//! The walk is [`H2_STEPS`] small steps, unrolled, whose state lives in map memory, not in
-//! registers: the verifier then sees the same state at the top of each step whatever path led
-//! there, and checks the walk in time linear in its length. (As a loop, the states of its
-//! iterations differ by the counter, the verifier's heuristics drop them, and the paths
-//! through the steps multiply past its limit; Linux 5.10 has no `bpf_loop`.)
+//! The walk is a run of small steps whose state lives in map memory, not in registers: up to
+//! [`H2_LOOP_STEPS`] through `bpf_loop` on the programs that need Linux 5.15+ (socket
+//! tracepoints, fentry), else [`H2_STEPS`] unrolled calls, which the verifier checks in time
+//! linear in their number because it sees the same state at the top of each whatever path led
+//! there. (As a plain loop, the states of its iterations differ by the counter, the verifier's
+//! heuristics drop them, and the paths through the steps multiply past its limit.)
 
 use super::HTTP_CONNS;
 use super::record::output;
@@ -37,8 +38,9 @@ macro_rules! twice {
     };
 }
 
-/// Each HTTP/2 connection's place in its two directions, by (process, fd) (the fd with
-/// `TLS_FD` for TLS plaintext). LRU: a connection whose close was not seen ages out.
+/// Each HTTP/2 connection's place in its two directions, by [`walk_key`]: its socket's address,
+/// or (process, fd), the fd with `TLS_FD` for TLS plaintext. LRU: a connection whose close was
+/// not seen ages out.
 #[map]
 pub(super) static HTTP_H2_WALKS: LruHashMap<u64, H2Walk> = LruHashMap::with_max_entries(16384, 0);
 

@@ -140,15 +140,10 @@ pub(super) fn send_io<const LOOP: bool>(
 
 /// Sends the plaintext a TLS library read or wrote (`io`: its buffer and socket) as a transfer
 /// record of `transferred` bytes flagged [`IO_TLS_PLAINTEXT`], ended at `now`: the OpenSSL and
-/// Go probes' one way out.
+/// Go probes' one way out. Their HTTP/2 walks are unrolled: the probes load on every kernel,
+/// and a program holding a `bpf_loop` callback does not before 5.17.
 #[inline(always)]
-pub(super) fn send_plaintext<const LOOP: bool>(
-    tgid: u32,
-    tid: u32,
-    io: &HttpPending,
-    transferred: u64,
-    now: u64,
-) {
+pub(super) fn send_plaintext(tgid: u32, tid: u32, io: &HttpPending, transferred: u64, now: u64) {
     let Some(event) = scratch() else {
         return;
     };
@@ -156,13 +151,13 @@ pub(super) fn send_plaintext<const LOOP: bool>(
     event.record.flags = IO_TLS_PLAINTEXT;
     // Plaintext has no connection map value to say it is HTTP/2: its walk is looked up.
     let key = h2::walk_key(0, tgid, io.fd | TLS_FD);
-    if h2::walk::<LOOP>(&event.record, io, key, transferred) {
+    if h2::walk::<false>(&event.record, io, key, transferred) {
         return;
     }
     let captured = copy_leading(event, io.buf, transferred);
     let opener = h2::opener(&event.data, captured, io.kind, io.role & ROLE_MASK);
     if opener != 0 {
-        h2::start::<LOOP>(&event.record, io, key, transferred, opener);
+        h2::start::<false>(&event.record, io, key, transferred, opener);
         return;
     }
     copy_tail(event, io, transferred, captured);

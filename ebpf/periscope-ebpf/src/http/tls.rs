@@ -148,6 +148,6 @@ pub fn http_ssl_return(ctx: RetProbeContext) -> u32 {
         role,
         ..Default::default()
     };
-    send_plaintext::<false>(tgid, tid, &io, transferred, unsafe { bpf_ktime_get_ns() });
+    send_plaintext(tgid, tid, &io, transferred, unsafe { bpf_ktime_get_ns() });
     0
 }
