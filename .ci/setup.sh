@@ -17,7 +17,7 @@ APT_PACKAGES=(
   strace systemd                                        # deploy tests: syscalls vs the unit's filter; systemd-analyze
   qemu-system-x86 busybox-static xz-utils               # kernel matrix VM (tests/kernels); busybox httpd: a forking HTTP server
   gcc libc6-dev binutils python3                        # profile tests: C workloads built by the test (cc, strip), SVG checked as XML
-  nodejs                                                # profile tests: a JIT runtime named through its perf map
+  nodejs                                                # profile tests: a JIT runtime named through its perf map; gRPC tests (npm)
   golang-go                                             # HTTPS tests: a Go net/http server on Go's own crypto/tls
   systemtap-sdt-dev                                     # usdt tests: <sys/sdt.h> for the C program with probes
 )
@@ -116,6 +116,23 @@ install_grpc_python() {
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade --target "$GRPC_PYTHON" "${GRPC_PACKAGES[@]}"
 }
 
+# gRPC tests: the real Node.js peers of tests/workloads/grpc_*.js are npm @grpc/grpc-js (pure
+# JavaScript), pinned, in a directory of their own (NODE_PATH), with the machine's Node.js and
+# its npm (the nodejs package above brings npm along).
+GRPC_NODE="$(cd "$(dirname "$0")/.." && pwd)/target/grpc-node"
+GRPC_JS_VERSION=1.14.7
+install_grpc_node() {
+  if [ "$(node -p "require('$GRPC_NODE/node_modules/@grpc/grpc-js/package.json').version" 2>/dev/null)" = "$GRPC_JS_VERSION" ]; then
+    say "@grpc/grpc-js (gRPC tests): $GRPC_JS_VERSION"; return
+  fi
+  if ! command -v npm >/dev/null; then
+    say "npm: installing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  say "@grpc/grpc-js (gRPC tests): installing $GRPC_JS_VERSION into $GRPC_NODE"
+  npm install --prefix "$GRPC_NODE" --no-save --no-audit --no-fund --loglevel=error "@grpc/grpc-js@$GRPC_JS_VERSION"
+}
+
 # deploy/validate/validate.py: Kubernetes schemas and Helm's Go SDK (PyPI), pinned, in a venv.
 DEPLOY_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/deploy-venv"
 DEPLOY_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/deploy/validate/requirements.txt"
@@ -137,4 +154,5 @@ install_grafana_sdk
 install_deploy_python
 install_triage_python
 install_grpc_python
+install_grpc_node
 say "ready"
