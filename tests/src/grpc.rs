@@ -1,6 +1,7 @@
-//! gRPC workloads for the end-to-end tests: the Python `grpcio` server and client of
-//! `tests/workloads/grpc_*.py` (generic handlers, h2c), what the client counted, and Periscope's
-//! RPC counts from a scrape.
+//! gRPC workloads for the end-to-end tests: the servers and clients of
+//! `tests/workloads/grpc_*.py` (Python `grpcio`) and `tests/workloads/grpc_*.js` (Node.js
+//! `@grpc/grpc-js`), the same service and modes in both (raw bytes, no generated code, h2c),
+//! what a client counted, and Periscope's RPC counts from a scrape.
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
@@ -15,25 +16,69 @@ pub type RpcCounts = BTreeMap<(String, String, String), u64>;
 pub const SERVER: &str = "rpc_server_call_duration_seconds";
 pub const CLIENT: &str = "rpc_client_call_duration_seconds";
 
-/// Where `.ci/setup.sh` installs grpcio (PYTHONPATH).
-fn python_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/grpc-python")
+/// Which gRPC implementation a peer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// PyPI `grpcio`, which `.ci/setup.sh` installs into `target/grpc-python` (PYTHONPATH).
+    Python,
+    /// npm `@grpc/grpc-js`, which `.ci/setup.sh` installs into `target/grpc-node` (NODE_PATH).
+    Node,
 }
 
-fn python(script: &str) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(workload(script)).env("PYTHONPATH", python_path());
-    c
+impl Runtime {
+    /// `grpc_{name}.py` or `grpc_{name}.js` with its interpreter and its library's path.
+    fn command(self, name: &str) -> Command {
+        let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+        let mut c;
+        match self {
+            Self::Python => {
+                c = Command::new("python3");
+                c.arg(workload(&format!("grpc_{name}.py")))
+                    .env("PYTHONPATH", target.join("grpc-python"));
+            }
+            Self::Node => {
+                c = Command::new("node");
+                c.arg(workload(&format!("grpc_{name}.js")))
+                    .env("NODE_PATH", target.join("grpc-node/node_modules"));
+            }
+        }
+        c
+    }
+
+    /// `server PORT`: `demo.Greeter` (SayHello unary, ListFeatures server streaming).
+    pub fn server(self, port: u16) -> Server {
+        let mut c = self.command("server");
+        c.arg(port.to_string()).env("OTEL_SERVICE_NAME", "grpc-api");
+        Server::spawn(c, port, None)
+    }
+
+    /// `client PORT MODE` (`mixed` or `concurrent`), to its end.
+    pub fn client(self, port: u16, mode: &str) -> ClientRun {
+        self.client_for(port, mode, Duration::ZERO)
+    }
+
+    /// [`Runtime::client`], repeating its calls on its one channel until `at_least` has passed
+    /// (`mixed`).
+    pub fn client_for(self, port: u16, mode: &str, at_least: Duration) -> ClientRun {
+        let mut c = self.command("client");
+        c.arg(port.to_string())
+            .arg(mode)
+            .arg(at_least.as_secs_f64().to_string());
+        ClientRun::of(self, mode, c)
+    }
 }
 
-/// `grpc_server.py PORT`: `demo.Greeter` (SayHello unary, ListFeatures server streaming).
+/// The Python `grpc_server.py PORT`.
 pub fn server(port: u16) -> Server {
-    let mut c = python("grpc_server.py");
-    c.arg(port.to_string()).env("OTEL_SERVICE_NAME", "grpc-api");
-    Server::spawn(c, port, None)
+    Runtime::Python.server(port)
 }
 
-/// What one run of `grpc_client.py` did.
+/// The Node.js `grpc_server.js PORT`.
+pub fn node_server(port: u16) -> Server {
+    Runtime::Node.server(port)
+}
+
+/// What one run of a gRPC client (`grpc_client.py` or `grpc_client.js`) did.
 #[derive(Debug)]
 pub struct ClientRun {
     /// The calls that ended, by the status the client received.
@@ -45,44 +90,53 @@ pub struct ClientRun {
     pub connections: u64,
 }
 
-/// `grpc_client.py PORT MODE` (`mixed` or `concurrent`), to its end.
+/// The Python `grpc_client.py PORT MODE` (`mixed` or `concurrent`), to its end.
 pub fn client(port: u16, mode: &str) -> ClientRun {
-    client_for(port, mode, Duration::ZERO)
+    Runtime::Python.client(port, mode)
 }
 
 /// [`client`], repeating its calls on its one channel until `at_least` has passed (`mixed`).
 pub fn client_for(port: u16, mode: &str, at_least: Duration) -> ClientRun {
-    let out = python("grpc_client.py")
-        .arg(port.to_string())
-        .arg(mode)
-        .arg(at_least.as_secs_f64().to_string())
-        .output()
-        .expect("python3 grpc_client.py (make test installs grpcio into target/grpc-python)");
-    assert!(
-        out.status.success(),
-        "grpc_client.py {mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "grpc_client.py output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    let mut calls = RpcCounts::new();
-    for c in value["calls"].as_array().expect("calls") {
-        let key = (
-            c["service"].as_str().expect("service").to_string(),
-            c["method"].as_str().expect("method").to_string(),
-            c["status"].as_u64().expect("status").to_string(),
+    Runtime::Python.client_for(port, mode, at_least)
+}
+
+/// The Node.js `grpc_client.js PORT MODE` (`mixed` or `concurrent`), to its end.
+pub fn node_client(port: u16, mode: &str) -> ClientRun {
+    Runtime::Node.client(port, mode)
+}
+
+impl ClientRun {
+    /// Runs a client `command` to its end and reads its JSON.
+    fn of(runtime: Runtime, mode: &str, mut command: Command) -> Self {
+        let out = command.output().unwrap_or_else(|e| {
+            panic!("{runtime:?} gRPC client {command:?} ({e}): make test installs its library")
+        });
+        assert!(
+            out.status.success(),
+            "{runtime:?} gRPC client {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        *calls.entry(key).or_default() += c["count"].as_u64().expect("count");
-    }
-    ClientRun {
-        calls,
-        messages: value["messages"].as_u64().expect("messages"),
-        elapsed_s: value["elapsed_s"].as_f64().expect("elapsed_s"),
-        connections: value["connections"].as_u64().expect("connections"),
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{runtime:?} gRPC client output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let mut calls = RpcCounts::new();
+        for c in value["calls"].as_array().expect("calls") {
+            let key = (
+                c["service"].as_str().expect("service").to_string(),
+                c["method"].as_str().expect("method").to_string(),
+                c["status"].as_u64().expect("status").to_string(),
+            );
+            *calls.entry(key).or_default() += c["count"].as_u64().expect("count");
+        }
+        Self {
+            calls,
+            messages: value["messages"].as_u64().expect("messages"),
+            elapsed_s: value["elapsed_s"].as_f64().expect("elapsed_s"),
+            connections: value["connections"].as_u64().expect("connections"),
+        }
     }
 }
 

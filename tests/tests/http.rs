@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use periscope_e2e::{
     daemon::Daemon,
-    exclusive, free_port, grpc,
+    exclusive, free_port,
+    grpc::{self, Runtime},
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, assert_counts,
         client_counts, curl, node_client, node_client_with, periscope_counts, plan,
@@ -295,41 +296,65 @@ fn http2_streams_make_spans_and_follow_traceparent() {
 /// method, status) exactly as the client counted them, and none is an HTTP request.
 #[test]
 fn grpc_calls_are_counted_per_method_and_status_on_both_sides() {
+    grpc_calls_are_counted(Runtime::Python, Runtime::Python);
+}
+
+/// [`grpc_calls_are_counted_per_method_and_status_on_both_sides`] between Node.js
+/// `@grpc/grpc-js` peers (raw method definitions): another HTTP/2 stack on both sides (Node's
+/// nghttp2 sessions, its own framing of trailers-only errors and of streamed replies).
+#[test]
+fn grpc_node_client_to_node_server_is_counted_exactly() {
+    grpc_calls_are_counted(Runtime::Node, Runtime::Node);
+}
+
+/// The Node.js client calling the Python server.
+#[test]
+fn grpc_node_client_to_python_server_is_counted_exactly() {
+    grpc_calls_are_counted(Runtime::Node, Runtime::Python);
+}
+
+/// The Python client calling the Node.js server.
+#[test]
+fn grpc_python_client_to_node_server_is_counted_exactly() {
+    grpc_calls_are_counted(Runtime::Python, Runtime::Node);
+}
+
+/// `client` calling `server` in both modes (`mixed`, `concurrent`): the client's counts per
+/// (service, method, status) are Periscope's exactly, server side and client side.
+fn grpc_calls_are_counted(client: Runtime, server: Runtime) {
     let _guard = exclusive();
     let daemon = Daemon::start(HTTP_ONLY, &[]);
     for mode in ["mixed", "concurrent"] {
-        let server = grpc::server(free_port());
-        let run = grpc::client(server.port, mode);
-        assert_eq!(run.connections, 1, "{mode}: one connection");
+        let peer = server.server(free_port());
+        let run = client.client(peer.port, mode);
         let total: u64 = run.calls.values().sum();
-        match mode {
-            "mixed" => {
-                assert_eq!(total, 10, "{run:?}");
-                assert_eq!(run.messages, 12, "three replies per streaming call");
-            }
-            _ => {
-                assert_eq!(total, 100, "{run:?}");
-                // 100 calls held 200 ms each: in flight together, not one after another.
-                assert!(run.elapsed_s < 5.0, "{run:?}");
-            }
+        if mode == "mixed" {
+            assert_eq!(total, 10, "{run:?}");
+            assert_eq!(run.messages, 12, "three replies per streaming call");
+        } else {
+            assert_eq!(total, 100, "{run:?}");
+            // 100 calls held 200 ms each: in flight together, not one after another.
+            assert!(run.elapsed_s < 5.0, "{run:?}");
         }
+        let mode = format!("{client:?} client -> {server:?} server, {mode}");
+        assert_eq!(run.connections, 1, "{mode}: one connection");
         for metric in [grpc::SERVER, grpc::CLIENT] {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             loop {
-                let got = grpc::periscope_counts(&daemon.scrape(), metric, server.port);
+                let got = grpc::periscope_counts(&daemon.scrape(), metric, peer.port);
                 if got == run.calls {
                     std::thread::sleep(Duration::from_millis(300));
-                    let later = grpc::periscope_counts(&daemon.scrape(), metric, server.port);
+                    let later = grpc::periscope_counts(&daemon.scrape(), metric, peer.port);
                     assert_eq!(later, run.calls, "{mode}: {metric} changed after matching");
                     break;
                 }
                 if std::time::Instant::now() > deadline {
-                    let client =
-                        grpc::periscope_counts(&daemon.scrape(), grpc::CLIENT, server.port);
+                    let client_side =
+                        grpc::periscope_counts(&daemon.scrape(), grpc::CLIENT, peer.port);
                     panic!(
                         "{mode}: {metric} on port {}:\n periscope: {got:?}\n client:    {:?}\n \
-                         (client side: {client:?}; HTTP capture: {:?})",
-                        server.port,
+                         (client side: {client_side:?}; HTTP capture: {:?})",
+                        peer.port,
                         run.calls,
                         messages(&daemon.scrape())
                     );
@@ -339,7 +364,7 @@ fn grpc_calls_are_counted_per_method_and_status_on_both_sides() {
         }
         let scrape = daemon.scrape();
         for metric in [SERVER, CLIENT] {
-            let http = periscope_counts(&scrape, metric, server.port);
+            let http = periscope_counts(&scrape, metric, peer.port);
             assert!(
                 http.is_empty(),
                 "{mode}: gRPC calls counted as HTTP: {http:?}"
