@@ -76,6 +76,11 @@ pub const IO_H2_SETTINGS: u8 = 32;
 /// than [`H2_STEPS`] allows, bytes it could not read): the frames before are good, and the
 /// connection's later transfers are captured as plain ones.
 pub const IO_H2_CUT: u8 = 16;
+/// [`IoRecord::flags`] with [`IO_H2`]: on a connection whose start was not seen (established
+/// before Periscope started: its side is unknown), the transfer's first bytes were a HEADERS
+/// frame opening a client stream: the connection's HTTP/2 is followed from here, its HPACK
+/// tables unknown.
+pub const IO_H2_MIDWAY: u8 = 64;
 /// User space keys a TLS connection's plaintext apart from its encrypted bytes by this bit on
 /// the fd (no descriptor number reaches it).
 pub const TLS_FD: u32 = 0x8000_0000;

@@ -1,7 +1,8 @@
 //! HTTP/2 frames out of a connection's transfers. A connection is HTTP/2 from the transfer whose
 //! first bytes are the client preface (a client writes it, a server reads it; in plaintext, or
 //! through the TLS probes), or, on a server, its SETTINGS frame written before it (ALPN told the
-//! server the protocol). From then on each of its transfers is walked frame by frame, and
+//! server the protocol), or, on a connection established before Periscope started, a HEADERS
+//! frame opening a stream (its next request or response). From then on each of its transfers is walked frame by frame, and
 //! what user space needs is copied: every frame header, and every payload but DATA's (and
 //! those too large to be header blocks). So a response's body costs nothing to copy however
 //! large, many streams multiplexed in one write are all seen, and a frame cut by a transfer's
@@ -26,8 +27,8 @@ use aya_ebpf::{
 };
 use periscope_common::http::{
     H2_CAPTURE, H2_CHUNK, H2_FRAME_HEADER, H2_PREFACE_LEN, H2_STEPS, H2Direction, H2Walk,
-    HttpPending, IO_H2, IO_H2_CUT, IO_H2_PREFACE, IO_H2_SETTINGS, IO_RECORD_SIZE, IoRecord,
-    KIND_WRITE, ROLE_H2, ROLE_SERVER, TLS_FD, conn_key, h2_payload_elided,
+    HttpPending, IO_H2, IO_H2_CUT, IO_H2_MIDWAY, IO_H2_PREFACE, IO_H2_SETTINGS, IO_RECORD_SIZE,
+    IoRecord, KIND_WRITE, ROLE_H2, ROLE_SERVER, TLS_FD, conn_key, h2_payload_elided,
 };
 
 /// Repeats its tokens twice.
@@ -101,7 +102,8 @@ const PREFACE: [u64; 3] = [
 /// How a transfer whose first `captured` bytes are `data`, of kind `kind` on a connection of
 /// side `side`, opens HTTP/2: [`IO_H2_PREFACE`] (the client preface), [`IO_H2_SETTINGS`] (a
 /// server's SETTINGS frame, which a server that learned the protocol from TLS's ALPN writes
-/// before it reads the preface), or 0 (it does not).
+/// before it reads the preface), [`IO_H2_MIDWAY`] (a connection established before Periscope
+/// started, side 0, whose transfer starts with a HEADERS frame), or 0 (it does not).
 #[inline(always)]
 pub(super) fn opener(data: &[u8], captured: u32, kind: u8, side: u8) -> u8 {
     if captured >= H2_PREFACE_LEN as u32 && starts_with_preface(data) {
@@ -109,6 +111,9 @@ pub(super) fn opener(data: &[u8], captured: u32, kind: u8, side: u8) -> u8 {
     }
     if kind == KIND_WRITE && side == ROLE_SERVER && captured >= 9 && server_settings(data) {
         return IO_H2_SETTINGS;
+    }
+    if side == 0 && captured >= 9 && client_stream_headers(data) {
+        return IO_H2_MIDWAY;
     }
     0
 }
@@ -128,6 +133,21 @@ fn server_settings(data: &[u8]) -> bool {
     }
     let len = u32::from_be_bytes([0, data[0], data[1], data[2]]);
     len.is_multiple_of(6) && len <= 96 && data[3] == 4 && data[4] == 0 && data[5..9] == [0; 4]
+}
+
+/// A HEADERS frame of at most 16 KiB (the default largest frame) on a client-initiated (odd)
+/// stream, with no flag HEADERS does not define: a request's or its response's head, the
+/// first thing either side of an idle HTTP/2 connection sends for a new stream. An HTTP/1
+/// message (ASCII: its first byte would make the length over 4 MiB) or a TLS record (22, 23)
+/// never starts that way; of random bytes, about one start in 10^8 would.
+fn client_stream_headers(data: &[u8]) -> bool {
+    if data.len() < 9 {
+        return false;
+    }
+    let len = u32::from_be_bytes([0, data[0], data[1], data[2]]);
+    let stream = u32::from_be_bytes([data[5], data[6], data[7], data[8]]);
+    // END_STREAM 0x1, END_HEADERS 0x4, PADDED 0x8, PRIORITY 0x20; reserved bit clear.
+    (1..=16384).contains(&len) && data[3] == 1 && data[4] & !0x2d == 0 && stream & 0x8000_0001 == 1
 }
 
 #[inline(always)]
@@ -152,15 +172,17 @@ pub(super) fn start<const LOOP: bool>(
     opener: u8,
 ) {
     let mut walk = H2Walk::default();
-    // The preface is skipped like an elided payload.
+    // The preface is skipped like an elided payload (joined midway, it went by long ago).
     let skip_preface = H2Direction {
         remaining: H2_PREFACE_LEN as u32,
         ..Default::default()
     };
-    if (pending.kind == KIND_WRITE) == (opener == IO_H2_PREFACE) {
-        walk.sent = skip_preface;
-    } else {
-        walk.received = skip_preface;
+    if opener != IO_H2_MIDWAY {
+        if (pending.kind == KIND_WRITE) == (opener == IO_H2_PREFACE) {
+            walk.sent = skip_preface;
+        } else {
+            walk.received = skip_preface;
+        }
     }
     if HTTP_H2_WALKS.insert(key, walk, BPF_ANY as u64).is_ok() {
         walk_transfer::<LOOP>(record, pending, key, transferred, opener);

@@ -54,9 +54,12 @@ impl RequestAttributes {
         let mut out = vec![
             ("http.request.method", self.method.to_string()),
             ("http.response.status_code", self.status.to_string()),
-            ("http.route", self.route.clone()),
-            ("network.protocol.version", self.version.to_string()),
         ];
+        // Empty: not known (an HTTP/2 path that could not be decoded); left out, as OTel asks.
+        if !self.route.is_empty() {
+            out.push(("http.route", self.route.clone()));
+        }
+        out.push(("network.protocol.version", self.version.to_string()));
         if self.error {
             out.push(("error.type", self.status.to_string()));
         }

@@ -60,6 +60,16 @@ pub enum Opener {
     ClientPreface,
     /// A server's SETTINGS frame, written before it read the preface (TLS's ALPN told it).
     ServerSettings,
+    /// A HEADERS frame, on a connection established before Periscope started: joined midway,
+    /// its HPACK tables unknown.
+    Midway,
+}
+
+impl Opener {
+    /// Whether the connection's HTTP/2 was seen from its start.
+    pub fn from_start(self) -> bool {
+        self != Self::Midway
+    }
 }
 
 impl Io<'_> {
@@ -305,7 +315,7 @@ impl Connection {
                 return false;
             };
             self.seen_http = true;
-            self.http2 = Some(Box::new(Http2::new(opener.is_some())));
+            self.http2 = Some(Box::new(Http2::new(opener.is_some_and(Opener::from_start))));
         }
         if let Some(http2) = &mut self.http2 {
             http2.on_io(self.role, read, io, out);

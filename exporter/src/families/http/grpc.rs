@@ -43,11 +43,17 @@ pub fn is_call(e: &h2::Exchange) -> bool {
     e.grpc() == Value::Known(true)
 }
 
-/// A gRPC stream as a call, when its path is known (else it cannot be named and is dropped,
-/// as an HTTP/2 request without a path is).
+/// A gRPC stream as a call. A `:path` that could not be decoded (a connection joined midway)
+/// is empty: the call counts as `_OTHER`/`_OTHER`; one the block did not have is a malformed
+/// stream, dropped.
 pub fn call(e: &h2::Exchange) -> Option<Call> {
+    let path = match e.target() {
+        Value::Known(path) => path,
+        Value::Unknown => "",
+        Value::Absent => return None,
+    };
     Some(Call {
-        path: e.target().known()?.to_string(),
+        path: path.to_string(),
         authority: e.authority().known().map(str::to_string),
         status: status(e),
         start_ns: e.start_ns,

@@ -23,6 +23,8 @@ pub struct Http2 {
     conn: h2::Connection,
     last_ns: u64,
     plain: [bool; 2],
+    /// A stream of this connection was a gRPC call (see [`outcome`]).
+    grpc_seen: bool,
 }
 
 impl Http2 {
@@ -38,6 +40,7 @@ impl Http2 {
             conn: h2::Connection::new(start),
             last_ns: 0,
             plain: [false; 2],
+            grpc_seen: false,
         }
     }
 
@@ -75,7 +78,8 @@ impl Http2 {
                 self.conn.on_transfer(from, transfer, &mut decoded);
             }
         }
-        out.extend(decoded.into_iter().map(|o| outcome(o, io.tid)));
+        let grpc_seen = &mut self.grpc_seen;
+        out.extend(decoded.into_iter().map(|o| outcome(o, io.tid, grpc_seen)));
     }
 
     /// Records were lost: both directions' framing and tables are unknown from here.
@@ -83,7 +87,8 @@ impl Http2 {
         let mut decoded = Vec::new();
         self.conn.on_lost(h2::Side::Client, &mut decoded);
         self.conn.on_lost(h2::Side::Server, &mut decoded);
-        out.extend(decoded.into_iter().map(|o| outcome(o, 0)));
+        let grpc_seen = &mut self.grpc_seen;
+        out.extend(decoded.into_iter().map(|o| outcome(o, 0, grpc_seen)));
     }
 
     /// The connection closed (or, `exited`, its process is gone): streams whose status was
@@ -91,7 +96,8 @@ impl Http2 {
     pub fn on_close(&mut self, exited: bool, out: &mut Vec<Outcome>) {
         let mut decoded = Vec::new();
         self.conn.on_close(self.last_ns, &mut decoded);
-        out.extend(decoded.into_iter().map(|o| match outcome(o, 0) {
+        let grpc_seen = &mut self.grpc_seen;
+        out.extend(decoded.into_iter().map(|o| match outcome(o, 0, grpc_seen) {
             Outcome::Dropped("connection_closed") if exited => Outcome::Dropped("process_exit"),
             other => other,
         }));
@@ -99,28 +105,40 @@ impl Http2 {
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it (spans are not made for HTTP/2 yet). A gRPC stream (`content-type:
-/// application/grpc*`) is an RPC call (`super::grpc`), any other an HTTP exchange.
-fn outcome(decoded: h2::Outcome, tid: u32) -> Outcome {
+/// ended it. A gRPC stream (`content-type: application/grpc*`) is an RPC call
+/// (`super::grpc`), any other an HTTP exchange. On a connection joined midway the content
+/// type is often a reference into the unknown table: a stream whose response ended with
+/// trailers (which gRPC always sends and plain HTTP/2 servers hardly ever do), or any stream
+/// of a connection that carried such a call, is then taken for a call.
+fn outcome(decoded: h2::Outcome, tid: u32, grpc_seen: &mut bool) -> Outcome {
     use super::grpc;
     match decoded {
-        h2::Outcome::Exchange(e) if grpc::is_call(&e) => grpc::call(&e)
-            .map(Outcome::Call)
-            .unwrap_or(Outcome::Dropped("http2_undecoded")),
-        h2::Outcome::Exchange(e) => exchange(&e, tid)
-            .map(Outcome::Exchange)
-            .unwrap_or(Outcome::Dropped("http2_undecoded")),
+        h2::Outcome::Exchange(e) => {
+            let call = match e.grpc() {
+                h2::Value::Known(grpc) => grpc,
+                _ => e.trailers.is_some() || *grpc_seen,
+            };
+            *grpc_seen |= call;
+            if call {
+                grpc::call(&e).map(Outcome::Call)
+            } else {
+                exchange(&e, tid).map(Outcome::Exchange)
+            }
+            .unwrap_or(Outcome::Dropped("http2_undecoded"))
+        }
         h2::Outcome::Invalid(_) => Outcome::Invalid,
         h2::Outcome::Dropped(reason) => Outcome::Dropped(reason),
         h2::Outcome::Unmatched => Outcome::Unmatched,
     }
 }
 
-/// A stream as an exchange, when its method, path and status are known.
+/// A stream as an exchange, when its status is known. Its method and path may not be (a
+/// connection joined midway): they are then empty, counted as `_OTHER` and without
+/// `http.route` (never guessed).
 fn exchange(e: &h2::Exchange, tid: u32) -> Option<Exchange> {
     let request = Request {
-        method: e.method().known()?.to_string(),
-        target: e.target().known()?.to_string(),
+        method: known_or_empty(e.method())?.to_string(),
+        target: known_or_empty(e.target())?.to_string(),
         version: Version::Http2,
         traceparent: e.traceparent().known().map(str::to_string),
         host: e.authority().known().map(str::to_string),
@@ -133,4 +151,14 @@ fn exchange(e: &h2::Exchange, tid: u32) -> Option<Exchange> {
         status: e.status().known()?,
         end_ns: e.end_ns,
     })
+}
+
+/// A field's value, or "" when it could not be decoded; `None` when the block was decoded and
+/// did not have it (a malformed stream).
+fn known_or_empty(value: h2::Value<&str>) -> Option<&str> {
+    match value {
+        h2::Value::Known(v) => Some(v),
+        h2::Value::Unknown => Some(""),
+        h2::Value::Absent => None,
+    }
 }

@@ -4,9 +4,9 @@
 
 use periscope_common::http::{
     AcceptRecord, CloseRecord, ConnectAddr, ConnectRecord, DupRecord, ExitRecord, IO_H2, IO_H2_CUT,
-    IO_H2_PREFACE, IO_H2_SETTINGS, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoRecord,
-    KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, KIND_WRITE,
-    OpenRecord, ROLE_CLIENT, ROLE_SERVER, RecordHead, SockOpen, TLS_FD,
+    IO_H2_MIDWAY, IO_H2_PREFACE, IO_H2_SETTINGS, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT,
+    IoRecord, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ,
+    KIND_WRITE, OpenRecord, ROLE_CLIENT, ROLE_SERVER, RecordHead, SockOpen, TLS_FD,
 };
 
 use super::connection::{Capture, Io, Opener, Role};
@@ -167,6 +167,8 @@ fn capture(flags: u8) -> Capture {
         Some(Opener::ClientPreface)
     } else if flags & IO_H2_SETTINGS != 0 {
         Some(Opener::ServerSettings)
+    } else if flags & IO_H2_MIDWAY != 0 {
+        Some(Opener::Midway)
     } else {
         None
     };

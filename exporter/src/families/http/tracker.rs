@@ -22,9 +22,9 @@ use crate::{
 use super::{
     aggregate::{HttpMetrics, RequestAttributes},
     config::HttpConfig,
-    connection::{Capture, Connection, Exchange, Opener, Outcome, Role, Version},
+    connection::{Capture, Connection, Exchange, Io, Opener, Outcome, Role, Version},
     grpc::{self, Methods},
-    parse,
+    h2, parse,
     record::{self, Conn, Record, Transfer},
     route::Routes,
     span,
@@ -43,6 +43,9 @@ const MAX_ACTIVE_THREADS: usize = 65_536;
 #[derive(Debug, Default, Clone)]
 pub struct HttpStats {
     pub exchanges: u64,
+    /// Exchanges counted with a field that could not be decoded (an HTTP/2 stream's method
+    /// or path, on a connection joined midway).
+    pub partial_exchanges: u64,
     pub invalid: u64,
     pub unmatched_responses: u64,
     pub dropped: HashMap<&'static str, u64>,
@@ -84,6 +87,10 @@ impl HttpState {
             (
                 vec![("outcome", "exchange".to_string())],
                 s.exchanges as f64,
+            ),
+            (
+                vec![("outcome", "exchange_partial".to_string())],
+                s.partial_exchanges as f64,
             ),
             (vec![("outcome", "invalid".to_string())], s.invalid as f64),
             (
@@ -504,7 +511,11 @@ impl Tracker {
             // Opened before Periscope started, forgotten, or the plaintext of a TLS connection
             // whose fd was not seen: follow it from here, with what /proc can still tell.
             let Some(role) = role_of(h) else {
-                self.give_up(key);
+                // HTTP/2 frames of a connection opened before Periscope started: the kernel
+                // follows it from its next HEADERS frame (a stream's start says the side).
+                if !(h.side.is_none() && looks_like_http2(&io)) {
+                    self.give_up(key);
+                }
                 return;
             };
             // Announced by the socket tracepoints, else read from /proc (which lists every
@@ -620,7 +631,13 @@ impl Tracker {
         let info = self.process(tgid, "");
         let method = normalize_method(&e.request.method);
         let path = e.request.path();
-        let route = self.routes.route(&info.resource.service_name, path);
+        // An HTTP/2 stream whose path could not be decoded has no route (never a guessed one).
+        let partial = path.is_empty() || e.request.method.is_empty();
+        let route = if path.is_empty() {
+            String::new()
+        } else {
+            self.routes.route(&info.resource.service_name, path)
+        };
         let error = match role {
             Role::Server => e.status >= 500,
             Role::Client => e.status >= 400,
@@ -644,7 +661,7 @@ impl Tracker {
         let span_attributes = span.map(|_| request.to_attributes());
         // Built only for a span: the metrics need no name.
         let name = span.map(|_| span_name(role, method, &request.route));
-        self.stats.exchanges += 1;
+        self.count_exchange(partial);
         // A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
         let exemplar = span.map(|(ids, _)| Exemplar {
             trace_id: ids.trace_id,
@@ -666,8 +683,10 @@ impl Tracker {
         else {
             return;
         };
-        attributes.push(("url.path", e.request.path().to_string()));
-        if method == "_OTHER" {
+        if !path.is_empty() {
+            attributes.push(("url.path", path.to_string()));
+        }
+        if method == "_OTHER" && !e.request.method.is_empty() {
             attributes.push(("http.request.method_original", e.request.method.clone()));
         }
         queue.push(SpanRecord {
@@ -696,6 +715,15 @@ impl Tracker {
         });
     }
 
+    /// An exchange counted in the metrics; `partial`: some of its fields could not be decoded.
+    fn count_exchange(&mut self, partial: bool) {
+        if partial {
+            self.stats.partial_exchanges += 1;
+        } else {
+            self.stats.exchanges += 1;
+        }
+    }
+
     /// A gRPC call: the RPC metrics, with the same port, peer and process as an HTTP request.
     fn record_call(&mut self, key: (u32, u32), tgid: u32, call: grpc::Call) {
         let Some(tracked) = self.conns.get(&key) else {
@@ -713,6 +741,7 @@ impl Tracker {
         };
         let info = self.process(tgid, "");
         let (service, method) = self.methods.name(&info.resource.service_name, &call.path);
+        let partial = call.path.is_empty();
         let attributes = grpc::CallAttributes {
             service,
             method,
@@ -721,7 +750,7 @@ impl Tracker {
             port,
             address,
         };
-        self.stats.exchanges += 1;
+        self.count_exchange(partial);
         self.state_mut().metrics.record_call(
             &info.resource,
             role,
@@ -970,6 +999,19 @@ fn role_of(h: &Transfer) -> Option<Role> {
             opener: Some(Opener::ServerSettings),
             ..
         } => return Some(Role::Server),
+        // A request's HEADERS is written by a client and read by a server, a response's the
+        // other way round.
+        Capture::Frames {
+            opener: Some(Opener::Midway),
+            ..
+        } => {
+            let client_sent = h2::midway_sender(h.io.captured)? == h2::Side::Client;
+            return Some(if client_sent == h.read {
+                Role::Server
+            } else {
+                Role::Client
+            });
+        }
         _ => {}
     }
     let response = parse::looks_like_response(h.io.captured);
@@ -979,6 +1021,12 @@ fn role_of(h: &Transfer) -> Option<Role> {
         (true, _, true) | (false, true, _) => Some(Role::Client),
         _ => None,
     }
+}
+
+/// Whether a transfer's bytes are HTTP/2 frames, as far as they were captured.
+fn looks_like_http2(io: &Io<'_>) -> bool {
+    io.capture == Capture::Plain
+        && h2::frame::plausible_frames(io.captured, io.len, h2::frame::DEFAULT_MAX_FRAME)
 }
 
 /// A TLS record header: handshake (22) or application data (23), version 3.x.
@@ -1025,7 +1073,8 @@ fn normalize_method(method: &str) -> &'static str {
 fn span_name(role: Role, method: &str, route: &str) -> String {
     let method = if method == "_OTHER" { "HTTP" } else { method };
     match role {
-        Role::Server => format!("{method} {route}"),
+        Role::Server if !route.is_empty() => format!("{method} {route}"),
+        Role::Server => method.to_string(),
         Role::Client => method.to_string(),
     }
 }

@@ -327,6 +327,62 @@ impl Table {
     }
 }
 
+/// What a header block is, by its pseudo-header fields (RFC 9113 §8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `:method`, `:path`, `:scheme`, `:authority` or `:protocol`.
+    Request,
+    /// `:status`.
+    Response,
+}
+
+/// What the block is, read without a table (a connection joined midway): from the first field
+/// named by a static index or a literal name that is a pseudo-header. Encoders name them that
+/// way (the static table holds them all), though a value seen before may be a reference into
+/// the unknown dynamic table: those fields are passed over. `None`: no field said.
+pub fn head_of(mut rest: &[u8]) -> Option<Head> {
+    while let Some(&first) = rest.first() {
+        let (index, literal) = if first & 0x80 != 0 {
+            (integer(&mut rest, 7).ok()?, false)
+        } else if first & 0xc0 == 0x40 {
+            (integer(&mut rest, 6).ok()?, true)
+        } else if first & 0xe0 == 0x20 {
+            integer(&mut rest, 5).ok()?;
+            continue;
+        } else {
+            (integer(&mut rest, 4).ok()?, true)
+        };
+        let head = match index {
+            0 if literal => {
+                let name = string(&mut rest).ok()?;
+                match name.as_slice() {
+                    b":status" => Some(Head::Response),
+                    [b':', ..] => Some(Head::Request),
+                    _ => None,
+                }
+            }
+            0 => return None,
+            1..=7 => Some(Head::Request),
+            8..=14 => Some(Head::Response),
+            _ => None,
+        };
+        if head.is_some() {
+            return head;
+        }
+        if literal {
+            skip_string(&mut rest)?;
+        }
+    }
+    None
+}
+
+/// Passes over a string literal without decoding it.
+fn skip_string(rest: &mut &[u8]) -> Option<()> {
+    let len = integer(rest, 7).ok()?;
+    *rest = rest.get(len..)?;
+    Some(())
+}
+
 /// An HPACK integer with an N-bit prefix (RFC 7541 §5.1), advancing `rest` past it. Values
 /// beyond 2^28 are refused: no length or index of a bounded block is that large.
 fn integer(rest: &mut &[u8], prefix: u8) -> Result<usize, HpackError> {

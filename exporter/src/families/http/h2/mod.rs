@@ -20,6 +20,23 @@ use frame::{Event, Framer, Kind, Walked};
 use hpack::{Decoder, MAX_HEADER_BLOCK};
 use stream::Streams;
 
+/// Who sent the HEADERS frame that a walk joined midway starts with (the kernel opens one at a
+/// transfer that starts that way on a connection it saw no start of): its pseudo-headers say
+/// a request (the client) or a response (the server). `None`: not a HEADERS frame, or its
+/// block does not say.
+pub fn midway_sender(walked: &[u8]) -> Option<Side> {
+    let header = FrameHeader::parse(walked.first_chunk::<{ frame::HEADER_LEN }>()?);
+    if header.kind != Kind::Headers {
+        return None;
+    }
+    let end = walked.len().min(frame::HEADER_LEN + header.len as usize);
+    let block = frame::block_fragment(&header, &walked[frame::HEADER_LEN..end])?;
+    Some(match hpack::head_of(block)? {
+        hpack::Head::Request => Side::Client,
+        hpack::Head::Response => Side::Server,
+    })
+}
+
 /// Whether Periscope saw the connection open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {

@@ -327,3 +327,28 @@ fn from_the_start_every_field_is_known() {
         assert_eq!(got, known(&pairs));
     }
 }
+
+#[test]
+fn a_block_says_what_it_is_without_a_table() {
+    use super::{Head, head_of};
+    // RFC 7541 C.3.1 (a request) and C.5.1 (a response).
+    let request = hex("828684410f7777772e6578616d706c652e636f6d");
+    let response = hex("4803333032580770726976617465611d");
+    assert_eq!(head_of(&request), Some(Head::Request));
+    assert_eq!(head_of(&response), Some(Head::Response));
+    // Joined midway: references into the unknown table are passed over, as are literal
+    // fields that are not pseudo-headers and table size updates.
+    assert_eq!(head_of(&hex("bebf82")), Some(Head::Request));
+    assert_eq!(
+        head_of(&hex("200003666f6f036261728d")),
+        Some(Head::Response)
+    );
+    // A literal pseudo-header name.
+    assert_eq!(head_of(b"\x00\x07:status\x03200"), Some(Head::Response));
+    assert_eq!(head_of(b"\x00\x05:path\x01/"), Some(Head::Request));
+    // Nothing says, or bytes that are not HPACK.
+    assert_eq!(head_of(&hex("bebf")), None);
+    assert_eq!(head_of(&[]), None);
+    assert_eq!(head_of(&hex("80")), None);
+    assert_eq!(head_of(&hex("00ff")), None);
+}
