@@ -105,6 +105,33 @@ pub fn node_client(port: u16, mode: &str) -> ClientRun {
     Runtime::Node.client(port, mode)
 }
 
+/// The Python client in `midway` mode: calls made on its one connection, then `between` (which
+/// starts Periscope), then the calls that count, on the same connection.
+pub fn midway_client(port: u16, between: impl FnOnce()) -> ClientRun {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut command = Runtime::Python.command("client");
+    command
+        .args([port.to_string().as_str(), "midway"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("python3 grpc_client.py");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("the client's ready line");
+    assert_eq!(line.trim(), "ready", "grpc_client.py midway");
+    between();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("to the client");
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).expect("the client's JSON");
+    let status = child.wait().expect("grpc_client.py");
+    assert!(status.success(), "grpc_client.py midway: {status}");
+    ClientRun::parse(Runtime::Python, &rest)
+}
+
 impl ClientRun {
     /// Runs a client `command` to its end and reads its JSON.
     fn of(runtime: Runtime, mode: &str, mut command: Command) -> Self {
@@ -116,10 +143,15 @@ impl ClientRun {
             "{runtime:?} gRPC client {mode}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        Self::parse(runtime, &out.stdout)
+    }
+
+    /// A client's JSON output.
+    fn parse(runtime: Runtime, stdout: &[u8]) -> Self {
+        let value: serde_json::Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
             panic!(
                 "{runtime:?} gRPC client output is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
+                String::from_utf8_lossy(stdout)
             )
         });
         let mut calls = RpcCounts::new();

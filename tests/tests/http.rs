@@ -373,6 +373,99 @@ fn grpc_calls_are_counted(client: Runtime, server: Runtime) {
     }
 }
 
+/// A gRPC connection opened, and used, before Periscope started: its HPACK tables hold entries
+/// Periscope never saw (SayHello's `:path`, `content-type`, statuses sent before). Every later
+/// call is counted on both sides, exactly; what could not be decoded is unknown (`_OTHER`
+/// method, no status), never a wrong name or status; a method first called after the start
+/// (ListFeatures) is named, since its `:path` enters the table in view.
+#[test]
+fn grpc_calls_on_a_connection_opened_before_start_are_counted() {
+    let _guard = exclusive();
+    let peer = grpc::server(free_port());
+    let mut daemon = None;
+    let run = grpc::midway_client(peer.port, || {
+        daemon = Some(Daemon::start(HTTP_ONLY, &[]));
+    });
+    let daemon = daemon.expect("started between the calls");
+    assert_eq!(
+        run.connections, 1,
+        "one connection, opened before the start"
+    );
+    let total: u64 = run.calls.values().sum();
+    assert_eq!(total, 10, "{run:?}");
+    let listed: u64 = run
+        .calls
+        .iter()
+        .filter(|((_, method, _), _)| method == "ListFeatures")
+        .map(|(_, n)| n)
+        .sum();
+    for metric in [grpc::SERVER, grpc::CLIENT] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let got = loop {
+            let got = grpc::periscope_counts(&daemon.scrape(), metric, peer.port);
+            if got.values().sum::<u64>() >= total || std::time::Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(300));
+                break grpc::periscope_counts(&daemon.scrape(), metric, peer.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let context = format!(
+            "{metric}:\n periscope: {got:?}\n client:    {:?}\n (HTTP capture: {:?})",
+            run.calls,
+            messages(&daemon.scrape())
+        );
+        assert_eq!(got.values().sum::<u64>(), total, "every call: {context}");
+        for ((service, method, status), n) in &got {
+            // Named only as the client saw it; unknown parts are `_OTHER` or no status.
+            if method == "_OTHER" {
+                assert_eq!(service, "_OTHER", "{context}");
+                continue;
+            }
+            let seen: u64 = run
+                .calls
+                .iter()
+                .filter(|((s, m, st), _)| {
+                    s == service && m == method && (status.is_empty() || st == status)
+                })
+                .map(|(_, n)| n)
+                .sum();
+            assert!(*n <= seen, "{service}/{method} {status:?} x{n}: {context}");
+        }
+        let named: u64 = got
+            .iter()
+            .filter(|((_, method, _), _)| method == "ListFeatures")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            named, listed,
+            "a method first called after the start is named: {context}"
+        );
+    }
+    let scrape = daemon.scrape();
+    for metric in [SERVER, CLIENT] {
+        let http = periscope_counts(&scrape, metric, peer.port);
+        assert!(http.is_empty(), "gRPC calls counted as HTTP: {http:?}");
+    }
+    let partial = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.name == "periscope_http_messages_total"
+                && s.labels.get("outcome").map(String::as_str) == Some("exchange_partial")
+        })
+        .map_or(0.0, |s| s.value);
+    let unnamed: u64 = [grpc::SERVER, grpc::CLIENT]
+        .iter()
+        .flat_map(|metric| grpc::periscope_counts(&scrape, metric, peer.port))
+        .filter(|((_, method, _), _)| method == "_OTHER")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        partial, unnamed as f64,
+        "the calls left unnamed are counted as partial"
+    );
+}
+
 /// `periscope_http_messages_total` by outcome (what the HTTP capture made of the traffic).
 fn messages(scrape: &periscope_e2e::scrape::Scrape) -> Vec<(String, u64)> {
     scrape

@@ -1,10 +1,13 @@
 """A gRPC client (Python grpcio, no generated code) for grpc_server.py.
 
-usage: grpc_client.py PORT mixed|concurrent [SECONDS]
+usage: grpc_client.py PORT mixed|concurrent|midway [SECONDS]
   mixed       on one channel, one call after another: SayHello OK x3, NOT_FOUND x2,
               INTERNAL x1; ListFeatures (server streaming) OK x2, NOT_FOUND x1, INTERNAL x1;
               with SECONDS, again and again on that channel until they have passed (a
               long-lived client, whose series a scraper sees grow)
+  midway      SayHello OK x2 and NOT_FOUND x1, then prints `ready` and waits for a line on
+              stdin; then on the same connection the calls of `mixed` once (only these are
+              in the JSON)
   concurrent  100 SayHello calls started together on one channel (one HTTP/2 connection,
               100 streams in flight), each held 200 ms by the server: 60 OK, 25 NOT_FOUND,
               15 INTERNAL
@@ -102,6 +105,20 @@ elif MODE == "concurrent":
         except grpc.RpcError as e:
             code = e.code()
         calls[("SayHello", CODES[code])] += 1
+elif MODE == "midway":
+    # Calls whose fields enter the connection's HPACK tables before the observer starts,
+    # then, on the same connection once a line arrives on stdin, the calls that count.
+    for outcome in ["ok", "ok", "not_found"]:
+        unary(outcome)
+    calls.clear()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    for outcome in ["ok"] * 3 + ["not_found"] * 2 + ["internal"]:
+        unary(outcome)
+    for outcome in ["ok"] * 2 + ["not_found", "internal"]:
+        streaming(outcome)
+    connections = server_port_connections()
 else:
     sys.exit(f"unknown mode {MODE}")
 elapsed = time.monotonic() - start
