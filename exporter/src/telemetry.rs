@@ -239,6 +239,16 @@ impl Telemetry {
             )]),
             resource: None,
         });
+        out.push(Metric {
+            name: names::PERISCOPE_PROFILE_STACKS_ADDRESSED,
+            description: "Stacks exported with addresses instead of function names because naming them ran past its time budget (they are named in later windows).",
+            unit: "1",
+            points: Points::Counter(vec![(
+                Vec::new(),
+                stats.stacks_addressed.load(Ordering::Relaxed) as f64,
+            )]),
+            resource: None,
+        });
     }
 }
 

@@ -52,6 +52,7 @@ pub const PERISCOPE_BPF_PROGRAM_RUN_COUNT: &str = "periscope.bpf.program.run_cou
 pub const PERISCOPE_EXPORT_REQUESTS: &str = "periscope.export.requests";
 pub const PERISCOPE_EXPORT_PROFILES: &str = "periscope.export.profiles";
 pub const PERISCOPE_PROFILE_MAPS_EMPTIED: &str = "periscope.profile.maps_emptied";
+pub const PERISCOPE_PROFILE_STACKS_ADDRESSED: &str = "periscope.profile.stacks_addressed";
 pub const PERISCOPE_KUBERNETES_PODS: &str = "periscope.kubernetes.pods";
 pub const PERISCOPE_KUBERNETES_WATCH_ERRORS: &str = "periscope.kubernetes.watch.errors";
 

@@ -218,7 +218,7 @@ async fn profile(args: Args) -> anyhow::Result<()> {
     let lost = profile_counter(&probes, &["stack_lost", "sample_map_full"]);
     let unseen = profile_counter(&probes, &["wakeup_unseen"]);
     drop(probes);
-    collector.finish(&reader, counts);
+    collector.finish(&reader, counts, None);
     write_profile(&args, &collector, elapsed)?;
     let (events, _, stacks) = collector.totals();
     let unit = if args.off_cpu { "blocks" } else { "samples" };

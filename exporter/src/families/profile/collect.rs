@@ -95,8 +95,20 @@ pub struct Collector {
     symbols: Symbols,
     /// Per key seen: its frames, or `None` when the filter drops it.
     named: HashMap<ProfileKey, Option<Vec<Frame>>>,
+    /// Keys given addresses only when a budget ran out: named again at the next pass.
+    addressed: HashSet<ProfileKey>,
     /// The latest counts read.
     counts: Vec<StackCount>,
+}
+
+/// What a naming pass does with the stacks left when its budget runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// Leaves them for the next pass.
+    Wait,
+    /// Gives them addresses (`[module+0xoffset]`, `[kernel 0x...]`) now, and names them at
+    /// the next pass.
+    Addresses,
 }
 
 impl Collector {
@@ -105,6 +117,7 @@ impl Collector {
             filter,
             symbols: Symbols::new(),
             named: HashMap::new(),
+            addressed: HashSet::new(),
             counts: Vec::new(),
         }
     }
@@ -113,18 +126,36 @@ impl Collector {
     /// (the rest wait for the next call); `None` names them all.
     pub fn refresh(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
         self.counts = reader.counts();
-        self.name_new(reader, budget);
+        self.name_new(reader, budget, Rest::Wait);
     }
 
-    /// The final counts (read when sampling stopped); every stack not named yet is named.
-    pub fn finish(&mut self, reader: &ProfileReader, counts: Vec<StackCount>) {
+    /// The final counts (read when sampling stopped); every stack not named yet is named,
+    /// within `budget` when one is given (the daemon's windows and pprof requests, which
+    /// someone waits for), past which the rest get addresses instead of names. How many
+    /// stacks got addresses only.
+    pub fn finish(
+        &mut self,
+        reader: &ProfileReader,
+        counts: Vec<StackCount>,
+        budget: Option<std::time::Duration>,
+    ) -> usize {
         self.counts = counts;
-        self.name_new(reader, None);
+        self.name_new(reader, budget, Rest::Addresses)
     }
 
-    fn name_new(&mut self, reader: &ProfileReader, budget: Option<std::time::Duration>) {
+    /// Names the stacks not named yet (and those given addresses only before); how many were
+    /// given addresses only this time.
+    fn name_new(
+        &mut self,
+        reader: &ProfileReader,
+        budget: Option<std::time::Duration>,
+        rest: Rest,
+    ) -> usize {
         let started = std::time::Instant::now();
         self.symbols.new_round();
+        for key in self.addressed.drain() {
+            self.named.remove(&key);
+        }
         let new: Vec<ProfileKey> = self
             .counts
             .iter()
@@ -135,6 +166,14 @@ impl Collector {
         for key in new {
             if budget.is_some_and(|b| started.elapsed() > b) {
                 pending.insert(key.tgid);
+                if rest == Rest::Addresses {
+                    let frames = self
+                        .filter
+                        .keeps(&key)
+                        .then(|| self.addresses(reader, &key));
+                    self.named.insert(key, frames);
+                    self.addressed.insert(key);
+                }
                 continue;
             }
             let frames = self.filter.keeps(&key).then(|| self.name(reader, &key));
@@ -142,6 +181,20 @@ impl Collector {
         }
         // The maps read of a process gone are needed until its last stacks are named.
         reader.processes().expire(reader.counted_at(), &pending);
+        self.addressed.len()
+    }
+
+    /// A stack with its frames as addresses: no symbol file read, only the process's maps.
+    fn addresses(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
+        let user = self.symbols.user_addresses(
+            key.tgid,
+            &reader.stack(key.user_stack),
+            reader.processes(),
+        );
+        let kernel = self
+            .symbols
+            .kernel_addresses(&reader.stack(key.kernel_stack));
+        self.root_first(key, user, kernel)
     }
 
     fn name(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
@@ -156,6 +209,11 @@ impl Collector {
             .take_while(|f| is_tracing_glue(&f.name))
             .count();
         kernel.drain(..glue);
+        self.root_first(key, user, kernel)
+    }
+
+    /// The thread's name, then `user` and `kernel` (innermost first) outermost first.
+    fn root_first(&self, key: &ProfileKey, user: Vec<Frame>, kernel: Vec<Frame>) -> Vec<Frame> {
         let root = Frame {
             name: comm_text(&key.comm),
             module: String::new(),
@@ -233,6 +291,7 @@ impl Collector {
     /// for another stack.
     pub fn forget_keys(&mut self) {
         self.named.clear();
+        self.addressed.clear();
         self.counts.clear();
     }
 

@@ -4,7 +4,9 @@
 //! profiles, and pprof on the Prometheus endpoint).
 //!
 //! Stacks are named every few seconds within a time budget, so that a short-lived process
-//! is named while its maps are still readable; what is left is named when the window closes.
+//! is named while its maps are still readable; what is left is named when the window closes,
+//! within a budget too (an export or a pprof request waits for it): stacks still unnamed then
+//! go out with addresses as their frames, and are named at the next pass.
 //! The kernel's maps hold at most `max_stacks` stacks: when the counts reach three-quarters
 //! of that, the daemon empties them after reading (a full map would keep no new stack), and
 //! the counts a key gains between that read and its removal are lost.
@@ -57,6 +59,10 @@ impl Window {
     }
 }
 
+/// Time spent naming what is left of a window when it closes (an export, or a pprof request
+/// someone waits for); stacks still unnamed then go out as addresses and are named later.
+const FINISH_BUDGET: Duration = Duration::from_secs(2);
+
 /// What became of the windows, for the `periscope.*` self-metrics.
 #[derive(Debug, Default)]
 pub struct ProfileStats {
@@ -64,6 +70,8 @@ pub struct ProfileStats {
     pub export_failed: AtomicU64,
     pub empty: AtomicU64,
     pub maps_emptied: AtomicU64,
+    /// Stacks given addresses only: naming a window ran past [`FINISH_BUDGET`].
+    pub stacks_addressed: AtomicU64,
 }
 
 /// Counts as of a read: value and events per key.
@@ -215,7 +223,12 @@ impl Continuous {
     }
 
     fn named_window(&mut self, deltas: Vec<StackCount>, start: SystemTime) -> Window {
-        self.collector.finish(&self.reader, deltas);
+        let addressed = self
+            .collector
+            .finish(&self.reader, deltas, Some(FINISH_BUDGET));
+        self.stats
+            .stacks_addressed
+            .fetch_add(addressed as u64, Ordering::Relaxed);
         Window {
             start,
             end: SystemTime::now(),

@@ -177,6 +177,17 @@ impl Symbols {
             .collect()
     }
 
+    /// [`Symbols::user_stack`]'s frames as addresses only (`[module+0xoffset]`): no file is
+    /// read, only the process's maps.
+    pub fn user_addresses(&mut self, pid: u32, ips: &[u64], processes: &ProcessMaps) -> Vec<Frame> {
+        let maps = self.maps_of(pid, processes);
+        ips.iter()
+            .enumerate()
+            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+            .map(|addr| unknown(addr, &maps))
+            .collect()
+    }
+
     /// An address in a mapped file: named from the file itself (its ELF symbols and DWARF),
     /// parsed once whichever process maps it, opened as [`ProcessMaps`] holds it open, else
     /// through `/proc/PID/root` (so that a container's file is the one read).
@@ -280,6 +291,18 @@ impl Symbols {
         Some(frame)
     }
 
+    /// [`Symbols::kernel_stack`] from the names already known, addresses for the rest.
+    pub fn kernel_addresses(&self, ips: &[u64]) -> Vec<Frame> {
+        ips.iter()
+            .map(|ip| {
+                self.kernel
+                    .get(ip)
+                    .cloned()
+                    .unwrap_or_else(|| kernel_address(*ip))
+            })
+            .collect()
+    }
+
     /// The frames of a kernel stack, innermost first.
     pub fn kernel_stack(&mut self, ips: &[u64]) -> Vec<Frame> {
         let missing: Vec<u64> = ips
@@ -299,27 +322,27 @@ impl Symbols {
                 .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&missing))
                 .unwrap_or_default();
             for (i, ip) in missing.iter().enumerate() {
-                let name = match found.get(i) {
-                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
-                    _ => format!("[kernel 0x{ip:x}]"),
-                };
-                let frame = Frame {
-                    name,
-                    module: "[kernel]".into(),
-                    kernel: true,
+                let frame = match found.get(i) {
+                    Some(Symbolized::Sym(sym)) => Frame {
+                        name: sym.name.to_string(),
+                        module: "[kernel]".into(),
+                        kernel: true,
+                    },
+                    _ => kernel_address(*ip),
                 };
                 remember(&mut self.kernel, *ip, frame);
             }
         }
-        ips.iter()
-            .map(|ip| {
-                self.kernel.get(ip).cloned().unwrap_or_else(|| Frame {
-                    name: format!("[kernel 0x{ip:x}]"),
-                    module: "[kernel]".into(),
-                    kernel: true,
-                })
-            })
-            .collect()
+        self.kernel_addresses(ips)
+    }
+}
+
+/// A kernel address no symbol names.
+fn kernel_address(ip: u64) -> Frame {
+    Frame {
+        name: format!("[kernel 0x{ip:x}]"),
+        module: "[kernel]".into(),
+        kernel: true,
     }
 }
 
@@ -393,6 +416,29 @@ mod tests {
         let maps = parse_maps("1000-3000 r-xp 00002000 08:01 9 /opt/app/stripped\n");
         assert_eq!(unknown(0x1010, &maps).name, "[stripped+0x2010]");
         assert_eq!(unknown(0x9999, &maps).name, "[unknown 0x9999]");
+    }
+
+    #[test]
+    fn a_stack_out_of_budget_gets_its_addresses_and_the_same_shape() {
+        // This test's own code: named by a full pass, addresses only past a budget.
+        let here = a_stack_out_of_budget_gets_its_addresses_and_the_same_shape as usize as u64;
+        let processes = ProcessMaps::default();
+        let mut symbols = Symbols::new();
+        let pid = std::process::id();
+        let named = symbols.user_stack(pid, &[here], &processes);
+        let addressed = symbols.user_addresses(pid, &[here], &processes);
+        assert_eq!(named.len(), addressed.len());
+        assert!(named[0].name.contains("out_of_budget"), "{named:?}");
+        let module = named[0].module.clone();
+        assert!(
+            addressed[0].name.starts_with(&format!("[{module}+0x")),
+            "{addressed:?}"
+        );
+        assert_eq!(addressed[0].module, module);
+        assert_eq!(
+            symbols.kernel_addresses(&[0xffff_ffff_8100_0000])[0].name,
+            "[kernel 0xffffffff81000000]"
+        );
     }
 
     #[test]
