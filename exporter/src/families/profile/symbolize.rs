@@ -421,7 +421,8 @@ mod tests {
     #[test]
     fn a_stack_out_of_budget_gets_its_addresses_and_the_same_shape() {
         // This test's own code: named by a full pass, addresses only past a budget.
-        let here = a_stack_out_of_budget_gets_its_addresses_and_the_same_shape as usize as u64;
+        let here =
+            a_stack_out_of_budget_gets_its_addresses_and_the_same_shape as fn() as usize as u64;
         let processes = ProcessMaps::default();
         let mut symbols = Symbols::new();
         let pid = std::process::id();
