@@ -11,7 +11,7 @@ use periscope_e2e::{
     grpc::{self, Runtime},
     http::{
         CLIENT, Counts, HTTP_ONLY, SERVER, STATIC_FILES, Sent, Server, assert_counts,
-        client_counts, curl, node_client, node_client_with, periscope_counts, plan,
+        client_counts, curl, expected_route, node_client, node_client_with, periscope_counts, plan,
         python_chunked_client, python_client, wget,
     },
     otlp_receiver::OtlpReceiver,
@@ -256,6 +256,140 @@ fn http2_cleartext_streams_are_counted_on_both_sides() {
         versions.iter().all(|v| v.as_deref() == Some("2")),
         "{versions:?}"
     );
+}
+
+/// h2load against nginx h2c: 2 clients, each one connection with 16 streams in flight, cycling
+/// through four URIs of four statuses (200, 201, 404, 500), so that many streams' frames share a
+/// write on both sides. The expectation is what h2load reported: its summary says every request
+/// was done, and its per-request log gives each status's count, which is its URI's count since
+/// each URI has a status of its own. Periscope counts exactly that on both sides, as HTTP/2, and
+/// nothing the capture made of the traffic is invalid, unmatched or dropped.
+#[test]
+fn h2load_streams_of_mixed_statuses_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let server = Server::nginx_h2c(free_port());
+    // (path, the status nginx answers it with), each status once.
+    let uris = [
+        ("/users/42", 200),
+        ("/items", 201),
+        ("/missing/page", 404),
+        ("/fail", 500),
+    ];
+    let (n, clients): (u64, u64) = (600, 2);
+    // h2load gives each client n / clients requests and each client cycles through the URIs in
+    // order: n a multiple of clients x URIs is the same count for every URI.
+    assert_eq!(n % (clients * uris.len() as u64), 0);
+    let log = tempfile::NamedTempFile::new().expect("h2load log file");
+    let out = std::process::Command::new("h2load")
+        .args(["-n", &n.to_string(), "-c", &clients.to_string(), "-m", "16"])
+        .arg(format!("--log-file={}", log.path().display()))
+        .args(
+            uris.iter()
+                .map(|(path, _)| format!("http://127.0.0.1:{}{path}", server.port)),
+        )
+        .output()
+        .expect("h2load (make test installs nghttp2-client)");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load: {summary}");
+    assert!(summary.contains("Application protocol: h2c"), "{summary}");
+    // "requests: 600 total, 600 started, 600 done, 300 succeeded, 300 failed, 0 errored, 0 timeout"
+    let requests = h2load_line(&summary, "requests:");
+    assert_eq!(requests["total"], n, "{summary}");
+    assert_eq!(requests["started"], n, "{summary}");
+    assert_eq!(requests["done"], n, "{summary}");
+    assert_eq!(requests["errored"], 0, "{summary}");
+    assert_eq!(requests["timeout"], 0, "{summary}");
+    // "status codes: 300 2xx, 0 3xx, 150 4xx, 150 5xx"
+    let classes = h2load_line(&summary, "status codes:");
+    // The log: a line per request, "start (us since the epoch)\tstatus\tduration (us)".
+    let mut by_status = std::collections::BTreeMap::<u16, u64>::new();
+    for line in std::fs::read_to_string(log.path())
+        .expect("read h2load log")
+        .lines()
+    {
+        let status = line.split('\t').nth(1).and_then(|s| s.parse().ok());
+        *by_status
+            .entry(status.unwrap_or_else(|| panic!("h2load log line {line:?}")))
+            .or_default() += 1;
+    }
+    for class in ["2xx", "3xx", "4xx", "5xx"] {
+        let logged: u64 = by_status
+            .iter()
+            .filter(|(status, _)| format!("{}xx", *status / 100) == class)
+            .map(|(_, count)| count)
+            .sum();
+        assert_eq!(
+            logged, classes[class],
+            "{class}: log {by_status:?}, summary {summary}"
+        );
+    }
+    let per_uri = n / uris.len() as u64;
+    let expected: Counts = uris
+        .iter()
+        .map(|&(path, status)| {
+            assert_eq!(
+                by_status.get(&status),
+                Some(&per_uri),
+                "{path}: log {by_status:?}"
+            );
+            (
+                ("GET".to_string(), expected_route(path), status.to_string()),
+                per_uri,
+            )
+        })
+        .collect();
+    assert_eq!(total(&expected), n, "{by_status:?}");
+    assert_counts(&daemon, CLIENT, server.port, &expected);
+    assert_counts(&daemon, SERVER, server.port, &expected);
+    let scrape = daemon.scrape();
+    let versions: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("server_port") == Some(&server.port.to_string()))
+        .filter(|s| s.name.ends_with("request_duration_seconds_count"))
+        .map(|s| s.labels.get("network_protocol_version").cloned())
+        .collect();
+    assert_eq!(versions.len(), 2 * uris.len(), "{versions:?}");
+    assert!(
+        versions.iter().all(|v| v.as_deref() == Some("2")),
+        "{versions:?}"
+    );
+    // The daemon watches only this traffic (and its own scrapes, plain HTTP/1 exchanges): any
+    // other outcome is a stream of it lost or misread.
+    let outcomes = messages(&scrape);
+    let lost: Vec<_> = outcomes
+        .iter()
+        .filter(|(outcome, _)| outcome != "exchange")
+        .collect();
+    assert!(lost.is_empty(), "{outcomes:?}");
+    let exchanges = outcomes
+        .iter()
+        .find(|(outcome, _)| outcome == "exchange")
+        .map_or(0, |(_, count)| *count);
+    assert!(exchanges >= 2 * n, "{outcomes:?}");
+}
+
+/// The `name: N word, N word, ...` line of h2load's summary starting with `name`, as word -> N.
+fn h2load_line(summary: &str, name: &str) -> std::collections::BTreeMap<String, u64> {
+    let line = summary
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in h2load's summary: {summary}"));
+    line.split(',')
+        .map(|field| {
+            let (count, word) = field
+                .trim()
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{name:?} field {field:?}"));
+            (
+                word.to_string(),
+                count
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name:?} field {field:?}")),
+            )
+        })
+        .collect()
 }
 
 /// HTTP/2 streams make spans as HTTP/1 requests do: nginx h2c answering curl, a request with a
