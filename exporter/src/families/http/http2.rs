@@ -99,7 +99,7 @@ impl Http2 {
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it (spans are not made for HTTP/2 yet). A gRPC stream (`content-type:
+/// ended it. A gRPC stream (`content-type:
 /// application/grpc*`) is an RPC call (`super::grpc`), any other an HTTP exchange.
 fn outcome(decoded: h2::Outcome, tid: u32) -> Outcome {
     use super::grpc;
