@@ -52,10 +52,24 @@ pub fn client(port: u16, mode: &str) -> ClientRun {
 
 /// [`client`], repeating its calls on its one channel until `at_least` has passed (`mixed`).
 pub fn client_for(port: u16, mode: &str, at_least: Duration) -> ClientRun {
-    let out = python("grpc_client.py")
+    run_client(port, mode, at_least, None)
+}
+
+/// [`client`], every call sending `traceparent` as its metadata.
+pub fn client_traced(port: u16, mode: &str, traceparent: &str) -> ClientRun {
+    run_client(port, mode, Duration::ZERO, Some(traceparent))
+}
+
+fn run_client(port: u16, mode: &str, at_least: Duration, traceparent: Option<&str>) -> ClientRun {
+    let mut command = python("grpc_client.py");
+    command
         .arg(port.to_string())
         .arg(mode)
-        .arg(at_least.as_secs_f64().to_string())
+        .arg(at_least.as_secs_f64().to_string());
+    if let Some(traceparent) = traceparent {
+        command.env("GRPC_TRACEPARENT", traceparent);
+    }
+    let out = command
         .output()
         .expect("python3 grpc_client.py (make test installs grpcio into target/grpc-python)");
     assert!(
