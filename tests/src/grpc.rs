@@ -100,6 +100,15 @@ pub fn client_for(port: u16, mode: &str, at_least: Duration) -> ClientRun {
     Runtime::Python.client_for(port, mode, at_least)
 }
 
+/// [`client`], every call sending `traceparent` as its metadata (`GRPC_TRACEPARENT`).
+pub fn client_traced(port: u16, mode: &str, traceparent: &str) -> ClientRun {
+    let mut c = Runtime::Python.command("client");
+    c.arg(port.to_string())
+        .arg(mode)
+        .env("GRPC_TRACEPARENT", traceparent);
+    ClientRun::of(Runtime::Python, mode, c)
+}
+
 /// The Node.js `grpc_client.js PORT MODE` (`mixed` or `concurrent`), to its end.
 pub fn node_client(port: u16, mode: &str) -> ClientRun {
     Runtime::Node.client(port, mode)

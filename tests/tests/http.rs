@@ -424,6 +424,81 @@ fn http2_streams_make_spans_and_follow_traceparent() {
     }
 }
 
+/// gRPC calls make spans per the RPC conventions: Python `grpcio` calls sending a
+/// `traceparent` in their metadata (the `mixed` mode: unary and server-streaming, OK,
+/// NOT_FOUND and INTERNAL) make one server span each in that trace, child of its parent, and
+/// one client span each without a parent; named `{rpc.service}/{rpc.method}`, with
+/// `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` (the status the client
+/// got), `server.port`, `server.address` (client), and `error.type` where the call failed for
+/// that side.
+#[test]
+fn grpc_calls_make_spans_and_follow_traceparent() {
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let _guard = exclusive();
+    let (receiver, _daemon) = daemon_with_spans();
+    let server = grpc::server(free_port());
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    let run = grpc::client_traced(server.port, "mixed", &traceparent);
+    let total: u64 = run.calls.values().sum();
+    assert_eq!(total, 10, "{run:?}");
+    let ours = || -> Vec<_> {
+        receiver
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                let port = s
+                    .span
+                    .attributes
+                    .iter()
+                    .any(|kv| kv.key == "server.port" && int_of(kv) == Some(server.port.into()));
+                port && string_of(&s.span, "rpc.system").as_deref() == Some("grpc")
+            })
+            .collect()
+    };
+    periscope_e2e::wait_for("a span per call per side", Duration::from_secs(20), || {
+        (ours().len() >= 2 * total as usize).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = ours();
+    assert_eq!(spans.len(), 2 * total as usize, "one span per call per side");
+    for (kind, failed) in [(2, &["2", "4", "12", "13", "14", "15"][..]), (3, &[][..])] {
+        let side: Vec<_> = spans.iter().filter(|s| s.span.kind == kind).collect();
+        let mut counts = grpc::RpcCounts::new();
+        for s in &side {
+            let span = &s.span;
+            let text = |key| string_of(span, key).unwrap_or_default();
+            let status = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "rpc.grpc.status_code")
+                .and_then(int_of)
+                .expect("rpc.grpc.status_code, an integer");
+            assert_eq!(span.name, format!("{}/{}", text("rpc.service"), text("rpc.method")));
+            *counts
+                .entry((text("rpc.service"), text("rpc.method"), status.to_string()))
+                .or_default() += 1;
+            // A server fails on the server-error codes only, a client on any but OK.
+            let error = if kind == 2 {
+                failed.contains(&status.to_string().as_str())
+            } else {
+                status != 0
+            };
+            assert_eq!(string_of(span, "error.type").is_some(), error, "{span:?}");
+            let code = span.status.as_ref().map_or(0, |s| s.code);
+            assert_eq!(code == StatusCode::Error as i32, error, "{span:?}");
+            if kind == 2 {
+                assert_eq!(hex(&span.trace_id), TRACE_ID, "{span:?}");
+                assert_eq!(hex(&span.parent_span_id), PARENT_SPAN_ID, "{span:?}");
+                assert_eq!(string_of(span, "server.address"), None);
+            } else {
+                assert!(span.parent_span_id.is_empty(), "no parent for a client call");
+                assert_eq!(string_of(span, "server.address").as_deref(), Some("127.0.0.1"));
+            }
+        }
+        assert_eq!(counts, run.calls, "kind {kind}");
+    }
+}
+
 /// gRPC over h2c between real Python `grpcio` peers (generic handlers): unary and
 /// server-streaming calls ending OK, NOT_FOUND and INTERNAL one after another, then 100 unary
 /// calls in flight at once on one connection. Each call is one RPC on both sides, per (service,
@@ -1124,17 +1199,21 @@ fn int_of(kv: &opentelemetry_proto::tonic::common::v1::KeyValue) -> Option<i64> 
     }
 }
 
-fn path_of(s: &opentelemetry_proto::tonic::trace::v1::Span) -> String {
+/// The string attribute `key` of a span.
+fn string_of(s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
     s.attributes
         .iter()
-        .find(|kv| kv.key == "url.path")
+        .find(|kv| kv.key == key)
         .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
             opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => {
                 Some(v.clone())
             }
             _ => None,
         })
-        .unwrap_or_default()
+}
+
+fn path_of(s: &opentelemetry_proto::tonic::trace::v1::Span) -> String {
+    string_of(s, "url.path").unwrap_or_default()
 }
 
 /// One SERVER span per request of `service`; each request (identified by its unique

@@ -11,6 +11,8 @@ usage: grpc_client.py PORT mixed|concurrent|midway [SECONDS]
   concurrent  100 SayHello calls started together on one channel (one HTTP/2 connection,
               100 streams in flight), each held 200 ms by the server: 60 OK, 25 NOT_FOUND,
               15 INTERNAL
+With GRPC_TRACEPARENT set, every call sends it as `traceparent` metadata (W3C trace context,
+as an instrumented client would).
 Prints one JSON object: `calls`, the calls that ended, per (service, method, status) with the
 numeric status the client received; `messages`, the streamed replies received; `elapsed_s`;
 and `connections`, the TCP connections the channel opened (from /proc, by the server port).
@@ -38,6 +40,8 @@ say_hello = channel.unary_unary(f"/{SERVICE}/SayHello")
 list_features = channel.unary_stream(f"/{SERVICE}/ListFeatures")
 calls = Counter()
 messages = 0
+TRACEPARENT = os.environ.get("GRPC_TRACEPARENT")
+METADATA = (("traceparent", TRACEPARENT),) if TRACEPARENT else None
 
 
 def server_port_connections():
@@ -63,7 +67,7 @@ def server_port_connections():
 
 def unary(outcome):
     try:
-        say_hello(outcome.encode(), timeout=30)
+        say_hello(outcome.encode(), timeout=30, metadata=METADATA)
         code = grpc.StatusCode.OK
     except grpc.RpcError as e:
         code = e.code()
@@ -74,7 +78,7 @@ def streaming(outcome):
     global messages
     code = grpc.StatusCode.OK
     try:
-        for _ in list_features(outcome.encode(), timeout=30):
+        for _ in list_features(outcome.encode(), timeout=30, metadata=METADATA):
             messages += 1
     except grpc.RpcError as e:
         code = e.code()
@@ -95,7 +99,7 @@ if MODE == "mixed":
         time.sleep(0.2)
 elif MODE == "concurrent":
     outcomes = ["ok"] * 60 + ["not_found"] * 25 + ["internal"] * 15
-    started = [say_hello.future(f"{o}:200".encode(), timeout=30) for o in outcomes]
+    started = [say_hello.future(f"{o}:200".encode(), timeout=30, metadata=METADATA) for o in outcomes]
     # All 100 are in flight now (each is held 200 ms): count the connections carrying them.
     connections = server_port_connections()
     for future in started:

@@ -145,15 +145,16 @@ impl HttpMetrics {
         self.add(resource, role, Series::Http(request), duration_ns, exemplar);
     }
 
-    /// One gRPC call (no spans for them yet, so no exemplar).
+    /// One gRPC call (its exemplar: its span, when sampled).
     pub fn record_call(
         &mut self,
         resource: &Arc<ProcessResource>,
         role: Role,
         call: CallAttributes,
         duration_ns: u64,
+        exemplar: Option<Exemplar>,
     ) {
-        self.add(resource, role, Series::Rpc(call), duration_ns, None);
+        self.add(resource, role, Series::Rpc(call), duration_ns, exemplar);
     }
 
     fn add(
@@ -368,9 +369,9 @@ mod tests {
         let mut m = HttpMetrics::new(2);
         let r = resource("a");
         m.record(&r, Role::Server, get("/1"), 1_000_000, None);
-        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000);
-        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000);
-        m.record_call(&r, Role::Server, call("Other"), 2_000_000);
+        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000, None);
+        m.record_call(&r, Role::Server, call("SayHello"), 2_000_000, None);
+        m.record_call(&r, Role::Server, call("Other"), 2_000_000, None);
         m.record(&r, Role::Server, get("/2"), 1_000_000, None);
         let mut out = Vec::new();
         m.collect(&mut out);

@@ -16,6 +16,12 @@
 //!   DATA_LOSS; a client on any status but OK).
 //!
 //! Streaming RPCs are one call each: the decoder gives one exchange per stream.
+//!
+//! With spans on, each sampled call is one span (the tracker's `record_call`), named
+//! `{rpc.service}/{rpc.method}`, SERVER or CLIENT by the connection's side, with the attributes
+//! above (`rpc.grpc.status_code` and `server.port` as integers) and the histogram bucket's
+//! exemplar linking to it. A server call's parent is its request's `traceparent` metadata; a
+//! client call has none, as an HTTP/2 client stream.
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
@@ -34,6 +40,8 @@ pub struct Call {
     pub authority: Option<String>,
     /// The gRPC status code, when known (see the module docs).
     pub status: Option<u32>,
+    /// The request's `traceparent` metadata, when known (a server call's span parent).
+    pub traceparent: Option<String>,
     pub start_ns: u64,
     pub end_ns: u64,
 }
@@ -56,6 +64,7 @@ pub fn call(e: &h2::Exchange) -> Option<Call> {
         path: path.to_string(),
         authority: e.authority().known().map(str::to_string),
         status: status(e),
+        traceparent: e.traceparent().known().map(str::to_string),
         start_ns: e.start_ns,
         end_ns: e.end_ns,
     })
@@ -271,8 +280,9 @@ mod tests {
             record::build,
             tracker::{HttpState, Tracker},
         },
-        model::{metrics::Points, names},
+        model::{metrics::Points, names, span::SpanQueue},
     };
+    use opentelemetry::trace::SpanKind;
     use periscope_common::http::{
         ConnectAddr, IO_H2, IO_H2_PREFACE, ROLE_CLIENT, ROLE_SERVER, SockOpen,
     };
@@ -388,56 +398,67 @@ mod tests {
         );
     }
 
-    /// The recording as kernel records through the tracker (HTTP/2 detection, the decoder,
-    /// this mapping, the aggregation), on each side: exact counts per (service, method,
-    /// status), in the RPC metric and none in the HTTP one.
+    /// The recording as kernel records through the tracker on `role`'s side (spans to `spans`
+    /// when given): the metrics collected after the connection closed.
+    fn track(role: Role, spans: Option<SpanQueue>) -> Vec<crate::model::metrics::Metric> {
+        let side = match role {
+            Role::Server => ROLE_SERVER,
+            Role::Client => ROLE_CLIENT,
+        };
+        let config = HttpConfig::default();
+        let state = Arc::new(Mutex::new(HttpState::new(config.max_series)));
+        let mut tracker = Tracker::new(config, state.clone(), spans).expect("tracker");
+        let open = SockOpen {
+            peer: ConnectAddr {
+                family: 2,
+                port: 50051,
+                addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ..Default::default()
+            },
+            local_port: 50051,
+            ..Default::default()
+        };
+        tracker.handle(&build::open(side, 5, open));
+        // What the kernel sends: the walked frames, the client's first record flagged
+        // with the preface it went past.
+        let sides: Vec<_> = chunks()
+            .into_iter()
+            .map(|(from_client, bytes)| {
+                let side = if from_client {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                (side, bytes)
+            })
+            .collect();
+        let mut preface = IO_H2_PREFACE;
+        for (from, bytes, _) in h2::testenc::walked(&sides) {
+            // A server reads what the client sent; a client writes it.
+            let read = (from == Side::Client) == (role == Role::Server);
+            let flags = IO_H2 | if from == Side::Client { preface } else { 0 };
+            if from == Side::Client {
+                preface = 0;
+            }
+            let record = build::with_io(build::io(read, 5, &bytes), |r| r.flags = flags);
+            tracker.handle(&record);
+        }
+        tracker.handle(&build::close(side, 5, true));
+        let mut out = Vec::new();
+        state.lock().unwrap().collect(&mut out);
+        out
+    }
+
+    /// The recording through the tracker (HTTP/2 detection, the decoder, this mapping, the
+    /// aggregation), on each side: exact counts per (service, method, status), in the RPC
+    /// metric and none in the HTTP one.
     #[test]
     fn the_recorded_calls_are_counted_per_method_and_status_on_both_sides() {
-        for (role, side, metric) in [
-            (Role::Server, ROLE_SERVER, names::RPC_SERVER_CALL_DURATION),
-            (Role::Client, ROLE_CLIENT, names::RPC_CLIENT_CALL_DURATION),
+        for (role, metric) in [
+            (Role::Server, names::RPC_SERVER_CALL_DURATION),
+            (Role::Client, names::RPC_CLIENT_CALL_DURATION),
         ] {
-            let config = HttpConfig::default();
-            let state = Arc::new(Mutex::new(HttpState::new(config.max_series)));
-            let mut tracker = Tracker::new(config, state.clone(), None).expect("tracker");
-            let open = SockOpen {
-                peer: ConnectAddr {
-                    family: 2,
-                    port: 50051,
-                    addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                    ..Default::default()
-                },
-                local_port: 50051,
-                ..Default::default()
-            };
-            tracker.handle(&build::open(side, 5, open));
-            // What the kernel sends: the walked frames, the client's first record flagged
-            // with the preface it went past.
-            let sides: Vec<_> = chunks()
-                .into_iter()
-                .map(|(from_client, bytes)| {
-                    let side = if from_client {
-                        Side::Client
-                    } else {
-                        Side::Server
-                    };
-                    (side, bytes)
-                })
-                .collect();
-            let mut preface = IO_H2_PREFACE;
-            for (from, bytes, _) in h2::testenc::walked(&sides) {
-                // A server reads what the client sent; a client writes it.
-                let read = (from == Side::Client) == (role == Role::Server);
-                let flags = IO_H2 | if from == Side::Client { preface } else { 0 };
-                if from == Side::Client {
-                    preface = 0;
-                }
-                let record = build::with_io(build::io(read, 5, &bytes), |r| r.flags = flags);
-                tracker.handle(&record);
-            }
-            tracker.handle(&build::close(side, 5, true));
-            let mut out = Vec::new();
-            state.lock().unwrap().collect(&mut out);
+            let out = track(role, None);
             let error = |name: &'static str| if role == Role::Client { name } else { "" };
             assert_eq!(
                 counts(&out, metric),
@@ -468,6 +489,115 @@ mod tests {
                 assert!(attributes.iter().any(|(k, _)| *k == "server.address"));
             }
         }
+    }
+
+    /// With spans on, each recorded call is one span of its side's kind, named and attributed
+    /// per the RPC conventions, and the histogram's exemplars link to them.
+    #[test]
+    fn the_recorded_calls_make_one_span_each_on_both_sides() {
+        for (role, kind, metric) in [
+            (
+                Role::Server,
+                SpanKind::Server,
+                names::RPC_SERVER_CALL_DURATION,
+            ),
+            (
+                Role::Client,
+                SpanKind::Client,
+                names::RPC_CLIENT_CALL_DURATION,
+            ),
+        ] {
+            let (queue, mut rx) = SpanQueue::new(16, Default::default());
+            let out = track(role, Some(queue));
+            let mut spans = Vec::new();
+            while let Ok(span) = rx.try_recv() {
+                spans.push(span);
+            }
+            let summary: Vec<_> = spans
+                .iter()
+                .map(|s| {
+                    let int = |key: &str| {
+                        s.int_attributes
+                            .iter()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, v)| *v)
+                    };
+                    let text = |key: &str| {
+                        s.attributes
+                            .iter()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, v)| v.as_str())
+                    };
+                    assert_eq!(s.kind, kind);
+                    assert_eq!(s.parent_span_id, None, "no traceparent in the recording");
+                    assert_eq!(text("rpc.system"), Some("grpc"));
+                    assert_eq!(text("rpc.service"), Some("demo.Greeter"));
+                    assert_eq!(int("server.port"), Some(50051));
+                    assert_eq!(text("server.port"), None, "an integer only");
+                    assert_eq!(text("rpc.grpc.status_code"), None, "an integer only");
+                    assert_eq!(text("server.address").is_some(), role == Role::Client);
+                    assert!(s.end_unix_ns >= s.start_unix_ns);
+                    (
+                        s.name.clone(),
+                        int("rpc.grpc.status_code"),
+                        text("error.type").map(str::to_string),
+                        s.error,
+                    )
+                })
+                .collect();
+            let client = role == Role::Client;
+            let not_found = client.then(|| "NOT_FOUND".to_string());
+            assert_eq!(
+                summary,
+                vec![
+                    ("demo.Greeter/SayHello".into(), Some(0), None, false),
+                    ("demo.Greeter/SayHello".into(), Some(5), not_found, client),
+                    ("demo.Greeter/ListFeatures".into(), Some(0), None, false),
+                    (
+                        "demo.Greeter/Fail".into(),
+                        Some(13),
+                        Some("INTERNAL".into()),
+                        true
+                    ),
+                    ("demo.Greeter/SayHello".into(), Some(0), None, false),
+                ],
+                "{role:?}"
+            );
+            // Each series keeps exemplars (the latest per power of two of duration).
+            let series: Vec<_> = out
+                .iter()
+                .filter(|m| m.name == metric)
+                .flat_map(|m| match &m.points {
+                    Points::Histogram(_, p) => p.iter().map(|(_, h)| h.exemplars.clone()),
+                    _ => panic!("{metric} is not a histogram"),
+                })
+                .collect();
+            assert_eq!(series.len(), 4, "{role:?}");
+            assert!(!series.iter().any(Vec::is_empty), "every series has one");
+            for e in series.iter().flatten() {
+                assert!(
+                    spans
+                        .iter()
+                        .any(|s| s.ids.span_id == e.span_id && s.ids.trace_id == e.trace_id),
+                    "an exemplar links to its call's span"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_request_traceparent() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut request = GRPC_REQUEST.to_vec();
+        request.push(("traceparent", parent));
+        let c = call(&exchange(&request, None, End::Stream)).expect("named");
+        assert_eq!(c.traceparent.as_deref(), Some(parent));
+        assert_eq!(
+            call(&exchange(GRPC_REQUEST, None, End::Stream))
+                .unwrap()
+                .traceparent,
+            None
+        );
     }
 
     fn exchange(

@@ -14,7 +14,8 @@ use periscope_common::http::{ConnectAddr, SockOpen, TLS_FD, conn_key};
 
 use crate::{
     model::histogram::Exemplar,
-    model::metrics::{Metric, Points},
+    model::metrics::{Attributes, Metric, Points},
+    model::resource::ProcessResource,
     model::span::{SpanQueue, SpanRecord},
     process::{self, ProcessCache, ProcessInfo, select},
 };
@@ -615,7 +616,11 @@ impl Tracker {
         };
         let role = tracked.conn.role();
         if e.request.version == Version::Http2 && e.request.span.is_none() && self.spans.is_some() {
-            e.request.span = Some(stream_span(&self.sampling, role, &e));
+            e.request.span = Some(stream_span(
+                &self.sampling,
+                role,
+                e.request.traceparent.as_deref(),
+            ));
         }
         let port = tracked.port;
         // Clients name the server they called; the peer is the fallback for a missing Host.
@@ -662,13 +667,7 @@ impl Tracker {
         // Built only for a span: the metrics need no name.
         let name = span.map(|_| span_name(role, method, &request.route));
         self.count_exchange(partial);
-        // A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
-        let exemplar = span.map(|(ids, _)| Exemplar {
-            trace_id: ids.trace_id,
-            span_id: ids.span_id,
-            value: ns_to_units(duration),
-            time_unix_ns: self.unix_ns(e.end_ns),
-        });
+        let exemplar = span.map(|(ids, _)| self.exemplar(ids, duration, e.end_ns));
         self.state_mut()
             .metrics
             .record(&info.resource, role, request, duration, exemplar);
@@ -678,9 +677,7 @@ impl Tracker {
         {
             self.active.remove(&e.request.tid);
         }
-        let (Some(queue), Some((ids, parent)), Some(mut attributes), Some(name)) =
-            (&self.spans, span, span_attributes, name)
-        else {
+        let (Some(span), Some(mut attributes), Some(name)) = (span, span_attributes, name) else {
             return;
         };
         if !path.is_empty() {
@@ -689,30 +686,25 @@ impl Tracker {
         if method == "_OTHER" && !e.request.method.is_empty() {
             attributes.push(("http.request.method_original", e.request.method.clone()));
         }
-        queue.push(SpanRecord {
-            resource: info.resource.clone(),
-            ids,
-            parent_span_id: parent,
-            kind: match role {
-                Role::Server => SpanKind::Server,
-                Role::Client => SpanKind::Client,
-            },
-            name,
-            start_unix_ns: self.unix_ns(e.request.start_ns),
-            end_unix_ns: self.unix_ns(e.end_ns),
-            attributes: attributes
+        self.push_span(
+            &info.resource,
+            Finished {
+                span,
+                role,
+                name,
+                start_ns: e.request.start_ns,
+                end_ns: e.end_ns,
+                attributes,
+                int_attributes: [
+                    Some(("http.response.status_code", i64::from(e.status))),
+                    port.map(|p| ("server.port", i64::from(p))),
+                ]
                 .into_iter()
-                .filter(|(k, _)| *k != "http.response.status_code" && *k != "server.port")
+                .flatten()
                 .collect(),
-            int_attributes: [
-                Some(("http.response.status_code", i64::from(e.status))),
-                port.map(|p| ("server.port", i64::from(p))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            error,
-        });
+                error,
+            },
+        );
     }
 
     /// An exchange counted in the metrics; `partial`: some of its fields could not be decoded.
@@ -724,7 +716,9 @@ impl Tracker {
         }
     }
 
-    /// A gRPC call: the RPC metrics, with the same port, peer and process as an HTTP request.
+    /// A gRPC call: the RPC metrics, with the same port, peer and process as an HTTP request,
+    /// and its span, made as an HTTP/2 stream's ([`stream_span`]), named
+    /// `{rpc.service}/{rpc.method}`.
     fn record_call(&mut self, key: (u32, u32), tgid: u32, call: grpc::Call) {
         let Some(tracked) = self.conns.get(&key) else {
             return;
@@ -750,13 +744,83 @@ impl Tracker {
             port,
             address,
         };
+        let duration = call.end_ns.saturating_sub(call.start_ns);
+        let span = self
+            .spans
+            .as_ref()
+            .map(|_| stream_span(&self.sampling, role, call.traceparent.as_deref()))
+            .filter(|(ids, _)| ids.sampled);
+        // The attributes are moved into the series; a span needs its own.
+        let span_attributes = span.map(|_| attributes.to_attributes());
+        let name = span.map(|_| format!("{}/{}", attributes.service, attributes.method));
+        let error = attributes.error.is_some();
         self.count_exchange(partial);
-        self.state_mut().metrics.record_call(
+        let exemplar = span.map(|(ids, _)| self.exemplar(ids, duration, call.end_ns));
+        self.state_mut()
+            .metrics
+            .record_call(&info.resource, role, attributes, duration, exemplar);
+        let (Some(span), Some(attributes), Some(name)) = (span, span_attributes, name) else {
+            return;
+        };
+        self.push_span(
             &info.resource,
-            role,
-            attributes,
-            call.end_ns.saturating_sub(call.start_ns),
+            Finished {
+                span,
+                role,
+                name,
+                start_ns: call.start_ns,
+                end_ns: call.end_ns,
+                attributes,
+                int_attributes: [
+                    call.status
+                        .map(|code| ("rpc.grpc.status_code", i64::from(code))),
+                    port.map(|p| ("server.port", i64::from(p))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                error,
+            },
         );
+    }
+
+    /// A sampled span's ids travel with its value: the bucket's exemplar links to the trace.
+    fn exemplar(&self, ids: TraceRef, duration_ns: u64, end_ns: u64) -> Exemplar {
+        Exemplar {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            value: ns_to_units(duration_ns),
+            time_unix_ns: self.unix_ns(end_ns),
+        }
+    }
+
+    /// Queues a finished span (when spans are on), stamped in wall-clock time; an attribute
+    /// in `int_attributes` is exported as that integer only.
+    fn push_span(&self, resource: &Arc<ProcessResource>, f: Finished) {
+        let Some(queue) = &self.spans else {
+            return;
+        };
+        let (ids, parent) = f.span;
+        let ints = &f.int_attributes;
+        queue.push(SpanRecord {
+            resource: resource.clone(),
+            ids,
+            parent_span_id: parent,
+            kind: match f.role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            },
+            name: f.name,
+            start_unix_ns: self.unix_ns(f.start_ns),
+            end_unix_ns: self.unix_ns(f.end_ns),
+            attributes: f
+                .attributes
+                .into_iter()
+                .filter(|(k, _)| !ints.iter().any(|(i, _)| i == k))
+                .collect(),
+            int_attributes: f.int_attributes,
+            error: f.error,
+        });
     }
 
     /// A connection whose bytes are TLS records: its plaintext will come from the OpenSSL
@@ -960,17 +1024,18 @@ impl Tracker {
     }
 }
 
-/// An HTTP/2 stream's span ids, given when the stream ends (its request's span is not needed
-/// before: no thread is known to be serving a stream): a server stream is a child of its
-/// `traceparent`; a client stream has no parent (its transfers' threads say nothing of which
-/// server request made it, so none rather than a wrong one).
-fn stream_span(sampling: &Sampling, role: Role, e: &Exchange) -> (TraceRef, Option<[u8; 8]>) {
+/// An HTTP/2 stream's (or gRPC call's) span ids, given when the stream ends (its request's
+/// span is not needed before: no thread is known to be serving a stream): a server stream is a
+/// child of its request's `traceparent`; a client stream has no parent (its transfers' threads
+/// say nothing of which server request made it, so none rather than a wrong one).
+fn stream_span(
+    sampling: &Sampling,
+    role: Role,
+    traceparent: Option<&str>,
+) -> (TraceRef, Option<[u8; 8]>) {
     let (parent, kind) = match role {
         Role::Server => (
-            e.request
-                .traceparent
-                .as_deref()
-                .and_then(span::parse_traceparent),
+            traceparent.and_then(span::parse_traceparent),
             SpanKind::Server,
         ),
         Role::Client => (None, SpanKind::Client),
@@ -979,6 +1044,19 @@ fn stream_span(sampling: &Sampling, role: Role, e: &Exchange) -> (TraceRef, Opti
         span::new_span(sampling, parent, kind),
         parent.map(|p| p.span_id),
     )
+}
+
+/// A finished span's fields, before [`Tracker::push_span`] stamps and queues it.
+struct Finished {
+    /// Its ids and parent.
+    span: (TraceRef, Option<[u8; 8]>),
+    role: Role,
+    name: String,
+    start_ns: u64,
+    end_ns: u64,
+    attributes: Attributes,
+    int_attributes: Vec<(&'static str, i64)>,
+    error: bool,
 }
 
 /// The side of a connection first seen in the middle: from the kernel's role, else (a

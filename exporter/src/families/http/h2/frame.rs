@@ -4,7 +4,7 @@
 //! (a transfer longer than its capture) by count, and resynchronises conservatively when a
 //! gap swallowed a frame header.
 
-use periscope_common::http::h2_payload_elided;
+use periscope_common::http::{H2_MAX_KEPT, h2_payload_elided};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -234,10 +234,14 @@ impl Walked {
         self.pending = Vec::new();
     }
 
+    /// Bytes held for the frame in progress: under [`MAX_WALKED`] between feeds.
     pub fn buffered(&self) -> usize {
         self.pending.len()
     }
 }
+
+/// Most bytes a [`Walked`] holds between feeds: one frame's header and kept payload.
+pub const MAX_WALKED: usize = HEADER_LEN + H2_MAX_KEPT as usize;
 
 /// The frame at the start of walked bytes, and where it ends in them, when they hold all of it.
 fn walked_frame(bytes: &[u8]) -> Option<(FrameHeader, usize)> {
