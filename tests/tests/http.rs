@@ -446,11 +446,10 @@ fn grpc_calls_make_spans_and_follow_traceparent() {
             .spans()
             .into_iter()
             .filter(|s| {
-                let port = s
-                    .span
-                    .attributes
-                    .iter()
-                    .any(|kv| kv.key == "server.port" && int_of(kv) == Some(server.port.into()));
+                let port =
+                    s.span.attributes.iter().any(|kv| {
+                        kv.key == "server.port" && int_of(kv) == Some(server.port.into())
+                    });
                 port && string_of(&s.span, "rpc.system").as_deref() == Some("grpc")
             })
             .collect()
@@ -460,7 +459,11 @@ fn grpc_calls_make_spans_and_follow_traceparent() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let spans = ours();
-    assert_eq!(spans.len(), 2 * total as usize, "one span per call per side");
+    assert_eq!(
+        spans.len(),
+        2 * total as usize,
+        "one span per call per side"
+    );
     for (kind, failed) in [(2, &["2", "4", "12", "13", "14", "15"][..]), (3, &[][..])] {
         let side: Vec<_> = spans.iter().filter(|s| s.span.kind == kind).collect();
         let mut counts = grpc::RpcCounts::new();
@@ -473,7 +476,10 @@ fn grpc_calls_make_spans_and_follow_traceparent() {
                 .find(|kv| kv.key == "rpc.grpc.status_code")
                 .and_then(int_of)
                 .expect("rpc.grpc.status_code, an integer");
-            assert_eq!(span.name, format!("{}/{}", text("rpc.service"), text("rpc.method")));
+            assert_eq!(
+                span.name,
+                format!("{}/{}", text("rpc.service"), text("rpc.method"))
+            );
             *counts
                 .entry((text("rpc.service"), text("rpc.method"), status.to_string()))
                 .or_default() += 1;
@@ -491,8 +497,14 @@ fn grpc_calls_make_spans_and_follow_traceparent() {
                 assert_eq!(hex(&span.parent_span_id), PARENT_SPAN_ID, "{span:?}");
                 assert_eq!(string_of(span, "server.address"), None);
             } else {
-                assert!(span.parent_span_id.is_empty(), "no parent for a client call");
-                assert_eq!(string_of(span, "server.address").as_deref(), Some("127.0.0.1"));
+                assert!(
+                    span.parent_span_id.is_empty(),
+                    "no parent for a client call"
+                );
+                assert_eq!(
+                    string_of(span, "server.address").as_deref(),
+                    Some("127.0.0.1")
+                );
             }
         }
         assert_eq!(counts, run.calls, "kind {kind}");
@@ -1201,15 +1213,14 @@ fn int_of(kv: &opentelemetry_proto::tonic::common::v1::KeyValue) -> Option<i64> 
 
 /// The string attribute `key` of a span.
 fn string_of(s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
-    s.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+    s.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
             opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v) => {
                 Some(v.clone())
             }
             _ => None,
-        })
+        }
+    })
 }
 
 fn path_of(s: &opentelemetry_proto::tonic::trace::v1::Span) -> String {
