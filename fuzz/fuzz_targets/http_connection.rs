@@ -3,13 +3,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use periscope::families::http::connection::{Connection, Io, MAX_IN_FLIGHT, Role};
+use periscope::families::http::connection::{Capture, Connection, Io, MAX_IN_FLIGHT, Role};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    let mut c = Connection::new(if first & 1 == 0 { Role::Server } else { Role::Client });
+    let mut c = Connection::new(if first & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    });
     let mut out = Vec::new();
     let mut t = 0u64;
     // Each IO: one control byte (direction, length), then its bytes.
@@ -27,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             captured,
             tail: if bytes.len() > 512 { last } else { &[] },
             tid: 1,
+            capture: Capture::Plain,
         };
         if control & 1 == 0 {
             c.on_read(&io, &mut out);
