@@ -25,7 +25,7 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use periscope_common::profile::{OffCpuTime, ProfileKey};
+use periscope_common::profile::{OffCpuStart, OffCpuTime, ProfileKey};
 
 pub use self::config::ProfileConfig;
 use self::process_maps::{ProcessMaps, Watcher};
@@ -193,6 +193,8 @@ pub struct ProfileReader {
     stacks: StackTraceMap<MapData>,
     samples: PerCpuHashMap<MapData, ProfileKey, u64>,
     offcpu: PerCpuHashMap<MapData, ProfileKey, OffCpuTime>,
+    /// Threads blocked right now, with the stack ids they blocked in.
+    blocked: aya::maps::HashMap<MapData, u32, OffCpuStart>,
     processes: Arc<ProcessMaps>,
     _watcher: Watcher,
     /// When [`ProfileReader::counts`] last read the kernel's counts.
@@ -222,6 +224,7 @@ impl ProfileReader {
             stacks,
             samples: super::take_per_cpu_map(ebpf, "PROFILE_CPU_SAMPLES")?,
             offcpu: super::take_per_cpu_map(ebpf, "PROFILE_OFFCPU")?,
+            blocked: crate::kernel::maps::take_hash_map(ebpf, "PROFILE_OFFCPU_START")?,
             processes,
             _watcher: watcher,
             counted_at: Cell::new(Instant::now()),
@@ -264,8 +267,14 @@ impl ProfileReader {
 
     /// Empties the count maps, then the stack-trace map: a long-running daemon does when they
     /// fill up, since a full map keeps no new stack. Counts the kernel adds to a key between
-    /// the last read and its removal are lost.
+    /// the last read and its removal are lost, and so are the blocks in progress: their
+    /// threads hold stack ids that, once the stack map is emptied, may come back naming
+    /// another stack (a wrong stack is worse than a block not counted).
     pub fn clear(&mut self) {
+        let threads: Vec<u32> = self.blocked.keys().flatten().collect();
+        for tid in &threads {
+            let _ = self.blocked.remove(tid);
+        }
         let on_cpu: Vec<ProfileKey> = self.samples.keys().flatten().collect();
         for key in &on_cpu {
             let _ = self.samples.remove(key);
