@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark report: reads the JSON every benchmark wrote into bench/out/ (overhead.json,
-http.json, families.json, export.json, accuracy.json, idle.json), writes bench/out/report.md with summary
+http.json, http2.json, families.json, profile.json, export.json, accuracy.json, idle.json), writes
+bench/out/report.md with summary
 tables, SVG plots in bench/out/plots/ (matplotlib), and each benchmark's own Markdown as an
 appendix. A benchmark whose JSON is missing is reported as not run. Needs matplotlib (bench/run.sh
 installs the pinned bench/requirements.txt into target/bench-venv and runs this with it)."""
@@ -80,9 +81,48 @@ def overhead_rows(overhead, families, http):
     return rows
 
 
+def http_targets(label, data, verdict):
+    """Issue 18's targets (and issue 19's benchmark, measured against the same) for one
+    `http_overhead.py` output: `label` HTTP (wrk) or HTTP/2 (h2load)."""
+    targets = []
+    base_rps, base_p99 = med(data["rps"]["none"]), med(data["p99_s"]["none"])
+    for k in (k for k in ("periscope-all", "periscope-nginx") if k in data["rps"]):
+        r, p, ns = med(data["rps"][k]), med(data["p99_s"][k]), med(data["ebpf_ns_per_request"][k])
+        cpu = med(data["cpu_ns_per_request"][k])
+        rss = max(data.get("rss_under_load_kib", {}).get(k) or [float("nan")]) / 1024
+        # The default mechanism's hooks: the socket tracepoints' empty programs.
+        floor = med(data["ebpf_ns_per_request"].get("floor-sock") or [float("nan")])
+        targets += [(f"{label} {k}: throughput >= 0.95 of uninstrumented (issue 18)", f"{r / base_rps:.3f}",
+                     verdict(r >= 0.95 * base_rps)),
+                    (f"{label} {k}: p99 <= 1.10x uninstrumented", f"{p / base_p99:.2f}x", verdict(p <= 1.10 * base_p99)),
+                    (f"{label} {k}: eBPF <= 600 ns per request", f"{ns:,.0f} ns", verdict(ns <= 600)),
+                    (f"{label} {k}: eBPF <= 2.5x the socket floor (empty programs on the same hooks)",
+                     f"{ns:,.0f} vs {floor:,.0f} ns ({ns / floor:.1f}x)", verdict(ns <= 2.5 * floor)),
+                    (f"{label} {k}: daemon CPU <= 400 ns per request, spans off", f"{cpu:,.0f} ns", verdict(cpu <= 400)),
+                    (f"{label} {k}: RSS under load < 30 MB (at {r:,.0f} requests/s)", f"{rss:.1f} MiB",
+                     verdict(rss * 1.048576 < 30))]
+    return targets
+
+
+def profile_targets(profile, verdict):
+    """Issue 20's targets from `profile_overhead.py`'s direct costs."""
+    cpu = profile.get("summary", {}).get("cpu", {})
+    targets = []
+    if "daemon-19" in cpu:
+        d = cpu["daemon-19"]["direct"]
+        targets.append(("profile: the daemon at its default 19 Hz costs under 1% (eBPF + process, CPU workload)",
+                        f"{d:.3%} of the CPU", verdict(d < 0.01)))
+    if "periscope-99" in cpu and "bpftrace-99" in cpu:
+        ours, theirs = cpu["periscope-99"]["direct"], cpu["bpftrace-99"]["direct"]
+        targets.append(("profile: 99 Hz at or below bpftrace's profile:hz:99 (direct cost, CPU workload)",
+                        f"{ours:.3%} vs {theirs:.3%}", verdict(ours <= theirs)))
+    return targets
+
+
 def main():
     overhead, http, families = load("overhead"), load("http"), load("families")
     export, accuracy, idle = load("export"), load("accuracy"), load("idle")
+    http2, profile = load("http2"), load("profile")
     present = {n: d for n, d in (("overhead", overhead), ("http", http), ("families", families),
                                  ("export", export), ("accuracy", accuracy), ("idle", idle)) if d}
     quick = sorted(n for n, d in present.items() if d.get("quick"))
@@ -113,26 +153,15 @@ def main():
         if overhead.get("peak_rss_kib"):
             peak = max(overhead["peak_rss_kib"]) / 1024
             targets.append(("daemon peak RSS < 30 MB (issue 2)", f"{peak:.1f} MiB (VmHWM)", verdict(peak * 1.048576 < 30)))
+    for label, data in (("HTTP", http), ("HTTP/2", http2)):
+        if data:
+            targets += http_targets(label, data, verdict)
     if http:
-        base_rps, base_p99 = med(http["rps"]["none"]), med(http["p99_s"]["none"])
-        for k in (k for k in ("periscope-all", "periscope-nginx") if k in http["rps"]):
-            r, p, ns = med(http["rps"][k]), med(http["p99_s"][k]), med(http["ebpf_ns_per_request"][k])
-            cpu = med(http["cpu_ns_per_request"][k])
-            rss = max(http.get("rss_under_load_kib", {}).get(k) or [float("nan")]) / 1024
-            # The default mechanism's hooks: the socket tracepoints' empty programs.
-            floor = med(http["ebpf_ns_per_request"].get("floor-sock") or [float("nan")])
-            targets += [(f"HTTP {k}: throughput >= 0.95 of uninstrumented (issue 18)", f"{r / base_rps:.3f}",
-                         verdict(r >= 0.95 * base_rps)),
-                        (f"HTTP {k}: p99 <= 1.10x uninstrumented", f"{p / base_p99:.2f}x", verdict(p <= 1.10 * base_p99)),
-                        (f"HTTP {k}: eBPF <= 600 ns per request", f"{ns:,.0f} ns", verdict(ns <= 600)),
-                        (f"HTTP {k}: eBPF <= 2.5x the socket floor (empty programs on the same hooks)",
-                         f"{ns:,.0f} vs {floor:,.0f} ns ({ns / floor:.1f}x)", verdict(ns <= 2.5 * floor)),
-                        (f"HTTP {k}: daemon CPU <= 400 ns per request, spans off", f"{cpu:,.0f} ns", verdict(cpu <= 400)),
-                        (f"HTTP {k}: RSS under load < 30 MB (at {r:,.0f} requests/s)", f"{rss:.1f} MiB",
-                         verdict(rss * 1.048576 < 30))]
         for k in (k for k in ("periscope-spans-100", "periscope-spans-10") if k in http["rps"]):
             targets.append((f"HTTP {k}: daemon CPU per request, spans on", f"{med(http['cpu_ns_per_request'][k]):,.0f} ns",
                             "for information"))
+    if profile:
+        targets += profile_targets(profile, verdict)
     if idle:
         share = idle["summary"]["idle"]["core_share"]
         targets.append((f"idle daemon CPU <= {idle['target_share']:.1%} of a core, every default family on (issue 23)",
@@ -314,7 +343,7 @@ def main():
 
     # Appendix: each benchmark's own Markdown.
     lines += ["## Details (each benchmark's own output)", ""]
-    for name in ("overhead", "http", "families", "export", "accuracy", "idle"):
+    for name in ("overhead", "http", "http2", "families", "profile", "export", "accuracy", "idle"):
         path = os.path.join(OUT, f"{name}.md")
         if os.path.exists(path):
             text = open(path).read().strip().splitlines()
