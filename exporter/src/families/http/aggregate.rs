@@ -321,6 +321,14 @@ mod tests {
         let mut anonymous = get("/");
         anonymous.port = None;
         assert_eq!(anonymous.to_attributes().len(), 4);
+        // A path that could not be decoded: no `http.route` at all, rather than a made-up one.
+        let unknown = get("");
+        assert!(
+            !unknown
+                .to_attributes()
+                .iter()
+                .any(|(k, _)| *k == "http.route")
+        );
     }
 
     #[test]

@@ -162,3 +162,82 @@ fn known_or_empty(value: h2::Value<&str>) -> Option<&str> {
         h2::Value::Absent => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h2::{End, Headers};
+
+    /// A stream of a connection joined midway: its method and status came from the static
+    /// table, its path and content type referred into the unknown part of the dynamic one.
+    fn midway_stream(trailers: bool) -> h2::Outcome {
+        let response = Headers {
+            status: Some("200".into()),
+            unknown: 1,
+            ..Headers::default()
+        };
+        h2::Outcome::Exchange(Box::new(h2::Exchange {
+            stream_id: 3,
+            request: Headers {
+                method: Some("POST".into()),
+                unknown: 2,
+                ..Headers::default()
+            },
+            response: Some(response),
+            trailers: trailers.then(Headers::undecoded),
+            start_ns: 10,
+            end_ns: 30,
+            end: End::Stream,
+        }))
+    }
+
+    #[test]
+    fn a_stream_with_undecoded_fields_counts_with_them_unknown() {
+        let mut grpc_seen = false;
+        match outcome(midway_stream(false), 7, &mut grpc_seen) {
+            Outcome::Exchange(e) => {
+                assert_eq!(
+                    (e.request.method.as_str(), e.request.target.as_str()),
+                    ("POST", "")
+                );
+                assert_eq!(e.status, 200);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!grpc_seen, "no trailers: nothing says gRPC");
+        // Trailers: a gRPC call, its method and status unknown; from then on the connection's
+        // other streams of unknown content type are calls too.
+        match outcome(midway_stream(true), 7, &mut grpc_seen) {
+            Outcome::Call(call) => assert_eq!((call.path.as_str(), call.status), ("", None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(grpc_seen);
+        assert!(matches!(
+            outcome(midway_stream(false), 7, &mut grpc_seen),
+            Outcome::Call(_)
+        ));
+    }
+
+    #[test]
+    fn a_decoded_stream_without_a_path_or_a_grpc_content_type_is_not_guessed() {
+        let mut grpc_seen = true;
+        let h2::Outcome::Exchange(mut e) = midway_stream(true) else {
+            unreachable!()
+        };
+        // Every field decoded, the content type known not to be gRPC: an HTTP exchange, even
+        // with trailers on a connection that carried calls.
+        e.request.unknown = 0;
+        e.request.path = Some("/report".into());
+        e.request.content_type = Some("text/csv".into());
+        let known = h2::Outcome::Exchange(e.clone());
+        assert!(
+            matches!(outcome(known, 7, &mut grpc_seen), Outcome::Exchange(x) if x.request.target == "/report")
+        );
+        // Decoded, and no `:path` at all: malformed, dropped.
+        e.request.path = None;
+        assert_eq!(
+            outcome(h2::Outcome::Exchange(e), 7, &mut grpc_seen),
+            Outcome::Dropped("http2_undecoded")
+        );
+    }
+}

@@ -1199,6 +1199,17 @@ mod tests {
     }
 
     #[test]
+    fn a_server_span_without_a_route_is_named_by_its_method() {
+        assert_eq!(
+            span_name(Role::Server, "GET", "/users/{id}"),
+            "GET /users/{id}"
+        );
+        assert_eq!(span_name(Role::Server, "POST", ""), "POST");
+        assert_eq!(span_name(Role::Server, "_OTHER", ""), "HTTP");
+        assert_eq!(span_name(Role::Client, "GET", "/x"), "GET");
+    }
+
+    #[test]
     fn a_second_descriptor_of_a_socket_is_one_connection_until_the_socket_closes() {
         let mut t = tracker();
         t.handle(&open(ROLE_SERVER, 5));
