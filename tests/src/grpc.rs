@@ -60,11 +60,16 @@ impl Runtime {
     /// [`Runtime::client`], repeating its calls on its one channel until `at_least` has passed
     /// (`mixed`).
     pub fn client_for(self, port: u16, mode: &str, at_least: Duration) -> ClientRun {
-        let mut c = self.command("client");
-        c.arg(port.to_string())
-            .arg(mode)
-            .arg(at_least.as_secs_f64().to_string());
+        let mut c = self.client_command(port, mode);
+        c.arg(at_least.as_secs_f64().to_string());
         ClientRun::of(self, mode, c)
+    }
+
+    /// `client PORT MODE`, not started.
+    fn client_command(self, port: u16, mode: &str) -> Command {
+        let mut c = self.command("client");
+        c.arg(port.to_string()).arg(mode);
+        c
     }
 }
 
@@ -102,10 +107,8 @@ pub fn client_for(port: u16, mode: &str, at_least: Duration) -> ClientRun {
 
 /// [`client`], every call sending `traceparent` as its metadata (`GRPC_TRACEPARENT`).
 pub fn client_traced(port: u16, mode: &str, traceparent: &str) -> ClientRun {
-    let mut c = Runtime::Python.command("client");
-    c.arg(port.to_string())
-        .arg(mode)
-        .env("GRPC_TRACEPARENT", traceparent);
+    let mut c = Runtime::Python.client_command(port, mode);
+    c.env("GRPC_TRACEPARENT", traceparent);
     ClientRun::of(Runtime::Python, mode, c)
 }
 
@@ -118,9 +121,8 @@ pub fn node_client(port: u16, mode: &str) -> ClientRun {
 /// starts Periscope), then the calls that count, on the same connection.
 pub fn midway_client(port: u16, between: impl FnOnce()) -> ClientRun {
     use std::io::{BufRead, BufReader, Read, Write};
-    let mut command = Runtime::Python.command("client");
+    let mut command = Runtime::Python.client_command(port, "midway");
     command
-        .args([port.to_string().as_str(), "midway"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let mut child = command.spawn().expect("python3 grpc_client.py");

@@ -46,22 +46,24 @@ pub struct Call {
     pub end_ns: u64,
 }
 
-/// Whether a decoded stream is a gRPC call (known to be: `content-type: application/grpc*`).
-pub fn is_call(e: &h2::Exchange) -> bool {
-    e.grpc() == Value::Known(true)
+/// Whether a decoded stream is a gRPC call: `content-type: application/grpc*` when that is
+/// known. On a connection joined midway the content type is often a reference into the
+/// unknown table: a stream whose response ended with trailers (which gRPC always sends and
+/// plain HTTP/2 servers hardly ever do), or any stream of a connection that already carried a
+/// call (`calls_seen`), is then taken for one.
+pub fn is_call(e: &h2::Exchange, calls_seen: bool) -> bool {
+    match e.grpc() {
+        Value::Known(grpc) => grpc,
+        Value::Unknown | Value::Absent => e.trailers.is_some() || calls_seen,
+    }
 }
 
 /// A gRPC stream as a call. A `:path` that could not be decoded (a connection joined midway)
 /// is empty: the call counts as `_OTHER`/`_OTHER`; one the block did not have is a malformed
 /// stream, dropped.
 pub fn call(e: &h2::Exchange) -> Option<Call> {
-    let path = match e.target() {
-        Value::Known(path) => path,
-        Value::Unknown => "",
-        Value::Absent => return None,
-    };
     Some(Call {
-        path: path.to_string(),
+        path: e.target().known_or_empty()?.to_string(),
         authority: e.authority().known().map(str::to_string),
         status: status(e),
         traceparent: e.traceparent().known().map(str::to_string),
@@ -379,7 +381,7 @@ mod tests {
     fn the_recorded_connection_is_five_calls_with_their_statuses() {
         let calls: Vec<(String, Option<u32>)> = decoded()
             .iter()
-            .filter(|e| is_call(e))
+            .filter(|e| is_call(e, false))
             .map(|e| {
                 let c = call(e).expect("named");
                 (c.path, c.status)
@@ -690,16 +692,19 @@ mod tests {
 
     #[test]
     fn only_grpc_content_types_are_calls() {
-        assert!(is_call(&exchange(GRPC_REQUEST, None, End::Stream)));
+        assert!(is_call(&exchange(GRPC_REQUEST, None, End::Stream), false));
         let plain = [
             (":method", "GET"),
             (":path", "/a"),
             ("content-type", "text/html"),
         ];
-        assert!(!is_call(&exchange(&plain, None, End::Stream)));
+        assert!(!is_call(&exchange(&plain, None, End::Stream), true));
         let mut unknown = exchange(&[], None, End::Stream);
         unknown.request = h2::Headers::undecoded();
-        assert!(!is_call(&unknown), "not known to be gRPC: stays HTTP");
+        assert!(
+            !is_call(&unknown, false),
+            "not known to be gRPC: stays HTTP"
+        );
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //!
 //! A connection is HTTP/2 from the transfer whose first bytes are the client preface (h2c with
 //! prior knowledge; HTTP/2 over TLS through the OpenSSL and Go probes, whose plaintext starts
-//! the same way): the kernel sees it and walks the connection's frames from there. A stream
-//! whose method, path or status could not be decoded is counted as dropped
-//! (`http2_undecoded`), never under a guessed route. Spans are given when a stream ends (the
-//! tracker's `stream_span`). Not yet: connections first seen mid-stream, h2c upgrades from
-//! HTTP/1.1.
+//! the same way), a server's SETTINGS written before it, or, on a connection opened before
+//! Periscope started, a HEADERS frame: the kernel sees it and walks the connection's frames
+//! from there. A stream whose method or path could not be decoded (a connection joined
+//! midway) is counted with them unknown, never under a guessed route; one whose status could
+//! not be is dropped (`http2_undecoded`). Spans are given when a stream ends (the tracker's
+//! `stream_span`). Not yet: h2c upgrades from HTTP/1.1.
 
 use super::{
     connection::{Capture, Exchange, Io, Outcome, Request, Role, Version},
-    h2,
+    grpc, h2,
 };
 
 /// One HTTP/2 connection's decoder, the last time it saw bytes (an exit ends its streams
@@ -23,8 +24,8 @@ pub struct Http2 {
     conn: h2::Connection,
     last_ns: u64,
     plain: [bool; 2],
-    /// A stream of this connection was a gRPC call (see [`outcome`]).
-    grpc_seen: bool,
+    /// A stream of this connection was a gRPC call (see [`grpc::is_call`]).
+    calls_seen: bool,
 }
 
 impl Http2 {
@@ -40,7 +41,7 @@ impl Http2 {
             conn: h2::Connection::new(start),
             last_ns: 0,
             plain: [false; 2],
-            grpc_seen: false,
+            calls_seen: false,
         }
     }
 
@@ -78,8 +79,7 @@ impl Http2 {
                 self.conn.on_transfer(from, transfer, &mut decoded);
             }
         }
-        let grpc_seen = &mut self.grpc_seen;
-        out.extend(decoded.into_iter().map(|o| outcome(o, io.tid, grpc_seen)));
+        self.hand_back(decoded, io.tid, out);
     }
 
     /// Records were lost: both directions' framing and tables are unknown from here.
@@ -87,8 +87,7 @@ impl Http2 {
         let mut decoded = Vec::new();
         self.conn.on_lost(h2::Side::Client, &mut decoded);
         self.conn.on_lost(h2::Side::Server, &mut decoded);
-        let grpc_seen = &mut self.grpc_seen;
-        out.extend(decoded.into_iter().map(|o| outcome(o, 0, grpc_seen)));
+        self.hand_back(decoded, 0, out);
     }
 
     /// The connection closed (or, `exited`, its process is gone): streams whose status was
@@ -96,29 +95,32 @@ impl Http2 {
     pub fn on_close(&mut self, exited: bool, out: &mut Vec<Outcome>) {
         let mut decoded = Vec::new();
         self.conn.on_close(self.last_ns, &mut decoded);
-        let grpc_seen = &mut self.grpc_seen;
-        out.extend(decoded.into_iter().map(|o| match outcome(o, 0, grpc_seen) {
-            Outcome::Dropped("connection_closed") if exited => Outcome::Dropped("process_exit"),
-            other => other,
-        }));
+        let from = out.len();
+        self.hand_back(decoded, 0, out);
+        for o in &mut out[from..] {
+            if exited && *o == Outcome::Dropped("connection_closed") {
+                *o = Outcome::Dropped("process_exit");
+            }
+        }
+    }
+
+    /// The decoder's outcomes as the tracker's; `tid`: the thread of the transfer that ended
+    /// them.
+    fn hand_back(&mut self, decoded: Vec<h2::Outcome>, tid: u32, out: &mut Vec<Outcome>) {
+        for o in decoded {
+            out.push(outcome(o, tid, &mut self.calls_seen));
+        }
     }
 }
 
 /// The tracker's outcome for one of the decoder's; `tid`: the thread of the transfer that
-/// ended it. A gRPC stream (`content-type: application/grpc*`) is an RPC call
-/// (`super::grpc`), any other an HTTP exchange. On a connection joined midway the content
-/// type is often a reference into the unknown table: a stream whose response ended with
-/// trailers (which gRPC always sends and plain HTTP/2 servers hardly ever do), or any stream
-/// of a connection that carried such a call, is then taken for a call.
-fn outcome(decoded: h2::Outcome, tid: u32, grpc_seen: &mut bool) -> Outcome {
-    use super::grpc;
+/// ended it. A gRPC call ([`grpc::is_call`]; `calls_seen`: one went by on this connection) is
+/// an RPC call, any other stream an HTTP exchange.
+fn outcome(decoded: h2::Outcome, tid: u32, calls_seen: &mut bool) -> Outcome {
     match decoded {
         h2::Outcome::Exchange(e) => {
-            let call = match e.grpc() {
-                h2::Value::Known(grpc) => grpc,
-                _ => e.trailers.is_some() || *grpc_seen,
-            };
-            *grpc_seen |= call;
+            let call = grpc::is_call(&e, *calls_seen);
+            *calls_seen |= call;
             if call {
                 grpc::call(&e).map(Outcome::Call)
             } else {
@@ -137,8 +139,8 @@ fn outcome(decoded: h2::Outcome, tid: u32, grpc_seen: &mut bool) -> Outcome {
 /// `http.route` (never guessed).
 fn exchange(e: &h2::Exchange, tid: u32) -> Option<Exchange> {
     let request = Request {
-        method: known_or_empty(e.method())?.to_string(),
-        target: known_or_empty(e.target())?.to_string(),
+        method: e.method().known_or_empty()?.to_string(),
+        target: e.target().known_or_empty()?.to_string(),
         version: Version::Http2,
         traceparent: e.traceparent().known().map(str::to_string),
         host: e.authority().known().map(str::to_string),
@@ -151,16 +153,6 @@ fn exchange(e: &h2::Exchange, tid: u32) -> Option<Exchange> {
         status: e.status().known()?,
         end_ns: e.end_ns,
     })
-}
-
-/// A field's value, or "" when it could not be decoded; `None` when the block was decoded and
-/// did not have it (a malformed stream).
-fn known_or_empty(value: h2::Value<&str>) -> Option<&str> {
-    match value {
-        h2::Value::Known(v) => Some(v),
-        h2::Value::Unknown => Some(""),
-        h2::Value::Absent => None,
-    }
 }
 
 #[cfg(test)]
@@ -193,8 +185,8 @@ mod tests {
 
     #[test]
     fn a_stream_with_undecoded_fields_counts_with_them_unknown() {
-        let mut grpc_seen = false;
-        match outcome(midway_stream(false), 7, &mut grpc_seen) {
+        let mut calls_seen = false;
+        match outcome(midway_stream(false), 7, &mut calls_seen) {
             Outcome::Exchange(e) => {
                 assert_eq!(
                     (e.request.method.as_str(), e.request.target.as_str()),
@@ -204,23 +196,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(!grpc_seen, "no trailers: nothing says gRPC");
+        assert!(!calls_seen, "no trailers: nothing says gRPC");
         // Trailers: a gRPC call, its method and status unknown; from then on the connection's
         // other streams of unknown content type are calls too.
-        match outcome(midway_stream(true), 7, &mut grpc_seen) {
+        match outcome(midway_stream(true), 7, &mut calls_seen) {
             Outcome::Call(call) => assert_eq!((call.path.as_str(), call.status), ("", None)),
             other => panic!("{other:?}"),
         }
-        assert!(grpc_seen);
+        assert!(calls_seen);
         assert!(matches!(
-            outcome(midway_stream(false), 7, &mut grpc_seen),
+            outcome(midway_stream(false), 7, &mut calls_seen),
             Outcome::Call(_)
         ));
     }
 
     #[test]
     fn a_decoded_stream_without_a_path_or_a_grpc_content_type_is_not_guessed() {
-        let mut grpc_seen = true;
+        let mut calls_seen = true;
         let h2::Outcome::Exchange(mut e) = midway_stream(true) else {
             unreachable!()
         };
@@ -231,12 +223,12 @@ mod tests {
         e.request.content_type = Some("text/csv".into());
         let known = h2::Outcome::Exchange(e.clone());
         assert!(
-            matches!(outcome(known, 7, &mut grpc_seen), Outcome::Exchange(x) if x.request.target == "/report")
+            matches!(outcome(known, 7, &mut calls_seen), Outcome::Exchange(x) if x.request.target == "/report")
         );
         // Decoded, and no `:path` at all: malformed, dropped.
         e.request.path = None;
         assert_eq!(
-            outcome(h2::Outcome::Exchange(e), 7, &mut grpc_seen),
+            outcome(h2::Outcome::Exchange(e), 7, &mut calls_seen),
             Outcome::Dropped("http2_undecoded")
         );
     }

@@ -51,6 +51,19 @@ impl<T> Value<T> {
     }
 }
 
+impl<'a> Value<&'a str> {
+    /// The value, or "" when it could not be decoded (the tracker's "unknown": counted, never
+    /// named by a guess); `None` when the block was decoded and did not have it (a malformed
+    /// stream).
+    pub fn known_or_empty(self) -> Option<&'a str> {
+        match self {
+            Self::Known(v) => Some(v),
+            Self::Unknown => Some(""),
+            Self::Absent => None,
+        }
+    }
+}
+
 /// The fields of one header block that the HTTP aggregation and spans use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
