@@ -105,6 +105,32 @@ fn run_python(script: &str) {
     );
 }
 
+/// Runs a Python client script that prints `METHOD PATH STATUS` per request it made: what it sent.
+fn python_lines(script: &str) -> Vec<Sent> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let mut words = line.split(' ');
+            let (method, path) = (words.next().unwrap(), words.next().unwrap());
+            Sent {
+                method: method.into(),
+                path: path.into(),
+                status: words.next().unwrap().parse().expect("status"),
+                seconds: f64::NAN,
+            }
+        })
+        .collect()
+}
+
 /// The Rust server (`try_clone`: it reads through one descriptor of each connection and writes
 /// through another) under Python keep-alive and Node clients, counted exactly.
 fn rust_server_counts_exactly(daemon: &Daemon) {
@@ -913,6 +939,109 @@ fn head_204_and_304_responses_end_at_their_head_on_both_sides() {
     // The pipelined rounds sent the same requests and got the same answers.
     sent.extend(sent.clone());
     check(&daemon, server.port, &sent, true);
+}
+
+/// Requests pipelined on one connection past the first 512 bytes of a read, and their responses
+/// read back past it: 18 requests of about 110 bytes in one write (the plan's statuses: 200,
+/// 201, 404, 500), their responses read through one buffered reader, against the Python, Node
+/// and nginx servers. Every request is counted under its own route and status on both sides:
+/// none lost past the capture, none paired with another's response.
+#[test]
+fn pipelined_messages_past_the_first_512_bytes_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    let plan = plan(3);
+    for server in [
+        Server::python(free_port(), true, None, "py-pipelined"),
+        Server::node(free_port(), true),
+        Server::nginx(free_port()),
+    ] {
+        let requests: Vec<String> = plan
+            .iter()
+            .map(|(method, path)| format!("('{method}', '{path}')"))
+            .collect();
+        let script = format!(
+            "import socket\n\
+             plan = [{requests}]\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             pad = 'p' * 48\n\
+             s.sendall(''.join(f'{{m}} {{p}} HTTP/1.1\\r\\nHost: a\\r\\nX-Pad: {{pad}}\\r\\n'\n\
+             \x20   f'Content-Length: 0\\r\\n\\r\\n' for m, p in plan).encode())\n\
+             f = s.makefile('rb')\n\
+             for m, p in plan:\n\
+             \x20   status = int(f.readline().split()[1])\n\
+             \x20   length = 0\n\
+             \x20   while (line := f.readline()) not in (b'\\r\\n', b''):\n\
+             \x20       name, _, value = line.partition(b':')\n\
+             \x20       if name.lower() == b'content-length':\n\
+             \x20           length = int(value)\n\
+             \x20   f.read(length)\n\
+             \x20   print(m, p, status)\n\
+             s.close()\n",
+            requests = requests.join(", "),
+            port = server.port
+        );
+        let sent = python_lines(&script);
+        assert_eq!(sent.len(), plan.len(), "every pipelined request answered");
+        check(&daemon, server.port, &sent, true);
+    }
+}
+
+/// Chunked request bodies whose end comes in pieces: the terminator `0\r\n` and its final CRLF
+/// in two writes, and a body with a trailer field written in three, each followed by a GET on
+/// the same keep-alive connection, 50 ms between writes so that the server reads them apart.
+/// Against the Node server (answers after the body's end) and nginx (answers at the head and
+/// drains the body afterwards, so the body's end arrives after the response). Exact on both
+/// sides: no request swallowed by a body that did not end, none invented from its bytes.
+#[test]
+fn chunked_bodies_ending_across_writes_and_with_trailers_are_counted_on_both_sides() {
+    let _guard = exclusive();
+    let daemon = Daemon::start(HTTP_ONLY, &[]);
+    for server in [Server::node(free_port(), true), Server::nginx(free_port())] {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             f = s.makefile('rb')\n\
+             def response():\n\
+             \x20   status = int(f.readline().split()[1])\n\
+             \x20   length, chunked = 0, False\n\
+             \x20   while (line := f.readline()) not in (b'\\r\\n', b''):\n\
+             \x20       name, _, value = line.partition(b':')\n\
+             \x20       if name.lower() == b'content-length':\n\
+             \x20           length = int(value)\n\
+             \x20       if name.lower() == b'transfer-encoding':\n\
+             \x20           chunked = b'chunked' in value.lower()\n\
+             \x20   while chunked:\n\
+             \x20       size = int(f.readline().split(b';')[0], 16)\n\
+             \x20       if size == 0:\n\
+             \x20           while f.readline() not in (b'\\r\\n', b''):\n\
+             \x20               pass\n\
+             \x20           break\n\
+             \x20       f.read(size + 2)\n\
+             \x20   f.read(length)\n\
+             \x20   return status\n\
+             def post(pieces):\n\
+             \x20   s.sendall(b'POST /items HTTP/1.1\\r\\nHost: a\\r\\nTransfer-Encoding: chunked\\r\\n'\n\
+             \x20             b'Trailer: X-Checksum\\r\\n\\r\\n')\n\
+             \x20   for piece in pieces:\n\
+             \x20       time.sleep(0.05)\n\
+             \x20       s.sendall(piece)\n\
+             \x20   print('POST /items', response())\n\
+             def get(path):\n\
+             \x20   s.sendall(f'GET {{path}} HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'.encode())\n\
+             \x20   print('GET', path, response())\n\
+             for i in range(3):\n\
+             \x20   post([b'5\\r\\nhello\\r\\n0\\r\\n', b'\\r\\n'])\n\
+             \x20   get(f'/users/{{i}}')\n\
+             \x20   post([b'5\\r\\nhello\\r\\n', b'0\\r\\nX-Checksum: 1\\r\\n', b'\\r\\n'])\n\
+             \x20   get('/fail')\n\
+             s.close()\n",
+            port = server.port
+        );
+        let sent = python_lines(&script);
+        assert_eq!(sent.len(), 12, "every request answered: {sent:?}");
+        check(&daemon, server.port, &sent, true);
+    }
 }
 
 /// Clients that half-close (`shutdown(SHUT_WR)` after the request, then read the response to

@@ -2,15 +2,22 @@
 //!
 //! The kernel side does not parse HTTP. It tracks which (process, fd) pairs are TCP connections
 //! (from the sockets they do I/O on, or from `accept`/`connect`), and for reads and writes on
-//! them sends one [`IoRecord`] per transfer: the timestamps, the byte count, and at most
-//! [`CAPTURE`] leading bytes (enough for a request or status line and the headers that matter),
-//! plus the last [`TAIL`] bytes so a chunked body's terminator is seen without copying the
-//! body. Connections opening, duplicated and closing and processes exiting have records of
+//! them sends one [`IoRecord`] per transfer: the timestamps, the byte count, and its leading
+//! bytes (all of a transfer below [`CAPTURE`], the first [`CAPTURE_OF_LARGE`] of a larger one:
+//! every head of a pipelined read, the head of a body's first transfer), plus the last [`TAIL`]
+//! bytes so a chunked body's terminator is seen without copying the body. Connections opening, duplicated and closing and processes exiting have records of
 //! their own. Every record starts with a [`RecordHead`]; one struct per kind, no field whose
 //! meaning changes with the kind. User space parses and matches.
 
-/// Leading bytes copied per read/write. A power of two: the copy length is masked by it.
-pub const CAPTURE: usize = 512;
+/// Leading bytes copied of a read/write smaller than this: all of it. A copy is priced per
+/// call more than per byte (a helper call costs about 100 ns here whatever it copies), so a
+/// transfer this small is taken whole: pipelined requests and responses past the first few
+/// hundred bytes of a read, heads with long cookies, and no second copy for its last bytes.
+pub const CAPTURE: usize = 4096;
+/// Leading bytes copied of a larger transfer (a body's bulk, where the bytes beyond the head are
+/// not read): the copy of every transfer of a download stays this size, with the last [`TAIL`]
+/// bytes beside it.
+pub const CAPTURE_OF_LARGE: usize = 512;
 /// Trailing bytes copied per read/write, at most (the `0\r\n\r\n` of a chunked body); fewer when
 /// a vectored write's last buffer is shorter.
 pub const TAIL: usize = 8;

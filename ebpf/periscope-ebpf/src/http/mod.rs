@@ -2,7 +2,8 @@
 //!
 //! Reads and writes on TCP connections (`read`, `recvfrom`, `readv`, `recvmsg`, `write`,
 //! `sendto`, `writev`, `sendmsg`, `sendfile`) each send one ring-buffer record with the leading
-//! bytes (at most `CAPTURE`, copied into a per-CPU scratch buffer) and the last `TAIL` bytes;
+//! bytes (all of a transfer up to `CAPTURE`, the first `CAPTURE_OF_LARGE` of a larger one,
+//! copied into a per-CPU scratch buffer) and the last `TAIL` bytes;
 //! connections are announced, duplicated and ended by bare records, and a process exit is
 //! reported so user space drops what that process had in flight. Parsing and matching happen
 //! in user space.
@@ -53,6 +54,7 @@ use self::tls_socket::{HTTP_TLS_LAST_READ, note_tls_fd};
 use crate::shared::{global, skipped};
 use aya_ebpf::{
     bindings::BPF_ANY,
+    helpers::generated::bpf_probe_read_user as probe_read_user_raw,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap},
@@ -87,10 +89,13 @@ pub(super) mod stage {
     pub const WATCHED: u32 = 3;
     /// The clock, the per-CPU record and its header.
     pub const HEADER: u32 = 4;
-    /// The copy of up to `CAPTURE` leading bytes from user memory.
+    /// The copy of the leading bytes from user memory (`record::copy_leading`).
     pub const COPY: u32 = 5;
     /// TLS recognition and the copy of the message's last bytes.
     pub const TAIL: u32 = 6;
+    /// Not a stop: every step runs, but the transfers that carry requests (a server's reads, a
+    /// client's writes) send no record. What one record per exchange could save at most.
+    pub const NO_REQUEST_RECORD: u32 = 7;
 }
 
 /// Whether the benchmark stops the programs after `step`.
@@ -180,7 +185,9 @@ pub(super) fn watched_io(
     Some(pending)
 }
 
-/// First iovec (the captured bytes) and, for writes, the last one (the tail).
+/// First iovec (the captured bytes) and, for writes, the last one (the tail): one read of user
+/// memory for a vector of one or two buffers (a head and a body, as nginx and Node write them),
+/// two for a longer one.
 #[inline(always)]
 pub(super) fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bool) {
     if iov == 0 || iovcnt == 0 {
@@ -188,17 +195,35 @@ pub(super) fn vector(pending: &mut HttpPending, iov: u64, iovcnt: u64, write: bo
     }
     pending.iov = iov;
     pending.iov_count = iovcnt;
-    // struct iovec: base at 0, len at 8.
-    if let Ok(first) = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
-        pending.buf = first[0];
-        pending.buf_len = first[1];
+    // `buf, buf_len, last_buf, last_len` are laid out as `struct iovec[2]` (base at 0, len at 8).
+    const {
+        assert!(
+            core::mem::offset_of!(HttpPending, last_len)
+                == core::mem::offset_of!(HttpPending, buf) + 24
+        )
+    };
+    let both = write && iovcnt == 2;
+    let dst = core::ptr::addr_of_mut!(pending.buf).cast::<core::ffi::c_void>();
+    // SAFETY: `dst` is the 32 bytes from `buf` to `last_len` (above); a failed read zeroes them.
+    let rc = unsafe {
+        probe_read_user_raw(
+            dst,
+            if both { 32 } else { 16 },
+            iov as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 || !write || both {
+        return;
     }
-    if write {
-        let last = iov + 16 * ((iovcnt - 1) & 1023);
-        if let Ok(last) = unsafe { bpf_probe_read_user(last as *const [u64; 2]) } {
-            pending.last_buf = last[0];
-            pending.last_len = last[1];
-        }
+    if iovcnt == 1 {
+        pending.last_buf = pending.buf;
+        pending.last_len = pending.buf_len;
+        return;
+    }
+    let last = iov + 16 * ((iovcnt - 1) & 1023);
+    if let Ok(last) = unsafe { bpf_probe_read_user(last as *const [u64; 2]) } {
+        pending.last_buf = last[0];
+        pending.last_len = last[1];
     }
 }
 

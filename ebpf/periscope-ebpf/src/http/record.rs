@@ -15,11 +15,11 @@ use aya_ebpf::{
 use periscope_common::{
     counters,
     http::{
-        AcceptRecord, CAPTURE, COMM, CloseRecord, ConnectAddr, ConnectRecord, DupRecord,
-        ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoEvent, KIND_ACCEPT,
-        KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ, OpenRecord,
-        ROLE_CLIENT, ROLE_H2, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead, SockOpen,
-        TAIL, TLS_FD, conn_key, crosses_wakeup_step,
+        AcceptRecord, CAPTURE, CAPTURE_OF_LARGE, COMM, CloseRecord, ConnectAddr, ConnectRecord,
+        DupRecord, ExitRecord, HttpPending, IO_LOST, IO_RECORD_SIZE, IO_TLS_PLAINTEXT, IoEvent,
+        KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_DUP, KIND_EXIT, KIND_OPEN, KIND_READ,
+        OpenRecord, ROLE_CLIENT, ROLE_H2, ROLE_LOST, ROLE_MASK, ROLE_SERVER, ROLE_TLS, RecordHead,
+        SockOpen, TAIL, TLS_FD, conn_key, crosses_wakeup_step,
     },
 };
 
@@ -123,7 +123,9 @@ pub(super) fn send_io<const LOOP: bool>(
         let _ = HTTP_TLS_LAST_READ.insert(tid, pending.fd, BPF_ANY as u64);
     }
     copy_tail(event, pending, transferred, captured);
-    if stop_after(stage::TAIL) {
+    if stop_after(stage::TAIL)
+        || (stop_after(stage::NO_REQUEST_RECORD) && carries_requests(pending))
+    {
         return;
     }
     let sent = submit_io(event, captured);
@@ -136,6 +138,13 @@ pub(super) fn send_io<const LOOP: bool>(
     if role != pending.role {
         let _ = HTTP_CONNS.insert(conn_key(tgid, pending.fd), role, BPF_EXIST as u64);
     }
+}
+
+/// Whether a transfer is in the requests' direction: a server's read, a client's write.
+#[inline(always)]
+fn carries_requests(pending: &HttpPending) -> bool {
+    let side = pending.role & ROLE_MASK;
+    side != 0 && (pending.kind == KIND_READ) == (side == ROLE_SERVER)
 }
 
 /// Sends the plaintext a TLS library read or wrote (`io`: its buffer and socket) as a transfer
@@ -201,18 +210,24 @@ fn head(kind: u8, role: u8, tgid: u32, tid: u32, fd: u32, now: u64) -> RecordHea
     }
 }
 
-/// Copies up to CAPTURE bytes from `src`; returns how many.
+/// Copies the leading bytes of `want` from `src`: all of them below CAPTURE, else the first
+/// CAPTURE_OF_LARGE; returns how many.
 #[inline(always)]
 pub(super) fn copy_leading(event: &mut IoEvent, src: u64, want: u64) -> u32 {
     if src == 0 || want == 0 {
         return 0;
     }
-    let n = if want > CAPTURE as u64 {
-        CAPTURE as u32
+    let n = if want >= CAPTURE as u64 {
+        CAPTURE_OF_LARGE as u64
     } else {
-        want as u32
+        want
     };
-    // SAFETY: n <= CAPTURE, the size of the destination.
+    // `& (CAPTURE - 1)` changes nothing (n < CAPTURE, a power of two) but is what older
+    // verifiers (5.10, 6.1) take as the copy's bound; the volatile read keeps the compiler from
+    // dropping it after the comparison above.
+    // SAFETY: a read of a local.
+    let n = (unsafe { core::ptr::read_volatile(&n) } & (CAPTURE as u64 - 1)) as u32;
+    // SAFETY: n < CAPTURE, the size of the destination.
     let rc = unsafe {
         probe_read_user_raw(
             event.data.as_mut_ptr().cast(),

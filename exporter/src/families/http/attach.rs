@@ -125,13 +125,14 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
 
 /// `PERISCOPE_BENCH_HTTP_STAGE`: where the socket-tracepoint programs stop, for
 /// `bench/http_cost.py` only (its cost breakdown removes the hot path's steps one at a time).
-/// Unset, or anything but 1-6, runs them whole; it is not a setting for users, since a stopped
-/// program reports nothing.
+/// 7 runs them whole but sends no record of a request's bytes (the upper bound of what one
+/// record per exchange could save in the kernel). Unset, or anything but 1-7, runs them whole;
+/// it is not a setting for users, since a stopped program reports nothing.
 fn cost_stage() -> u32 {
     std::env::var("PERISCOPE_BENCH_HTTP_STAGE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .filter(|stage| (1..=6).contains(stage))
+        .filter(|stage| (1..=7).contains(stage))
         .unwrap_or(0)
 }
 
