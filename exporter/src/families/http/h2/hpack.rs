@@ -15,7 +15,7 @@
 //!
 //! The Huffman code is decoded by `httlib-huffman` (docs/http.md says why that crate).
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 /// A header block larger than this is not decoded (counted invalid): bounded work and memory.
 pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
@@ -26,6 +26,10 @@ pub const MAX_TABLE_BYTES: usize = 16 * 1024;
 pub const DEFAULT_TABLE_SIZE: usize = 4096;
 /// An entry's size beyond its name and value (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
+/// String literals remembered per direction with what they decode to ([`Decoder::string`]):
+/// more than the literals of one block (nginx sends 9 per response; replaced oldest first, a
+/// cycle of more than this many would never be found).
+const RECENT_STRINGS: usize = 32;
 
 /// RFC 7541 Appendix A.
 const STATIC_TABLE: [(&str, &str); 61] = [
@@ -113,17 +117,43 @@ pub struct Field<'a> {
 }
 
 /// A dynamic-table entry; the name is unknown when it was indexed into the unknown part.
+/// Shared bytes: the same name and value go into the table again and again (nginx inserts its
+/// `server`, `date` and `content-type` fields into a table it never refers to, on every
+/// response), and a shared string is a count to raise rather than bytes to copy.
 #[derive(Debug, Clone)]
 struct Entry {
-    name: Option<Box<[u8]>>,
-    value: Box<[u8]>,
+    name: Option<Name>,
+    value: Arc<[u8]>,
+}
+
+/// A field name: from the static table, or a literal.
+#[derive(Debug, Clone)]
+enum Name {
+    Static(&'static [u8]),
+    Literal(Arc<[u8]>),
+}
+
+impl Name {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Static(name) => name,
+            Self::Literal(name) => name,
+        }
+    }
 }
 
 impl Entry {
     /// The RFC 7541 size, or a lower bound of it when the name is unknown.
     fn size(&self) -> usize {
-        self.name.as_ref().map_or(0, |n| n.len()) + self.value.len() + ENTRY_OVERHEAD
+        self.name.as_ref().map_or(0, |n| n.bytes().len()) + self.value.len() + ENTRY_OVERHEAD
     }
+}
+
+/// A string literal as it was sent (Huffman-coded or not) and what it decodes to.
+#[derive(Debug, Clone)]
+struct Recent {
+    sent: Box<[u8]>,
+    decoded: Arc<[u8]>,
 }
 
 /// The dynamic table of one direction, as far as it is known.
@@ -143,6 +173,12 @@ struct Table {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     table: Table,
+    /// The last string literals decoded, oldest replaced first: a peer sends the same ones in
+    /// block after block (a server's name, a content type, today's date), and Huffman decoding
+    /// is most of what decoding a block costs.
+    recent: Vec<Recent>,
+    /// Where the next literal goes in `recent` once it is full.
+    recent_next: usize,
 }
 
 impl Decoder {
@@ -156,6 +192,8 @@ impl Decoder {
                 complete: true,
                 upper: Some(DEFAULT_TABLE_SIZE),
             },
+            recent: Vec::new(),
+            recent_next: 0,
         }
     }
 
@@ -238,20 +276,54 @@ impl Decoder {
         field: &mut impl FnMut(Field<'_>),
     ) -> Result<(), HpackError> {
         let index = integer(rest, prefix)?;
-        let name: Option<Box<[u8]>> = if index == 0 {
-            Some(string(rest)?.into())
+        let name = if index == 0 {
+            Some(Name::Literal(self.string(rest)?))
         } else {
-            self.lookup(index)?.name.map(Box::from)
+            self.name_at(index)?
         };
-        let value: Box<[u8]> = string(rest)?.into();
+        let value = self.string(rest)?;
         field(Field {
-            name: name.as_deref(),
+            name: name.as_ref().map(Name::bytes),
             value: Some(&value),
         });
         if insert {
             self.table.insert(Entry { name, value });
         }
         Ok(())
+    }
+
+    /// A string literal (RFC 7541 §5.2), Huffman-decoded when flagged, advancing `rest`: one
+    /// of the recent ones when it was sent the same way before.
+    fn string(&mut self, rest: &mut &[u8]) -> Result<Arc<[u8]>, HpackError> {
+        let start = *rest;
+        skip_string(rest).ok_or(HpackError::Truncated)?;
+        let sent = &start[..start.len() - rest.len()];
+        if let Some(recent) = self.recent.iter().find(|r| *r.sent == *sent) {
+            return Ok(recent.decoded.clone());
+        }
+        let decoded: Arc<[u8]> = string(&mut &sent[..])?.into();
+        let recent = Recent {
+            sent: sent.into(),
+            decoded: decoded.clone(),
+        };
+        if self.recent.len() < RECENT_STRINGS {
+            self.recent.push(recent);
+        } else {
+            self.recent[self.recent_next] = recent;
+            self.recent_next = (self.recent_next + 1) % RECENT_STRINGS;
+        }
+        Ok(decoded)
+    }
+
+    /// The name at `index`, as an entry keeps it: `None` when it is unknown.
+    fn name_at(&self, index: usize) -> Result<Option<Name>, HpackError> {
+        match index {
+            1..=61 => Ok(Some(Name::Static(STATIC_TABLE[index - 1].0.as_bytes()))),
+            _ => match self.table.entries.get(index.wrapping_sub(62)) {
+                Some(entry) if index >= 62 => Ok(entry.name.clone()),
+                _ => self.lookup(index).map(|_| None),
+            },
+        }
     }
 
     /// The name and value at `index`: static, dynamic and known, or unknown (`None`s).
@@ -267,7 +339,7 @@ impl Decoder {
             }
             _ => match self.table.entries.get(index - 62) {
                 Some(entry) => Ok(Field {
-                    name: entry.name.as_deref(),
+                    name: entry.name.as_ref().map(Name::bytes),
                     value: Some(&entry.value),
                 }),
                 None if self.table.complete => Err(HpackError::Index),

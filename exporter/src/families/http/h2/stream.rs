@@ -267,7 +267,9 @@ struct Open {
 /// The client-initiated streams of one connection.
 #[derive(Debug, Clone, Default)]
 pub struct Streams {
-    open: BTreeMap<u32, Open>,
+    /// Boxed: a stream's three header sets make it large, and a B-tree moves its values
+    /// within a node on every insert and removal.
+    open: BTreeMap<u32, Box<Open>>,
     /// The highest client stream id seen: ids only grow, so a HEADERS on a higher odd id
     /// opens a stream and one on a lower id that is not open is late or stray.
     highest: u32,
@@ -311,12 +313,12 @@ impl Streams {
         }
         self.open.insert(
             id,
-            Open {
+            Box::new(Open {
                 start_ns: time_ns,
                 request: headers,
                 response: None,
                 trailers: None,
-            },
+            }),
         );
     }
 
@@ -407,6 +409,7 @@ impl Streams {
         let Some(open) = self.open.remove(&id) else {
             return;
         };
+        let open = *open;
         out.push(Outcome::Exchange(Box::new(Exchange {
             stream_id: id,
             request: open.request,

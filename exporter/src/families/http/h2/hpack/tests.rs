@@ -352,3 +352,41 @@ fn a_block_says_what_it_is_without_a_table() {
     assert_eq!(head_of(&hex("80")), None);
     assert_eq!(head_of(&hex("00ff")), None);
 }
+
+/// nginx's response blocks insert `server`, `date` and `content-type` into the table on every
+/// response, Huffman-coded: the recent strings hand back what the same bytes decoded to, and
+/// more distinct strings than they keep (a new date every second) still decode exactly, the
+/// same value sent raw or coded alike.
+#[test]
+fn strings_sent_again_decode_as_the_first_time() {
+    let mut d = Decoder::at_start();
+    // RFC 7541 C.6.1 (Huffman): :status 302, cache-control private, date, location.
+    let first = hex(
+        "488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3",
+    );
+    let expected = known(&[
+        (":status", "302"),
+        ("cache-control", "private"),
+        ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+        ("location", "https://www.example.com"),
+    ]);
+    assert_eq!(decode(&mut d, &first).unwrap(), expected);
+    // The same block again (its literals now among the recent ones), then blocks of twelve
+    // distinct values each, more than are kept, then the first block again.
+    assert_eq!(decode(&mut d, &first).unwrap(), expected);
+    let mut e = Encoder::default();
+    for round in 0..3 {
+        for huffman in [true, false] {
+            e.huffman = huffman;
+            let fields: Vec<(String, String)> = (0..12)
+                .map(|i| (format!("x-{i}"), format!("value {i} of round {round}")))
+                .collect();
+            let pairs: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(decode(&mut d, &e.block(&pairs)).unwrap(), known(&pairs));
+        }
+    }
+    assert_eq!(decode(&mut d, &first).unwrap(), expected);
+}
