@@ -18,7 +18,7 @@ use super::{connection::Role, grpc::CallAttributes};
 use crate::{
     model::histogram::{Exemplar, Histogram, ValueUnit},
     model::metrics::{self, Attributes, Metric},
-    process::ProcessResource,
+    model::resource::ProcessResource,
 };
 
 pub use crate::process::EXITED_SERIES_TTL;
@@ -48,7 +48,52 @@ pub struct RequestAttributes {
     pub address: Option<String>,
 }
 
+/// [`RequestAttributes`] borrowed: what an exchange is counted under. Its series is found
+/// without allocating; the owned form is made only for a new series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestKey<'a> {
+    pub method: &'static str,
+    pub status: u16,
+    pub route: &'a str,
+    pub version: &'static str,
+    pub error: bool,
+    pub port: Option<u16>,
+    pub address: Option<&'a str>,
+}
+
 impl RequestAttributes {
+    /// The borrowed form (hashed and compared as the series key).
+    pub fn as_key(&self) -> RequestKey<'_> {
+        RequestKey {
+            method: self.method,
+            status: self.status,
+            route: &self.route,
+            version: self.version,
+            error: self.error,
+            port: self.port,
+            address: self.address.as_deref(),
+        }
+    }
+
+    /// The OTel attributes, sorted by key.
+    pub fn to_attributes(&self) -> Attributes {
+        self.as_key().to_attributes()
+    }
+}
+
+impl RequestKey<'_> {
+    pub fn to_owned(&self) -> RequestAttributes {
+        RequestAttributes {
+            method: self.method,
+            status: self.status,
+            route: self.route.to_string(),
+            version: self.version,
+            error: self.error,
+            port: self.port,
+            address: self.address.map(str::to_string),
+        }
+    }
+
     /// The OTel attributes, sorted by key.
     pub fn to_attributes(&self) -> Attributes {
         let mut out = vec![
@@ -57,7 +102,7 @@ impl RequestAttributes {
         ];
         // Empty: not known (an HTTP/2 path that could not be decoded); left out, as OTel asks.
         if !self.route.is_empty() {
-            out.push(("http.route", self.route.clone()));
+            out.push(("http.route", self.route.to_string()));
         }
         out.push(("network.protocol.version", self.version.to_string()));
         if self.error {
@@ -66,8 +111,8 @@ impl RequestAttributes {
         if let Some(port) = self.port {
             out.push(("server.port", port.to_string()));
         }
-        if let Some(address) = &self.address {
-            out.push(("server.address", address.clone()));
+        if let Some(address) = self.address {
+            out.push(("server.address", address.to_string()));
         }
         out.sort_by(|a, b| a.0.cmp(b.0));
         out
@@ -84,13 +129,36 @@ enum Kind {
 }
 
 /// A series' attributes, typed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 enum Series {
     Http(RequestAttributes),
     Rpc(CallAttributes),
 }
 
 impl Series {
+    fn to_attributes(&self) -> Attributes {
+        match self {
+            Self::Http(request) => request.to_attributes(),
+            Self::Rpc(call) => call.to_attributes(),
+        }
+    }
+
+    fn view(&self) -> SeriesView<'_> {
+        match self {
+            Self::Http(request) => SeriesView::Http(request.as_key()),
+            Self::Rpc(call) => SeriesView::Rpc(call),
+        }
+    }
+}
+
+/// A series' attributes, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SeriesView<'a> {
+    Http(RequestKey<'a>),
+    Rpc(&'a CallAttributes),
+}
+
+impl SeriesView<'_> {
     fn kind(&self) -> Kind {
         match self {
             Self::Http(_) => Kind::Http,
@@ -98,15 +166,15 @@ impl Series {
         }
     }
 
-    fn to_attributes(&self) -> Attributes {
+    fn to_owned(self) -> Series {
         match self {
-            Self::Http(request) => request.to_attributes(),
-            Self::Rpc(call) => call.to_attributes(),
+            Self::Http(request) => Series::Http(request.to_owned()),
+            Self::Rpc(call) => Series::Rpc(call.clone()),
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 struct SeriesKey {
     /// `None`: the overflow series.
     resource: Option<ResourceKey>,
@@ -116,11 +184,53 @@ struct SeriesKey {
     series: Option<Series>,
 }
 
+/// A [`SeriesKey`] borrowed: hashed and compared the same, so that a series is found without
+/// making its key (cloning the resource, allocating the route).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct KeyView<'a> {
+    /// The resource's identity (its address), as [`ResourceKey`] hashes and compares it.
+    resource: Option<*const ProcessResource>,
+    role: Role,
+    kind: Kind,
+    series: Option<SeriesView<'a>>,
+}
+
+impl SeriesKey {
+    fn view(&self) -> KeyView<'_> {
+        KeyView {
+            resource: self.resource.as_ref().map(|r| Arc::as_ptr(&r.0)),
+            role: self.role,
+            kind: self.kind,
+            series: self.series.as_ref().map(Series::view),
+        }
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for KeyView<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        *self == key.view()
+    }
+}
+
 const OVERFLOW: (&str, &str) = ("otel.metric.overflow", "true");
 
 #[derive(Debug)]
 pub struct HttpMetrics {
-    series: HashMap<SeriesKey, Histogram>,
+    series: hashbrown::HashMap<SeriesKey, Histogram, foldhash::fast::RandomState>,
     max_series: usize,
     exited: HashMap<ResourceKey, Instant>,
 }
@@ -128,21 +238,28 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(max_series: usize) -> Self {
         Self {
-            series: HashMap::new(),
+            series: hashbrown::HashMap::default(),
             max_series,
             exited: HashMap::new(),
         }
     }
 
+    /// One HTTP exchange (its exemplar: its span, when sampled).
     pub fn record(
         &mut self,
         resource: &Arc<ProcessResource>,
         role: Role,
-        request: RequestAttributes,
+        request: RequestKey<'_>,
         duration_ns: u64,
         exemplar: Option<Exemplar>,
     ) {
-        self.add(resource, role, Series::Http(request), duration_ns, exemplar);
+        self.add(
+            resource,
+            role,
+            SeriesView::Http(request),
+            duration_ns,
+            exemplar,
+        );
     }
 
     /// One gRPC call (its exemplar: its span, when sampled).
@@ -154,34 +271,53 @@ impl HttpMetrics {
         duration_ns: u64,
         exemplar: Option<Exemplar>,
     ) {
-        self.add(resource, role, Series::Rpc(call), duration_ns, exemplar);
+        self.add(
+            resource,
+            role,
+            SeriesView::Rpc(&call),
+            duration_ns,
+            exemplar,
+        );
     }
 
+    /// Counts a value in its series, found by the borrowed key: the owned key (the resource's
+    /// `Arc`, the attribute strings) is made only for a series seen for the first time.
     fn add(
         &mut self,
         resource: &Arc<ProcessResource>,
         role: Role,
-        series: Series,
+        series: SeriesView<'_>,
         duration_ns: u64,
         exemplar: Option<Exemplar>,
     ) {
         let kind = series.kind();
-        let mut key = SeriesKey {
-            resource: Some(ResourceKey(resource.clone())),
+        let view = KeyView {
+            resource: Some(Arc::as_ptr(resource)),
             role,
             kind,
             series: Some(series),
         };
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-            key = SeriesKey {
-                resource: None,
-                role,
-                kind,
-                series: None,
+        let h = if let Some(h) = self.series.get_mut(&view) {
+            h
+        } else {
+            let key = if self.series.len() < self.max_series {
+                SeriesKey {
+                    resource: Some(ResourceKey(resource.clone())),
+                    role,
+                    kind,
+                    series: Some(series.to_owned()),
+                }
+            } else {
+                SeriesKey {
+                    resource: None,
+                    role,
+                    kind,
+                    series: None,
+                }
             };
-        }
+            self.series.entry(key).or_default()
+        };
         let units = ns_to_units(duration_ns);
-        let h = self.series.entry(key).or_default();
         *h.counts.entry(slot_of(units)).or_default() += 1;
         h.sum = h.sum.wrapping_add(units);
         if let Some(exemplar) = exemplar {
@@ -336,7 +472,7 @@ mod tests {
         let mut m = HttpMetrics::new(2);
         let r = resource("a");
         for route in ["/1", "/2", "/3", "/4", "/1"] {
-            m.record(&r, Role::Server, get(route), 1_000_000, None);
+            m.record(&r, Role::Server, get(route).as_key(), 1_000_000, None);
         }
         let mut out = Vec::new();
         m.collect(&mut out);
@@ -376,11 +512,11 @@ mod tests {
     fn rpc_calls_are_their_own_metric_under_the_same_cap() {
         let mut m = HttpMetrics::new(2);
         let r = resource("a");
-        m.record(&r, Role::Server, get("/1"), 1_000_000, None);
+        m.record(&r, Role::Server, get("/1").as_key(), 1_000_000, None);
         m.record_call(&r, Role::Server, call("SayHello"), 2_000_000, None);
         m.record_call(&r, Role::Server, call("SayHello"), 2_000_000, None);
         m.record_call(&r, Role::Server, call("Other"), 2_000_000, None);
-        m.record(&r, Role::Server, get("/2"), 1_000_000, None);
+        m.record(&r, Role::Server, get("/2").as_key(), 1_000_000, None);
         let mut out = Vec::new();
         m.collect(&mut out);
         type Summary = (&'static str, bool, Vec<(Attributes, u64)>);
@@ -429,12 +565,12 @@ mod tests {
             m.record(
                 &r,
                 Role::Server,
-                get("/x"),
+                get("/x").as_key(),
                 ms * 1_000_000,
                 Some(exemplar(n, ms)),
             );
         }
-        m.record(&r, Role::Server, get("/x"), 42_000_000, None);
+        m.record(&r, Role::Server, get("/x").as_key(), 42_000_000, None);
         let mut out = Vec::new();
         m.collect(&mut out);
         let metrics::Points::Histogram(_, points) = &out[0].points else {

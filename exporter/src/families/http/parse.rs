@@ -59,37 +59,153 @@ const MAX_VALUE: usize = 256;
 
 /// Reads the headers that matter. Only the values kept (`traceparent`, `Host`) are copied: the
 /// others are compared in place (this runs for every message; an allocation per header showed
-/// in the daemon's profile under load). Names are told apart by length first: most headers of
-/// a message are none of these.
+/// in the daemon's profile under load).
 fn header_facts(headers: &[httparse::Header<'_>], head: &mut Head) {
     for h in headers {
         if h.name.is_empty() {
             break;
         }
-        let is = |name: &str| h.name.eq_ignore_ascii_case(name);
-        // Only for the headers that matter: most do not.
-        let bytes = || h.value[..h.value.len().min(MAX_VALUE)].trim_ascii();
-        let kept = || String::from_utf8_lossy(bytes()).trim().to_string();
-        match h.name.len() {
-            14 if is("content-length") => {
-                head.content_length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
-            }
-            17 if is("transfer-encoding") => {
-                head.chunked = ends_with_ignore_case(bytes(), b"chunked");
-            }
-            10 if is("connection") => {
-                head.connection_close = bytes().eq_ignore_ascii_case(b"close")
-            }
-            6 if is("expect") => {
-                head.expect_continue = bytes().eq_ignore_ascii_case(b"100-continue")
-            }
-            11 if is("traceparent") => head.traceparent = Some(kept()),
-            4 if is("host") => head.host = Some(kept()),
-            _ => {}
-        }
+        fact(h.name.as_bytes(), h.value, head);
     }
+}
+
+/// What one header (its value as httparse gives it: without the whitespace around it) says.
+/// Names are told apart by length first: most headers of a message are none of these.
+fn fact(name: &[u8], value: &[u8], head: &mut Head) {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    // Only for the headers that matter: most do not.
+    let bytes = || value[..value.len().min(MAX_VALUE)].trim_ascii();
+    let kept = || String::from_utf8_lossy(bytes()).trim().to_string();
+    match name.len() {
+        14 if is(b"content-length") => head.content_length = content_length(value),
+        17 if is(b"transfer-encoding") => {
+            head.chunked = ends_with_ignore_case(bytes(), b"chunked");
+        }
+        10 if is(b"connection") => head.connection_close = bytes().eq_ignore_ascii_case(b"close"),
+        6 if is(b"expect") => head.expect_continue = bytes().eq_ignore_ascii_case(b"100-continue"),
+        11 if is(b"traceparent") => head.traceparent = Some(kept()),
+        4 if is(b"host") => head.host = Some(kept()),
+        _ => {}
+    }
+}
+
+/// A `Content-Length` value: digits (up to 19 fit a u64) at once, anything else as `str`'s
+/// parse of the trimmed text.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
+        return Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A byte httparse takes in a header value or reason phrase (HTAB, SP, VCHAR, obs-text).
+fn is_value_byte(b: u8) -> bool {
+    (b >= 0x20 && b != 0x7f) | (b == b'\t')
+}
+
+/// Whether every byte is one of a header value's.
+fn all_value_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| is_value_byte(*b))
+}
+
+/// The head's lines from `at` on: its headers, each given to [`fact`], up to the blank line;
+/// the head's length. Only what httparse reads the same way: every line ends in CRLF, every
+/// header is `name:value` with a token name and value bytes, at most [`MAX_HEADERS`], the head
+/// whole. Anything else is `None`, left to httparse.
+fn scan_headers(bytes: &[u8], mut at: usize, head: &mut Head) -> Option<usize> {
+    let mut headers = 0;
+    loop {
+        let line = bytes.get(at..)?;
+        if line.starts_with(b"\r\n") {
+            return Some(at + 2);
+        }
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return None;
+        }
+        // One pass: the name's token bytes, the colon, the value's bytes up to the CR (a byte
+        // that is neither ends it), then CRLF. Lines are short: a search per line cost more.
+        let colon = line.iter().position(|b| !is_token_char(*b))?;
+        if colon == 0 || line[colon] != b':' {
+            return None;
+        }
+        let value = &line[colon + 1..];
+        let end = value.iter().position(|b| !is_value_byte(*b))?;
+        if !value[end..].starts_with(b"\r\n") {
+            return None;
+        }
+        at += colon + 1 + end + 2;
+        let value = value[..end].trim_ascii_start();
+        let value = match value.iter().rposition(|b| *b != b' ' && *b != b'\t') {
+            Some(last) => &value[..=last],
+            None => &value[..0],
+        };
+        fact(&line[..colon], value, head);
+    }
+}
+
+/// HTTP/1.0 or 1.1 (httparse takes no other).
+fn version(bytes: &[u8]) -> Option<u8> {
+    match bytes {
+        b"HTTP/1.0" => Some(0),
+        b"HTTP/1.1" => Some(1),
+        _ => None,
+    }
+}
+
+/// A request head that `bytes` hold whole and plain (see [`scan_headers`]), read in one pass:
+/// most heads. `None` leaves the rest to httparse.
+fn plain_request(bytes: &[u8]) -> Option<RequestHead> {
+    let eol = memchr::memchr(b'\n', bytes)?;
+    let line = bytes[..eol].strip_suffix(b"\r")?;
+    let method_len = line.iter().position(|b| !is_token_char(*b))?;
+    if method_len == 0 || line[method_len] != b' ' {
+        return None;
+    }
+    let rest = &line[method_len + 1..];
+    let target_len = rest.iter().position(|b| !(0x21..=0x7e).contains(b))?;
+    if target_len == 0 || rest[target_len] != b' ' {
+        return None;
+    }
+    let minor = version(&rest[target_len + 1..])?;
+    let mut head = Head {
+        minor_version: Some(minor),
+        ..Default::default()
+    };
+    head.len = Some(scan_headers(bytes, eol + 1, &mut head)?);
+    // ASCII, checked above.
+    let method = std::str::from_utf8(&line[..method_len]).ok()?;
+    let target = std::str::from_utf8(&rest[..target_len]).ok()?;
+    Some(RequestHead {
+        method: method.to_string(),
+        target: first_chars(target, 2048).to_string(),
+        head,
+    })
+}
+
+/// As [`plain_request`], for a response head.
+fn plain_response(bytes: &[u8]) -> Option<ResponseHead> {
+    let eol = memchr::memchr(b'\n', bytes)?;
+    let line = bytes[..eol].strip_suffix(b"\r")?;
+    let minor = version(line.get(..8)?)?;
+    let (b' ', code @ [b'0'..=b'9', b'0'..=b'9', b'0'..=b'9']) = (*line.get(8)?, line.get(9..12)?)
+    else {
+        return None;
+    };
+    match line.get(12) {
+        None => {}
+        Some(b' ') if all_value_bytes(&line[13..]) => {}
+        Some(_) => return None,
+    }
+    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let mut head = Head {
+        minor_version: Some(minor),
+        ..Default::default()
+    };
+    head.len = Some(scan_headers(bytes, eol + 1, &mut head)?);
+    Some(ResponseHead { status, head })
 }
 
 fn ends_with_ignore_case(bytes: &[u8], suffix: &[u8]) -> bool {
@@ -123,9 +239,38 @@ pub enum RequestStart {
     No,
 }
 
+/// `tchar` of RFC 9110 §5.6.2, by byte (looked up for every byte of every header name).
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 /// `tchar` of RFC 9110 §5.6.2.
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN[b as usize]
 }
 
 /// Whether `bytes` start a request line. Known methods need only their space (so a request
@@ -192,6 +337,18 @@ pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
     if request_start(bytes) == RequestStart::No {
         return Err(ParseError::Invalid);
     }
+    if let Some(head) = plain_request(bytes) {
+        return Ok(head);
+    }
+    match complete_request(bytes) {
+        Some(head) => Ok(head),
+        None => request_in_part(bytes),
+    }
+}
+
+/// [`request`] for any bytes: a head cut short keeps what it got (its request line, the
+/// headers before the cut).
+fn request_in_part(bytes: &[u8]) -> Result<RequestHead, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let status = req.parse(bytes);
@@ -215,6 +372,54 @@ pub fn request(bytes: &[u8]) -> Result<RequestHead, ParseError> {
     Ok(RequestHead {
         method: method.to_string(),
         target: first_chars(target, 2048).to_string(),
+        head,
+    })
+}
+
+/// A request head that `bytes` hold whole, parsed into headers left uninitialised: the common
+/// case, without writing the 64 empty headers first (2 KiB per head, four heads per request).
+/// Anything else (a head cut short, an error) goes the way that keeps the headers read so far.
+fn complete_request(bytes: &[u8]) -> Option<RequestHead> {
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Ok(httparse::Status::Complete(n)) = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, bytes, &mut headers)
+    else {
+        return None;
+    };
+    let (method, target) = (req.method?, req.path?);
+    let mut head = Head {
+        len: Some(n),
+        minor_version: req.version,
+        ..Default::default()
+    };
+    header_facts(req.headers, &mut head);
+    Some(RequestHead {
+        method: method.to_string(),
+        target: first_chars(target, 2048).to_string(),
+        head,
+    })
+}
+
+/// As [`complete_request`], for a response head.
+fn complete_response(bytes: &[u8]) -> Option<ResponseHead> {
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let Ok(httparse::Status::Complete(n)) = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, bytes, &mut headers)
+    else {
+        return None;
+    };
+    let mut head = Head {
+        len: Some(n),
+        minor_version: resp.version,
+        ..Default::default()
+    };
+    header_facts(resp.headers, &mut head);
+    Some(ResponseHead {
+        status: resp.code?,
         head,
     })
 }
@@ -249,6 +454,17 @@ pub fn response(bytes: &[u8]) -> Result<ResponseHead, ParseError> {
     if !looks_like_response(bytes) {
         return Err(ParseError::Invalid);
     }
+    if let Some(head) = plain_response(bytes) {
+        return Ok(head);
+    }
+    match complete_response(bytes) {
+        Some(head) => Ok(head),
+        None => response_in_part(bytes),
+    }
+}
+
+/// [`response`] for any bytes, as [`request_in_part`].
+fn response_in_part(bytes: &[u8]) -> Result<ResponseHead, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(bytes) {
@@ -421,6 +637,82 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Heads, whole or cut, with headers that matter and others, in any case, with odd bytes.
+    fn heads() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop::sample::select(vec![
+            &b"Host: api.example:8080\r\n"[..],
+            &b"host:  a \t\r\n"[..],
+            &b"Content-Length: 42\r\n"[..],
+            &b"content-length:7 \r\n"[..],
+            &b"Transfer-Encoding: gzip, chunked\r\n"[..],
+            &b"Connection: close\r\n"[..],
+            &b"Expect: 100-continue\r\n"[..],
+            &b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"[..],
+            &b"X-Other: \x80\xff\r\n"[..],
+            &b"X-Del: a\x7fb\r\n"[..],
+            &b"X-Cr: a\rb\r\n"[..],
+            &b"Bad Name: x\r\n"[..],
+            &b"Empty:\r\n"[..],
+            &b"Bare: lf\n"[..],
+            &b" folded\r\n"[..],
+            &b"\r\n"[..],
+        ]);
+        let start = prop::sample::select(vec![
+            &b"GET /a/b?q=1 HTTP/1.1\r\n"[..],
+            &b"PURGE /x HTTP/1.0\r\n"[..],
+            &b"POST / HTTP/1.1\n"[..],
+            &b"GET /\xc3\xa9 HTTP/1.1\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            &b"HTTP/1.0 404\r\n"[..],
+            &b"HTTP/1.1 204 No \x80Content\r\n"[..],
+            &b"HTTP/1.1 2x0 OK\r\n"[..],
+        ]);
+        (
+            start,
+            prop::collection::vec(line, 0..80),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(start, lines, cut)| {
+                let mut bytes = start.to_vec();
+                for line in lines {
+                    bytes.extend_from_slice(line);
+                }
+                bytes.extend_from_slice(b"\r\nbody");
+                bytes.truncate(cut.index(bytes.len() + 1).max(1));
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// The whole-head path finds what the path for heads in part finds, or leaves the
+        /// head to it.
+        #[test]
+        fn whole_heads_parse_as_heads_in_part(bytes in heads()) {
+            if let Some(head) = complete_request(&bytes) {
+                prop_assert_eq!(Ok(head), request_in_part(&bytes));
+            }
+            if let Some(head) = complete_response(&bytes) {
+                prop_assert_eq!(Ok(head), response_in_part(&bytes));
+            }
+            if let Some(head) = plain_request(&bytes) {
+                prop_assert_eq!(Ok(head), request_in_part(&bytes));
+            }
+            if let Some(head) = plain_response(&bytes) {
+                prop_assert_eq!(Ok(head), response_in_part(&bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn token_characters() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_token_char(b), tchar, "{b}");
+        }
+    }
 
     #[test]
     fn header_values_compared_in_place() {

@@ -95,6 +95,13 @@ pub fn is_identifier(segment: &str) -> bool {
 /// The `{id}` form of a path by the heuristic.
 pub fn heuristic(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
+    heuristic_into(path, &mut out);
+    out
+}
+
+/// [`heuristic`] into `out` (cleared first): no allocation once `out` has grown.
+fn heuristic_into(path: &str, out: &mut String) {
+    out.clear();
     for segment in path.split('/').skip(1) {
         out.push('/');
         out.push_str(if is_identifier(segment) {
@@ -106,7 +113,6 @@ pub fn heuristic(path: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
 }
 
 /// Route normalisation with a per-service cap.
@@ -115,6 +121,9 @@ pub struct Routes {
     patterns: Vec<Pattern>,
     max_per_service: usize,
     seen: HashMap<String, HashSet<String>>,
+    /// The route being made: a route already seen costs no allocation (this runs for every
+    /// exchange).
+    scratch: String,
 }
 
 /// Longest path kept before normalisation: longer ones are cut (a hostile client cannot make
@@ -130,44 +139,50 @@ impl Routes {
                 .collect::<Result<_, _>>()?,
             max_per_service: max_per_service.max(1),
             seen: HashMap::new(),
+            scratch: String::new(),
         })
     }
 
     /// The route of `path` (no query string) for `service`.
-    pub fn route(&mut self, service: &str, path: &str) -> String {
+    pub fn route(&mut self, service: &str, path: &str) -> &str {
         let path = &path[..floor_char_boundary(path, MAX_PATH)];
-        let segments = || path.split('/').skip(1).collect::<Vec<&str>>();
         if !self.patterns.is_empty() {
-            let segments = segments();
+            let segments = path.split('/').skip(1).collect::<Vec<&str>>();
             if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
-                return p.text.clone();
+                return &p.text;
             }
         }
-        let route = heuristic(path);
-        if self.seen.get(service).is_some_and(|s| s.contains(&route)) {
-            return route;
+        heuristic_into(path, &mut self.scratch);
+        if !self.seen.contains_key(service) {
+            self.seen.insert(service.to_string(), HashSet::default());
         }
-        let seen = self.seen.entry(service.to_string()).or_default();
-        if seen.contains(&route) {
-            return route;
+        let seen = self.seen.get_mut(service).expect("inserted above");
+        if seen.contains(self.scratch.as_str()) {
+            return &self.scratch;
         }
         if seen.len() < self.max_per_service {
-            seen.insert(route.clone());
-            return route;
+            seen.insert(self.scratch.clone());
+            return &self.scratch;
         }
         // Over the cap: keep the first segment only.
-        let segments = segments();
-        match segments.first() {
-            Some(first) if segments.len() > 1 || !first.is_empty() => {
-                let collapsed = format!("/{}/*", if is_identifier(first) { "{id}" } else { first });
-                if seen.contains(&collapsed) || seen.len() < self.max_per_service * 2 {
-                    seen.insert(collapsed.clone());
-                    collapsed
+        let mut segments = path.split('/').skip(1);
+        match (segments.next(), segments.next().is_some()) {
+            (Some(first), more) if more || !first.is_empty() => {
+                self.scratch.clear();
+                self.scratch.push('/');
+                self.scratch
+                    .push_str(if is_identifier(first) { "{id}" } else { first });
+                self.scratch.push_str("/*");
+                if seen.contains(self.scratch.as_str()) || seen.len() < self.max_per_service * 2 {
+                    if !seen.contains(self.scratch.as_str()) {
+                        seen.insert(self.scratch.clone());
+                    }
+                    &self.scratch
                 } else {
-                    "/*".to_string()
+                    "/*"
                 }
             }
-            _ => "/".to_string(),
+            _ => "/",
         }
     }
 }

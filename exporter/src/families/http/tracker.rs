@@ -21,7 +21,7 @@ use crate::{
 };
 
 use super::{
-    aggregate::{HttpMetrics, RequestAttributes},
+    aggregate::{HttpMetrics, RequestKey},
     config::HttpConfig,
     connection::{Capture, Connection, Exchange, Io, Opener, Outcome, Role, Version},
     grpc::{self, Methods},
@@ -630,45 +630,47 @@ impl Tracker {
                 .request
                 .host
                 .as_deref()
-                .map(|host| host_without_port(host).to_string())
-                .or_else(|| tracked.peer.clone()),
+                .map(|host| std::borrow::Cow::Borrowed(host_without_port(host)))
+                .or_else(|| tracked.peer.clone().map(std::borrow::Cow::Owned)),
         };
         let info = self.process(tgid, "");
         let method = normalize_method(&e.request.method);
         let path = e.request.path();
         // An HTTP/2 stream whose path could not be decoded has no route (never a guessed one).
         let partial = path.is_empty() || e.request.method.is_empty();
-        let route = if path.is_empty() {
-            String::new()
-        } else {
-            self.routes.route(&info.resource.service_name, path)
-        };
         let error = match role {
             Role::Server => e.status >= 500,
             Role::Client => e.status >= 400,
         };
         let version = e.request.version.attribute();
-        let request = RequestAttributes {
+        let duration = e.end_ns.saturating_sub(e.request.start_ns);
+        let span = e
+            .request
+            .span
+            .filter(|(ids, _)| ids.sampled && self.spans.is_some());
+        self.count_exchange(partial);
+        let exemplar = span.map(|(ids, _)| self.exemplar(ids, duration, e.end_ns));
+        // Borrowed: an exchange of a series seen before allocates nothing here.
+        let route = if path.is_empty() {
+            ""
+        } else {
+            self.routes.route(&info.resource.service_name, path)
+        };
+        let request = RequestKey {
             method,
             status: e.status,
             route,
             version,
             error,
             port,
-            address,
+            address: address.as_deref(),
         };
-        let duration = e.end_ns.saturating_sub(e.request.start_ns);
-        let span = e
-            .request
-            .span
-            .filter(|(ids, _)| ids.sampled && self.spans.is_some());
-        // The attributes are moved into the series; a span needs its own.
+        // Built only for a span: the metrics need neither.
         let span_attributes = span.map(|_| request.to_attributes());
-        // Built only for a span: the metrics need no name.
-        let name = span.map(|_| span_name(role, method, &request.route));
-        self.count_exchange(partial);
-        let exemplar = span.map(|(ids, _)| self.exemplar(ids, duration, e.end_ns));
-        self.state_mut()
+        let name = span.map(|_| span_name(role, method, route));
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .metrics
             .record(&info.resource, role, request, duration, exemplar);
         if role == Role::Server
