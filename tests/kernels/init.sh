@@ -235,6 +235,21 @@ for round in 1 2; do
   tcp_cost fentry
 done
 
+# Profiles: the on-CPU program (a perf event on the CPU clock of each CPU) and the off-CPU
+# ones load and count; a spinning thread is sampled, in user mode and in kernel mode.
+kernel-workload spin 1 60000 &
+spinner=$!
+periscope profile --duration 3s --format folded -o /tmp/oncpu.folded > /tmp/profile.log 2>&1
+kill $spinner 2>/dev/null
+(while :; do sleep 0.1; done) &
+sleeper=$!
+periscope profile --off-cpu --duration 3s --format folded -o /tmp/offcpu.folded >> /tmp/profile.log 2>&1
+kill $sleeper 2>/dev/null
+echo "===== profile"
+cat /tmp/profile.log
+result "profile perf_event $([ -s /tmp/oncpu.folded ] && echo ok || echo FAIL) on-CPU stacks: $(wc -l < /tmp/oncpu.folded) (expected >0)"
+result "profile tracepoint $([ -s /tmp/offcpu.folded ] && echo ok || echo FAIL) off-CPU stacks: $(wc -l < /tmp/offcpu.folded) (expected >0)"
+
 # Block alone: the kernel skips a tracepoint program that fires while another one runs on the
 # CPU (a completion interrupt during a sched_switch program, on the one emulated CPU), so the
 # exact count runs without the other families (as tests/tests/block.rs does).

@@ -14,9 +14,9 @@
 //! (it happens: see `PROFILE_WAKEUP_UNSEEN`); its block ends at the switch-in instead.
 //!
 //! Processes: the first time a process is sampled (or blocks), `PROFILE_PROCESSES` tells user
-//! space, which reads its memory maps at once (and again at its second sample, when the loader
-//! is done): a process that exits within the second before its stacks are read would leave no
-//! maps to name its user frames from. `PROFILE_SEEN` keeps it to two records per process; an
+//! space, which reads its memory maps at once (and again at its second new stack on-CPU, or
+//! second block off-CPU, when the loader is done): a process that exits within the second
+//! before its stacks are read would leave no maps to name its user frames from. `PROFILE_SEEN` keeps it to two records per process; an
 //! exec or exit of a process announced is told too (its maps are new, or gone), so user space
 //! knows when the maps it read can go.
 //!
@@ -118,42 +118,76 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
 /// The key of the current task's stacks.
 #[inline(always)]
 fn current_key<C: StackIdContext>(ctx: &C, tgid: u32) -> ProfileKey {
+    key_of(
+        tgid,
+        stack_id(ctx, BPF_F_USER_STACK as u64),
+        stack_id(ctx, 0),
+    )
+}
+
+#[inline(always)]
+fn key_of(tgid: u32, user_stack: i32, kernel_stack: i32) -> ProfileKey {
     ProfileKey {
         tgid,
-        user_stack: stack_id(ctx, BPF_F_USER_STACK as u64),
-        kernel_stack: stack_id(ctx, 0),
+        user_stack,
+        kernel_stack,
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }
 
-/// Adds to this CPU's value of `key`, creating it from `zero` first; `false` when the map is
-/// full.
+/// What `bpf_get_stackid` answers for the kernel stack of a sample taken in user mode (there
+/// is none): -EFAULT.
+const NO_KERNEL_STACK: i32 = -14;
+
+/// Whether the perf event's sample interrupted user mode: the privilege level of the
+/// interrupted code segment (x86_64 `user_mode()`: `cs & 3 == 3`). Its kernel stack is then
+/// empty, and asking the helper for it costs about as much as a user stack here.
+#[inline(always)]
+fn sampled_in_user_mode(ctx: &PerfEventContext) -> bool {
+    // SAFETY: a read of the context's `regs.cs`, which the verifier turns into a read of the
+    // interrupted registers.
+    let cs = unsafe { core::ptr::read_volatile(&(*ctx.ctx).regs.cs) };
+    cs & 3 == 3
+}
+
+/// Where [`add`] put the value.
+#[derive(PartialEq, Eq)]
+enum Added {
+    /// To a key already there.
+    Existing,
+    /// To a key this call created.
+    New,
+    /// Nowhere: the map is full.
+    Full,
+}
+
+/// Adds to this CPU's value of `key`, creating it from `zero` first.
 #[inline(always)]
 fn add<V>(
     map: &PerCpuHashMap<ProfileKey, V>,
     key: &ProfileKey,
     zero: &V,
     add: impl Fn(*mut V),
-) -> bool {
+) -> Added {
     if let Some(value) = map.get_ptr_mut(key) {
         add(value);
-        return true;
+        return Added::Existing;
     }
     // EEXIST (a program interrupting this one created it first) is fine: look it up again.
-    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
+    let created = map.insert(key, zero, BPF_NOEXIST as u64).is_ok();
     match map.get_ptr_mut(key) {
         Some(value) => {
             add(value);
-            true
+            if created { Added::New } else { Added::Existing }
         }
-        None => false,
+        None => Added::Full,
     }
 }
 
-/// Tells user space about `tgid` at its first two samples (or blocks): the first often comes
-/// right after an exec, while the loader is still mapping the libraries, so the maps are read
-/// once more at the next.
+/// Tells user space about `tgid` at its first two new stacks on-CPU (or blocks off-CPU): the
+/// first often comes right after an exec, while the loader is still mapping the libraries, so
+/// the maps are read once more at the next.
 #[inline(always)]
 fn announce(tgid: u32) {
     match PROFILE_SEEN.get_ptr_mut(tgid) {
@@ -227,11 +261,20 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     if tid == 0 || !selected(tgid) {
         return 0;
     }
-    announce(tgid);
-    let key = current_key(&ctx, tgid);
+    let kernel_stack = if sampled_in_user_mode(&ctx) {
+        NO_KERNEL_STACK
+    } else {
+        stack_id(&ctx, 0)
+    };
+    let key = key_of(tgid, stack_id(&ctx, BPF_F_USER_STACK as u64), kernel_stack);
     // SAFETY: this CPU's value of a per-CPU map; programs do not migrate while running.
-    if !add(&PROFILE_CPU_SAMPLES, &key, &0, |n| unsafe { *n += 1 }) {
-        count(counters::PROFILE_SAMPLE_MAP_FULL);
+    match add(&PROFILE_CPU_SAMPLES, &key, &0, |n| unsafe { *n += 1 }) {
+        Added::Existing => {}
+        // A process's first sample is always a new key, and so is a sample in code it mapped
+        // since (a library the loader mapped after the first sample): announcing at new keys
+        // only keeps the announcements' map lookup off nearly every sample.
+        Added::New => announce(tgid),
+        Added::Full => count(counters::PROFILE_SAMPLE_MAP_FULL),
     }
     0
 }
@@ -307,7 +350,7 @@ fn end_block(tid: u32) -> bool {
             (*time).count += 1;
         }
     });
-    if !added {
+    if added == Added::Full {
         count(counters::PROFILE_SAMPLE_MAP_FULL);
     }
     true

@@ -97,6 +97,12 @@ pub struct Collector {
     named: HashMap<ProfileKey, Option<Vec<Frame>>>,
     /// Keys given addresses only when a budget ran out: named again at the next pass.
     addressed: HashSet<ProfileKey>,
+    /// Keys whose user frames are named (their root and user frames, root first, are in
+    /// `named`) and whose kernel frames wait for [`Collector::finish`]: kernel names do not
+    /// depend on a process being alive, so loading `/proc/kallsyms` and naming them need not
+    /// take CPU from the workload while it is profiled. The kernel stack's addresses,
+    /// innermost first, read when the user frames were named.
+    kernel_pending: HashMap<ProfileKey, Vec<u64>>,
     /// The latest counts read.
     counts: Vec<StackCount>,
 }
@@ -118,6 +124,7 @@ impl Collector {
             symbols: Symbols::new(),
             named: HashMap::new(),
             addressed: HashSet::new(),
+            kernel_pending: HashMap::new(),
             counts: Vec::new(),
         }
     }
@@ -156,6 +163,9 @@ impl Collector {
         for key in self.addressed.drain() {
             self.named.remove(&key);
         }
+        if rest == Rest::Addresses {
+            self.name_kernel_frames();
+        }
         let new: Vec<ProfileKey> = self
             .counts
             .iter()
@@ -176,7 +186,14 @@ impl Collector {
                 }
                 continue;
             }
-            let frames = self.filter.keeps(&key).then(|| self.name(reader, &key));
+            let frames = match rest {
+                Rest::Wait => self.filter.keeps(&key).then(|| {
+                    self.kernel_pending
+                        .insert(key, reader.stack(key.kernel_stack));
+                    self.name_user(reader, &key)
+                }),
+                Rest::Addresses => self.filter.keeps(&key).then(|| self.name(reader, &key)),
+            };
             self.named.insert(key, frames);
         }
         // The maps read of a process gone are needed until its last stacks are named.
@@ -198,10 +215,22 @@ impl Collector {
     }
 
     fn name(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
+        let mut frames = self.name_user(reader, key);
+        frames.extend(self.kernel_frames(&reader.stack(key.kernel_stack)));
+        frames
+    }
+
+    /// The thread's name and the user frames, outermost first.
+    fn name_user(&mut self, reader: &ProfileReader, key: &ProfileKey) -> Vec<Frame> {
         let user =
             self.symbols
                 .user_stack(key.tgid, &reader.stack(key.user_stack), reader.processes());
-        let mut kernel = self.symbols.kernel_stack(&reader.stack(key.kernel_stack));
+        self.root_first(key, user, Vec::new())
+    }
+
+    /// The kernel frames of a stack (`ips` innermost first), outermost first.
+    fn kernel_frames(&mut self, ips: &[u64]) -> impl Iterator<Item = Frame> + use<> {
+        let mut kernel = self.symbols.kernel_stack(ips);
         // Off-CPU stacks are taken inside the sched_switch tracepoint: its own frames (the
         // program, the tracepoint glue) are not where the task blocked.
         let glue = kernel
@@ -209,7 +238,17 @@ impl Collector {
             .take_while(|f| is_tracing_glue(&f.name))
             .count();
         kernel.drain(..glue);
-        self.root_first(key, user, kernel)
+        kernel.into_iter().rev()
+    }
+
+    /// Adds their kernel frames to the keys named without them.
+    fn name_kernel_frames(&mut self) {
+        for (key, ips) in std::mem::take(&mut self.kernel_pending) {
+            let kernel: Vec<Frame> = self.kernel_frames(&ips).collect();
+            if let Some(Some(frames)) = self.named.get_mut(&key) {
+                frames.extend(kernel);
+            }
+        }
     }
 
     /// The thread's name, then `user` and `kernel` (innermost first) outermost first.
@@ -292,6 +331,7 @@ impl Collector {
     pub fn forget_keys(&mut self) {
         self.named.clear();
         self.addressed.clear();
+        self.kernel_pending.clear();
         self.counts.clear();
     }
 

@@ -102,6 +102,8 @@ pub struct Symbols {
     kernel: HashMap<u64, Frame>,
     /// Memory maps read in this round, per process.
     maps: HashMap<u32, Arc<Vec<Mapping>>>,
+    /// Whether each process has a perf map, looked up in this round.
+    perf_maps: HashMap<u32, bool>,
     /// Where Periscope's own vDSO is mapped, once looked up.
     own_vdso: Option<Option<u64>>,
 }
@@ -129,6 +131,7 @@ impl Symbols {
             user: HashMap::new(),
             kernel: HashMap::new(),
             maps: HashMap::new(),
+            perf_maps: HashMap::new(),
             own_vdso: None,
         }
     }
@@ -142,6 +145,7 @@ impl Symbols {
     /// process's map is read once per round, not once per stack.
     pub fn new_round(&mut self) {
         self.maps.clear();
+        self.perf_maps.clear();
     }
 
     /// The maps of `pid` now, or, once it is gone, those read when the kernel announced it.
@@ -249,6 +253,16 @@ impl Symbols {
         {
             return frame;
         }
+        // Asking blazesym reads the process's whole maps again, for every such address: most
+        // are no JIT code but where a frame-pointer walk went astray (code built without
+        // them), and most processes write no perf map.
+        let has_perf_map = *self
+            .perf_maps
+            .entry(pid)
+            .or_insert_with(|| perf_map_path(pid).is_some_and(|p| p.exists()));
+        if !has_perf_map {
+            return unknown(addr, maps);
+        }
         let source = Source::Process(Process::new(Pid::from(pid)));
         match self.blaze.symbolize_single(&source, Input::AbsAddr(addr)) {
             Ok(Symbolized::Sym(sym)) => Frame {
@@ -335,6 +349,19 @@ impl Symbols {
         }
         self.kernel_addresses(ips)
     }
+}
+
+/// Where process `pid` writes its perf map, as blazesym looks for it: `/tmp/perf-N.map` in
+/// the process's own root, N the pid it sees itself as (its innermost `NStgid`). `None` when
+/// the process is gone.
+fn perf_map_path(pid: u32) -> Option<PathBuf> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let own = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NStgid:"))
+        .and_then(|ids| ids.split_ascii_whitespace().last()?.parse::<u32>().ok())
+        .unwrap_or(pid);
+    Some(format!("/proc/{pid}/root/tmp/perf-{own}.map").into())
 }
 
 /// A kernel address no symbol names.
@@ -440,6 +467,17 @@ mod tests {
             symbols.kernel_addresses(&[0xffff_ffff_8100_0000])[0].name,
             "[kernel 0xffffffff81000000]"
         );
+    }
+
+    #[test]
+    fn the_perf_map_is_looked_for_in_the_process_own_tmp() {
+        let pid = std::process::id();
+        // Not in a PID namespace of its own here: the pid it sees is its pid.
+        assert_eq!(
+            perf_map_path(pid),
+            Some(format!("/proc/{pid}/root/tmp/perf-{pid}.map").into())
+        );
+        assert_eq!(perf_map_path(u32::MAX), None);
     }
 
     #[test]
