@@ -92,8 +92,8 @@ fn user_gets(ids: impl IntoIterator<Item = usize>) -> Vec<Sent> {
         .collect()
 }
 
-/// Runs a Python client script to its end; it asserts what it received itself.
-fn run_python(script: &str) {
+/// Runs a Python client script to its end (it asserts what it received itself); its output.
+fn run_python(script: &str) -> String {
     let out = std::process::Command::new("python3")
         .args(["-c", script])
         .output()
@@ -103,20 +103,12 @@ fn run_python(script: &str) {
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a Python client script that prints `METHOD PATH STATUS` per request it made: what it sent.
 fn python_lines(script: &str) -> Vec<Sent> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    run_python(script)
         .lines()
         .map(|line| {
             let mut words = line.split(' ');
