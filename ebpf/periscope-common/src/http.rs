@@ -5,9 +5,10 @@
 //! them sends one [`IoRecord`] per transfer: the timestamps, the byte count, and its leading
 //! bytes (all of a transfer below [`CAPTURE`], the first [`CAPTURE_OF_LARGE`] of a larger one:
 //! every head of a pipelined read, the head of a body's first transfer), plus the last [`TAIL`]
-//! bytes so a chunked body's terminator is seen without copying the body. Connections opening, duplicated and closing and processes exiting have records of
-//! their own. Every record starts with a [`RecordHead`]; one struct per kind, no field whose
-//! meaning changes with the kind. User space parses and matches.
+//! bytes so a chunked body's terminator is seen without copying the body. Connections opening,
+//! duplicated and closing and processes exiting have records of their own. Every record starts
+//! with a [`RecordHead`]; one struct per kind, no field whose meaning changes with the kind.
+//! User space parses and matches.
 
 /// Leading bytes copied of a read/write smaller than this: all of it. A copy is priced per
 /// call more than per byte (a helper call costs about 100 ns here whatever it copies), so a

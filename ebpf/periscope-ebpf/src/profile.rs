@@ -16,9 +16,9 @@
 //! Processes: the first time a process is sampled (or blocks), `PROFILE_PROCESSES` tells user
 //! space, which reads its memory maps at once (and again at its second new stack on-CPU, or
 //! second block off-CPU, when the loader is done): a process that exits within the second
-//! before its stacks are read would leave no maps to name its user frames from. `PROFILE_SEEN` keeps it to two records per process; an
-//! exec or exit of a process announced is told too (its maps are new, or gone), so user space
-//! knows when the maps it read can go.
+//! before its stacks are read would leave no maps to name its user frames from. `PROFILE_SEEN`
+//! keeps it to two records per process; an exec or exit of a process announced is told too (its
+//! maps are new, or gone), so user space knows when the maps it read can go.
 //!
 //! Counts live in per-CPU maps: a program adds to its own CPU's value without a lock (this
 //! target has no atomic read-modify-write), and user space sums the CPUs when it reads. Every

@@ -4,10 +4,10 @@
 //! server the protocol), or, on a connection established before Periscope started, a HEADERS
 //! frame opening a stream (its next request or response). From then on each of its transfers
 //! is walked frame by frame, and what user space needs is copied: every frame header, and
-//! every payload but DATA's (and those too large to be header blocks). So a response's body costs nothing to copy however
-//! large, many streams multiplexed in one write are all seen, and a frame cut by a transfer's
-//! end goes on in the next: each direction's place (the rest of a payload, a partial header)
-//! is kept between transfers in [`HTTP_H2_WALKS`].
+//! every payload but DATA's (and those too large to be header blocks). So a response's body
+//! costs nothing to copy however large, many streams multiplexed in one write are all seen, and
+//! a frame cut by a transfer's end goes on in the next: each direction's place (the rest of a
+//! payload, a partial header) is kept between transfers in [`HTTP_H2_WALKS`].
 //!
 //! The walk is a run of small steps whose state lives in map memory, not in registers: up to
 //! [`H2_LOOP_STEPS`] through `bpf_loop` on the programs that need Linux 5.15+ (socket

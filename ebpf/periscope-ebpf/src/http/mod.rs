@@ -2,11 +2,10 @@
 //!
 //! Reads and writes on TCP connections (`read`, `recvfrom`, `readv`, `recvmsg`, `write`,
 //! `sendto`, `writev`, `sendmsg`, `sendfile`) each send one ring-buffer record with the leading
-//! bytes (all of a transfer up to `CAPTURE`, the first `CAPTURE_OF_LARGE` of a larger one,
-//! copied into a per-CPU scratch buffer) and the last `TAIL` bytes;
-//! connections are announced, duplicated and ended by bare records, and a process exit is
-//! reported so user space drops what that process had in flight. Parsing and matching happen
-//! in user space.
+//! bytes (all of a transfer below `CAPTURE`, the first `CAPTURE_OF_LARGE` of a larger one,
+//! copied into a per-CPU scratch buffer) and the last `TAIL` bytes; connections are announced,
+//! duplicated and ended by bare records, and a process exit is reported so user space drops
+//! what that process had in flight. Parsing and matching happen in user space.
 //!
 //! Four ways to see them, chosen by user space at run time (best first):
 //! - socket tracepoints (`sock_send_length`/`sock_recv_length`, Linux 6.5+, x86_64): programs

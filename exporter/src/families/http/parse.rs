@@ -178,11 +178,7 @@ fn plain_request(bytes: &[u8]) -> Option<RequestHead> {
     // ASCII, checked above.
     let method = std::str::from_utf8(&line[..method_len]).ok()?;
     let target = std::str::from_utf8(&rest[..target_len]).ok()?;
-    Some(RequestHead {
-        method: method.to_string(),
-        target: first_chars(target, 2048).to_string(),
-        head,
-    })
+    Some(RequestHead::new(method, target, head))
 }
 
 /// As [`plain_request`], for a response head.
@@ -363,17 +359,26 @@ fn request_in_part(bytes: &[u8]) -> Result<RequestHead, ParseError> {
     let (Some(method), Some(target)) = (req.method, req.path.or_else(|| cut_target(bytes))) else {
         return Err(ParseError::TooShort);
     };
+    Ok(RequestHead::new(
+        method,
+        target,
+        httparse_head(len, req.version, req.headers),
+    ))
+}
+
+/// The facts of a head httparse read (`len`: its length, when whole).
+fn httparse_head(
+    len: Option<usize>,
+    minor_version: Option<u8>,
+    headers: &[httparse::Header<'_>],
+) -> Head {
     let mut head = Head {
         len,
-        minor_version: req.version,
+        minor_version,
         ..Default::default()
     };
-    header_facts(req.headers, &mut head);
-    Ok(RequestHead {
-        method: method.to_string(),
-        target: first_chars(target, 2048).to_string(),
-        head,
-    })
+    header_facts(headers, &mut head);
+    head
 }
 
 /// A request head that `bytes` hold whole, parsed into headers left uninitialised: the common
@@ -388,18 +393,11 @@ fn complete_request(bytes: &[u8]) -> Option<RequestHead> {
     else {
         return None;
     };
-    let (method, target) = (req.method?, req.path?);
-    let mut head = Head {
-        len: Some(n),
-        minor_version: req.version,
-        ..Default::default()
-    };
-    header_facts(req.headers, &mut head);
-    Some(RequestHead {
-        method: method.to_string(),
-        target: first_chars(target, 2048).to_string(),
-        head,
-    })
+    Some(RequestHead::new(
+        req.method?,
+        req.path?,
+        httparse_head(Some(n), req.version, req.headers),
+    ))
 }
 
 /// As [`complete_request`], for a response head.
@@ -412,15 +410,9 @@ fn complete_response(bytes: &[u8]) -> Option<ResponseHead> {
     else {
         return None;
     };
-    let mut head = Head {
-        len: Some(n),
-        minor_version: resp.version,
-        ..Default::default()
-    };
-    header_facts(resp.headers, &mut head);
     Some(ResponseHead {
         status: resp.code?,
-        head,
+        head: httparse_head(Some(n), resp.version, resp.headers),
     })
 }
 
@@ -476,16 +468,22 @@ fn response_in_part(bytes: &[u8]) -> Result<ResponseHead, ParseError> {
     let Some(status) = resp.code else {
         return Err(ParseError::TooShort);
     };
-    let mut head = Head {
-        len,
-        minor_version: resp.version,
-        ..Default::default()
-    };
-    header_facts(resp.headers, &mut head);
-    Ok(ResponseHead { status, head })
+    Ok(ResponseHead {
+        status,
+        head: httparse_head(len, resp.version, resp.headers),
+    })
 }
 
 impl RequestHead {
+    /// A request's method, target (its first 2,048 characters) and head.
+    fn new(method: &str, target: &str, head: Head) -> Self {
+        Self {
+            method: method.to_string(),
+            target: first_chars(target, 2048).to_string(),
+            head,
+        }
+    }
+
     /// RFC 9112 §6.3 for requests: no length and no chunking means no body.
     pub fn body(&self) -> Body {
         if self.head.chunked {

@@ -317,13 +317,17 @@ impl Decoder {
 
     /// The name at `index`, as an entry keeps it: `None` when it is unknown.
     fn name_at(&self, index: usize) -> Result<Option<Name>, HpackError> {
-        match index {
-            1..=61 => Ok(Some(Name::Static(STATIC_TABLE[index - 1].0.as_bytes()))),
-            _ => match self.table.entries.get(index.wrapping_sub(62)) {
-                Some(entry) if index >= 62 => Ok(entry.name.clone()),
-                _ => self.lookup(index).map(|_| None),
-            },
+        if (1..=61).contains(&index) {
+            return Ok(Some(Name::Static(STATIC_TABLE[index - 1].0.as_bytes())));
         }
+        if let Some(entry) = index
+            .checked_sub(62)
+            .and_then(|i| self.table.entries.get(i))
+        {
+            return Ok(entry.name.clone());
+        }
+        // Index 0 or beyond the table: an error or an unknown name, as `lookup` says.
+        self.lookup(index).map(|_| None)
     }
 
     /// The name and value at `index`: static, dynamic and known, or unknown (`None`s).
